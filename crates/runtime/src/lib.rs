@@ -1,1 +1,20 @@
-//! placeholder
+//! What every Sentia service shares: configuration from the environment, telemetry, graceful
+//! shutdown, TLS/mTLS, bearer-token authentication, and the one gRPC server stack (health,
+//! reflection, request id, trace context, auth, timeout, concurrency limit).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod client;
+pub mod config;
+mod error;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+pub use auth::{Authenticator, Principal, Role};
+pub use config::{ConfigError, MapSource, ProcessEnv, Reader, ServerConfig, Source};
+pub use error::RuntimeError;
+pub use server::{RequestId, Server};
+pub use shutdown::Shutdown;
+pub use tls::{DevPki, TlsFiles, TlsServerConfig};

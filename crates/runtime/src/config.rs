@@ -1,0 +1,362 @@
+//! Configuration from `SENTIA_*` environment variables, read through a [`Source`] so tests
+//! pass a map instead of touching the process environment. Every problem is collected and
+//! reported at once, with the variable name and what it should look like.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::auth::TokenTable;
+use crate::tls::{TlsFiles, TlsServerConfig};
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The raw value of `name`, if set (empty counts as unset).
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// A fixed map, for tests and for `sentia dev`, which builds configs in-process.
+#[derive(Debug, Default, Clone)]
+pub struct MapSource(pub HashMap<String, String>);
+
+impl MapSource {
+    /// From `(name, value)` pairs.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+}
+
+impl Source for MapSource {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// Every configuration problem found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Human-readable problems, each naming its variable.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads typed values and remembers every problem instead of stopping at the first.
+pub struct Reader<'a> {
+    source: &'a dyn Source,
+    problems: Vec<String>,
+}
+
+impl<'a> Reader<'a> {
+    /// Starts reading from `source`.
+    pub fn new(source: &'a dyn Source) -> Self {
+        Self { source, problems: Vec::new() }
+    }
+
+    /// The raw value, if set.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.source.get(name)
+    }
+
+    /// A required value; records a problem when unset.
+    pub fn required(&mut self, name: &str, what: &str) -> Option<String> {
+        let value = self.source.get(name);
+        if value.is_none() {
+            self.problems.push(format!("{name} is not set: {what}"));
+        }
+        value
+    }
+
+    /// A string with a default.
+    pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.source.get(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// Any `FromStr` value with a default; `expected` describes the format in the message.
+    pub fn parse_or<T: FromStr>(&mut self, name: &str, default: T, expected: &str) -> T {
+        match self.source.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse() {
+                Ok(v) => v,
+                Err(_) => {
+                    self.problems.push(format!("{name}={raw:?} is not {expected}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// `true`/`false`/`1`/`0`/`yes`/`no`.
+    pub fn bool_or(&mut self, name: &str, default: bool) -> bool {
+        match self.source.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+            Some(v) => {
+                self.problems.push(format!("{name}={v:?} is not a boolean (true or false)"));
+                default
+            }
+        }
+    }
+
+    /// A duration like `30s`, `5m`, `12h`, `90d`, or plain seconds.
+    pub fn duration_or(&mut self, name: &str, default: Duration) -> Duration {
+        match self.source.get(name) {
+            None => default,
+            Some(raw) => match parse_duration(&raw) {
+                Some(d) => d,
+                None => {
+                    self.problems.push(format!(
+                        "{name}={raw:?} is not a duration (e.g. 30s, 5m, 12h, 90d)"
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    /// Records a problem found by the caller's own validation.
+    pub fn problem(&mut self, message: impl Into<String>) {
+        self.problems.push(message.into());
+    }
+
+    /// Ok when no problem was recorded.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.problems })
+        }
+    }
+}
+
+/// Parses `30s`, `5m`, `12h`, `90d`, `250ms` or plain seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// How a service listens and who may call it: the part of every service's config that the
+/// runtime owns.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Name used in logs, traces and health.
+    pub service_name: &'static str,
+    /// Address to bind (`SENTIA_LISTEN_ADDR`).
+    pub listen_addr: SocketAddr,
+    /// TLS settings; `None` only when plaintext was explicitly allowed (or in dev mode).
+    pub tls: Option<TlsServerConfig>,
+    /// Per-request deadline (`SENTIA_REQUEST_TIMEOUT`); a shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// Requests handled at once across all connections (`SENTIA_CONCURRENCY_LIMIT`).
+    pub concurrency_limit: usize,
+    /// Static bearer tokens (`SENTIA_AUTH_TOKENS`), stored as SHA-256 hashes.
+    pub tokens: TokenTable,
+    /// mTLS certificate names that get the admin role (`SENTIA_ADMIN_IDENTITIES`).
+    pub admin_identities: Vec<String>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("service_name", &self.service_name)
+            .field("listen_addr", &self.listen_addr)
+            .field("tls", &self.tls.is_some())
+            .field("request_timeout", &self.request_timeout)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("tokens", &self.tokens.len())
+            .field("admin_identities", &self.admin_identities)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// A plaintext loopback config on an ephemeral port: for tests and `sentia dev`.
+    pub fn dev(service_name: &'static str, tokens: TokenTable) -> Self {
+        Self {
+            service_name,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 1024,
+            tokens,
+            admin_identities: Vec::new(),
+        }
+    }
+
+    /// Reads the shared server settings. Outside dev mode TLS is required unless
+    /// `SENTIA_ALLOW_PLAINTEXT=true`, and then only a loopback address may be bound.
+    /// `require_client_cert` makes TLS mutual (key-service sets it).
+    pub fn from_source(
+        reader: &mut Reader<'_>,
+        service_name: &'static str,
+        default_addr: &str,
+        require_client_cert: bool,
+    ) -> Self {
+        let listen_addr = reader.parse_or(
+            "SENTIA_LISTEN_ADDR",
+            SocketAddr::from_str(default_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            "a socket address like 0.0.0.0:8201",
+        );
+        let allow_plaintext = reader.bool_or("SENTIA_ALLOW_PLAINTEXT", false);
+        let cert = reader.optional("SENTIA_TLS_CERT");
+        let key = reader.optional("SENTIA_TLS_KEY");
+        let client_ca = reader.optional("SENTIA_TLS_CLIENT_CA");
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                if require_client_cert && client_ca.is_none() {
+                    reader.problem(format!(
+                        "SENTIA_TLS_CLIENT_CA is not set: {service_name} only accepts callers with a \
+                         client certificate, so it needs the CA that signs them"
+                    ));
+                }
+                let files = TlsFiles { cert, key, ca: client_ca };
+                match TlsServerConfig::from_files(&files, require_client_cert) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        reader.problem(format!("SENTIA_TLS_CERT/SENTIA_TLS_KEY: {e}"));
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                if !allow_plaintext {
+                    reader.problem(
+                        "TLS is required: set SENTIA_TLS_CERT and SENTIA_TLS_KEY (PEM files), or set \
+                         SENTIA_ALLOW_PLAINTEXT=true to serve plaintext on a loopback address only",
+                    );
+                } else if !listen_addr.ip().is_loopback() {
+                    reader.problem(format!(
+                        "SENTIA_LISTEN_ADDR={listen_addr} is not a loopback address; plaintext \
+                         (SENTIA_ALLOW_PLAINTEXT=true) may only bind 127.0.0.1 or ::1"
+                    ));
+                }
+                None
+            }
+            _ => {
+                reader.problem("set both SENTIA_TLS_CERT and SENTIA_TLS_KEY, or neither");
+                None
+            }
+        };
+        let request_timeout = reader.duration_or("SENTIA_REQUEST_TIMEOUT", Duration::from_secs(30));
+        let concurrency_limit =
+            reader.parse_or("SENTIA_CONCURRENCY_LIMIT", 1024usize, "a positive integer");
+        if concurrency_limit == 0 {
+            reader.problem("SENTIA_CONCURRENCY_LIMIT must be at least 1");
+        }
+        let tokens = match reader.optional("SENTIA_AUTH_TOKENS") {
+            None => TokenTable::default(),
+            Some(raw) => match TokenTable::parse(&raw) {
+                Ok(t) => t,
+                Err(e) => {
+                    reader.problem(format!("SENTIA_AUTH_TOKENS: {e}"));
+                    TokenTable::default()
+                }
+            },
+        };
+        let admin_identities = reader
+            .optional("SENTIA_ADMIN_IDENTITIES")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        Self {
+            service_name,
+            listen_addr,
+            tls,
+            request_timeout,
+            concurrency_limit,
+            tokens,
+            admin_identities,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_documented_units() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90d"), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_duration("5 weeks"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn a_server_without_tls_or_explicit_plaintext_refuses_to_start() {
+        let src = MapSource::default();
+        let mut r = Reader::new(&src);
+        ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        let err = r.finish().unwrap_err();
+        assert!(err.to_string().contains("TLS is required"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_may_only_bind_loopback() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_LISTEN_ADDR", "0.0.0.0:8201"),
+        ]);
+        let mut r = Reader::new(&src);
+        ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        assert!(r.finish().unwrap_err().to_string().contains("loopback"));
+
+        let src = MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]);
+        let mut r = Reader::new(&src);
+        let cfg = ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        r.finish().unwrap();
+        assert!(cfg.tls.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_variable() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "maybe"),
+            ("SENTIA_REQUEST_TIMEOUT", "soon"),
+            ("SENTIA_CONCURRENCY_LIMIT", "-1"),
+        ]);
+        let mut r = Reader::new(&src);
+        ServerConfig::from_source(&mut r, "x", "127.0.0.1:1", false);
+        let err = r.finish().unwrap_err();
+        let text = err.to_string();
+        for name in ["SENTIA_ALLOW_PLAINTEXT", "SENTIA_REQUEST_TIMEOUT", "SENTIA_CONCURRENCY_LIMIT"] {
+            assert!(text.contains(name), "{name} missing from: {text}");
+        }
+    }
+}

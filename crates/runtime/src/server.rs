@@ -1,0 +1,279 @@
+//! The one gRPC server stack every Sentia service runs. The order of the layers, outermost
+//! first, is deliberate and lives only here:
+//!
+//! 1. request context: take or mint `x-request-id`, continue the caller's W3C trace
+//!    (`traceparent`), open the RPC span — so everything below, auth failures included, is
+//!    traced and carries the request id;
+//! 2. authentication: bearer token or mTLS identity -> [`Principal`] in the request
+//!    extensions; anything else is refused before it costs a concurrency permit;
+//! 3. global concurrency limit: bounds in-flight requests across all connections
+//!    (back-pressure instead of unbounded queueing);
+//! 4. timeout (tonic's, which also honours a shorter client `grpc-timeout`);
+//!
+//! then the service routes, plus `grpc.health.v1` and reflection, which are always public.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{Layer, Service, ServiceBuilder};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::auth::Authenticator;
+use crate::{RuntimeError, ServerConfig, Shutdown};
+
+/// The request id of the current call (from `x-request-id`, or minted here as a UUIDv7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id attached to a request by the server stack ("" if none).
+    pub fn of<T>(request: &tonic::Request<T>) -> String {
+        request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+const ALWAYS_PUBLIC: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Builds and runs a service's gRPC server.
+pub struct Server {
+    config: ServerConfig,
+    public_methods: Vec<&'static str>,
+    health: HealthReporter,
+}
+
+impl Server {
+    /// A server for `config`. Health starts as SERVING for the whole server.
+    pub fn new(config: ServerConfig) -> Self {
+        Self { config, public_methods: Vec::new(), health: HealthReporter::new() }
+    }
+
+    /// Lets a method be called without credentials (full path, e.g.
+    /// `/sentia.keys.v1.SystemService/Status`).
+    pub fn public_method(mut self, path: &'static str) -> Self {
+        self.public_methods.push(path);
+        self
+    }
+
+    /// Handle to report per-service health (e.g. NOT_SERVING while sealed).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves `routes` on `listener` until `shutdown`, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), RuntimeError> {
+        let cfg = self.config;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sentia_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| RuntimeError::Telemetry(format!("reflection: {e}")))?;
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(self.health),
+        );
+        let routes = routes.add_service(health).add_service(reflection);
+
+        let mut public: Vec<&'static str> = ALWAYS_PUBLIC.to_vec();
+        public.extend(self.public_methods);
+        let stack = ServiceBuilder::new()
+            .layer(RequestContextLayer { service: cfg.service_name })
+            .layer(AuthLayer {
+                authenticator: Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone()),
+                public: Arc::new(public),
+            })
+            .layer(GlobalConcurrencyLimitLayer::new(cfg.concurrency_limit))
+            .into_inner();
+
+        let mut builder = tonic::transport::Server::builder().timeout(cfg.request_timeout);
+        match &cfg.tls {
+            Some(tls) => builder = builder.tls_config(tls.to_tonic())?,
+            None => tracing::warn!(
+                service = cfg.service_name,
+                addr = %listener.local_addr()?,
+                "serving PLAINTEXT gRPC: loopback only, never in production"
+            ),
+        }
+        tracing::info!(
+            service = cfg.service_name,
+            addr = %listener.local_addr()?,
+            tls = cfg.tls.is_some(),
+            mtls_required = cfg.tls.as_ref().is_some_and(|t| t.requires_client_cert()),
+            "listening"
+        );
+        builder
+            .layer(stack)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.wait())
+            .await?;
+        tracing::info!(service = cfg.service_name, "server stopped");
+        Ok(())
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+fn valid_request_id(v: &http::HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+}
+
+/// Layer 1: request id and the RPC span, continuing the caller's trace.
+#[derive(Clone)]
+struct RequestContextLayer {
+    service: &'static str,
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContext { inner, service: self.service }
+    }
+}
+
+#[derive(Clone)]
+struct RequestContext<S> {
+    inner: S,
+    service: &'static str,
+}
+
+impl<S, B, R> Service<http::Request<B>> for RequestContext<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(valid_request_id)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let path = req.uri().path().trim_start_matches('/').to_string();
+        let (rpc_service, rpc_method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            server = self.service,
+            request_id = %request_id,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
+        let _ = span.set_parent(parent);
+
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let mut response = inner.call(req).instrument(span.clone()).await?;
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            span.record("rpc.grpc.status_code", code);
+            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, v);
+            }
+            tracing::debug!(parent: &span, code, elapsed_us = started.elapsed().as_micros() as u64, "rpc finished");
+            Ok(response)
+        })
+    }
+}
+
+/// Layer 2: authentication.
+#[derive(Clone)]
+struct AuthLayer {
+    authenticator: Authenticator,
+    public: Arc<Vec<&'static str>>,
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth { inner, authenticator: self.authenticator.clone(), public: self.public.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Auth<S> {
+    inner: S,
+    authenticator: Authenticator,
+    public: Arc<Vec<&'static str>>,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Auth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let is_public = self.public.iter().any(|p| path == *p || (p.ends_with('/') || p.ends_with('.')) && path.starts_with(p));
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        match self.authenticator.authenticate(req.headers(), req.extensions()) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                Box::pin(inner.call(req))
+            }
+            Err(_) if is_public => Box::pin(inner.call(req)),
+            Err(status) => {
+                tracing::info!(code = ?status.code(), reason = status.message(), "request refused by authentication");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}

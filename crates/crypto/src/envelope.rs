@@ -43,10 +43,14 @@ impl<'a> Envelope<'a> {
     /// Splits a blob into header fields; fails on anything truncated or malformed.
     pub fn parse(blob: &'a [u8]) -> Result<Self, CryptoError> {
         if blob.len() < MAGIC.len() + 2 {
-            return Err(CryptoError::Malformed("too short to hold an envelope header"));
+            return Err(CryptoError::Malformed(
+                "too short to hold an envelope header",
+            ));
         }
         if &blob[..3] != MAGIC {
-            return Err(CryptoError::Malformed("not a Sentia envelope (bad magic bytes)"));
+            return Err(CryptoError::Malformed(
+                "not a Sentia envelope (bad magic bytes)",
+            ));
         }
         if blob[3] != FORMAT_VERSION {
             return Err(CryptoError::UnsupportedFormat(blob[3]));
@@ -105,7 +109,13 @@ pub(crate) fn aes_gcm_encrypt(
     let cipher = Aes256Gcm::new(&(*key.expose()).into());
     let nonce = Nonce::from(*nonce);
     cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_else(|_| unreachable!("aes-gcm encryption only fails above 64 GiB"))
 }
 
@@ -116,11 +126,18 @@ pub(crate) fn aes_gcm_decrypt(
     aad: &[u8],
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let nonce: [u8; NONCE_LEN] =
-        nonce.try_into().map_err(|_| CryptoError::Malformed("nonce length"))?;
+    let nonce: [u8; NONCE_LEN] = nonce
+        .try_into()
+        .map_err(|_| CryptoError::Malformed("nonce length"))?;
     let cipher = Aes256Gcm::new(&(*key.expose()).into());
     cipher
-        .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad })
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::AuthenticationFailed)
 }
@@ -154,9 +171,12 @@ pub(crate) fn seal_with_nonce(
         )));
     }
     if key_version == 0 {
-        return Err(CryptoError::InvalidInput("key version must be at least 1".into()));
+        return Err(CryptoError::InvalidInput(
+            "key version must be at least 1".into(),
+        ));
     }
-    let mut blob = Vec::with_capacity(5 + key_name.len() + 4 + NONCE_LEN + plaintext.len() + TAG_LEN);
+    let mut blob =
+        Vec::with_capacity(5 + key_name.len() + 4 + NONCE_LEN + plaintext.len() + TAG_LEN);
     blob.extend_from_slice(MAGIC);
     blob.push(FORMAT_VERSION);
     blob.push(key_name.len() as u8);
@@ -175,7 +195,12 @@ pub fn open(
     context: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     check_context(context)?;
-    aes_gcm_decrypt(key, envelope.nonce, &aad(envelope.header, context), envelope.ciphertext)
+    aes_gcm_decrypt(
+        key,
+        envelope.nonce,
+        &aad(envelope.header, context),
+        envelope.ciphertext,
+    )
 }
 
 #[cfg(test)]
@@ -234,7 +259,10 @@ mod tests {
         let env = Envelope::parse(&blob).unwrap();
         assert_eq!(env.key_name, "vault");
         assert_eq!(env.key_version, 3);
-        assert_eq!(&open(&key(1), &env, b"vault|a/b|1").unwrap()[..], b"hunter2");
+        assert_eq!(
+            &open(&key(1), &env, b"vault|a/b|1").unwrap()[..],
+            b"hunter2"
+        );
     }
 
     #[test]
@@ -248,14 +276,20 @@ mod tests {
     fn a_wrong_context_fails_authentication() {
         let blob = seal(&key(1), "vault", 1, b"vault|a|1", b"x").unwrap();
         let env = Envelope::parse(&blob).unwrap();
-        assert_eq!(open(&key(1), &env, b"vault|b|1"), Err(CryptoError::AuthenticationFailed));
+        assert_eq!(
+            open(&key(1), &env, b"vault|b|1"),
+            Err(CryptoError::AuthenticationFailed)
+        );
     }
 
     #[test]
     fn a_wrong_key_fails_authentication() {
         let blob = seal(&key(1), "vault", 1, b"", b"x").unwrap();
         let env = Envelope::parse(&blob).unwrap();
-        assert_eq!(open(&key(2), &env, b""), Err(CryptoError::AuthenticationFailed));
+        assert_eq!(
+            open(&key(2), &env, b""),
+            Err(CryptoError::AuthenticationFailed)
+        );
     }
 
     #[test]
@@ -283,7 +317,10 @@ mod tests {
         for len in 0..blob.len() {
             let result = Envelope::parse(&blob[..len]).and_then(|env| open(&key(9), &env, b"ctx"));
             assert!(
-                matches!(result, Err(CryptoError::Malformed(_) | CryptoError::AuthenticationFailed)),
+                matches!(
+                    result,
+                    Err(CryptoError::Malformed(_) | CryptoError::AuthenticationFailed)
+                ),
                 "length {len}: {result:?}"
             );
         }
@@ -293,12 +330,18 @@ mod tests {
     fn an_unknown_format_version_is_named() {
         let mut blob = seal(&key(1), "k", 1, b"", b"x").unwrap();
         blob[3] = 9;
-        assert_eq!(Envelope::parse(&blob), Err(CryptoError::UnsupportedFormat(9)));
+        assert_eq!(
+            Envelope::parse(&blob),
+            Err(CryptoError::UnsupportedFormat(9))
+        );
     }
 
     #[test]
     fn an_oversized_context_is_refused() {
         let big = vec![0u8; MAX_CONTEXT_LEN + 1];
-        assert!(matches!(seal(&key(1), "k", 1, &big, b"x"), Err(CryptoError::InvalidInput(_))));
+        assert!(matches!(
+            seal(&key(1), "k", 1, &big, b"x"),
+            Err(CryptoError::InvalidInput(_))
+        ));
     }
 }

@@ -11,7 +11,9 @@ pub enum CryptoError {
     #[error("unsupported envelope format version {0}")]
     UnsupportedFormat(u8),
     /// AES-GCM tag check failed: wrong key, wrong encryption context, or tampered bytes.
-    #[error("authentication failed: wrong key or encryption context, or the ciphertext was modified")]
+    #[error(
+        "authentication failed: wrong key or encryption context, or the ciphertext was modified"
+    )]
     AuthenticationFailed,
     /// A key, salt, password or share has the wrong shape.
     #[error("invalid key material: {0}")]

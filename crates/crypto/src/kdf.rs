@@ -12,7 +12,9 @@ pub fn hkdf_sha256(
 ) -> Result<(), CryptoError> {
     Hkdf::<Sha256>::new(salt, ikm)
         .expand(info, out)
-        .map_err(|_| CryptoError::InvalidInput(format!("hkdf output of {} bytes is too long", out.len())))
+        .map_err(|_| {
+            CryptoError::InvalidInput(format!("hkdf output of {} bytes is too long", out.len()))
+        })
 }
 
 /// The strategy document's `deriveSecretKey(purpose, version)`: HKDF-SHA256 with no salt and

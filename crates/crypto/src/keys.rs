@@ -78,11 +78,17 @@ mod tests {
 
     #[test]
     fn generated_keys_differ() {
-        assert_ne!(SecretKey::generate().expose(), SecretKey::generate().expose());
+        assert_ne!(
+            SecretKey::generate().expose(),
+            SecretKey::generate().expose()
+        );
     }
 
     #[test]
     fn a_slice_of_the_wrong_length_is_refused() {
-        assert!(matches!(SecretKey::from_slice(&[0; 31]), Err(CryptoError::InvalidKey(_))));
+        assert!(matches!(
+            SecretKey::from_slice(&[0; 31]),
+            Err(CryptoError::InvalidKey(_))
+        ));
     }
 }

@@ -23,9 +23,11 @@ impl MasterKey {
 
     /// From `SENTIA_MASTER_KEY`: standard base64 of exactly 32 bytes.
     pub fn from_base64(encoded: &str) -> Result<Self, CryptoError> {
-        let bytes = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
-            CryptoError::InvalidKey("master key is not valid base64".into())
-        })?);
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| CryptoError::InvalidKey("master key is not valid base64".into()))?,
+        );
         if bytes.len() != 32 {
             return Err(CryptoError::InvalidKey(format!(
                 "master key must decode to 32 bytes, got {}",
@@ -38,7 +40,11 @@ impl MasterKey {
     /// The strategy document's `deriveMasterKey()`: PBKDF2-HMAC-SHA512(password, salt), 32 bytes.
     /// Refuses fewer than [`MIN_PBKDF2_ITERATIONS`] iterations and salts shorter than
     /// [`MIN_SALT_LEN`] bytes.
-    pub fn from_password(password: &[u8], salt: &[u8], iterations: u32) -> Result<Self, CryptoError> {
+    pub fn from_password(
+        password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, CryptoError> {
         if password.is_empty() {
             return Err(CryptoError::InvalidKey("master password is empty".into()));
         }
@@ -66,7 +72,10 @@ impl MasterKey {
     /// Splits into `n` base64 shares, any `k` of which rebuild the key.
     pub fn split(&self, k: u8, n: u8) -> Result<Vec<Zeroizing<String>>, CryptoError> {
         let shares = shamir::split(self.0.expose(), k, n)?;
-        Ok(shares.iter().map(|s| Zeroizing::new(STANDARD.encode(&s[..]))).collect())
+        Ok(shares
+            .iter()
+            .map(|s| Zeroizing::new(STANDARD.encode(&s[..])))
+            .collect())
     }
 
     /// Standard base64, for showing a newly generated key to an operator once.

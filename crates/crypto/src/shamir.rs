@@ -39,7 +39,9 @@ pub fn split(secret: &[u8], k: u8, n: u8) -> Result<Vec<Zeroizing<Vec<u8>>>, Cry
         )));
     }
     if secret.is_empty() {
-        return Err(CryptoError::InvalidInput("cannot split an empty secret".into()));
+        return Err(CryptoError::InvalidInput(
+            "cannot split an empty secret".into(),
+        ));
     }
     let mut shares: Vec<Zeroizing<Vec<u8>>> = (1..=n)
         .map(|x| {
@@ -55,7 +57,10 @@ pub fn split(secret: &[u8], k: u8, n: u8) -> Result<Vec<Zeroizing<Vec<u8>>>, Cry
         for share in shares.iter_mut() {
             let x = share[0];
             // Horner's rule from the highest coefficient down.
-            let y = coefficients.iter().rev().fold(0u8, |acc, &c| gf_mul(acc, x) ^ c);
+            let y = coefficients
+                .iter()
+                .rev()
+                .fold(0u8, |acc, &c| gf_mul(acc, x) ^ c);
             share.push(y);
         }
     }
@@ -67,7 +72,9 @@ pub fn split(secret: &[u8], k: u8, n: u8) -> Result<Vec<Zeroizing<Vec<u8>>>, Cry
 /// keyring).
 pub fn combine(shares: &[Zeroizing<Vec<u8>>]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if shares.len() < 2 {
-        return Err(CryptoError::InvalidShares("at least 2 shares are needed".into()));
+        return Err(CryptoError::InvalidShares(
+            "at least 2 shares are needed".into(),
+        ));
     }
     let len = shares[0].len();
     if len < 2 {
@@ -76,13 +83,17 @@ pub fn combine(shares: &[Zeroizing<Vec<u8>>]) -> Result<Zeroizing<Vec<u8>>, Cryp
     let mut seen = [false; 256];
     for share in shares {
         if share.len() != len {
-            return Err(CryptoError::InvalidShares("shares have different lengths".into()));
+            return Err(CryptoError::InvalidShares(
+                "shares have different lengths".into(),
+            ));
         }
         if share[0] == 0 {
             return Err(CryptoError::InvalidShares("a share has x = 0".into()));
         }
         if std::mem::replace(&mut seen[share[0] as usize], true) {
-            return Err(CryptoError::InvalidShares("the same share was given twice".into()));
+            return Err(CryptoError::InvalidShares(
+                "the same share was given twice".into(),
+            ));
         }
     }
     let mut secret = Zeroizing::new(vec![0u8; len - 1]);

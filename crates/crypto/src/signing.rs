@@ -48,7 +48,9 @@ impl fmt::Debug for SigningKey {
 
 /// Verifies an Ed25519 signature.
 pub fn verify_ed25519(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    UnparsedPublicKey::new(&ED25519, public_key).verify(message, signature).is_ok()
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ pub use prost_types;
 pub use tonic;
 
 /// Encoded `FileDescriptorSet` of all Sentia protos, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sentia_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sentia_descriptor.bin"));
 
 /// Types shared by all contracts.
 pub mod common {

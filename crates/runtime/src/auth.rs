@@ -119,7 +119,12 @@ impl TokenTable {
     /// and the hash is `printf %s "$TOKEN" | sha256sum`.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut entries = Vec::new();
-        for (i, item) in raw.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+        for (i, item) in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .enumerate()
+        {
             let parts: Vec<&str> = item.split(':').collect();
             let [id, role, hash] = parts[..] else {
                 return Err(format!("entry {} is not id:role:sha256hex", i + 1));
@@ -129,11 +134,20 @@ impl TokenTable {
             let bytes = hex::decode(hash)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| format!("entry {} ({id}): hash must be 64 hex digits (SHA-256)", i + 1))?;
+                .ok_or_else(|| {
+                    format!(
+                        "entry {} ({id}): hash must be 64 hex digits (SHA-256)",
+                        i + 1
+                    )
+                })?;
             if id.is_empty() {
                 return Err(format!("entry {}: empty id", i + 1));
             }
-            entries.push(TokenEntry { id: id.to_string(), role, hash: bytes });
+            entries.push(TokenEntry {
+                id: id.to_string(),
+                role,
+                hash: bytes,
+            });
         }
         Ok(Self(Arc::new(entries)))
     }
@@ -194,7 +208,10 @@ pub struct Authenticator {
 impl Authenticator {
     /// Tokens plus the mTLS common names that get the admin role.
     pub fn new(tokens: TokenTable, admin_identities: Vec<String>) -> Self {
-        Self { tokens, admin_identities: Arc::new(admin_identities) }
+        Self {
+            tokens,
+            admin_identities: Arc::new(admin_identities),
+        }
     }
 
     /// Authenticates one request. A bearer token, when present, decides; otherwise a verified
@@ -229,9 +246,16 @@ impl Authenticator {
             .and_then(|info| info.peer_certs())
             .and_then(|certs| certs.first().and_then(|leaf| certificate_common_name(leaf)));
         if let Some(cn) = peer_cn {
-            let role =
-                if self.admin_identities.iter().any(|a| a == &cn) { Role::Admin } else { Role::Service };
-            return Ok(Principal { id: cn, role, method: AuthMethod::Mtls });
+            let role = if self.admin_identities.iter().any(|a| a == &cn) {
+                Role::Admin
+            } else {
+                Role::Service
+            };
+            return Ok(Principal {
+                id: cn,
+                role,
+                method: AuthMethod::Mtls,
+            });
         }
         Err(Status::unauthenticated(
             "missing credentials: send 'authorization: Bearer <token>' metadata or connect with a \
@@ -252,10 +276,14 @@ mod tests {
 
     #[test]
     fn a_configured_token_authenticates_with_its_role() {
-        let table = TokenTable::parse(&TokenTable::from_plain([("ops", Role::Admin, "s3cret")]).to_config())
-            .unwrap();
+        let table = TokenTable::parse(
+            &TokenTable::from_plain([("ops", Role::Admin, "s3cret")]).to_config(),
+        )
+        .unwrap();
         let auth = Authenticator::new(table, vec![]);
-        let p = auth.authenticate(&headers("Bearer s3cret"), &http::Extensions::new()).unwrap();
+        let p = auth
+            .authenticate(&headers("Bearer s3cret"), &http::Extensions::new())
+            .unwrap();
         assert_eq!(p.id, "ops");
         assert_eq!(p.role, Role::Admin);
     }
@@ -263,17 +291,27 @@ mod tests {
     #[test]
     fn a_wrong_or_missing_token_is_unauthenticated() {
         let auth = Authenticator::new(TokenTable::from_plain([("a", Role::Service, "x")]), vec![]);
-        let err = auth.authenticate(&headers("Bearer y"), &http::Extensions::new()).unwrap_err();
+        let err = auth
+            .authenticate(&headers("Bearer y"), &http::Extensions::new())
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let err = auth.authenticate(&headers("Basic x"), &http::Extensions::new()).unwrap_err();
+        let err = auth
+            .authenticate(&headers("Basic x"), &http::Extensions::new())
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let err = auth.authenticate(&http::HeaderMap::new(), &http::Extensions::new()).unwrap_err();
+        let err = auth
+            .authenticate(&http::HeaderMap::new(), &http::Extensions::new())
+            .unwrap_err();
         assert!(err.message().contains("missing credentials"));
     }
 
     #[test]
     fn a_service_principal_is_denied_admin_actions() {
-        let p = Principal { id: "svc".into(), role: Role::Service, method: AuthMethod::Token };
+        let p = Principal {
+            id: "svc".into(),
+            role: Role::Service,
+            method: AuthMethod::Token,
+        };
         let err = p.require(Role::Admin, "CreateKey").unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(p.require(Role::Service, "Encrypt").is_ok());
@@ -281,7 +319,11 @@ mod tests {
 
     #[test]
     fn malformed_token_config_names_the_entry() {
-        assert!(TokenTable::parse("a:service:zz").unwrap_err().contains("entry 1"));
+        assert!(
+            TokenTable::parse("a:service:zz")
+                .unwrap_err()
+                .contains("entry 1")
+        );
         assert!(TokenTable::parse("a:root:00").unwrap_err().contains("role"));
         assert!(TokenTable::parse("justone").is_err());
     }

@@ -20,7 +20,10 @@ pub type AuthedChannel = InterceptedService<Channel, CallContext>;
 
 /// Connects to `address` (`host:port`, or a full `http://`/`https://` URI). With `tls`, the
 /// connection is TLS (mutual when the config has an identity).
-pub async fn connect(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, RuntimeError> {
+pub async fn connect(
+    address: &str,
+    tls: Option<&TlsClientConfig>,
+) -> Result<Channel, RuntimeError> {
     let uri = if address.contains("://") {
         address.to_string()
     } else if tls.is_some() {
@@ -45,7 +48,9 @@ pub struct CallContext {
 
 impl std::fmt::Debug for CallContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallContext").field("token", &self.authorization.is_some()).finish()
+        f.debug_struct("CallContext")
+            .field("token", &self.authorization.is_some())
+            .finish()
     }
 }
 
@@ -54,8 +59,9 @@ impl CallContext {
     pub fn with_token(token: Option<&str>) -> Result<Self, RuntimeError> {
         let authorization = token
             .map(|t| {
-                let mut v = AsciiMetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| RuntimeError::Tls("token contains characters not allowed in metadata".into()))?;
+                let mut v = AsciiMetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    RuntimeError::Tls("token contains characters not allowed in metadata".into())
+                })?;
                 v.set_sensitive(true);
                 Ok::<_, RuntimeError>(Arc::new(v))
             })
@@ -83,12 +89,18 @@ impl Injector for MetadataInjector<'_> {
 }
 
 impl Interceptor for CallContext {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(auth) = &self.authorization {
-            request.metadata_mut().insert("authorization", (**auth).clone());
+            request
+                .metadata_mut()
+                .insert("authorization", (**auth).clone());
         }
         let cx = tracing::Span::current().context();
-        TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
+        TraceContextPropagator::new()
+            .inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
         Ok(request)
     }
 }

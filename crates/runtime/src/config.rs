@@ -34,7 +34,12 @@ pub struct MapSource(pub HashMap<String, String>);
 impl MapSource {
     /// From `(name, value)` pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -72,7 +77,10 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Starts reading from `source`.
     pub fn new(source: &'a dyn Source) -> Self {
-        Self { source, problems: Vec::new() }
+        Self {
+            source,
+            problems: Vec::new(),
+        }
     }
 
     /// The raw value, if set.
@@ -101,7 +109,8 @@ impl<'a> Reader<'a> {
             Some(raw) => match raw.trim().parse() {
                 Ok(v) => v,
                 Err(_) => {
-                    self.problems.push(format!("{name}={raw:?} is not {expected}"));
+                    self.problems
+                        .push(format!("{name}={raw:?} is not {expected}"));
                     default
                 }
             },
@@ -115,7 +124,8 @@ impl<'a> Reader<'a> {
             Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
             Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
             Some(v) => {
-                self.problems.push(format!("{name}={v:?} is not a boolean (true or false)"));
+                self.problems
+                    .push(format!("{name}={v:?} is not a boolean (true or false)"));
                 default
             }
         }
@@ -147,7 +157,9 @@ impl<'a> Reader<'a> {
         if self.problems.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError { problems: self.problems })
+            Err(ConfigError {
+                problems: self.problems,
+            })
         }
     }
 }
@@ -243,7 +255,11 @@ impl ServerConfig {
                          client certificate, so it needs the CA that signs them"
                     ));
                 }
-                let files = TlsFiles { cert, key, ca: client_ca };
+                let files = TlsFiles {
+                    cert,
+                    key,
+                    ca: client_ca,
+                };
                 match TlsServerConfig::from_files(&files, require_client_cert) {
                     Ok(tls) => Some(tls),
                     Err(e) => {
@@ -289,7 +305,12 @@ impl ServerConfig {
         };
         let admin_identities = reader
             .optional("SENTIA_ADMIN_IDENTITIES")
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         Self {
             service_name,
@@ -311,7 +332,10 @@ mod tests {
     fn durations_accept_the_documented_units() {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("90d"), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            parse_duration("90d"),
+            Some(Duration::from_secs(90 * 86_400))
+        );
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
         assert_eq!(parse_duration("5 weeks"), None);
@@ -355,7 +379,11 @@ mod tests {
         ServerConfig::from_source(&mut r, "x", "127.0.0.1:1", false);
         let err = r.finish().unwrap_err();
         let text = err.to_string();
-        for name in ["SENTIA_ALLOW_PLAINTEXT", "SENTIA_REQUEST_TIMEOUT", "SENTIA_CONCURRENCY_LIMIT"] {
+        for name in [
+            "SENTIA_ALLOW_PLAINTEXT",
+            "SENTIA_REQUEST_TIMEOUT",
+            "SENTIA_CONCURRENCY_LIMIT",
+        ] {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
     }

@@ -38,7 +38,11 @@ pub struct RequestId(pub String);
 impl RequestId {
     /// The id attached to a request by the server stack ("" if none).
     pub fn of<T>(request: &tonic::Request<T>) -> String {
-        request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -55,7 +59,11 @@ pub struct Server {
 impl Server {
     /// A server for `config`. Health starts as SERVING for the whole server.
     pub fn new(config: ServerConfig) -> Self {
-        Self { config, public_methods: Vec::new(), health: HealthReporter::new() }
+        Self {
+            config,
+            public_methods: Vec::new(),
+            health: HealthReporter::new(),
+        }
     }
 
     /// Lets a method be called without credentials (full path, e.g.
@@ -91,7 +99,9 @@ impl Server {
         let mut public: Vec<&'static str> = ALWAYS_PUBLIC.to_vec();
         public.extend(self.public_methods);
         let stack = ServiceBuilder::new()
-            .layer(RequestContextLayer { service: cfg.service_name })
+            .layer(RequestContextLayer {
+                service: cfg.service_name,
+            })
             .layer(AuthLayer {
                 authenticator: Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone()),
                 public: Arc::new(public),
@@ -141,7 +151,8 @@ impl Extractor for HeaderExtractor<'_> {
 
 fn valid_request_id(v: &http::HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 /// Layer 1: request id and the RPC span, continuing the caller's trace.
@@ -154,7 +165,10 @@ impl<S> Layer<S> for RequestContextLayer {
     type Service = RequestContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContext { inner, service: self.service }
+        RequestContext {
+            inner,
+            service: self.service,
+        }
     }
 }
 
@@ -233,7 +247,11 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, authenticator: self.authenticator.clone(), public: self.public.clone() }
+        Auth {
+            inner,
+            authenticator: self.authenticator.clone(),
+            public: self.public.clone(),
+        }
     }
 }
 
@@ -261,10 +279,16 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let is_public = self.public.iter().any(|p| path == *p || (p.ends_with('/') || p.ends_with('.')) && path.starts_with(p));
+        let is_public = self
+            .public
+            .iter()
+            .any(|p| path == *p || (p.ends_with('/') || p.ends_with('.')) && path.starts_with(p));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        match self.authenticator.authenticate(req.headers(), req.extensions()) {
+        match self
+            .authenticator
+            .authenticate(req.headers(), req.extensions())
+        {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(inner.call(req))

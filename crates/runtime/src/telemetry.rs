@@ -28,11 +28,25 @@ impl Drop for TelemetryGuard {
 }
 
 /// The exporter's own transport logs would otherwise feed back into the exporter.
-const QUIET: &[&str] = &["h2=warn", "hyper=warn", "hyper_util=warn", "tonic=warn", "tower=warn", "opentelemetry=warn", "opentelemetry_sdk=warn", "opentelemetry_otlp=warn", "sqlx=warn", "rustls=warn"];
+const QUIET: &[&str] = &[
+    "h2=warn",
+    "hyper=warn",
+    "hyper_util=warn",
+    "tonic=warn",
+    "tower=warn",
+    "opentelemetry=warn",
+    "opentelemetry_sdk=warn",
+    "opentelemetry_otlp=warn",
+    "sqlx=warn",
+    "rustls=warn",
+];
 
 /// Installs the global subscriber. Must run inside a Tokio runtime (the OTLP exporter needs
 /// one). Call once per process.
-pub fn init(service_name: &'static str, source: &dyn Source) -> Result<TelemetryGuard, RuntimeError> {
+pub fn init(
+    service_name: &'static str,
+    source: &dyn Source,
+) -> Result<TelemetryGuard, RuntimeError> {
     let mut filter = EnvFilter::try_new(source.get("SENTIA_LOG").unwrap_or_else(|| "info".into()))
         .map_err(|e| RuntimeError::Telemetry(format!("SENTIA_LOG: {e}")))?;
     for directive in QUIET {
@@ -42,9 +56,19 @@ pub fn init(service_name: &'static str, source: &dyn Source) -> Result<Telemetry
     }
     let json = matches!(source.get("SENTIA_LOG_FORMAT").as_deref(), Some("json"));
     let (text_layer, json_layer) = if json {
-        (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))
+        (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        )
     } else {
-        (Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)), None)
+        (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        )
     };
 
     let (provider, otel_layer) = match source.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -62,7 +86,10 @@ pub fn init(service_name: &'static str, source: &dyn Source) -> Result<Telemetry
             let tracer = provider.tracer(service_name);
             opentelemetry::global::set_tracer_provider(provider.clone());
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-            (Some(provider), Some(tracing_opentelemetry::layer().with_tracer(tracer)))
+            (
+                Some(provider),
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            )
         }
     };
 

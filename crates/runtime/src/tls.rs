@@ -57,14 +57,23 @@ impl TlsServerConfig {
         client_ca_pem: Option<String>,
         require_client_cert: bool,
     ) -> Self {
-        Self { cert_pem, key_pem, client_ca_pem, require_client_cert }
+        Self {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+            require_client_cert,
+        }
     }
 
     /// Reads the PEM files.
     pub fn from_files(files: &TlsFiles, require_client_cert: bool) -> Result<Self, RuntimeError> {
         let cert = read(&files.cert, "the certificate")?;
         let key = Zeroizing::new(read(&files.key, "the private key")?);
-        let ca = files.ca.as_deref().map(|p| read(p, "the client CA")).transpose()?;
+        let ca = files
+            .ca
+            .as_deref()
+            .map(|p| read(p, "the client CA"))
+            .transpose()?;
         Ok(Self::from_pem(cert, key, ca, require_client_cert))
     }
 
@@ -74,8 +83,8 @@ impl TlsServerConfig {
     }
 
     pub(crate) fn to_tonic(&self) -> ServerTlsConfig {
-        let mut cfg =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, self.key_pem.as_bytes()));
+        let mut cfg = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.as_bytes()));
         if let Some(ca) = &self.client_ca_pem {
             cfg = cfg
                 .client_ca_root(Certificate::from_pem(ca))
@@ -108,14 +117,29 @@ impl fmt::Debug for TlsClientConfig {
 
 impl TlsClientConfig {
     /// Reads a CA bundle and optionally a client certificate and key from PEM files.
-    pub fn from_files(ca: &str, cert: Option<&str>, key: Option<&str>) -> Result<Self, RuntimeError> {
+    pub fn from_files(
+        ca: &str,
+        cert: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Self, RuntimeError> {
         let ca_pem = read(ca, "the CA bundle")?;
         let identity = match (cert, key) {
-            (Some(c), Some(k)) => Some((read(c, "the client certificate")?, Zeroizing::new(read(k, "the client key")?))),
+            (Some(c), Some(k)) => Some((
+                read(c, "the client certificate")?,
+                Zeroizing::new(read(k, "the client key")?),
+            )),
             (None, None) => None,
-            _ => return Err(RuntimeError::Tls("give both a client certificate and its key, or neither".into())),
+            _ => {
+                return Err(RuntimeError::Tls(
+                    "give both a client certificate and its key, or neither".into(),
+                ));
+            }
         };
-        Ok(Self { ca_pem, identity, domain: None })
+        Ok(Self {
+            ca_pem,
+            identity,
+            domain: None,
+        })
     }
 
     pub(crate) fn to_tonic(&self) -> ClientTlsConfig {
@@ -152,7 +176,9 @@ impl DevPki {
     pub fn generate() -> Result<Self, RuntimeError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Sentia development CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Sentia development CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().map_err(tls_err)?;
         let ca = CertifiedIssuer::self_signed(params, key).map_err(tls_err)?;
@@ -166,13 +192,19 @@ impl DevPki {
 
     /// Issues a certificate and key (PEM) usable as both server and client identity.
     pub fn issue(&self, name: &str) -> Result<(String, Zeroizing<String>), RuntimeError> {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), name.to_string()]).map_err(tls_err)?;
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), name.to_string()])
+            .map_err(tls_err)?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(tls_err)?;
         let cert = params.signed_by(&key, &self.ca).map_err(tls_err)?;
@@ -180,21 +212,40 @@ impl DevPki {
     }
 
     /// A server config for `name` that verifies client certificates from this CA.
-    pub fn server_config(&self, name: &str, require_client_cert: bool) -> Result<TlsServerConfig, RuntimeError> {
+    pub fn server_config(
+        &self,
+        name: &str,
+        require_client_cert: bool,
+    ) -> Result<TlsServerConfig, RuntimeError> {
         let (cert, key) = self.issue(name)?;
-        Ok(TlsServerConfig::from_pem(cert, key, Some(self.ca_pem()), require_client_cert))
+        Ok(TlsServerConfig::from_pem(
+            cert,
+            key,
+            Some(self.ca_pem()),
+            require_client_cert,
+        ))
     }
 
     /// A client config trusting this CA, presenting a certificate for `identity` if given.
     pub fn client_config(&self, identity: Option<&str>) -> Result<TlsClientConfig, RuntimeError> {
         let identity = identity.map(|n| self.issue(n)).transpose()?;
-        Ok(TlsClientConfig { ca_pem: self.ca_pem(), identity, domain: Some("localhost".into()) })
+        Ok(TlsClientConfig {
+            ca_pem: self.ca_pem(),
+            identity,
+            domain: Some("localhost".into()),
+        })
     }
 }
 
 /// The common name of a DER certificate's subject, used as the mTLS caller identity.
 pub fn certificate_common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(cn)
 }

@@ -1,0 +1,240 @@
+//! key-service configuration from `SENTIA_*` variables (see `.env.example`).
+
+use std::fmt;
+use std::time::Duration;
+
+use sentia_crypto::{MIN_PBKDF2_ITERATIONS, MasterKey};
+use sentia_runtime::{ConfigError, Reader, ServerConfig, Source};
+use zeroize::Zeroizing;
+
+use crate::keyring::Purpose;
+
+/// Where the master key comes from.
+pub enum MasterSource {
+    /// `SENTIA_MASTER_KEY`: base64 of 32 random bytes. Unsealed at start.
+    Key(MasterKey),
+    /// `MASTER_PASSWORD` + `ENCRYPTION_SALT` (the strategy document's names), PBKDF2-HMAC-SHA512.
+    /// Derived and unsealed at start.
+    Password {
+        /// The password.
+        password: Zeroizing<String>,
+        /// The salt (at least 16 bytes).
+        salt: Zeroizing<String>,
+        /// PBKDF2 iterations.
+        iterations: u32,
+    },
+    /// `SENTIA_SEAL_TYPE=shamir`: starts sealed; k of n shares unseal it.
+    Shamir,
+}
+
+impl MasterSource {
+    /// Name reported by Status.
+    pub fn seal_type(&self) -> &'static str {
+        match self {
+            Self::Key(_) => "master-key",
+            Self::Password { .. } => "password",
+            Self::Shamir => "shamir",
+        }
+    }
+}
+
+impl fmt::Debug for MasterSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.seal_type())
+    }
+}
+
+/// Everything key-service needs to run.
+#[derive(Debug)]
+pub struct Config {
+    /// Listener, TLS and auth.
+    pub server: ServerConfig,
+    /// `SENTIA_DATABASE_URL`: `postgres://...` or `sqlite://path?mode=rwc`.
+    pub database_url: String,
+    /// `SENTIA_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// The master key source.
+    pub master: MasterSource,
+    /// `SENTIA_DEFAULT_KEYS`: keys created on first unseal when missing (`name:purpose,...`).
+    pub default_keys: Vec<(String, Purpose)>,
+    /// `SENTIA_MAX_ENCRYPTIONS_PER_VERSION`: hard stop for random-nonce encryptions under one
+    /// key version (default 2^32). Rotation happens automatically at half of it.
+    pub max_encryptions_per_version: u64,
+    /// `SENTIA_KEYRING_REFRESH`: how often a replica reloads key metadata written by others.
+    pub refresh_interval: Duration,
+}
+
+/// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
+/// signing key.
+pub const DEFAULT_KEYS: &str = "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing";
+
+impl Config {
+    /// Reads and validates the configuration; every problem is reported at once.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(source);
+        let server = ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        let database_url = r.string_or("SENTIA_DATABASE_URL", "sqlite://sentia-keys.db?mode=rwc");
+        if !(database_url.starts_with("postgres") || database_url.starts_with("sqlite:")) {
+            r.problem("SENTIA_DATABASE_URL must start with postgres:// or sqlite:");
+        }
+        let max_connections = r.parse_or(
+            "SENTIA_DATABASE_MAX_CONNECTIONS",
+            10u32,
+            "a positive integer",
+        );
+        let seal_type = r.string_or("SENTIA_SEAL_TYPE", "auto");
+        let master = match seal_type.as_str() {
+            "shamir" => MasterSource::Shamir,
+            "auto" | "master-key" | "password" => master_from(&mut r),
+            other => {
+                r.problem(format!("SENTIA_SEAL_TYPE={other:?} must be auto or shamir"));
+                MasterSource::Shamir
+            }
+        };
+        let default_keys = parse_default_keys(&mut r);
+        let max_encryptions_per_version = r.parse_or(
+            "SENTIA_MAX_ENCRYPTIONS_PER_VERSION",
+            1u64 << 32,
+            "a positive integer",
+        );
+        if !(16..=1u64 << 32).contains(&max_encryptions_per_version) {
+            r.problem("SENTIA_MAX_ENCRYPTIONS_PER_VERSION must be between 16 and 4294967296");
+        }
+        let refresh_interval = r.duration_or("SENTIA_KEYRING_REFRESH", Duration::from_secs(30));
+        r.finish()?;
+        Ok(Self {
+            server,
+            database_url,
+            max_connections,
+            master,
+            default_keys,
+            max_encryptions_per_version,
+            refresh_interval,
+        })
+    }
+}
+
+fn master_from(r: &mut Reader<'_>) -> MasterSource {
+    let key = r.optional("SENTIA_MASTER_KEY");
+    let password = r
+        .optional("MASTER_PASSWORD")
+        .or_else(|| r.optional("SENTIA_MASTER_PASSWORD"));
+    let salt = r
+        .optional("ENCRYPTION_SALT")
+        .or_else(|| r.optional("SENTIA_ENCRYPTION_SALT"));
+    let iterations = r.parse_or("SENTIA_PBKDF2_ITERATIONS", 210_000u32, "a positive integer");
+    match (key, password, salt) {
+        (Some(key), None, None) => {
+            match MasterKey::from_base64(&Zeroizing::new(key)) {
+                Ok(k) => MasterSource::Key(k),
+                Err(e) => {
+                    r.problem(format!("SENTIA_MASTER_KEY: {e} (generate one with: head -c 32 /dev/urandom | base64)"));
+                    MasterSource::Shamir
+                }
+            }
+        }
+        (None, Some(password), Some(salt)) => {
+            if iterations < MIN_PBKDF2_ITERATIONS {
+                r.problem(format!(
+                    "SENTIA_PBKDF2_ITERATIONS must be at least {MIN_PBKDF2_ITERATIONS}"
+                ));
+            }
+            if salt.len() < sentia_crypto::MIN_SALT_LEN {
+                r.problem(format!(
+                    "ENCRYPTION_SALT must be at least {} bytes",
+                    sentia_crypto::MIN_SALT_LEN
+                ));
+            }
+            MasterSource::Password {
+                password: Zeroizing::new(password),
+                salt: Zeroizing::new(salt),
+                iterations,
+            }
+        }
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            r.problem("MASTER_PASSWORD and ENCRYPTION_SALT must be set together");
+            MasterSource::Shamir
+        }
+        (Some(_), _, _) => {
+            r.problem("set SENTIA_MASTER_KEY or MASTER_PASSWORD/ENCRYPTION_SALT, not both");
+            MasterSource::Shamir
+        }
+        (None, None, None) => {
+            r.problem(
+                "no master key: set SENTIA_MASTER_KEY (base64 of 32 random bytes), or \
+                 MASTER_PASSWORD and ENCRYPTION_SALT, or SENTIA_SEAL_TYPE=shamir",
+            );
+            MasterSource::Shamir
+        }
+    }
+}
+
+fn parse_default_keys(r: &mut Reader<'_>) -> Vec<(String, Purpose)> {
+    let raw = r.string_or("SENTIA_DEFAULT_KEYS", DEFAULT_KEYS);
+    let mut keys = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once(':') {
+            Some((name, purpose)) => match (
+                crate::keyring::validate_key_name(name),
+                Purpose::parse(purpose),
+            ) {
+                (Ok(()), Some(p)) => keys.push((name.to_string(), p)),
+                (Err(e), _) => r.problem(format!("SENTIA_DEFAULT_KEYS: {e}")),
+                (_, None) => r.problem(format!(
+                    "SENTIA_DEFAULT_KEYS: purpose {purpose:?} must be encryption, signing or hmac"
+                )),
+            },
+            None => r.problem(format!("SENTIA_DEFAULT_KEYS: {item:?} is not name:purpose")),
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use sentia_runtime::MapSource;
+
+    use super::*;
+
+    #[test]
+    fn a_missing_master_key_is_explained() {
+        let src = MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]);
+        let err = Config::from_source(&src).unwrap_err().to_string();
+        assert!(err.contains("no master key"), "{err}");
+    }
+
+    #[test]
+    fn the_seed_password_variables_are_accepted() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("MASTER_PASSWORD", "correct horse battery staple"),
+            ("ENCRYPTION_SALT", "0123456789abcdef"),
+        ]);
+        let cfg = Config::from_source(&src).unwrap();
+        assert_eq!(cfg.master.seal_type(), "password");
+    }
+
+    #[test]
+    fn a_short_master_key_is_refused_with_a_hint() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_MASTER_KEY", "AAAA"),
+        ]);
+        let err = Config::from_source(&src).unwrap_err().to_string();
+        assert!(err.contains("32 bytes") && err.contains("urandom"), "{err}");
+    }
+
+    #[test]
+    fn bad_default_keys_are_named() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_SEAL_TYPE", "shamir"),
+            (
+                "SENTIA_DEFAULT_KEYS",
+                "vault:encryption,Bad:signing,x:teleport",
+            ),
+        ]);
+        let err = Config::from_source(&src).unwrap_err().to_string();
+        assert!(err.contains("Bad") && err.contains("teleport"), "{err}");
+    }
+}

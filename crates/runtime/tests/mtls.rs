@@ -16,7 +16,10 @@ async fn start(config: ServerConfig) -> (String, Shutdown, tokio::task::JoinHand
     let shutdown = Shutdown::new();
     let stop = shutdown.clone();
     let handle = tokio::spawn(async move {
-        Server::new(config).serve(Routes::default(), listener, stop).await.unwrap();
+        Server::new(config)
+            .serve(Routes::default(), listener, stop)
+            .await
+            .unwrap();
     });
     (addr, shutdown, handle)
 }
@@ -24,7 +27,9 @@ async fn start(config: ServerConfig) -> (String, Shutdown, tokio::task::JoinHand
 async fn health_check(addr: &str, tls: Option<&TlsClientConfig>) -> Result<i32, String> {
     let channel = connect(addr, tls).await.map_err(|e| e.to_string())?;
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
     Ok(response.into_inner().status)
@@ -41,7 +46,11 @@ async fn a_client_with_a_certificate_from_the_servers_ca_is_served() {
     let pki = DevPki::generate().unwrap();
     let (addr, shutdown, handle) = start(mtls_config(&pki)).await;
     let client = pki.client_config(Some("vault-service")).unwrap();
-    assert_eq!(health_check(&addr, Some(&client)).await, Ok(1), "SERVING is 1");
+    assert_eq!(
+        health_check(&addr, Some(&client)).await,
+        Ok(1),
+        "SERVING is 1"
+    );
     shutdown.trigger();
     handle.await.unwrap();
 }
@@ -80,17 +89,32 @@ async fn a_plaintext_client_cannot_talk_to_a_tls_server() {
 
 #[tokio::test]
 async fn every_response_carries_the_callers_request_id_or_a_new_one() {
-    let (addr, shutdown, handle) = start(ServerConfig::dev("test-server", TokenTable::default())).await;
+    let (addr, shutdown, handle) =
+        start(ServerConfig::dev("test-server", TokenTable::default())).await;
     let channel = connect(&addr, None).await.unwrap();
     let mut client = HealthClient::new(channel);
 
-    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
-    request.metadata_mut().insert("x-request-id", "req-123".parse().unwrap());
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-123".parse().unwrap());
     let response = client.check(request).await.unwrap();
     assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-123");
 
-    let response = client.check(HealthCheckRequest { service: String::new() }).await.unwrap();
-    let minted = response.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let response = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    let minted = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert!(uuid_like(minted), "{minted}");
     shutdown.trigger();
     handle.await.unwrap();

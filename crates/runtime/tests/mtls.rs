@@ -1,6 +1,7 @@
 //! The shared server stack over real sockets: mutual TLS accepts only certificates from its
 //! CA, and every response carries a request id.
 
+#![allow(clippy::unwrap_used)]
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::client::connect;
 use sentia_runtime::tls::TlsClientConfig;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod keyring;
+pub mod store;
 
 pub use config::{Config, MasterSource};
 pub use error::KeyError;

@@ -1,13 +1,72 @@
-//! key-service: the only holder of master key material. This crate so far holds its
-//! configuration (master key sources, seal type, default keys), its error type with the one
-//! mapping to gRPC statuses, the keyring vocabulary and the storage schema; the gRPC server
-//! (`run`) lands next.
+//! key-service: the only holder of master key material. It keeps the keyring (named,
+//! versioned keys wrapped under a master-derived key), hands out and unwraps data keys, does
+//! small-payload encryption, HMACs and Ed25519 signatures, and manages seal state.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod keyring;
 pub mod store;
 
+use std::sync::Arc;
+
+use sentia_proto::keys::v1::key_service_server::KeyServiceServer;
+use sentia_proto::keys::v1::system_service_server::SystemServiceServer;
+use sentia_runtime::{Server, Shutdown};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
 pub use config::{Config, MasterSource};
 pub use error::KeyError;
+
+/// Runs key-service on `listener` until `shutdown`. With a master key or password configured
+/// it unseals at start (initializing the keyring on first run); in Shamir mode it starts
+/// sealed and waits for Init or Unseal.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), KeyError> {
+    let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let core = Arc::new(core::Core::new(
+        store,
+        config.master.seal_type(),
+        config.max_encryptions_per_version,
+        config.default_keys.clone(),
+    ));
+    match config.master {
+        MasterSource::Key(master) => core.unseal(&master, None).await?,
+        MasterSource::Password {
+            password,
+            salt,
+            iterations,
+        } => {
+            let master = tokio::task::spawn_blocking(move || {
+                sentia_crypto::MasterKey::from_password(
+                    password.as_bytes(),
+                    salt.as_bytes(),
+                    iterations,
+                )
+            })
+            .await
+            .map_err(|e| KeyError::Startup(format!("key derivation task failed: {e}")))??;
+            core.unseal(&master, None).await?;
+        }
+        MasterSource::Shamir => {
+            tracing::warn!(
+                "key-service starts sealed (Shamir): call Init once, then Unseal with the shares"
+            )
+        }
+    }
+    let api = api::Api::new(core);
+    let routes =
+        Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
+    Server::new(config.server)
+        .public_method("/sentia.keys.v1.SystemService/Status")
+        .public_method("/sentia.keys.v1.SystemService/Unseal")
+        .serve(routes, listener, shutdown)
+        .await?;
+    Ok(())
+}

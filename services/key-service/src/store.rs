@@ -322,3 +322,59 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, KeyError> {
         created_at: r.try_get("created_at")?,
     })
 }
+
+impl Store {
+    /// Every version of every key: (key name, version, wrapped material).
+    pub async fn all_wrapped(&self) -> Result<Vec<(String, u32, Vec<u8>)>, KeyError> {
+        let rows = sqlx::query("SELECT key_name, version, wrapped_material FROM key_versions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("key_name")?,
+                    u32_of(r, "version")?,
+                    r.try_get("wrapped_material")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces the keyring's wrapping in one transaction: new master metadata and every
+    /// version's material re-wrapped. Fails (changing nothing) if `old_version` is stale.
+    pub async fn rewrap_keyring(
+        &self,
+        old_version: u32,
+        meta: &MetaRow,
+        rewrapped: Vec<(String, u32, Vec<u8>)>,
+    ) -> Result<(), KeyError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE keyring_meta SET master_version = $1, check_blob = $2, shamir_shares = $3, shamir_threshold = $4, updated_at = $5 \
+             WHERE id = 1 AND master_version = $6",
+        )
+        .bind(meta.master_version as i64)
+        .bind(meta.check_blob.clone())
+        .bind(meta.shamir_shares as i64)
+        .bind(meta.shamir_threshold as i64)
+        .bind(now_ms())
+        .bind(old_version as i64)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(KeyError::FailedPrecondition(
+                "the master key was rotated concurrently; retry".into(),
+            ));
+        }
+        for (name, version, wrapped) in rewrapped {
+            sqlx::query("UPDATE key_versions SET wrapped_material = $1 WHERE key_name = $2 AND version = $3")
+                .bind(wrapped)
+                .bind(name)
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,610 @@
+//! The gRPC surface: validates each request at the edge, authorizes by role, and calls
+//! [`Core`]. Plaintext and key material never reach a log line from here.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey};
+use sentia_proto::keys::v1::{
+    self as pb, key_service_server::KeyService, system_service_server::SystemService,
+};
+use sentia_runtime::{Principal, Role};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use crate::KeyError;
+use crate::core::{Core, KeyEntry};
+use crate::keyring::{Purpose, validate_key_name};
+
+/// Largest payload for Encrypt, Hmac and Sign.
+pub const MAX_PAYLOAD: usize = 65_536;
+
+/// Both gRPC services over one core.
+#[derive(Clone)]
+pub struct Api {
+    core: Arc<Core>,
+    shares: Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>,
+}
+
+impl Api {
+    /// Wraps the core.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self {
+            core,
+            shares: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+fn caller<T>(req: &Request<T>, role: Role, action: &str) -> Result<Principal, Status> {
+    let p = Principal::of(req)?;
+    p.require(role, action)?;
+    Ok(p)
+}
+
+fn name(raw: &str) -> Result<&str, KeyError> {
+    validate_key_name(raw).map_err(KeyError::InvalidArgument)?;
+    Ok(raw)
+}
+
+fn context(ctx: &[u8]) -> Result<&[u8], KeyError> {
+    if ctx.len() > MAX_CONTEXT_LEN {
+        return Err(KeyError::InvalidArgument(format!(
+            "encryption_context is {} bytes; the limit is {MAX_CONTEXT_LEN}",
+            ctx.len()
+        )));
+    }
+    Ok(ctx)
+}
+
+fn payload<'a>(data: &'a [u8], field: &str, allow_empty: bool) -> Result<&'a [u8], KeyError> {
+    if (!allow_empty && data.is_empty()) || data.len() > MAX_PAYLOAD {
+        return Err(KeyError::InvalidArgument(format!(
+            "{field} must be {} to {MAX_PAYLOAD} bytes, got {}",
+            if allow_empty { 0 } else { 1 },
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+fn parse(blob: &[u8]) -> Result<Envelope<'_>, KeyError> {
+    if blob.is_empty() {
+        return Err(KeyError::InvalidArgument("ciphertext is empty".into()));
+    }
+    Ok(Envelope::parse(blob)?)
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn kid(name: &str, version: u32) -> String {
+    format!("{name}-v{version}")
+}
+
+impl Api {
+    async fn to_pb(&self, e: &KeyEntry) -> pb::Key {
+        let mut versions = Vec::new();
+        for v in e.versions.values() {
+            versions.push(pb::KeyVersion {
+                version: v.version,
+                create_time: Some(timestamp(v.created_at)),
+                encryption_count: self.core.encryption_count(v).await,
+                kid: if e.purpose == Purpose::Signing {
+                    kid(&e.row.name, v.version)
+                } else {
+                    String::new()
+                },
+            });
+        }
+        pb::Key {
+            name: e.row.name.clone(),
+            purpose: match e.purpose {
+                Purpose::Encryption => pb::KeyPurpose::Encryption,
+                Purpose::Signing => pb::KeyPurpose::Signing,
+                Purpose::Hmac => pb::KeyPurpose::Hmac,
+            } as i32,
+            primary_version: e.row.primary_version,
+            min_decryption_version: e.row.min_decryption_version,
+            auto_rotate_period: e.row.auto_rotate_secs.map(|s| prost_types::Duration {
+                seconds: s,
+                nanos: 0,
+            }),
+            versions,
+            create_time: Some(timestamp(e.row.created_at)),
+        }
+    }
+
+    /// Unwraps a blob sealed under an encryption key, returning the plaintext and the entry.
+    async fn open(
+        &self,
+        blob: &[u8],
+        ctx: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, String, u32), KeyError> {
+        let env = parse(blob)?;
+        let entry = self
+            .core
+            .entry_with_version(env.key_name, env.key_version)
+            .await?;
+        entry.require(Purpose::Encryption)?;
+        let version = entry.decryptable(env.key_version)?;
+        let plain = sentia_crypto::open(&version.key, &env, context(ctx)?).inspect_err(|_| {
+            tracing::warn!(
+                key = env.key_name,
+                version = env.key_version,
+                "failed decryption"
+            );
+        })?;
+        Ok((plain, env.key_name.to_string(), env.key_version))
+    }
+
+    /// Seals under the primary version of an encryption key, counting the nonce.
+    async fn seal(
+        &self,
+        key_name: &str,
+        ctx: &[u8],
+        plain: &[u8],
+    ) -> Result<(Vec<u8>, u32), KeyError> {
+        let entry = self.core.entry(name(key_name)?).await?;
+        entry.require(Purpose::Encryption)?;
+        let primary = entry.primary()?.clone();
+        self.core.count_encryption(key_name, &primary).await?;
+        let blob = sentia_crypto::seal(
+            &primary.key,
+            key_name,
+            primary.version,
+            context(ctx)?,
+            plain,
+        )?;
+        Ok((blob, primary.version))
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl KeyService for Api {
+    async fn generate_data_key(
+        &self,
+        req: Request<pb::GenerateDataKeyRequest>,
+    ) -> Res<pb::GenerateDataKeyResponse> {
+        caller(&req, Role::Service, "GenerateDataKey")?;
+        let r = req.into_inner();
+        let dek = sentia_crypto::SecretKey::generate();
+        let (wrapped_key, key_version) = self
+            .seal(&r.key_name, &r.encryption_context, dek.expose())
+            .await?;
+        Ok(Response::new(pb::GenerateDataKeyResponse {
+            plaintext_key: dek.expose().to_vec(),
+            wrapped_key,
+            key_version,
+        }))
+    }
+
+    async fn unwrap_data_key(
+        &self,
+        req: Request<pb::UnwrapDataKeyRequest>,
+    ) -> Res<pb::UnwrapDataKeyResponse> {
+        caller(&req, Role::Service, "UnwrapDataKey")?;
+        let r = req.into_inner();
+        let (plain, key_name, key_version) =
+            self.open(&r.wrapped_key, &r.encryption_context).await?;
+        Ok(Response::new(pb::UnwrapDataKeyResponse {
+            plaintext_key: plain.to_vec(),
+            key_name,
+            key_version,
+        }))
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        req: Request<pb::RewrapDataKeyRequest>,
+    ) -> Res<pb::RewrapDataKeyResponse> {
+        caller(&req, Role::Service, "RewrapDataKey")?;
+        let r = req.into_inner();
+        let (plain, key_name, _) = self.open(&r.wrapped_key, &r.encryption_context).await?;
+        let (wrapped_key, key_version) =
+            self.seal(&key_name, &r.encryption_context, &plain).await?;
+        Ok(Response::new(pb::RewrapDataKeyResponse {
+            wrapped_key,
+            key_version,
+        }))
+    }
+
+    async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Res<pb::EncryptResponse> {
+        caller(&req, Role::Service, "Encrypt")?;
+        let r = req.into_inner();
+        let plain = Zeroizing::new(r.plaintext);
+        let (ciphertext, key_version) = self
+            .seal(
+                &r.key_name,
+                &r.encryption_context,
+                payload(&plain, "plaintext", false)?,
+            )
+            .await?;
+        Ok(Response::new(pb::EncryptResponse {
+            ciphertext,
+            key_version,
+        }))
+    }
+
+    async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Res<pb::DecryptResponse> {
+        caller(&req, Role::Service, "Decrypt")?;
+        let r = req.into_inner();
+        let (plain, key_name, key_version) =
+            self.open(&r.ciphertext, &r.encryption_context).await?;
+        Ok(Response::new(pb::DecryptResponse {
+            plaintext: plain.to_vec(),
+            key_name,
+            key_version,
+        }))
+    }
+
+    async fn hmac(&self, req: Request<pb::HmacRequest>) -> Res<pb::HmacResponse> {
+        caller(&req, Role::Service, "Hmac")?;
+        let r = req.into_inner();
+        let entry = self.core.entry(name(&r.key_name)?).await?;
+        entry.require(Purpose::Hmac)?;
+        let v = entry.primary()?;
+        let tag = sentia_crypto::hmac_sha256(&v.key, payload(&r.data, "data", true)?);
+        Ok(Response::new(pb::HmacResponse {
+            mac: format!("sentia:v{}:{}", v.version, STANDARD.encode(tag)),
+            key_version: v.version,
+        }))
+    }
+
+    async fn verify_hmac(
+        &self,
+        req: Request<pb::VerifyHmacRequest>,
+    ) -> Res<pb::VerifyHmacResponse> {
+        caller(&req, Role::Service, "VerifyHmac")?;
+        let r = req.into_inner();
+        let bad =
+            || KeyError::InvalidArgument("mac must look like sentia:v{version}:{base64}".into());
+        let rest = r.mac.strip_prefix("sentia:v").ok_or_else(bad)?;
+        let (version, tag) = rest.split_once(':').ok_or_else(bad)?;
+        let version: u32 = version.parse().map_err(|_| bad())?;
+        let tag = STANDARD.decode(tag).map_err(|_| bad())?;
+        let entry = self
+            .core
+            .entry_with_version(name(&r.key_name)?, version)
+            .await?;
+        entry.require(Purpose::Hmac)?;
+        let v = entry.decryptable(version)?;
+        let valid =
+            sentia_crypto::verify_hmac_sha256(&v.key, payload(&r.data, "data", true)?, &tag);
+        Ok(Response::new(pb::VerifyHmacResponse { valid }))
+    }
+
+    async fn sign(&self, req: Request<pb::SignRequest>) -> Res<pb::SignResponse> {
+        caller(&req, Role::Service, "Sign")?;
+        let r = req.into_inner();
+        let entry = self.core.entry(name(&r.key_name)?).await?;
+        entry.require(Purpose::Signing)?;
+        let v = entry.primary()?;
+        let signer = v
+            .signing
+            .as_ref()
+            .ok_or_else(|| KeyError::Corrupt(r.key_name.clone()))?;
+        let signature = signer.sign(payload(&r.message, "message", false)?).to_vec();
+        Ok(Response::new(pb::SignResponse {
+            signature,
+            key_version: v.version,
+            kid: kid(&r.key_name, v.version),
+            algorithm: "EdDSA".into(),
+        }))
+    }
+
+    async fn get_public_keys(
+        &self,
+        req: Request<pb::GetPublicKeysRequest>,
+    ) -> Res<pb::GetPublicKeysResponse> {
+        caller(&req, Role::Service, "GetPublicKeys")?;
+        let r = req.into_inner();
+        let entry = self.core.entry(name(&r.key_name)?).await?;
+        entry.require(Purpose::Signing)?;
+        let mut keys = Vec::new();
+        let mut jwks = Vec::new();
+        for v in entry
+            .versions
+            .values()
+            .filter(|v| v.version >= entry.row.min_decryption_version)
+        {
+            let Some(signer) = &v.signing else { continue };
+            let public = signer.public_key();
+            let id = kid(&r.key_name, v.version);
+            jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(public), "kid": id, "alg": "EdDSA", "use": "sig"}));
+            keys.push(pb::PublicKey {
+                kid: id,
+                version: v.version,
+                algorithm: "EdDSA".into(),
+                public_key: public.to_vec(),
+            });
+        }
+        let jwks_json = serde_json::json!({ "keys": jwks }).to_string();
+        Ok(Response::new(pb::GetPublicKeysResponse { keys, jwks_json }))
+    }
+
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Res<pb::Key> {
+        caller(&req, Role::Admin, "CreateKey")?;
+        let r = req.into_inner();
+        let purpose = match pb::KeyPurpose::try_from(r.purpose) {
+            Ok(pb::KeyPurpose::Encryption) => Purpose::Encryption,
+            Ok(pb::KeyPurpose::Signing) => Purpose::Signing,
+            Ok(pb::KeyPurpose::Hmac) => Purpose::Hmac,
+            _ => {
+                return Err(KeyError::InvalidArgument(
+                    "purpose must be ENCRYPTION, SIGNING or HMAC".into(),
+                )
+                .into());
+            }
+        };
+        let period = auto_rotate(r.auto_rotate_period)?.flatten();
+        let entry = self
+            .core
+            .create_key(name(&r.name)?, purpose, period)
+            .await?;
+        Ok(Response::new(self.to_pb(&entry).await))
+    }
+
+    async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Res<pb::Key> {
+        caller(&req, Role::Admin, "RotateKey")?;
+        let entry = self.core.rotate_key(name(&req.get_ref().name)?).await?;
+        Ok(Response::new(self.to_pb(&entry).await))
+    }
+
+    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Res<pb::Key> {
+        caller(&req, Role::Service, "GetKey")?;
+        let entry = self.core.entry(name(&req.get_ref().name)?).await?;
+        Ok(Response::new(self.to_pb(&entry).await))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Res<pb::ListKeysResponse> {
+        caller(&req, Role::Service, "ListKeys")?;
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(KeyError::InvalidArgument(format!(
+                    "page_size must be 0 to 1000, got {n}"
+                ))
+                .into());
+            }
+        };
+        if !r.page_token.is_empty() {
+            validate_key_name(&r.page_token).map_err(|_| {
+                KeyError::InvalidArgument("page_token is not one this server issued".into())
+            })?;
+        }
+        let all = self.core.list().await?;
+        let mut keys = Vec::new();
+        let mut next_page_token = String::new();
+        for e in all
+            .iter()
+            .filter(|e| e.row.name.as_str() > r.page_token.as_str())
+        {
+            if keys.len() == size {
+                next_page_token = keys
+                    .last()
+                    .map(|k: &pb::Key| k.name.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            keys.push(self.to_pb(e).await);
+        }
+        Ok(Response::new(pb::ListKeysResponse {
+            keys,
+            next_page_token,
+        }))
+    }
+
+    async fn set_key_policy(&self, req: Request<pb::SetKeyPolicyRequest>) -> Res<pb::Key> {
+        caller(&req, Role::Admin, "SetKeyPolicy")?;
+        let r = req.into_inner();
+        let paths: Vec<String> = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        for p in &paths {
+            if p != "min_decryption_version" && p != "auto_rotate_period" {
+                return Err(
+                    KeyError::InvalidArgument(format!("unknown update_mask path {p:?}")).into(),
+                );
+            }
+        }
+        let all = paths.is_empty();
+        let min = (all || paths.iter().any(|p| p == "min_decryption_version"))
+            .then_some(r.min_decryption_version);
+        let period = if all || paths.iter().any(|p| p == "auto_rotate_period") {
+            Some(auto_rotate(r.auto_rotate_period)?.flatten())
+        } else {
+            None
+        };
+        let entry = self.core.set_policy(name(&r.name)?, min, period).await?;
+        Ok(Response::new(self.to_pb(&entry).await))
+    }
+}
+
+/// None: field absent; Some(None): cleared (zero); Some(Some(s)): at least one hour.
+fn auto_rotate(d: Option<prost_types::Duration>) -> Result<Option<Option<i64>>, KeyError> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(None)),
+        Some(d) if d.seconds >= 3600 => Ok(Some(Some(d.seconds))),
+        Some(_) => Err(KeyError::InvalidArgument(
+            "auto_rotate_period must be at least 1 hour (or zero to clear)".into(),
+        )),
+    }
+}
+
+fn shamir_params(shares: u32, threshold: u32) -> Result<(u8, u8), KeyError> {
+    if !(2..=255).contains(&shares) || threshold < 2 || threshold > shares {
+        return Err(KeyError::InvalidArgument(format!(
+            "need 2 <= secret_threshold <= secret_shares <= 255, got threshold {threshold} of {shares}"
+        )));
+    }
+    Ok((threshold as u8, shares as u8))
+}
+
+#[tonic::async_trait]
+impl SystemService for Api {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Res<pb::StatusResponse> {
+        let meta = self.core.meta().await?;
+        let (master_version, key_count) = self
+            .core
+            .summary()
+            .map(|(v, n)| (v, n as u32))
+            .unwrap_or((meta.as_ref().map_or(0, |m| m.master_version), 0));
+        let threshold = meta.as_ref().map_or(1, |m| m.shamir_threshold.max(1));
+        Ok(Response::new(pb::StatusResponse {
+            sealed: self.core.is_sealed(),
+            initialized: meta.is_some(),
+            seal_type: self.core.seal_type().into(),
+            threshold,
+            progress: self.shares.lock().await.len() as u32,
+            master_version,
+            key_count,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn init(&self, req: Request<pb::InitRequest>) -> Res<pb::InitResponse> {
+        caller(&req, Role::Admin, "Init")?;
+        if self.core.seal_type() != "shamir" {
+            return Err(KeyError::FailedPrecondition("Init is for SENTIA_SEAL_TYPE=shamir; this server unseals from its configured master key".into()).into());
+        }
+        if self.core.meta().await?.is_some() {
+            return Err(
+                KeyError::FailedPrecondition("the keyring is already initialized".into()).into(),
+            );
+        }
+        let r = req.into_inner();
+        let (k, n) = shamir_params(r.secret_shares, r.secret_threshold)?;
+        let master = MasterKey::generate();
+        let shares = master.split(k, n).map_err(KeyError::from)?;
+        self.core
+            .unseal(&master, Some((n.into(), k.into())))
+            .await?;
+        Ok(Response::new(pb::InitResponse {
+            shares: shares.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn seal(&self, req: Request<pb::SealRequest>) -> Res<pb::SealResponse> {
+        caller(&req, Role::Admin, "Seal")?;
+        self.core.seal();
+        self.shares.lock().await.clear();
+        Ok(Response::new(pb::SealResponse { sealed: true }))
+    }
+
+    async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Res<pb::UnsealResponse> {
+        let r = req.into_inner();
+        let mut shares = self.shares.lock().await;
+        if r.reset {
+            shares.clear();
+        }
+        let meta = self.core.meta().await?;
+        let threshold = meta.as_ref().map_or(1, |m| m.shamir_threshold.max(1));
+        if !self.core.is_sealed() {
+            return Ok(Response::new(pb::UnsealResponse {
+                sealed: false,
+                progress: 0,
+                threshold,
+            }));
+        }
+        if meta.is_none() {
+            return Err(KeyError::FailedPrecondition(
+                "the keyring is not initialized; call Init first".into(),
+            )
+            .into());
+        }
+        let master = match r.material {
+            None => {
+                return Ok(Response::new(pb::UnsealResponse {
+                    sealed: true,
+                    progress: shares.len() as u32,
+                    threshold,
+                }));
+            }
+            Some(pb::unseal_request::Material::MasterKey(k)) => {
+                MasterKey::from_base64(&Zeroizing::new(k)).map_err(KeyError::from)?
+            }
+            Some(pb::unseal_request::Material::Share(s)) => {
+                let share =
+                    Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| {
+                        KeyError::InvalidArgument("share is not valid base64".into())
+                    })?);
+                if share.len() != 33 {
+                    return Err(KeyError::InvalidArgument(format!(
+                        "a share is 33 bytes, got {}",
+                        share.len()
+                    ))
+                    .into());
+                }
+                if shares.iter().any(|s| s[0] == share[0]) {
+                    return Err(KeyError::InvalidArgument(
+                        "this share was already submitted".into(),
+                    )
+                    .into());
+                }
+                shares.push(share);
+                if (shares.len() as u32) < threshold {
+                    return Ok(Response::new(pb::UnsealResponse {
+                        sealed: true,
+                        progress: shares.len() as u32,
+                        threshold,
+                    }));
+                }
+                let combined = MasterKey::from_shares(&shares);
+                shares.clear();
+                combined.map_err(KeyError::from)?
+            }
+        };
+        self.core.unseal(&master, None).await?;
+        Ok(Response::new(pb::UnsealResponse {
+            sealed: false,
+            progress: 0,
+            threshold,
+        }))
+    }
+
+    async fn rotate_master_key(
+        &self,
+        req: Request<pb::RotateMasterKeyRequest>,
+    ) -> Res<pb::RotateMasterKeyResponse> {
+        caller(&req, Role::Admin, "RotateMasterKey")?;
+        let r = req.into_inner();
+        if self.core.seal_type() == "shamir" {
+            let meta = self.core.meta().await?.ok_or(KeyError::Sealed)?;
+            let shares = if r.secret_shares == 0 {
+                meta.shamir_shares
+            } else {
+                r.secret_shares
+            };
+            let threshold = if r.secret_threshold == 0 {
+                meta.shamir_threshold
+            } else {
+                r.secret_threshold
+            };
+            let (k, n) = shamir_params(shares, threshold)?;
+            let (master_version, master) =
+                self.core.rotate_master(Some((n.into(), k.into()))).await?;
+            let shares = master.split(k, n).map_err(KeyError::from)?;
+            return Ok(Response::new(pb::RotateMasterKeyResponse {
+                master_version,
+                master_key: String::new(),
+                shares: shares.iter().map(|s| s.to_string()).collect(),
+            }));
+        }
+        let (master_version, master) = self.core.rotate_master(None).await?;
+        Ok(Response::new(pb::RotateMasterKeyResponse {
+            master_version,
+            master_key: master.to_base64().to_string(),
+            shares: Vec::new(),
+        }))
+    }
+}

@@ -1,0 +1,478 @@
+//! The keyring in memory: seal state, unwrapped key versions (zeroized on drop), and the
+//! operations the gRPC layer calls. Only this module ever holds master-derived material.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use sentia_crypto::{Envelope, MasterKey, SecretKey, SigningKey, derive_secret_key};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::KeyError;
+use crate::keyring::Purpose;
+use crate::store::{KeyRow, MetaRow, Store, now_ms};
+
+const KEYRING_PURPOSE: &str = "sentia/keyring";
+const CHECK_CONTEXT: &[u8] = b"sentia/keyring-check";
+
+/// One unwrapped key version.
+pub struct Version {
+    /// Version number.
+    pub version: u32,
+    /// The 32-byte material (AES key, HMAC key or Ed25519 seed).
+    pub key: SecretKey,
+    /// The Ed25519 pair, for signing keys.
+    pub signing: Option<SigningKey>,
+    /// Creation time, unix ms.
+    pub created_at: i64,
+    budget: Mutex<Budget>,
+}
+
+#[derive(Default)]
+struct Budget {
+    remaining: u64,
+    reserved_total: u64,
+}
+
+/// A named key with its unwrapped versions.
+pub struct KeyEntry {
+    /// Stored metadata.
+    pub row: KeyRow,
+    /// Parsed purpose.
+    pub purpose: Purpose,
+    /// Versions by number.
+    pub versions: BTreeMap<u32, Arc<Version>>,
+}
+
+impl KeyEntry {
+    /// The primary version.
+    pub fn primary(&self) -> Result<&Arc<Version>, KeyError> {
+        self.versions
+            .get(&self.row.primary_version)
+            .ok_or_else(|| KeyError::Corrupt(format!("{} primary version", self.row.name)))
+    }
+
+    /// A version allowed for decryption / verification.
+    pub fn decryptable(&self, version: u32) -> Result<&Arc<Version>, KeyError> {
+        if version < self.row.min_decryption_version {
+            return Err(KeyError::FailedPrecondition(format!(
+                "version {version} of key {:?} is below its min_decryption_version {}; it can no longer decrypt",
+                self.row.name, self.row.min_decryption_version
+            )));
+        }
+        self.versions.get(&version).ok_or_else(|| {
+            KeyError::NotFound(format!("key {:?} has no version {version}", self.row.name))
+        })
+    }
+
+    /// Refuses use for another purpose.
+    pub fn require(&self, purpose: Purpose) -> Result<(), KeyError> {
+        if self.purpose != purpose {
+            return Err(KeyError::FailedPrecondition(format!(
+                "key {:?} is a {} key; this operation needs a {} key",
+                self.row.name,
+                self.purpose.as_str(),
+                purpose.as_str()
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct Unsealed {
+    master_version: u32,
+    wrapping: SecretKey,
+    keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
+}
+
+/// key-service state.
+pub struct Core {
+    store: Store,
+    seal_type: &'static str,
+    state: RwLock<Option<Arc<Unsealed>>>,
+    max_encryptions: u64,
+    default_keys: Vec<(String, Purpose)>,
+}
+
+fn material_aad(name: &str, version: u32) -> Vec<u8> {
+    format!("keyring|{name}|{version}").into_bytes()
+}
+
+fn wrapping_key(master: &MasterKey, master_version: u32) -> SecretKey {
+    derive_secret_key(master.key(), KEYRING_PURPOSE, master_version)
+}
+
+impl Core {
+    /// A sealed core.
+    pub fn new(
+        store: Store,
+        seal_type: &'static str,
+        max_encryptions: u64,
+        default_keys: Vec<(String, Purpose)>,
+    ) -> Self {
+        Self {
+            store,
+            seal_type,
+            state: RwLock::new(None),
+            max_encryptions,
+            default_keys,
+        }
+    }
+
+    /// Seal type name.
+    pub fn seal_type(&self) -> &'static str {
+        self.seal_type
+    }
+
+    fn unsealed(&self) -> Result<Arc<Unsealed>, KeyError> {
+        self.state
+            .read()
+            .map_err(|_| KeyError::Startup("state lock poisoned".into()))?
+            .clone()
+            .ok_or(KeyError::Sealed)
+    }
+
+    /// True while no master key is in memory.
+    pub fn is_sealed(&self) -> bool {
+        self.unsealed().is_err()
+    }
+
+    /// (master_version, key count) while unsealed.
+    pub fn summary(&self) -> Option<(u32, usize)> {
+        let u = self.unsealed().ok()?;
+        let count = u.keys.read().map(|k| k.len()).unwrap_or(0);
+        Some((u.master_version, count))
+    }
+
+    /// Stored master metadata.
+    pub async fn meta(&self) -> Result<Option<MetaRow>, KeyError> {
+        self.store.meta().await
+    }
+
+    /// Opens the keyring with `master`, initializing it on first use, then creates missing
+    /// default keys. A master that does not open an existing keyring is PERMISSION_DENIED.
+    pub async fn unseal(
+        &self,
+        master: &MasterKey,
+        shamir: Option<(u32, u32)>,
+    ) -> Result<(), KeyError> {
+        let meta = match self.store.meta().await? {
+            Some(meta) => meta,
+            None => {
+                let wrapping = wrapping_key(master, 1);
+                let check_blob =
+                    sentia_crypto::seal(&wrapping, "keyring", 1, CHECK_CONTEXT, b"sentia")?;
+                let (shares, threshold) = shamir.unwrap_or((0, 0));
+                let meta = MetaRow {
+                    master_version: 1,
+                    check_blob,
+                    seal_type: self.seal_type.to_string(),
+                    shamir_shares: shares,
+                    shamir_threshold: threshold,
+                };
+                if let Err(e) = self.store.init_meta(&meta).await {
+                    // Another replica initialized first; use its row.
+                    tracing::info!(error = %e, "keyring initialized concurrently");
+                }
+                self.store.meta().await?.ok_or_else(|| {
+                    KeyError::Startup("keyring metadata missing after init".into())
+                })?
+            }
+        };
+        let wrapping = wrapping_key(master, meta.master_version);
+        let env = Envelope::parse(&meta.check_blob)
+            .map_err(|_| KeyError::Corrupt("keyring check".into()))?;
+        if sentia_crypto::open(&wrapping, &env, CHECK_CONTEXT).is_err() {
+            return Err(KeyError::PermissionDenied(format!(
+                "this master key does not open the keyring (master version {}); check SENTIA_MASTER_KEY or the unseal shares",
+                meta.master_version
+            )));
+        }
+        let unsealed = Arc::new(Unsealed {
+            master_version: meta.master_version,
+            wrapping,
+            keys: RwLock::new(HashMap::new()),
+        });
+        for row in self.store.keys().await? {
+            let entry = self.unwrap_entry(&unsealed, row).await?;
+            insert(&unsealed, Arc::new(entry));
+        }
+        *self
+            .state
+            .write()
+            .map_err(|_| KeyError::Startup("state lock poisoned".into()))? = Some(unsealed);
+        for (name, purpose) in self.default_keys.clone() {
+            match self.create_key(&name, purpose, None).await {
+                Ok(_) | Err(KeyError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(master_version = meta.master_version, "key-service unsealed");
+        Ok(())
+    }
+
+    /// Drops all key material from memory.
+    pub fn seal(&self) {
+        if let Ok(mut state) = self.state.write() {
+            *state = None;
+        }
+        tracing::warn!("key-service sealed");
+    }
+
+    async fn unwrap_entry(&self, u: &Unsealed, row: KeyRow) -> Result<KeyEntry, KeyError> {
+        let purpose = Purpose::parse(&row.purpose)
+            .ok_or_else(|| KeyError::Corrupt(format!("{} purpose", row.name)))?;
+        let mut versions = BTreeMap::new();
+        for v in self.store.versions(&row.name).await? {
+            let env = Envelope::parse(&v.wrapped_material)
+                .map_err(|_| KeyError::Corrupt(format!("{} v{}", row.name, v.version)))?;
+            let material =
+                sentia_crypto::open(&u.wrapping, &env, &material_aad(&row.name, v.version))
+                    .map_err(|_| KeyError::Corrupt(format!("{} v{}", row.name, v.version)))?;
+            let key = SecretKey::from_slice(&material)?;
+            let signing = match purpose {
+                Purpose::Signing => Some(SigningKey::from_seed(key.duplicate())?),
+                _ => None,
+            };
+            versions.insert(
+                v.version,
+                Arc::new(Version {
+                    version: v.version,
+                    key,
+                    signing,
+                    created_at: v.created_at,
+                    budget: Mutex::new(Budget {
+                        remaining: 0,
+                        reserved_total: v.encryption_count,
+                    }),
+                }),
+            );
+        }
+        Ok(KeyEntry {
+            row,
+            purpose,
+            versions,
+        })
+    }
+
+    /// A key by name; reloads from the database on a miss (another replica may have created
+    /// or rotated it).
+    pub async fn entry(&self, name: &str) -> Result<Arc<KeyEntry>, KeyError> {
+        let u = self.unsealed()?;
+        if let Some(e) = u.keys.read().ok().and_then(|k| k.get(name).cloned()) {
+            return Ok(e);
+        }
+        self.reload(&u, name).await
+    }
+
+    /// A key that must have `version`; reloads once if this replica has not seen it yet.
+    pub async fn entry_with_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Arc<KeyEntry>, KeyError> {
+        let e = self.entry(name).await?;
+        if e.versions.contains_key(&version) {
+            return Ok(e);
+        }
+        let u = self.unsealed()?;
+        self.reload(&u, name).await
+    }
+
+    async fn reload(&self, u: &Arc<Unsealed>, name: &str) -> Result<Arc<KeyEntry>, KeyError> {
+        let row = self
+            .store
+            .key(name)
+            .await?
+            .ok_or_else(|| KeyError::NotFound(format!("no key named {name:?}")))?;
+        let entry = Arc::new(self.unwrap_entry(u, row).await?);
+        insert(u, entry.clone());
+        Ok(entry)
+    }
+
+    /// All keys by name.
+    pub async fn list(&self) -> Result<Vec<Arc<KeyEntry>>, KeyError> {
+        self.unsealed()?;
+        let mut out = Vec::new();
+        for row in self.store.keys().await? {
+            out.push(self.entry(&row.name).await?);
+        }
+        Ok(out)
+    }
+
+    /// Creates a key with a random version 1.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        purpose: Purpose,
+        auto_rotate_secs: Option<i64>,
+    ) -> Result<Arc<KeyEntry>, KeyError> {
+        crate::keyring::validate_key_name(name).map_err(KeyError::InvalidArgument)?;
+        let u = self.unsealed()?;
+        let material = SecretKey::generate();
+        let wrapped = sentia_crypto::seal(
+            &u.wrapping,
+            "keyring",
+            u.master_version,
+            &material_aad(name, 1),
+            material.expose(),
+        )?;
+        let row = KeyRow {
+            name: name.to_string(),
+            purpose: purpose.as_str().to_string(),
+            primary_version: 1,
+            min_decryption_version: 1,
+            auto_rotate_secs,
+            created_at: now_ms(),
+        };
+        self.store.create_key(&row, wrapped).await?;
+        tracing::info!(key = name, purpose = purpose.as_str(), "key created");
+        self.reload(&u, name).await
+    }
+
+    /// Adds a new random primary version. Losing a race to another replica is fine: the
+    /// winner's version is returned.
+    pub async fn rotate_key(&self, name: &str) -> Result<Arc<KeyEntry>, KeyError> {
+        let u = self.unsealed()?;
+        let current = self.reload(&u, name).await?;
+        let next = current.row.primary_version + 1;
+        let material = SecretKey::generate();
+        let wrapped = sentia_crypto::seal(
+            &u.wrapping,
+            "keyring",
+            u.master_version,
+            &material_aad(name, next),
+            material.expose(),
+        )?;
+        if self.store.add_version(name, next, wrapped).await? {
+            tracing::info!(key = name, version = next, "key rotated");
+        }
+        self.reload(&u, name).await
+    }
+
+    /// Changes min_decryption_version and/or the auto-rotate period.
+    pub async fn set_policy(
+        &self,
+        name: &str,
+        min: Option<u32>,
+        auto_rotate_secs: Option<Option<i64>>,
+    ) -> Result<Arc<KeyEntry>, KeyError> {
+        let u = self.unsealed()?;
+        let current = self.reload(&u, name).await?;
+        let min = min.unwrap_or(current.row.min_decryption_version);
+        if min == 0 || min > current.row.primary_version {
+            return Err(KeyError::InvalidArgument(format!(
+                "min_decryption_version must be between 1 and the primary version {}, got {min}",
+                current.row.primary_version
+            )));
+        }
+        let period = auto_rotate_secs.unwrap_or(current.row.auto_rotate_secs);
+        self.store.set_policy(name, min, period).await?;
+        self.reload(&u, name).await
+    }
+
+    /// Counts one random-nonce encryption under `version`, reserving blocks in the database so
+    /// the stored count is always an upper bound across replicas. Past half the budget the key
+    /// rotates; at the budget the version refuses to encrypt.
+    pub async fn count_encryption(&self, name: &str, version: &Version) -> Result<(), KeyError> {
+        let mut budget = version.budget.lock().await;
+        if budget.remaining == 0 {
+            let block = (self.max_encryptions / 16).clamp(1, 4096);
+            let total = self
+                .store
+                .reserve_encryptions(name, version.version, block)
+                .await?;
+            budget.reserved_total = total;
+            if total > self.max_encryptions {
+                drop(budget);
+                self.rotate_key(name).await?;
+                return Err(KeyError::FailedPrecondition(format!(
+                    "version {} of key {name:?} reached its limit of {} encryptions and was rotated; retry",
+                    version.version, self.max_encryptions
+                )));
+            }
+            budget.remaining = block;
+            if total >= self.max_encryptions / 2 {
+                budget.remaining -= 1;
+                drop(budget);
+                self.rotate_key(name).await?;
+                return Ok(());
+            }
+        }
+        budget.remaining -= 1;
+        Ok(())
+    }
+
+    /// Reserved encryption count of a version (upper bound).
+    pub async fn encryption_count(&self, version: &Version) -> u64 {
+        version.budget.lock().await.reserved_total
+    }
+}
+
+fn insert(u: &Unsealed, entry: Arc<KeyEntry>) {
+    if let Ok(mut keys) = u.keys.write() {
+        keys.insert(entry.row.name.clone(), entry);
+    }
+}
+
+/// Zeroizing copy of bytes, for handing data keys to the wire layer.
+pub fn zeroizing(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(bytes.to_vec())
+}
+
+impl Core {
+    /// Generates a new master key, re-wraps every key version under it (O(keys)), and swaps
+    /// it in. The old master no longer opens the keyring.
+    pub async fn rotate_master(
+        &self,
+        shamir: Option<(u32, u32)>,
+    ) -> Result<(u32, MasterKey), KeyError> {
+        let u = self.unsealed()?;
+        let new_master = MasterKey::generate();
+        let new_version = u.master_version + 1;
+        let new_wrapping = wrapping_key(&new_master, new_version);
+        let mut rewrapped = Vec::new();
+        for (name, version, blob) in self.store.all_wrapped().await? {
+            let env = Envelope::parse(&blob)
+                .map_err(|_| KeyError::Corrupt(format!("{name} v{version}")))?;
+            let aad = material_aad(&name, version);
+            let material = sentia_crypto::open(&u.wrapping, &env, &aad)
+                .map_err(|_| KeyError::Corrupt(format!("{name} v{version}")))?;
+            let wrapped =
+                sentia_crypto::seal(&new_wrapping, "keyring", new_version, &aad, &material)?;
+            rewrapped.push((name, version, wrapped));
+        }
+        let (shares, threshold) = shamir.unwrap_or((0, 0));
+        let meta = MetaRow {
+            master_version: new_version,
+            check_blob: sentia_crypto::seal(
+                &new_wrapping,
+                "keyring",
+                new_version,
+                CHECK_CONTEXT,
+                b"sentia",
+            )?,
+            seal_type: self.seal_type.to_string(),
+            shamir_shares: shares,
+            shamir_threshold: threshold,
+        };
+        self.store
+            .rewrap_keyring(u.master_version, &meta, rewrapped)
+            .await?;
+        let keys = u.keys.read().map(|k| k.clone()).unwrap_or_default();
+        let swapped = Arc::new(Unsealed {
+            master_version: new_version,
+            wrapping: new_wrapping,
+            keys: RwLock::new(keys),
+        });
+        *self
+            .state
+            .write()
+            .map_err(|_| KeyError::Startup("state lock poisoned".into()))? = Some(swapped);
+        tracing::warn!(
+            master_version = new_version,
+            "master key rotated; the previous master no longer opens the keyring"
+        );
+        Ok((new_version, new_master))
+    }
+}

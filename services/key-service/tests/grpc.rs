@@ -1,0 +1,686 @@
+//! key-service over real gRPC on an ephemeral port, on SQLite and on Postgres (each test in
+//! its own fresh database): happy paths and every bad input with its exact status code.
+#![allow(clippy::unwrap_used)]
+
+use key_service::Config;
+use sentia_crypto::MasterKey;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
+use sentia_proto::keys::v1::*;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::{MapSource, Shutdown};
+use sqlx::Executor;
+use tonic::Code;
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+const SERVICE_TOKEN: &str = "service-token-for-tests";
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+struct Running {
+    addr: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn client(&self, token: Option<&str>) -> KeyServiceClient<AuthedChannel> {
+        let channel = connect(&self.addr, None).await.unwrap();
+        KeyServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
+    }
+
+    async fn system(&self, token: Option<&str>) -> SystemServiceClient<AuthedChannel> {
+        let channel = connect(&self.addr, None).await.unwrap();
+        SystemServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.handle.await.unwrap();
+    }
+}
+
+fn tokens() -> String {
+    sentia_runtime::auth::TokenTable::from_plain([
+        (
+            "vault-service",
+            sentia_runtime::Role::Service,
+            SERVICE_TOKEN,
+        ),
+        ("operator", sentia_runtime::Role::Admin, ADMIN_TOKEN),
+    ])
+    .to_config()
+}
+
+async fn start(database_url: &str, extra: &[(&str, &str)]) -> Running {
+    let master = MasterKey::generate().to_base64().to_string();
+    let tokens = tokens();
+    let mut pairs = vec![
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", database_url),
+        ("SENTIA_MASTER_KEY", master.as_str()),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+    ];
+    pairs.extend_from_slice(extra);
+    let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle =
+        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
+    // Wait until it answers.
+    for _ in 0..100 {
+        if connect(&addr, None).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Running {
+        addr,
+        shutdown,
+        handle,
+    }
+}
+
+fn sqlite_url() -> Option<String> {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_ks")));
+    Some(format!("sqlite://{}?mode=rwc", path.display()))
+}
+
+async fn postgres_url() -> Option<String> {
+    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED: postgres key-service test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
+        );
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let db = unique("sentia_ks");
+    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+    Some(format!("{base}/{db}"))
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.unwrap_err().code()
+}
+
+async fn encryption_round_trips_and_bad_inputs_get_precise_statuses(url: String) {
+    let ks = start(&url, &[]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let ctx = b"vault|prod/db/password|1".to_vec();
+    let enc = c
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: b"hunter2".to_vec(),
+            encryption_context: ctx.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dec = c
+        .decrypt(DecryptRequest {
+            ciphertext: enc.ciphertext.clone(),
+            encryption_context: ctx.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dec.plaintext, b"hunter2");
+    assert_eq!((dec.key_name.as_str(), dec.key_version), ("vault", 1));
+
+    // Wrong context, tampered and truncated ciphertexts.
+    let wrong = c
+        .decrypt(DecryptRequest {
+            ciphertext: enc.ciphertext.clone(),
+            encryption_context: b"vault|other|1".to_vec(),
+        })
+        .await;
+    let status = wrong.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("authentication failed"),
+        "{}",
+        status.message()
+    );
+    let mut tampered = enc.ciphertext.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(
+        code(
+            c.decrypt(DecryptRequest {
+                ciphertext: tampered,
+                encryption_context: ctx.clone()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.decrypt(DecryptRequest {
+                ciphertext: enc.ciphertext[..10].to_vec(),
+                encryption_context: ctx.clone()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.decrypt(DecryptRequest {
+                ciphertext: vec![],
+                encryption_context: ctx.clone()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+
+    // Empty and oversized payloads, unknown key, bad key name, oversized context, wrong purpose.
+    let enc_req = |name: &str, plaintext: Vec<u8>, ctx: Vec<u8>| EncryptRequest {
+        key_name: name.into(),
+        plaintext,
+        encryption_context: ctx,
+    };
+    assert_eq!(
+        code(c.encrypt(enc_req("vault", vec![], vec![])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.encrypt(enc_req("vault", vec![0; 65_537], vec![])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.encrypt(enc_req("vault", vec![1], vec![0; 1025])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.encrypt(enc_req("no-such-key", vec![1], vec![])).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(c.encrypt(enc_req("Bad Name", vec![1], vec![])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.encrypt(enc_req("sentia-jwt", vec![1], vec![])).await),
+        Code::FailedPrecondition
+    );
+    ks.stop().await;
+}
+
+async fn data_keys_unwrap_and_rewrap_forward_after_rotation(url: String) {
+    let ks = start(&url, &[]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut admin = ks.client(Some(ADMIN_TOKEN)).await;
+    let ctx = b"vault|a/b|1".to_vec();
+    let dk = c
+        .generate_data_key(GenerateDataKeyRequest {
+            key_name: "vault".into(),
+            encryption_context: ctx.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dk.plaintext_key.len(), 32);
+    let rotated = admin
+        .rotate_key(RotateKeyRequest {
+            name: "vault".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.primary_version, 2);
+    let re = c
+        .rewrap_data_key(RewrapDataKeyRequest {
+            wrapped_key: dk.wrapped_key.clone(),
+            encryption_context: ctx.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(re.key_version, 2);
+    let un = c
+        .unwrap_data_key(UnwrapDataKeyRequest {
+            wrapped_key: re.wrapped_key,
+            encryption_context: ctx.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(un.plaintext_key, dk.plaintext_key);
+
+    // Raising min_decryption_version retires version 1.
+    admin
+        .set_key_policy(SetKeyPolicyRequest {
+            name: "vault".into(),
+            min_decryption_version: 2,
+            auto_rotate_period: None,
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["min_decryption_version".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let old = c
+        .unwrap_data_key(UnwrapDataKeyRequest {
+            wrapped_key: dk.wrapped_key,
+            encryption_context: ctx,
+        })
+        .await;
+    assert_eq!(code(old), Code::FailedPrecondition);
+    let too_high = admin
+        .set_key_policy(SetKeyPolicyRequest {
+            name: "vault".into(),
+            min_decryption_version: 9,
+            auto_rotate_period: None,
+            update_mask: None,
+        })
+        .await;
+    assert_eq!(code(too_high), Code::InvalidArgument);
+    ks.stop().await;
+}
+
+async fn signatures_verify_against_the_published_jwks_and_hmacs_check(url: String) {
+    let ks = start(&url, &[]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let sig = c
+        .sign(SignRequest {
+            key_name: "sentia-jwt".into(),
+            message: b"header.payload".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (sig.kid.as_str(), sig.algorithm.as_str()),
+        ("sentia-jwt-v1", "EdDSA")
+    );
+    let keys = c
+        .get_public_keys(GetPublicKeysRequest {
+            key_name: "sentia-jwt".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pk = keys.keys.iter().find(|k| k.kid == sig.kid).unwrap();
+    assert!(sentia_crypto::verify_ed25519(
+        &pk.public_key,
+        b"header.payload",
+        &sig.signature
+    ));
+    assert!(!sentia_crypto::verify_ed25519(
+        &pk.public_key,
+        b"header.payload2",
+        &sig.signature
+    ));
+    assert!(keys.jwks_json.contains("\"kty\":\"OKP\"") && keys.jwks_json.contains("sentia-jwt-v1"));
+
+    let mut admin = ks.client(Some(ADMIN_TOKEN)).await;
+    admin
+        .create_key(CreateKeyRequest {
+            name: "webhooks".into(),
+            purpose: KeyPurpose::Hmac as i32,
+            auto_rotate_period: None,
+        })
+        .await
+        .unwrap();
+    let dup = admin
+        .create_key(CreateKeyRequest {
+            name: "webhooks".into(),
+            purpose: KeyPurpose::Hmac as i32,
+            auto_rotate_period: None,
+        })
+        .await;
+    assert_eq!(code(dup), Code::AlreadyExists);
+    let mac = c
+        .hmac(HmacRequest {
+            key_name: "webhooks".into(),
+            data: b"body".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mac;
+    let ok = c
+        .verify_hmac(VerifyHmacRequest {
+            key_name: "webhooks".into(),
+            data: b"body".to_vec(),
+            mac: mac.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.valid);
+    let bad = c
+        .verify_hmac(VerifyHmacRequest {
+            key_name: "webhooks".into(),
+            data: b"other".to_vec(),
+            mac,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!bad.valid);
+    let listed = c
+        .list_keys(ListKeysRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.keys.len(), 2);
+    let rest = c
+        .list_keys(ListKeysRequest {
+            page_size: 2,
+            page_token: listed.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.keys.len() + rest.keys.len(),
+        4,
+        "audit-checkpoint, sentia-jwt, vault, webhooks"
+    );
+    ks.stop().await;
+}
+
+async fn callers_are_authenticated_and_admin_rpcs_need_the_admin_role(url: String) {
+    let ks = start(&url, &[]).await;
+    let req = || EncryptRequest {
+        key_name: "vault".into(),
+        plaintext: vec![1],
+        encryption_context: vec![],
+    };
+    assert_eq!(
+        code(ks.client(None).await.encrypt(req()).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(ks.client(Some("forged")).await.encrypt(req()).await),
+        Code::Unauthenticated
+    );
+    let create = CreateKeyRequest {
+        name: "x".into(),
+        purpose: KeyPurpose::Encryption as i32,
+        auto_rotate_period: None,
+    };
+    assert_eq!(
+        code(
+            ks.client(Some(SERVICE_TOKEN))
+                .await
+                .create_key(create)
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    // Status needs no credentials.
+    let status = ks
+        .system(None)
+        .await
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.sealed && status.initialized);
+    ks.stop().await;
+}
+
+async fn a_sealed_service_answers_unavailable_and_unseals_with_the_master_key(url: String) {
+    let master = MasterKey::generate().to_base64().to_string();
+    // Later pairs win, so this server runs with a master key the test knows.
+    let ks = start(&url, &[("SENTIA_MASTER_KEY", master.as_str())]).await;
+
+    let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
+    sys.seal(SealRequest {}).await.unwrap();
+    let sealed = ks
+        .client(Some(SERVICE_TOKEN))
+        .await
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: vec![1],
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(sealed.code(), Code::Unavailable);
+    assert!(sealed.message().contains("sealed"));
+    let wrong = MasterKey::generate().to_base64().to_string();
+    let refused = sys
+        .unseal(UnsealRequest {
+            material: Some(unseal_request::Material::MasterKey(wrong)),
+            reset: false,
+        })
+        .await;
+    assert_eq!(code(refused), Code::PermissionDenied);
+    let ok = sys
+        .unseal(UnsealRequest {
+            material: Some(unseal_request::Material::MasterKey(master)),
+            reset: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ok.sealed);
+    ks.client(Some(SERVICE_TOKEN))
+        .await
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: vec![1],
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap();
+    ks.stop().await;
+}
+
+async fn rotating_the_master_key_keeps_data_and_locks_out_the_old_master(url: String) {
+    let ks = start(&url, &[]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let enc = c
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: b"v".to_vec(),
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
+    let rotated = sys
+        .rotate_master_key(RotateMasterKeyRequest {
+            secret_shares: 0,
+            secret_threshold: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.master_version, 2);
+    sys.seal(SealRequest {}).await.unwrap();
+    let old_master_fails = sys
+        .unseal(UnsealRequest {
+            material: Some(unseal_request::Material::MasterKey(
+                MasterKey::generate().to_base64().to_string(),
+            )),
+            reset: false,
+        })
+        .await;
+    assert_eq!(code(old_master_fails), Code::PermissionDenied);
+    sys.unseal(UnsealRequest {
+        material: Some(unseal_request::Material::MasterKey(rotated.master_key)),
+        reset: false,
+    })
+    .await
+    .unwrap();
+    let dec = c
+        .decrypt(DecryptRequest {
+            ciphertext: enc.ciphertext,
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dec.plaintext, b"v");
+    ks.stop().await;
+}
+
+async fn a_shamir_keyring_unseals_only_with_enough_shares(url: String) {
+    let tokens = tokens();
+    let config = Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", url.as_str()),
+        ("SENTIA_SEAL_TYPE", "shamir"),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+    ]))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle =
+        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let ks = Running {
+        addr,
+        shutdown,
+        handle,
+    };
+    let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
+    assert!(
+        sys.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sealed
+    );
+    assert_eq!(
+        code(
+            sys.init(InitRequest {
+                secret_shares: 3,
+                secret_threshold: 1
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    let shares = sys
+        .init(InitRequest {
+            secret_shares: 5,
+            secret_threshold: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shares;
+    assert_eq!(shares.len(), 5);
+    assert_eq!(
+        code(
+            sys.init(InitRequest {
+                secret_shares: 5,
+                secret_threshold: 3
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    sys.seal(SealRequest {}).await.unwrap();
+    let share = |i: usize| UnsealRequest {
+        material: Some(unseal_request::Material::Share(shares[i].clone())),
+        reset: false,
+    };
+    assert_eq!(sys.unseal(share(4)).await.unwrap().into_inner().progress, 1);
+    assert_eq!(
+        code(sys.unseal(share(4)).await),
+        Code::InvalidArgument,
+        "a repeated share is refused"
+    );
+    assert!(sys.unseal(share(1)).await.unwrap().into_inner().sealed);
+    assert!(!sys.unseal(share(2)).await.unwrap().into_inner().sealed);
+    ks.client(Some(SERVICE_TOKEN))
+        .await
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: vec![1],
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap();
+    ks.stop().await;
+}
+
+async fn the_encryption_budget_rotates_the_key_before_it_runs_out(url: String) {
+    let ks = start(&url, &[("SENTIA_MAX_ENCRYPTIONS_PER_VERSION", "32")]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let r = c
+            .encrypt(EncryptRequest {
+                key_name: "vault".into(),
+                plaintext: vec![1],
+                encryption_context: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        versions.insert(r.key_version);
+    }
+    assert!(
+        versions.len() >= 2,
+        "40 encryptions under a budget of 32 must have rotated: {versions:?}"
+    );
+    let key = c
+        .get_key(GetKeyRequest {
+            name: "vault".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        key.versions.iter().all(|v| v.encryption_count <= 32),
+        "{:?}",
+        key.versions
+    );
+    ks.stop().await;
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite_url().unwrap()).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() {
+                if let Some(url) = super::postgres_url().await { super::$name(url).await; }
+            })*
+        }
+    };
+}
+
+on_both_databases!(
+    encryption_round_trips_and_bad_inputs_get_precise_statuses,
+    data_keys_unwrap_and_rewrap_forward_after_rotation,
+    signatures_verify_against_the_published_jwks_and_hmacs_check,
+    callers_are_authenticated_and_admin_rpcs_need_the_admin_role,
+    a_sealed_service_answers_unavailable_and_unseals_with_the_master_key,
+    rotating_the_master_key_keeps_data_and_locks_out_the_old_master,
+    a_shamir_keyring_unseals_only_with_enough_shares,
+    the_encryption_budget_rotates_the_key_before_it_runs_out,
+);

@@ -1,0 +1,175 @@
+//! Captures every log line (TRACE, all targets) during a full round of key-service calls and
+//! proves no plaintext, data key, master key, unseal share or token appears in it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use key_service::Config;
+use sentia_crypto::MasterKey;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
+use sentia_proto::keys::v1::*;
+use sentia_runtime::client::{CallContext, connect};
+use sentia_runtime::{MapSource, Role, Shutdown};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_key_material_plaintext_or_token_reaches_the_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let master = MasterKey::generate().to_base64().to_string();
+    let service_token = "svc-token-3f9a1c7e";
+    let admin_token = "adm-token-8b2d4e6f";
+    let tokens = sentia_runtime::auth::TokenTable::from_plain([
+        ("vault-service", Role::Service, service_token),
+        ("operator", Role::Admin, admin_token),
+    ])
+    .to_config();
+    let db = std::env::temp_dir().join(format!("sentia_loghyg_{}.db", std::process::id()));
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let config = Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", url.as_str()),
+        ("SENTIA_MASTER_KEY", master.as_str()),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+    ]))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle =
+        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let channel = connect(&addr, None).await.unwrap();
+    let mut c = KeyServiceClient::new(
+        CallContext::with_token(Some(service_token))
+            .unwrap()
+            .wrap(channel.clone()),
+    );
+    let mut sys = SystemServiceClient::new(
+        CallContext::with_token(Some(admin_token))
+            .unwrap()
+            .wrap(channel),
+    );
+
+    let plaintext = b"PLAINTEXT-CANARY-a8c1e5".to_vec();
+    let enc = c
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: plaintext.clone(),
+            encryption_context: b"ctx".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.decrypt(DecryptRequest {
+        ciphertext: enc.ciphertext.clone(),
+        encryption_context: b"ctx".to_vec(),
+    })
+    .await
+    .unwrap();
+    let _ = c
+        .decrypt(DecryptRequest {
+            ciphertext: enc.ciphertext,
+            encryption_context: b"wrong".to_vec(),
+        })
+        .await;
+    let dk = c
+        .generate_data_key(GenerateDataKeyRequest {
+            key_name: "vault".into(),
+            encryption_context: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.unwrap_data_key(UnwrapDataKeyRequest {
+        wrapped_key: dk.wrapped_key,
+        encryption_context: vec![],
+    })
+    .await
+    .unwrap();
+    c.sign(SignRequest {
+        key_name: "sentia-jwt".into(),
+        message: plaintext.clone(),
+    })
+    .await
+    .unwrap();
+    let rotated = sys
+        .rotate_master_key(RotateMasterKeyRequest {
+            secret_shares: 0,
+            secret_threshold: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    sys.seal(SealRequest {}).await.unwrap();
+    sys.unseal(UnsealRequest {
+        material: Some(unseal_request::Material::MasterKey(
+            rotated.master_key.clone(),
+        )),
+        reset: false,
+    })
+    .await
+    .unwrap();
+    let _ = c
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: vec![],
+            encryption_context: vec![],
+        })
+        .await;
+
+    shutdown.trigger();
+    handle.await.unwrap();
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    assert!(
+        logs.contains("key-service unsealed"),
+        "the capture must have seen the service's logs"
+    );
+    let forbidden = [
+        ("plaintext", String::from_utf8(plaintext).unwrap()),
+        ("data key (base64)", STANDARD.encode(&dk.plaintext_key)),
+        ("data key (hex)", hex_of(&dk.plaintext_key)),
+        (
+            "data key (debug bytes)",
+            format!("{:?}", &dk.plaintext_key[..8])
+                .trim_end_matches(']')
+                .to_string(),
+        ),
+        ("master key", master.clone()),
+        ("rotated master key", rotated.master_key),
+        ("service token", service_token.to_string()),
+        ("admin token", admin_token.to_string()),
+    ];
+    for (what, needle) in forbidden {
+        assert!(!logs.contains(&needle), "{what} leaked into the logs");
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

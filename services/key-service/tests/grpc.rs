@@ -2,118 +2,19 @@
 //! its own fresh database): happy paths and every bad input with its exact status code.
 #![allow(clippy::unwrap_used)]
 
-use key_service::Config;
+mod support;
+
 use sentia_crypto::MasterKey;
-use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
-use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_proto::keys::v1::*;
-use sentia_runtime::client::{AuthedChannel, CallContext, connect};
-use sentia_runtime::{MapSource, Shutdown};
-use sqlx::Executor;
+use support::{ADMIN_TOKEN, Running, SERVICE_TOKEN, postgres_url};
 use tonic::Code;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-const SERVICE_TOKEN: &str = "service-token-for-tests";
-const ADMIN_TOKEN: &str = "admin-token-for-tests";
-
-struct Running {
-    addr: String,
-    shutdown: Shutdown,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn client(&self, token: Option<&str>) -> KeyServiceClient<AuthedChannel> {
-        let channel = connect(&self.addr, None).await.unwrap();
-        KeyServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
-    }
-
-    async fn system(&self, token: Option<&str>) -> SystemServiceClient<AuthedChannel> {
-        let channel = connect(&self.addr, None).await.unwrap();
-        SystemServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.handle.await.unwrap();
-    }
-}
-
-fn tokens() -> String {
-    sentia_runtime::auth::TokenTable::from_plain([
-        (
-            "vault-service",
-            sentia_runtime::Role::Service,
-            SERVICE_TOKEN,
-        ),
-        ("operator", sentia_runtime::Role::Admin, ADMIN_TOKEN),
-    ])
-    .to_config()
-}
-
-async fn start(database_url: &str, extra: &[(&str, &str)]) -> Running {
-    let master = MasterKey::generate().to_base64().to_string();
-    let tokens = tokens();
-    let mut pairs = vec![
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", database_url),
-        ("SENTIA_MASTER_KEY", master.as_str()),
-        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-    ];
-    pairs.extend_from_slice(extra);
-    let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = Shutdown::new();
-    let stop = shutdown.clone();
-    let handle =
-        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
-    // Wait until it answers.
-    for _ in 0..100 {
-        if connect(&addr, None).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Running {
-        addr,
-        shutdown,
-        handle,
-    }
+async fn start(url: &str, extra: &[(&str, &str)]) -> Running {
+    Running::start(url, extra).await
 }
 
 fn sqlite_url() -> Option<String> {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_ks")));
-    Some(format!("sqlite://{}?mode=rwc", path.display()))
-}
-
-async fn postgres_url() -> Option<String> {
-    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: postgres key-service test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
-        );
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let db = unique("sentia_ks");
-    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
-    Some(format!("{base}/{db}"))
+    Some(support::sqlite_url())
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
@@ -543,26 +444,7 @@ async fn rotating_the_master_key_keeps_data_and_locks_out_the_old_master(url: St
 }
 
 async fn a_shamir_keyring_unseals_only_with_enough_shares(url: String) {
-    let tokens = tokens();
-    let config = Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", url.as_str()),
-        ("SENTIA_SEAL_TYPE", "shamir"),
-        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-    ]))
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = Shutdown::new();
-    let stop = shutdown.clone();
-    let handle =
-        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let ks = Running {
-        addr,
-        shutdown,
-        handle,
-    };
+    let ks = start(&url, &[("SENTIA_SEAL_TYPE", "shamir")]).await;
     let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
     assert!(
         sys.status(StatusRequest {})

@@ -4,45 +4,16 @@
 
 use key_service::KeyError;
 use key_service::store::{KeyRow, MetaRow, Store, now_ms};
-use sqlx::Executor;
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
+mod support;
 
 async fn sqlite_store() -> Store {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_keys")));
-    Store::connect(&format!("sqlite://{}?mode=rwc", path.display()), 4)
-        .await
-        .unwrap()
+    Store::connect(&support::sqlite_url(), 4).await.unwrap()
 }
 
-/// A store on a brand-new Postgres database, or None (loudly) when Postgres is not configured
-/// outside CI. Under CI=true a missing Postgres fails the test.
 async fn postgres_store() -> Option<Store> {
-    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: postgres store test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
-        );
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let db = unique("sentia_keys");
-    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
-    Some(Store::connect(&format!("{base}/{db}"), 4).await.unwrap())
+    let url = support::postgres_url().await?;
+    Some(Store::connect(&url, 4).await.unwrap())
 }
 
 fn key(name: &str) -> KeyRow {

@@ -1,0 +1,134 @@
+//! Test harness shared by key-service's suites: fresh databases (SQLite file or a new
+//! Postgres database per test) and key-service started in-process on an ephemeral port.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use key_service::Config;
+use sentia_crypto::MasterKey;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::{MapSource, Role, Shutdown};
+use sqlx::Executor;
+
+pub const SERVICE_TOKEN: &str = "service-token-for-tests";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+/// A new SQLite database file.
+pub fn sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_ks")));
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// A brand-new Postgres database, or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not
+/// set outside CI. Under CI=true a missing Postgres fails the test.
+pub async fn postgres_url() -> Option<String> {
+    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED: postgres test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
+        );
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let db = unique("sentia_ks");
+    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+    Some(format!("{base}/{db}"))
+}
+
+/// The token table line for the two test tokens.
+pub fn tokens() -> String {
+    sentia_runtime::auth::TokenTable::from_plain([
+        ("vault-service", Role::Service, SERVICE_TOKEN),
+        ("operator", Role::Admin, ADMIN_TOKEN),
+    ])
+    .to_config()
+}
+
+/// A key-service running in this process.
+pub struct Running {
+    pub addr: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts key-service with plaintext, the test tokens, a fresh master key and `extra`
+    /// settings (later pairs win, so `extra` can replace the master key or seal type).
+    pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Self {
+        let master = MasterKey::generate().to_base64().to_string();
+        let tokens = tokens();
+        let mut pairs = vec![
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", database_url),
+            ("SENTIA_MASTER_KEY", master.as_str()),
+            ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        if extra
+            .iter()
+            .any(|(k, v)| *k == "SENTIA_SEAL_TYPE" && *v == "shamir")
+        {
+            pairs.retain(|(k, _)| *k != "SENTIA_MASTER_KEY");
+        }
+        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle =
+            tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
+        let running = Self {
+            addr,
+            shutdown,
+            handle,
+        };
+        // Ready once Status answers (the listener is bound before run, so this is quick).
+        for _ in 0..200 {
+            if let Ok(ch) = connect(&running.addr, None).await
+                && SystemServiceClient::new(ch)
+                    .status(sentia_proto::keys::v1::StatusRequest {})
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        running
+    }
+
+    /// A KeyService client with `token`.
+    pub async fn client(&self, token: Option<&str>) -> KeyServiceClient<AuthedChannel> {
+        let channel = connect(&self.addr, None).await.unwrap();
+        KeyServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
+    }
+
+    /// A SystemService client with `token`.
+    pub async fn system(&self, token: Option<&str>) -> SystemServiceClient<AuthedChannel> {
+        let channel = connect(&self.addr, None).await.unwrap();
+        SystemServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
+    }
+
+    /// Shuts down and waits for the server to stop.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.handle.await.unwrap();
+    }
+}

@@ -476,3 +476,26 @@ impl Core {
         Ok((new_version, new_master))
     }
 }
+
+impl Core {
+    /// Periodic upkeep: reloads every key from the database (picking up versions and policies
+    /// written by other replicas) and rotates keys whose primary version is older than their
+    /// auto-rotate period. Replicas racing to rotate are safe: only one new version wins.
+    pub async fn maintain(&self) -> Result<(), KeyError> {
+        let Ok(u) = self.unsealed() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        for row in self.store.keys().await? {
+            let entry = self.reload(&u, &row.name).await?;
+            if let Some(period) = row.auto_rotate_secs {
+                let primary_age_ms = now - entry.primary()?.created_at;
+                if primary_age_ms >= period.saturating_mul(1000) {
+                    tracing::info!(key = %row.name, "auto-rotate period elapsed");
+                    self.rotate_key(&row.name).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

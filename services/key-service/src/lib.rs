@@ -60,13 +60,37 @@ pub async fn run(
             )
         }
     }
+    let upkeep = tokio::spawn(upkeep(
+        core.clone(),
+        config.refresh_interval,
+        shutdown.clone(),
+    ));
     let api = api::Api::new(core);
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
     Server::new(config.server)
         .public_method("/sentia.keys.v1.SystemService/Status")
         .public_method("/sentia.keys.v1.SystemService/Unseal")
-        .serve(routes, listener, shutdown)
+        .serve(routes, listener, shutdown.clone())
         .await?;
+    shutdown.trigger();
+    let _ = upkeep.await;
     Ok(())
+}
+
+/// Runs [`core::Core::maintain`] every `interval` until shutdown.
+async fn upkeep(core: Arc<core::Core>, interval: std::time::Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {
+                if let Err(e) = core.maintain().await {
+                    tracing::warn!(error = %e, "keyring upkeep failed; retrying next interval");
+                }
+            }
+        }
+    }
 }

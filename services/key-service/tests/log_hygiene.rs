@@ -5,15 +5,12 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+mod support;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use key_service::Config;
 use sentia_crypto::MasterKey;
-use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
-use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_proto::keys::v1::*;
-use sentia_runtime::client::{CallContext, connect};
-use sentia_runtime::{MapSource, Role, Shutdown};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -39,41 +36,14 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
         .init();
 
     let master = MasterKey::generate().to_base64().to_string();
-    let service_token = "svc-token-3f9a1c7e";
-    let admin_token = "adm-token-8b2d4e6f";
-    let tokens = sentia_runtime::auth::TokenTable::from_plain([
-        ("vault-service", Role::Service, service_token),
-        ("operator", Role::Admin, admin_token),
-    ])
-    .to_config();
-    let db = std::env::temp_dir().join(format!("sentia_loghyg_{}.db", std::process::id()));
-    let url = format!("sqlite://{}?mode=rwc", db.display());
-    let config = Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", url.as_str()),
-        ("SENTIA_MASTER_KEY", master.as_str()),
-        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-    ]))
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = Shutdown::new();
-    let stop = shutdown.clone();
-    let handle =
-        tokio::spawn(async move { key_service::run(config, listener, stop).await.unwrap() });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
-    let channel = connect(&addr, None).await.unwrap();
-    let mut c = KeyServiceClient::new(
-        CallContext::with_token(Some(service_token))
-            .unwrap()
-            .wrap(channel.clone()),
-    );
-    let mut sys = SystemServiceClient::new(
-        CallContext::with_token(Some(admin_token))
-            .unwrap()
-            .wrap(channel),
-    );
+    let (service_token, admin_token) = (support::SERVICE_TOKEN, support::ADMIN_TOKEN);
+    let ks = support::Running::start(
+        &support::sqlite_url(),
+        &[("SENTIA_MASTER_KEY", master.as_str())],
+    )
+    .await;
+    let mut c = ks.client(Some(service_token)).await;
+    let mut sys = ks.system(Some(admin_token)).await;
 
     let plaintext = b"PLAINTEXT-CANARY-a8c1e5".to_vec();
     let enc = c
@@ -142,8 +112,7 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
         })
         .await;
 
-    shutdown.trigger();
-    handle.await.unwrap();
+    ks.stop().await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
     assert!(

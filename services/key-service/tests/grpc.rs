@@ -306,17 +306,9 @@ async fn signatures_verify_against_the_published_jwks_and_hmacs_check(url: Strin
 
 async fn callers_are_authenticated_and_admin_rpcs_need_the_admin_role(url: String) {
     let ks = start(&url, &[]).await;
-    let req = || EncryptRequest {
-        key_name: "vault".into(),
-        plaintext: vec![1],
-        encryption_context: vec![],
-    };
+    assert_eq!(code(ks.encrypt_one_byte(None).await), Code::Unauthenticated);
     assert_eq!(
-        code(ks.client(None).await.encrypt(req()).await),
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        code(ks.client(Some("forged")).await.encrypt(req()).await),
+        code(ks.encrypt_one_byte(Some("forged")).await),
         Code::Unauthenticated
     );
     let create = CreateKeyRequest {
@@ -352,16 +344,7 @@ async fn a_sealed_service_answers_unavailable_and_unseals_with_the_master_key(ur
 
     let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
     sys.seal(SealRequest {}).await.unwrap();
-    let sealed = ks
-        .client(Some(SERVICE_TOKEN))
-        .await
-        .encrypt(EncryptRequest {
-            key_name: "vault".into(),
-            plaintext: vec![1],
-            encryption_context: vec![],
-        })
-        .await
-        .unwrap_err();
+    let sealed = ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap_err();
     assert_eq!(sealed.code(), Code::Unavailable);
     assert!(sealed.message().contains("sealed"));
     let wrong = MasterKey::generate().to_base64().to_string();
@@ -381,15 +364,7 @@ async fn a_sealed_service_answers_unavailable_and_unseals_with_the_master_key(ur
         .unwrap()
         .into_inner();
     assert!(!ok.sealed);
-    ks.client(Some(SERVICE_TOKEN))
-        .await
-        .encrypt(EncryptRequest {
-            key_name: "vault".into(),
-            plaintext: vec![1],
-            encryption_context: vec![],
-        })
-        .await
-        .unwrap();
+    ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap();
     ks.stop().await;
 }
 
@@ -496,15 +471,7 @@ async fn a_shamir_keyring_unseals_only_with_enough_shares(url: String) {
     );
     assert!(sys.unseal(share(1)).await.unwrap().into_inner().sealed);
     assert!(!sys.unseal(share(2)).await.unwrap().into_inner().sealed);
-    ks.client(Some(SERVICE_TOKEN))
-        .await
-        .encrypt(EncryptRequest {
-            key_name: "vault".into(),
-            plaintext: vec![1],
-            encryption_context: vec![],
-        })
-        .await
-        .unwrap();
+    ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap();
     ks.stop().await;
 }
 

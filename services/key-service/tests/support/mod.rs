@@ -126,6 +126,22 @@ impl Running {
         SystemServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
     }
 
+    /// Encrypts one byte under `vault`: the cheapest call that needs an unsealed service
+    /// and a service identity.
+    pub async fn encrypt_one_byte(
+        &self,
+        token: Option<&str>,
+    ) -> Result<tonic::Response<sentia_proto::keys::v1::EncryptResponse>, tonic::Status> {
+        self.client(token)
+            .await
+            .encrypt(sentia_proto::keys::v1::EncryptRequest {
+                key_name: "vault".into(),
+                plaintext: vec![1],
+                encryption_context: vec![],
+            })
+            .await
+    }
+
     /// Shuts down and waits for the server to stop.
     pub async fn stop(self) {
         self.shutdown.trigger();

@@ -1,10 +1,14 @@
 //! Authentication at the edge of every server: a bearer token in the `authorization`
 //! metadata (static service tokens, stored only as SHA-256 hashes and compared in constant
 //! time), or, over mutual TLS, the common name of the client certificate.
-//! The resulting [`Principal`] rides in the request extensions; handlers authorize with
-//! [`Principal::require`]. Unauthenticated -> UNAUTHENTICATED; not allowed -> PERMISSION_DENIED.
+//! A service may add a [`BearerVerifier`] for tokens it issues itself (vault-service's JWTs
+//! and root tokens). The resulting [`Principal`] rides in the request extensions; handlers
+//! authorize with [`Principal::require`] or their own policies.
+//! Unauthenticated -> UNAUTHENTICATED; not allowed -> PERMISSION_DENIED.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tonic::Status;
@@ -47,6 +51,10 @@ pub enum AuthMethod {
     Token,
     /// Client certificate.
     Mtls,
+    /// Signed JWT issued by vault-service's AuthService.
+    Jwt,
+    /// vault-service's bootstrap root token.
+    Root,
 }
 
 impl AuthMethod {
@@ -55,6 +63,8 @@ impl AuthMethod {
         match self {
             Self::Token => "token",
             Self::Mtls => "mtls",
+            Self::Jwt => "jwt",
+            Self::Root => "root",
         }
     }
 }
@@ -68,9 +78,28 @@ pub struct Principal {
     pub role: Role,
     /// How it authenticated.
     pub method: AuthMethod,
+    /// Policies (roles) carried by the credential itself, e.g. a JWT's `pol` claim. Static
+    /// tokens and certificates carry none; services map those identities to policies.
+    pub policies: Vec<String>,
+    /// Token id (JWT `jti`), for revocation.
+    pub token_id: Option<String>,
+    /// When the credential stops being accepted (Unix seconds).
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {
+    /// A principal from a static credential (no policies, no expiry).
+    pub fn new(id: impl Into<String>, role: Role, method: AuthMethod) -> Self {
+        Self {
+            id: id.into(),
+            role,
+            method,
+            policies: Vec::new(),
+            token_id: None,
+            expires_at: None,
+        }
+    }
+
     /// The principal the auth layer attached to this request; UNAUTHENTICATED if none (which
     /// only happens on public methods).
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
@@ -198,11 +227,40 @@ impl TokenTable {
     }
 }
 
+/// Boxed future returned by a [`BearerVerifier`].
+pub type VerifyFuture<'a> =
+    Pin<Box<dyn Future<Output = Option<Result<Principal, Status>>> + Send + 'a>>;
+
+/// Verifies bearer tokens that are not static tokens, e.g. JWTs. Returns `None` when the
+/// token is not of a kind it handles, so the next check can run.
+pub trait BearerVerifier: Send + Sync + 'static {
+    /// Verifies `token`; may await (e.g. to fetch a signing key it has not seen yet).
+    fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
+}
+
 /// Turns request metadata and TLS peer certificates into a [`Principal`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Authenticator {
     tokens: TokenTable,
     admin_identities: Arc<Vec<String>>,
+    verifier: Option<Arc<dyn BearerVerifier>>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens)
+            .field("admin_identities", &self.admin_identities)
+            .field("verifier", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+/// What a request presented, extracted synchronously so the async part owns its data.
+enum Presented {
+    Bearer(zeroize::Zeroizing<String>),
+    Certificate(String),
+    Nothing,
 }
 
 impl Authenticator {
@@ -211,16 +269,20 @@ impl Authenticator {
         Self {
             tokens,
             admin_identities: Arc::new(admin_identities),
+            verifier: None,
         }
     }
 
-    /// Authenticates one request. A bearer token, when present, decides; otherwise a verified
-    /// client certificate does.
-    pub fn authenticate(
-        &self,
+    /// Adds a verifier consulted for bearer tokens that are not static tokens.
+    pub fn with_verifier(mut self, verifier: Arc<dyn BearerVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    fn presented(
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Presented, Status> {
         if let Some(value) = headers.get(http::header::AUTHORIZATION) {
             let value = value
                 .to_str()
@@ -232,35 +294,59 @@ impl Authenticator {
                     Status::unauthenticated("authorization metadata must be 'Bearer <token>'")
                 })?
                 .trim();
-            return match self.tokens.lookup(token) {
-                Some(entry) => Ok(Principal {
-                    id: entry.id.clone(),
-                    role: entry.role,
-                    method: AuthMethod::Token,
-                }),
-                None => Err(Status::unauthenticated("invalid or revoked token")),
-            };
+            return Ok(Presented::Bearer(zeroize::Zeroizing::new(
+                token.to_string(),
+            )));
         }
         let peer_cn = extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs())
             .and_then(|certs| certs.first().and_then(|leaf| certificate_common_name(leaf)));
-        if let Some(cn) = peer_cn {
-            let role = if self.admin_identities.iter().any(|a| a == &cn) {
-                Role::Admin
-            } else {
-                Role::Service
-            };
-            return Ok(Principal {
-                id: cn,
-                role,
-                method: AuthMethod::Mtls,
-            });
+        Ok(peer_cn.map_or(Presented::Nothing, Presented::Certificate))
+    }
+
+    /// Authenticates one request. A bearer token, when present, decides; otherwise a verified
+    /// client certificate does.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, Status>> + Send + 'static>> {
+        let presented = Self::presented(headers, extensions);
+        let this = self.clone();
+        Box::pin(async move { this.decide(presented?).await })
+    }
+
+    async fn decide(&self, presented: Presented) -> Result<Principal, Status> {
+        match presented {
+            Presented::Bearer(token) => {
+                if let Some(entry) = self.tokens.lookup(&token) {
+                    return Ok(Principal::new(
+                        entry.id.clone(),
+                        entry.role,
+                        AuthMethod::Token,
+                    ));
+                }
+                if let Some(verifier) = &self.verifier
+                    && let Some(result) = verifier.verify(&token).await
+                {
+                    return result;
+                }
+                Err(Status::unauthenticated("invalid or revoked token"))
+            }
+            Presented::Certificate(cn) => {
+                let role = if self.admin_identities.iter().any(|a| a == &cn) {
+                    Role::Admin
+                } else {
+                    Role::Service
+                };
+                Ok(Principal::new(cn, role, AuthMethod::Mtls))
+            }
+            Presented::Nothing => Err(Status::unauthenticated(
+                "missing credentials: send 'authorization: Bearer <token>' metadata or connect \
+                 with a client certificate",
+            )),
         }
-        Err(Status::unauthenticated(
-            "missing credentials: send 'authorization: Bearer <token>' metadata or connect with a \
-             client certificate",
-        ))
     }
 }
 
@@ -274,8 +360,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn a_configured_token_authenticates_with_its_role() {
+    #[tokio::test]
+    async fn a_configured_token_authenticates_with_its_role() {
         let table = TokenTable::parse(
             &TokenTable::from_plain([("ops", Role::Admin, "s3cret")]).to_config(),
         )
@@ -283,38 +369,81 @@ mod tests {
         let auth = Authenticator::new(table, vec![]);
         let p = auth
             .authenticate(&headers("Bearer s3cret"), &http::Extensions::new())
+            .await
             .unwrap();
         assert_eq!(p.id, "ops");
         assert_eq!(p.role, Role::Admin);
     }
 
-    #[test]
-    fn a_wrong_or_missing_token_is_unauthenticated() {
+    #[tokio::test]
+    async fn a_wrong_or_missing_token_is_unauthenticated() {
         let auth = Authenticator::new(TokenTable::from_plain([("a", Role::Service, "x")]), vec![]);
         let err = auth
             .authenticate(&headers("Bearer y"), &http::Extensions::new())
+            .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let err = auth
             .authenticate(&headers("Basic x"), &http::Extensions::new())
+            .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let err = auth
             .authenticate(&http::HeaderMap::new(), &http::Extensions::new())
+            .await
             .unwrap_err();
         assert!(err.message().contains("missing credentials"));
     }
 
     #[test]
     fn a_service_principal_is_denied_admin_actions() {
-        let p = Principal {
-            id: "svc".into(),
-            role: Role::Service,
-            method: AuthMethod::Token,
-        };
+        let p = Principal::new("svc", Role::Service, AuthMethod::Token);
         let err = p.require(Role::Admin, "CreateKey").unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(p.require(Role::Service, "Encrypt").is_ok());
+    }
+
+    struct OnlyJwt;
+
+    impl BearerVerifier for OnlyJwt {
+        fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
+            Box::pin(async move {
+                token.starts_with("eyJ").then(|| {
+                    if token == "eyJgood" {
+                        Ok(Principal::new("app:x", Role::Service, AuthMethod::Jwt))
+                    } else {
+                        Err(Status::unauthenticated("token signature is not valid"))
+                    }
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verifier_decides_tokens_that_are_not_static_tokens() {
+        let auth = Authenticator::new(TokenTable::from_plain([("a", Role::Admin, "x")]), vec![])
+            .with_verifier(Arc::new(OnlyJwt));
+        let none = http::Extensions::new();
+        let p = auth
+            .authenticate(&headers("Bearer eyJgood"), &none)
+            .await
+            .unwrap();
+        assert_eq!(p.method, AuthMethod::Jwt);
+        let err = auth
+            .authenticate(&headers("Bearer eyJbad"), &none)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("signature"), "{err:?}");
+        let err = auth
+            .authenticate(&headers("Bearer other"), &none)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("invalid or revoked"), "{err:?}");
+        let p = auth
+            .authenticate(&headers("Bearer x"), &none)
+            .await
+            .unwrap();
+        assert_eq!(p.role, Role::Admin);
     }
 
     #[test]

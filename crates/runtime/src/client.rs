@@ -24,6 +24,16 @@ pub async fn connect(
     address: &str,
     tls: Option<&TlsClientConfig>,
 ) -> Result<Channel, RuntimeError> {
+    Ok(endpoint(address, tls)?.connect().await?)
+}
+
+/// Like [`connect`], but connects on first use and reconnects after failures: for a service
+/// whose upstream may start after it.
+pub fn connect_lazy(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, RuntimeError> {
+    Ok(endpoint(address, tls)?.connect_lazy())
+}
+
+fn endpoint(address: &str, tls: Option<&TlsClientConfig>) -> Result<Endpoint, RuntimeError> {
     let uri = if address.contains("://") {
         address.to_string()
     } else if tls.is_some() {
@@ -37,7 +47,69 @@ pub async fn connect(
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.to_tonic())?;
     }
-    Ok(endpoint.connect().await?)
+    Ok(endpoint)
+}
+
+/// How a service reaches another Sentia service: address, bearer token and TLS client
+/// settings, read from `{PREFIX}_ADDR`, `{PREFIX}_TOKEN` and the shared `SENTIA_CLIENT_CA`,
+/// `SENTIA_CLIENT_CERT`, `SENTIA_CLIENT_KEY`.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// `host:port` or URI.
+    pub addr: String,
+    /// Bearer token (a static service token); optional when mTLS identifies the caller.
+    pub token: Option<zeroize::Zeroizing<String>>,
+    /// TLS settings; `None` = plaintext (loopback dev and tests).
+    pub tls: Option<TlsClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.is_some())
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl UpstreamConfig {
+    /// Reads `{prefix}_ADDR` (default `default_addr`) and `{prefix}_TOKEN`, plus the shared
+    /// client TLS files.
+    pub fn from_source(reader: &mut crate::Reader<'_>, prefix: &str, default_addr: &str) -> Self {
+        let addr = reader.string_or(&format!("{prefix}_ADDR"), default_addr);
+        let token = reader
+            .optional(&format!("{prefix}_TOKEN"))
+            .map(zeroize::Zeroizing::new);
+        let ca = reader.optional("SENTIA_CLIENT_CA");
+        let cert = reader.optional("SENTIA_CLIENT_CERT");
+        let key = reader.optional("SENTIA_CLIENT_KEY");
+        let tls = match ca {
+            None => {
+                if cert.is_some() || key.is_some() {
+                    reader.problem(
+                        "SENTIA_CLIENT_CERT/SENTIA_CLIENT_KEY need SENTIA_CLIENT_CA (the CA that \
+                         signs the other services' certificates)",
+                    );
+                }
+                None
+            }
+            Some(ca) => match TlsClientConfig::from_files(&ca, cert.as_deref(), key.as_deref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    reader.problem(format!("SENTIA_CLIENT_CA/CERT/KEY: {e}"));
+                    None
+                }
+            },
+        };
+        Self { addr, token, tls }
+    }
+
+    /// A lazily connecting channel that adds the token and trace context to every call.
+    pub fn channel(&self) -> Result<AuthedChannel, RuntimeError> {
+        let channel = connect_lazy(&self.addr, self.tls.as_ref())?;
+        Ok(CallContext::with_token(self.token.as_ref().map(|t| t.as_str()))?.wrap(channel))
+    }
 }
 
 /// Adds `authorization: Bearer <token>` (when a token is set) and `traceparent`.

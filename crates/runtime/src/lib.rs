@@ -7,12 +7,14 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod error;
+pub mod jwt;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 
-pub use auth::{Authenticator, Principal, Role};
+pub use auth::{AuthMethod, Authenticator, BearerVerifier, Principal, Role};
+pub use client::UpstreamConfig;
 pub use config::{ConfigError, MapSource, ProcessEnv, Reader, ServerConfig, Source};
 pub use error::RuntimeError;
 pub use server::{RequestId, Server};

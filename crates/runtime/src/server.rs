@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, BearerVerifier};
 use crate::{RuntimeError, ServerConfig, Shutdown};
 
 /// The request id of the current call (from `x-request-id`, or minted here as a UUIDv7).
@@ -53,6 +53,7 @@ pub struct Server {
     config: ServerConfig,
     public_methods: Vec<&'static str>,
     health: HealthReporter,
+    verifier: Option<Arc<dyn BearerVerifier>>,
 }
 
 impl Server {
@@ -62,7 +63,15 @@ impl Server {
             config,
             public_methods: Vec::new(),
             health: HealthReporter::new(),
+            verifier: None,
         }
+    }
+
+    /// Accepts bearer tokens this verifier recognises (e.g. vault-service's JWTs), besides
+    /// the static tokens of the config.
+    pub fn bearer_verifier(mut self, verifier: Arc<dyn BearerVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// Lets a method be called without credentials (full path, e.g.
@@ -97,12 +106,17 @@ impl Server {
 
         let mut public: Vec<&'static str> = ALWAYS_PUBLIC.to_vec();
         public.extend(self.public_methods);
+        let mut authenticator =
+            Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone());
+        if let Some(verifier) = self.verifier {
+            authenticator = authenticator.with_verifier(verifier);
+        }
         let stack = ServiceBuilder::new()
             .layer(RequestContextLayer {
                 service: cfg.service_name,
             })
             .layer(AuthLayer {
-                authenticator: Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone()),
+                authenticator,
                 public: Arc::new(public),
             })
             .layer(GlobalConcurrencyLimitLayer::new(cfg.concurrency_limit))
@@ -289,19 +303,21 @@ where
             .any(|p| path == *p || (p.ends_with('/') || p.ends_with('.')) && path.starts_with(p));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        match self
+        let verdict = self
             .authenticator
-            .authenticate(req.headers(), req.extensions())
-        {
-            Ok(principal) => {
-                req.extensions_mut().insert(principal);
-                Box::pin(inner.call(req))
+            .authenticate(req.headers(), req.extensions());
+        Box::pin(async move {
+            match verdict.await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(_) if is_public => inner.call(req).await,
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), reason = status.message(), "request refused by authentication");
+                    Ok(status.into_http())
+                }
             }
-            Err(_) if is_public => Box::pin(inner.call(req)),
-            Err(status) => {
-                tracing::info!(code = ?status.code(), reason = status.message(), "request refused by authentication");
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
+        })
     }
 }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod db;
 mod error;
 pub mod jwt;
 pub mod server;

@@ -77,12 +77,7 @@ fn parse(blob: &[u8]) -> Result<Envelope<'_>, KeyError> {
     Ok(Envelope::parse(blob)?)
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+use sentia_runtime::db::timestamp;
 
 fn kid(name: &str, version: u32) -> String {
     format!("{name}-v{version}")

@@ -1,20 +1,18 @@
 //! Keyring persistence through sqlx's `Any` driver, so one set of runtime queries serves
 //! Postgres (production) and SQLite (the embedded default). Only wrapped material is stored.
 
-use std::borrow::Cow;
-
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
+use sentia_runtime::db::{MigrationSource, Migrations};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use crate::KeyError;
 
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
+const PG_MIGRATIONS: &[MigrationSource] = &[(
     1,
     "keyring",
     include_str!("../migrations/postgres/0001_keyring.sql"),
 )];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
     1,
     "keyring",
     include_str!("../migrations/sqlite/0001_keyring.sql"),
@@ -71,13 +69,7 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// Current time in unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use sentia_runtime::db::now_ms;
 
 fn u32_of(row: &AnyRow, col: &str) -> Result<u32, KeyError> {
     let v: i64 = row.try_get(col)?;
@@ -87,39 +79,11 @@ fn u32_of(row: &AnyRow, col: &str) -> Result<u32, KeyError> {
 impl Store {
     /// Connects and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, KeyError> {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .connect(url)
-            .await?;
-        let sqlite = url.starts_with("sqlite:");
-        if sqlite {
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
-        }
-        let source = if sqlite {
-            SQLITE_MIGRATIONS
-        } else {
-            PG_MIGRATIONS
+        let migrations = Migrations {
+            postgres: PG_MIGRATIONS,
+            sqlite: SQLITE_MIGRATIONS,
         };
-        let migrations: Vec<Migration> = source
-            .iter()
-            .map(|(version, name, sql)| {
-                Migration::new(
-                    *version,
-                    Cow::Borrowed(*name),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect();
-        let migrator = Migrator {
-            migrations: Cow::Owned(migrations),
-            ..Migrator::DEFAULT
-        };
-        migrator.run(&pool).await?;
+        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
         Ok(Self { pool })
     }
 

@@ -1,0 +1,85 @@
+//! Database connections for every service: sqlx's `Any` driver, so one set of runtime queries
+//! (with `$1` placeholders, which both accept) serves Postgres in production and SQLite for
+//! the embedded default, plus migrations embedded per dialect.
+
+use std::borrow::Cow;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, SqlSafeStr};
+
+/// One migration: version, description, SQL.
+pub type MigrationSource = (i64, &'static str, &'static str);
+
+/// A service's migrations, written once per dialect (types differ: BYTEA vs BLOB, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// For `postgres://` URLs.
+    pub postgres: &'static [MigrationSource],
+    /// For `sqlite:` URLs.
+    pub sqlite: &'static [MigrationSource],
+}
+
+/// True for a SQLite URL.
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// Connects, turns on WAL for SQLite (readers do not block the writer) and applies the
+/// migrations for the URL's dialect.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    migrations: Migrations,
+) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .connect(url)
+        .await?;
+    let sqlite = is_sqlite(url);
+    if sqlite {
+        sqlx::query("PRAGMA journal_mode=WAL")
+            .execute(&pool)
+            .await?;
+    }
+    let source = if sqlite {
+        migrations.sqlite
+    } else {
+        migrations.postgres
+    };
+    let list: Vec<Migration> = source
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let migrator = Migrator {
+        migrations: Cow::Owned(list),
+        ..Migrator::DEFAULT
+    };
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Current time in Unix milliseconds: how every service stores timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A Unix-millisecond time as a protobuf timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

@@ -1,0 +1,458 @@
+//! Tokens and the AuthService: app credentials (role id + secret id, the secret stored as an
+//! argon2 hash) are exchanged for short-lived JWTs signed by key-service; a bootstrap root
+//! token is minted once at first start; revoked token ids are refused until they expire.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sentia_proto::common::v1 as cpb;
+use sentia_proto::vault::v1 as pb;
+use sentia_proto::vault::v1::auth_service_server::AuthService;
+use sentia_runtime::auth::VerifyFuture;
+use sentia_runtime::db::timestamp;
+use sentia_runtime::jwt::{self, Claims, PublicKeySet};
+use sentia_runtime::{AuthMethod, BearerVerifier, Principal, Role, Shutdown};
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use crate::VaultError;
+use crate::keys::Keys;
+use crate::policy::{Capability, Policies, ROOT_POLICY};
+use crate::store::{CredentialRow, Store};
+
+/// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
+pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
+/// Shortest token lifetime a credential may set.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Longest token lifetime a credential may set.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+/// Token lifetime when a credential does not set one.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Most policies on one credential.
+pub const MAX_CREDENTIAL_POLICIES: usize = 16;
+
+struct RootToken {
+    id: String,
+    hash: [u8; 32],
+}
+
+/// Issues and checks tokens.
+pub struct Tokens {
+    store: Store,
+    keys: Arc<Keys>,
+    public_keys: Arc<PublicKeySet>,
+    roots: RwLock<Vec<RootToken>>,
+    revoked: RwLock<HashSet<String>>,
+    last_kid: RwLock<Option<String>>,
+}
+
+impl Tokens {
+    /// Loads root tokens and revocations from the database.
+    pub async fn load(
+        store: Store,
+        keys: Arc<Keys>,
+        public_keys: Arc<PublicKeySet>,
+    ) -> Result<Arc<Self>, VaultError> {
+        let t = Arc::new(Self {
+            store,
+            keys,
+            public_keys,
+            roots: RwLock::new(Vec::new()),
+            revoked: RwLock::new(HashSet::new()),
+            last_kid: RwLock::new(None),
+        });
+        t.refresh().await?;
+        Ok(t)
+    }
+
+    /// Re-reads root tokens and revocations (other replicas' changes).
+    pub async fn refresh(&self) -> Result<(), VaultError> {
+        let mut roots = Vec::new();
+        for (id, hash_hex) in self.store.root_tokens().await? {
+            let hash = hex::decode(&hash_hex)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| VaultError::DataLoss("a root token row".into()))?;
+            roots.push(RootToken { id, hash });
+        }
+        let revoked: HashSet<String> = self.store.revoked().await?.into_iter().collect();
+        if let Ok(mut g) = self.roots.write() {
+            *g = roots;
+        }
+        if let Ok(mut g) = self.revoked.write() {
+            *g = revoked;
+        }
+        Ok(())
+    }
+
+    /// Refreshes every `interval` until shutdown.
+    pub fn keep_fresh(self: &Arc<Self>, interval: Duration, shutdown: Shutdown) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = this.refresh().await {
+                            tracing::warn!(error = %e, "token revocation refresh failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Mints the bootstrap root token if none exists. Returns it (to show once) when created.
+    pub async fn bootstrap_root(&self) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let token = Zeroizing::new(format!(
+            "{ROOT_TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32))
+        ));
+        let id = uuid::Uuid::new_v4().to_string();
+        let hash = hex::encode(sentia_crypto::sha256(token.as_bytes()));
+        if self.store.create_root_token(&id, &hash).await? {
+            self.refresh().await?;
+            Ok(Some(token))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Issues a JWT for `sub` with `policies`, valid for `ttl`.
+    pub async fn issue(
+        &self,
+        sub: &str,
+        policies: Vec<String>,
+        ttl: Duration,
+    ) -> Result<(String, String, i64), VaultError> {
+        let now = jwt::now_secs();
+        let jti = uuid::Uuid::now_v7().to_string();
+        let exp = now + ttl.as_secs() as i64;
+        let claims = Claims {
+            iss: jwt::ISSUER.into(),
+            sub: sub.into(),
+            aud: jwt::ISSUER.into(),
+            jti: jti.clone(),
+            iat: now,
+            nbf: now,
+            exp,
+            pol: policies,
+        };
+        // The header names the kid, so it is fixed before signing: use the last kid seen and,
+        // if key-service signed with another (the key rotated), sign again with that one.
+        let mut kid = self
+            .last_kid
+            .read()
+            .ok()
+            .and_then(|k| k.clone())
+            .unwrap_or_else(|| format!("{}-v1", self.keys.signing_key()));
+        for _ in 0..3 {
+            let input = jwt::signing_input(&kid, &claims);
+            let (signature, signed_kid) = self.keys.sign(input.as_bytes()).await?;
+            if signed_kid == kid {
+                return Ok((jwt::assemble(&input, &signature), jti, exp));
+            }
+            if let Ok(mut k) = self.last_kid.write() {
+                *k = Some(signed_kid.clone());
+            }
+            kid = signed_kid;
+        }
+        Err(VaultError::KeyService(Status::unavailable(
+            "the token signing key kept rotating during one login; retry",
+        )))
+    }
+
+    /// Revokes a token id; `expire_time` (ms) bounds how long the record is kept.
+    pub async fn revoke(&self, token_id: &str, expire_time: i64) -> Result<bool, VaultError> {
+        let was_root = {
+            let roots = self
+                .roots
+                .read()
+                .map(|r| r.iter().any(|t| t.id == token_id))
+                .unwrap_or(false);
+            if roots {
+                self.store.delete_root_token(token_id).await?
+            } else {
+                false
+            }
+        };
+        if !was_root {
+            self.store.revoke(token_id, expire_time).await?;
+            if let Ok(mut g) = self.revoked.write() {
+                g.insert(token_id.to_string());
+            }
+        }
+        self.refresh().await?;
+        Ok(was_root)
+    }
+
+    fn root(&self, token: &str) -> Option<Principal> {
+        let presented = sentia_crypto::sha256(token.as_bytes());
+        let roots = self.roots.read().ok()?;
+        let mut found = None;
+        for r in roots.iter() {
+            if sentia_crypto::constant_time_eq(&r.hash, &presented) {
+                found = Some(r.id.clone());
+            }
+        }
+        found.map(|id| Principal {
+            id: "root".into(),
+            role: Role::Admin,
+            method: AuthMethod::Root,
+            policies: vec![ROOT_POLICY.into()],
+            token_id: Some(id),
+            expires_at: None,
+        })
+    }
+
+    fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(jti)).unwrap_or(true)
+    }
+}
+
+/// Makes [`Tokens`] the server's verifier for JWTs and root tokens.
+pub struct TokenVerifier(pub Arc<Tokens>);
+
+impl BearerVerifier for TokenVerifier {
+    fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
+        Box::pin(async move {
+            if token.starts_with(ROOT_TOKEN_PREFIX) {
+                return Some(
+                    self.0
+                        .root(token)
+                        .ok_or_else(|| Status::unauthenticated("invalid or revoked token")),
+                );
+            }
+            if !jwt::looks_like_jwt(token) {
+                return None;
+            }
+            Some(match self.0.public_keys.verify(token).await {
+                Ok(claims) if self.0.is_revoked(&claims.jti) => {
+                    Err(Status::unauthenticated("token was revoked"))
+                }
+                Ok(claims) => Ok(claims.into_principal()),
+                Err(jwt::JwtError::KeysUnavailable(m)) => Err(Status::unavailable(format!(
+                    "cannot verify the token now: {m}"
+                ))),
+                Err(e) => Err(Status::unauthenticated(e.to_string())),
+            })
+        })
+    }
+}
+
+/// The AuthService implementation.
+#[derive(Clone)]
+pub struct AuthApi {
+    tokens: Arc<Tokens>,
+    policies: Policies,
+}
+
+impl AuthApi {
+    /// Over the token store and the live policies.
+    pub fn new(tokens: Arc<Tokens>, policies: Policies) -> Self {
+        Self { tokens, policies }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+fn argon2() -> Argon2<'static> {
+    Argon2::default()
+}
+
+/// A fixed hash verified against when the role id is unknown, so timing does not reveal
+/// which role ids exist.
+fn decoy_hash() -> String {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY
+        .get_or_init(|| {
+            argon2()
+                .hash_password(b"decoy secret id")
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+fn ttl_of(d: &Option<prost_types::Duration>) -> Result<Duration, VaultError> {
+    let Some(d) = d else {
+        return Ok(DEFAULT_TOKEN_TTL);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(VaultError::Invalid("token_ttl must be positive".into()));
+    }
+    let ttl = Duration::new(d.seconds as u64, d.nanos as u32);
+    if ttl < MIN_TOKEN_TTL || ttl > MAX_TOKEN_TTL {
+        return Err(VaultError::Invalid(format!(
+            "token_ttl {}s must be between 60s and 86400s (24h)",
+            ttl.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Res<pb::LoginResponse> {
+        let r = req.into_inner();
+        let refuse = || Status::unauthenticated("unknown role id or wrong secret id");
+        if r.role_id.is_empty()
+            || r.role_id.len() > 64
+            || r.secret_id.is_empty()
+            || r.secret_id.len() > 256
+        {
+            return Err(refuse());
+        }
+        let cred = self
+            .tokens
+            .store
+            .credential(&r.role_id)
+            .await
+            .map_err(Status::from)?;
+        let hash = cred
+            .as_ref()
+            .map_or_else(decoy_hash, |c| c.secret_hash.clone());
+        let secret = Zeroizing::new(r.secret_id);
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| argon2().verify_password(secret.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|_| Status::internal("login verification task failed"))?;
+        let cred = match cred {
+            Some(c) if ok => c,
+            _ => {
+                tracing::info!(role_id = %r.role_id, "login refused");
+                return Err(refuse());
+            }
+        };
+        let ttl = Duration::from_secs(cred.token_ttl.max(60) as u64);
+        let (token, token_id, exp) = self
+            .tokens
+            .issue(&format!("app:{}", cred.name), cred.policies, ttl)
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
+        Ok(Response::new(pb::LoginResponse {
+            token,
+            expire_time: Some(timestamp(exp * 1000)),
+            token_id,
+        }))
+    }
+
+    async fn create_app_credential(
+        &self,
+        req: Request<pb::CreateAppCredentialRequest>,
+    ) -> Res<pb::CreateAppCredentialResponse> {
+        let p = Principal::of(&req)?;
+        self.policies
+            .check_everywhere(&p, Capability::Admin, "CreateAppCredential")
+            .map_err(Status::from)?;
+        let r = req.into_inner();
+        if r.name.is_empty()
+            || r.name.chars().count() > 64
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(Status::invalid_argument(
+                "name must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        if r.policies.is_empty() || r.policies.len() > MAX_CREDENTIAL_POLICIES {
+            return Err(Status::invalid_argument(format!(
+                "give 1-{MAX_CREDENTIAL_POLICIES} policies"
+            )));
+        }
+        let set = self.policies.get();
+        for name in &r.policies {
+            if name == ROOT_POLICY || !set.contains(name) {
+                return Err(Status::invalid_argument(format!(
+                    "unknown policy {name:?}; known: {}",
+                    set.names().join(", ")
+                )));
+            }
+        }
+        let ttl = ttl_of(&r.token_ttl).map_err(Status::from)?;
+        let secret_id = Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32)));
+        let to_hash = secret_id.clone();
+        let secret_hash = tokio::task::spawn_blocking(move || {
+            argon2()
+                .hash_password(to_hash.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await
+        .map_err(|_| Status::internal("hashing task failed"))?
+        .map_err(|e| Status::internal(format!("hashing the secret id failed: {e}")))?;
+        let row = CredentialRow {
+            role_id: uuid::Uuid::new_v4().to_string(),
+            name: r.name,
+            secret_hash,
+            policies: r.policies,
+            token_ttl: ttl.as_secs() as i64,
+        };
+        self.tokens
+            .store
+            .create_credential(&row, &p.id)
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(role_id = %row.role_id, name = %row.name, by = %p.id, "app credential created");
+        Ok(Response::new(pb::CreateAppCredentialResponse {
+            role_id: row.role_id,
+            secret_id: secret_id.to_string(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Res<pb::RevokeTokenResponse> {
+        let p = Principal::of(&req)?;
+        let id = req.into_inner().token_id;
+        if id.is_empty() || id.len() > 64 {
+            return Err(Status::invalid_argument("token_id must be 1-64 characters"));
+        }
+        let own = p.token_id.as_deref() == Some(id.as_str());
+        if !own {
+            self.policies
+                .check_everywhere(
+                    &p,
+                    Capability::Admin,
+                    "RevokeToken of another principal's token",
+                )
+                .map_err(Status::from)?;
+        }
+        let expire_ms = match (own, p.expires_at) {
+            (true, Some(exp)) => exp * 1000,
+            _ => sentia_runtime::db::now_ms() + MAX_TOKEN_TTL.as_millis() as i64,
+        };
+        let root = self
+            .tokens
+            .revoke(&id, expire_ms)
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(token_id = %id, root, by = %p.id, "token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Res<pb::WhoAmIResponse> {
+        let p = Principal::of(&req)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: Some(cpb::Principal {
+                id: p.id.clone(),
+                auth_method: p.method.as_str().into(),
+                roles: self.policies.of(&p),
+            }),
+            expire_time: p.expires_at.map(|e| timestamp(e * 1000)),
+        }))
+    }
+}

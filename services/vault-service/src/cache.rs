@@ -1,0 +1,266 @@
+//! Optional Redis cache of *sealed* records: a secret's read view (revision, content type,
+//! labels) and each version's ciphertext + wrapped data key. Never a plaintext value or an
+//! unwrapped key. A write bumps the secret's revision in Redis and deletes the entries it
+//! changed; a reader may only fill the cache with data at least as new as that revision
+//! (checked atomically in Lua), so a slow reader cannot put back what a writer removed.
+//! Every Redis failure is logged and treated as a miss: the database answers instead.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::store::State;
+
+/// A secret's read view: what a Get needs besides the version record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadView {
+    /// Revision the view was read at.
+    pub revision: i64,
+    /// Content type.
+    pub content_type: String,
+    /// Label -> version.
+    pub labels: BTreeMap<String, u64>,
+}
+
+/// A version's sealed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    /// State.
+    pub state: State,
+    /// key-service key version of the wrap.
+    pub key_version: u32,
+    /// Sealed value (empty once destroyed).
+    pub ciphertext: Vec<u8>,
+    /// Wrapped data key (empty once destroyed).
+    pub wrapped_key: Vec<u8>,
+}
+
+impl SealedRecord {
+    /// `state | key_version | len(ciphertext) | ciphertext | wrapped_key`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.ciphertext.len() + self.wrapped_key.len());
+        out.push(self.state as u8);
+        out.extend_from_slice(&self.key_version.to_be_bytes());
+        out.extend_from_slice(&(self.ciphertext.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.ciphertext);
+        out.extend_from_slice(&self.wrapped_key);
+        out
+    }
+
+    /// Parses [`Self::encode`]'s output; `None` for anything else (treated as a miss).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let state = match *b.first()? {
+            1 => State::Enabled,
+            2 => State::Deleted,
+            3 => State::Destroyed,
+            _ => return None,
+        };
+        let key_version = u32::from_be_bytes(b.get(1..5)?.try_into().ok()?);
+        let len = u32::from_be_bytes(b.get(5..9)?.try_into().ok()?) as usize;
+        let ciphertext = b.get(9..9usize.checked_add(len)?)?.to_vec();
+        let wrapped_key = b.get(9 + len..)?.to_vec();
+        Some(Self {
+            state,
+            key_version,
+            ciphertext,
+            wrapped_key,
+        })
+    }
+}
+
+/// Fill `KEYS[2]` with `ARGV[2]` (TTL `ARGV[3]` ms) unless `KEYS[1]` (the secret's latest
+/// known revision) is newer than `ARGV[1]`.
+const GUARDED_SET: &str = r"
+local rev = tonumber(redis.call('GET', KEYS[1]) or '0')
+if rev <= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// Raise `KEYS[1]` to `ARGV[1]` (TTL `ARGV[2]` ms) and delete `KEYS[2..]`.
+const INVALIDATE: &str = r"
+local rev = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > rev then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if #KEYS > 1 then
+  redis.call('DEL', unpack(KEYS, 2))
+end
+return 1";
+
+/// How long a revision marker outlives the entries it guards.
+const REVISION_TTL: Duration = Duration::from_secs(86_400);
+
+/// The Redis cache (absent when `SENTIA_REDIS_URL` is unset).
+pub struct Cache {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl_ms: u64,
+    guarded_set: redis::Script,
+    invalidate: redis::Script,
+    failures: AtomicU64,
+}
+
+impl Cache {
+    /// A lazily connecting cache: Redis being down at start is not an error.
+    pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("SENTIA_REDIS_URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(Self {
+            conn,
+            prefix: format!("{prefix}vault:"),
+            ttl_ms: ttl.as_millis().max(1) as u64,
+            guarded_set: redis::Script::new(GUARDED_SET),
+            invalidate: redis::Script::new(INVALIDATE),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    fn rev_key(&self, path: &str) -> String {
+        format!("{}rev:{path}", self.prefix)
+    }
+
+    fn view_key(&self, path: &str) -> String {
+        format!("{}view:{path}", self.prefix)
+    }
+
+    fn record_key(&self, path: &str, version: u64) -> String {
+        format!("{}rec:{path}:{version}", self.prefix)
+    }
+
+    fn failed(&self, op: &str, e: &redis::RedisError) {
+        // Log the first failure and then every 100th, so an outage does not flood the log.
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(100) {
+            tracing::warn!(op, error = %e, failures = n + 1, "redis cache unavailable; using the database");
+        }
+    }
+
+    async fn get_bytes(&self, key: String, op: &str) -> Option<Vec<u8>> {
+        let mut conn = self.conn.clone();
+        match redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<Vec<u8>>>(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed(op, &e);
+                None
+            }
+        }
+    }
+
+    async fn fill(&self, path: &str, revision: i64, key: String, value: Vec<u8>, op: &str) {
+        let mut conn = self.conn.clone();
+        let r = self
+            .guarded_set
+            .key(self.rev_key(path))
+            .key(key)
+            .arg(revision)
+            .arg(value)
+            .arg(self.ttl_ms)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.failed(op, &e);
+        }
+    }
+
+    /// The cached read view of `path`.
+    pub async fn view(&self, path: &str) -> Option<ReadView> {
+        let b = self.get_bytes(self.view_key(path), "get view").await?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Caches a read view read from the database at `view.revision`.
+    pub async fn put_view(&self, path: &str, view: &ReadView) {
+        if let Ok(b) = serde_json::to_vec(view) {
+            self.fill(path, view.revision, self.view_key(path), b, "put view")
+                .await;
+        }
+    }
+
+    /// The cached sealed record of one version.
+    pub async fn record(&self, path: &str, version: u64) -> Option<SealedRecord> {
+        let b = self
+            .get_bytes(self.record_key(path, version), "get record")
+            .await?;
+        SealedRecord::decode(&b)
+    }
+
+    /// Caches a sealed record read from the database while the secret was at `revision`.
+    pub async fn put_record(&self, path: &str, revision: i64, version: u64, rec: &SealedRecord) {
+        self.fill(
+            path,
+            revision,
+            self.record_key(path, version),
+            rec.encode(),
+            "put record",
+        )
+        .await;
+    }
+
+    /// After a committed change at `revision`: drops the view and the records of `versions`.
+    pub async fn invalidate(&self, path: &str, revision: i64, versions: &[u64]) {
+        let mut inv = self.invalidate.key(self.rev_key(path));
+        inv.key(self.view_key(path));
+        for v in versions {
+            inv.key(self.record_key(path, *v));
+        }
+        inv.arg(revision).arg(REVISION_TTL.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        if let Err(e) = inv.invoke_async::<i64>(&mut conn).await {
+            self.failed("invalidate", &e);
+        }
+    }
+
+    /// Publishes a change-stream position to the other replicas.
+    pub async fn publish(&self, channel: &str, sequence: u64) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(format!("{}{channel}", self.prefix))
+            .arg(sequence)
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            self.failed("publish", &e);
+        }
+    }
+
+    /// Full channel name for `channel`.
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_records_round_trip_and_garbage_is_a_miss() {
+        let r = SealedRecord {
+            state: State::Deleted,
+            key_version: 7,
+            ciphertext: vec![1, 2, 3],
+            wrapped_key: vec![9; 40],
+        };
+        assert_eq!(SealedRecord::decode(&r.encode()), Some(r));
+        assert_eq!(SealedRecord::decode(&[]), None);
+        assert_eq!(
+            SealedRecord::decode(&[1, 0, 0, 0, 1, 255, 255, 255, 255]),
+            None
+        );
+        assert_eq!(SealedRecord::decode(&[9, 0, 0, 0, 1, 0, 0, 0, 0]), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! vault-service configuration from `SENTIA_*` variables (see `.env.example`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
+
+/// Everything vault-service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, TLS and static tokens.
+    pub server: ServerConfig,
+    /// `SENTIA_DATABASE_URL`: `postgres://...` or `sqlite://path?mode=rwc`.
+    pub database_url: String,
+    /// `SENTIA_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN` and the client TLS files.
+    pub key_service: UpstreamConfig,
+    /// `SENTIA_VAULT_KEY`: key-service key that wraps data keys.
+    pub data_key_name: String,
+    /// `SENTIA_JWT_KEY`: key-service signing key for tokens.
+    pub jwt_key_name: String,
+    /// `SENTIA_DEK_CACHE_TTL`: how long an unwrapped data key stays in memory (0 = off).
+    pub dek_cache_ttl: Duration,
+    /// `SENTIA_DEK_CACHE_MAX`: most data keys held.
+    pub dek_cache_max: usize,
+    /// `SENTIA_REDIS_URL`: sealed-record cache and cross-replica change fan-out.
+    pub redis_url: Option<String>,
+    /// `SENTIA_REDIS_PREFIX`: key prefix, so deployments (and tests) can share a Redis.
+    pub redis_prefix: String,
+    /// `SENTIA_CACHE_TTL`: lifetime of Redis cache entries.
+    pub cache_ttl: Duration,
+    /// `SENTIA_POLICY_FILE`: policies (TOML); the built-in seed roles when unset.
+    pub policy_file: Option<PathBuf>,
+    /// `SENTIA_POLICY_RELOAD`: how often the policy file is checked for changes.
+    pub policy_reload: Duration,
+    /// `SENTIA_IDENTITY_POLICIES`: policies of static-token and certificate identities,
+    /// `id=policy+policy,...` (admin identities always hold root).
+    pub identity_policies: HashMap<String, Vec<String>>,
+    /// `SENTIA_ROOT_TOKEN_FILE`: where the bootstrap root token is written (mode 0600) at
+    /// first start; printed to stdout once when unset.
+    pub root_token_file: Option<PathBuf>,
+    /// `SENTIA_TOKEN_REFRESH`: how often revocations and root tokens are re-read.
+    pub token_refresh: Duration,
+    /// `SENTIA_EVENT_RETENTION`: how long change-stream events stay resumable.
+    pub event_retention: Duration,
+}
+
+impl Config {
+    /// Reads and validates the configuration; every problem is reported at once.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(source);
+        let server = ServerConfig::from_source(&mut r, "vault-service", "127.0.0.1:8200", false);
+        let database_url = r.string_or("SENTIA_DATABASE_URL", "sqlite://sentia-vault.db?mode=rwc");
+        if !(database_url.starts_with("postgres") || database_url.starts_with("sqlite:")) {
+            r.problem("SENTIA_DATABASE_URL must start with postgres:// or sqlite:");
+        }
+        let max_connections = r.parse_or(
+            "SENTIA_DATABASE_MAX_CONNECTIONS",
+            10u32,
+            "a positive integer",
+        );
+        let key_service =
+            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
+        let data_key_name = r.string_or("SENTIA_VAULT_KEY", "vault");
+        let jwt_key_name = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
+        let dek_cache_ttl = r.duration_or("SENTIA_DEK_CACHE_TTL", Duration::from_secs(60));
+        let dek_cache_max = r.parse_or("SENTIA_DEK_CACHE_MAX", 10_000usize, "a positive integer");
+        let redis_url = r.optional("SENTIA_REDIS_URL");
+        if let Some(u) = &redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            r.problem("SENTIA_REDIS_URL must start with redis:// or rediss://");
+        }
+        let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
+        let cache_ttl = r.duration_or("SENTIA_CACHE_TTL", Duration::from_secs(30));
+        let policy_file = r.optional("SENTIA_POLICY_FILE").map(PathBuf::from);
+        let policy_reload = r.duration_or("SENTIA_POLICY_RELOAD", Duration::from_secs(5));
+        let identity_policies = match r.optional("SENTIA_IDENTITY_POLICIES") {
+            None => HashMap::new(),
+            Some(raw) => match parse_identity_policies(&raw) {
+                Ok(m) => m,
+                Err(e) => {
+                    r.problem(format!("SENTIA_IDENTITY_POLICIES: {e}"));
+                    HashMap::new()
+                }
+            },
+        };
+        let root_token_file = r.optional("SENTIA_ROOT_TOKEN_FILE").map(PathBuf::from);
+        let token_refresh = r.duration_or("SENTIA_TOKEN_REFRESH", Duration::from_secs(5));
+        let event_retention = r.duration_or("SENTIA_EVENT_RETENTION", Duration::from_secs(86_400));
+        if event_retention < Duration::from_secs(3600) {
+            r.problem("SENTIA_EVENT_RETENTION must be at least 1h (watchers resume from it)");
+        }
+        r.finish()?;
+        Ok(Self {
+            server,
+            database_url,
+            max_connections,
+            key_service,
+            data_key_name,
+            jwt_key_name,
+            dek_cache_ttl,
+            dek_cache_max,
+            redis_url,
+            redis_prefix,
+            cache_ttl,
+            policy_file,
+            policy_reload,
+            identity_policies,
+            root_token_file,
+            token_refresh,
+            event_retention,
+        })
+    }
+}
+
+/// Parses `id=policy+policy,id2=policy`.
+pub fn parse_identity_policies(raw: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out = HashMap::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, policies) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not id=policy+policy"))?;
+        let policies: Vec<String> = policies
+            .split('+')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if id.trim().is_empty() || policies.is_empty() {
+            return Err(format!("{item:?} needs an id and at least one policy"));
+        }
+        out.insert(id.trim().to_string(), policies);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentia_runtime::MapSource;
+
+    #[test]
+    fn defaults_need_only_plaintext_permission() {
+        let c = Config::from_source(&MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]))
+            .unwrap();
+        assert_eq!(c.server.listen_addr.port(), 8200);
+        assert_eq!(c.key_service.addr, "127.0.0.1:8201");
+        assert_eq!(c.dek_cache_ttl, Duration::from_secs(60));
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn identity_policies_parse_and_bad_values_are_named() {
+        let m = parse_identity_policies(
+            "rotation-scheduler=system_admin, ci=developer+monitoring_system",
+        )
+        .unwrap();
+        assert_eq!(m["ci"], vec!["developer", "monitoring_system"]);
+        let err = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_IDENTITY_POLICIES", "nobody"),
+            ("SENTIA_REDIS_URL", "http://x"),
+            ("SENTIA_DEK_CACHE_TTL", "soon"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for v in [
+            "SENTIA_IDENTITY_POLICIES",
+            "SENTIA_REDIS_URL",
+            "SENTIA_DEK_CACHE_TTL",
+        ] {
+            assert!(err.contains(v), "{v} missing: {err}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! vault-service: the public face of Sentia. Versioned secrets sealed under per-version data
+//! keys from key-service, app-credential login with JWTs signed by key-service, path policies
+//! (default deny), an optional Redis cache of sealed records, and a resumable change stream.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod policy;
+pub mod store;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::vault::v1::auth_service_server::AuthServiceServer;
+use sentia_proto::vault::v1::secret_service_server::SecretServiceServer;
+use sentia_runtime::jwt::PublicKeySet;
+use sentia_runtime::{Server, Shutdown};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use zeroize::Zeroizing;
+
+pub use config::Config;
+pub use error::VaultError;
+
+/// How often old change-stream events are trimmed.
+const TRIM_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Runs vault-service on `listener` until `shutdown`. At first start it mints the bootstrap
+/// root token and shows it once (to `SENTIA_ROOT_TOKEN_FILE`, or stdout).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), VaultError> {
+    let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let policies = policy::Policies::load(
+        config.policy_file.as_ref(),
+        config.identity_policies.clone(),
+    )?;
+    if let Some(file) = &config.policy_file {
+        policies.watch(file.clone(), config.policy_reload, shutdown.clone());
+    }
+    let client = KeyServiceClient::new(config.key_service.channel()?);
+    let keys = Arc::new(keys::Keys::new(
+        client.clone(),
+        config.data_key_name.clone(),
+        config.jwt_key_name.clone(),
+        config.dek_cache_ttl,
+        config.dek_cache_max,
+    ));
+    let public_keys = PublicKeySet::from_key_service(client, &config.jwt_key_name);
+    let tokens = auth::Tokens::load(store.clone(), keys.clone(), public_keys).await?;
+    tokens.keep_fresh(config.token_refresh, shutdown.clone());
+    if let Some(token) = tokens.bootstrap_root().await? {
+        show_root_token(&token, config.root_token_file.as_ref())?;
+    }
+
+    let cache = match &config.redis_url {
+        Some(url) => Some(Arc::new(
+            cache::Cache::new(url, &config.redis_prefix, config.cache_ttl)
+                .map_err(VaultError::Startup)?,
+        )),
+        None => None,
+    };
+    let (_, head) = store.stream_bounds().await?;
+    let notifier = stream::Notifier::new(head, cache.clone());
+    if let Some(url) = &config.redis_url {
+        notifier.listen(url.clone(), shutdown.clone());
+    }
+    spawn_trim(store.clone(), config.event_retention, shutdown.clone());
+
+    let secrets = api::SecretApi::new(
+        store,
+        keys,
+        cache,
+        policies.clone(),
+        notifier,
+        shutdown.clone(),
+    );
+    let auth_api = auth::AuthApi::new(tokens.clone(), policies);
+    let routes = Routes::new(SecretServiceServer::new(secrets))
+        .add_service(AuthServiceServer::new(auth_api));
+    Server::new(config.server)
+        .public_method("/sentia.vault.v1.AuthService/Login")
+        .bearer_verifier(Arc::new(auth::TokenVerifier(tokens)))
+        .serve(routes, listener, shutdown.clone())
+        .await?;
+    shutdown.trigger();
+    Ok(())
+}
+
+fn show_root_token(
+    token: &Zeroizing<String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<(), VaultError> {
+    match file {
+        Some(path) => {
+            write_private(path, token.as_bytes()).map_err(|e| {
+                VaultError::Startup(format!("writing the root token to {}: {e}", path.display()))
+            })?;
+            tracing::warn!(file = %path.display(), "bootstrap root token written; move it to a safe place and delete the file");
+        }
+        None => {
+            println!("\n==================== SENTIA ROOT TOKEN ====================");
+            println!("  {}", token.as_str());
+            println!("  Shown once. It holds every capability: store it offline, use it to");
+            println!("  create app credentials, then revoke it (sentia token revoke).");
+            println!("===========================================================\n");
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents)
+}
+
+fn spawn_trim(store: store::Store, retention: Duration, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => {
+                    let before = sentia_runtime::db::now_ms() - retention.as_millis() as i64;
+                    match store.trim_events(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(trimmed = n, "old change-stream events trimmed"),
+                        Err(e) => tracing::warn!(error = %e, "trimming change-stream events failed"),
+                    }
+                }
+            }
+        }
+    });
+}

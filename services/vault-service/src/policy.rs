@@ -1,0 +1,435 @@
+//! Path policies: named sets of (path glob, capabilities) rules, loaded from a TOML file that
+//! reloads without a restart. Default deny: a request needs the capability granted on the
+//! path it names by one of the caller's policies.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use sentia_runtime::{AuthMethod, Principal, Role, Shutdown};
+
+use crate::VaultError;
+
+/// The default policy file: the seed's four roles.
+pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.toml");
+
+/// The built-in policy of root tokens and admin identities: everything, independent of the
+/// policy file (so a broken file can always be repaired).
+pub const ROOT_POLICY: &str = "root";
+
+/// What a policy can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Read values.
+    Read,
+    /// Write versions and metadata.
+    Write,
+    /// List paths, read metadata.
+    List,
+    /// Delete, undelete, destroy.
+    Delete,
+    /// Rotate, read or change rotation policies.
+    Rotate,
+    /// Read the audit log.
+    AuditRead,
+    /// Administer credentials, tokens and keys.
+    Admin,
+}
+
+impl Capability {
+    /// Every capability, in documentation order.
+    pub const ALL: [Capability; 7] = [
+        Self::Read,
+        Self::Write,
+        Self::List,
+        Self::Delete,
+        Self::Rotate,
+        Self::AuditRead,
+        Self::Admin,
+    ];
+
+    /// Name as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::List => "list",
+            Self::Delete => "delete",
+            Self::Rotate => "rotate",
+            Self::AuditRead => "audit-read",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A path glob: `*` matches inside one segment, `**` any number of whole segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<String>);
+
+impl Glob {
+    /// Parses a glob; segments follow path syntax plus `*`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("empty path glob".into());
+        }
+        let segments: Vec<String> = raw.split('/').map(str::to_string).collect();
+        for s in &segments {
+            let ok = !s.is_empty()
+                && (s == "**"
+                    || s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*'))
+                        && !s.contains("**"));
+            if !ok {
+                return Err(format!(
+                    "glob {raw:?}: segment {s:?} must be '**' or path characters and '*'"
+                ));
+            }
+        }
+        Ok(Self(segments))
+    }
+
+    /// True if the glob is `**` (matches everything, including non-path operations).
+    pub fn is_everything(&self) -> bool {
+        self.0.len() == 1 && self.0[0] == "**"
+    }
+
+    /// True if `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').collect();
+        match_segments(&self.0, &segments)
+    }
+}
+
+fn match_segments(pattern: &[String], path: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((p, rest)) if p == "**" => (0..=path.len()).any(|i| match_segments(rest, &path[i..])),
+        Some((p, rest)) => match path.split_first() {
+            Some((s, path_rest)) => {
+                match_one(p.as_bytes(), s.as_bytes()) && match_segments(rest, path_rest)
+            }
+            None => false,
+        },
+    }
+}
+
+/// Wildcard match of one segment (`*` = any run of characters).
+fn match_one(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| match_one(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && match_one(rest, &s[1..]),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    glob: Glob,
+    capabilities: u8,
+}
+
+/// One named policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// What it is for.
+    pub description: String,
+    rules: Vec<Rule>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    description: String,
+    rules: Vec<RuleFile>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    paths: Vec<String>,
+    capabilities: Vec<String>,
+}
+
+/// All policies by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet(HashMap<String, Policy>);
+
+impl PolicySet {
+    /// Parses a policy file; errors name the policy and rule.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: HashMap<String, PolicyFile> =
+            toml::from_str(text).map_err(|e| format!("policy file: {e}"))?;
+        let mut out = HashMap::new();
+        for (name, p) in raw {
+            if name == ROOT_POLICY {
+                return Err(format!(
+                    "policy name {ROOT_POLICY:?} is reserved (built in)"
+                ));
+            }
+            let mut rules = Vec::new();
+            for (i, r) in p.rules.iter().enumerate() {
+                let mut capabilities = 0u8;
+                for c in &r.capabilities {
+                    capabilities |= Capability::parse(c)
+                        .ok_or_else(|| {
+                            format!(
+                                "policy {name}, rule {}: unknown capability {c:?} (known: read, \
+                                 write, list, delete, rotate, audit-read, admin)",
+                                i + 1
+                            )
+                        })?
+                        .bit();
+                }
+                for path in &r.paths {
+                    let glob = Glob::parse(path)
+                        .map_err(|e| format!("policy {name}, rule {}: {e}", i + 1))?;
+                    rules.push(Rule { glob, capabilities });
+                }
+            }
+            out.insert(
+                name,
+                Policy {
+                    description: p.description,
+                    rules,
+                },
+            );
+        }
+        Ok(Self(out))
+    }
+
+    /// The default set (the seed's roles).
+    pub fn default_set() -> Self {
+        // The embedded file is checked by a unit test; an empty set (deny all) is the safe
+        // fallback if it were ever broken.
+        Self::parse(DEFAULT_POLICIES).unwrap_or_default()
+    }
+
+    /// True if a policy of this name exists (or is the built-in root).
+    pub fn contains(&self, name: &str) -> bool {
+        name == ROOT_POLICY || self.0.contains_key(name)
+    }
+
+    /// Policy names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// True if one of `policies` grants `cap` on `path`.
+    pub fn allows(&self, policies: &[String], cap: Capability, path: &str) -> bool {
+        policies.iter().any(|name| {
+            name == ROOT_POLICY
+                || self.0.get(name).is_some_and(|p| {
+                    p.rules
+                        .iter()
+                        .any(|r| r.capabilities & cap.bit() != 0 && r.glob.matches(path))
+                })
+        })
+    }
+
+    /// True if one of `policies` grants `cap` on every path (`**`): what operations that do
+    /// not name a path (credentials, tokens) require.
+    pub fn allows_everywhere(&self, policies: &[String], cap: Capability) -> bool {
+        policies.iter().any(|name| {
+            name == ROOT_POLICY
+                || self.0.get(name).is_some_and(|p| {
+                    p.rules
+                        .iter()
+                        .any(|r| r.capabilities & cap.bit() != 0 && r.glob.is_everything())
+                })
+        })
+    }
+}
+
+/// The live policy set, reloaded from its file when the file changes.
+#[derive(Clone)]
+pub struct Policies {
+    current: Arc<RwLock<Arc<PolicySet>>>,
+    identities: Arc<HashMap<String, Vec<String>>>,
+}
+
+impl Policies {
+    /// Loads `file` (or the defaults) and maps static identities (service tokens, certificate
+    /// names) to policies.
+    pub fn load(
+        file: Option<&PathBuf>,
+        identities: HashMap<String, Vec<String>>,
+    ) -> Result<Self, VaultError> {
+        let set = match file {
+            Some(path) => read(path).map_err(VaultError::Startup)?,
+            None => PolicySet::default_set(),
+        };
+        for (id, names) in &identities {
+            for n in names {
+                if !set.contains(n) {
+                    return Err(VaultError::Startup(format!(
+                        "SENTIA_IDENTITY_POLICIES maps {id} to unknown policy {n:?}; known: {}",
+                        set.names().join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(set))),
+            identities: Arc::new(identities),
+        })
+    }
+
+    /// The current set.
+    pub fn get(&self) -> Arc<PolicySet> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The policies a principal holds: JWTs carry theirs; root tokens and admin identities
+    /// hold the built-in root; other static identities hold what SENTIA_IDENTITY_POLICIES
+    /// maps them to (nothing by default).
+    pub fn of(&self, p: &Principal) -> Vec<String> {
+        match p.method {
+            AuthMethod::Jwt => p.policies.clone(),
+            AuthMethod::Root => vec![ROOT_POLICY.into()],
+            AuthMethod::Token | AuthMethod::Mtls if p.role == Role::Admin => {
+                vec![ROOT_POLICY.into()]
+            }
+            AuthMethod::Token | AuthMethod::Mtls => {
+                self.identities.get(&p.id).cloned().unwrap_or_default()
+            }
+        }
+    }
+
+    /// PERMISSION_DENIED unless `p` holds `cap` on `path`.
+    pub fn check(&self, p: &Principal, cap: Capability, path: &str) -> Result<(), VaultError> {
+        if self.get().allows(&self.of(p), cap, path) {
+            Ok(())
+        } else {
+            Err(VaultError::Denied(format!(
+                "'{}' has no {} capability on {path:?} (policies: {})",
+                p.id,
+                cap.as_str(),
+                self.of(p).join(", ")
+            )))
+        }
+    }
+
+    /// PERMISSION_DENIED unless `p` holds `cap` on every path.
+    pub fn check_everywhere(
+        &self,
+        p: &Principal,
+        cap: Capability,
+        action: &str,
+    ) -> Result<(), VaultError> {
+        if self.get().allows_everywhere(&self.of(p), cap) {
+            Ok(())
+        } else {
+            Err(VaultError::Denied(format!(
+                "{action} needs the {} capability on all paths; '{}' does not have it",
+                cap.as_str(),
+                p.id
+            )))
+        }
+    }
+
+    /// Re-reads `file` every `interval` while its modification time changes; a broken file
+    /// is logged and the previous policies stay in force.
+    pub fn watch(&self, file: PathBuf, interval: Duration, shutdown: Shutdown) {
+        let current = self.current.clone();
+        tokio::spawn(async move {
+            let mut seen = modified(&file);
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = modified(&file);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match read(&file) {
+                    Ok(set) => {
+                        tracing::info!(file = %file.display(), policies = ?set.names(), "policy file reloaded");
+                        if let Ok(mut g) = current.write() {
+                            *g = Arc::new(set);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %file.display(), error = %e, "policy file rejected; keeping the previous policies")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn modified(file: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
+
+fn read(path: &PathBuf) -> Result<PolicySet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy file {}: {e}", path.display()))?;
+    PolicySet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_segments_and_wildcards() {
+        let g = Glob::parse("*/config/**").unwrap();
+        assert!(g.matches("prod/config/db"));
+        assert!(g.matches("dev/config"));
+        assert!(g.matches("dev/config/a/b/c"));
+        assert!(!g.matches("prod/app/db"));
+        assert!(!g.matches("config"));
+        let g = Glob::parse("prod/db-*").unwrap();
+        assert!(g.matches("prod/db-main"));
+        assert!(!g.matches("prod/db-main/x"));
+        assert!(Glob::parse("prod/**x").is_err());
+        assert!(Glob::parse("prod//x").is_err());
+        assert!(Glob::parse("**").unwrap().is_everything());
+    }
+
+    #[test]
+    fn the_default_file_parses_and_holds_the_seed_roles() {
+        let set = PolicySet::parse(DEFAULT_POLICIES).unwrap();
+        assert_eq!(
+            set.names(),
+            [
+                "deployment_engineer",
+                "developer",
+                "monitoring_system",
+                "system_admin"
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_errors_name_the_policy_and_rule() {
+        let err = PolicySet::parse("[p]\nrules = [{ paths = [\"**\"], capabilities = [\"fly\"] }]")
+            .unwrap_err();
+        assert!(
+            err.contains("policy p, rule 1") && err.contains("fly"),
+            "{err}"
+        );
+        let err = PolicySet::parse("[root]\nrules = []").unwrap_err();
+        assert!(err.contains("reserved"));
+        assert!(PolicySet::parse("[p]\nrulez = []").is_err());
+    }
+}

@@ -1,0 +1,957 @@
+//! Secret persistence (sqlx `Any`: Postgres or SQLite with the same queries). Every change is
+//! one transaction: metadata, version row, labels, idempotency record and change-stream event
+//! commit together or not at all. Only ciphertext and wrapped data keys are stored.
+
+use std::collections::BTreeMap;
+
+use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::VaultError;
+use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath};
+
+const PG_MIGRATIONS: &[MigrationSource] = &[(
+    1,
+    "secrets",
+    include_str!("../migrations/postgres/0001_secrets.sql"),
+)];
+const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
+    1,
+    "secrets",
+    include_str!("../migrations/sqlite/0001_secrets.sql"),
+)];
+
+/// Lifecycle state of a version, as stored (values match `VersionState` in vault.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Readable.
+    Enabled = 1,
+    /// Soft-deleted.
+    Deleted = 2,
+    /// Data key erased.
+    Destroyed = 3,
+}
+
+impl State {
+    fn from_i64(v: i64) -> Result<Self, VaultError> {
+        match v {
+            1 => Ok(Self::Enabled),
+            2 => Ok(Self::Deleted),
+            3 => Ok(Self::Destroyed),
+            _ => Err(VaultError::DataLoss(format!("a version row (state {v})"))),
+        }
+    }
+}
+
+/// Change-stream event kinds (values match `EventKind` in vault.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// New version.
+    VersionCreated = 1,
+    /// Label moved.
+    LabelMoved = 2,
+    /// Soft-deleted.
+    Deleted = 3,
+    /// Undeleted.
+    Undeleted = 4,
+    /// Destroyed.
+    Destroyed = 5,
+    /// Metadata changed.
+    MetadataUpdated = 6,
+}
+
+/// One secret's metadata row and labels.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    /// Path.
+    pub path: String,
+    /// Metadata.
+    pub meta: Metadata,
+    /// Latest version number.
+    pub current_version: u64,
+    /// Increases on every change; guards the Redis cache against stale fills.
+    pub revision: i64,
+    /// Creation time (ms).
+    pub create_time: i64,
+    /// Last change (ms).
+    pub update_time: i64,
+    /// Label -> version.
+    pub labels: BTreeMap<String, u64>,
+}
+
+/// One version's row.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    /// Version number.
+    pub version: u64,
+    /// State.
+    pub state: State,
+    /// Sealed value (None once destroyed).
+    pub ciphertext: Option<Vec<u8>>,
+    /// Wrapped data key (None once destroyed).
+    pub wrapped_key: Option<Vec<u8>>,
+    /// key-service key version of the wrap.
+    pub key_version: u32,
+    /// Writer.
+    pub created_by: String,
+    /// When written (ms).
+    pub create_time: i64,
+}
+
+/// One change-stream event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Position.
+    pub sequence: u64,
+    /// Kind.
+    pub kind: i32,
+    /// Path.
+    pub path: String,
+    /// Versions affected.
+    pub versions: Vec<u64>,
+    /// Label (label moves).
+    pub label: String,
+    /// When (ms).
+    pub time: i64,
+}
+
+/// A version to write, sealed by the caller.
+#[derive(Debug)]
+pub struct NewVersion {
+    /// Path.
+    pub path: SecretPath,
+    /// The number it gets: current + 1 as the caller observed it.
+    pub version: u64,
+    /// Sealed value.
+    pub ciphertext: Vec<u8>,
+    /// Wrapped data key.
+    pub wrapped_key: Vec<u8>,
+    /// Wrapping key version.
+    pub key_version: u32,
+    /// Writer.
+    pub created_by: String,
+    /// Labels to point at it.
+    pub labels: Vec<String>,
+    /// Idempotency key, if the caller sent one.
+    pub request_id: Option<String>,
+    /// The secret's metadata after this write.
+    pub meta: Metadata,
+}
+
+/// Result of a committed change: what to tell watchers and which cache entries to drop.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Highest event sequence written.
+    pub sequence: u64,
+    /// New revision of the secret.
+    pub revision: i64,
+    /// Versions whose stored record changed (state or destroyed).
+    pub touched_versions: Vec<u64>,
+    /// Time of the change (ms).
+    pub time: i64,
+}
+
+/// An app credential row.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    /// Public id.
+    pub role_id: String,
+    /// Display name.
+    pub name: String,
+    /// argon2 PHC string of the secret id.
+    pub secret_hash: String,
+    /// Policies.
+    pub policies: Vec<String>,
+    /// Token lifetime (s).
+    pub token_ttl: i64,
+}
+
+/// Database access for vault-service.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn u64_of(row: &AnyRow, col: &str) -> Result<u64, VaultError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| VaultError::DataLoss(format!("column {col}")))
+}
+
+fn i64_of(v: u64) -> Result<i64, VaultError> {
+    i64::try_from(v).map_err(|_| VaultError::Invalid(format!("version {v} is out of range")))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn secret_from(row: &AnyRow) -> Result<SecretRow, VaultError> {
+    let tags: String = row.try_get("tags")?;
+    Ok(SecretRow {
+        path: row.try_get("path")?,
+        meta: Metadata {
+            tier: row.try_get::<i64, _>("tier")? as i32,
+            owner: row.try_get("owner")?,
+            description: row.try_get("description")?,
+            content_type: row.try_get("content_type")?,
+            tags: serde_json::from_str(&tags).map_err(|_| VaultError::DataLoss("tags".into()))?,
+            max_versions: row.try_get::<i64, _>("max_versions")? as u32,
+            expire_time: row.try_get("expire_time")?,
+            rotate_by_time: row.try_get("rotate_by_time")?,
+        },
+        current_version: u64_of(row, "current_version")?,
+        revision: row.try_get("revision")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+        labels: BTreeMap::new(),
+    })
+}
+
+fn version_from(row: &AnyRow) -> Result<VersionRow, VaultError> {
+    Ok(VersionRow {
+        version: u64_of(row, "version")?,
+        state: State::from_i64(row.try_get("state")?)?,
+        ciphertext: row.try_get("ciphertext")?,
+        wrapped_key: row.try_get("wrapped_key")?,
+        key_version: row.try_get::<i64, _>("key_version")? as u32,
+        created_by: row.try_get("created_by")?,
+        create_time: row.try_get("create_time")?,
+    })
+}
+
+const SECRET_COLUMNS: &str = "path, tier, owner, description, content_type, tags, max_versions, \
+     expire_time, rotate_by_time, current_version, revision, create_time, update_time";
+
+impl Store {
+    /// Connects and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, VaultError> {
+        let migrations = Migrations {
+            postgres: PG_MIGRATIONS,
+            sqlite: SQLITE_MIGRATIONS,
+        };
+        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
+        if sentia_runtime::db::is_sqlite(url) {
+            // Destroyed ciphertext is overwritten on disk, not just unlinked from the b-tree.
+            sqlx::query("PRAGMA secure_delete=ON")
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that inspect raw rows.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A secret's metadata and labels.
+    pub async fn secret(&self, path: &str) -> Result<Option<SecretRow>, VaultError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE path = $1"
+        ));
+        let Some(row) = sqlx::query(sql)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut s = secret_from(&row)?;
+        s.labels = self.labels(path).await?;
+        Ok(Some(s))
+    }
+
+    async fn labels(&self, path: &str) -> Result<BTreeMap<String, u64>, VaultError> {
+        let rows = sqlx::query("SELECT label, version FROM secret_labels WHERE path = $1")
+            .bind(path)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("label")?, u64_of(r, "version")?)))
+            .collect()
+    }
+
+    /// One version's row.
+    pub async fn version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<VersionRow>, VaultError> {
+        let row = sqlx::query(
+            "SELECT version, state, ciphertext, wrapped_key, key_version, created_by, create_time \
+             FROM secret_versions WHERE path = $1 AND version = $2",
+        )
+        .bind(path)
+        .bind(i64_of(version)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_from).transpose()
+    }
+
+    /// Every version of a secret, newest first.
+    pub async fn versions(&self, path: &str) -> Result<Vec<VersionRow>, VaultError> {
+        let rows = sqlx::query(
+            "SELECT version, state, ciphertext, wrapped_key, key_version, created_by, create_time \
+             FROM secret_versions WHERE path = $1 ORDER BY version DESC",
+        )
+        .bind(path)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_from).collect()
+    }
+
+    /// Secrets whose path is under `prefix` ("" = all) and after `after`, in path order.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<SecretRow>, VaultError> {
+        // path = prefix, or prefix/ <= path < prefix0 ('0' follows '/'): an index range.
+        let (lo, hi) = if prefix.is_empty() {
+            (String::new(), "\u{10FFFF}".to_string())
+        } else {
+            (format!("{prefix}/"), format!("{prefix}0"))
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets \
+             WHERE (path = $1 OR (path >= $2 AND path < $3)) AND path > $4 \
+             ORDER BY path LIMIT $5"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(prefix)
+            .bind(lo)
+            .bind(hi)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut s = secret_from(r)?;
+            s.labels = self.labels(&s.path).await?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// The first result of an earlier Put with this request id by this principal.
+    pub async fn put_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<(String, u64, i64)>, VaultError> {
+        let row = sqlx::query(
+            "SELECT path, version, create_time FROM put_requests WHERE principal = $1 AND request_id = $2",
+        )
+        .bind(principal)
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("path")?,
+                u64_of(&r, "version")?,
+                r.try_get("create_time")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Writes a new version. Fails with [`VaultError::Conflict`] if another writer got
+    /// `nv.version` first (the caller re-reads and retries, or reports a CAS conflict).
+    pub async fn put_version(&self, nv: &NewVersion) -> Result<Committed, VaultError> {
+        let now = now_ms();
+        let path = nv.path.as_str();
+        let version = i64_of(nv.version)?;
+        let mut tx = self.pool.begin().await?;
+        let tags = serde_json::to_string(&nv.meta.tags).unwrap_or_else(|_| "{}".into());
+        let m = &nv.meta;
+        let revision: i64 = if nv.version == 1 {
+            let r = sqlx::query(
+                "INSERT INTO secrets (path, tier, owner, description, content_type, tags, max_versions, \
+                 expire_time, rotate_by_time, current_version, revision, create_time, update_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, 1, $10, $10)",
+            )
+            .bind(path)
+            .bind(i64::from(m.tier))
+            .bind(&m.owner)
+            .bind(&m.description)
+            .bind(&m.content_type)
+            .bind(&tags)
+            .bind(i64::from(m.max_versions))
+            .bind(m.expire_time)
+            .bind(m.rotate_by_time)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match r {
+                Ok(_) => 1,
+                Err(e) if is_unique_violation(&e) => return Err(race(path)),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let row = sqlx::query(
+                "UPDATE secrets SET tier = $1, owner = $2, description = $3, content_type = $4, \
+                 tags = $5, max_versions = $6, expire_time = $7, rotate_by_time = $8, \
+                 current_version = $9, revision = revision + 1, update_time = $10 \
+                 WHERE path = $11 AND current_version = $12 RETURNING revision",
+            )
+            .bind(i64::from(m.tier))
+            .bind(&m.owner)
+            .bind(&m.description)
+            .bind(&m.content_type)
+            .bind(&tags)
+            .bind(i64::from(m.max_versions))
+            .bind(m.expire_time)
+            .bind(m.rotate_by_time)
+            .bind(version)
+            .bind(now)
+            .bind(path)
+            .bind(version - 1)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(r) => r.try_get("revision")?,
+                None => return Err(race(path)),
+            }
+        };
+        sqlx::query(
+            "INSERT INTO secret_versions (path, version, state, ciphertext, wrapped_key, key_version, \
+             created_by, create_time) VALUES ($1, $2, 1, $3, $4, $5, $6, $7)",
+        )
+        .bind(path)
+        .bind(version)
+        .bind(&nv.ciphertext)
+        .bind(&nv.wrapped_key)
+        .bind(i64::from(nv.key_version))
+        .bind(&nv.created_by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(id) = &nv.request_id {
+            let r = sqlx::query(
+                "INSERT INTO put_requests (principal, request_id, path, version, create_time) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&nv.created_by)
+            .bind(id)
+            .bind(path)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Err(race(path)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut sequence = emit(
+            &mut tx,
+            EventKind::VersionCreated,
+            path,
+            &[nv.version],
+            "",
+            now,
+        )
+        .await?;
+        for label in &nv.labels {
+            sequence = move_label_tx(&mut tx, path, label, nv.version, now).await?;
+        }
+        let pruned = prune(&mut tx, path, nv.meta.max_versions, now).await?;
+        if !pruned.is_empty() {
+            sequence = emit(&mut tx, EventKind::Destroyed, path, &pruned, "", now).await?;
+        }
+        tx.commit().await?;
+        Ok(Committed {
+            sequence,
+            revision,
+            touched_versions: pruned,
+            time: now,
+        })
+    }
+
+    /// Replaces a secret's metadata (pruning if max_versions shrank).
+    pub async fn update_metadata(
+        &self,
+        path: &str,
+        meta: &Metadata,
+    ) -> Result<Committed, VaultError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let tags = serde_json::to_string(&meta.tags).unwrap_or_else(|_| "{}".into());
+        let row = sqlx::query(
+            "UPDATE secrets SET tier = $1, owner = $2, description = $3, content_type = $4, tags = $5, \
+             max_versions = $6, expire_time = $7, rotate_by_time = $8, revision = revision + 1, \
+             update_time = $9 WHERE path = $10 RETURNING revision",
+        )
+        .bind(i64::from(meta.tier))
+        .bind(&meta.owner)
+        .bind(&meta.description)
+        .bind(&meta.content_type)
+        .bind(&tags)
+        .bind(i64::from(meta.max_versions))
+        .bind(meta.expire_time)
+        .bind(meta.rotate_by_time)
+        .bind(now)
+        .bind(path)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found(path))?;
+        let revision: i64 = row.try_get("revision")?;
+        let mut sequence = emit(&mut tx, EventKind::MetadataUpdated, path, &[], "", now).await?;
+        let pruned = prune(&mut tx, path, meta.max_versions, now).await?;
+        if !pruned.is_empty() {
+            sequence = emit(&mut tx, EventKind::Destroyed, path, &pruned, "", now).await?;
+        }
+        tx.commit().await?;
+        Ok(Committed {
+            sequence,
+            revision,
+            touched_versions: pruned,
+            time: now,
+        })
+    }
+
+    /// Points `label` at `version` (which must be enabled). Moving CURRENT moves PREVIOUS to
+    /// the old CURRENT, as AWS Secrets Manager does.
+    pub async fn move_label(
+        &self,
+        path: &str,
+        label: &str,
+        version: u64,
+    ) -> Result<Committed, VaultError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let revision = bump(&mut tx, path, now).await?;
+        let state =
+            sqlx::query("SELECT state FROM secret_versions WHERE path = $1 AND version = $2")
+                .bind(path)
+                .bind(i64_of(version)?)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| VaultError::NotFound(format!("{path} has no version {version}")))?;
+        match State::from_i64(state.try_get("state")?)? {
+            State::Enabled => {}
+            s => {
+                return Err(VaultError::Precondition(format!(
+                    "version {version} of {path} is {}; a label can only point at an enabled version",
+                    state_name(s)
+                )));
+            }
+        }
+        let sequence = move_label_tx(&mut tx, path, label, version, now).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            sequence,
+            revision,
+            touched_versions: vec![],
+            time: now,
+        })
+    }
+
+    /// Changes the state of versions (`[]` = every version in state `from`). Returns the
+    /// versions changed. Destroying erases ciphertext and wrapped key and drops labels.
+    pub async fn set_state(
+        &self,
+        path: &str,
+        versions: &[u64],
+        to: State,
+    ) -> Result<(Vec<u64>, Committed), VaultError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let revision = bump(&mut tx, path, now).await?;
+        let rows = sqlx::query(
+            "SELECT version, state FROM secret_versions WHERE path = $1 ORDER BY version",
+        )
+        .bind(path)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut existing = BTreeMap::new();
+        for r in &rows {
+            existing.insert(u64_of(r, "version")?, State::from_i64(r.try_get("state")?)?);
+        }
+        let targets: Vec<u64> = if versions.is_empty() {
+            existing
+                .iter()
+                .filter(|(_, s)| match to {
+                    State::Deleted => **s == State::Enabled,
+                    State::Enabled => **s == State::Deleted,
+                    State::Destroyed => **s != State::Destroyed,
+                })
+                .map(|(v, _)| *v)
+                .collect()
+        } else {
+            let mut t = Vec::new();
+            for v in versions {
+                let s = existing
+                    .get(v)
+                    .ok_or_else(|| VaultError::NotFound(format!("{path} has no version {v}")))?;
+                match (to, s) {
+                    (State::Destroyed, State::Destroyed) => {}
+                    (State::Enabled | State::Deleted, State::Destroyed) => {
+                        return Err(VaultError::Precondition(format!(
+                            "version {v} of {path} is destroyed; it cannot be recovered"
+                        )));
+                    }
+                    (x, y) if x == *y => {}
+                    _ => t.push(*v),
+                }
+            }
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
+        for v in &targets {
+            let sql = if to == State::Destroyed {
+                "UPDATE secret_versions SET state = $1, ciphertext = NULL, wrapped_key = NULL \
+                 WHERE path = $2 AND version = $3"
+            } else {
+                "UPDATE secret_versions SET state = $1 WHERE path = $2 AND version = $3"
+            };
+            sqlx::query(sql)
+                .bind(to as i64)
+                .bind(path)
+                .bind(i64_of(*v)?)
+                .execute(&mut *tx)
+                .await?;
+            if to == State::Destroyed {
+                sqlx::query("DELETE FROM secret_labels WHERE path = $1 AND version = $2")
+                    .bind(path)
+                    .bind(i64_of(*v)?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let kind = match to {
+            State::Deleted => EventKind::Deleted,
+            State::Enabled => EventKind::Undeleted,
+            State::Destroyed => EventKind::Destroyed,
+        };
+        let sequence = if targets.is_empty() {
+            0
+        } else {
+            emit(&mut tx, kind, path, &targets, "", now).await?
+        };
+        tx.commit().await?;
+        Ok((
+            targets.clone(),
+            Committed {
+                sequence,
+                revision,
+                touched_versions: targets,
+                time: now,
+            },
+        ))
+    }
+
+    /// Events after `after`, oldest first.
+    pub async fn events_after(&self, after: u64, limit: i64) -> Result<Vec<Event>, VaultError> {
+        let rows = sqlx::query(
+            "SELECT sequence, kind, path, versions, label, time FROM secret_events \
+             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(i64_of(after)?)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let versions: String = r.try_get("versions")?;
+                Ok(Event {
+                    sequence: u64_of(r, "sequence")?,
+                    kind: r.try_get::<i64, _>("kind")? as i32,
+                    path: r.try_get("path")?,
+                    versions: serde_json::from_str(&versions)
+                        .map_err(|_| VaultError::DataLoss("an event row".into()))?,
+                    label: r.try_get("label")?,
+                    time: r.try_get("time")?,
+                })
+            })
+            .collect()
+    }
+
+    /// (oldest retained sequence, head sequence). With no retained events oldest = head + 1.
+    pub async fn stream_bounds(&self) -> Result<(u64, u64), VaultError> {
+        let head = sqlx::query("SELECT sequence FROM stream_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let head = u64_of(&head, "sequence")?;
+        let oldest = sqlx::query("SELECT MIN(sequence) AS m FROM secret_events")
+            .fetch_one(&self.pool)
+            .await?;
+        let oldest: Option<i64> = oldest.try_get("m")?;
+        Ok((oldest.map_or(head + 1, |o| o as u64), head))
+    }
+
+    /// Drops events older than `before_ms`, keeping the newest one so the stream head stays
+    /// visible. Returns how many were dropped.
+    pub async fn trim_events(&self, before_ms: i64) -> Result<u64, VaultError> {
+        let r = sqlx::query(
+            "DELETE FROM secret_events WHERE time < $1 AND sequence < (SELECT sequence FROM stream_head WHERE id = 1)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Stores a new app credential.
+    pub async fn create_credential(
+        &self,
+        c: &CredentialRow,
+        created_by: &str,
+    ) -> Result<(), VaultError> {
+        sqlx::query(
+            "INSERT INTO app_credentials (role_id, name, secret_hash, policies, token_ttl, created_by, create_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&c.role_id)
+        .bind(&c.name)
+        .bind(&c.secret_hash)
+        .bind(serde_json::to_string(&c.policies).unwrap_or_else(|_| "[]".into()))
+        .bind(c.token_ttl)
+        .bind(created_by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An app credential by role id.
+    pub async fn credential(&self, role_id: &str) -> Result<Option<CredentialRow>, VaultError> {
+        let row = sqlx::query(
+            "SELECT role_id, name, secret_hash, policies, token_ttl FROM app_credentials WHERE role_id = $1",
+        )
+        .bind(role_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let policies: String = r.try_get("policies")?;
+            Ok(CredentialRow {
+                role_id: r.try_get("role_id")?,
+                name: r.try_get("name")?,
+                secret_hash: r.try_get("secret_hash")?,
+                policies: serde_json::from_str(&policies)
+                    .map_err(|_| VaultError::DataLoss("a credential row".into()))?,
+                token_ttl: r.try_get("token_ttl")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a revoked token id until its expiry.
+    pub async fn revoke(&self, token_id: &str, expire_time: i64) -> Result<(), VaultError> {
+        let r = sqlx::query(
+            "INSERT INTO revoked_tokens (token_id, expire_time, revoke_time) VALUES ($1, $2, $3)",
+        )
+        .bind(token_id)
+        .bind(expire_time)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Revoked token ids that have not expired yet; expired ones are purged.
+    pub async fn revoked(&self) -> Result<Vec<String>, VaultError> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM revoked_tokens WHERE expire_time < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT token_id FROM revoked_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("token_id")?)).collect()
+    }
+
+    /// Stores a root token hash, unless one exists already. True if stored.
+    pub async fn create_root_token(
+        &self,
+        token_id: &str,
+        hash_hex: &str,
+    ) -> Result<bool, VaultError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("SELECT COUNT(*) AS n FROM root_tokens")
+            .fetch_one(&mut *tx)
+            .await?;
+        if n.try_get::<i64, _>("n")? > 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO root_tokens (token_id, token_hash, create_time) VALUES ($1, $2, $3)",
+        )
+        .bind(token_id)
+        .bind(hash_hex)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Root token (id, SHA-256 hex) pairs.
+    pub async fn root_tokens(&self) -> Result<Vec<(String, String)>, VaultError> {
+        let rows = sqlx::query("SELECT token_id, token_hash FROM root_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("token_id")?, r.try_get("token_hash")?)))
+            .collect()
+    }
+
+    /// Deletes a root token. True if it existed.
+    pub async fn delete_root_token(&self, token_id: &str) -> Result<bool, VaultError> {
+        let r = sqlx::query("DELETE FROM root_tokens WHERE token_id = $1")
+            .bind(token_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+fn race(path: &str) -> VaultError {
+    VaultError::Conflict(format!(
+        "{path} was changed by another writer at the same time; read it again and retry"
+    ))
+}
+
+fn not_found(path: &str) -> VaultError {
+    VaultError::NotFound(format!("no secret at {path}"))
+}
+
+/// Human name of a state.
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Enabled => "enabled",
+        State::Deleted => "deleted",
+        State::Destroyed => "destroyed",
+    }
+}
+
+async fn bump(tx: &mut Transaction<'static, Any>, path: &str, now: i64) -> Result<i64, VaultError> {
+    let row = sqlx::query(
+        "UPDATE secrets SET revision = revision + 1, update_time = $1 WHERE path = $2 RETURNING revision",
+    )
+    .bind(now)
+    .bind(path)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| not_found(path))?;
+    Ok(row.try_get("revision")?)
+}
+
+async fn move_label_tx(
+    tx: &mut Transaction<'static, Any>,
+    path: &str,
+    label: &str,
+    version: u64,
+    now: i64,
+) -> Result<u64, VaultError> {
+    let mut sequence = 0;
+    if label == CURRENT {
+        let old = sqlx::query("SELECT version FROM secret_labels WHERE path = $1 AND label = $2")
+            .bind(path)
+            .bind(CURRENT)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(old) = old {
+            let old = u64_of(&old, "version")?;
+            if old != version {
+                set_label(tx, path, PREVIOUS, old).await?;
+                sequence = emit(tx, EventKind::LabelMoved, path, &[old], PREVIOUS, now).await?;
+            }
+        }
+    }
+    set_label(tx, path, label, version).await?;
+    let s = emit(tx, EventKind::LabelMoved, path, &[version], label, now).await?;
+    Ok(s.max(sequence))
+}
+
+async fn set_label(
+    tx: &mut Transaction<'static, Any>,
+    path: &str,
+    label: &str,
+    version: u64,
+) -> Result<(), VaultError> {
+    sqlx::query(
+        "INSERT INTO secret_labels (path, label, version) VALUES ($1, $2, $3) \
+         ON CONFLICT (path, label) DO UPDATE SET version = excluded.version",
+    )
+    .bind(path)
+    .bind(label)
+    .bind(i64_of(version)?)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Destroys the oldest unlabelled versions beyond `max_versions` live ones.
+async fn prune(
+    tx: &mut Transaction<'static, Any>,
+    path: &str,
+    max_versions: u32,
+    _now: i64,
+) -> Result<Vec<u64>, VaultError> {
+    let rows = sqlx::query(
+        "SELECT v.version, (SELECT COUNT(*) FROM secret_labels l WHERE l.path = v.path AND l.version = v.version) AS labelled \
+         FROM secret_versions v WHERE v.path = $1 AND v.state <> 3 ORDER BY v.version DESC",
+    )
+    .bind(path)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut pruned = Vec::new();
+    for r in rows.iter().skip(max_versions as usize) {
+        if r.try_get::<i64, _>("labelled")? > 0 {
+            continue;
+        }
+        let v = u64_of(r, "version")?;
+        sqlx::query(
+            "UPDATE secret_versions SET state = 3, ciphertext = NULL, wrapped_key = NULL WHERE path = $1 AND version = $2",
+        )
+        .bind(path)
+        .bind(i64_of(v)?)
+        .execute(&mut **tx)
+        .await?;
+        pruned.push(v);
+    }
+    pruned.sort_unstable();
+    Ok(pruned)
+}
+
+/// Appends an event. The sequence comes from `stream_head` under its row lock, held to
+/// commit, so events become visible in sequence order.
+async fn emit(
+    tx: &mut Transaction<'static, Any>,
+    kind: EventKind,
+    path: &str,
+    versions: &[u64],
+    label: &str,
+    now: i64,
+) -> Result<u64, VaultError> {
+    let row = sqlx::query(
+        "UPDATE stream_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let sequence: i64 = row.try_get("sequence")?;
+    sqlx::query(
+        "INSERT INTO secret_events (sequence, kind, path, versions, label, time) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(sequence)
+    .bind(kind as i64)
+    .bind(path)
+    .bind(serde_json::to_string(versions).unwrap_or_else(|_| "[]".into()))
+    .bind(label)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(sequence as u64)
+}

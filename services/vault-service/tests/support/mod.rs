@@ -1,0 +1,281 @@
+//! Test harness for vault-service suites: key-service and vault-service started in-process on
+//! ephemeral ports over a fresh SQLite file or a new Postgres database, an optional Redis
+//! (behind a proxy the test can cut), and clients with chosen policies.
+#![allow(clippy::unwrap_used, dead_code)]
+
+#[path = "../../../key-service/tests/support/mod.rs"]
+pub mod keys;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sentia_proto::vault::v1 as pb;
+use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
+use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::{MapSource, Shutdown};
+use tokio::net::{TcpListener, TcpStream};
+use vault_service::Config;
+
+pub use keys::{postgres_url, sqlite_url, unique};
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database URL for `backend`, or None (announced) when Postgres is not available here.
+pub async fn database(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(sqlite_url()),
+        Backend::Postgres => postgres_url().await,
+    }
+}
+
+/// The Redis URL for tests, or None (announced) outside CI when `SENTIA_TEST_REDIS_URL` is
+/// not set. Under CI=true a missing Redis fails the test.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("SENTIA_TEST_REDIS_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but SENTIA_TEST_REDIS_URL is not set"
+            );
+            eprintln!("SKIPPED: redis test (SENTIA_TEST_REDIS_URL not set; run `bash tests/run`)");
+            None
+        }
+    }
+}
+
+/// A TCP proxy in front of Redis that a test can cut, to see vault-service with Redis gone.
+pub struct Proxy {
+    pub url: String,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    pub async fn start(redis_url: &str) -> Self {
+        let target = redis_url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close at once
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { url, up, cut }
+    }
+
+    /// Drops every connection and refuses new ones, as if Redis had stopped.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+}
+
+/// key-service plus vault-service, in this process.
+pub struct Stack {
+    pub keys: keys::Running,
+    pub addr: String,
+    pub database_url: String,
+    pub root_token: String,
+    pub dir: std::path::PathBuf,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Stack {
+    /// Starts both services on `backend` (None when that backend is unavailable here), with
+    /// `extra` vault-service settings.
+    pub async fn start(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
+        let keys_db = database(backend).await?;
+        let vault_db = database(backend).await?;
+        let keys = keys::Running::start(&keys_db, &[]).await;
+        Some(Self::start_vault(keys, vault_db, extra).await)
+    }
+
+    /// Starts vault-service against a running key-service and an existing database.
+    pub async fn start_vault(
+        keys: keys::Running,
+        database_url: String,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let dir = std::env::temp_dir().join(unique("sentia_vault"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root_file = dir.join("root-token");
+        let root_file_s = root_file.display().to_string();
+        let mut pairs = vec![
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", database_url.as_str()),
+            ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+            ("SENTIA_ROOT_TOKEN_FILE", root_file_s.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle =
+            tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
+        // The root token file appears once the database is ready.
+        let mut root_token = String::new();
+        for _ in 0..500 {
+            if let Ok(t) = std::fs::read_to_string(&root_file) {
+                root_token = t;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let stack = Self {
+            keys,
+            addr,
+            database_url,
+            root_token,
+            dir,
+            shutdown,
+            handle,
+        };
+        // Ready once an authenticated call answers.
+        for _ in 0..200 {
+            if stack
+                .auth(&stack.root_token)
+                .await
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stack
+    }
+
+    async fn channel(&self, token: &str) -> AuthedChannel {
+        let channel = connect(&self.addr, None).await.unwrap();
+        CallContext::with_token(Some(token)).unwrap().wrap(channel)
+    }
+
+    /// A SecretService client with `token`.
+    pub async fn secrets(&self, token: &str) -> SecretServiceClient<AuthedChannel> {
+        SecretServiceClient::new(self.channel(token).await)
+    }
+
+    /// An AuthService client with `token`.
+    pub async fn auth(&self, token: &str) -> AuthServiceClient<AuthedChannel> {
+        AuthServiceClient::new(self.channel(token).await)
+    }
+
+    /// Creates an app credential with `policies` and logs in: returns (token, token id).
+    pub async fn login_as(&self, policies: &[&str]) -> (String, String) {
+        let cred = self
+            .auth(&self.root_token)
+            .await
+            .create_app_credential(pb::CreateAppCredentialRequest {
+                name: unique("app"),
+                policies: policies.iter().map(|s| s.to_string()).collect(),
+                token_ttl: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let login = self
+            .auth("unused")
+            .await
+            .login(pb::LoginRequest {
+                role_id: cred.role_id,
+                secret_id: cred.secret_id,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (login.token, login.token_id)
+    }
+
+    /// Writes `value` at `path` as root; returns the version.
+    pub async fn put(&self, path: &str, value: &[u8]) -> u64 {
+        self.secrets(&self.root_token)
+            .await
+            .put_secret(put(path, value))
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    }
+
+    /// Stops vault-service (key-service keeps running) and returns the key-service handle.
+    pub async fn stop_vault(self) -> keys::Running {
+        self.shutdown.trigger();
+        self.handle.await.unwrap();
+        self.keys
+    }
+
+    /// Stops both services.
+    pub async fn stop(self) {
+        let keys = self.stop_vault().await;
+        keys.stop().await;
+    }
+}
+
+/// A plain Put request.
+pub fn put(path: &str, value: &[u8]) -> pb::PutSecretRequest {
+    pb::PutSecretRequest {
+        path: path.into(),
+        value: value.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A Get request for the CURRENT version.
+pub fn get(path: &str) -> pb::GetSecretRequest {
+    pb::GetSecretRequest {
+        path: path.into(),
+        selector: None,
+    }
+}
+
+/// A Get request for a version.
+pub fn get_version(path: &str, version: u64) -> pb::GetSecretRequest {
+    pb::GetSecretRequest {
+        path: path.into(),
+        selector: Some(pb::get_secret_request::Selector::Version(version)),
+    }
+}
+
+/// A Get request for a label.
+pub fn get_label(path: &str, label: &str) -> pb::GetSecretRequest {
+    pb::GetSecretRequest {
+        path: path.into(),
+        selector: Some(pb::get_secret_request::Selector::Label(label.into())),
+    }
+}

@@ -417,10 +417,20 @@ impl AuthService for AuthApi {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Res<pb::RevokeTokenResponse> {
         let p = Principal::of(&req)?;
-        let id = req.into_inner().token_id;
-        if id.is_empty() || id.len() > 64 {
-            return Err(Status::invalid_argument("token_id must be 1-64 characters"));
-        }
+        let id = match req.into_inner().token_id {
+            id if id.is_empty() => p.token_id.clone().ok_or_else(|| {
+                Status::invalid_argument(
+                    "this credential (a static token or certificate) cannot be revoked here; \
+                     name a token_id",
+                )
+            })?,
+            id if id.len() > 64 => {
+                return Err(Status::invalid_argument(
+                    "token_id is at most 64 characters",
+                ));
+            }
+            id => id,
+        };
         let own = p.token_id.as_deref() == Some(id.as_str());
         if !own {
             self.policies

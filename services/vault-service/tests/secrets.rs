@@ -1,6 +1,7 @@
 //! SecretService over gRPC against real key-service, on SQLite and on Postgres.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -8,29 +9,6 @@ use std::time::Duration;
 use sentia_proto::vault::v1 as pb;
 use support::{Backend, Stack, get, get_label, get_version, put};
 use tonic::Code;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(stack) = super::Stack::start(super::Backend::Sqlite, &[]).await {
-                    super::$name(&stack).await;
-                    stack.stop().await;
-                }
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(stack) = super::Stack::start(super::Backend::Postgres, &[]).await {
-                    super::$name(&stack).await;
-                    stack.stop().await;
-                }
-            })*
-        }
-    };
-}
 
 on_both_backends!(
     versions_labels_and_describe_follow_each_write,

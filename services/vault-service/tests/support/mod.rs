@@ -3,6 +3,30 @@
 //! (behind a proxy the test can cut), and clients with chosen policies.
 #![allow(clippy::unwrap_used, dead_code)]
 
+/// Runs each named `async fn(&Stack)` as a test on SQLite and on Postgres.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(stack) = crate::support::Stack::start(crate::support::Backend::Sqlite, &[]).await {
+                    super::$name(&stack).await;
+                    stack.stop().await;
+                }
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(stack) = crate::support::Stack::start(crate::support::Backend::Postgres, &[]).await {
+                    super::$name(&stack).await;
+                    stack.stop().await;
+                }
+            })*
+        }
+    };
+}
+
 #[path = "../../../key-service/tests/support/mod.rs"]
 pub mod keys;
 

@@ -1,0 +1,561 @@
+//! AuthService, tokens and the RBAC matrix over gRPC against real key-service.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sentia_proto::keys::v1 as kpb;
+use sentia_proto::vault::v1 as pb;
+use sentia_runtime::jwt::{self, Claims};
+use support::{Backend, Stack, get, put};
+use tonic::Code;
+
+on_both_backends!(
+    login_issues_a_jwt_that_carries_the_credentials_policies,
+    expired_forged_and_unknown_key_tokens_are_rejected,
+    a_revoked_token_stops_working_at_once,
+    tokens_survive_a_signing_key_rotation,
+);
+
+fn header_kid(token: &str) -> String {
+    let h = token.split('.').next().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+    v["kid"].as_str().unwrap().to_string()
+}
+
+async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
+    let (token, token_id) = s.login_as(&["developer"]).await;
+    assert!(jwt::looks_like_jwt(&token));
+    assert_eq!(header_kid(&token), "sentia-jwt-v1");
+    let me = s
+        .auth(&token)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let p = me.principal.unwrap();
+    assert!(p.id.starts_with("app:"), "{p:?}");
+    assert_eq!(p.auth_method, "jwt");
+    assert_eq!(p.roles, vec!["developer".to_string()]);
+    let left = me.expire_time.unwrap().seconds - jwt::now_secs();
+    assert!(
+        (3500..=3600).contains(&left),
+        "default lifetime is 1 h, {left} s left"
+    );
+    assert!(!token_id.is_empty());
+
+    // Wrong secret id and unknown role id look the same.
+    let cred = s
+        .auth(&s.root_token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "billing-api".into(),
+            policies: vec!["developer".into()],
+            token_ttl: Some(prost_types::Duration {
+                seconds: 120,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut anon = s.auth("none").await;
+    let wrong = anon
+        .login(pb::LoginRequest {
+            role_id: cred.role_id.clone(),
+            secret_id: "guess".into(),
+        })
+        .await
+        .unwrap_err();
+    let unknown = anon
+        .login(pb::LoginRequest {
+            role_id: "no-such-role".into(),
+            secret_id: cred.secret_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(wrong.message(), unknown.message());
+    let ok = anon
+        .login(pb::LoginRequest {
+            role_id: cred.role_id,
+            secret_id: cred.secret_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let left = ok.expire_time.unwrap().seconds - jwt::now_secs();
+    assert!(
+        (100..=120).contains(&left),
+        "credential's 120 s lifetime, {left} s left"
+    );
+
+    // Credential creation is validated and needs admin.
+    let mut root = s.auth(&s.root_token).await;
+    for (req, hint) in [
+        (
+            pb::CreateAppCredentialRequest {
+                name: "x".into(),
+                policies: vec!["wizard".into()],
+                token_ttl: None,
+            },
+            "unknown policy",
+        ),
+        (
+            pb::CreateAppCredentialRequest {
+                name: "x".into(),
+                policies: vec!["root".into()],
+                token_ttl: None,
+            },
+            "unknown policy",
+        ),
+        (
+            pb::CreateAppCredentialRequest {
+                name: "x".into(),
+                policies: vec![],
+                token_ttl: None,
+            },
+            "policies",
+        ),
+        (
+            pb::CreateAppCredentialRequest {
+                name: "bad name".into(),
+                policies: vec!["developer".into()],
+                token_ttl: None,
+            },
+            "name",
+        ),
+        (
+            pb::CreateAppCredentialRequest {
+                name: "x".into(),
+                policies: vec!["developer".into()],
+                token_ttl: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+            },
+            "token_ttl",
+        ),
+    ] {
+        let err = root.create_app_credential(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{hint}");
+        assert!(err.message().contains(hint), "{hint}: {}", err.message());
+    }
+    let err = s
+        .auth(&token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "escalate".into(),
+            policies: vec!["system_admin".into()],
+            token_ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+/// A token over `claims`, signed by key-service's real signing key (the test holds a
+/// key-service service token, as vault-service does).
+async fn signed_by_key_service(s: &Stack, kid: &str, claims: &Claims) -> String {
+    let input = jwt::signing_input(kid, claims);
+    let sig = s
+        .keys
+        .client(Some(support::keys::SERVICE_TOKEN))
+        .await
+        .sign(kpb::SignRequest {
+            key_name: "sentia-jwt".into(),
+            message: input.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    jwt::assemble(&input, &sig.signature)
+}
+
+fn claims(exp_in: i64, policies: &[&str]) -> Claims {
+    let now = jwt::now_secs();
+    Claims {
+        iss: jwt::ISSUER.into(),
+        sub: "app:mallory".into(),
+        aud: jwt::ISSUER.into(),
+        jti: uuid_like(),
+        iat: now,
+        nbf: now,
+        exp: now + exp_in,
+        pol: policies.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn uuid_like() -> String {
+    support::unique("jti")
+}
+
+async fn expired_forged_and_unknown_key_tokens_are_rejected(s: &Stack) {
+    s.put("prod/app/key", b"v").await;
+    // Control: a well-formed token signed by the real key is accepted.
+    let good = signed_by_key_service(s, "sentia-jwt-v1", &claims(60, &["system_admin"])).await;
+    s.secrets(&good)
+        .await
+        .get_secret(get("prod/app/key"))
+        .await
+        .unwrap();
+
+    let expired = signed_by_key_service(s, "sentia-jwt-v1", &claims(-5, &["system_admin"])).await;
+    let forged = {
+        let k = sentia_crypto::SigningKey::from_seed(sentia_crypto::SecretKey::generate()).unwrap();
+        let input = jwt::signing_input("sentia-jwt-v1", &claims(60, &["system_admin"]));
+        jwt::assemble(&input, &k.sign(input.as_bytes()))
+    };
+    let wrong_kid =
+        signed_by_key_service(s, "sentia-jwt-v77", &claims(60, &["system_admin"])).await;
+    let escalated = {
+        // Claims swapped after signing: the signature covers the original ones.
+        let t = signed_by_key_service(s, "sentia-jwt-v1", &claims(60, &["developer"])).await;
+        let sig = t.rsplit_once('.').unwrap().1.to_string();
+        format!(
+            "{}.{sig}",
+            jwt::signing_input("sentia-jwt-v1", &claims(60, &["system_admin"]))
+        )
+    };
+    for (token, hint) in [
+        (expired, "expired"),
+        (forged, "signature"),
+        (wrong_kid, "unknown key"),
+        (escalated, "signature"),
+        ("eyJhbGciOiJub25lIn0.e30.".to_string(), "malformed"),
+        ("sentia-root.not-the-root-token".to_string(), "invalid"),
+        ("some-random-token".to_string(), "invalid"),
+    ] {
+        let err = s
+            .secrets(&token)
+            .await
+            .get_secret(get("prod/app/key"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{hint}: {err:?}");
+        assert!(err.message().contains(hint), "{hint}: {}", err.message());
+    }
+    let err = s
+        .secrets("")
+        .await
+        .get_secret(get("prod/app/key"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+async fn a_revoked_token_stops_working_at_once(s: &Stack) {
+    let (mine, _) = s.login_as(&["developer"]).await;
+    let (other, other_id) = s.login_as(&["developer"]).await;
+    // Revoking someone else's token needs admin.
+    let err = s
+        .auth(&mine)
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: other_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    s.auth(&s.root_token)
+        .await
+        .revoke_token(pb::RevokeTokenRequest { token_id: other_id })
+        .await
+        .unwrap();
+    let err = s
+        .auth(&other)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("revoked"));
+    // Revoke-self with an empty id.
+    s.auth(&mine)
+        .await
+        .revoke_token(pb::RevokeTokenRequest::default())
+        .await
+        .unwrap();
+    let err = s
+        .auth(&mine)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+async fn tokens_survive_a_signing_key_rotation(s: &Stack) {
+    s.put("dev/app/key", b"v").await;
+    let (before, _) = s.login_as(&["developer"]).await;
+    s.keys
+        .client(Some(support::keys::ADMIN_TOKEN))
+        .await
+        .rotate_key(kpb::RotateKeyRequest {
+            name: "sentia-jwt".into(),
+        })
+        .await
+        .unwrap();
+    let (after, _) = s.login_as(&["developer"]).await;
+    assert_eq!(header_kid(&before), "sentia-jwt-v1");
+    assert_eq!(header_kid(&after), "sentia-jwt-v2");
+    for t in [&before, &after] {
+        s.secrets(t)
+            .await
+            .get_secret(get("dev/app/key"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_token_is_minted_once_and_can_revoke_itself() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    assert!(s.root_token.starts_with("sentia-root."));
+    let me = s
+        .auth(&s.root_token)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        me.principal.as_ref().unwrap().roles,
+        vec!["root".to_string()]
+    );
+    let (dir, db, root) = (s.dir.clone(), s.database_url.clone(), s.root_token.clone());
+    let keys = s.stop_vault().await;
+    std::fs::remove_file(dir.join("root-token")).unwrap();
+    // A restart on the same database mints nothing new: the file is not recreated.
+    let s = Stack::start_vault(keys, db, &[]).await;
+    assert!(s.root_token.is_empty(), "a second root token was minted");
+    assert!(!dir.join("root-token").exists());
+    s.auth(&root)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap();
+    s.auth(&root)
+        .await
+        .revoke_token(pb::RevokeTokenRequest::default())
+        .await
+        .unwrap();
+    let err = s
+        .auth(&root)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    s.stop().await;
+}
+
+/// The seed's role matrix, checked through the RPCs that need each capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_seed_role_gets_exactly_its_capabilities() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let paths = [
+        "prod/config/db-url",
+        "prod/app/api-key",
+        "staging/config/flags",
+        "dev/app/key",
+        "test/app/key",
+        "prod/monitoring/grafana",
+        "prod/health/ping",
+        "prod/database/password",
+    ];
+    for p in paths {
+        s.put(p, b"v").await;
+    }
+    let glob = |g: &str, p: &str| {
+        let (gs, ps): (Vec<&str>, Vec<&str>) = (g.split('/').collect(), p.split('/').collect());
+        match gs.as_slice() {
+            ["*", cat, "**"] => ps.get(1) == Some(cat),
+            [env, "**"] => ps.first() == Some(env),
+            ["**"] => true,
+            _ => unreachable!(),
+        }
+    };
+    // role -> (capability -> globs), written from the strategy document's matrix.
+    let expected: &[(&str, &[(&str, &[&str])])] = &[
+        (
+            "system_admin",
+            &[
+                ("read", &["**"]),
+                ("write", &["**"]),
+                ("list", &["**"]),
+                ("delete", &["**"]),
+                ("admin", &["**"]),
+            ],
+        ),
+        (
+            "deployment_engineer",
+            &[
+                ("read", &["*/config/**", "*/app/**"]),
+                ("write", &["*/config/**"]),
+                ("list", &["**"]),
+            ],
+        ),
+        (
+            "developer",
+            &[
+                ("read", &["dev/**", "test/**"]),
+                ("write", &["test/**"]),
+                ("list", &["dev/**", "test/**"]),
+            ],
+        ),
+        (
+            "monitoring_system",
+            &[("read", &["*/monitoring/**", "*/health/**"])],
+        ),
+    ];
+    let mut checked = 0;
+    for (role, grants) in expected {
+        let (token, _) = s.login_as(&[role]).await;
+        let mut c = s.secrets(&token).await;
+        let allowed = |cap: &str, p: &str| {
+            grants
+                .iter()
+                .any(|(c, globs)| *c == cap && globs.iter().any(|g| glob(g, p)))
+        };
+        for p in paths {
+            let outcomes = [
+                ("read", c.get_secret(get(p)).await.map(|_| ())),
+                ("write", c.put_secret(put(p, b"w")).await.map(|_| ())),
+                (
+                    "list",
+                    c.describe_secret(pb::DescribeSecretRequest { path: p.into() })
+                        .await
+                        .map(|_| ()),
+                ),
+                (
+                    "delete",
+                    c.delete_secret(pb::DeleteSecretRequest {
+                        path: p.into(),
+                        versions: vec![1],
+                    })
+                    .await
+                    .map(|_| ()),
+                ),
+            ];
+            for (cap, outcome) in outcomes {
+                match (allowed(cap, p), outcome) {
+                    (true, Ok(())) => {}
+                    (false, Err(e)) if e.code() == Code::PermissionDenied => {
+                        assert!(
+                            e.message().contains(cap),
+                            "{role} {cap} {p}: {}",
+                            e.message()
+                        );
+                    }
+                    (want, got) => {
+                        panic!("{role} {cap} on {p}: expected allowed={want}, got {got:?}")
+                    }
+                }
+                checked += 1;
+            }
+            s.secrets(&s.root_token)
+                .await
+                .undelete_secret(pb::UndeleteSecretRequest {
+                    path: p.into(),
+                    versions: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let admin = s
+            .auth(&token)
+            .await
+            .create_app_credential(pb::CreateAppCredentialRequest {
+                name: "probe".into(),
+                policies: vec!["developer".into()],
+                token_ttl: None,
+            })
+            .await;
+        assert_eq!(
+            admin.is_ok(),
+            allowed("admin", "anything"),
+            "{role} admin: {admin:?}"
+        );
+        checked += 1;
+        // Listing shows only what the role may list.
+        let listed: Vec<String> = c
+            .list_secrets(pb::ListSecretsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .secrets
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        let want: Vec<String> = {
+            let mut v: Vec<String> = paths
+                .iter()
+                .filter(|p| allowed("list", p))
+                .map(|p| p.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(listed, want, "{role}");
+    }
+    assert_eq!(checked, 4 * (paths.len() * 4 + 1));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_file_reloads_without_a_restart_and_a_broken_edit_is_ignored() {
+    let dir = std::env::temp_dir().join(support::unique("policies"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policies.toml");
+    let v1 = "[reader]\nrules = [{ paths = [\"prod/x/**\"], capabilities = [\"read\"] }]\n";
+    std::fs::write(&file, v1).unwrap();
+    let f = file.display().to_string();
+    let Some(s) = Stack::start(
+        Backend::Sqlite,
+        &[("SENTIA_POLICY_FILE", &f), ("SENTIA_POLICY_RELOAD", "50ms")],
+    )
+    .await
+    else {
+        return;
+    };
+    s.put("prod/x/a", b"v").await;
+    let (token, _) = s.login_as(&["reader"]).await;
+    let mut c = s.secrets(&token).await;
+    c.get_secret(get("prod/x/a")).await.unwrap();
+    assert_eq!(
+        c.put_secret(put("prod/x/a", b"w"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+
+    // Grant write; the running server picks it up.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&file, v1.replace("[\"read\"]", "[\"read\", \"write\"]")).unwrap();
+    let mut granted = false;
+    for _ in 0..100 {
+        if c.put_secret(put("prod/x/a", b"w")).await.is_ok() {
+            granted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(granted, "the reloaded policy never applied");
+
+    // A broken file is rejected and the last good policies stay.
+    std::fs::write(&file, "[reader\nrules = oops").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.put_secret(put("prod/x/a", b"w2")).await.unwrap();
+    s.stop().await;
+}

@@ -357,6 +357,9 @@ async fn the_root_token_is_minted_once_and_can_revoke_itself() {
     s.stop().await;
 }
 
+/// Capability -> path globs granted.
+type Grants = &'static [(&'static str, &'static [&'static str])];
+
 /// The seed's role matrix, checked through the RPCs that need each capability.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_seed_role_gets_exactly_its_capabilities() {
@@ -386,7 +389,7 @@ async fn each_seed_role_gets_exactly_its_capabilities() {
         }
     };
     // role -> (capability -> globs), written from the strategy document's matrix.
-    let expected: &[(&str, &[(&str, &[&str])])] = &[
+    let expected: &[(&str, Grants)] = &[
         (
             "system_admin",
             &[

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use sentia_proto::vault::v1 as pb;
-use support::{Backend, Stack, get, get_label, get_version, put};
+use support::{Stack, get, get_label, get_version, put};
 use tonic::Code;
 
 on_both_backends!(

@@ -197,7 +197,13 @@ impl Keys {
                     })
                     .await
                     .map_err(|s| match s.code() {
-                        Code::InvalidArgument => VaultError::DataLoss(what()),
+                        // The stored wrapped key fails authentication or names a key version
+                        // that never existed: the row was altered.
+                        Code::InvalidArgument | Code::NotFound => VaultError::DataLoss(what()),
+                        // e.g. its key version is below min_decryption_version (retired).
+                        Code::FailedPrecondition => {
+                            VaultError::Precondition(format!("{}: {}", what(), s.message()))
+                        }
                         _ => VaultError::KeyService(s),
                     })?
                     .into_inner();

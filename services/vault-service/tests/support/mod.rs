@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 /// Runs each named `async fn(&Stack)` as a test on SQLite and on Postgres.
+#[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -36,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
-use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::client::{AuthedChannel, CallContext};
 use sentia_runtime::{MapSource, Shutdown};
 use tokio::net::{TcpListener, TcpStream};
 use vault_service::Config;
@@ -171,43 +172,35 @@ impl Stack {
         let stop = shutdown.clone();
         let handle =
             tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
-        // The root token file appears once the database is ready.
-        let mut root_token = String::new();
-        for _ in 0..500 {
-            if let Ok(t) = std::fs::read_to_string(&root_file) {
-                root_token = t;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let stack = Self {
+        let mut stack = Self {
             keys,
             addr,
             database_url,
-            root_token,
+            root_token: String::new(),
             dir,
             shutdown,
             handle,
         };
-        // Ready once an authenticated call answers.
-        for _ in 0..200 {
-            if stack
-                .auth(&stack.root_token)
+        // Ready once Login (public) answers; the root token file is written before serving.
+        for _ in 0..500 {
+            let r = stack
+                .auth("")
                 .await
-                .who_am_i(pb::WhoAmIRequest {})
-                .await
-                .is_ok()
-            {
+                .login(pb::LoginRequest::default())
+                .await;
+            if matches!(r, Err(e) if e.code() == tonic::Code::Unauthenticated) {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        stack.root_token = std::fs::read_to_string(&root_file).unwrap_or_default();
         stack
     }
 
     async fn channel(&self, token: &str) -> AuthedChannel {
-        let channel = connect(&self.addr, None).await.unwrap();
-        CallContext::with_token(Some(token)).unwrap().wrap(channel)
+        let channel = sentia_runtime::client::connect_lazy(&self.addr, None).unwrap();
+        let token = (!token.is_empty()).then_some(token);
+        CallContext::with_token(token).unwrap().wrap(channel)
     }
 
     /// A SecretService client with `token`.

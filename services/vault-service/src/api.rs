@@ -407,6 +407,16 @@ impl SecretApi {
                     return;
                 }
             };
+            let bookmark = |sequence| pb::SecretEvent {
+                sequence,
+                kind: pb::EventKind::Bookmark as i32,
+                time: Some(timestamp(sentia_runtime::db::now_ms())),
+                ..Default::default()
+            };
+            if tx.send(Ok(bookmark(last))).await.is_err() {
+                return;
+            }
+            let mut told = last;
             loop {
                 if p.expires_at
                     .is_some_and(|e| e <= sentia_runtime::jwt::now_secs())
@@ -454,9 +464,16 @@ impl SecretApi {
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                    told = last;
                 }
                 if full {
                     continue;
+                }
+                if last > told {
+                    if tx.send(Ok(bookmark(last))).await.is_err() {
+                        return;
+                    }
+                    told = last;
                 }
                 tokio::select! {
                     _ = head_rx.changed() => {}

@@ -75,14 +75,17 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
-/// A TCP proxy in front of Redis that a test can cut, to see vault-service with Redis gone.
+/// A TCP proxy a test can cut (and restore), to see a peer disappear: Redis behind
+/// vault-service, or vault-service behind a client.
 pub struct Proxy {
     pub url: String,
+    pub addr: String,
     up: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Notify>,
 }
 
 impl Proxy {
+    /// A proxy to the Redis at `redis_url`; `url` is the proxied Redis URL.
     pub async fn start(redis_url: &str) -> Self {
         let target = redis_url
             .trim_start_matches("redis://")
@@ -90,8 +93,17 @@ impl Proxy {
             .next()
             .unwrap()
             .to_string();
+        let mut p = Self::to(&target).await;
+        p.url = format!("redis://{}", p.addr);
+        p
+    }
+
+    /// A proxy to `target` (`host:port`).
+    pub async fn to(target: &str) -> Self {
+        let target = target.to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap().to_string();
+        let url = format!("http://{addr}");
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(tokio::sync::Notify::new());
         let (up2, cut2) = (up.clone(), cut.clone());
@@ -116,13 +128,18 @@ impl Proxy {
                 });
             }
         });
-        Self { url, up, cut }
+        Self { url, addr, up, cut }
     }
 
-    /// Drops every connection and refuses new ones, as if Redis had stopped.
+    /// Drops every connection and refuses new ones, as if the peer had stopped.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.cut.notify_waiters();
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
     }
 }
 

@@ -1,0 +1,151 @@
+//! The client SDK against real key-service and vault-service: retries through an outage,
+//! resumable watches and a secret kept fresh across a rotation.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../services/vault-service/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use sentia_client::{Client, ClientError, EventKind};
+use sentia_proto::vault::v1 as pb;
+use support::{Backend, Proxy, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_ride_out_a_short_outage_with_retries() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let proxy = Proxy::to(&s.addr).await;
+    let c = Client::new(&proxy.addr, Some(&s.root_token), None).unwrap();
+    assert_eq!(c.put("prod/app/key", b"one", Some(0)).await.unwrap(), 1);
+
+    proxy.cut();
+    let restore = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.restore();
+        proxy
+    });
+    let got = c.get("prod/app/key").await.unwrap();
+    assert_eq!(got.expose(), b"one");
+    let _proxy = restore.await.unwrap();
+    assert_eq!(c.put("prod/app/key", b"two", Some(1)).await.unwrap(), 2);
+
+    // Errors that are not transient come back at once with their code.
+    let err = c.get("prod/app/none").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    let err = c.put("prod/app/key", b"x", Some(1)).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_gives_a_client_limited_to_its_policies() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    s.put("dev/app/key", b"dev").await;
+    s.put("prod/app/key", b"prod").await;
+    let cred = s
+        .auth(&s.root_token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "billing".into(),
+            policies: vec!["developer".into()],
+            token_ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (c, login) = Client::login(&s.addr, &cred.role_id, &cred.secret_id, None)
+        .await
+        .unwrap();
+    assert!(!format!("{login:?}").contains(login.token.as_str()));
+    assert_eq!(c.get("dev/app/key").await.unwrap().expose(), b"dev");
+    let err = c.get("prod/app/key").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied));
+    let err = Client::login(&s.addr, &cred.role_id, "wrong", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Status(st) if st.code() == tonic::Code::Unauthenticated));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_after_the_connection_drops_and_misses_nothing() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let proxy = Proxy::to(&s.addr).await;
+    let c = Client::new(&proxy.addr, Some(&s.root_token), None).unwrap();
+    let mut watch = c.watch("prod/app", 0);
+    let first = tokio::spawn(async move {
+        let e = watch.next().await.unwrap();
+        (watch, e)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.put("prod/app/w", b"1").await;
+    let (mut watch, e) = first.await.unwrap();
+    assert_eq!(
+        (e.kind, e.versions.clone()),
+        (EventKind::VersionCreated as i32, vec![1])
+    );
+
+    proxy.cut();
+    // Written while the watcher is cut off (directly, not through the proxy).
+    s.put("prod/app/w", b"2").await;
+    s.put("prod/app/w", b"3").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.restore();
+    let mut created = Vec::new();
+    while created.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.kind == EventKind::VersionCreated as i32 {
+            created.extend(e.versions);
+        }
+    }
+    assert_eq!(created, vec![2, 3]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_fresh_follows_current_through_a_staged_rotation() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let path = "prod/database/password";
+    s.put(path, b"old-password").await;
+    let c = Client::new(&s.addr, Some(&s.root_token), None).unwrap();
+    let mut fresh = c.keep_fresh(path).await.unwrap();
+    assert_eq!(fresh.current().expose(), b"old-password");
+
+    // Rotation: stage PENDING (readers must stay on the old value), then promote it.
+    let mut raw = c.secrets();
+    raw.put_secret(pb::PutSecretRequest {
+        path: path.into(),
+        value: b"new-password".to_vec(),
+        labels: vec!["PENDING".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fresh.current().expose(), b"old-password");
+    raw.move_label(pb::MoveLabelRequest {
+        path: path.into(),
+        label: "CURRENT".into(),
+        version: 2,
+    })
+    .await
+    .unwrap();
+    let now = tokio::time::timeout(Duration::from_secs(10), fresh.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((now.version, now.expose()), (2, &b"new-password"[..]));
+    assert_eq!(fresh.current().version, 2);
+    s.stop().await;
+}

@@ -1,5 +1,6 @@
-//! `sentia dev`: key-service in-process on SQLite in a data directory, plaintext on loopback
-//! (or mTLS with a throwaway CA with `--tls`), like `vault server -dev`. Never for production.
+//! `sentia dev`: key-service and vault-service in-process on SQLite in a data directory,
+//! plaintext on loopback (or TLS with a throwaway CA with `--tls`), like `vault server -dev`.
+//! Never for production.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,9 @@ pub struct DevArgs {
     /// key-service port on 127.0.0.1 (0 = any free port).
     #[arg(long, default_value_t = 8201)]
     key_port: u16,
+    /// vault-service port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8200)]
+    vault_port: u16,
     /// Serve mutual TLS with a throwaway CA written to the data directory.
     #[arg(long)]
     tls: bool,
@@ -65,8 +69,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut server = ServerConfig::dev("key-service", tokens);
     server.listen_addr = ([127, 0, 0, 1], args.key_port).into();
     let mut tls_note = String::new();
-    if args.tls {
-        let pki = DevPki::generate()?;
+    let pki = if args.tls {
+        Some(DevPki::generate()?)
+    } else {
+        None
+    };
+    if let Some(pki) = &pki {
         server.tls = Some(pki.server_config("key-service", true)?);
         server.admin_identities = vec!["sentia-cli".into()];
         let (cert, key) = pki.issue("sentia-cli")?;
@@ -98,6 +106,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let scheme = if args.tls { "https" } else { "http" };
 
+    let root_file = args.data_dir.join("root-token");
+    let mut vault = vault_service::Config::from_source(&MapSource::from_pairs([(
+        "SENTIA_ALLOW_PLAINTEXT",
+        "true",
+    )]))?;
+    vault.server = ServerConfig::dev("vault-service", TokenTable::default());
+    vault.server.listen_addr = ([127, 0, 0, 1], args.vault_port).into();
+    vault.database_url = format!(
+        "sqlite://{}?mode=rwc",
+        args.data_dir.join("vault.db").display()
+    );
+    vault.root_token_file = Some(root_file.clone());
+    vault.key_service.addr = addr.to_string();
+    vault.key_service.token = Some(service_token.clone());
+    if let Some(pki) = &pki {
+        vault.server.tls = Some(pki.server_config("vault-service", false)?);
+        vault.key_service.tls = Some(pki.client_config(Some("vault-service"))?);
+        vault.key_service.token = None;
+        vault.server.admin_identities = vec!["sentia-cli".into()];
+    }
+    let vault_listener = tokio::net::TcpListener::bind(vault.server.listen_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding {} (use --vault-port 0 for any free port)",
+                vault.server.listen_addr
+            )
+        })?;
+    let vault_addr = vault_listener.local_addr()?;
+
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(
         "  Everything runs in this process on SQLite in {}.",
@@ -114,17 +152,41 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             *MasterKey::from_base64(&std::fs::read_to_string(&key_file)?)?.to_base64()
         );
     }
-    eprintln!("  key-service: {scheme}://{addr}");
-    eprintln!("  root token (admin):      {}", *admin_token);
-    eprintln!("  service token:           {}", *service_token);
     eprintln!(
-        "  try:  export SENTIA_KEY_ADDR={addr} SENTIA_TOKEN={}",
+        "  key-service:   {scheme}://{addr}   (admin token {})",
         *admin_token
     );
+    eprintln!("  vault-service: {scheme}://{vault_addr}");
+    eprintln!(
+        "  root token is in {} (shown below once it is minted)",
+        root_file.display()
+    );
+    eprintln!(
+        "  try:  export SENTIA_ADDR={vault_addr} SENTIA_TOKEN=$(cat {})",
+        root_file.display()
+    );
     eprint!("{tls_note}");
-    eprintln!("        sentia key list");
+    eprintln!("        echo -n s3cr3t | sentia secret put dev/app/db-password");
+    eprintln!("        sentia secret get dev/app/db-password");
     eprintln!("=========================================================\n");
 
-    key_service::run(config, listener, Shutdown::on_signals()).await?;
-    Ok(())
+    let shutdown = Shutdown::on_signals();
+    let keys = tokio::spawn(key_service::run(config, listener, shutdown.clone()));
+    let vault_task = tokio::spawn(vault_service::run(vault, vault_listener, shutdown.clone()));
+    // vault-service writes the root token file before it serves; show it once it exists.
+    for _ in 0..100 {
+        if let Ok(t) = std::fs::read_to_string(&root_file) {
+            eprintln!("  vault root token: {t}\n");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Either service stopping (a signal, or a failure) stops the other.
+    let (keys, vault_task) = (keys, vault_task);
+    tokio::pin!(keys, vault_task);
+    let result = tokio::select! {
+        r = &mut keys => { shutdown.trigger(); let _ = (&mut vault_task).await; r?.map_err(anyhow::Error::from) }
+        r = &mut vault_task => { shutdown.trigger(); let _ = (&mut keys).await; r?.map_err(anyhow::Error::from) }
+    };
+    result
 }

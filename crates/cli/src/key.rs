@@ -1,13 +1,13 @@
 //! `sentia key ...`: talk to a running key-service.
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use sentia_proto::keys::v1::{
     self as pb, key_service_client::KeyServiceClient, system_service_client::SystemServiceClient,
 };
-use sentia_runtime::client::{AuthedChannel, CallContext, connect};
-use sentia_runtime::tls::TlsClientConfig;
+use sentia_runtime::client::AuthedChannel;
 use serde_json::json;
+
+use crate::conn::{Common, status_err};
 
 /// Connection options and the key subcommand.
 #[derive(Args)]
@@ -20,21 +20,8 @@ pub struct KeyArgs {
         global = true
     )]
     addr: String,
-    /// Bearer token.
-    #[arg(long, env = "SENTIA_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// CA certificate (PEM) to trust; enables TLS.
-    #[arg(long, env = "SENTIA_CA_CERT", global = true)]
-    ca: Option<String>,
-    /// Client certificate (PEM) for mTLS.
-    #[arg(long, env = "SENTIA_CLIENT_CERT", global = true)]
-    cert: Option<String>,
-    /// Client key (PEM) for mTLS.
-    #[arg(long, env = "SENTIA_CLIENT_KEY", global = true)]
-    key: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: KeyCommand,
 }
@@ -86,21 +73,10 @@ async fn channel(
     KeyServiceClient<AuthedChannel>,
     SystemServiceClient<AuthedChannel>,
 )> {
-    let tls = match &args.ca {
-        Some(ca) => Some(TlsClientConfig::from_files(
-            ca,
-            args.cert.as_deref(),
-            args.key.as_deref(),
-        )?),
-        None => None,
-    };
-    let channel = connect(&args.addr, tls.as_ref())
-        .await
-        .with_context(|| format!("connecting to key-service at {}", args.addr))?;
-    let ctx = CallContext::with_token(args.token.as_deref())?;
+    let channel = args.common.channel(&args.addr, "key-service").await?;
     Ok((
-        KeyServiceClient::new(ctx.clone().wrap(channel.clone())),
-        SystemServiceClient::new(ctx.wrap(channel)),
+        KeyServiceClient::new(channel.clone()),
+        SystemServiceClient::new(channel),
     ))
 }
 
@@ -151,7 +127,6 @@ fn print_keys(keys: &[pb::Key], as_json: bool) {
 /// Runs a key subcommand.
 pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
     let (mut keys, mut system) = channel(&args).await?;
-    let status_err = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
     match &args.command {
         KeyCommand::Create { name, purpose } => {
             let purpose = match purpose {
@@ -167,21 +142,21 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(status_err)?;
-            print_keys(&[k.into_inner()], args.json);
+            print_keys(&[k.into_inner()], args.common.json);
         }
         KeyCommand::Rotate { name } => {
             let k = keys
                 .rotate_key(pb::RotateKeyRequest { name: name.clone() })
                 .await
                 .map_err(status_err)?;
-            print_keys(&[k.into_inner()], args.json);
+            print_keys(&[k.into_inner()], args.common.json);
         }
         KeyCommand::Get { name } => {
             let k = keys
                 .get_key(pb::GetKeyRequest { name: name.clone() })
                 .await
                 .map_err(status_err)?;
-            print_keys(&[k.into_inner()], args.json);
+            print_keys(&[k.into_inner()], args.common.json);
         }
         KeyCommand::List => {
             let mut all = Vec::new();
@@ -201,7 +176,7 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 }
                 page_token = page.next_page_token;
             }
-            print_keys(&all, args.json);
+            print_keys(&all, args.common.json);
         }
         KeyCommand::Status => {
             let s = system
@@ -209,7 +184,7 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if args.json {
+            if args.common.json {
                 println!(
                     "{}",
                     json!({"sealed": s.sealed, "initialized": s.initialized, "seal_type": s.seal_type, "threshold": s.threshold, "progress": s.progress, "master_version": s.master_version, "key_count": s.key_count, "server_version": s.server_version})
@@ -242,7 +217,7 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if args.json {
+            if args.common.json {
                 println!(
                     "{}",
                     json!({"sealed": r.sealed, "progress": r.progress, "threshold": r.threshold})

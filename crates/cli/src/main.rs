@@ -1,7 +1,11 @@
-//! `sentia`: run everything locally (`sentia dev`) and operate key-service (`sentia key ...`).
+//! `sentia`: run everything locally (`sentia dev`), read and write secrets (`sentia secret`),
+//! log in (`sentia login`, `sentia token`) and operate key-service (`sentia key`).
 
+mod conn;
 mod dev;
 mod key;
+mod secret;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,12 @@ struct Cli {
 enum Command {
     /// Run every service in this process on SQLite, for local development only.
     Dev(dev::DevArgs),
+    /// Read, write and manage secrets.
+    Secret(secret::SecretArgs),
+    /// Exchange an app credential for a token (prints the token).
+    Login(token::LoginArgs),
+    /// Inspect and revoke tokens; create app credentials.
+    Token(token::TokenArgs),
     /// Manage key-service keys and seal state.
     Key(key::KeyArgs),
 }
@@ -29,6 +39,9 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Secret(args) => secret::run(args).await,
+        Command::Login(args) => token::login(args).await,
+        Command::Token(args) => token::run(args).await,
         Command::Key(args) => key::run(args).await,
     };
     match result {

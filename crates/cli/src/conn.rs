@@ -1,0 +1,95 @@
+//! Connection options shared by every client subcommand.
+
+use anyhow::Context;
+use clap::Args;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::tls::TlsClientConfig;
+
+/// Token, TLS files and output format.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Bearer token (root token, JWT from `sentia login`, or a service token).
+    #[arg(long, env = "SENTIA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust; enables TLS.
+    #[arg(long, env = "SENTIA_CA_CERT", global = true)]
+    pub ca: Option<String>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, env = "SENTIA_CLIENT_CERT", global = true)]
+    pub cert: Option<String>,
+    /// Client key (PEM) for mTLS.
+    #[arg(long, env = "SENTIA_CLIENT_KEY", global = true)]
+    pub key: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Common {
+    /// TLS settings when a CA is given.
+    pub fn tls(&self) -> anyhow::Result<Option<TlsClientConfig>> {
+        Ok(match &self.ca {
+            Some(ca) => Some(TlsClientConfig::from_files(
+                ca,
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?),
+            None => None,
+        })
+    }
+
+    /// A connected channel to `addr` carrying the token; `what` names the service in errors.
+    pub async fn channel(&self, addr: &str, what: &str) -> anyhow::Result<AuthedChannel> {
+        let tls = self.tls()?;
+        let channel = connect(addr, tls.as_ref())
+            .await
+            .with_context(|| format!("connecting to {what} at {addr}"))?;
+        Ok(CallContext::with_token(self.token.as_deref())?.wrap(channel))
+    }
+}
+
+/// A gRPC status as a CLI error: code and the server's message.
+pub fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// A protobuf timestamp as `YYYY-MM-DDTHH:MM:SSZ` (empty when unset).
+pub fn utc(t: &Option<prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return String::new() };
+    let (days, secs) = (t.seconds.div_euclid(86_400), t.seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_as_utc() {
+        let t = |s| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        assert_eq!(utc(&t(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(&t(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(&t(1_795_900_805)), "2026-11-28T21:20:05Z");
+        assert_eq!(utc(&None), "");
+    }
+}

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::VaultError;
-use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath};
+use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
 
 const PG_MIGRATIONS: &[MigrationSource] = &[(
     1,
@@ -97,6 +97,19 @@ pub struct VersionRow {
     pub created_by: String,
     /// When written (ms).
     pub create_time: i64,
+}
+
+/// The result of [`Store::read`].
+#[derive(Debug, Clone)]
+pub struct ReadRow {
+    /// The secret's content type.
+    pub content_type: String,
+    /// The secret's revision at the read.
+    pub revision: i64,
+    /// The selected version.
+    pub version: VersionRow,
+    /// Labels on that version, sorted.
+    pub labels: Vec<String>,
 }
 
 /// One change-stream event.
@@ -270,6 +283,72 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("label")?, u64_of(r, "version")?)))
             .collect()
+    }
+
+    /// Everything one read needs, in one round trip: the version selected by `label` or
+    /// `version`, the secret's content type and revision, and the labels on that version.
+    /// `None` when the secret, label or version does not exist.
+    pub async fn read(
+        &self,
+        path: &str,
+        selector: &Selector,
+    ) -> Result<Option<ReadRow>, VaultError> {
+        const COLUMNS: &str = "v.version, v.state, v.ciphertext, v.wrapped_key, v.key_version, \
+             v.created_by, v.create_time, s.content_type, s.revision, o.label AS other";
+        let rows = match selector {
+            Selector::Label(label) => {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM secret_labels l \
+                     JOIN secret_versions v ON v.path = l.path AND v.version = l.version \
+                     JOIN secrets s ON s.path = l.path \
+                     LEFT JOIN secret_labels o ON o.path = v.path AND o.version = v.version \
+                     WHERE l.path = $1 AND l.label = $2"
+                ));
+                sqlx::query(sql)
+                    .bind(path)
+                    .bind(label.as_str())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Selector::Version(version) => {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM secret_versions v \
+                     JOIN secrets s ON s.path = v.path \
+                     LEFT JOIN secret_labels o ON o.path = v.path AND o.version = v.version \
+                     WHERE v.path = $1 AND v.version = $2"
+                ));
+                sqlx::query(sql)
+                    .bind(path)
+                    .bind(i64_of(*version)?)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut labels = Vec::new();
+        for r in &rows {
+            if let Some(l) = r.try_get::<Option<String>, _>("other")? {
+                labels.push(l);
+            }
+        }
+        labels.sort();
+        Ok(Some(ReadRow {
+            content_type: first.try_get("content_type")?,
+            revision: first.try_get("revision")?,
+            version: version_from(first)?,
+            labels,
+        }))
+    }
+
+    /// True if a secret exists at `path`.
+    pub async fn exists(&self, path: &str) -> Result<bool, VaultError> {
+        Ok(sqlx::query("SELECT 1 AS one FROM secrets WHERE path = $1")
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 
     /// One version's row.
@@ -448,23 +527,16 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut sequence = emit(
-            &mut tx,
-            EventKind::VersionCreated,
-            path,
-            &[nv.version],
-            "",
-            now,
-        )
-        .await?;
+        let mut events = Pending::default();
+        events.push(EventKind::VersionCreated, path, &[nv.version], "");
         for label in &nv.labels {
-            sequence = move_label_tx(&mut tx, path, label, nv.version, now).await?;
+            move_label_tx(&mut tx, &mut events, path, label, nv.version).await?;
         }
-        let pruned = prune(&mut tx, path, nv.meta.max_versions, now).await?;
+        let pruned = prune(&mut tx, path, nv.version, nv.meta.max_versions).await?;
         if !pruned.is_empty() {
-            sequence = emit(&mut tx, EventKind::Destroyed, path, &pruned, "", now).await?;
+            events.push(EventKind::Destroyed, path, &pruned, "");
         }
-        tx.commit().await?;
+        let sequence = events.commit(tx, now).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -485,7 +557,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE secrets SET tier = $1, owner = $2, description = $3, content_type = $4, tags = $5, \
              max_versions = $6, expire_time = $7, rotate_by_time = $8, revision = revision + 1, \
-             update_time = $9 WHERE path = $10 RETURNING revision",
+             update_time = $9 WHERE path = $10 RETURNING revision, current_version",
         )
         .bind(i64::from(meta.tier))
         .bind(&meta.owner)
@@ -501,12 +573,14 @@ impl Store {
         .await?
         .ok_or_else(|| not_found(path))?;
         let revision: i64 = row.try_get("revision")?;
-        let mut sequence = emit(&mut tx, EventKind::MetadataUpdated, path, &[], "", now).await?;
-        let pruned = prune(&mut tx, path, meta.max_versions, now).await?;
+        let current = u64_of(&row, "current_version")?;
+        let mut events = Pending::default();
+        events.push(EventKind::MetadataUpdated, path, &[], "");
+        let pruned = prune(&mut tx, path, current, meta.max_versions).await?;
         if !pruned.is_empty() {
-            sequence = emit(&mut tx, EventKind::Destroyed, path, &pruned, "", now).await?;
+            events.push(EventKind::Destroyed, path, &pruned, "");
         }
-        tx.commit().await?;
+        let sequence = events.commit(tx, now).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -542,8 +616,9 @@ impl Store {
                 )));
             }
         }
-        let sequence = move_label_tx(&mut tx, path, label, version, now).await?;
-        tx.commit().await?;
+        let mut events = Pending::default();
+        move_label_tx(&mut tx, &mut events, path, label, version).await?;
+        let sequence = events.commit(tx, now).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -630,12 +705,11 @@ impl Store {
             State::Enabled => EventKind::Undeleted,
             State::Destroyed => EventKind::Destroyed,
         };
-        let sequence = if targets.is_empty() {
-            0
-        } else {
-            emit(&mut tx, kind, path, &targets, "", now).await?
-        };
-        tx.commit().await?;
+        let mut events = Pending::default();
+        if !targets.is_empty() {
+            events.push(kind, path, &targets, "");
+        }
+        let sequence = events.commit(tx, now).await?;
         Ok((
             targets.clone(),
             Committed {
@@ -850,12 +924,11 @@ async fn bump(tx: &mut Transaction<'static, Any>, path: &str, now: i64) -> Resul
 
 async fn move_label_tx(
     tx: &mut Transaction<'static, Any>,
+    events: &mut Pending,
     path: &str,
     label: &str,
     version: u64,
-    now: i64,
-) -> Result<u64, VaultError> {
-    let mut sequence = 0;
+) -> Result<(), VaultError> {
     if label == CURRENT {
         let old = sqlx::query("SELECT version FROM secret_labels WHERE path = $1 AND label = $2")
             .bind(path)
@@ -866,13 +939,13 @@ async fn move_label_tx(
             let old = u64_of(&old, "version")?;
             if old != version {
                 set_label(tx, path, PREVIOUS, old).await?;
-                sequence = emit(tx, EventKind::LabelMoved, path, &[old], PREVIOUS, now).await?;
+                events.push(EventKind::LabelMoved, path, &[old], PREVIOUS);
             }
         }
     }
     set_label(tx, path, label, version).await?;
-    let s = emit(tx, EventKind::LabelMoved, path, &[version], label, now).await?;
-    Ok(s.max(sequence))
+    events.push(EventKind::LabelMoved, path, &[version], label);
+    Ok(())
 }
 
 async fn set_label(
@@ -893,65 +966,96 @@ async fn set_label(
     Ok(())
 }
 
-/// Destroys the oldest unlabelled versions beyond `max_versions` live ones.
+/// Destroys versions more than `max_versions` behind `current` that no label points at
+/// (like Vault KV's max_versions: the window counts version numbers). One statement.
 async fn prune(
     tx: &mut Transaction<'static, Any>,
     path: &str,
+    current: u64,
     max_versions: u32,
-    _now: i64,
 ) -> Result<Vec<u64>, VaultError> {
+    let Some(cutoff) = current
+        .checked_sub(u64::from(max_versions))
+        .filter(|c| *c > 0)
+    else {
+        return Ok(Vec::new());
+    };
     let rows = sqlx::query(
-        "SELECT v.version, (SELECT COUNT(*) FROM secret_labels l WHERE l.path = v.path AND l.version = v.version) AS labelled \
-         FROM secret_versions v WHERE v.path = $1 AND v.state <> 3 ORDER BY v.version DESC",
+        "UPDATE secret_versions SET state = 3, ciphertext = NULL, wrapped_key = NULL \
+         WHERE path = $1 AND version <= $2 AND state <> 3 AND NOT EXISTS \
+         (SELECT 1 FROM secret_labels l WHERE l.path = secret_versions.path AND l.version = secret_versions.version) \
+         RETURNING version",
     )
     .bind(path)
+    .bind(i64_of(cutoff)?)
     .fetch_all(&mut **tx)
     .await?;
-    let mut pruned = Vec::new();
-    for r in rows.iter().skip(max_versions as usize) {
-        if r.try_get::<i64, _>("labelled")? > 0 {
-            continue;
-        }
-        let v = u64_of(r, "version")?;
-        sqlx::query(
-            "UPDATE secret_versions SET state = 3, ciphertext = NULL, wrapped_key = NULL WHERE path = $1 AND version = $2",
-        )
-        .bind(path)
-        .bind(i64_of(v)?)
-        .execute(&mut **tx)
-        .await?;
-        pruned.push(v);
-    }
+    let mut pruned = rows
+        .iter()
+        .map(|r| u64_of(r, "version"))
+        .collect::<Result<Vec<_>, _>>()?;
     pruned.sort_unstable();
     Ok(pruned)
 }
 
-/// Appends an event. The sequence comes from `stream_head` under its row lock, held to
-/// commit, so events become visible in sequence order.
-async fn emit(
-    tx: &mut Transaction<'static, Any>,
-    kind: EventKind,
-    path: &str,
-    versions: &[u64],
-    label: &str,
-    now: i64,
-) -> Result<u64, VaultError> {
-    let row = sqlx::query(
-        "UPDATE stream_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence",
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    let sequence: i64 = row.try_get("sequence")?;
-    sqlx::query(
-        "INSERT INTO secret_events (sequence, kind, path, versions, label, time) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(sequence)
-    .bind(kind as i64)
-    .bind(path)
-    .bind(serde_json::to_string(versions).unwrap_or_else(|_| "[]".into()))
-    .bind(label)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(sequence as u64)
+/// Change-stream events of one transaction, written at its very end.
+#[derive(Default)]
+struct Pending(Vec<(EventKind, String, String, String)>);
+
+impl Pending {
+    fn push(&mut self, kind: EventKind, path: &str, versions: &[u64], label: &str) {
+        let versions = serde_json::to_string(versions).unwrap_or_else(|_| "[]".into());
+        self.0
+            .push((kind, path.to_string(), versions, label.to_string()));
+    }
+
+    /// Allocates sequence numbers, writes the events and commits. The sequences come from
+    /// `stream_head` under its row lock, held only from here to commit, so events become
+    /// visible in sequence order and concurrent writers serialize for as short as possible.
+    /// Returns the highest sequence written (0 if none).
+    async fn commit(self, mut tx: Transaction<'static, Any>, now: i64) -> Result<u64, VaultError> {
+        if self.0.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let n = self.0.len() as i64;
+        let row = sqlx::query(
+            "UPDATE stream_head SET sequence = sequence + $1 WHERE id = 1 RETURNING sequence",
+        )
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let last: i64 = row.try_get("sequence")?;
+        let placeholders: Vec<String> = (0..self.0.len())
+            .map(|i| {
+                let b = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO secret_events (sequence, kind, path, versions, label, time) VALUES {}",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, (kind, path, versions, label)) in self.0.into_iter().enumerate() {
+            q = q
+                .bind(last - n + 1 + i as i64)
+                .bind(kind as i64)
+                .bind(path)
+                .bind(versions)
+                .bind(label)
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(last as u64)
+    }
 }

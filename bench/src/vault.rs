@@ -1,0 +1,252 @@
+//! vault-service suite: GetSecret with the data-key cache on and off (and through the Redis
+//! sealed-record cache when Redis is given), PutSecret, each as a ratio to grpc.health.v1
+//! Check on the same server; PutSecret also as a ratio to a plain single-row INSERT on the
+//! same database, with the same concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sentia_proto::vault::v1 as pb;
+use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::{MapSource, Shutdown};
+use sqlx::Executor;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::Args;
+use crate::harness::{Figures, drive, header, row};
+use crate::keys::{KeyServiceUnderTest, SERVICE_TOKEN};
+
+/// A vault-service instance in this process.
+struct Vault {
+    secrets: Vec<SecretServiceClient<AuthedChannel>>,
+    health: Vec<HealthClient<tonic::transport::Channel>>,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<Result<(), vault_service::VaultError>>,
+}
+
+impl Vault {
+    async fn start(
+        args: &Args,
+        key_addr: &str,
+        db_url: &str,
+        dir: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let root_file = dir.join(format!("root-{}", uuid::Uuid::new_v4()));
+        let root_s = root_file.display().to_string();
+        let mut pairs = vec![
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", db_url),
+            ("SENTIA_KEY_SERVICE_ADDR", key_addr),
+            ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("SENTIA_ROOT_TOKEN_FILE", root_s.as_str()),
+            ("SENTIA_AUTH_TOKENS", ""),
+        ];
+        pairs.extend_from_slice(extra);
+        let mut config = vault_service::Config::from_source(&MapSource::from_pairs(pairs))?;
+        // The bench authenticates with a static admin token: token checks cost the same
+        // for every row, so they do not skew the ratios.
+        config.server.tokens = sentia_runtime::auth::TokenTable::from_plain([(
+            "bench",
+            sentia_runtime::Role::Admin,
+            "bench-admin-token",
+        )]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(vault_service::run(config, listener, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut secrets = Vec::new();
+        let mut health = Vec::new();
+        for _ in 0..args.connections {
+            let ch = connect(&addr, None).await?;
+            secrets.push(SecretServiceClient::new(
+                CallContext::with_token(Some("bench-admin-token"))?.wrap(ch.clone()),
+            ));
+            health.push(HealthClient::new(ch));
+        }
+        Ok(Self {
+            secrets,
+            health,
+            shutdown,
+            server,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.server.await??;
+        Ok(())
+    }
+
+    async fn baseline(&self, args: &Args) -> anyhow::Result<Figures> {
+        let h = self.health.clone();
+        drive(args.connections, args.concurrency, args.seconds, move |i| {
+            let mut c = h[i].clone();
+            async move {
+                c.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    async fn gets(&self, args: &Args, path: &str) -> anyhow::Result<Figures> {
+        let (s, path) = (self.secrets.clone(), path.to_string());
+        drive(args.connections, args.concurrency, args.seconds, move |i| {
+            let (mut c, path) = (s[i].clone(), path.clone());
+            async move {
+                c.get_secret(pb::GetSecretRequest {
+                    path,
+                    selector: None,
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+        .await
+    }
+}
+
+/// A fresh database on the bench's Postgres, or a SQLite file.
+async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<String> {
+    match &args.postgres {
+        Some(url) => {
+            sqlx::any::install_default_drivers();
+            let db = format!("sentia_bench_{name}_{}", std::process::id());
+            let admin = sqlx::AnyPool::connect(url).await?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+                .await?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .await?;
+            let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+            Ok(format!("{base}/{db}"))
+        }
+        None => Ok(format!(
+            "sqlite://{}?mode=rwc",
+            dir.join(format!("{name}.db")).display()
+        )),
+    }
+}
+
+/// Runs the vault-service rows.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let ks = KeyServiceUnderTest::start().await?;
+    let dir = std::env::temp_dir().join(format!("sentia_bench_vault_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = database(args, &dir, "vault").await?;
+    let backend = if args.postgres.is_some() {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
+    let (n, m, s) = (args.connections, args.concurrency, args.seconds);
+    println!(
+        "vault-service benchmark on {backend}: {n} connections x {m} in flight, {s} s per row, \
+         key-service, vault-service and client share this machine\n"
+    );
+    let cached = Vault::start(args, &ks.addr, &db, &dir, &[("SENTIA_DEK_CACHE_TTL", "5m")]).await?;
+    let mut c = cached.secrets[0].clone();
+    let value = vec![b'x'; 64];
+    c.put_secret(pb::PutSecretRequest {
+        path: "bench/app/hot".into(),
+        value: value.clone(),
+        ..Default::default()
+    })
+    .await?;
+
+    header();
+    let baseline = cached.baseline(args).await?;
+    row("health Check (baseline)", &baseline, &baseline);
+    let f = cached.gets(args, "bench/app/hot").await?;
+    row("GetSecret 64 B (DEK cache on)", &f, &baseline);
+
+    let uncached =
+        Vault::start(args, &ks.addr, &db, &dir, &[("SENTIA_DEK_CACHE_TTL", "0")]).await?;
+    let b2 = uncached.baseline(args).await?;
+    let f = uncached.gets(args, "bench/app/hot").await?;
+    row("GetSecret 64 B (DEK cache off)", &f, &b2);
+    uncached.stop().await?;
+
+    if let Some(redis) = &args.redis {
+        let prefix = format!("bench{}:", std::process::id());
+        let with_redis = Vault::start(
+            args,
+            &ks.addr,
+            &db,
+            &dir,
+            &[
+                ("SENTIA_REDIS_URL", redis.as_str()),
+                ("SENTIA_REDIS_PREFIX", prefix.as_str()),
+                ("SENTIA_DEK_CACHE_TTL", "5m"),
+            ],
+        )
+        .await?;
+        let b3 = with_redis.baseline(args).await?;
+        let f = with_redis.gets(args, "bench/app/hot").await?;
+        row("GetSecret 64 B (Redis + DEK cache)", &f, &b3);
+        with_redis.stop().await?;
+    }
+
+    // Each worker writes its own path, so rows measure writing, not check-and-set contention.
+    let counter = Arc::new(AtomicU64::new(0));
+    let (sc, v, ctr) = (cached.secrets.clone(), value.clone(), counter.clone());
+    let puts = drive(n, m, s, move |i| {
+        let (mut c, v) = (sc[i].clone(), v.clone());
+        let k = ctr.fetch_add(1, Ordering::Relaxed) % 64;
+        async move {
+            c.put_secret(pb::PutSecretRequest {
+                path: format!("bench/app/w{k}"),
+                value: v,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?;
+    row("PutSecret 64 B", &puts, &baseline);
+
+    // The plain-INSERT baseline: same database server, same concurrency, one autocommit
+    // single-row INSERT per call through a pool as large as vault-service's.
+    let plain_db = database(args, &dir, "plain").await?;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(10)
+        .connect(&plain_db)
+        .await?;
+    pool.execute("CREATE TABLE plain_rows (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
+        .await?;
+    let ids = Arc::new(AtomicU64::new(0));
+    let inserts = drive(n, m, s, move |_| {
+        let (pool, id) = (pool.clone(), ids.fetch_add(1, Ordering::Relaxed) as i64);
+        async move {
+            sqlx::query("INSERT INTO plain_rows (id, payload) VALUES ($1, $2)")
+                .bind(id)
+                .bind("x".repeat(64))
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    })
+    .await?;
+    row(&format!("plain INSERT on {backend}"), &inserts, &baseline);
+    println!(
+        "\nPutSecret / plain INSERT: {:.2}x  (PutSecret = key-service GenerateDataKey + one \
+         transaction: metadata, version, labels, event)",
+        puts.rps / inserts.rps
+    );
+    cached.stop().await?;
+    ks.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

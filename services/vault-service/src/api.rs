@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::VaultError;
-use crate::cache::{Cache, ReadView, SealedRecord};
+use crate::cache::{Cache, LocalCache, ReadView, SealedRecord};
 use crate::keys::Keys;
 use crate::model::{self, CURRENT, Metadata, Prefix, SecretPath, Selector};
 use crate::policy::{Capability, Policies};
@@ -29,7 +29,7 @@ use crate::stream::Notifier;
 const WATCH_BATCH: i64 = 500;
 /// Watchers re-poll this often even without a notification (a lost Redis message costs at
 /// most this much latency).
-const WATCH_POLL: Duration = Duration::from_secs(2);
+pub const WATCH_POLL: Duration = Duration::from_secs(2);
 /// Attempts of an unconditional Put that keeps losing races to other writers.
 const PUT_ATTEMPTS: usize = 5;
 
@@ -39,6 +39,7 @@ pub struct SecretApi {
     store: Store,
     keys: Arc<Keys>,
     cache: Option<Arc<Cache>>,
+    local: Option<Arc<LocalCache>>,
     policies: Policies,
     notifier: Notifier,
     shutdown: Shutdown,
@@ -86,6 +87,7 @@ impl SecretApi {
         store: Store,
         keys: Arc<Keys>,
         cache: Option<Arc<Cache>>,
+        local: Option<Arc<LocalCache>>,
         policies: Policies,
         notifier: Notifier,
         shutdown: Shutdown,
@@ -94,6 +96,7 @@ impl SecretApi {
             store,
             keys,
             cache,
+            local,
             policies,
             notifier,
             shutdown,
@@ -103,6 +106,9 @@ impl SecretApi {
     /// After a commit: drop cache entries, forget data keys of destroyed versions, wake
     /// watchers.
     async fn committed(&self, path: &SecretPath, c: &Committed, destroyed: &[u64]) {
+        if let Some(local) = &self.local {
+            local.evict([path.as_str()]);
+        }
         if let Some(cache) = &self.cache {
             cache
                 .invalidate(path.as_str(), c.revision, &c.touched_versions)
@@ -167,46 +173,63 @@ impl SecretApi {
     }
 
     /// The sealed record a read selects, with the content type and the version's labels:
-    /// through the Redis cache when configured, else in one database round trip.
+    /// from the in-process cache, else Redis when configured, else one database round trip.
     async fn locate(
         &self,
         path: &SecretPath,
         selector: &Selector,
     ) -> Result<(u64, SealedRecord, String, Vec<String>), VaultError> {
-        if self.cache.is_some() {
-            let view = self.view(path).await?;
-            let version = match selector {
-                Selector::Version(v) => *v,
-                Selector::Label(l) => *view.labels.get(l).ok_or_else(|| {
-                    VaultError::NotFound(format!("no version of {path} is labelled {l}"))
-                })?,
-            };
-            let rec = self.record(path, view.revision, version).await?;
+        let pick = |view: &ReadView| match selector {
+            Selector::Version(v) => Some(*v),
+            Selector::Label(l) => view.labels.get(l).copied(),
+        };
+        let unlabelled = || match selector {
+            Selector::Label(l) => {
+                VaultError::NotFound(format!("no version of {path} is labelled {l}"))
+            }
+            Selector::Version(v) => VaultError::NotFound(format!("{path} has no version {v}")),
+        };
+        let generation = self.local.as_ref().map(|l| l.generation());
+        if let Some(local) = &self.local
+            && let Some((view, Some((v, rec)))) = local.get(path.as_str(), pick)
+        {
             return Ok((
-                version,
+                v,
                 rec,
-                view.content_type,
-                labels_of(&view.labels, version),
+                view.content_type.clone(),
+                labels_of(&view.labels, v),
             ));
         }
-        match self.store.read(path.as_str(), selector).await? {
-            Some(r) => Ok((
-                r.version.version,
-                SealedRecord {
-                    state: r.version.state,
-                    key_version: r.version.key_version,
-                    ciphertext: r.version.ciphertext.unwrap_or_default(),
-                    wrapped_key: r.version.wrapped_key.unwrap_or_default(),
-                },
-                r.content_type,
-                r.labels,
-            )),
-            None if !self.store.exists(path.as_str()).await? => Err(not_found(path)),
-            None => Err(VaultError::NotFound(match selector {
-                Selector::Label(l) => format!("no version of {path} is labelled {l}"),
-                Selector::Version(v) => format!("{path} has no version {v}"),
-            })),
+        let (view, version, rec) = if self.cache.is_some() {
+            let view = self.view(path).await?;
+            let version = pick(&view).ok_or_else(unlabelled)?;
+            let rec = self.record(path, view.revision, version).await?;
+            (view, version, rec)
+        } else {
+            match self.store.read(path.as_str(), selector).await? {
+                Some(r) => (
+                    ReadView {
+                        revision: r.revision,
+                        content_type: r.content_type,
+                        labels: r.labels,
+                    },
+                    r.version.version,
+                    SealedRecord {
+                        state: r.version.state,
+                        key_version: r.version.key_version,
+                        ciphertext: r.version.ciphertext.unwrap_or_default(),
+                        wrapped_key: r.version.wrapped_key.unwrap_or_default(),
+                    },
+                ),
+                None if !self.store.exists(path.as_str()).await? => return Err(not_found(path)),
+                None => return Err(unlabelled()),
+            }
+        };
+        if let (Some(local), Some(g)) = (&self.local, generation) {
+            local.fill(path.as_str(), g, &view, Some((version, &rec)));
         }
+        let labels = labels_of(&view.labels, version);
+        Ok((version, rec, view.content_type, labels))
     }
 
     /// One read, shared by GetSecret and BatchGetSecrets.

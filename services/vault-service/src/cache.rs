@@ -5,9 +5,10 @@
 //! (checked atomically in Lua), so a slow reader cannot put back what a writer removed.
 //! Every Redis failure is logged and treated as a miss: the database answers instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -243,9 +244,160 @@ impl Cache {
     }
 }
 
+struct LocalEntry {
+    at: Instant,
+    view: ReadView,
+    records: HashMap<u64, SealedRecord>,
+}
+
+/// In-process cache of the same sealed records, in front of Redis and the database. This
+/// replica's writes evict synchronously; other replicas' writes evict when their change-stream
+/// events arrive (at once through Redis pub/sub, within the watch poll interval without it).
+/// A fill is dropped if any eviction happened while it was being read, so a slow reader
+/// cannot put back what a write removed.
+pub struct LocalCache {
+    ttl: Duration,
+    max: usize,
+    entries: Mutex<HashMap<String, LocalEntry>>,
+    generation: AtomicU64,
+}
+
+impl LocalCache {
+    /// A cache of up to `max` secrets, each kept at most `ttl`.
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            ttl,
+            max: max.max(1),
+            entries: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Take before reading from Redis or the database; pass to the fill.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The cached view and, if cached, the record of the version `pick` selects from it.
+    pub fn get(
+        &self,
+        path: &str,
+        pick: impl FnOnce(&ReadView) -> Option<u64>,
+    ) -> Option<(ReadView, Option<(u64, SealedRecord)>)> {
+        let mut map = self.entries.lock().ok()?;
+        let e = map.get(path)?;
+        if e.at.elapsed() >= self.ttl {
+            map.remove(path);
+            return None;
+        }
+        let rec = pick(&e.view).and_then(|v| e.records.get(&v).map(|r| (v, r.clone())));
+        Some((e.view.clone(), rec))
+    }
+
+    /// Stores a view (and a record of one of its versions) read at `generation`.
+    pub fn fill(
+        &self,
+        path: &str,
+        generation: u64,
+        view: &ReadView,
+        record: Option<(u64, &SealedRecord)>,
+    ) {
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        // Checked under the lock that evictions also take, so no eviction slips in between.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if map.len() >= self.max && !map.contains_key(path) {
+            let ttl = self.ttl;
+            map.retain(|_, e| e.at.elapsed() < ttl);
+            if map.len() >= self.max
+                && let Some(k) = map.keys().next().cloned()
+            {
+                map.remove(&k);
+            }
+        }
+        let e = map.entry(path.to_string()).or_insert_with(|| LocalEntry {
+            at: Instant::now(),
+            view: view.clone(),
+            records: HashMap::new(),
+        });
+        if e.view.revision != view.revision {
+            *e = LocalEntry {
+                at: Instant::now(),
+                view: view.clone(),
+                records: HashMap::new(),
+            };
+        }
+        if let Some((v, r)) = record {
+            e.records.insert(v, r.clone());
+        }
+    }
+
+    /// Drops the entries of `paths` (a write committed to them).
+    pub fn evict<'a>(&self, paths: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut map) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            for p in paths {
+                map.remove(p);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(revision: i64) -> ReadView {
+        ReadView {
+            revision,
+            content_type: "text/plain".into(),
+            labels: BTreeMap::from([("CURRENT".to_string(), 1)]),
+        }
+    }
+
+    fn record() -> SealedRecord {
+        SealedRecord {
+            state: State::Enabled,
+            key_version: 1,
+            ciphertext: vec![1],
+            wrapped_key: vec![2],
+        }
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_eviction_is_dropped() {
+        let c = LocalCache::new(Duration::from_secs(60), 10);
+        let g = c.generation();
+        c.evict(["prod/a"]);
+        c.fill("prod/a", g, &view(1), Some((1, &record())));
+        assert!(
+            c.get("prod/a", |v| v.labels.get("CURRENT").copied())
+                .is_none()
+        );
+        let g = c.generation();
+        c.fill("prod/a", g, &view(1), Some((1, &record())));
+        let (_, rec) = c
+            .get("prod/a", |v| v.labels.get("CURRENT").copied())
+            .unwrap();
+        assert_eq!(rec, Some((1, record())));
+        c.evict(["prod/a"]);
+        assert!(c.get("prod/a", |_| Some(1)).is_none());
+    }
+
+    #[test]
+    fn the_local_cache_is_bounded_and_expires() {
+        let c = LocalCache::new(Duration::from_secs(60), 2);
+        for p in ["a", "b", "c"] {
+            c.fill(p, c.generation(), &view(1), None);
+        }
+        assert_eq!(c.entries.lock().unwrap().len(), 2);
+        let c = LocalCache::new(Duration::ZERO, 2);
+        c.fill("a", c.generation(), &view(1), None);
+        assert!(c.get("a", |_| None).is_none());
+    }
 
     #[test]
     fn sealed_records_round_trip_and_garbage_is_a_miss() {

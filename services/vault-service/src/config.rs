@@ -31,6 +31,10 @@ pub struct Config {
     pub redis_prefix: String,
     /// `SENTIA_CACHE_TTL`: lifetime of Redis cache entries.
     pub cache_ttl: Duration,
+    /// `SENTIA_LOCAL_CACHE_TTL`: lifetime of in-process sealed-record cache entries (0 = off).
+    pub local_cache_ttl: Duration,
+    /// `SENTIA_LOCAL_CACHE_MAX`: most secrets held in the in-process cache.
+    pub local_cache_max: usize,
     /// `SENTIA_POLICY_FILE`: policies (TOML); the built-in seed roles when unset.
     pub policy_file: Option<PathBuf>,
     /// `SENTIA_POLICY_RELOAD`: how often the policy file is checked for changes.
@@ -75,6 +79,9 @@ impl Config {
         }
         let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
         let cache_ttl = r.duration_or("SENTIA_CACHE_TTL", Duration::from_secs(30));
+        let local_cache_ttl = r.duration_or("SENTIA_LOCAL_CACHE_TTL", Duration::from_secs(30));
+        let local_cache_max =
+            r.parse_or("SENTIA_LOCAL_CACHE_MAX", 10_000usize, "a positive integer");
         let policy_file = r.optional("SENTIA_POLICY_FILE").map(PathBuf::from);
         let policy_reload = r.duration_or("SENTIA_POLICY_RELOAD", Duration::from_secs(5));
         let identity_policies = match r.optional("SENTIA_IDENTITY_POLICIES") {
@@ -106,6 +113,8 @@ impl Config {
             redis_url,
             redis_prefix,
             cache_ttl,
+            local_cache_ttl,
+            local_cache_max,
             policy_file,
             policy_reload,
             identity_policies,

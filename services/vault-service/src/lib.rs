@@ -75,11 +75,27 @@ pub async fn run(
         notifier.listen(url.clone(), shutdown.clone());
     }
     spawn_trim(store.clone(), config.event_retention, shutdown.clone());
+    let local = (!config.local_cache_ttl.is_zero()).then(|| {
+        Arc::new(cache::LocalCache::new(
+            config.local_cache_ttl,
+            config.local_cache_max,
+        ))
+    });
+    if let Some(local) = &local {
+        spawn_follow(
+            store.clone(),
+            notifier.clone(),
+            local.clone(),
+            head,
+            shutdown.clone(),
+        );
+    }
 
     let secrets = api::SecretApi::new(
         store,
         keys,
         cache,
+        local,
         policies.clone(),
         notifier,
         shutdown.clone(),
@@ -128,6 +144,45 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()>
         options.mode(0o600);
     }
     options.open(path)?.write_all(contents)
+}
+
+/// Evicts the in-process cache entries of every path the change stream reports changed, so
+/// other replicas' writes reach this replica's cache (at once with Redis pub/sub, within the
+/// watch poll interval without).
+fn spawn_follow(
+    store: store::Store,
+    notifier: stream::Notifier,
+    local: Arc<cache::LocalCache>,
+    head: u64,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        let mut last = head;
+        let mut moved = notifier.subscribe();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = moved.changed() => {}
+                _ = tokio::time::sleep(api::WATCH_POLL) => {}
+            }
+            loop {
+                match store.events_after(last, 1000).await {
+                    Ok(batch) => {
+                        let Some(tail) = batch.last() else { break };
+                        last = tail.sequence;
+                        local.evict(batch.iter().map(|e| e.path.as_str()));
+                        if batch.len() < 1000 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the change stream for cache eviction failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn spawn_trim(store: store::Store, retention: Duration, shutdown: Shutdown) {

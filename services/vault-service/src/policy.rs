@@ -421,6 +421,38 @@ mod tests {
     }
 
     #[test]
+    fn only_system_admin_may_rotate_read_the_audit_log_or_administer() {
+        // The capabilities with no SecretService RPC of their own (the gRPC matrix test
+        // covers read, write, list, delete and admin through real calls).
+        let set = PolicySet::default_set();
+        for role in [
+            "system_admin",
+            "deployment_engineer",
+            "developer",
+            "monitoring_system",
+        ] {
+            let held = [role.to_string()];
+            for cap in [Capability::Rotate, Capability::AuditRead, Capability::Admin] {
+                for path in ["prod/app/key", "dev/app/key", "test/config/x"] {
+                    assert_eq!(
+                        set.allows(&held, cap, path),
+                        role == "system_admin",
+                        "{role} {} {path}",
+                        cap.as_str()
+                    );
+                }
+                assert_eq!(set.allows_everywhere(&held, cap), role == "system_admin");
+            }
+        }
+        assert!(
+            !set.allows(&[], Capability::Read, "dev/app/key"),
+            "no policy = deny"
+        );
+        assert!(!set.allows(&["unknown".into()], Capability::Read, "dev/app/key"));
+        assert!(set.allows(&[ROOT_POLICY.into()], Capability::Admin, "x"));
+    }
+
+    #[test]
     fn policy_errors_name_the_policy_and_rule() {
         let err = PolicySet::parse("[p]\nrules = [{ paths = [\"**\"], capabilities = [\"fly\"] }]")
             .unwrap_err();

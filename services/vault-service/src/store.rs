@@ -108,8 +108,8 @@ pub struct ReadRow {
     pub revision: i64,
     /// The selected version.
     pub version: VersionRow,
-    /// Labels on that version, sorted.
-    pub labels: Vec<String>,
+    /// Every label of the secret -> version.
+    pub labels: BTreeMap<String, u64>,
 }
 
 /// One change-stream event.
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// Everything one read needs, in one round trip: the version selected by `label` or
-    /// `version`, the secret's content type and revision, and the labels on that version.
+    /// `version`, and the secret's content type, revision and labels.
     /// `None` when the secret, label or version does not exist.
     pub async fn read(
         &self,
@@ -294,14 +294,15 @@ impl Store {
         selector: &Selector,
     ) -> Result<Option<ReadRow>, VaultError> {
         const COLUMNS: &str = "v.version, v.state, v.ciphertext, v.wrapped_key, v.key_version, \
-             v.created_by, v.create_time, s.content_type, s.revision, o.label AS other";
+             v.created_by, v.create_time, s.content_type, s.revision, o.label AS label, \
+             o.version AS label_version";
         let rows = match selector {
             Selector::Label(label) => {
                 let sql = sqlx::AssertSqlSafe(format!(
                     "SELECT {COLUMNS} FROM secret_labels l \
                      JOIN secret_versions v ON v.path = l.path AND v.version = l.version \
                      JOIN secrets s ON s.path = l.path \
-                     LEFT JOIN secret_labels o ON o.path = v.path AND o.version = v.version \
+                     LEFT JOIN secret_labels o ON o.path = v.path \
                      WHERE l.path = $1 AND l.label = $2"
                 ));
                 sqlx::query(sql)
@@ -314,7 +315,7 @@ impl Store {
                 let sql = sqlx::AssertSqlSafe(format!(
                     "SELECT {COLUMNS} FROM secret_versions v \
                      JOIN secrets s ON s.path = v.path \
-                     LEFT JOIN secret_labels o ON o.path = v.path AND o.version = v.version \
+                     LEFT JOIN secret_labels o ON o.path = v.path \
                      WHERE v.path = $1 AND v.version = $2"
                 ));
                 sqlx::query(sql)
@@ -327,13 +328,12 @@ impl Store {
         let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let mut labels = Vec::new();
+        let mut labels = BTreeMap::new();
         for r in &rows {
-            if let Some(l) = r.try_get::<Option<String>, _>("other")? {
-                labels.push(l);
+            if let Some(l) = r.try_get::<Option<String>, _>("label")? {
+                labels.insert(l, u64_of(r, "label_version")?);
             }
         }
-        labels.sort();
         Ok(Some(ReadRow {
             content_type: first.try_get("content_type")?,
             revision: first.try_get("revision")?,

@@ -124,6 +124,76 @@ async fn with_redis_stopped_mid_test_reads_and_writes_are_still_served() {
     s.stop().await;
 }
 
+/// Reads `path` on `c` until it returns `want` (other replicas' writes arrive by event).
+async fn eventually_reads(
+    c: &mut sentia_proto::vault::v1::secret_service_client::SecretServiceClient<
+        sentia_runtime::client::AuthedChannel,
+    >,
+    path: &str,
+    want: &[u8],
+) {
+    for _ in 0..100 {
+        if c.get_secret(get(path)).await.unwrap().into_inner().value == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never read back {want:?} on the other replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_reaches_the_others_in_process_cache() {
+    let Some(redis) = support::redis_url() else {
+        return;
+    };
+    let prefix = format!("{}:", support::unique("replicas"));
+    let Some(s) = stack_with_redis(&redis, &prefix).await else {
+        return;
+    };
+    let b = s
+        .replica(&[
+            ("SENTIA_REDIS_URL", redis.as_str()),
+            ("SENTIA_REDIS_PREFIX", prefix.as_str()),
+        ])
+        .await;
+    // A third replica without Redis still converges, through its change-stream poll.
+    let c = s.replica(&[]).await;
+    let path = "prod/app/shared";
+    s.put(path, b"one").await;
+    let (mut rb, mut rc) = (b.secrets(&s.root_token), c.secrets(&s.root_token));
+    eventually_reads(&mut rb, path, b"one").await;
+    eventually_reads(&mut rc, path, b"one").await;
+    s.put(path, b"two").await;
+    eventually_reads(&mut rb, path, b"two").await;
+    eventually_reads(&mut rc, path, b"two").await;
+    // A destroy on one replica is honoured by the others' caches.
+    s.secrets(&s.root_token)
+        .await
+        .destroy_secret_versions(pb::DestroySecretVersionsRequest {
+            path: path.into(),
+            versions: vec![2],
+        })
+        .await
+        .unwrap();
+    for r in [&mut rb, &mut rc] {
+        let mut gone = false;
+        for _ in 0..100 {
+            if r.get_secret(get(path)).await.is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            gone,
+            "a destroyed version was still served by another replica"
+        );
+    }
+    b.stop().await;
+    c.stop().await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_positions_fan_out_to_other_replicas_through_redis() {
     let Some(redis) = support::redis_url() else {

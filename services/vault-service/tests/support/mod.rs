@@ -267,6 +267,29 @@ impl Stack {
             .version
     }
 
+    /// Another vault-service replica on the same database and key-service.
+    pub async fn replica(&self, extra: &[(&str, &str)]) -> Replica {
+        let mut pairs = vec![
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", self.database_url.as_str()),
+            ("SENTIA_KEY_SERVICE_ADDR", self.keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle =
+            tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
+        Replica {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
     /// Stops vault-service (key-service keeps running) and returns the key-service handle.
     pub async fn stop_vault(self) -> keys::Running {
         self.shutdown.trigger();
@@ -278,6 +301,26 @@ impl Stack {
     pub async fn stop(self) {
         let keys = self.stop_vault().await;
         keys.stop().await;
+    }
+}
+
+/// A second vault-service on the same database.
+pub struct Replica {
+    pub addr: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// A SecretService client with `token`.
+    pub fn secrets(&self, token: &str) -> SecretServiceClient<AuthedChannel> {
+        let channel = sentia_runtime::client::connect_lazy(&self.addr, None).unwrap();
+        SecretServiceClient::new(CallContext::with_token(Some(token)).unwrap().wrap(channel))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.handle.await.unwrap();
     }
 }
 

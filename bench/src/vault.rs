@@ -179,31 +179,48 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let f = cached.gets(args, "bench/app/hot").await?;
     row("GetSecret 64 B (DEK cache on)", &f, &baseline);
 
-    let uncached =
-        Vault::start(args, &ks.addr, &db, &dir, &[("SENTIA_DEK_CACHE_TTL", "0")]).await?;
-    let b2 = uncached.baseline(args).await?;
-    let f = uncached.gets(args, "bench/app/hot").await?;
-    row("GetSecret 64 B (DEK cache off)", &f, &b2);
-    uncached.stop().await?;
-
+    // Each configuration runs on its own vault-service, against its own baseline.
+    let mut configs: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "GetSecret 64 B (DEK cache off)",
+            vec![
+                ("SENTIA_DEK_CACHE_TTL", "0"),
+                ("SENTIA_LOCAL_CACHE_TTL", "5m"),
+            ],
+        ),
+        (
+            "GetSecret 64 B (no record cache)",
+            vec![
+                ("SENTIA_DEK_CACHE_TTL", "5m"),
+                ("SENTIA_LOCAL_CACHE_TTL", "0"),
+            ],
+        ),
+        (
+            "GetSecret 64 B (no caches at all)",
+            vec![
+                ("SENTIA_DEK_CACHE_TTL", "0"),
+                ("SENTIA_LOCAL_CACHE_TTL", "0"),
+            ],
+        ),
+    ];
+    let prefix = format!("bench{}:", std::process::id());
     if let Some(redis) = &args.redis {
-        let prefix = format!("bench{}:", std::process::id());
-        let with_redis = Vault::start(
-            args,
-            &ks.addr,
-            &db,
-            &dir,
-            &[
+        configs.push((
+            "GetSecret 64 B (Redis, no record cache)",
+            vec![
                 ("SENTIA_REDIS_URL", redis.as_str()),
                 ("SENTIA_REDIS_PREFIX", prefix.as_str()),
                 ("SENTIA_DEK_CACHE_TTL", "5m"),
+                ("SENTIA_LOCAL_CACHE_TTL", "0"),
             ],
-        )
-        .await?;
-        let b3 = with_redis.baseline(args).await?;
-        let f = with_redis.gets(args, "bench/app/hot").await?;
-        row("GetSecret 64 B (Redis, no record cache)", &f, &b3);
-        with_redis.stop().await?;
+        ));
+    }
+    for (name, extra) in configs {
+        let v = Vault::start(args, &ks.addr, &db, &dir, &extra).await?;
+        let b = v.baseline(args).await?;
+        let f = v.gets(args, "bench/app/hot").await?;
+        row(name, &f, &b);
+        v.stop().await?;
     }
 
     // Each worker writes its own path, so rows measure writing, not check-and-set contention.

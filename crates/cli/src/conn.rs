@@ -48,6 +48,29 @@ impl Common {
     }
 }
 
+/// Where vault-service is, plus the common options: what `sentia secret`, `login` and
+/// `token` share.
+#[derive(Args, Clone)]
+pub struct VaultConn {
+    /// vault-service address (host:port or URI).
+    #[arg(
+        long,
+        env = "SENTIA_ADDR",
+        default_value = "127.0.0.1:8200",
+        global = true
+    )]
+    pub addr: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl VaultConn {
+    /// A connected channel to vault-service.
+    pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
+        self.common.channel(&self.addr, "vault-service").await
+    }
+}
+
 /// A gRPC status as a CLI error: code and the server's message.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())

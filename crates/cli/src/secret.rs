@@ -8,21 +8,13 @@ use clap::{Args, Subcommand};
 use sentia_proto::vault::v1::{self as pb, secret_service_client::SecretServiceClient};
 use serde_json::json;
 
-use crate::conn::{Common, status_err, utc};
+use crate::conn::{VaultConn, status_err, utc};
 
 /// Connection options and the secret subcommand.
 #[derive(Args)]
 pub struct SecretArgs {
-    /// vault-service address (host:port or URI).
-    #[arg(
-        long,
-        env = "SENTIA_ADDR",
-        default_value = "127.0.0.1:8200",
-        global = true
-    )]
-    addr: String,
     #[command(flatten)]
-    common: Common,
+    conn: VaultConn,
     #[command(subcommand)]
     command: SecretCommand,
 }
@@ -180,9 +172,8 @@ fn read_value(file: &Option<String>) -> anyhow::Result<Vec<u8>> {
 
 /// Runs a secret subcommand.
 pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
-    let channel = args.common.channel(&args.addr, "vault-service").await?;
-    let mut c = SecretServiceClient::new(channel);
-    let as_json = args.common.json;
+    let mut c = SecretServiceClient::new(args.conn.channel().await?);
+    let as_json = args.conn.common.json;
     match args.command {
         SecretCommand::Put {
             path,

@@ -8,14 +8,11 @@ use clap::{Args, Subcommand};
 use sentia_proto::vault::v1::{self as pb, auth_service_client::AuthServiceClient};
 use serde_json::json;
 
-use crate::conn::{Common, status_err};
+use crate::conn::{VaultConn, status_err};
 
 /// `sentia login`.
 #[derive(Args)]
 pub struct LoginArgs {
-    /// vault-service address.
-    #[arg(long, env = "SENTIA_ADDR", default_value = "127.0.0.1:8200")]
-    addr: String,
     /// Role id of the app credential.
     #[arg(long, env = "SENTIA_ROLE_ID")]
     role_id: String,
@@ -23,22 +20,14 @@ pub struct LoginArgs {
     #[arg(long, env = "SENTIA_SECRET_ID", hide_env_values = true)]
     secret_id: Option<String>,
     #[command(flatten)]
-    common: Common,
+    conn: VaultConn,
 }
 
 /// `sentia token ...`.
 #[derive(Args)]
 pub struct TokenArgs {
-    /// vault-service address.
-    #[arg(
-        long,
-        env = "SENTIA_ADDR",
-        default_value = "127.0.0.1:8200",
-        global = true
-    )]
-    addr: String,
     #[command(flatten)]
-    common: Common,
+    conn: VaultConn,
     #[command(subcommand)]
     command: TokenCommand,
 }
@@ -77,7 +66,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             zeroize::Zeroizing::new(s.trim().to_string())
         }
     };
-    let channel = args.common.channel(&args.addr, "vault-service").await?;
+    let channel = args.conn.channel().await?;
     let r = AuthServiceClient::new(channel)
         .login(pb::LoginRequest {
             role_id: args.role_id,
@@ -87,7 +76,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .map_err(status_err)?
         .into_inner();
     let token = zeroize::Zeroizing::new(r.token);
-    if args.common.json {
+    if args.conn.common.json {
         println!(
             "{}",
             json!({"token": token.as_str(), "token_id": r.token_id, "expire_unix": r.expire_time.map(|t| t.seconds)})
@@ -100,7 +89,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
 /// Runs a token subcommand.
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let channel = args.common.channel(&args.addr, "vault-service").await?;
+    let channel = args.conn.channel().await?;
     let mut c = AuthServiceClient::new(channel);
     match args.command {
         TokenCommand::Whoami => {
@@ -111,7 +100,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .into_inner();
             let p = r.principal.unwrap_or_default();
             let exp = r.expire_time.map(|t| t.seconds);
-            if args.common.json {
+            if args.conn.common.json {
                 println!(
                     "{}",
                     json!({"id": p.id, "auth_method": p.auth_method, "policies": p.roles, "expire_unix": exp})
@@ -155,7 +144,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if args.common.json {
+            if args.conn.common.json {
                 println!(
                     "{}",
                     json!({"role_id": r.role_id, "secret_id": r.secret_id})

@@ -83,3 +83,29 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
+
+/// Reads `SENTIA_DATABASE_URL` (default `default_url`) and `SENTIA_DATABASE_MAX_CONNECTIONS`.
+pub fn from_source(reader: &mut crate::Reader<'_>, default_url: &str) -> (String, u32) {
+    let url = reader.string_or("SENTIA_DATABASE_URL", default_url);
+    if !(url.starts_with("postgres") || is_sqlite(&url)) {
+        reader.problem("SENTIA_DATABASE_URL must start with postgres:// or sqlite:");
+    }
+    let max = reader.parse_or(
+        "SENTIA_DATABASE_MAX_CONNECTIONS",
+        10u32,
+        "a positive integer",
+    );
+    (url, max)
+}
+
+/// A database error as the caller sees it: UNAVAILABLE (retry later) when the database cannot
+/// be reached, INTERNAL otherwise. Details go to the log, not to the caller.
+pub fn error_status(e: &sqlx::Error, what: &str) -> tonic::Status {
+    tracing::error!(error = %e, "{what} error");
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tonic::Status::unavailable(format!("{what} is unavailable; retry later"))
+        }
+        _ => tonic::Status::internal(format!("{what} error")),
+    }
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod binary;
 pub mod client;
 pub mod config;
 pub mod db;

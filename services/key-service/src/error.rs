@@ -72,15 +72,7 @@ impl From<KeyError> for Status {
                     "stored key material for {what} failed authentication"
                 ))
             }
-            KeyError::Storage(e) => {
-                tracing::error!(error = %e, "storage error");
-                match e {
-                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                        Status::unavailable("key storage is unavailable; retry later")
-                    }
-                    _ => Status::internal("key storage error"),
-                }
-            }
+            KeyError::Storage(e) => sentia_runtime::db::error_status(&e, "key storage"),
             KeyError::Migration(e) => Status::internal(format!("migration: {e}")),
             KeyError::Runtime(e) => Status::internal(e.to_string()),
             KeyError::Startup(m) => Status::internal(m),

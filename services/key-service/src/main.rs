@@ -1,40 +1,14 @@
-//! key-service binary: reads config from the environment, sets up telemetry, runs.
+//! key-service binary: config from the environment, telemetry, run until a signal.
 
-use std::process::ExitCode;
-
-use sentia_runtime::{ProcessEnv, Shutdown, telemetry};
+use sentia_runtime::ProcessEnv;
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match key_service::Config::from_source(&ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("key-service: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let _telemetry = match telemetry::init("key-service", &ProcessEnv) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("key-service: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(config.server.listen_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "key-service: cannot bind {}: {e}",
-                config.server.listen_addr
-            );
-            return ExitCode::from(69);
-        }
-    };
-    match key_service::run(config, listener, Shutdown::on_signals()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "key-service stopped");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    sentia_runtime::binary::main(
+        "key-service",
+        key_service::Config::from_source(&ProcessEnv),
+        |c| c.server.listen_addr,
+        key_service::run,
+    )
+    .await
 }

@@ -2,28 +2,14 @@
 //! proves no plaintext, data key, master key, unseal share or token appears in it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 mod support;
+
+use support::Capture;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sentia_crypto::MasterKey;
 use sentia_proto::keys::v1::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn no_key_material_plaintext_or_token_reaches_the_logs() {

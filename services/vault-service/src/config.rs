@@ -56,15 +56,8 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
         let server = ServerConfig::from_source(&mut r, "vault-service", "127.0.0.1:8200", false);
-        let database_url = r.string_or("SENTIA_DATABASE_URL", "sqlite://sentia-vault.db?mode=rwc");
-        if !(database_url.starts_with("postgres") || database_url.starts_with("sqlite:")) {
-            r.problem("SENTIA_DATABASE_URL must start with postgres:// or sqlite:");
-        }
-        let max_connections = r.parse_or(
-            "SENTIA_DATABASE_MAX_CONNECTIONS",
-            10u32,
-            "a positive integer",
-        );
+        let (database_url, max_connections) =
+            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-vault.db?mode=rwc");
         let key_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
         let data_key_name = r.string_or("SENTIA_VAULT_KEY", "vault");

@@ -75,15 +75,7 @@ impl From<VaultError> for Status {
                     Status::internal(format!("key-service refused the call: {}", s.message()))
                 }
             },
-            VaultError::Storage(e) => {
-                tracing::error!(error = %e, "storage error");
-                match e {
-                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                        Status::unavailable("secret storage is unavailable; retry later")
-                    }
-                    _ => Status::internal("secret storage error"),
-                }
-            }
+            VaultError::Storage(e) => sentia_runtime::db::error_status(&e, "secret storage"),
             VaultError::Migration(e) => Status::internal(format!("migration: {e}")),
             VaultError::Runtime(e) => Status::internal(e.to_string()),
             VaultError::Startup(m) => Status::internal(m),

@@ -448,20 +448,10 @@ impl Store {
         let tags = serde_json::to_string(&nv.meta.tags).unwrap_or_else(|_| "{}".into());
         let m = &nv.meta;
         let revision: i64 = if nv.version == 1 {
-            let r = sqlx::query(
+            let r = bind_metadata(sqlx::query(
                 "INSERT INTO secrets (path, tier, owner, description, content_type, tags, max_versions, \
                  expire_time, rotate_by_time, current_version, revision, create_time, update_time) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, 1, $10, $10)",
-            )
-            .bind(path)
-            .bind(i64::from(m.tier))
-            .bind(&m.owner)
-            .bind(&m.description)
-            .bind(&m.content_type)
-            .bind(&tags)
-            .bind(i64::from(m.max_versions))
-            .bind(m.expire_time)
-            .bind(m.rotate_by_time)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, 1, $10, $10)").bind(path), m, &tags)
             .bind(now)
             .execute(&mut *tx)
             .await;
@@ -471,20 +461,11 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            let row = sqlx::query(
+            let row = bind_metadata(sqlx::query(
                 "UPDATE secrets SET tier = $1, owner = $2, description = $3, content_type = $4, \
                  tags = $5, max_versions = $6, expire_time = $7, rotate_by_time = $8, \
                  current_version = $9, revision = revision + 1, update_time = $10 \
-                 WHERE path = $11 AND current_version = $12 RETURNING revision",
-            )
-            .bind(i64::from(m.tier))
-            .bind(&m.owner)
-            .bind(&m.description)
-            .bind(&m.content_type)
-            .bind(&tags)
-            .bind(i64::from(m.max_versions))
-            .bind(m.expire_time)
-            .bind(m.rotate_by_time)
+                 WHERE path = $11 AND current_version = $12 RETURNING revision"), m, &tags)
             .bind(version)
             .bind(now)
             .bind(path)
@@ -554,19 +535,10 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let tags = serde_json::to_string(&meta.tags).unwrap_or_else(|_| "{}".into());
-        let row = sqlx::query(
+        let row = bind_metadata(sqlx::query(
             "UPDATE secrets SET tier = $1, owner = $2, description = $3, content_type = $4, tags = $5, \
              max_versions = $6, expire_time = $7, rotate_by_time = $8, revision = revision + 1, \
-             update_time = $9 WHERE path = $10 RETURNING revision, current_version",
-        )
-        .bind(i64::from(meta.tier))
-        .bind(&meta.owner)
-        .bind(&meta.description)
-        .bind(&meta.content_type)
-        .bind(&tags)
-        .bind(i64::from(meta.max_versions))
-        .bind(meta.expire_time)
-        .bind(meta.rotate_by_time)
+             update_time = $9 WHERE path = $10 RETURNING revision, current_version"), meta, &tags)
         .bind(now)
         .bind(path)
         .fetch_optional(&mut *tx)
@@ -889,6 +861,21 @@ impl Store {
             .await?;
         Ok(r.rows_affected() > 0)
     }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+/// Binds the eight metadata columns, in the order every statement here lists them: tier,
+/// owner, description, content_type, tags, max_versions, expire_time, rotate_by_time.
+fn bind_metadata<'q>(q: AnyQuery<'q>, m: &'q Metadata, tags: &'q str) -> AnyQuery<'q> {
+    q.bind(i64::from(m.tier))
+        .bind(&m.owner)
+        .bind(&m.description)
+        .bind(&m.content_type)
+        .bind(tags)
+        .bind(i64::from(m.max_versions))
+        .bind(m.expire_time)
+        .bind(m.rotate_by_time)
 }
 
 fn race(path: &str) -> VaultError {

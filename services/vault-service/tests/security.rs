@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use support::keys::Capture;
 
 use sentia_proto::vault::v1 as pb;
 use support::{Backend, Stack, get, get_version};
@@ -84,19 +83,6 @@ async fn a_tampered_or_moved_ciphertext_row_is_data_loss_not_garbage(s: &Stack) 
         assert_eq!(err.code(), Code::DataLoss, "{p}: {err:?}");
         assert!(err.message().contains(p), "{p}: {}", err.message());
         assert!(!err.message().contains("value-"), "{}", err.message());
-    }
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -13,6 +13,20 @@ use sqlx::Executor;
 pub const SERVICE_TOKEN: &str = "service-token-for-tests";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
+/// Collects everything a tracing subscriber writes, to search logs for leaked values.
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A name no other test (or run) uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -513,17 +513,16 @@ impl Store {
         for label in &nv.labels {
             move_label_tx(&mut tx, &mut events, path, label, nv.version).await?;
         }
-        let pruned = prune(&mut tx, path, nv.version, nv.meta.max_versions).await?;
-        if !pruned.is_empty() {
-            events.push(EventKind::Destroyed, path, &pruned, "");
-        }
-        let sequence = events.commit(tx, now).await?;
-        Ok(Committed {
-            sequence,
+        prune_and_commit(
+            tx,
+            events,
+            path,
+            nv.version,
+            nv.meta.max_versions,
             revision,
-            touched_versions: pruned,
-            time: now,
-        })
+            now,
+        )
+        .await
     }
 
     /// Replaces a secret's metadata (pruning if max_versions shrank).
@@ -548,17 +547,7 @@ impl Store {
         let current = u64_of(&row, "current_version")?;
         let mut events = Pending::default();
         events.push(EventKind::MetadataUpdated, path, &[], "");
-        let pruned = prune(&mut tx, path, current, meta.max_versions).await?;
-        if !pruned.is_empty() {
-            events.push(EventKind::Destroyed, path, &pruned, "");
-        }
-        let sequence = events.commit(tx, now).await?;
-        Ok(Committed {
-            sequence,
-            revision,
-            touched_versions: pruned,
-            time: now,
-        })
+        prune_and_commit(tx, events, path, current, meta.max_versions, revision, now).await
     }
 
     /// Points `label` at `version` (which must be enabled). Moving CURRENT moves PREVIOUS to
@@ -983,6 +972,30 @@ async fn prune(
         .collect::<Result<Vec<_>, _>>()?;
     pruned.sort_unstable();
     Ok(pruned)
+}
+
+/// The end of a write that may leave versions beyond `max_versions`: prune them (with a
+/// Destroyed event), write the events, commit.
+async fn prune_and_commit(
+    mut tx: Transaction<'static, Any>,
+    mut events: Pending,
+    path: &str,
+    current: u64,
+    max_versions: u32,
+    revision: i64,
+    now: i64,
+) -> Result<Committed, VaultError> {
+    let pruned = prune(&mut tx, path, current, max_versions).await?;
+    if !pruned.is_empty() {
+        events.push(EventKind::Destroyed, path, &pruned, "");
+    }
+    let sequence = events.commit(tx, now).await?;
+    Ok(Committed {
+        sequence,
+        revision,
+        touched_versions: pruned,
+        time: now,
+    })
 }
 
 /// Change-stream events of one transaction, written at its very end.

@@ -154,17 +154,7 @@ async fn no_plaintext_token_or_secret_id_reaches_the_database_redis_or_logs() {
     c.list_secrets(pb::ListSecretsRequest::default())
         .await
         .unwrap();
-    let cred = s
-        .auth(&s.root_token)
-        .await
-        .create_app_credential(pb::CreateAppCredentialRequest {
-            name: "hygiene".into(),
-            policies: vec!["developer".into()],
-            token_ttl: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cred = s.credential("hygiene", &["developer"]).await;
     let login = s
         .auth("")
         .await
@@ -278,17 +268,7 @@ async fn no_plaintext_token_or_secret_id_reaches_postgres() {
             .value,
         canary
     );
-    let cred = s
-        .auth(&s.root_token)
-        .await
-        .create_app_credential(pb::CreateAppCredentialRequest {
-            name: "pg-hygiene".into(),
-            policies: vec!["developer".into()],
-            token_ttl: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cred = s.credential("pg-hygiene", &["developer"]).await;
     let dump = postgres_dump(&s.database_url).await;
     assert!(
         dump.contains("prod/app/canary"),

@@ -230,19 +230,27 @@ impl Stack {
         AuthServiceClient::new(self.channel(token).await)
     }
 
-    /// Creates an app credential with `policies` and logs in: returns (token, token id).
-    pub async fn login_as(&self, policies: &[&str]) -> (String, String) {
-        let cred = self
-            .auth(&self.root_token)
+    /// Creates an app credential (as root) with `policies`.
+    pub async fn credential(
+        &self,
+        name: &str,
+        policies: &[&str],
+    ) -> pb::CreateAppCredentialResponse {
+        self.auth(&self.root_token)
             .await
             .create_app_credential(pb::CreateAppCredentialRequest {
-                name: unique("app"),
+                name: name.into(),
                 policies: policies.iter().map(|s| s.to_string()).collect(),
                 token_ttl: None,
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+    }
+
+    /// Creates an app credential with `policies` and logs in: returns (token, token id).
+    pub async fn login_as(&self, policies: &[&str]) -> (String, String) {
+        let cred = self.credential(&unique("app"), policies).await;
         let login = self
             .auth("unused")
             .await

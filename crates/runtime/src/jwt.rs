@@ -218,6 +218,11 @@ impl PublicKeySet {
         })
     }
 
+    /// Every key currently known, by kid.
+    pub fn snapshot(&self) -> HashMap<String, Vec<u8>> {
+        self.keys.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
     fn get(&self, kid: &str) -> Option<Vec<u8>> {
         self.keys.read().ok()?.get(kid).cloned()
     }
@@ -263,6 +268,27 @@ impl PublicKeySet {
             }
         };
         check(parsed, &key, now_secs())
+    }
+}
+
+/// Accepts Sentia JWTs on a service other than vault-service. It has no revocation list
+/// (vault-service keeps that), so a revoked token stays valid here until it expires.
+pub struct JwtVerifier(pub Arc<PublicKeySet>);
+
+impl crate::BearerVerifier for JwtVerifier {
+    fn verify<'a>(&'a self, token: &'a str) -> crate::auth::VerifyFuture<'a> {
+        Box::pin(async move {
+            if !looks_like_jwt(token) {
+                return None;
+            }
+            Some(match self.0.verify(token).await {
+                Ok(claims) => Ok(claims.into_principal()),
+                Err(JwtError::KeysUnavailable(m)) => Err(tonic::Status::unavailable(format!(
+                    "cannot verify the token now: {m}"
+                ))),
+                Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
+            })
+        })
     }
 }
 

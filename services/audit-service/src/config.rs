@@ -1,0 +1,67 @@
+//! audit-service configuration from `SENTIA_*` variables (see `.env.example`).
+
+use std::time::Duration;
+
+use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
+
+/// Everything audit-service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, TLS and static tokens (emitting services authenticate with these or mTLS).
+    pub server: ServerConfig,
+    /// `SENTIA_DATABASE_URL`.
+    pub database_url: String,
+    /// `SENTIA_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: signs checkpoints, publishes token keys.
+    pub key_service: UpstreamConfig,
+    /// `SENTIA_CHECKPOINT_KEY`: key-service signing key for checkpoints.
+    pub checkpoint_key: String,
+    /// `SENTIA_JWT_KEY`: key-service signing key of access tokens (to verify readers' JWTs).
+    pub jwt_key: String,
+    /// `SENTIA_CHECKPOINT_EVERY`: sign a checkpoint after this many new records ...
+    pub checkpoint_every: u64,
+    /// `SENTIA_CHECKPOINT_INTERVAL`: ... or this long after the last one, if anything changed.
+    pub checkpoint_interval: Duration,
+    /// `SENTIA_AUDIT_READ_POLICIES`: JWT policies that may read the log (the seed's
+    /// system_admin holds `audit-read`); static admin identities always may.
+    pub read_policies: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates the configuration; every problem is reported at once.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(source);
+        let server = ServerConfig::from_source(&mut r, "audit-service", "127.0.0.1:8202", false);
+        let (database_url, max_connections) =
+            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-audit.db?mode=rwc");
+        let key_service =
+            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
+        let checkpoint_key = r.string_or("SENTIA_CHECKPOINT_KEY", "audit-checkpoint");
+        let jwt_key = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
+        let checkpoint_every = r.parse_or("SENTIA_CHECKPOINT_EVERY", 1000u64, "a positive integer");
+        if checkpoint_every == 0 {
+            r.problem("SENTIA_CHECKPOINT_EVERY must be at least 1");
+        }
+        let checkpoint_interval =
+            r.duration_or("SENTIA_CHECKPOINT_INTERVAL", Duration::from_secs(60));
+        let read_policies = r
+            .string_or("SENTIA_AUDIT_READ_POLICIES", "system_admin")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        r.finish()?;
+        Ok(Self {
+            server,
+            database_url,
+            max_connections,
+            key_service,
+            checkpoint_key,
+            jwt_key,
+            checkpoint_every,
+            checkpoint_interval,
+            read_policies,
+        })
+    }
+}

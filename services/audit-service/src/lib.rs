@@ -1,0 +1,137 @@
+//! audit-service: the append-only, hash-chained audit log. Emitting services append batches;
+//! every record's hash covers the previous one; checkpoints of the head are signed by a
+//! key-service signing key so a rewritten chain is detectable even by someone holding the
+//! database; the log is queried, tailed, exported and verified over gRPC.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sentia_proto::audit::v1::Checkpoint;
+use sentia_proto::audit::v1::audit_service_server::AuditServiceServer;
+use sentia_proto::keys::v1::SignRequest;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_runtime::client::AuthedChannel;
+use sentia_runtime::jwt::{JwtVerifier, PublicKeySet};
+use sentia_runtime::{Server, Shutdown};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::Routes;
+
+pub use config::Config;
+pub use error::AuditError;
+
+/// Runs audit-service on `listener` until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), AuditError> {
+    let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let client = KeyServiceClient::new(config.key_service.channel()?);
+    let (head, _) = store.head().await?;
+    let head = Arc::new(watch::Sender::new(head));
+    let checkpointer = tokio::spawn(checkpoints(
+        store.clone(),
+        client.clone(),
+        config.checkpoint_key.clone(),
+        config.checkpoint_every,
+        config.checkpoint_interval,
+        head.subscribe(),
+        shutdown.clone(),
+    ));
+    let api = api::AuditApi::new(
+        store,
+        head,
+        PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
+        config.read_policies.clone(),
+        shutdown.clone(),
+    );
+    let tokens = PublicKeySet::from_key_service(client, &config.jwt_key);
+    Server::new(config.server)
+        .bearer_verifier(Arc::new(JwtVerifier(tokens)))
+        .serve(
+            Routes::new(AuditServiceServer::new(api)),
+            listener,
+            shutdown.clone(),
+        )
+        .await?;
+    shutdown.trigger();
+    let _ = checkpointer.await;
+    Ok(())
+}
+
+/// Signs a checkpoint of the head through key-service and stores it.
+pub async fn sign_checkpoint(
+    store: &store::Store,
+    client: &KeyServiceClient<AuthedChannel>,
+    key: &str,
+) -> Result<Option<u64>, AuditError> {
+    let (sequence, hash) = store.head().await?;
+    if sequence == 0 || sequence <= store.last_checkpoint().await? {
+        return Ok(None);
+    }
+    let message = sentia_audit::checkpoint_message(sequence, &hash);
+    let signed = client
+        .clone()
+        .sign(SignRequest {
+            key_name: key.to_string(),
+            message: message.into_bytes(),
+        })
+        .await
+        .map_err(AuditError::KeyService)?
+        .into_inner();
+    store
+        .add_checkpoint(&Checkpoint {
+            sequence,
+            head_hash: hash.to_vec(),
+            signature: signed.signature,
+            kid: signed.kid,
+            time: None,
+        })
+        .await?;
+    tracing::debug!(sequence, "audit checkpoint signed");
+    Ok(Some(sequence))
+}
+
+/// Signs a checkpoint after `every` new records or `interval` after the last one.
+async fn checkpoints(
+    store: store::Store,
+    client: KeyServiceClient<AuthedChannel>,
+    key: String,
+    every: u64,
+    interval: Duration,
+    mut moved: watch::Receiver<u64>,
+    shutdown: Shutdown,
+) {
+    let mut last_signed = store.last_checkpoint().await.unwrap_or(0);
+    let mut since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = moved.changed() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let head = *moved.borrow();
+        let due =
+            head >= last_signed + every || (head > last_signed && since.elapsed() >= interval);
+        if !due {
+            continue;
+        }
+        match sign_checkpoint(&store, &client, &key).await {
+            Ok(Some(s)) => {
+                last_signed = s;
+                since = Instant::now();
+            }
+            Ok(None) => since = Instant::now(),
+            Err(e) => {
+                tracing::warn!(error = %e, "signing an audit checkpoint failed; retrying later")
+            }
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The audit log in the database (sqlx `Any`: Postgres or SQLite). Appends lock the single
+//! chain-head row, so sequence numbers have no gaps and every record's `prev_hash` is the
+//! hash of the record before it.
+
+use std::collections::{HashMap, HashSet};
+
+use prost::Message;
+use sentia_audit::record_hash;
+use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint};
+use sentia_runtime::db::{MigrationSource, Migrations, now_ms, timestamp};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use crate::AuditError;
+
+const PG_MIGRATIONS: &[MigrationSource] = &[(
+    1,
+    "audit",
+    include_str!("../migrations/postgres/0001_audit.sql"),
+)];
+const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
+    1,
+    "audit",
+    include_str!("../migrations/sqlite/0001_audit.sql"),
+)];
+
+/// Rows per INSERT statement (12 parameters each, well under both databases' limits).
+const INSERT_CHUNK: usize = 200;
+
+/// Filters of a query.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Event time at or after (ms).
+    pub start_ms: Option<i64>,
+    /// Event time before (ms).
+    pub end_ms: Option<i64>,
+    /// Principal.
+    pub principal: Option<String>,
+    /// Secret or key name.
+    pub secret_name: Option<String>,
+    /// Event type.
+    pub event_type: Option<String>,
+    /// Outcome.
+    pub success: Option<bool>,
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Appended {
+    /// Sequence of the last record stored (the head).
+    pub last_sequence: u64,
+    /// Events skipped because they were stored before.
+    pub duplicates: u32,
+    /// Events stored.
+    pub stored: u32,
+}
+
+/// A record about to be inserted: sequence, event, its protobuf bytes, prev hash, hash.
+type NewRow<'a> = (i64, &'a AuditEvent, Vec<u8>, [u8; 32], [u8; 32]);
+
+/// Database access for audit-service.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn u64_of(row: &AnyRow, col: &str) -> Result<u64, AuditError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| AuditError::Corrupt(format!("column {col} out of range")))
+}
+
+fn i64_of(v: u64) -> Result<i64, AuditError> {
+    i64::try_from(v).map_err(|_| AuditError::Invalid(format!("{v} is out of range")))
+}
+
+fn hash_of(row: &AnyRow, col: &str) -> Result<[u8; 32], AuditError> {
+    let v: Vec<u8> = row.try_get(col)?;
+    <[u8; 32]>::try_from(v.as_slice())
+        .map_err(|_| AuditError::Corrupt(format!("column {col} is not 32 bytes")))
+}
+
+fn record_from(row: &AnyRow) -> Result<AuditRecord, AuditError> {
+    let sequence = u64_of(row, "sequence")?;
+    let bytes: Vec<u8> = row.try_get("event")?;
+    // A record whose event no longer decodes is reported, not skipped: verification names it.
+    let event = AuditEvent::decode(bytes.as_slice()).ok();
+    Ok(AuditRecord {
+        sequence,
+        event,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        receive_time: Some(timestamp(row.try_get("receive_time")?)),
+    })
+}
+
+fn checkpoint_from(row: &AnyRow) -> Result<Checkpoint, AuditError> {
+    Ok(Checkpoint {
+        sequence: u64_of(row, "sequence")?,
+        head_hash: row.try_get("head_hash")?,
+        signature: row.try_get("signature")?,
+        kid: row.try_get("kid")?,
+        time: Some(timestamp(row.try_get("time")?)),
+    })
+}
+
+fn time_ms(e: &AuditEvent) -> i64 {
+    e.time.as_ref().map_or(0, |t| {
+        t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
+    })
+}
+
+const RECORD_COLUMNS: &str = "sequence, event, prev_hash, hash, receive_time";
+
+impl Store {
+    /// Connects and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AuditError> {
+        let migrations = Migrations {
+            postgres: PG_MIGRATIONS,
+            sqlite: SQLITE_MIGRATIONS,
+        };
+        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that alter rows.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Appends events (already validated) in one transaction; duplicates of stored events
+    /// (same emitter id and emitter sequence) are skipped.
+    pub async fn append(&self, events: &[AuditEvent]) -> Result<Appended, AuditError> {
+        let mut tx = self.pool.begin().await?;
+        // Takes the head row's lock until commit: appends are serialized, the chain is linear.
+        let head = sqlx::query(
+            "UPDATE chain_head SET sequence = sequence WHERE id = 1 RETURNING sequence, hash",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut sequence = u64_of(&head, "sequence")?;
+        let mut prev = hash_of(&head, "hash")?;
+
+        let mut seen: HashSet<(&str, u64)> = HashSet::new();
+        let mut by_emitter: HashMap<&str, (u64, u64)> = HashMap::new();
+        for e in events {
+            let r = by_emitter
+                .entry(e.emitter_id.as_str())
+                .or_insert((e.emitter_sequence, e.emitter_sequence));
+            r.0 = r.0.min(e.emitter_sequence);
+            r.1 = r.1.max(e.emitter_sequence);
+        }
+        for (emitter, (lo, hi)) in &by_emitter {
+            let rows = sqlx::query(
+                "SELECT emitter_sequence FROM audit_records \
+                 WHERE emitter_id = $1 AND emitter_sequence >= $2 AND emitter_sequence <= $3",
+            )
+            .bind(*emitter)
+            .bind(i64_of(*lo)?)
+            .bind(i64_of(*hi)?)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in &rows {
+                seen.insert((emitter, u64_of(r, "emitter_sequence")?));
+            }
+        }
+
+        let now = now_ms();
+        let mut out = Appended::default();
+        let mut rows: Vec<NewRow<'_>> = Vec::new();
+        for e in events {
+            if !seen.insert((e.emitter_id.as_str(), e.emitter_sequence)) {
+                out.duplicates += 1;
+                continue;
+            }
+            sequence += 1;
+            let hash = record_hash(&prev, e, sequence);
+            rows.push((i64_of(sequence)?, e, e.encode_to_vec(), prev, hash));
+            prev = hash;
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 12;
+                    let p: Vec<String> = (1..=12).map(|k| format!("${}", b + k)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_records (sequence, emitter_id, emitter_sequence, time, event_type, \
+                 principal, secret_name, success, event, prev_hash, hash, receive_time) VALUES {}",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (seq, e, bytes, prev_hash, hash) in chunk {
+                q = q
+                    .bind(*seq)
+                    .bind(e.emitter_id.as_str())
+                    .bind(i64_of(e.emitter_sequence)?)
+                    .bind(time_ms(e))
+                    .bind(e.event_type.as_str())
+                    .bind(e.principal.as_str())
+                    .bind(e.secret_name.as_str())
+                    .bind(i64::from(e.success))
+                    .bind(bytes.clone())
+                    .bind(prev_hash.to_vec())
+                    .bind(hash.to_vec())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        out.stored = rows.len() as u32;
+        if !rows.is_empty() {
+            sqlx::query("UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1")
+                .bind(i64_of(sequence)?)
+                .bind(prev.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        out.last_sequence = sequence;
+        Ok(out)
+    }
+
+    /// (sequence, hash) of the chain head.
+    pub async fn head(&self) -> Result<(u64, [u8; 32]), AuditError> {
+        let row = sqlx::query("SELECT sequence, hash FROM chain_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((u64_of(&row, "sequence")?, hash_of(&row, "hash")?))
+    }
+
+    /// Records from `after` + 1 up to `to` (inclusive), at most `limit`, in sequence order.
+    pub async fn records(
+        &self,
+        after: u64,
+        to: u64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM audit_records WHERE sequence > $1 AND sequence <= $2 \
+             ORDER BY sequence LIMIT $3"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(i64_of(after)?)
+            .bind(i64_of(to.min(i64::MAX as u64))?)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    /// The hash stored in record `sequence`, if it exists.
+    pub async fn hash_at(&self, sequence: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        let row = sqlx::query("SELECT hash FROM audit_records WHERE sequence = $1")
+            .bind(i64_of(sequence)?)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| hash_of(&r, "hash")).transpose()
+    }
+
+    /// Records matching `filter` after sequence `after`, oldest first.
+    pub async fn query(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut clauses = vec!["sequence > $1".to_string()];
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.start_ms.is_some() {
+            clauses.push(format!("time >= {}", next()));
+        }
+        if filter.end_ms.is_some() {
+            clauses.push(format!("time < {}", next()));
+        }
+        if filter.principal.is_some() {
+            clauses.push(format!("principal = {}", next()));
+        }
+        if filter.secret_name.is_some() {
+            clauses.push(format!("secret_name = {}", next()));
+        }
+        if filter.event_type.is_some() {
+            clauses.push(format!("event_type = {}", next()));
+        }
+        if filter.success.is_some() {
+            clauses.push(format!("success = {}", next()));
+        }
+        let limit_param = next();
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM audit_records WHERE {} ORDER BY sequence LIMIT {limit_param}",
+            clauses.join(" AND ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64_of(after)?);
+        if let Some(v) = filter.start_ms {
+            q = q.bind(v);
+        }
+        if let Some(v) = filter.end_ms {
+            q = q.bind(v);
+        }
+        if let Some(v) = &filter.principal {
+            q = q.bind(v.clone());
+        }
+        if let Some(v) = &filter.secret_name {
+            q = q.bind(v.clone());
+        }
+        if let Some(v) = &filter.event_type {
+            q = q.bind(v.clone());
+        }
+        if let Some(v) = filter.success {
+            q = q.bind(i64::from(v));
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    /// Checkpoints with `from <= sequence <= to`, oldest first.
+    pub async fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<Checkpoint>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT sequence, head_hash, signature, kid, time FROM checkpoints \
+             WHERE sequence >= $1 AND sequence <= $2 ORDER BY sequence",
+        )
+        .bind(i64_of(from)?)
+        .bind(i64_of(to.min(i64::MAX as u64))?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from).collect()
+    }
+
+    /// Checkpoints below `before` (0 = all), newest first.
+    pub async fn checkpoints_desc(
+        &self,
+        before: u64,
+        limit: i64,
+    ) -> Result<Vec<Checkpoint>, AuditError> {
+        let before = if before == 0 {
+            i64::MAX
+        } else {
+            i64_of(before)?
+        };
+        let rows = sqlx::query(
+            "SELECT sequence, head_hash, signature, kid, time FROM checkpoints \
+             WHERE sequence < $1 ORDER BY sequence DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from).collect()
+    }
+
+    /// Sequence of the newest checkpoint (0 if none).
+    pub async fn last_checkpoint(&self) -> Result<u64, AuditError> {
+        let row = sqlx::query("SELECT MAX(sequence) AS m FROM checkpoints")
+            .fetch_one(&self.pool)
+            .await?;
+        let m: Option<i64> = row.try_get("m")?;
+        Ok(m.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Stores a checkpoint (another replica may have stored the same one: not an error).
+    pub async fn add_checkpoint(&self, c: &Checkpoint) -> Result<(), AuditError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (sequence, head_hash, signature, kid, time) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sequence) DO NOTHING",
+        )
+        .bind(i64_of(c.sequence)?)
+        .bind(c.head_hash.clone())
+        .bind(c.signature.clone())
+        .bind(c.kid.clone())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest retained sequence (head + 1 when empty).
+    pub async fn oldest(&self) -> Result<u64, AuditError> {
+        let row = sqlx::query("SELECT MIN(sequence) AS m FROM audit_records")
+            .fetch_one(&self.pool)
+            .await?;
+        let m: Option<i64> = row.try_get("m")?;
+        match m {
+            Some(m) => Ok(m.max(0) as u64),
+            None => Ok(self.head().await?.0 + 1),
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! audit-service over gRPC with a real key-service signing its checkpoints, on SQLite and
+//! Postgres: append, idempotent replay, query, tail, and verification that names tampering.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../key-service/tests/support/mod.rs"]
+mod keys;
+
+use std::time::Duration;
+
+use sentia_proto::audit::v1 as pb;
+use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use sentia_proto::keys::v1 as kpb;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
+use sentia_runtime::jwt::{self, Claims};
+use sentia_runtime::{MapSource, Shutdown};
+use tonic::Code;
+
+struct Audit {
+    keys: keys::Running,
+    addr: String,
+    db: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Audit {
+    async fn start(postgres: bool) -> Option<Self> {
+        let (kdb, db) = if postgres {
+            (keys::postgres_url().await?, keys::postgres_url().await?)
+        } else {
+            (keys::sqlite_url(), keys::sqlite_url())
+        };
+        let keys = keys::Running::start(&kdb, &[]).await;
+        let tokens = keys::tokens();
+        let config = audit_service::Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", db.as_str()),
+            ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+            ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+            ("SENTIA_CHECKPOINT_EVERY", "5"),
+            ("SENTIA_CHECKPOINT_INTERVAL", "100ms"),
+        ]))
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle =
+            tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+        let a = Self {
+            keys,
+            addr,
+            db,
+            shutdown,
+            handle,
+        };
+        for _ in 0..200 {
+            if a.client(keys::ADMIN_TOKEN)
+                .list_checkpoints(pb::ListCheckpointsRequest::default())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(a)
+    }
+
+    fn client(&self, token: &str) -> AuditServiceClient<AuthedChannel> {
+        let ch = connect_lazy(&self.addr, None).unwrap();
+        AuditServiceClient::new(CallContext::with_token(Some(token)).unwrap().wrap(ch))
+    }
+
+    /// As the emitting service.
+    fn emitter(&self) -> AuditServiceClient<AuthedChannel> {
+        self.client(keys::SERVICE_TOKEN)
+    }
+
+    /// As an operator.
+    fn reader(&self) -> AuditServiceClient<AuthedChannel> {
+        self.client(keys::ADMIN_TOKEN)
+    }
+
+    /// A JWT with `policies`, signed by key-service's token key.
+    async fn jwt(&self, policies: &[&str]) -> String {
+        let now = jwt::now_secs();
+        let claims = Claims {
+            iss: jwt::ISSUER.into(),
+            sub: "app:test".into(),
+            aud: jwt::ISSUER.into(),
+            jti: keys::unique("jti"),
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            pol: policies.iter().map(|p| p.to_string()).collect(),
+        };
+        let input = jwt::signing_input("sentia-jwt-v1", &claims);
+        let sig = self
+            .keys
+            .client(Some(keys::SERVICE_TOKEN))
+            .await
+            .sign(kpb::SignRequest {
+                key_name: "sentia-jwt".into(),
+                message: input.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        jwt::assemble(&input, &sig.signature)
+    }
+
+    async fn append(&self, range: std::ops::RangeInclusive<u64>) -> pb::AppendEventsResponse {
+        self.emitter()
+            .append_events(pb::AppendEventsRequest {
+                events: range.map(event).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn verify(&self) -> pb::VerifyChainResponse {
+        self.reader()
+            .verify_chain(pb::VerifyChainRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn wait_for_checkpoint(&self, sequence: u64) {
+        for _ in 0..200 {
+            let cps = self
+                .reader()
+                .list_checkpoints(pb::ListCheckpointsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            if cps
+                .checkpoints
+                .first()
+                .is_some_and(|c| c.sequence >= sequence)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no checkpoint reached {sequence}");
+    }
+
+    async fn sql(&self, statement: &str) {
+        let pool = sqlx::AnyPool::connect(&self.db).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.handle.await.unwrap();
+        self.keys.stop().await;
+    }
+}
+
+fn event(i: u64) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000 + i as i64,
+            nanos: 0,
+        }),
+        event_type: if i % 2 == 0 {
+            "secret_access".into()
+        } else {
+            "secret_write".into()
+        },
+        principal: format!("app:p{}", i % 3),
+        secret_name: format!("prod/app/s{}", i % 2),
+        operation: "read".into(),
+        success: i % 4 != 0,
+        service: "vault-service".into(),
+        status_code: "OK".into(),
+        emitter_id: "emitter-1".into(),
+        emitter_sequence: i,
+        ..Default::default()
+    }
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { if let Some(a) = super::Audit::start(false).await { super::$name(&a).await; a.stop().await; } })* }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { if let Some(a) = super::Audit::start(true).await { super::$name(&a).await; a.stop().await; } })* }
+    };
+}
+
+on_both!(
+    appends_chain_and_a_replayed_batch_is_stored_once,
+    queries_filter_and_page_oldest_first,
+    a_flipped_byte_is_named_by_verify,
+    a_deleted_row_is_named_by_verify,
+    reordered_rows_are_named_by_verify,
+    a_tail_truncated_after_a_checkpoint_is_named_by_verify
+);
+
+async fn appends_chain_and_a_replayed_batch_is_stored_once(a: &Audit) {
+    assert_eq!(a.append(1..=3).await.last_sequence, 3);
+    let again = a.append(1..=4).await;
+    assert_eq!((again.last_sequence, again.duplicates), (4, 3));
+    let r = a
+        .reader()
+        .query_events(pb::QueryEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let seqs: Vec<u64> = r.records.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(r.records[0].prev_hash, vec![0u8; 32]);
+    for w in r.records.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash);
+    }
+    let emitted: Vec<u64> = r
+        .records
+        .iter()
+        .map(|r| r.event.as_ref().unwrap().emitter_sequence)
+        .collect();
+    assert_eq!(emitted, vec![1, 2, 3, 4], "order kept");
+    a.wait_for_checkpoint(4).await;
+    let v = a.verify().await;
+    assert!(v.valid, "{v:?}");
+    assert_eq!(v.records_checked, 4);
+    assert!(v.checkpoints_checked >= 1);
+
+    // Bad input and wrong callers.
+    let err = a
+        .emitter()
+        .append_events(pb::AppendEventsRequest { events: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = a
+        .emitter()
+        .append_events(pb::AppendEventsRequest {
+            events: vec![pb::AuditEvent {
+                time: None,
+                ..event(9)
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("event 0: time"), "{err:?}");
+    let app = a.jwt(&["system_admin"]).await;
+    let err = a
+        .client(&app)
+        .append_events(pb::AppendEventsRequest {
+            events: vec![event(9)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    a.client(&app)
+        .query_events(pb::QueryEventsRequest::default())
+        .await
+        .unwrap();
+    let dev = a.jwt(&["developer"]).await;
+    let err = a
+        .client(&dev)
+        .query_events(pb::QueryEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = a
+        .emitter()
+        .query_events(pb::QueryEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "a service identity appends, it does not read"
+    );
+}
+
+async fn queries_filter_and_page_oldest_first(a: &Audit) {
+    a.append(1..=12).await;
+    let q = |req: pb::QueryEventsRequest| async move {
+        a.reader()
+            .query_events(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+            .iter()
+            .map(|r| r.sequence)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        q(pb::QueryEventsRequest {
+            principal: "app:p0".into(),
+            ..Default::default()
+        })
+        .await,
+        vec![3, 6, 9, 12]
+    );
+    assert_eq!(
+        q(pb::QueryEventsRequest {
+            success: Some(false),
+            ..Default::default()
+        })
+        .await,
+        vec![4, 8, 12]
+    );
+    assert_eq!(
+        q(pb::QueryEventsRequest {
+            event_type: "secret_access".into(),
+            secret_name: "prod/app/s0".into(),
+            ..Default::default()
+        })
+        .await,
+        vec![2, 4, 6, 8, 10, 12]
+    );
+    let t = |s: i64| {
+        Some(prost_types::Timestamp {
+            seconds: 1_790_000_000 + s,
+            nanos: 0,
+        })
+    };
+    assert_eq!(
+        q(pb::QueryEventsRequest {
+            start_time: t(3),
+            end_time: t(6),
+            ..Default::default()
+        })
+        .await,
+        vec![3, 4, 5]
+    );
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = a
+            .reader()
+            .query_events(pb::QueryEventsRequest {
+                page_size: 5,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.records.iter().map(|r| r.sequence));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, (1..=12).collect::<Vec<_>>());
+    let err = a
+        .reader()
+        .query_events(pb::QueryEventsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Tail: live records after the position given.
+    let mut tail = a
+        .reader()
+        .tail_events(pb::TailEventsRequest { after_sequence: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    for want in [11, 12] {
+        assert_eq!(tail.message().await.unwrap().unwrap().sequence, want);
+    }
+    a.append(13..=13).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), tail.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.sequence, 13);
+}
+
+/// Appends 12 events with checkpoints, then applies `tamper` and expects verify to name
+/// `first_bad` with a message containing `hint`.
+async fn tampered(a: &Audit, tamper: &[&str], first_bad: u64, hint: &str) {
+    for chunk in [1..=5, 6..=10, 11..=12] {
+        a.append(chunk).await;
+    }
+    a.wait_for_checkpoint(12).await;
+    assert!(a.verify().await.valid);
+    for statement in tamper {
+        a.sql(statement).await;
+    }
+    let v = a.verify().await;
+    assert!(!v.valid, "{tamper:?}: {v:?}");
+    assert_eq!(v.first_bad_sequence, first_bad, "{tamper:?}: {v:?}");
+    assert!(v.problem.contains(hint), "{tamper:?}: {}", v.problem);
+}
+
+async fn a_flipped_byte_is_named_by_verify(a: &Audit) {
+    // Change what record 7 says happened (its stored event bytes), keeping the hash.
+    let e = sentia_proto::audit::v1::AuditEvent {
+        success: false,
+        ..event(7)
+    };
+    let hex: String = prost::Message::encode_to_vec(&e)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let literal = if a.db.starts_with("sqlite") {
+        format!("X'{hex}'")
+    } else {
+        format!("'\\x{hex}'::bytea")
+    };
+    let statement = format!("UPDATE audit_records SET event = {literal} WHERE sequence = 7");
+    tampered(a, &[&statement], 7, "altered").await;
+}
+
+async fn a_deleted_row_is_named_by_verify(a: &Audit) {
+    tampered(
+        a,
+        &["DELETE FROM audit_records WHERE sequence = 8"],
+        8,
+        "missing",
+    )
+    .await;
+}
+
+async fn reordered_rows_are_named_by_verify(a: &Audit) {
+    // Swap records 3 and 4 wholesale (event, hashes) while keeping the sequence column.
+    tampered(
+        a,
+        &[
+            "UPDATE audit_records SET sequence = -3 WHERE sequence = 3",
+            "UPDATE audit_records SET sequence = 3 WHERE sequence = 4",
+            "UPDATE audit_records SET sequence = 4 WHERE sequence = -3",
+        ],
+        3,
+        "reordered",
+    )
+    .await;
+}
+
+async fn a_tail_truncated_after_a_checkpoint_is_named_by_verify(a: &Audit) {
+    tampered(
+        a,
+        &["DELETE FROM audit_records WHERE sequence > 10"],
+        11,
+        "truncated",
+    )
+    .await;
+}

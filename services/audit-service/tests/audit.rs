@@ -170,7 +170,7 @@ fn event(i: u64) -> pb::AuditEvent {
             seconds: 1_790_000_000 + i as i64,
             nanos: 0,
         }),
-        event_type: if i % 2 == 0 {
+        event_type: if i.is_multiple_of(2) {
             "secret_access".into()
         } else {
             "secret_write".into()
@@ -178,7 +178,7 @@ fn event(i: u64) -> pb::AuditEvent {
         principal: format!("app:p{}", i % 3),
         secret_name: format!("prod/app/s{}", i % 2),
         operation: "read".into(),
-        success: i % 4 != 0,
+        success: !i.is_multiple_of(4),
         service: "vault-service".into(),
         status_code: "OK".into(),
         emitter_id: "emitter-1".into(),

@@ -44,6 +44,7 @@ impl Vault {
             ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
             ("SENTIA_ROOT_TOKEN_FILE", root_s.as_str()),
             ("SENTIA_AUTH_TOKENS", ""),
+            ("SENTIA_AUDIT_DISABLED", "true"),
         ];
         pairs.extend_from_slice(extra);
         let mut config = vault_service::Config::from_source(&MapSource::from_pairs(pairs))?;

@@ -3,6 +3,7 @@
 //! reflection, request id, trace context, auth, timeout, concurrency limit).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod binary;
 pub mod client;

@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
+use sentia_runtime::audit::{CallInfo, Emitter};
 use sentia_runtime::db::timestamp;
 use sentia_runtime::{Principal, Shutdown};
 use tokio::sync::mpsc;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::VaultError;
+use crate::audited::audited;
 use crate::cache::{Cache, LocalCache, ReadView, SealedRecord};
 use crate::keys::Keys;
 use crate::model::{self, CURRENT, Metadata, Prefix, SecretPath, Selector};
@@ -36,13 +38,14 @@ const PUT_ATTEMPTS: usize = 5;
 /// Shared state of the SecretService.
 #[derive(Clone)]
 pub struct SecretApi {
-    store: Store,
-    keys: Arc<Keys>,
-    cache: Option<Arc<Cache>>,
-    local: Option<Arc<LocalCache>>,
-    policies: Policies,
-    notifier: Notifier,
-    shutdown: Shutdown,
+    pub(crate) store: Store,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) cache: Option<Arc<Cache>>,
+    pub(crate) local: Option<Arc<LocalCache>>,
+    pub(crate) policies: Policies,
+    pub(crate) notifier: Notifier,
+    pub(crate) audit: Arc<Emitter>,
+    pub(crate) shutdown: Shutdown,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -82,27 +85,6 @@ fn not_found(path: &SecretPath) -> VaultError {
 }
 
 impl SecretApi {
-    /// Wires the service together.
-    pub fn new(
-        store: Store,
-        keys: Arc<Keys>,
-        cache: Option<Arc<Cache>>,
-        local: Option<Arc<LocalCache>>,
-        policies: Policies,
-        notifier: Notifier,
-        shutdown: Shutdown,
-    ) -> Self {
-        Self {
-            store,
-            keys,
-            cache,
-            local,
-            policies,
-            notifier,
-            shutdown,
-        }
-    }
-
     /// After a commit: drop cache entries, forget data keys of destroyed versions, wake
     /// watchers.
     async fn committed(&self, path: &SecretPath, c: &Committed, destroyed: &[u64]) {
@@ -552,19 +534,32 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SecretEvent, Status>
 #[tonic::async_trait]
 impl SecretService for SecretApi {
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Res<pb::PutSecretResponse> {
-        let p = Principal::of(&req)?;
-        Ok(Response::new(self.put(&p, req.into_inner()).await?))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::PutSecretResponse> = async move {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(self.put(&p, req.into_inner()).await?))
+        }
+        .await;
+        audited(&self.audit, &info, "secret_write", "write", &name, result).await
     }
 
     async fn get_secret(&self, req: Request<pb::GetSecretRequest>) -> Res<pb::GetSecretResponse> {
-        let p = Principal::of(&req)?;
-        Ok(Response::new(self.read(&p, req.get_ref()).await?))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::GetSecretResponse> = async move {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(self.read(&p, req.get_ref()).await?))
+        }
+        .await;
+        audited(&self.audit, &info, "secret_access", "read", &name, result).await
     }
 
     async fn batch_get_secrets(
         &self,
         req: Request<pb::BatchGetSecretsRequest>,
     ) -> Res<pb::BatchGetSecretsResponse> {
+        let info = CallInfo::of(&req);
         let p = Principal::of(&req)?;
         let r = req.into_inner();
         if r.requests.is_empty() || r.requests.len() > model::MAX_BATCH {
@@ -576,15 +571,23 @@ impl SecretService for SecretApi {
         }
         let mut results = Vec::with_capacity(r.requests.len());
         for one in &r.requests {
-            let result = match self.read(&p, one).await {
+            let outcome = self.read(&p, one).await;
+            let result = match audited(
+                &self.audit,
+                &info,
+                "secret_access",
+                "batch_read",
+                &one.path,
+                outcome,
+            )
+            .await
+            {
                 Ok(s) => pb::batch_get_result::Result::Secret(s),
-                Err(e) => {
-                    let s = Status::from(e);
-                    pb::batch_get_result::Result::Error(pb::BatchError {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                    })
-                }
+                Err(s) if s.code() == tonic::Code::Unavailable => return Err(s),
+                Err(s) => pb::batch_get_result::Result::Error(pb::BatchError {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                }),
             };
             results.push(pb::BatchGetResult {
                 result: Some(result),
@@ -597,196 +600,275 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::ListSecretsRequest>,
     ) -> Res<pb::ListSecretsResponse> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let prefix = Prefix::parse(&r.prefix)?;
-        let page_size = match r.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n} must be 1-1000 (0 = 100)"
-                )));
-            }
-        };
-        let mut after = if r.page_token.is_empty() {
-            String::new()
-        } else {
-            URL_SAFE_NO_PAD
-                .decode(&r.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    Status::invalid_argument("page_token is not one this server issued")
-                })?
-        };
-        let mut secrets = Vec::new();
-        let mut more = false;
-        // Rows the caller may not list are skipped, so keep reading until the page is full
-        // (bounded: after 20 reads the page is returned short, with a token to go on).
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let rows = self
-                .store
-                .list(prefix.as_str(), &after, page_size as i64 + 1)
-                .await
-                .map_err(Status::from)?;
-            let exhausted = rows.len() <= page_size;
-            for row in rows {
-                if secrets.len() == page_size {
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().prefix.clone();
+        let result: Res<pb::ListSecretsResponse> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let prefix = Prefix::parse(&r.prefix)?;
+            let page_size = match r.page_size {
+                0 => 100,
+                n @ 1..=1000 => n as usize,
+                n => {
+                    return Err(Status::invalid_argument(format!(
+                        "page_size {n} must be 1-1000 (0 = 100)"
+                    )));
+                }
+            };
+            let mut after = if r.page_token.is_empty() {
+                String::new()
+            } else {
+                URL_SAFE_NO_PAD
+                    .decode(&r.page_token)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument("page_token is not one this server issued")
+                    })?
+            };
+            let mut secrets = Vec::new();
+            let mut more = false;
+            // Rows the caller may not list are skipped, so keep reading until the page is full
+            // (bounded: after 20 reads the page is returned short, with a token to go on).
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let rows = self
+                    .store
+                    .list(prefix.as_str(), &after, page_size as i64 + 1)
+                    .await
+                    .map_err(Status::from)?;
+                let exhausted = rows.len() <= page_size;
+                for row in rows {
+                    if secrets.len() == page_size {
+                        more = true;
+                        break;
+                    }
+                    after = row.path.clone();
+                    if self.policies.check(&p, Capability::List, &row.path).is_ok() {
+                        secrets.push(metadata_pb(&row));
+                    }
+                }
+                if more || exhausted {
+                    break;
+                }
+                if rounds == 20 {
                     more = true;
                     break;
                 }
-                after = row.path.clone();
-                if self.policies.check(&p, Capability::List, &row.path).is_ok() {
-                    secrets.push(metadata_pb(&row));
-                }
             }
-            if more || exhausted {
-                break;
-            }
-            if rounds == 20 {
-                more = true;
-                break;
-            }
+            let next_page_token = if more {
+                URL_SAFE_NO_PAD.encode(after.as_bytes())
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListSecretsResponse {
+                secrets,
+                next_page_token,
+            }))
         }
-        let next_page_token = if more {
-            URL_SAFE_NO_PAD.encode(after.as_bytes())
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListSecretsResponse {
-            secrets,
-            next_page_token,
-        }))
+        .await;
+        audited(&self.audit, &info, "secret_list", "list", &name, result).await
     }
 
     async fn describe_secret(
         &self,
         req: Request<pb::DescribeSecretRequest>,
     ) -> Res<pb::DescribeSecretResponse> {
-        let p = Principal::of(&req)?;
-        let path = SecretPath::parse(&req.get_ref().path)?;
-        self.policies.check(&p, Capability::List, path.as_str())?;
-        let s = self
-            .store
-            .secret(path.as_str())
-            .await?
-            .ok_or_else(|| not_found(&path))?;
-        let versions = self
-            .store
-            .versions(path.as_str())
-            .await?
-            .into_iter()
-            .map(|v| pb::SecretVersion {
-                version: v.version,
-                state: v.state as i32,
-                create_time: Some(timestamp(v.create_time)),
-                created_by: v.created_by,
-                labels: labels_of(&s.labels, v.version),
-                key_version: v.key_version,
-            })
-            .collect();
-        Ok(Response::new(pb::DescribeSecretResponse {
-            metadata: Some(metadata_pb(&s)),
-            versions,
-        }))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::DescribeSecretResponse> = async move {
+            let p = Principal::of(&req)?;
+            let path = SecretPath::parse(&req.get_ref().path)?;
+            self.policies.check(&p, Capability::List, path.as_str())?;
+            let s = self
+                .store
+                .secret(path.as_str())
+                .await?
+                .ok_or_else(|| not_found(&path))?;
+            let versions = self
+                .store
+                .versions(path.as_str())
+                .await?
+                .into_iter()
+                .map(|v| pb::SecretVersion {
+                    version: v.version,
+                    state: v.state as i32,
+                    create_time: Some(timestamp(v.create_time)),
+                    created_by: v.created_by,
+                    labels: labels_of(&s.labels, v.version),
+                    key_version: v.key_version,
+                })
+                .collect();
+            Ok(Response::new(pb::DescribeSecretResponse {
+                metadata: Some(metadata_pb(&s)),
+                versions,
+            }))
+        }
+        .await;
+        audited(&self.audit, &info, "secret_list", "describe", &name, result).await
     }
 
     async fn update_secret_metadata(
         &self,
         req: Request<pb::UpdateSecretMetadataRequest>,
     ) -> Res<pb::SecretMetadata> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let m = r.metadata.ok_or_else(|| {
-            Status::invalid_argument("metadata is required (metadata.path names the secret)")
-        })?;
-        let path = SecretPath::parse(&m.path)?;
-        self.policies.check(&p, Capability::Write, path.as_str())?;
-        let mask = model::mask(&r.update_mask)?.ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "update_mask is empty; name fields among: {}",
-                model::METADATA_FIELDS.join(", ")
-            ))
-        })?;
-        let s = self
-            .store
-            .secret(path.as_str())
-            .await?
-            .ok_or_else(|| not_found(&path))?;
-        let mut meta = s.meta.clone();
-        meta.apply(&m, Some(&mask))?;
-        let c = self.store.update_metadata(path.as_str(), &meta).await?;
-        self.committed(&path, &c, &c.touched_versions).await;
-        let s = self
-            .store
-            .secret(path.as_str())
-            .await?
-            .ok_or_else(|| not_found(&path))?;
-        Ok(Response::new(metadata_pb(&s)))
+        let info = CallInfo::of(&req);
+        let name = req
+            .get_ref()
+            .metadata
+            .as_ref()
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
+        let result: Res<pb::SecretMetadata> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let m = r.metadata.ok_or_else(|| {
+                Status::invalid_argument("metadata is required (metadata.path names the secret)")
+            })?;
+            let path = SecretPath::parse(&m.path)?;
+            self.policies.check(&p, Capability::Write, path.as_str())?;
+            let mask = model::mask(&r.update_mask)?.ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "update_mask is empty; name fields among: {}",
+                    model::METADATA_FIELDS.join(", ")
+                ))
+            })?;
+            let s = self
+                .store
+                .secret(path.as_str())
+                .await?
+                .ok_or_else(|| not_found(&path))?;
+            let mut meta = s.meta.clone();
+            meta.apply(&m, Some(&mask))?;
+            let c = self.store.update_metadata(path.as_str(), &meta).await?;
+            self.committed(&path, &c, &c.touched_versions).await;
+            let s = self
+                .store
+                .secret(path.as_str())
+                .await?
+                .ok_or_else(|| not_found(&path))?;
+            Ok(Response::new(metadata_pb(&s)))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "secret_write",
+            "update_metadata",
+            &name,
+            result,
+        )
+        .await
     }
 
     async fn move_label(&self, req: Request<pb::MoveLabelRequest>) -> Res<pb::SecretMetadata> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let path = SecretPath::parse(&r.path)?;
-        self.policies.check(&p, Capability::Write, path.as_str())?;
-        let label = model::label(&r.label)?;
-        if r.version == 0 {
-            return Err(Status::invalid_argument("version must be 1 or more"));
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::SecretMetadata> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let path = SecretPath::parse(&r.path)?;
+            self.policies.check(&p, Capability::Write, path.as_str())?;
+            let label = model::label(&r.label)?;
+            if r.version == 0 {
+                return Err(Status::invalid_argument("version must be 1 or more"));
+            }
+            let c = self
+                .store
+                .move_label(path.as_str(), &label, r.version)
+                .await?;
+            self.committed(&path, &c, &[]).await;
+            tracing::info!(path = %path, label = %label, version = r.version, by = %p.id, "label moved");
+            let s = self
+                .store
+                .secret(path.as_str())
+                .await?
+                .ok_or_else(|| not_found(&path))?;
+            Ok(Response::new(metadata_pb(&s)))
         }
-        let c = self
-            .store
-            .move_label(path.as_str(), &label, r.version)
-            .await?;
-        self.committed(&path, &c, &[]).await;
-        tracing::info!(path = %path, label = %label, version = r.version, by = %p.id, "label moved");
-        let s = self
-            .store
-            .secret(path.as_str())
-            .await?
-            .ok_or_else(|| not_found(&path))?;
-        Ok(Response::new(metadata_pb(&s)))
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "secret_write",
+            "move_label",
+            &name,
+            result,
+        )
+        .await
     }
 
     async fn delete_secret(
         &self,
         req: Request<pb::DeleteSecretRequest>,
     ) -> Res<pb::DeleteSecretResponse> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let versions = self
-            .change_state(&p, &r.path, &r.versions, State::Deleted)
-            .await?;
-        Ok(Response::new(pb::DeleteSecretResponse { versions }))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::DeleteSecretResponse> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let versions = self
+                .change_state(&p, &r.path, &r.versions, State::Deleted)
+                .await?;
+            Ok(Response::new(pb::DeleteSecretResponse { versions }))
+        }
+        .await;
+        audited(&self.audit, &info, "secret_delete", "delete", &name, result).await
     }
 
     async fn undelete_secret(
         &self,
         req: Request<pb::UndeleteSecretRequest>,
     ) -> Res<pb::UndeleteSecretResponse> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let versions = self
-            .change_state(&p, &r.path, &r.versions, State::Enabled)
-            .await?;
-        Ok(Response::new(pb::UndeleteSecretResponse { versions }))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::UndeleteSecretResponse> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let versions = self
+                .change_state(&p, &r.path, &r.versions, State::Enabled)
+                .await?;
+            Ok(Response::new(pb::UndeleteSecretResponse { versions }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "secret_delete",
+            "undelete",
+            &name,
+            result,
+        )
+        .await
     }
 
     async fn destroy_secret_versions(
         &self,
         req: Request<pb::DestroySecretVersionsRequest>,
     ) -> Res<pb::DestroySecretVersionsResponse> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let versions = self
-            .change_state(&p, &r.path, &r.versions, State::Destroyed)
-            .await?;
-        Ok(Response::new(pb::DestroySecretVersionsResponse {
-            versions,
-        }))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().path.clone();
+        let result: Res<pb::DestroySecretVersionsResponse> = async move {
+            let p = Principal::of(&req)?;
+            let r = req.into_inner();
+            let versions = self
+                .change_state(&p, &r.path, &r.versions, State::Destroyed)
+                .await?;
+            Ok(Response::new(pb::DestroySecretVersionsResponse {
+                versions,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "secret_delete",
+            "destroy",
+            &name,
+            result,
+        )
+        .await
     }
 
     type WatchSecretsStream = EventStream;
@@ -795,8 +877,14 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::WatchSecretsRequest>,
     ) -> Res<Self::WatchSecretsStream> {
-        let p = Principal::of(&req)?;
-        let stream = self.watch(p, req.into_inner())?;
-        Ok(Response::new(Box::pin(stream)))
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().prefix.clone();
+        let result: Res<Self::WatchSecretsStream> = async move {
+            let p = Principal::of(&req)?;
+            let stream: EventStream = Box::pin(self.watch(p, req.into_inner())?);
+            Ok(Response::new(stream))
+        }
+        .await;
+        audited(&self.audit, &info, "secret_list", "watch", &name, result).await
     }
 }

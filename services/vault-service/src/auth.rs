@@ -21,9 +21,11 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::VaultError;
+use crate::audited::audited;
 use crate::keys::Keys;
 use crate::policy::{Capability, Policies, ROOT_POLICY};
 use crate::store::{CredentialRow, Store};
+use sentia_runtime::audit::{CallInfo, Emitter};
 
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
@@ -252,12 +254,17 @@ impl BearerVerifier for TokenVerifier {
 pub struct AuthApi {
     tokens: Arc<Tokens>,
     policies: Policies,
+    audit: Arc<Emitter>,
 }
 
 impl AuthApi {
-    /// Over the token store and the live policies.
-    pub fn new(tokens: Arc<Tokens>, policies: Policies) -> Self {
-        Self { tokens, policies }
+    /// Over the token store, the live policies and the audit emitter.
+    pub fn new(tokens: Arc<Tokens>, policies: Policies, audit: Arc<Emitter>) -> Self {
+        Self {
+            tokens,
+            policies,
+            audit,
+        }
     }
 }
 
@@ -301,168 +308,201 @@ fn ttl_of(d: &Option<prost_types::Duration>) -> Result<Duration, VaultError> {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn login(&self, req: Request<pb::LoginRequest>) -> Res<pb::LoginResponse> {
-        let r = req.into_inner();
-        let refuse = || Status::unauthenticated("unknown role id or wrong secret id");
-        if r.role_id.is_empty()
-            || r.role_id.len() > 64
-            || r.secret_id.is_empty()
-            || r.secret_id.len() > 256
-        {
-            return Err(refuse());
-        }
-        let cred = self
-            .tokens
-            .store
-            .credential(&r.role_id)
-            .await
-            .map_err(Status::from)?;
-        let hash = cred
-            .as_ref()
-            .map_or_else(decoy_hash, |c| c.secret_hash.clone());
-        let secret = Zeroizing::new(r.secret_id);
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| argon2().verify_password(secret.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|_| Status::internal("login verification task failed"))?;
-        let cred = match cred {
-            Some(c) if ok => c,
-            _ => {
-                tracing::info!(role_id = %r.role_id, "login refused");
+        let mut info = CallInfo::of(&req);
+        info.principal = format!("role:{}", req.get_ref().role_id);
+        let name = String::new();
+        let result: Res<pb::LoginResponse> = async move {
+            let r = req.into_inner();
+            let refuse = || Status::unauthenticated("unknown role id or wrong secret id");
+            if r.role_id.is_empty()
+                || r.role_id.len() > 64
+                || r.secret_id.is_empty()
+                || r.secret_id.len() > 256
+            {
                 return Err(refuse());
             }
-        };
-        let ttl = Duration::from_secs(cred.token_ttl.max(60) as u64);
-        let (token, token_id, exp) = self
-            .tokens
-            .issue(&format!("app:{}", cred.name), cred.policies, ttl)
+            let cred = self
+                .tokens
+                .store
+                .credential(&r.role_id)
+                .await
+                .map_err(Status::from)?;
+            let hash = cred
+                .as_ref()
+                .map_or_else(decoy_hash, |c| c.secret_hash.clone());
+            let secret = Zeroizing::new(r.secret_id);
+            let ok = tokio::task::spawn_blocking(move || {
+                PasswordHash::new(&hash)
+                    .map(|h| argon2().verify_password(secret.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
+            })
             .await
-            .map_err(Status::from)?;
-        tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
-        Ok(Response::new(pb::LoginResponse {
-            token,
-            expire_time: Some(timestamp(exp * 1000)),
-            token_id,
-        }))
+            .map_err(|_| Status::internal("login verification task failed"))?;
+            let cred = match cred {
+                Some(c) if ok => c,
+                _ => {
+                    tracing::info!(role_id = %r.role_id, "login refused");
+                    return Err(refuse());
+                }
+            };
+            let ttl = Duration::from_secs(cred.token_ttl.max(60) as u64);
+            let (token, token_id, exp) = self
+                .tokens
+                .issue(&format!("app:{}", cred.name), cred.policies, ttl)
+                .await
+                .map_err(Status::from)?;
+            tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
+            Ok(Response::new(pb::LoginResponse {
+                token,
+                expire_time: Some(timestamp(exp * 1000)),
+                token_id,
+            }))
+        }
+        .await;
+        audited(&self.audit, &info, "login", "login", &name, result).await
     }
 
     async fn create_app_credential(
         &self,
         req: Request<pb::CreateAppCredentialRequest>,
     ) -> Res<pb::CreateAppCredentialResponse> {
-        let p = Principal::of(&req)?;
-        self.policies
-            .check_everywhere(&p, Capability::Admin, "CreateAppCredential")
-            .map_err(Status::from)?;
-        let r = req.into_inner();
-        if r.name.is_empty()
-            || r.name.chars().count() > 64
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(Status::invalid_argument(
-                "name must be 1-64 characters of A-Z a-z 0-9 . _ -",
-            ));
-        }
-        if r.policies.is_empty() || r.policies.len() > MAX_CREDENTIAL_POLICIES {
-            return Err(Status::invalid_argument(format!(
-                "give 1-{MAX_CREDENTIAL_POLICIES} policies"
-            )));
-        }
-        let set = self.policies.get();
-        for name in &r.policies {
-            if name == ROOT_POLICY || !set.contains(name) {
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().name.clone();
+        let result: Res<pb::CreateAppCredentialResponse> = async move {
+            let p = Principal::of(&req)?;
+            self.policies
+                .check_everywhere(&p, Capability::Admin, "CreateAppCredential")
+                .map_err(Status::from)?;
+            let r = req.into_inner();
+            if r.name.is_empty()
+                || r.name.chars().count() > 64
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(Status::invalid_argument(
+                    "name must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if r.policies.is_empty() || r.policies.len() > MAX_CREDENTIAL_POLICIES {
                 return Err(Status::invalid_argument(format!(
-                    "unknown policy {name:?}; known: {}",
-                    set.names().join(", ")
+                    "give 1-{MAX_CREDENTIAL_POLICIES} policies"
                 )));
             }
-        }
-        let ttl = ttl_of(&r.token_ttl).map_err(Status::from)?;
-        let secret_id = Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32)));
-        let to_hash = secret_id.clone();
-        let secret_hash = tokio::task::spawn_blocking(move || {
-            argon2()
-                .hash_password(to_hash.as_bytes())
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|_| Status::internal("hashing task failed"))?
-        .map_err(|e| Status::internal(format!("hashing the secret id failed: {e}")))?;
-        let row = CredentialRow {
-            role_id: uuid::Uuid::new_v4().to_string(),
-            name: r.name,
-            secret_hash,
-            policies: r.policies,
-            token_ttl: ttl.as_secs() as i64,
-        };
-        self.tokens
-            .store
-            .create_credential(&row, &p.id)
+            let set = self.policies.get();
+            for name in &r.policies {
+                if name == ROOT_POLICY || !set.contains(name) {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown policy {name:?}; known: {}",
+                        set.names().join(", ")
+                    )));
+                }
+            }
+            let ttl = ttl_of(&r.token_ttl).map_err(Status::from)?;
+            let secret_id = Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32)));
+            let to_hash = secret_id.clone();
+            let secret_hash = tokio::task::spawn_blocking(move || {
+                argon2()
+                    .hash_password(to_hash.as_bytes())
+                    .map(|h| h.to_string())
+            })
             .await
-            .map_err(Status::from)?;
-        tracing::info!(role_id = %row.role_id, name = %row.name, by = %p.id, "app credential created");
-        Ok(Response::new(pb::CreateAppCredentialResponse {
-            role_id: row.role_id,
-            secret_id: secret_id.to_string(),
-        }))
+            .map_err(|_| Status::internal("hashing task failed"))?
+            .map_err(|e| Status::internal(format!("hashing the secret id failed: {e}")))?;
+            let row = CredentialRow {
+                role_id: uuid::Uuid::new_v4().to_string(),
+                name: r.name,
+                secret_hash,
+                policies: r.policies,
+                token_ttl: ttl.as_secs() as i64,
+            };
+            self.tokens
+                .store
+                .create_credential(&row, &p.id)
+                .await
+                .map_err(Status::from)?;
+            tracing::info!(role_id = %row.role_id, name = %row.name, by = %p.id, "app credential created");
+            Ok(Response::new(pb::CreateAppCredentialResponse {
+                role_id: row.role_id,
+                secret_id: secret_id.to_string(),
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "admin",
+            "create_credential",
+            &name,
+            result,
+        )
+        .await
     }
 
     async fn revoke_token(
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Res<pb::RevokeTokenResponse> {
-        let p = Principal::of(&req)?;
-        let id = match req.into_inner().token_id {
-            id if id.is_empty() => p.token_id.clone().ok_or_else(|| {
-                Status::invalid_argument(
-                    "this credential (a static token or certificate) cannot be revoked here; \
-                     name a token_id",
-                )
-            })?,
-            id if id.len() > 64 => {
-                return Err(Status::invalid_argument(
-                    "token_id is at most 64 characters",
-                ));
+        let info = CallInfo::of(&req);
+        let name = req.get_ref().token_id.clone();
+        let result: Res<pb::RevokeTokenResponse> = async move {
+            let p = Principal::of(&req)?;
+            let id = match req.into_inner().token_id {
+                id if id.is_empty() => p.token_id.clone().ok_or_else(|| {
+                    Status::invalid_argument(
+                        "this credential (a static token or certificate) cannot be revoked here; \
+                         name a token_id",
+                    )
+                })?,
+                id if id.len() > 64 => {
+                    return Err(Status::invalid_argument(
+                        "token_id is at most 64 characters",
+                    ));
+                }
+                id => id,
+            };
+            let own = p.token_id.as_deref() == Some(id.as_str());
+            if !own {
+                self.policies
+                    .check_everywhere(
+                        &p,
+                        Capability::Admin,
+                        "RevokeToken of another principal's token",
+                    )
+                    .map_err(Status::from)?;
             }
-            id => id,
-        };
-        let own = p.token_id.as_deref() == Some(id.as_str());
-        if !own {
-            self.policies
-                .check_everywhere(
-                    &p,
-                    Capability::Admin,
-                    "RevokeToken of another principal's token",
-                )
+            let expire_ms = match (own, p.expires_at) {
+                (true, Some(exp)) => exp * 1000,
+                _ => sentia_runtime::db::now_ms() + MAX_TOKEN_TTL.as_millis() as i64,
+            };
+            let root = self
+                .tokens
+                .revoke(&id, expire_ms)
+                .await
                 .map_err(Status::from)?;
+            tracing::info!(token_id = %id, root, by = %p.id, "token revoked");
+            Ok(Response::new(pb::RevokeTokenResponse {}))
         }
-        let expire_ms = match (own, p.expires_at) {
-            (true, Some(exp)) => exp * 1000,
-            _ => sentia_runtime::db::now_ms() + MAX_TOKEN_TTL.as_millis() as i64,
-        };
-        let root = self
-            .tokens
-            .revoke(&id, expire_ms)
-            .await
-            .map_err(Status::from)?;
-        tracing::info!(token_id = %id, root, by = %p.id, "token revoked");
-        Ok(Response::new(pb::RevokeTokenResponse {}))
+        .await;
+        audited(&self.audit, &info, "admin", "revoke_token", &name, result).await
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Res<pb::WhoAmIResponse> {
-        let p = Principal::of(&req)?;
-        Ok(Response::new(pb::WhoAmIResponse {
-            principal: Some(cpb::Principal {
-                id: p.id.clone(),
-                auth_method: p.method.as_str().into(),
-                roles: self.policies.of(&p),
-            }),
-            expire_time: p.expires_at.map(|e| timestamp(e * 1000)),
-        }))
+        let info = CallInfo::of(&req);
+        let name = String::new();
+        let result: Res<pb::WhoAmIResponse> = async move {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(pb::WhoAmIResponse {
+                principal: Some(cpb::Principal {
+                    id: p.id.clone(),
+                    auth_method: p.method.as_str().into(),
+                    roles: self.policies.of(&p),
+                }),
+                expire_time: p.expires_at.map(|e| timestamp(e * 1000)),
+            }))
+        }
+        .await;
+        audited(&self.audit, &info, "auth", "whoami", &name, result).await
     }
 }

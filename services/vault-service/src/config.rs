@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
 /// Everything vault-service needs to run.
@@ -49,6 +50,8 @@ pub struct Config {
     pub token_refresh: Duration,
     /// `SENTIA_EVENT_RETENTION`: how long change-stream events stay resumable.
     pub event_retention: Duration,
+    /// Where audit events go (`SENTIA_AUDIT_*`).
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
         if event_retention < Duration::from_secs(3600) {
             r.problem("SENTIA_EVENT_RETENTION must be at least 1h (watchers resume from it)");
         }
+        let audit = AuditConfig::from_source(&mut r, "vault-service");
         r.finish()?;
         Ok(Self {
             server,
@@ -114,6 +118,7 @@ impl Config {
             root_token_file,
             token_refresh,
             event_retention,
+            audit,
         })
     }
 }
@@ -144,9 +149,26 @@ mod tests {
     use sentia_runtime::MapSource;
 
     #[test]
+    fn without_an_audit_service_it_refuses_to_start_unless_auditing_is_disabled() {
+        let err = Config::from_source(&MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SENTIA_AUDIT_SERVICE_ADDR"), "{err}");
+        let c = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
+        ]))
+        .unwrap();
+        assert!(c.audit.upstream.is_some());
+    }
+
+    #[test]
     fn defaults_need_only_plaintext_permission() {
-        let c = Config::from_source(&MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]))
-            .unwrap();
+        let c = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+        ]))
+        .unwrap();
         assert_eq!(c.server.listen_addr.port(), 8200);
         assert_eq!(c.key_service.addr, "127.0.0.1:8201");
         assert_eq!(c.dek_cache_ttl, Duration::from_secs(60));
@@ -162,6 +184,7 @@ mod tests {
         assert_eq!(m["ci"], vec!["developer", "monitoring_system"]);
         let err = Config::from_source(&MapSource::from_pairs([
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
             ("SENTIA_IDENTITY_POLICIES", "nobody"),
             ("SENTIA_REDIS_URL", "http://x"),
             ("SENTIA_DEK_CACHE_TTL", "soon"),

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audited;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -47,6 +48,9 @@ pub async fn run(
     if let Some(file) = &config.policy_file {
         policies.watch(file.clone(), config.policy_reload, shutdown.clone());
     }
+    let emitter =
+        sentia_runtime::audit::Emitter::start("vault-service", &config.audit, shutdown.clone())
+            .map_err(|e| VaultError::Startup(e.to_string()))?;
     let client = KeyServiceClient::new(config.key_service.channel()?);
     let keys = Arc::new(keys::Keys::new(
         client.clone(),
@@ -91,16 +95,17 @@ pub async fn run(
         );
     }
 
-    let secrets = api::SecretApi::new(
+    let secrets = api::SecretApi {
         store,
         keys,
         cache,
         local,
-        policies.clone(),
+        policies: policies.clone(),
         notifier,
-        shutdown.clone(),
-    );
-    let auth_api = auth::AuthApi::new(tokens.clone(), policies);
+        audit: emitter.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let auth_api = auth::AuthApi::new(tokens.clone(), policies, emitter);
     let routes = Routes::new(SecretServiceServer::new(secrets))
         .add_service(AuthServiceServer::new(auth_api));
     Server::new(config.server)

@@ -180,6 +180,7 @@ impl Stack {
             ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
             ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
             ("SENTIA_ROOT_TOKEN_FILE", root_file_s.as_str()),
+            ("SENTIA_AUDIT_DISABLED", "true"),
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
@@ -282,6 +283,7 @@ impl Stack {
             ("SENTIA_DATABASE_URL", self.database_url.as_str()),
             ("SENTIA_KEY_SERVICE_ADDR", self.keys.addr.as_str()),
             ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+            ("SENTIA_AUDIT_DISABLED", "true"),
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();

@@ -1,0 +1,500 @@
+//! The audit emitter every service uses. Events are batched to audit-service; when it is slow
+//! or down, batches go to a durable local spool (length-prefixed protobuf, fsynced) and are
+//! replayed in order once it answers again, before anything newer is sent. An event that can
+//! be neither sent nor spooled makes `emit` fail, and the operation it describes must fail
+//! with it (fail closed). Callers never wait longer than the send timeout plus a spool write.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use sentia_proto::audit::v1::{AppendEventsRequest, AuditEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{AuthedChannel, UpstreamConfig};
+use crate::{Reader, Shutdown};
+
+/// Most events sent in one append.
+const MAX_BATCH: usize = 500;
+/// Longest accepted spool record (a bound against reading garbage).
+const MAX_RECORD: usize = 1 << 20;
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct AuditUnavailable(pub String);
+
+/// Where events go.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// audit-service (`SENTIA_AUDIT_SERVICE_ADDR` / `_TOKEN`); `None` only when auditing was
+    /// explicitly disabled with `SENTIA_AUDIT_DISABLED=true`.
+    pub upstream: Option<UpstreamConfig>,
+    /// `SENTIA_AUDIT_SPOOL`: the durable spool file.
+    pub spool: PathBuf,
+    /// `SENTIA_AUDIT_TIMEOUT`: how long a batch may take before it is spooled instead.
+    pub timeout: Duration,
+    /// `SENTIA_AUDIT_QUEUE`: events waiting at most; beyond it `emit` fails at once.
+    pub queue: usize,
+}
+
+impl AuditConfig {
+    /// Reads the audit settings of `service`. Without `SENTIA_AUDIT_SERVICE_ADDR` the service
+    /// refuses to start unless `SENTIA_AUDIT_DISABLED=true` says otherwise.
+    pub fn from_source(reader: &mut Reader<'_>, service: &str) -> Self {
+        let disabled = reader.bool_or("SENTIA_AUDIT_DISABLED", false);
+        let upstream = match (disabled, reader.optional("SENTIA_AUDIT_SERVICE_ADDR")) {
+            (true, _) => None,
+            (false, Some(_)) => Some(UpstreamConfig::from_source(
+                reader,
+                "SENTIA_AUDIT_SERVICE",
+                "",
+            )),
+            (false, None) => {
+                reader.problem(
+                    "SENTIA_AUDIT_SERVICE_ADDR is not set: every operation must be audited. Point it \
+                     at audit-service, or set SENTIA_AUDIT_DISABLED=true to run without an audit log \
+                     (never in production)",
+                );
+                None
+            }
+        };
+        let spool = PathBuf::from(
+            reader.string_or("SENTIA_AUDIT_SPOOL", &format!("{service}-audit.spool")),
+        );
+        let timeout = reader.duration_or("SENTIA_AUDIT_TIMEOUT", Duration::from_secs(2));
+        let queue = reader.parse_or("SENTIA_AUDIT_QUEUE", 10_000usize, "a positive integer");
+        Self {
+            upstream,
+            spool,
+            timeout,
+            queue: queue.max(1),
+        }
+    }
+
+    /// Auditing off (tests of other features, `SENTIA_AUDIT_DISABLED=true`).
+    pub fn disabled() -> Self {
+        Self {
+            upstream: None,
+            spool: PathBuf::new(),
+            timeout: Duration::from_secs(2),
+            queue: 1,
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), AuditUnavailable>>;
+
+/// Records audit events for one service.
+pub struct Emitter {
+    service: &'static str,
+    emitter_id: String,
+    sequence: AtomicU64,
+    queue: Option<mpsc::Sender<(AuditEvent, Ack)>>,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("service", &self.service)
+            .field("emitter_id", &self.emitter_id)
+            .field("enabled", &self.queue.is_some())
+            .finish()
+    }
+}
+
+impl Emitter {
+    /// Starts the emitter's worker (when auditing is on). Spooled events from an earlier run
+    /// are replayed first.
+    pub fn start(
+        service: &'static str,
+        config: &AuditConfig,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Self>, AuditUnavailable> {
+        let emitter_id = uuid::Uuid::new_v4().to_string();
+        let Some(upstream) = &config.upstream else {
+            tracing::warn!(
+                service,
+                "AUDIT DISABLED: operations are not recorded (SENTIA_AUDIT_DISABLED=true)"
+            );
+            return Ok(Arc::new(Self {
+                service,
+                emitter_id,
+                sequence: AtomicU64::new(0),
+                queue: None,
+                wait: config.timeout,
+            }));
+        };
+        let channel = upstream
+            .channel()
+            .map_err(|e| AuditUnavailable(e.to_string()))?;
+        let spool = Spool::open(&config.spool)?;
+        let (tx, rx) = mpsc::channel(config.queue);
+        tokio::spawn(worker(
+            AuditServiceClient::new(channel),
+            spool,
+            rx,
+            config.timeout,
+            shutdown,
+        ));
+        Ok(Arc::new(Self {
+            service,
+            emitter_id,
+            sequence: AtomicU64::new(0),
+            queue: Some(tx),
+            wait: config.timeout,
+        }))
+    }
+
+    /// True when events are being recorded.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Records `event` (service, emitter id and sequence, and time when unset, are filled
+    /// in). Returns once it is stored by audit-service or in the local spool.
+    pub async fn emit(&self, mut event: AuditEvent) -> Result<(), AuditUnavailable> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        event.service = self.service.to_string();
+        event.emitter_id.clone_from(&self.emitter_id);
+        event.emitter_sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        if event.time.is_none() {
+            let now = crate::db::now_ms();
+            event.time = Some(crate::db::timestamp(now));
+        }
+        let (ack, done) = oneshot::channel();
+        queue
+            .try_send((event, ack))
+            .map_err(|_| AuditUnavailable("the audit queue is full".into()))?;
+        // The worker answers within the send timeout plus a spool write; the extra margin
+        // only guards against a stuck disk.
+        match tokio::time::timeout(self.wait * 3 + Duration::from_secs(1), done).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AuditUnavailable("the audit worker stopped".into())),
+            Err(_) => Err(AuditUnavailable("recording the event timed out".into())),
+        }
+    }
+}
+
+/// The durable spool: `u32 length | AuditEvent protobuf` records, fsynced per batch.
+struct Spool {
+    path: PathBuf,
+    file: std::fs::File,
+    pending: bool,
+}
+
+impl Spool {
+    fn open(path: &Path) -> Result<Self, AuditUnavailable> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| {
+                AuditUnavailable(format!(
+                    "cannot open the audit spool {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let pending = file.metadata().map(|m| m.len() > 0).unwrap_or(true);
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            pending,
+        })
+    }
+
+    fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for e in events {
+            let bytes = e.encode_to_vec();
+            buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&bytes);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.pending = true;
+        Ok(())
+    }
+
+    /// Every complete record, oldest first (a torn last record is ignored).
+    fn read_all(&mut self) -> std::io::Result<Vec<AuditEvent>> {
+        let mut bytes = Vec::new();
+        let mut f = std::fs::File::open(&self.path)?;
+        f.read_to_end(&mut bytes)?;
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while at + 4 <= bytes.len() {
+            let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                as usize;
+            if len > MAX_RECORD || at + 4 + len > bytes.len() {
+                break;
+            }
+            if let Ok(e) = AuditEvent::decode(&bytes[at + 4..at + 4 + len]) {
+                out.push(e);
+            }
+            at += 4 + len;
+        }
+        Ok(out)
+    }
+
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.sync_data()?;
+        self.pending = false;
+        Ok(())
+    }
+}
+
+async fn send(
+    client: &AuditServiceClient<AuthedChannel>,
+    events: &[AuditEvent],
+    timeout: Duration,
+) -> Result<(), String> {
+    for chunk in events.chunks(MAX_BATCH) {
+        let mut c = client.clone();
+        let req = AppendEventsRequest {
+            events: chunk.to_vec(),
+        };
+        match tokio::time::timeout(timeout, c.append_events(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(_) => return Err("timed out".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends the spool in order; clears it when everything was accepted.
+async fn replay(
+    client: &AuditServiceClient<AuthedChannel>,
+    spool: &mut Spool,
+    timeout: Duration,
+) -> bool {
+    let events = match spool.read_all() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the audit spool failed");
+            return false;
+        }
+    };
+    if let Err(e) = send(client, &events, timeout).await {
+        tracing::debug!(error = %e, pending = events.len(), "audit-service still unavailable; events stay spooled");
+        return false;
+    }
+    match spool.clear() {
+        Ok(()) => {
+            tracing::info!(replayed = events.len(), "spooled audit events delivered");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "clearing the audit spool failed (its events will be re-sent; audit-service drops duplicates)");
+            false
+        }
+    }
+}
+
+async fn worker(
+    client: AuditServiceClient<AuthedChannel>,
+    mut spool: Spool,
+    mut rx: mpsc::Receiver<(AuditEvent, Ack)>,
+    timeout: Duration,
+    shutdown: Shutdown,
+) {
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item { Some(i) => i, None => return },
+            _ = retry.tick() => {
+                if spool.pending {
+                    replay(&client, &mut spool, timeout).await;
+                }
+                continue;
+            }
+            _ = shutdown.wait() => {
+                // Drain what is queued into the spool so nothing acknowledged is lost.
+                rx.close();
+                let mut rest = Vec::new();
+                while let Ok(i) = rx.try_recv() {
+                    rest.push(i);
+                }
+                let (events, acks): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+                let r = if events.is_empty() { Ok(()) } else { spool.append(&events).map_err(|e| AuditUnavailable(e.to_string())) };
+                for a in acks {
+                    let _ = a.send(r.clone());
+                }
+                return;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // Order: while anything is spooled, new events queue behind it in the spool (no send
+        // attempt, so callers do not wait on an audit-service that is down); the retry tick
+        // replays the spool once audit-service answers.
+        let sent = !spool.pending && send(&client, &events, timeout).await.is_ok();
+        let result = if sent {
+            Ok(())
+        } else {
+            spool.append(&events).map_err(|e| {
+                tracing::error!(error = %e, "audit events can be neither sent nor spooled");
+                AuditUnavailable(format!(
+                    "audit-service unreachable and the spool failed: {e}"
+                ))
+            })
+        };
+        for a in acks {
+            let _ = a.send(result.clone());
+        }
+    }
+}
+
+/// Who made a call, from where, in which trace: the parts of an audit event every RPC
+/// shares, taken from the request before the handler consumes it.
+#[derive(Debug, Clone, Default)]
+pub struct CallInfo {
+    /// Authenticated principal id ("" before authentication).
+    pub principal: String,
+    /// Caller address.
+    pub source_ip: String,
+    /// Caller's user agent.
+    pub user_agent: String,
+    /// W3C trace id of the request.
+    pub correlation_id: String,
+    /// x-request-id.
+    pub request_id: String,
+}
+
+impl CallInfo {
+    /// Reads the request's principal, peer address, user agent, request id and trace id.
+    pub fn of<T>(req: &tonic::Request<T>) -> Self {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let trace = tracing::Span::current().context();
+        let span = trace.span();
+        let sc = span.span_context();
+        Self {
+            principal: req
+                .extensions()
+                .get::<crate::Principal>()
+                .map(|p| p.id.clone())
+                .unwrap_or_default(),
+            source_ip: req
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            user_agent: req
+                .metadata()
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect())
+                .unwrap_or_default(),
+            correlation_id: if sc.is_valid() {
+                sc.trace_id().to_string()
+            } else {
+                String::new()
+            },
+            request_id: crate::RequestId::of(req),
+        }
+    }
+
+    /// An event for this call's outcome (`status` = None for OK).
+    pub fn event(
+        &self,
+        event_type: &str,
+        operation: &str,
+        secret_name: &str,
+        status: Option<tonic::Code>,
+    ) -> AuditEvent {
+        AuditEvent {
+            event_type: event_type.into(),
+            principal: self.principal.clone(),
+            secret_name: secret_name.chars().take(512).collect(),
+            operation: operation.into(),
+            source_ip: self.source_ip.clone(),
+            user_agent: self.user_agent.clone(),
+            success: status.is_none(),
+            correlation_id: self.correlation_id.clone(),
+            status_code: code_name(status.unwrap_or(tonic::Code::Ok)).into(),
+            request_id: self.request_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The canonical gRPC name of a code, e.g. `PERMISSION_DENIED`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64) -> AuditEvent {
+        AuditEvent {
+            event_type: "secret_access".into(),
+            emitter_sequence: i,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_spool_keeps_order_and_ignores_a_torn_tail() {
+        let path = std::env::temp_dir().join(format!("sentia-spool-{}", uuid::Uuid::new_v4()));
+        let mut s = Spool::open(&path).unwrap();
+        assert!(!s.pending);
+        s.append(&[event(1), event(2)]).unwrap();
+        s.append(&[event(3)]).unwrap();
+        // A crash mid-write leaves half a record.
+        s.file.write_all(&[0, 0, 0, 50, 1, 2]).unwrap();
+        let got: Vec<u64> = s
+            .read_all()
+            .unwrap()
+            .iter()
+            .map(|e| e.emitter_sequence)
+            .collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        let mut reopened = Spool::open(&path).unwrap();
+        assert!(
+            reopened.pending,
+            "a non-empty spool is replayed after a restart"
+        );
+        reopened.clear().unwrap();
+        assert!(reopened.read_all().unwrap().is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,282 @@
+//! vault-service with a real audit-service: every RPC outcome becomes an event; with
+//! audit-service down events are spooled and later delivered in order, once; with neither
+//! audit-service nor the spool, operations fail closed.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use sentia_proto::audit::v1 as apb;
+use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use sentia_proto::vault::v1 as pb;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
+use sentia_runtime::{MapSource, Shutdown};
+use support::{Proxy, Stack, get, keys};
+use tonic::Code;
+
+struct Audited {
+    stack: Stack,
+    proxy: Proxy,
+    audit_addr: String,
+    audit_stop: Shutdown,
+    audit: tokio::task::JoinHandle<()>,
+}
+
+impl Audited {
+    async fn start(spool: &str) -> Self {
+        let keys = keys::Running::start(&keys::sqlite_url(), &[]).await;
+        let audit_db = keys::sqlite_url();
+        let tokens = keys::tokens();
+        let config = audit_service::Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", audit_db.as_str()),
+            ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+            ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+        ]))
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let audit_addr = listener.local_addr().unwrap().to_string();
+        let audit_stop = Shutdown::new();
+        let stop = audit_stop.clone();
+        let audit =
+            tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+        let proxy = Proxy::to(&audit_addr).await;
+        let stack = Stack::start_vault(
+            keys,
+            keys::sqlite_url(),
+            &[
+                ("SENTIA_AUDIT_DISABLED", "false"),
+                ("SENTIA_AUDIT_SERVICE_ADDR", proxy.addr.as_str()),
+                ("SENTIA_AUDIT_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+                ("SENTIA_AUDIT_SPOOL", spool),
+                ("SENTIA_AUDIT_TIMEOUT", "300ms"),
+            ],
+        )
+        .await;
+        Self {
+            stack,
+            proxy,
+            audit_addr,
+            audit_stop,
+            audit,
+        }
+    }
+
+    fn reader(&self) -> AuditServiceClient<AuthedChannel> {
+        let ch = connect_lazy(&self.audit_addr, None).unwrap();
+        AuditServiceClient::new(
+            CallContext::with_token(Some(keys::ADMIN_TOKEN))
+                .unwrap()
+                .wrap(ch),
+        )
+    }
+
+    async fn events(&self) -> Vec<apb::AuditEvent> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .reader()
+                .query_events(apb::QueryEventsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.records.into_iter().filter_map(|r| r.event));
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Events of vault-service until at least `n` are stored.
+    async fn wait_for(&self, n: usize) -> Vec<apb::AuditEvent> {
+        for _ in 0..200 {
+            let e = self.events().await;
+            if e.len() >= n {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("audit-service never reached {n} events");
+    }
+
+    async fn stop(self) {
+        self.stack.stop().await;
+        self.audit_stop.trigger();
+        self.audit.await.unwrap();
+    }
+}
+
+fn spool_path() -> String {
+    std::env::temp_dir()
+        .join(format!("{}.spool", support::unique("vault")))
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_is_recorded_with_its_outcome_and_never_its_value() {
+    let a = Audited::start(&spool_path()).await;
+    let s = &a.stack;
+    let canary = b"PLAINTEXT-CANARY-audit-51e2";
+    s.put("prod/app/key", canary).await;
+    let mut root = s.secrets(&s.root_token).await;
+    root.get_secret(get("prod/app/key")).await.unwrap();
+    assert_eq!(
+        root.get_secret(get("prod/app/none"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let (dev, _) = s.login_as(&["developer"]).await;
+    let denied = s
+        .secrets(&dev)
+        .await
+        .get_secret(get("prod/app/key"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let _ = s
+        .auth("")
+        .await
+        .login(pb::LoginRequest {
+            role_id: "nobody".into(),
+            secret_id: "x".into(),
+        })
+        .await;
+
+    let events = a.wait_for(7).await;
+    let summary: Vec<(String, String, String, bool, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                e.operation.clone(),
+                e.secret_name.clone(),
+                e.success,
+                e.status_code.clone(),
+            )
+        })
+        .collect();
+    let has = |t: &str, op: &str, name: &str, ok: bool, code: &str| {
+        summary.contains(&(t.into(), op.into(), name.into(), ok, code.into()))
+    };
+    assert!(
+        has("secret_write", "write", "prod/app/key", true, "OK"),
+        "{summary:#?}"
+    );
+    assert!(
+        has("secret_access", "read", "prod/app/key", true, "OK"),
+        "{summary:#?}"
+    );
+    assert!(
+        has("secret_access", "read", "prod/app/none", false, "NOT_FOUND"),
+        "{summary:#?}"
+    );
+    assert!(
+        has(
+            "secret_access",
+            "read",
+            "prod/app/key",
+            false,
+            "PERMISSION_DENIED"
+        ),
+        "{summary:#?}"
+    );
+    assert!(
+        has("admin", "create_credential", "", true, "OK")
+            || summary.iter().any(|s| s.1 == "create_credential"),
+        "{summary:#?}"
+    );
+    assert!(has("login", "login", "", true, "OK"), "{summary:#?}");
+    assert!(
+        has("login", "login", "", false, "UNAUTHENTICATED"),
+        "{summary:#?}"
+    );
+    let denied_event = events
+        .iter()
+        .find(|e| e.status_code == "PERMISSION_DENIED")
+        .unwrap();
+    assert!(
+        denied_event.principal.starts_with("app:"),
+        "{denied_event:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.service == "vault-service" && !e.request_id.is_empty())
+    );
+    assert!(events.iter().any(|e| e.source_ip == "127.0.0.1"));
+    let dump = format!("{events:?}");
+    assert!(
+        !dump.contains("PLAINTEXT-CANARY"),
+        "a value reached the audit log"
+    );
+    assert!(
+        !dump.contains(&s.root_token),
+        "a token reached the audit log"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.emitter_sequence).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_an_audit_outage_are_spooled_then_delivered_in_order_exactly_once() {
+    let a = Audited::start(&spool_path()).await;
+    let s = &a.stack;
+    s.put("prod/app/before", b"x").await;
+    a.wait_for(1).await;
+
+    a.proxy.cut();
+    for i in 0..5 {
+        // Writes keep working while audit-service is unreachable: their events are spooled.
+        s.put(&format!("prod/app/during-{i}"), b"x").await;
+    }
+    a.proxy.restore();
+    s.put("prod/app/after", b"x").await;
+
+    // (The harness's readiness probe is a refused login: event 1.)
+    a.wait_for(8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = a.events().await;
+    let names: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "secret_write")
+        .map(|e| e.secret_name.clone())
+        .collect();
+    let mut want = vec!["prod/app/before".to_string()];
+    want.extend((0..5).map(|i| format!("prod/app/during-{i}")));
+    want.push("prod/app/after".into());
+    assert_eq!(names, want, "none lost, none duplicated, order kept");
+    let seqs: Vec<u64> = events.iter().map(|e| e.emitter_sequence).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_audit_service_down_and_no_spool_space_operations_fail_closed() {
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let a = Audited::start("/dev/full").await;
+    let s = &a.stack;
+    s.put("prod/app/key", b"v").await;
+    a.proxy.cut();
+    let err = s
+        .secrets(&s.root_token)
+        .await
+        .get_secret(get("prod/app/key"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("audit"), "{err:?}");
+    a.proxy.restore();
+    a.stop().await;
+}

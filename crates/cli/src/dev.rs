@@ -11,7 +11,7 @@ use clap::Args;
 use key_service::{Config, MasterSource};
 use sentia_crypto::MasterKey;
 use sentia_runtime::auth::TokenTable;
-use sentia_runtime::{DevPki, MapSource, Role, ServerConfig, Shutdown, telemetry};
+use sentia_runtime::{DevPki, MapSource, Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
 use zeroize::Zeroizing;
 
 /// Options of `sentia dev`.
@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// vault-service port on 127.0.0.1 (0 = any free port).
     #[arg(long, default_value_t = 8200)]
     vault_port: u16,
+    /// audit-service port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8202)]
+    audit_port: u16,
     /// Serve mutual TLS with a throwaway CA written to the data directory.
     #[arg(long)]
     tls: bool,
@@ -66,7 +69,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ("dev-service", Role::Service, service_token.as_str()),
     ]);
 
-    let mut server = ServerConfig::dev("key-service", tokens);
+    let mut server = ServerConfig::dev("key-service", tokens.clone());
     server.listen_addr = ([127, 0, 0, 1], args.key_port).into();
     let mut tls_note = String::new();
     let pki = if args.tls {
@@ -106,35 +109,65 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let scheme = if args.tls { "https" } else { "http" };
 
-    let root_file = args.data_dir.join("root-token");
-    let mut vault = vault_service::Config::from_source(&MapSource::from_pairs([(
+    let bind = |port: u16, flag: &'static str| async move {
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding {at} (use {flag} 0 for any free port)"))
+    };
+    let sqlite = |name: &str| format!("sqlite://{}?mode=rwc", args.data_dir.join(name).display());
+    // A client of a sibling service: the dev service token, or the service's own
+    // certificate under --tls.
+    let upstream = |to: std::net::SocketAddr, identity: &str| -> anyhow::Result<UpstreamConfig> {
+        Ok(match &pki {
+            Some(pki) => UpstreamConfig {
+                addr: to.to_string(),
+                token: None,
+                tls: Some(pki.client_config(Some(identity))?),
+            },
+            None => UpstreamConfig {
+                addr: to.to_string(),
+                token: Some(service_token.clone()),
+                tls: None,
+            },
+        })
+    };
+    let server_for =
+        |name: &'static str, listener: &tokio::net::TcpListener| -> anyhow::Result<ServerConfig> {
+            let mut s = ServerConfig::dev(name, tokens.clone());
+            s.listen_addr = listener.local_addr()?;
+            if let Some(pki) = &pki {
+                s.tls = Some(pki.server_config(name, false)?);
+                s.admin_identities = vec!["sentia-cli".into()];
+            }
+            Ok(s)
+        };
+
+    let audit_listener = bind(args.audit_port, "--audit-port").await?;
+    let audit_addr = audit_listener.local_addr()?;
+    let mut audit = audit_service::Config::from_source(&MapSource::from_pairs([(
         "SENTIA_ALLOW_PLAINTEXT",
         "true",
     )]))?;
-    vault.server = ServerConfig::dev("vault-service", TokenTable::default());
-    vault.server.listen_addr = ([127, 0, 0, 1], args.vault_port).into();
-    vault.database_url = format!(
-        "sqlite://{}?mode=rwc",
-        args.data_dir.join("vault.db").display()
-    );
-    vault.root_token_file = Some(root_file.clone());
-    vault.key_service.addr = addr.to_string();
-    vault.key_service.token = Some(service_token.clone());
-    if let Some(pki) = &pki {
-        vault.server.tls = Some(pki.server_config("vault-service", false)?);
-        vault.key_service.tls = Some(pki.client_config(Some("vault-service"))?);
-        vault.key_service.token = None;
-        vault.server.admin_identities = vec!["sentia-cli".into()];
-    }
-    let vault_listener = tokio::net::TcpListener::bind(vault.server.listen_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding {} (use --vault-port 0 for any free port)",
-                vault.server.listen_addr
-            )
-        })?;
+    audit.server = server_for("audit-service", &audit_listener)?;
+    audit.database_url = sqlite("audit.db");
+    audit.key_service = upstream(addr, "audit-service")?;
+
+    let root_file = args.data_dir.join("root-token");
+    let vault_listener = bind(args.vault_port, "--vault-port").await?;
     let vault_addr = vault_listener.local_addr()?;
+    let mut vault = vault_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
+    ]))?;
+    vault.server = server_for("vault-service", &vault_listener)?;
+    // Apps log in for tokens; the dev static tokens are for key-service and the CLI only.
+    vault.server.tokens = TokenTable::default();
+    vault.database_url = sqlite("vault.db");
+    vault.root_token_file = Some(root_file.clone());
+    vault.key_service = upstream(addr, "vault-service")?;
+    vault.audit.upstream = Some(upstream(audit_addr, "vault-service")?);
+    vault.audit.spool = args.data_dir.join("vault-audit.spool");
 
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(
@@ -157,6 +190,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         *admin_token
     );
     eprintln!("  vault-service: {scheme}://{vault_addr}");
+    eprintln!("  audit-service: {scheme}://{audit_addr}   (read it with the admin token)");
     eprintln!(
         "  root token is in {} (shown below once it is minted)",
         root_file.display()
@@ -171,8 +205,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("=========================================================\n");
 
     let shutdown = Shutdown::on_signals();
-    let keys = tokio::spawn(key_service::run(config, listener, shutdown.clone()));
-    let vault_task = tokio::spawn(vault_service::run(vault, vault_listener, shutdown.clone()));
+    let mut services = tokio::task::JoinSet::new();
+    let stop = shutdown.clone();
+    services.spawn(async move {
+        (
+            "key-service",
+            key_service::run(config, listener, stop)
+                .await
+                .map_err(anyhow::Error::from),
+        )
+    });
+    let stop = shutdown.clone();
+    services.spawn(async move {
+        (
+            "audit-service",
+            audit_service::run(audit, audit_listener, stop)
+                .await
+                .map_err(anyhow::Error::from),
+        )
+    });
+    let stop = shutdown.clone();
+    services.spawn(async move {
+        (
+            "vault-service",
+            vault_service::run(vault, vault_listener, stop)
+                .await
+                .map_err(anyhow::Error::from),
+        )
+    });
     // vault-service writes the root token file before it serves; show it once it exists.
     for _ in 0..100 {
         if let Ok(t) = std::fs::read_to_string(&root_file) {
@@ -181,12 +241,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    // Either service stopping (a signal, or a failure) stops the other.
-    let (keys, vault_task) = (keys, vault_task);
-    tokio::pin!(keys, vault_task);
-    let result = tokio::select! {
-        r = &mut keys => { shutdown.trigger(); let _ = (&mut vault_task).await; r?.map_err(anyhow::Error::from) }
-        r = &mut vault_task => { shutdown.trigger(); let _ = (&mut keys).await; r?.map_err(anyhow::Error::from) }
-    };
+    // Any service stopping (a signal, or a failure) stops the others.
+    let mut result = Ok(());
+    while let Some(done) = services.join_next().await {
+        shutdown.trigger();
+        let (name, r) = done?;
+        if let Err(e) = r {
+            eprintln!("sentia dev: {name} stopped: {e:#}");
+            if result.is_ok() {
+                result = Err(e.context(format!("{name} failed")));
+            }
+        }
+    }
     result
 }

@@ -192,17 +192,20 @@ struct Spool {
 
 impl Spool {
     fn open(path: &Path) -> Result<Self, AuditUnavailable> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| {
-                AuditUnavailable(format!(
-                    "cannot open the audit spool {}: {e}",
-                    path.display()
-                ))
-            })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        {
+            // Events name principals and addresses: owner-only, like the other dev files.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(|e| {
+            AuditUnavailable(format!(
+                "cannot open the audit spool {}: {e}",
+                path.display()
+            ))
+        })?;
         let pending = file.metadata().map(|m| m.len() > 0).unwrap_or(true);
         Ok(Self {
             path: path.to_path_buf(),

@@ -4,6 +4,8 @@
 //! verifier that names the first bad record.
 #![forbid(unsafe_code)]
 
+pub mod export;
+
 use std::collections::HashMap;
 
 use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint};

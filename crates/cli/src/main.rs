@@ -1,6 +1,7 @@
 //! `sentia`: run everything locally (`sentia dev`), read and write secrets (`sentia secret`),
 //! log in (`sentia login`, `sentia token`) and operate key-service (`sentia key`).
 
+mod audit;
 mod conn;
 mod dev;
 mod key;
@@ -30,6 +31,8 @@ enum Command {
     Login(token::LoginArgs),
     /// Inspect and revoke tokens; create app credentials.
     Token(token::TokenArgs),
+    /// Query, tail, export and verify the audit log.
+    Audit(audit::AuditArgs),
     /// Manage key-service keys and seal state.
     Key(key::KeyArgs),
 }
@@ -42,6 +45,7 @@ async fn main() -> std::process::ExitCode {
         Command::Secret(args) => secret::run(args).await,
         Command::Login(args) => token::login(args).await,
         Command::Token(args) => token::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Key(args) => key::run(args).await,
     };
     match result {

@@ -164,6 +164,7 @@ impl KeyServiceUnderTest {
         let mut config = Config::from_source(&MapSource::from_pairs([
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_SEAL_TYPE", "shamir"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
         ]))?;
         config.server = ServerConfig::dev(
             "key-service",

@@ -93,6 +93,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut config = Config::from_source(&MapSource::from_pairs([
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_SEAL_TYPE", "shamir"),
+        ("SENTIA_AUDIT_DISABLED", "true"),
     ]))?;
     config.server = server;
     config.database_url = format!("sqlite://{}?mode=rwc", db.display());
@@ -168,6 +169,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     vault.key_service = upstream(addr, "vault-service")?;
     vault.audit.upstream = Some(upstream(audit_addr, "vault-service")?);
     vault.audit.spool = args.data_dir.join("vault-audit.spool");
+    config.audit.upstream = Some(upstream(audit_addr, "key-service")?);
+    config.audit.spool = args.data_dir.join("key-audit.spool");
 
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(

@@ -439,6 +439,42 @@ impl CallInfo {
     }
 }
 
+/// Records the outcome of `operation` on `name` before the caller sees it, and passes the
+/// result on. If the event can be neither sent nor spooled the caller gets UNAVAILABLE
+/// instead: a read returns nothing; a change that already happened is reported as not
+/// confirmed (and logged). A stored ciphertext failing authentication (DATA_LOSS), or a
+/// caller's ciphertext failing it, is recorded as `failed_decryption`.
+pub async fn audited<T, E: Into<tonic::Status>>(
+    emitter: &Emitter,
+    info: &CallInfo,
+    event_type: &str,
+    operation: &str,
+    name: &str,
+    result: Result<T, E>,
+) -> Result<T, tonic::Status> {
+    let result = result.map_err(Into::into);
+    let status = result.as_ref().err();
+    let code = status.map(tonic::Status::code);
+    let failed_decryption = status.is_some_and(|s| {
+        s.code() == tonic::Code::DataLoss
+            || (s.code() == tonic::Code::InvalidArgument
+                && s.message().contains("authentication failed"))
+    });
+    let event_type = if failed_decryption {
+        "failed_decryption"
+    } else {
+        event_type
+    };
+    let event = info.event(event_type, operation, name, code);
+    if let Err(e) = emitter.emit(event).await {
+        tracing::error!(operation, name, error = %e, "operation not confirmed: its audit event could not be recorded");
+        return Err(tonic::Status::unavailable(format!(
+            "{e}; the {operation} was not confirmed — retry when the audit log is back"
+        )));
+    }
+    result
+}
+
 /// The canonical gRPC name of a code, e.g. `PERMISSION_DENIED`.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

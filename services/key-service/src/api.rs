@@ -9,6 +9,7 @@ use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey};
 use sentia_proto::keys::v1::{
     self as pb, key_service_server::KeyService, system_service_server::SystemService,
 };
+use sentia_runtime::audit::{CallInfo, Emitter, audited};
 use sentia_runtime::{Principal, Role};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -26,14 +27,16 @@ pub const MAX_PAYLOAD: usize = 65_536;
 pub struct Api {
     core: Arc<Core>,
     shares: Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>,
+    audit: Arc<Emitter>,
 }
 
 impl Api {
-    /// Wraps the core.
-    pub fn new(core: Arc<Core>) -> Self {
+    /// Wraps the core; every RPC outcome (except Status) is recorded through `audit`.
+    pub fn new(core: Arc<Core>, audit: Arc<Emitter>) -> Self {
         Self {
             core,
             shares: Arc::new(Mutex::new(Vec::new())),
+            audit,
         }
     }
 }
@@ -169,258 +172,432 @@ impl KeyService for Api {
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> Res<pb::GenerateDataKeyResponse> {
-        caller(&req, Role::Service, "GenerateDataKey")?;
-        let r = req.into_inner();
-        let dek = sentia_crypto::SecretKey::generate();
-        let (wrapped_key, key_version) = self
-            .seal(&r.key_name, &r.encryption_context, dek.expose())
-            .await?;
-        Ok(Response::new(pb::GenerateDataKeyResponse {
-            plaintext_key: dek.expose().to_vec(),
-            wrapped_key,
-            key_version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::GenerateDataKeyResponse> = async move {
+            caller(&req, Role::Service, "GenerateDataKey")?;
+            let r = req.into_inner();
+            let dek = sentia_crypto::SecretKey::generate();
+            let (wrapped_key, key_version) = self
+                .seal(&r.key_name, &r.encryption_context, dek.expose())
+                .await?;
+            Ok(Response::new(pb::GenerateDataKeyResponse {
+                plaintext_key: dek.expose().to_vec(),
+                wrapped_key,
+                key_version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "generate_data_key",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn unwrap_data_key(
         &self,
         req: Request<pb::UnwrapDataKeyRequest>,
     ) -> Res<pb::UnwrapDataKeyResponse> {
-        caller(&req, Role::Service, "UnwrapDataKey")?;
-        let r = req.into_inner();
-        let (plain, key_name, key_version) =
-            self.open(&r.wrapped_key, &r.encryption_context).await?;
-        Ok(Response::new(pb::UnwrapDataKeyResponse {
-            plaintext_key: plain.to_vec(),
-            key_name,
-            key_version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::UnwrapDataKeyResponse> = async move {
+            caller(&req, Role::Service, "UnwrapDataKey")?;
+            let r = req.into_inner();
+            let (plain, key_name, key_version) =
+                self.open(&r.wrapped_key, &r.encryption_context).await?;
+            Ok(Response::new(pb::UnwrapDataKeyResponse {
+                plaintext_key: plain.to_vec(),
+                key_name,
+                key_version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "unwrap_data_key",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn rewrap_data_key(
         &self,
         req: Request<pb::RewrapDataKeyRequest>,
     ) -> Res<pb::RewrapDataKeyResponse> {
-        caller(&req, Role::Service, "RewrapDataKey")?;
-        let r = req.into_inner();
-        let (plain, key_name, _) = self.open(&r.wrapped_key, &r.encryption_context).await?;
-        let (wrapped_key, key_version) =
-            self.seal(&key_name, &r.encryption_context, &plain).await?;
-        Ok(Response::new(pb::RewrapDataKeyResponse {
-            wrapped_key,
-            key_version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::RewrapDataKeyResponse> = async move {
+            caller(&req, Role::Service, "RewrapDataKey")?;
+            let r = req.into_inner();
+            let (plain, key_name, _) = self.open(&r.wrapped_key, &r.encryption_context).await?;
+            let (wrapped_key, key_version) =
+                self.seal(&key_name, &r.encryption_context, &plain).await?;
+            Ok(Response::new(pb::RewrapDataKeyResponse {
+                wrapped_key,
+                key_version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "rewrap_data_key",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Res<pb::EncryptResponse> {
-        caller(&req, Role::Service, "Encrypt")?;
-        let r = req.into_inner();
-        let plain = Zeroizing::new(r.plaintext);
-        let (ciphertext, key_version) = self
-            .seal(
-                &r.key_name,
-                &r.encryption_context,
-                payload(&plain, "plaintext", false)?,
-            )
-            .await?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext,
-            key_version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::EncryptResponse> = async move {
+            caller(&req, Role::Service, "Encrypt")?;
+            let r = req.into_inner();
+            let plain = Zeroizing::new(r.plaintext);
+            let (ciphertext, key_version) = self
+                .seal(
+                    &r.key_name,
+                    &r.encryption_context,
+                    payload(&plain, "plaintext", false)?,
+                )
+                .await?;
+            Ok(Response::new(pb::EncryptResponse {
+                ciphertext,
+                key_version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "encrypt",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Res<pb::DecryptResponse> {
-        caller(&req, Role::Service, "Decrypt")?;
-        let r = req.into_inner();
-        let (plain, key_name, key_version) =
-            self.open(&r.ciphertext, &r.encryption_context).await?;
-        Ok(Response::new(pb::DecryptResponse {
-            plaintext: plain.to_vec(),
-            key_name,
-            key_version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::DecryptResponse> = async move {
+            caller(&req, Role::Service, "Decrypt")?;
+            let r = req.into_inner();
+            let (plain, key_name, key_version) =
+                self.open(&r.ciphertext, &r.encryption_context).await?;
+            Ok(Response::new(pb::DecryptResponse {
+                plaintext: plain.to_vec(),
+                key_name,
+                key_version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "decrypt",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn hmac(&self, req: Request<pb::HmacRequest>) -> Res<pb::HmacResponse> {
-        caller(&req, Role::Service, "Hmac")?;
-        let r = req.into_inner();
-        let entry = self.core.entry(name(&r.key_name)?).await?;
-        entry.require(Purpose::Hmac)?;
-        let v = entry.primary()?;
-        let tag = sentia_crypto::hmac_sha256(&v.key, payload(&r.data, "data", true)?);
-        Ok(Response::new(pb::HmacResponse {
-            mac: format!("sentia:v{}:{}", v.version, STANDARD.encode(tag)),
-            key_version: v.version,
-        }))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::HmacResponse> = async move {
+            caller(&req, Role::Service, "Hmac")?;
+            let r = req.into_inner();
+            let entry = self.core.entry(name(&r.key_name)?).await?;
+            entry.require(Purpose::Hmac)?;
+            let v = entry.primary()?;
+            let tag = sentia_crypto::hmac_sha256(&v.key, payload(&r.data, "data", true)?);
+            Ok(Response::new(pb::HmacResponse {
+                mac: format!("sentia:v{}:{}", v.version, STANDARD.encode(tag)),
+                key_version: v.version,
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "hmac",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn verify_hmac(
         &self,
         req: Request<pb::VerifyHmacRequest>,
     ) -> Res<pb::VerifyHmacResponse> {
-        caller(&req, Role::Service, "VerifyHmac")?;
-        let r = req.into_inner();
-        let bad =
-            || KeyError::InvalidArgument("mac must look like sentia:v{version}:{base64}".into());
-        let rest = r.mac.strip_prefix("sentia:v").ok_or_else(bad)?;
-        let (version, tag) = rest.split_once(':').ok_or_else(bad)?;
-        let version: u32 = version.parse().map_err(|_| bad())?;
-        let tag = STANDARD.decode(tag).map_err(|_| bad())?;
-        let entry = self
-            .core
-            .entry_with_version(name(&r.key_name)?, version)
-            .await?;
-        entry.require(Purpose::Hmac)?;
-        let v = entry.decryptable(version)?;
-        let valid =
-            sentia_crypto::verify_hmac_sha256(&v.key, payload(&r.data, "data", true)?, &tag);
-        Ok(Response::new(pb::VerifyHmacResponse { valid }))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::VerifyHmacResponse> = async move {
+            caller(&req, Role::Service, "VerifyHmac")?;
+            let r = req.into_inner();
+            let bad = || {
+                KeyError::InvalidArgument("mac must look like sentia:v{version}:{base64}".into())
+            };
+            let rest = r.mac.strip_prefix("sentia:v").ok_or_else(bad)?;
+            let (version, tag) = rest.split_once(':').ok_or_else(bad)?;
+            let version: u32 = version.parse().map_err(|_| bad())?;
+            let tag = STANDARD.decode(tag).map_err(|_| bad())?;
+            let entry = self
+                .core
+                .entry_with_version(name(&r.key_name)?, version)
+                .await?;
+            entry.require(Purpose::Hmac)?;
+            let v = entry.decryptable(version)?;
+            let valid =
+                sentia_crypto::verify_hmac_sha256(&v.key, payload(&r.data, "data", true)?, &tag);
+            Ok(Response::new(pb::VerifyHmacResponse { valid }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "verify_hmac",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn sign(&self, req: Request<pb::SignRequest>) -> Res<pb::SignResponse> {
-        caller(&req, Role::Service, "Sign")?;
-        let r = req.into_inner();
-        let entry = self.core.entry(name(&r.key_name)?).await?;
-        entry.require(Purpose::Signing)?;
-        let v = entry.primary()?;
-        let signer = v
-            .signing
-            .as_ref()
-            .ok_or_else(|| KeyError::Corrupt(r.key_name.clone()))?;
-        let signature = signer.sign(payload(&r.message, "message", false)?).to_vec();
-        Ok(Response::new(pb::SignResponse {
-            signature,
-            key_version: v.version,
-            kid: kid(&r.key_name, v.version),
-            algorithm: "EdDSA".into(),
-        }))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::SignResponse> = async move {
+            caller(&req, Role::Service, "Sign")?;
+            let r = req.into_inner();
+            let entry = self.core.entry(name(&r.key_name)?).await?;
+            entry.require(Purpose::Signing)?;
+            let v = entry.primary()?;
+            let signer = v
+                .signing
+                .as_ref()
+                .ok_or_else(|| KeyError::Corrupt(r.key_name.clone()))?;
+            let signature = signer.sign(payload(&r.message, "message", false)?).to_vec();
+            Ok(Response::new(pb::SignResponse {
+                signature,
+                key_version: v.version,
+                kid: kid(&r.key_name, v.version),
+                algorithm: "EdDSA".into(),
+            }))
+        }
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "sign",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn get_public_keys(
         &self,
         req: Request<pb::GetPublicKeysRequest>,
     ) -> Res<pb::GetPublicKeysResponse> {
-        caller(&req, Role::Service, "GetPublicKeys")?;
-        let r = req.into_inner();
-        let entry = self.core.entry(name(&r.key_name)?).await?;
-        entry.require(Purpose::Signing)?;
-        let mut keys = Vec::new();
-        let mut jwks = Vec::new();
-        for v in entry
-            .versions
-            .values()
-            .filter(|v| v.version >= entry.row.min_decryption_version)
-        {
-            let Some(signer) = &v.signing else { continue };
-            let public = signer.public_key();
-            let id = kid(&r.key_name, v.version);
-            jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(public), "kid": id, "alg": "EdDSA", "use": "sig"}));
-            keys.push(pb::PublicKey {
-                kid: id,
-                version: v.version,
-                algorithm: "EdDSA".into(),
-                public_key: public.to_vec(),
-            });
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().key_name.clone();
+        let result: Res<pb::GetPublicKeysResponse> = async move {
+            caller(&req, Role::Service, "GetPublicKeys")?;
+            let r = req.into_inner();
+            let entry = self.core.entry(name(&r.key_name)?).await?;
+            entry.require(Purpose::Signing)?;
+            let mut keys = Vec::new();
+            let mut jwks = Vec::new();
+            for v in entry
+                .versions
+                .values()
+                .filter(|v| v.version >= entry.row.min_decryption_version)
+            {
+                let Some(signer) = &v.signing else { continue };
+                let public = signer.public_key();
+                let id = kid(&r.key_name, v.version);
+                jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(public), "kid": id, "alg": "EdDSA", "use": "sig"}));
+                keys.push(pb::PublicKey {
+                    kid: id,
+                    version: v.version,
+                    algorithm: "EdDSA".into(),
+                    public_key: public.to_vec(),
+                });
+            }
+            let jwks_json = serde_json::json!({ "keys": jwks }).to_string();
+            Ok(Response::new(pb::GetPublicKeysResponse { keys, jwks_json }))
         }
-        let jwks_json = serde_json::json!({ "keys": jwks }).to_string();
-        Ok(Response::new(pb::GetPublicKeysResponse { keys, jwks_json }))
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_operation",
+            "get_public_keys",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Res<pb::Key> {
-        caller(&req, Role::Admin, "CreateKey")?;
-        let r = req.into_inner();
-        let purpose = match pb::KeyPurpose::try_from(r.purpose) {
-            Ok(pb::KeyPurpose::Encryption) => Purpose::Encryption,
-            Ok(pb::KeyPurpose::Signing) => Purpose::Signing,
-            Ok(pb::KeyPurpose::Hmac) => Purpose::Hmac,
-            _ => {
-                return Err(KeyError::InvalidArgument(
-                    "purpose must be ENCRYPTION, SIGNING or HMAC".into(),
-                )
-                .into());
-            }
-        };
-        let period = auto_rotate(r.auto_rotate_period)?.flatten();
-        let entry = self
-            .core
-            .create_key(name(&r.name)?, purpose, period)
-            .await?;
-        Ok(Response::new(self.to_pb(&entry).await))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().name.clone();
+        let result: Res<pb::Key> = async move {
+            caller(&req, Role::Admin, "CreateKey")?;
+            let r = req.into_inner();
+            let purpose = match pb::KeyPurpose::try_from(r.purpose) {
+                Ok(pb::KeyPurpose::Encryption) => Purpose::Encryption,
+                Ok(pb::KeyPurpose::Signing) => Purpose::Signing,
+                Ok(pb::KeyPurpose::Hmac) => Purpose::Hmac,
+                _ => {
+                    return Err(KeyError::InvalidArgument(
+                        "purpose must be ENCRYPTION, SIGNING or HMAC".into(),
+                    )
+                    .into());
+                }
+            };
+            let period = auto_rotate(r.auto_rotate_period)?.flatten();
+            let entry = self
+                .core
+                .create_key(name(&r.name)?, purpose, period)
+                .await?;
+            Ok(Response::new(self.to_pb(&entry).await))
+        }
+        .await;
+        audited(&self.audit, &info, "admin", "create_key", &subject, result).await
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Res<pb::Key> {
-        caller(&req, Role::Admin, "RotateKey")?;
-        let entry = self.core.rotate_key(name(&req.get_ref().name)?).await?;
-        Ok(Response::new(self.to_pb(&entry).await))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().name.clone();
+        let result: Res<pb::Key> = async move {
+            caller(&req, Role::Admin, "RotateKey")?;
+            let entry = self.core.rotate_key(name(&req.get_ref().name)?).await?;
+            Ok(Response::new(self.to_pb(&entry).await))
+        }
+        .await;
+        audited(&self.audit, &info, "admin", "rotate_key", &subject, result).await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Res<pb::Key> {
-        caller(&req, Role::Service, "GetKey")?;
-        let entry = self.core.entry(name(&req.get_ref().name)?).await?;
-        Ok(Response::new(self.to_pb(&entry).await))
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().name.clone();
+        let result: Res<pb::Key> = async move {
+            caller(&req, Role::Service, "GetKey")?;
+            let entry = self.core.entry(name(&req.get_ref().name)?).await?;
+            Ok(Response::new(self.to_pb(&entry).await))
+        }
+        .await;
+        audited(&self.audit, &info, "key_read", "get_key", &subject, result).await
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Res<pb::ListKeysResponse> {
-        caller(&req, Role::Service, "ListKeys")?;
-        let r = req.into_inner();
-        let size = match r.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(KeyError::InvalidArgument(format!(
-                    "page_size must be 0 to 1000, got {n}"
-                ))
-                .into());
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::ListKeysResponse> = async move {
+            caller(&req, Role::Service, "ListKeys")?;
+            let r = req.into_inner();
+            let size = match r.page_size {
+                0 => 100,
+                n @ 1..=1000 => n as usize,
+                n => {
+                    return Err(KeyError::InvalidArgument(format!(
+                        "page_size must be 0 to 1000, got {n}"
+                    ))
+                    .into());
+                }
+            };
+            if !r.page_token.is_empty() {
+                validate_key_name(&r.page_token).map_err(|_| {
+                    KeyError::InvalidArgument("page_token is not one this server issued".into())
+                })?;
             }
-        };
-        if !r.page_token.is_empty() {
-            validate_key_name(&r.page_token).map_err(|_| {
-                KeyError::InvalidArgument("page_token is not one this server issued".into())
-            })?;
-        }
-        let all = self.core.list().await?;
-        let mut keys = Vec::new();
-        let mut next_page_token = String::new();
-        for e in all
-            .iter()
-            .filter(|e| e.row.name.as_str() > r.page_token.as_str())
-        {
-            if keys.len() == size {
-                next_page_token = keys
-                    .last()
-                    .map(|k: &pb::Key| k.name.clone())
-                    .unwrap_or_default();
-                break;
+            let all = self.core.list().await?;
+            let mut keys = Vec::new();
+            let mut next_page_token = String::new();
+            for e in all
+                .iter()
+                .filter(|e| e.row.name.as_str() > r.page_token.as_str())
+            {
+                if keys.len() == size {
+                    next_page_token = keys
+                        .last()
+                        .map(|k: &pb::Key| k.name.clone())
+                        .unwrap_or_default();
+                    break;
+                }
+                keys.push(self.to_pb(e).await);
             }
-            keys.push(self.to_pb(e).await);
+            Ok(Response::new(pb::ListKeysResponse {
+                keys,
+                next_page_token,
+            }))
         }
-        Ok(Response::new(pb::ListKeysResponse {
-            keys,
-            next_page_token,
-        }))
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "key_read",
+            "list_keys",
+            &subject,
+            result,
+        )
+        .await
     }
 
     async fn set_key_policy(&self, req: Request<pb::SetKeyPolicyRequest>) -> Res<pb::Key> {
-        caller(&req, Role::Admin, "SetKeyPolicy")?;
-        let r = req.into_inner();
-        let paths: Vec<String> = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        for p in &paths {
-            if p != "min_decryption_version" && p != "auto_rotate_period" {
-                return Err(
-                    KeyError::InvalidArgument(format!("unknown update_mask path {p:?}")).into(),
-                );
+        let info = CallInfo::of(&req);
+        let subject = req.get_ref().name.clone();
+        let result: Res<pb::Key> = async move {
+            caller(&req, Role::Admin, "SetKeyPolicy")?;
+            let r = req.into_inner();
+            let paths: Vec<String> = r.update_mask.map(|m| m.paths).unwrap_or_default();
+            for p in &paths {
+                if p != "min_decryption_version" && p != "auto_rotate_period" {
+                    return Err(KeyError::InvalidArgument(format!(
+                        "unknown update_mask path {p:?}"
+                    ))
+                    .into());
+                }
             }
+            let all = paths.is_empty();
+            let min = (all || paths.iter().any(|p| p == "min_decryption_version"))
+                .then_some(r.min_decryption_version);
+            let period = if all || paths.iter().any(|p| p == "auto_rotate_period") {
+                Some(auto_rotate(r.auto_rotate_period)?.flatten())
+            } else {
+                None
+            };
+            let entry = self.core.set_policy(name(&r.name)?, min, period).await?;
+            Ok(Response::new(self.to_pb(&entry).await))
         }
-        let all = paths.is_empty();
-        let min = (all || paths.iter().any(|p| p == "min_decryption_version"))
-            .then_some(r.min_decryption_version);
-        let period = if all || paths.iter().any(|p| p == "auto_rotate_period") {
-            Some(auto_rotate(r.auto_rotate_period)?.flatten())
-        } else {
-            None
-        };
-        let entry = self.core.set_policy(name(&r.name)?, min, period).await?;
-        Ok(Response::new(self.to_pb(&entry).await))
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "admin",
+            "set_key_policy",
+            &subject,
+            result,
+        )
+        .await
     }
 }
 
@@ -468,138 +645,169 @@ impl SystemService for Api {
     }
 
     async fn init(&self, req: Request<pb::InitRequest>) -> Res<pb::InitResponse> {
-        caller(&req, Role::Admin, "Init")?;
-        if self.core.seal_type() != "shamir" {
-            return Err(KeyError::FailedPrecondition("Init is for SENTIA_SEAL_TYPE=shamir; this server unseals from its configured master key".into()).into());
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::InitResponse> = async move {
+            caller(&req, Role::Admin, "Init")?;
+            if self.core.seal_type() != "shamir" {
+                return Err(KeyError::FailedPrecondition("Init is for SENTIA_SEAL_TYPE=shamir; this server unseals from its configured master key".into()).into());
+            }
+            if self.core.meta().await?.is_some() {
+                return Err(
+                    KeyError::FailedPrecondition("the keyring is already initialized".into()).into(),
+                );
+            }
+            let r = req.into_inner();
+            let (k, n) = shamir_params(r.secret_shares, r.secret_threshold)?;
+            let master = MasterKey::generate();
+            let shares = master.split(k, n).map_err(KeyError::from)?;
+            self.core
+                .unseal(&master, Some((n.into(), k.into())))
+                .await?;
+            Ok(Response::new(pb::InitResponse {
+                shares: shares.iter().map(|s| s.to_string()).collect(),
+            }))
         }
-        if self.core.meta().await?.is_some() {
-            return Err(
-                KeyError::FailedPrecondition("the keyring is already initialized".into()).into(),
-            );
-        }
-        let r = req.into_inner();
-        let (k, n) = shamir_params(r.secret_shares, r.secret_threshold)?;
-        let master = MasterKey::generate();
-        let shares = master.split(k, n).map_err(KeyError::from)?;
-        self.core
-            .unseal(&master, Some((n.into(), k.into())))
-            .await?;
-        Ok(Response::new(pb::InitResponse {
-            shares: shares.iter().map(|s| s.to_string()).collect(),
-        }))
+        .await;
+        audited(&self.audit, &info, "admin", "init", &subject, result).await
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Res<pb::SealResponse> {
-        caller(&req, Role::Admin, "Seal")?;
-        self.core.seal();
-        self.shares.lock().await.clear();
-        Ok(Response::new(pb::SealResponse { sealed: true }))
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::SealResponse> = async move {
+            caller(&req, Role::Admin, "Seal")?;
+            self.core.seal();
+            self.shares.lock().await.clear();
+            Ok(Response::new(pb::SealResponse { sealed: true }))
+        }
+        .await;
+        audited(&self.audit, &info, "admin", "seal", &subject, result).await
     }
 
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Res<pb::UnsealResponse> {
-        let r = req.into_inner();
-        let mut shares = self.shares.lock().await;
-        if r.reset {
-            shares.clear();
-        }
-        let meta = self.core.meta().await?;
-        let threshold = meta.as_ref().map_or(1, |m| m.shamir_threshold.max(1));
-        if !self.core.is_sealed() {
-            return Ok(Response::new(pb::UnsealResponse {
-                sealed: false,
-                progress: 0,
-                threshold,
-            }));
-        }
-        if meta.is_none() {
-            return Err(KeyError::FailedPrecondition(
-                "the keyring is not initialized; call Init first".into(),
-            )
-            .into());
-        }
-        let master = match r.material {
-            None => {
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::UnsealResponse> = async move {
+            let r = req.into_inner();
+            let mut shares = self.shares.lock().await;
+            if r.reset {
+                shares.clear();
+            }
+            let meta = self.core.meta().await?;
+            let threshold = meta.as_ref().map_or(1, |m| m.shamir_threshold.max(1));
+            if !self.core.is_sealed() {
                 return Ok(Response::new(pb::UnsealResponse {
-                    sealed: true,
-                    progress: shares.len() as u32,
+                    sealed: false,
+                    progress: 0,
                     threshold,
                 }));
             }
-            Some(pb::unseal_request::Material::MasterKey(k)) => {
-                MasterKey::from_base64(&Zeroizing::new(k)).map_err(KeyError::from)?
+            if meta.is_none() {
+                return Err(KeyError::FailedPrecondition(
+                    "the keyring is not initialized; call Init first".into(),
+                )
+                .into());
             }
-            Some(pb::unseal_request::Material::Share(s)) => {
-                let share =
-                    Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| {
-                        KeyError::InvalidArgument("share is not valid base64".into())
-                    })?);
-                if share.len() != 33 {
-                    return Err(KeyError::InvalidArgument(format!(
-                        "a share is 33 bytes, got {}",
-                        share.len()
-                    ))
-                    .into());
-                }
-                if shares.iter().any(|s| s[0] == share[0]) {
-                    return Err(KeyError::InvalidArgument(
-                        "this share was already submitted".into(),
-                    )
-                    .into());
-                }
-                shares.push(share);
-                if (shares.len() as u32) < threshold {
+            let master = match r.material {
+                None => {
                     return Ok(Response::new(pb::UnsealResponse {
                         sealed: true,
                         progress: shares.len() as u32,
                         threshold,
                     }));
                 }
-                let combined = MasterKey::from_shares(&shares);
-                shares.clear();
-                combined.map_err(KeyError::from)?
-            }
-        };
-        self.core.unseal(&master, None).await?;
-        Ok(Response::new(pb::UnsealResponse {
-            sealed: false,
-            progress: 0,
-            threshold,
-        }))
+                Some(pb::unseal_request::Material::MasterKey(k)) => {
+                    MasterKey::from_base64(&Zeroizing::new(k)).map_err(KeyError::from)?
+                }
+                Some(pb::unseal_request::Material::Share(s)) => {
+                    let share = Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| {
+                        KeyError::InvalidArgument("share is not valid base64".into())
+                    })?);
+                    if share.len() != 33 {
+                        return Err(KeyError::InvalidArgument(format!(
+                            "a share is 33 bytes, got {}",
+                            share.len()
+                        ))
+                        .into());
+                    }
+                    if shares.iter().any(|s| s[0] == share[0]) {
+                        return Err(KeyError::InvalidArgument(
+                            "this share was already submitted".into(),
+                        )
+                        .into());
+                    }
+                    shares.push(share);
+                    if (shares.len() as u32) < threshold {
+                        return Ok(Response::new(pb::UnsealResponse {
+                            sealed: true,
+                            progress: shares.len() as u32,
+                            threshold,
+                        }));
+                    }
+                    let combined = MasterKey::from_shares(&shares);
+                    shares.clear();
+                    combined.map_err(KeyError::from)?
+                }
+            };
+            self.core.unseal(&master, None).await?;
+            Ok(Response::new(pb::UnsealResponse {
+                sealed: false,
+                progress: 0,
+                threshold,
+            }))
+        }
+        .await;
+        audited(&self.audit, &info, "admin", "unseal", &subject, result).await
     }
 
     async fn rotate_master_key(
         &self,
         req: Request<pb::RotateMasterKeyRequest>,
     ) -> Res<pb::RotateMasterKeyResponse> {
-        caller(&req, Role::Admin, "RotateMasterKey")?;
-        let r = req.into_inner();
-        if self.core.seal_type() == "shamir" {
-            let meta = self.core.meta().await?.ok_or(KeyError::Sealed)?;
-            let shares = if r.secret_shares == 0 {
-                meta.shamir_shares
-            } else {
-                r.secret_shares
-            };
-            let threshold = if r.secret_threshold == 0 {
-                meta.shamir_threshold
-            } else {
-                r.secret_threshold
-            };
-            let (k, n) = shamir_params(shares, threshold)?;
-            let (master_version, master) =
-                self.core.rotate_master(Some((n.into(), k.into()))).await?;
-            let shares = master.split(k, n).map_err(KeyError::from)?;
-            return Ok(Response::new(pb::RotateMasterKeyResponse {
+        let info = CallInfo::of(&req);
+        let subject = String::new();
+        let result: Res<pb::RotateMasterKeyResponse> = async move {
+            caller(&req, Role::Admin, "RotateMasterKey")?;
+            let r = req.into_inner();
+            if self.core.seal_type() == "shamir" {
+                let meta = self.core.meta().await?.ok_or(KeyError::Sealed)?;
+                let shares = if r.secret_shares == 0 {
+                    meta.shamir_shares
+                } else {
+                    r.secret_shares
+                };
+                let threshold = if r.secret_threshold == 0 {
+                    meta.shamir_threshold
+                } else {
+                    r.secret_threshold
+                };
+                let (k, n) = shamir_params(shares, threshold)?;
+                let (master_version, master) =
+                    self.core.rotate_master(Some((n.into(), k.into()))).await?;
+                let shares = master.split(k, n).map_err(KeyError::from)?;
+                return Ok(Response::new(pb::RotateMasterKeyResponse {
+                    master_version,
+                    master_key: String::new(),
+                    shares: shares.iter().map(|s| s.to_string()).collect(),
+                }));
+            }
+            let (master_version, master) = self.core.rotate_master(None).await?;
+            Ok(Response::new(pb::RotateMasterKeyResponse {
                 master_version,
-                master_key: String::new(),
-                shares: shares.iter().map(|s| s.to_string()).collect(),
-            }));
+                master_key: master.to_base64().to_string(),
+                shares: Vec::new(),
+            }))
         }
-        let (master_version, master) = self.core.rotate_master(None).await?;
-        Ok(Response::new(pb::RotateMasterKeyResponse {
-            master_version,
-            master_key: master.to_base64().to_string(),
-            shares: Vec::new(),
-        }))
+        .await;
+        audited(
+            &self.audit,
+            &info,
+            "admin",
+            "rotate_master_key",
+            &subject,
+            result,
+        )
+        .await
     }
 }

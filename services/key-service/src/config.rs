@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use sentia_crypto::{MIN_PBKDF2_ITERATIONS, MasterKey};
+use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source};
 use zeroize::Zeroizing;
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub max_encryptions_per_version: u64,
     /// `SENTIA_KEYRING_REFRESH`: how often a replica reloads key metadata written by others.
     pub refresh_interval: Duration,
+    /// Where audit events go (`SENTIA_AUDIT_*`).
+    pub audit: AuditConfig,
 }
 
 /// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
@@ -94,6 +97,7 @@ impl Config {
             r.problem("SENTIA_MAX_ENCRYPTIONS_PER_VERSION must be between 16 and 4294967296");
         }
         let refresh_interval = r.duration_or("SENTIA_KEYRING_REFRESH", Duration::from_secs(30));
+        let audit = AuditConfig::from_source(&mut r, "key-service");
         r.finish()?;
         Ok(Self {
             server,
@@ -103,6 +107,7 @@ impl Config {
             default_keys,
             max_encryptions_per_version,
             refresh_interval,
+            audit,
         })
     }
 }
@@ -200,6 +205,7 @@ mod tests {
     fn the_seed_password_variables_are_accepted() {
         let src = MapSource::from_pairs([
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
             ("MASTER_PASSWORD", "correct horse battery staple"),
             ("ENCRYPTION_SALT", "0123456789abcdef"),
         ]);

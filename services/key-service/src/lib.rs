@@ -65,7 +65,10 @@ pub async fn run(
         config.refresh_interval,
         shutdown.clone(),
     ));
-    let api = api::Api::new(core);
+    let emitter =
+        sentia_runtime::audit::Emitter::start("key-service", &config.audit, shutdown.clone())
+            .map_err(|e| KeyError::Startup(e.to_string()))?;
+    let api = api::Api::new(core, emitter);
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
     Server::new(config.server)

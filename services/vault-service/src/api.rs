@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
-use sentia_runtime::audit::{CallInfo, Emitter};
+use sentia_runtime::audit::{CallInfo, Emitter, audited};
 use sentia_runtime::db::timestamp;
 use sentia_runtime::{Principal, Shutdown};
 use tokio::sync::mpsc;
@@ -19,7 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::VaultError;
-use crate::audited::audited;
 use crate::cache::{Cache, LocalCache, ReadView, SealedRecord};
 use crate::keys::Keys;
 use crate::model::{self, CURRENT, Metadata, Prefix, SecretPath, Selector};

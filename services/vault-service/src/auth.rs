@@ -21,11 +21,10 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::VaultError;
-use crate::audited::audited;
 use crate::keys::Keys;
 use crate::policy::{Capability, Policies, ROOT_POLICY};
 use crate::store::{CredentialRow, Store};
-use sentia_runtime::audit::{CallInfo, Emitter};
+use sentia_runtime::audit::{CallInfo, Emitter, audited};
 
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";

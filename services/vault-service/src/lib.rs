@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod audited;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -25,7 +25,21 @@ struct Audited {
 
 impl Audited {
     async fn start(spool: &str) -> Self {
-        let keys = keys::Running::start(&keys::sqlite_url(), &[]).await;
+        // audit-service's listener first: key-service audits into it and it signs checkpoints
+        // with key-service.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let audit_addr = listener.local_addr().unwrap().to_string();
+        let key_spool = spool_path();
+        let keys = keys::Running::start(
+            &keys::sqlite_url(),
+            &[
+                ("SENTIA_AUDIT_DISABLED", "false"),
+                ("SENTIA_AUDIT_SERVICE_ADDR", audit_addr.as_str()),
+                ("SENTIA_AUDIT_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+                ("SENTIA_AUDIT_SPOOL", key_spool.as_str()),
+            ],
+        )
+        .await;
         let audit_db = keys::sqlite_url();
         let tokens = keys::tokens();
         let config = audit_service::Config::from_source(&MapSource::from_pairs([
@@ -36,8 +50,6 @@ impl Audited {
             ("SENTIA_AUTH_TOKENS", tokens.as_str()),
         ]))
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let audit_addr = listener.local_addr().unwrap().to_string();
         let audit_stop = Shutdown::new();
         let stop = audit_stop.clone();
         let audit =
@@ -73,7 +85,17 @@ impl Audited {
         )
     }
 
+    /// vault-service's events, in log order.
     async fn events(&self) -> Vec<apb::AuditEvent> {
+        self.all_events()
+            .await
+            .into_iter()
+            .filter(|e| e.service == "vault-service")
+            .collect()
+    }
+
+    /// Every service's events, in log order.
+    async fn all_events(&self) -> Vec<apb::AuditEvent> {
         let mut all = Vec::new();
         let mut token = String::new();
         loop {
@@ -278,5 +300,62 @@ async fn with_audit_service_down_and_no_spool_space_operations_fail_closed() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("audit"), "{err:?}");
     a.proxy.restore();
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_service_records_its_operations_and_a_failed_decryption() {
+    let a = Audited::start(&spool_path()).await;
+    let s = &a.stack;
+    // No data-key cache hit on the first read: vault-service asks key-service to unwrap.
+    s.put("prod/app/key", b"v").await;
+    let mut k = s.keys.client(Some(keys::SERVICE_TOKEN)).await;
+    let ct = k
+        .encrypt(sentia_proto::keys::v1::EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: b"x".to_vec(),
+            encryption_context: b"ctx".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    let err = k
+        .decrypt(sentia_proto::keys::v1::DecryptRequest {
+            ciphertext: ct,
+            encryption_context: b"other".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut found = None;
+    for _ in 0..100 {
+        let all = a.all_events().await;
+        if let Some(e) = all
+            .iter()
+            .find(|e| e.service == "key-service" && e.event_type == "failed_decryption")
+        {
+            found = Some((e.clone(), all));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (failed, all) = found.expect("no failed_decryption event from key-service");
+    assert_eq!(
+        (
+            failed.operation.as_str(),
+            failed.success,
+            failed.status_code.as_str()
+        ),
+        ("decrypt", false, "INVALID_ARGUMENT")
+    );
+    assert_eq!(
+        failed.principal, "vault-service",
+        "the test called with vault-service's token"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.service == "key-service" && e.operation == "generate_data_key" && e.success)
+    );
     a.stop().await;
 }

@@ -93,6 +93,7 @@ impl Running {
             ("SENTIA_DATABASE_URL", database_url),
             ("SENTIA_MASTER_KEY", master.as_str()),
             ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+            ("SENTIA_AUDIT_DISABLED", "true"),
         ];
         pairs.extend_from_slice(extra);
         if extra

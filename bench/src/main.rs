@@ -3,6 +3,7 @@
 //! baseline (grpc.health.v1 Check on the same server). Prints req/s, p50/p99 latency, and each
 //! RPC's throughput as a ratio to the baseline measured in the same run.
 
+mod audit;
 mod harness;
 mod keys;
 mod vault;
@@ -18,6 +19,8 @@ enum Suite {
     Keys,
     /// vault-service only.
     Vault,
+    /// audit-service only.
+    Audit,
 }
 
 #[derive(Parser)]
@@ -47,14 +50,16 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.suite != Suite::Vault {
+    if matches!(args.suite, Suite::All | Suite::Keys) {
         keys::run(&args).await?;
     }
-    if args.suite != Suite::Keys {
-        if args.suite == Suite::All {
-            println!();
-        }
+    if matches!(args.suite, Suite::All | Suite::Vault) {
+        println!();
         vault::run(&args).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Audit) {
+        println!();
+        audit::run(&args).await?;
     }
     Ok(())
 }

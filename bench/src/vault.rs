@@ -116,7 +116,7 @@ impl Vault {
 }
 
 /// A fresh database on the bench's Postgres, or a SQLite file.
-async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<String> {
+pub async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<String> {
     match &args.postgres {
         Some(url) => {
             sqlx::any::install_default_drivers();

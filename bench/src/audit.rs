@@ -1,0 +1,141 @@
+//! audit-service suite: hash-chained AppendEvents (batches of 100, and single events) as
+//! events per second against plain single-row INSERTs on the same database with the same
+//! concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sentia_proto::audit::v1 as pb;
+use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use sentia_runtime::client::{CallContext, connect};
+use sentia_runtime::{MapSource, Shutdown};
+use sqlx::Executor;
+
+use crate::Args;
+use crate::harness::{Figures, drive, header, row};
+use crate::keys::{KeyServiceUnderTest, SERVICE_TOKEN};
+
+fn event(emitter: &str, sequence: u64) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
+        event_type: "secret_access".into(),
+        principal: "app:bench".into(),
+        secret_name: "bench/app/hot".into(),
+        operation: "read".into(),
+        source_ip: "127.0.0.1".into(),
+        success: true,
+        service: "vault-service".into(),
+        status_code: "OK".into(),
+        request_id: "01a2-bench".into(),
+        emitter_id: emitter.into(),
+        emitter_sequence: sequence,
+        ..Default::default()
+    }
+}
+
+/// Runs the audit-service rows.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let ks = KeyServiceUnderTest::start().await?;
+    let dir = std::env::temp_dir().join(format!("sentia_bench_audit_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = crate::vault::database(args, &dir, "audit").await?;
+    let backend = if args.postgres.is_some() {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
+    let tokens = sentia_runtime::auth::TokenTable::from_plain([(
+        "vault-service",
+        sentia_runtime::Role::Service,
+        SERVICE_TOKEN,
+    )])
+    .to_config();
+    let config = audit_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", db.as_str()),
+        ("SENTIA_KEY_SERVICE_ADDR", ks.addr.as_str()),
+        ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+    ]))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(audit_service::run(config, listener, shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (n, m, s) = (args.connections, args.concurrency, args.seconds);
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let ch = connect(&addr, None).await?;
+        clients.push(AuditServiceClient::new(
+            CallContext::with_token(Some(SERVICE_TOKEN))?.wrap(ch),
+        ));
+    }
+    println!(
+        "audit-service benchmark on {backend}: {n} connections x {m} in flight, {s} s per row; \
+         figures are events (or rows) per second\n"
+    );
+    header();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut rows = Vec::new();
+    for batch in [100u64, 1] {
+        let (cl, seq) = (clients.clone(), next.clone());
+        let f = drive(n, m, s, move |i| {
+            let mut c = cl[i].clone();
+            let first = seq.fetch_add(batch, Ordering::Relaxed) + 1;
+            async move {
+                let events = (first..first + batch).map(|k| event("bench", k)).collect();
+                c.append_events(pb::AppendEventsRequest { events })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await?;
+        rows.push((
+            batch,
+            Figures {
+                rps: f.rps * batch as f64,
+                ..f
+            },
+        ));
+    }
+
+    sqlx::any::install_default_drivers();
+    let plain_db = crate::vault::database(args, &dir, "audit_plain").await?;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(10)
+        .connect(&plain_db)
+        .await?;
+    pool.execute("CREATE TABLE plain_rows (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
+        .await?;
+    let ids = Arc::new(AtomicU64::new(0));
+    let inserts = drive(n, m, s, move |_| {
+        let (pool, id) = (pool.clone(), ids.fetch_add(1, Ordering::Relaxed) as i64);
+        async move {
+            sqlx::query("INSERT INTO plain_rows (id, payload) VALUES ($1, $2)")
+                .bind(id)
+                .bind("x".repeat(160))
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    })
+    .await?;
+    row(
+        &format!("plain INSERT on {backend} (baseline)"),
+        &inserts,
+        &inserts,
+    );
+    for (batch, f) in &rows {
+        row(&format!("AppendEvents, {batch} per call"), f, &inserts);
+    }
+    shutdown.trigger();
+    server.await??;
+    ks.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -24,8 +24,9 @@ const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
     include_str!("../migrations/sqlite/0001_audit.sql"),
 )];
 
-/// Rows per INSERT statement (12 parameters each, well under both databases' limits).
-const INSERT_CHUNK: usize = 200;
+/// Rows per INSERT statement. Measured on Postgres through sqlx: 100 events took 44 ms as
+/// one 200-row statement chunk and 1.6 ms as four 25-row statements (10-row: 1.8 ms).
+const INSERT_CHUNK: usize = 25;
 
 /// Filters of a query.
 #[derive(Debug, Clone, Default)]

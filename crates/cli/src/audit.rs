@@ -57,6 +57,16 @@ enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Compliance access report for a period: per secret, who read and changed it, denied
+    /// attempts, failed decryptions and rotations.
+    Report {
+        /// The period, back from now (e.g. 90d).
+        #[arg(long, default_value = "90d")]
+        since: String,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Print events as they are appended, until Ctrl-C.
     Tail {
         /// Start after this sequence (0 = only new events).
@@ -185,6 +195,36 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
                 token = page.next_page_token;
             }
+        }
+        AuditCommand::Report { since, format } => {
+            let d = sentia_runtime::config::parse_duration(&since)
+                .context("--since must look like 30d or 90d")?;
+            let start =
+                sentia_runtime::db::timestamp(sentia_runtime::db::now_ms() - d.as_millis() as i64);
+            let mut rows: std::collections::BTreeMap<String, ReportRow> = Default::default();
+            let mut token = String::new();
+            loop {
+                let page = c
+                    .query_events(pb::QueryEventsRequest {
+                        start_time: Some(start),
+                        page_size: 1000,
+                        page_token: token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                for e in page.records.iter().filter_map(|r| r.event.as_ref()) {
+                    if !e.secret_name.is_empty() {
+                        rows.entry(e.secret_name.clone()).or_default().add(e);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            print_report(&rows, if as_json { "json" } else { &format })?;
         }
         AuditCommand::Tail { after } => {
             let mut s = c
@@ -328,4 +368,105 @@ async fn public_keys(
         .map_err(status_err)?
         .into_inner();
     Ok(r.keys.into_iter().map(|k| (k.kid, k.public_key)).collect())
+}
+
+/// One secret's line of the compliance report.
+#[derive(Default)]
+struct ReportRow {
+    reads: u64,
+    readers: std::collections::BTreeSet<String>,
+    changes: u64,
+    changers: std::collections::BTreeSet<String>,
+    denied: u64,
+    denied_principals: std::collections::BTreeSet<String>,
+    failed_decryptions: u64,
+    rotations: u64,
+}
+
+impl ReportRow {
+    fn add(&mut self, e: &pb::AuditEvent) {
+        let denied = matches!(
+            e.status_code.as_str(),
+            "PERMISSION_DENIED" | "UNAUTHENTICATED"
+        );
+        match (e.event_type.as_str(), e.success) {
+            ("failed_decryption", _) => self.failed_decryptions += 1,
+            (_, false) if denied => {
+                self.denied += 1;
+                self.denied_principals.insert(e.principal.clone());
+            }
+            ("rotation", true) => self.rotations += 1,
+            ("secret_access", true) => {
+                self.reads += 1;
+                self.readers.insert(e.principal.clone());
+            }
+            ("secret_write" | "secret_delete" | "admin", true) => {
+                self.changes += 1;
+                self.changers.insert(e.principal.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn print_report(
+    rows: &std::collections::BTreeMap<String, ReportRow>,
+    format: &str,
+) -> anyhow::Result<()> {
+    let join =
+        |s: &std::collections::BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
+    match format {
+        "json" => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(name, r)| {
+                    json!({"secret": name, "reads": r.reads, "readers": r.readers, "changes": r.changes,
+                        "changed_by": r.changers, "denied": r.denied, "denied_principals": r.denied_principals,
+                        "failed_decryptions": r.failed_decryptions, "rotations": r.rotations})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        "csv" => {
+            println!(
+                "secret,reads,readers,changes,changed_by,denied,denied_principals,failed_decryptions,rotations"
+            );
+            let q = |s: String| format!("\"{}\"", s.replace('"', "\"\""));
+            for (name, r) in rows {
+                println!(
+                    "{},{},{},{},{},{},{},{},{}",
+                    q(name.clone()),
+                    r.reads,
+                    q(join(&r.readers)),
+                    r.changes,
+                    q(join(&r.changers)),
+                    r.denied,
+                    q(join(&r.denied_principals)),
+                    r.failed_decryptions,
+                    r.rotations
+                );
+            }
+        }
+        "table" => {
+            println!(
+                "{:<36} {:>6} {:>8} {:>7} {:>6} {:>9}  READERS / DENIED",
+                "SECRET", "READS", "CHANGES", "DENIED", "FAILED", "ROTATIONS"
+            );
+            for (name, r) in rows {
+                println!(
+                    "{:<36} {:>6} {:>8} {:>7} {:>6} {:>9}  {} / {}",
+                    name,
+                    r.reads,
+                    r.changes,
+                    r.denied,
+                    r.failed_decryptions,
+                    r.rotations,
+                    join(&r.readers),
+                    join(&r.denied_principals)
+                );
+            }
+        }
+        other => anyhow::bail!("--format {other:?}: use table, json or csv"),
+    }
+    Ok(())
 }

@@ -175,12 +175,37 @@ impl AuditApi {
             .await
             .map_err(|e| AuditError::KeyService(Status::unavailable(e.to_string())))?;
         let keys = self.checkpoint_keys.snapshot();
+        let mut out = pb::VerifyChainResponse::default();
         let mut anchor = if from <= 1 {
             Some(sentia_audit::GENESIS)
+        } else if let Some(h) = self.store.hash_at(from - 1).await? {
+            Some(h)
         } else {
-            self.store.hash_at(from - 1).await?
+            // Records before `from` are gone: legitimately only by retention, which always
+            // keeps the signed checkpoint of the last purged record to anchor the rest.
+            match self.store.checkpoint_at(from - 1).await? {
+                Some(c)
+                    if keys.get(&c.kid).is_some_and(|k| {
+                        sentia_crypto::verify_ed25519(
+                            k,
+                            sentia_audit::checkpoint_message(c.sequence, &c.head_hash).as_bytes(),
+                            &c.signature,
+                        )
+                    }) =>
+                {
+                    out.checkpoints_checked += 1;
+                    <[u8; 32]>::try_from(c.head_hash.as_slice()).ok()
+                }
+                _ => {
+                    out.first_bad_sequence = from - 1;
+                    out.problem = format!(
+                        "records before {from} are missing and no signed checkpoint at {} anchors the rest",
+                        from - 1
+                    );
+                    return Ok(out);
+                }
+            }
         };
-        let mut out = pb::VerifyChainResponse::default();
         let mut after = from.saturating_sub(1);
         loop {
             let records = self.store.records(after, to, BATCH).await?;

@@ -26,6 +26,11 @@ pub struct Config {
     /// `SENTIA_AUDIT_READ_POLICIES`: JWT policies that may read the log (the seed's
     /// system_admin holds `audit-read`); static admin identities always may.
     pub read_policies: Vec<String>,
+    /// `SENTIA_AUDIT_RETENTION`: records older than this are purged, up to the newest
+    /// checkpoint among them (default 7 years, the strategy document's figure).
+    pub retention: Duration,
+    /// `SENTIA_RETENTION_CHECK`: how often the purge runs.
+    pub retention_check: Duration,
 }
 
 impl Config {
@@ -51,6 +56,8 @@ impl Config {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
+        let retention = r.duration_or("SENTIA_AUDIT_RETENTION", Duration::from_secs(2555 * 86_400));
+        let retention_check = r.duration_or("SENTIA_RETENTION_CHECK", Duration::from_secs(3600));
         r.finish()?;
         Ok(Self {
             server,
@@ -62,6 +69,8 @@ impl Config {
             checkpoint_every,
             checkpoint_interval,
             read_policies,
+            retention,
+            retention_check,
         })
     }
 }

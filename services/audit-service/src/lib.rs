@@ -45,6 +45,12 @@ pub async fn run(
         head.subscribe(),
         shutdown.clone(),
     ));
+    tokio::spawn(purge_old(
+        store.clone(),
+        config.retention,
+        config.retention_check,
+        shutdown.clone(),
+    ));
     let api = api::AuditApi::new(
         store,
         head,
@@ -97,6 +103,25 @@ pub async fn sign_checkpoint(
         .await?;
     tracing::debug!(sequence, "audit checkpoint signed");
     Ok(Some(sequence))
+}
+
+/// Purges records past retention every `check`, keeping the chain anchored.
+async fn purge_old(store: store::Store, retention: Duration, check: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(check) => {}
+        }
+        let before =
+            sentia_runtime::db::now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+        match store.purge(before).await {
+            Ok((0, _)) => {}
+            Ok((through, n)) => {
+                tracing::info!(through, purged = n, "audit records past retention purged")
+            }
+            Err(e) => tracing::warn!(error = %e, "purging audit records failed; retrying later"),
+        }
+    }
 }
 
 /// Signs a checkpoint after `every` new records or `interval` after the last one.

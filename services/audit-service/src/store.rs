@@ -378,6 +378,36 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the records received before `before_ms`, but only up to the newest signed
+    /// checkpoint among them, so what remains is anchored by a checkpoint. Returns the
+    /// sequence purged through (0 = nothing) and how many records went.
+    pub async fn purge(&self, before_ms: i64) -> Result<(u64, u64), AuditError> {
+        let row = sqlx::query(
+            "SELECT MAX(c.sequence) AS m FROM checkpoints c \
+             JOIN audit_records r ON r.sequence = c.sequence WHERE r.receive_time < $1",
+        )
+        .bind(before_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let Some(through) = row.try_get::<Option<i64>, _>("m")? else {
+            return Ok((0, 0));
+        };
+        let r = sqlx::query("DELETE FROM audit_records WHERE sequence <= $1")
+            .bind(through)
+            .execute(&self.pool)
+            .await?;
+        Ok((through.max(0) as u64, r.rows_affected()))
+    }
+
+    /// The checkpoint at exactly `sequence`, if any.
+    pub async fn checkpoint_at(&self, sequence: u64) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(self
+            .checkpoints(sequence, sequence)
+            .await?
+            .into_iter()
+            .next())
+    }
+
     /// The oldest retained sequence (head + 1 when empty).
     pub async fn oldest(&self) -> Result<u64, AuditError> {
         let row = sqlx::query("SELECT MIN(sequence) AS m FROM audit_records")

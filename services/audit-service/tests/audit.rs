@@ -25,6 +25,10 @@ struct Audit {
 
 impl Audit {
     async fn start(postgres: bool) -> Option<Self> {
+        Self::start_with(postgres, &[]).await
+    }
+
+    async fn start_with(postgres: bool, extra: &[(&str, &str)]) -> Option<Self> {
         let (kdb, db) = if postgres {
             (keys::postgres_url().await?, keys::postgres_url().await?)
         } else {
@@ -32,7 +36,7 @@ impl Audit {
         };
         let keys = keys::Running::start(&kdb, &[]).await;
         let tokens = keys::tokens();
-        let config = audit_service::Config::from_source(&MapSource::from_pairs([
+        let mut pairs = vec![
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_DATABASE_URL", db.as_str()),
             ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
@@ -40,8 +44,9 @@ impl Audit {
             ("SENTIA_AUTH_TOKENS", tokens.as_str()),
             ("SENTIA_CHECKPOINT_EVERY", "5"),
             ("SENTIA_CHECKPOINT_INTERVAL", "100ms"),
-        ]))
-        .unwrap();
+        ];
+        pairs.extend_from_slice(extra);
+        let config = audit_service::Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = Shutdown::new();
@@ -453,4 +458,49 @@ async fn a_tail_truncated_after_a_checkpoint_is_named_by_verify(a: &Audit) {
         "truncated",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_up_to_a_checkpoint_and_the_rest_still_verifies() {
+    let Some(a) = Audit::start_with(
+        false,
+        &[
+            ("SENTIA_AUDIT_RETENTION", "2s"),
+            ("SENTIA_RETENTION_CHECK", "100ms"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    a.append(1..=7).await;
+    a.wait_for_checkpoint(7).await;
+    // Wait until the purge has taken everything up to the checkpoint.
+    let mut purged = false;
+    for _ in 0..300 {
+        let left = a
+            .reader()
+            .query_events(pb::QueryEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        if left.is_empty() {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(purged, "records past retention were not purged");
+    // The next records are younger than the 2 s retention for the rest of the test.
+    a.append(8..=10).await;
+    let v = a.verify().await;
+    assert!(v.valid, "{v:?}");
+    assert_eq!(v.records_checked, 3);
+    // Deleting the oldest remaining record is not a purge: nothing anchors what is left.
+    a.sql("DELETE FROM audit_records WHERE sequence = 8").await;
+    let v = a.verify().await;
+    assert!(!v.valid, "{v:?}");
+    assert!(v.problem.contains("no signed checkpoint"), "{v:?}");
+    a.stop().await;
 }

@@ -30,6 +30,7 @@ const TAIL_POLL: Duration = Duration::from_secs(1);
 pub struct AuditApi {
     store: Store,
     head: Arc<watch::Sender<u64>>,
+    alerts: mpsc::Sender<Vec<(u64, pb::AuditEvent)>>,
     checkpoint_keys: Arc<PublicKeySet>,
     read_policies: Arc<Vec<String>>,
     shutdown: Shutdown,
@@ -119,6 +120,7 @@ impl AuditApi {
     pub fn new(
         store: Store,
         head: Arc<watch::Sender<u64>>,
+        alerts: mpsc::Sender<Vec<(u64, pb::AuditEvent)>>,
         checkpoint_keys: Arc<PublicKeySet>,
         read_policies: Vec<String>,
         shutdown: Shutdown,
@@ -126,6 +128,7 @@ impl AuditApi {
         Self {
             store,
             head,
+            alerts,
             checkpoint_keys,
             read_policies: Arc::new(read_policies),
             shutdown,
@@ -274,6 +277,11 @@ impl AuditService for AuditApi {
             validate(i, e)?;
         }
         let r = self.store.append(&events).await?;
+        if !r.new_records.is_empty() && self.alerts.send(r.new_records.clone()).await.is_err() {
+            tracing::error!(
+                "the alert evaluator stopped; new events are not checked against alert rules"
+            );
+        }
         if r.stored > 0 {
             self.head.send_if_modified(|h| {
                 let moved = r.last_sequence > *h;
@@ -456,16 +464,39 @@ impl AuditService for AuditApi {
         req: Request<pb::ListAlertsRequest>,
     ) -> Res<pb::ListAlertsResponse> {
         self.may_read(&req)?;
-        Err(Status::unimplemented(
-            "alert rules are not built yet in this version of audit-service",
-        ))
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let mut alerts = self
+            .store
+            .alerts(r.include_acknowledged, &r.page_token, limit + 1)
+            .await?;
+        let next_page_token = if alerts.len() as i64 > limit {
+            alerts.truncate(limit as usize);
+            alerts.last().map_or(String::new(), |a| a.id.clone())
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts,
+            next_page_token,
+        }))
     }
 
     async fn acknowledge_alert(&self, req: Request<pb::AcknowledgeAlertRequest>) -> Res<pb::Alert> {
-        self.may_read(&req)?;
-        Err(Status::unimplemented(
-            "alert rules are not built yet in this version of audit-service",
-        ))
+        let p = self.may_read(&req)?;
+        let id = req.into_inner().id;
+        if id.is_empty() || id.len() > 64 {
+            return Err(Status::invalid_argument(
+                "id must be an alert id (1-64 characters)",
+            ));
+        }
+        match self.store.acknowledge(&id, &p.id).await? {
+            Some(a) => {
+                tracing::info!(alert = %id, by = %p.id, "alert acknowledged");
+                Ok(Response::new(a))
+            }
+            None => Err(Status::not_found(format!("no alert {id}"))),
+        }
     }
 }
 

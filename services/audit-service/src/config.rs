@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
+use crate::alerts::Rules;
+
 /// Everything audit-service needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,6 +33,12 @@ pub struct Config {
     pub retention: Duration,
     /// `SENTIA_RETENTION_CHECK`: how often the purge runs.
     pub retention_check: Duration,
+    /// Alert rule settings (`SENTIA_ALERT_*`).
+    pub rules: Rules,
+    /// `SENTIA_REDIS_URL`: shared sliding windows for alert rules (in process when unset).
+    pub redis_url: Option<String>,
+    /// `SENTIA_REDIS_PREFIX`: key prefix in Redis.
+    pub redis_prefix: String,
 }
 
 impl Config {
@@ -58,6 +66,9 @@ impl Config {
             .collect();
         let retention = r.duration_or("SENTIA_AUDIT_RETENTION", Duration::from_secs(2555 * 86_400));
         let retention_check = r.duration_or("SENTIA_RETENTION_CHECK", Duration::from_secs(3600));
+        let rules = Rules::from_source(&mut r);
+        let redis_url = r.optional("SENTIA_REDIS_URL");
+        let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
         r.finish()?;
         Ok(Self {
             server,
@@ -71,6 +82,9 @@ impl Config {
             read_policies,
             retention,
             retention_check,
+            rules,
+            redis_url,
+            redis_prefix,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! database; the log is queried, tailed, exported and verified over gRPC.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -51,9 +52,33 @@ pub async fn run(
         config.retention_check,
         shutdown.clone(),
     ));
+    let windows = match &config.redis_url {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| AuditError::Invalid(format!("SENTIA_REDIS_URL: {e}")))?;
+            let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+                client,
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_millis(500)))
+                    .set_response_timeout(Some(Duration::from_millis(500))),
+            )
+            .map_err(|e| AuditError::Invalid(format!("redis: {e}")))?;
+            alerts::Windows::Redis {
+                conn,
+                prefix: config.redis_prefix.clone(),
+            }
+        }
+        None => alerts::Windows::Memory(std::sync::Mutex::new(Default::default())),
+    };
+    let alert_queue = alerts::spawn(
+        alerts::Engine::new(config.rules.clone(), windows),
+        store.clone(),
+        shutdown.clone(),
+    );
     let api = api::AuditApi::new(
         store,
         head,
+        alert_queue,
         PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
         config.read_policies.clone(),
         shutdown.clone(),

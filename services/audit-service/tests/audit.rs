@@ -504,3 +504,170 @@ async fn retention_purges_up_to_a_checkpoint_and_the_rest_still_verifies() {
     assert!(v.problem.contains("no signed checkpoint"), "{v:?}");
     a.stop().await;
 }
+
+fn refused(i: u64, seconds: i64) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        principal: "app:mallory".into(),
+        success: false,
+        status_code: "PERMISSION_DENIED".into(),
+        ..event(i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
+    let Some(a) = Audit::start(false).await else {
+        return;
+    };
+    // Five refusals inside five minutes: quiet. The sixth: UnauthorizedSecretAccess.
+    let t0 = 1_790_000_000;
+    let events: Vec<_> = (1..=5).map(|i| refused(i, t0 + i as i64)).collect();
+    a.emitter()
+        .append_events(pb::AppendEventsRequest { events })
+        .await
+        .unwrap();
+    let fd = pb::AuditEvent {
+        event_type: "failed_decryption".into(),
+        success: false,
+        status_code: "DATA_LOSS".into(),
+        ..event(6)
+    };
+    a.emitter()
+        .append_events(pb::AppendEventsRequest { events: vec![fd] })
+        .await
+        .unwrap();
+    let mut rules = Vec::new();
+    for _ in 0..100 {
+        rules = a
+            .reader()
+            .list_alerts(pb::ListAlertsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        if !rules.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rules.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>(),
+        vec!["FailedDecryption"],
+        "five refusals must not fire"
+    );
+    a.emitter()
+        .append_events(pb::AppendEventsRequest {
+            events: vec![refused(7, t0 + 299)],
+        })
+        .await
+        .unwrap();
+    let mut alerts = Vec::new();
+    for _ in 0..100 {
+        alerts = a
+            .reader()
+            .list_alerts(pb::ListAlertsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        if alerts.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        alerts[0].rule, "UnauthorizedSecretAccess",
+        "newest first: {alerts:?}"
+    );
+    assert_eq!(alerts[0].principal, "app:mallory");
+    assert_eq!(alerts[0].severity, pb::Severity::Critical as i32);
+    assert_eq!(alerts[0].sequences, vec![7]);
+
+    let acked = a
+        .reader()
+        .acknowledge_alert(pb::AcknowledgeAlertRequest {
+            id: alerts[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(acked.acknowledged);
+    assert_eq!(acked.acknowledged_by, "operator");
+    let open = a
+        .reader()
+        .list_alerts(pb::ListAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert_eq!(open.len(), 1);
+    let all = a
+        .reader()
+        .list_alerts(pb::ListAlertsRequest {
+            include_acknowledged: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert_eq!(all.len(), 2);
+    let err = a
+        .reader()
+        .acknowledge_alert(pb::AcknowledgeAlertRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let dev = a.jwt(&["developer"]).await;
+    let err = a
+        .client(&dev)
+        .list_alerts(pb::ListAlertsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_alert_windows_through_redis() {
+    use audit_service::alerts::{Engine, Rate, Rules, Windows};
+    let Ok(url) = std::env::var("SENTIA_TEST_REDIS_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but SENTIA_TEST_REDIS_URL is not set"
+        );
+        eprintln!("SKIPPED: redis test (SENTIA_TEST_REDIS_URL not set; run `bash tests/run`)");
+        return;
+    };
+    let prefix = format!("{}:", keys::unique("alerts"));
+    let replica = || {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .unwrap();
+        Engine::new(
+            Rules {
+                failed_access: Rate::parse("5/5m").unwrap(),
+                high_frequency: Rate::parse("1000/1m").unwrap(),
+                sources: Default::default(),
+            },
+            Windows::Redis {
+                conn,
+                prefix: prefix.clone(),
+            },
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let t0 = 1_790_000_000;
+    let mut fired = Vec::new();
+    for i in 1..=6u64 {
+        // Alternate replicas: neither sees six refusals by itself.
+        let engine = if i % 2 == 0 { &b } else { &a };
+        let raised = engine.evaluate(i, &refused(i, t0 + i as i64)).await;
+        fired.extend(raised.into_iter().map(|r| (i, r.rule)));
+    }
+    assert_eq!(fired, vec![(6, "UnauthorizedSecretAccess".to_string())]);
+}

@@ -1,0 +1,482 @@
+//! Alert rules from the strategy document, evaluated on every appended event in log order:
+//! too many failed accesses by one principal in a window (UnauthorizedSecretAccess), too many
+//! reads by one principal (HighFrequencySecretRequests), access from outside a principal's
+//! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
+//! administrative operations (PrivilegeEscalationAttempt). Sliding windows live in Redis when
+//! it is configured (replicas share counts), in process otherwise; time is the event's time.
+//! Raised alerts are stored (ListAlerts / AcknowledgeAlert) and logged.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sentia_proto::audit::v1::{Alert, AuditEvent, Severity};
+use sentia_runtime::{Reader, Shutdown};
+use tokio::sync::mpsc;
+
+use crate::store::Store;
+
+/// "More than `threshold` events in `window`".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Events allowed in the window; one more fires.
+    pub threshold: u64,
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Rate {
+    /// Parses `N/DURATION`, e.g. `5/5m`.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (n, d) = raw.split_once('/')?;
+        Some(Self {
+            threshold: n.trim().parse().ok()?,
+            window: sentia_runtime::config::parse_duration(d.trim())?,
+        })
+    }
+}
+
+/// A network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (addr, bits) = match raw.split_once('/') {
+            Some((a, b)) => (a.parse::<IpAddr>().ok()?, b.parse::<u8>().ok()?),
+            None => {
+                let a = raw.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (bits <= max).then_some(Self { net: addr, bits })
+    }
+
+    /// True if `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (a, b, width): (u128, u128, u32) = match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        if self.bits == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.bits);
+        (a >> shift) == (b >> shift)
+    }
+}
+
+/// The rules and their settings.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `SENTIA_ALERT_FAILED_ACCESS` (default `5/5m`): failed accesses by one principal.
+    pub failed_access: Rate,
+    /// `SENTIA_ALERT_HIGH_FREQUENCY` (default `1000/1m`): reads by one principal.
+    pub high_frequency: Rate,
+    /// `SENTIA_ALERT_SOURCES`: `principal=cidr|cidr;...` — where each listed principal may
+    /// call from. Principals not listed are not checked.
+    pub sources: HashMap<String, Vec<Cidr>>,
+}
+
+impl Rules {
+    /// Reads the rule settings; problems name their variable.
+    pub fn from_source(r: &mut Reader<'_>) -> Self {
+        let mut rate = |name: &str, default: &str| {
+            let raw = r.string_or(name, default);
+            Rate::parse(&raw).unwrap_or_else(|| {
+                r.problem(format!(
+                    "{name}={raw:?} must look like 5/5m (events/window)"
+                ));
+                Rate::parse(default).unwrap_or(Rate {
+                    threshold: 5,
+                    window: Duration::from_secs(300),
+                })
+            })
+        };
+        let failed_access = rate("SENTIA_ALERT_FAILED_ACCESS", "5/5m");
+        let high_frequency = rate("SENTIA_ALERT_HIGH_FREQUENCY", "1000/1m");
+        let mut sources = HashMap::new();
+        if let Some(raw) = r.optional("SENTIA_ALERT_SOURCES") {
+            for item in raw.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                let parsed = item.split_once('=').and_then(|(p, nets)| {
+                    let nets: Option<Vec<Cidr>> =
+                        nets.split('|').map(|n| Cidr::parse(n.trim())).collect();
+                    Some((p.trim().to_string(), nets?))
+                });
+                match parsed {
+                    Some((p, nets)) if !p.is_empty() => {
+                        sources.insert(p, nets);
+                    }
+                    _ => r.problem(format!(
+                        "SENTIA_ALERT_SOURCES: {item:?} is not principal=cidr|cidr"
+                    )),
+                }
+            }
+        }
+        Self {
+            failed_access,
+            high_frequency,
+            sources,
+        }
+    }
+}
+
+/// Sliding-window counters: in process, or in Redis sorted sets shared by replicas.
+pub enum Windows {
+    /// Per-key event times (and, under `fired:` keys, the time a rule last fired).
+    Memory(Mutex<HashMap<String, VecDeque<i64>>>),
+    /// Redis, keys under a prefix.
+    Redis {
+        /// Connection.
+        conn: redis::aio::ConnectionManager,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+/// Adds a member at score ARGV[1], drops members older than the window (ARGV[2] ms), returns
+/// the count, and expires the key with the window.
+const HIT: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])";
+
+impl Windows {
+    /// Records an event at `at_ms` under `key` and returns how many fall in the window
+    /// ending at it (an event exactly `window` old is out).
+    pub async fn hit(&self, key: &str, at_ms: i64, window: Duration, member: u64) -> u64 {
+        let w = window.as_millis() as i64;
+        match self {
+            Self::Memory(map) => {
+                let Ok(mut map) = map.lock() else { return 0 };
+                let q = map.entry(key.to_string()).or_default();
+                q.push_back(at_ms);
+                q.retain(|t| at_ms - *t < w);
+                q.len() as u64
+            }
+            Self::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let r = redis::Script::new(HIT)
+                    .key(format!("{prefix}alerts:{key}"))
+                    .arg(at_ms)
+                    .arg(w)
+                    .arg(member)
+                    .invoke_async::<u64>(&mut c)
+                    .await;
+                r.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "redis alert window unavailable; counting this event alone");
+                    1
+                })
+            }
+        }
+    }
+}
+
+impl Windows {
+    /// True if `key` has not fired within `window` before `at_ms`, and marks it fired: a
+    /// rule fires once per window per principal, not on every event past the threshold.
+    pub async fn first_in(&self, key: &str, at_ms: i64, window: Duration) -> bool {
+        let w = window.as_millis() as i64;
+        match self {
+            Self::Memory(map) => {
+                let Ok(mut map) = map.lock() else { return true };
+                let q = map.entry(format!("fired:{key}")).or_default();
+                match q.back() {
+                    Some(last) if at_ms - *last < w => false,
+                    _ => {
+                        q.clear();
+                        q.push_back(at_ms);
+                        true
+                    }
+                }
+            }
+            Self::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let r = redis::cmd("SET")
+                    .arg(format!("{prefix}alerts:fired:{key}"))
+                    .arg(at_ms)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(w.max(1))
+                    .query_async::<Option<String>>(&mut c)
+                    .await;
+                // Redis down: fire (a duplicate alert beats a missed one).
+                r.map(|v| v.is_some()).unwrap_or(true)
+            }
+        }
+    }
+}
+
+/// Evaluates rules over events and raises alerts.
+pub struct Engine {
+    rules: Rules,
+    windows: Windows,
+}
+
+fn is_denied(e: &AuditEvent) -> bool {
+    !e.success
+        && matches!(
+            e.status_code.as_str(),
+            "PERMISSION_DENIED" | "UNAUTHENTICATED"
+        )
+}
+
+fn at_ms(e: &AuditEvent) -> i64 {
+    e.time.as_ref().map_or(0, |t| {
+        t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
+    })
+}
+
+impl Engine {
+    /// An engine over `rules`, counting in `windows`.
+    pub fn new(rules: Rules, windows: Windows) -> Self {
+        Self { rules, windows }
+    }
+
+    /// The alerts `event` (stored at `sequence`) raises.
+    pub async fn evaluate(&self, sequence: u64, e: &AuditEvent) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let alert = |rule: &str, severity: Severity, summary: String| Alert {
+            id: uuid::Uuid::now_v7().to_string(),
+            rule: rule.into(),
+            severity: severity as i32,
+            summary,
+            principal: e.principal.clone(),
+            secret_name: e.secret_name.clone(),
+            time: Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms())),
+            sequences: vec![sequence],
+            acknowledged: false,
+            acknowledged_by: String::new(),
+        };
+        let at = at_ms(e);
+        if e.event_type == "failed_decryption" {
+            out.push(alert(
+                "FailedDecryption",
+                Severity::Critical,
+                format!(
+                    "{} failed to decrypt {:?} ({})",
+                    e.service, e.secret_name, e.operation
+                ),
+            ));
+        }
+        if is_denied(e) {
+            let r = self.rules.failed_access;
+            let n = self
+                .windows
+                .hit(&format!("failed:{}", e.principal), at, r.window, sequence)
+                .await;
+            let key = format!("failed:{}", e.principal);
+            if n > r.threshold && self.windows.first_in(&key, at, r.window).await {
+                out.push(alert(
+                    "UnauthorizedSecretAccess",
+                    Severity::Critical,
+                    format!(
+                        "{} was refused {n} times within {}s",
+                        e.principal,
+                        r.window.as_secs()
+                    ),
+                ));
+            }
+            if e.event_type == "admin"
+                || e.operation.starts_with("create_")
+                || e.operation.contains("rotate")
+            {
+                out.push(alert(
+                    "PrivilegeEscalationAttempt",
+                    Severity::Critical,
+                    format!(
+                        "{} was refused the administrative operation {}",
+                        e.principal, e.operation
+                    ),
+                ));
+            }
+        }
+        if e.success && e.event_type == "secret_access" {
+            let r = self.rules.high_frequency;
+            let key = format!("reads:{}", e.principal);
+            let n = self.windows.hit(&key, at, r.window, sequence).await;
+            if n > r.threshold && self.windows.first_in(&key, at, r.window).await {
+                out.push(alert(
+                    "HighFrequencySecretRequests",
+                    Severity::Warning,
+                    format!(
+                        "{} read secrets {n} times within {}s",
+                        e.principal,
+                        r.window.as_secs()
+                    ),
+                ));
+            }
+        }
+        if let Some(nets) = self.rules.sources.get(&e.principal)
+            && let Ok(ip) = e.source_ip.parse::<IpAddr>()
+            && !nets.iter().any(|n| n.contains(ip))
+        {
+            out.push(alert(
+                "UnexpectedSource",
+                Severity::Critical,
+                format!(
+                    "{} called from {ip}, outside its allowed networks",
+                    e.principal
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// Evaluates appended records in log order and stores and logs what they raise.
+pub fn spawn(
+    engine: Engine,
+    store: Store,
+    shutdown: Shutdown,
+) -> mpsc::Sender<Vec<(u64, AuditEvent)>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<(u64, AuditEvent)>>(1024);
+    tokio::spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                b = rx.recv() => match b { Some(b) => b, None => return },
+                _ = shutdown.wait() => return,
+            };
+            for (sequence, event) in &batch {
+                for a in engine.evaluate(*sequence, event).await {
+                    tracing::warn!(rule = %a.rule, principal = %a.principal, secret = %a.secret_name, summary = %a.summary, "alert raised");
+                    if let Err(e) = store.add_alert(&a).await {
+                        tracing::error!(error = %e, rule = %a.rule, "storing an alert failed");
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(rules: Rules) -> Engine {
+        Engine::new(rules, Windows::Memory(Mutex::new(HashMap::new())))
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            failed_access: Rate::parse("5/5m").unwrap(),
+            high_frequency: Rate::parse("3/1m").unwrap(),
+            sources: HashMap::from([(
+                "app:billing".to_string(),
+                vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            )]),
+        }
+    }
+
+    fn denied(ms: i64) -> AuditEvent {
+        AuditEvent {
+            time: Some(prost_types::Timestamp {
+                seconds: ms / 1000,
+                nanos: ((ms % 1000) * 1_000_000) as i32,
+            }),
+            event_type: "secret_access".into(),
+            principal: "app:mallory".into(),
+            success: false,
+            status_code: "PERMISSION_DENIED".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn fired(e: &Engine, ev: &AuditEvent, rule: &str) -> bool {
+        e.evaluate(1, ev).await.iter().any(|a| a.rule == rule)
+    }
+
+    #[tokio::test]
+    async fn failed_accesses_fire_on_the_sixth_inside_five_minutes_and_not_at_the_edge() {
+        let e = engine(rules());
+        let t0 = 1_000_000;
+        for i in 0..5 {
+            assert!(!fired(&e, &denied(t0 + i * 1000), "UnauthorizedSecretAccess").await);
+        }
+        // The sixth, 1 ms before the first leaves the window: fires.
+        assert!(fired(&e, &denied(t0 + 300_000 - 1), "UnauthorizedSecretAccess").await);
+        // A seventh in the same window does not fire again.
+        assert!(!fired(&e, &denied(t0 + 300_000), "UnauthorizedSecretAccess").await);
+
+        let e = engine(rules());
+        for i in 0..5 {
+            e.evaluate(1, &denied(t0 + i * 1000)).await;
+        }
+        // Exactly five minutes after the first: the first is out, only five remain.
+        assert!(!fired(&e, &denied(t0 + 300_000), "UnauthorizedSecretAccess").await);
+    }
+
+    #[tokio::test]
+    async fn reads_sources_decryption_and_escalation_rules_fire() {
+        let e = engine(rules());
+        let read = |ms: i64| AuditEvent {
+            time: Some(prost_types::Timestamp {
+                seconds: ms / 1000,
+                nanos: 0,
+            }),
+            event_type: "secret_access".into(),
+            principal: "app:scraper".into(),
+            success: true,
+            ..Default::default()
+        };
+        for i in 0..3 {
+            assert!(!fired(&e, &read(i * 1000), "HighFrequencySecretRequests").await);
+        }
+        assert!(fired(&e, &read(3000), "HighFrequencySecretRequests").await);
+
+        let from = |ip: &str| AuditEvent {
+            principal: "app:billing".into(),
+            source_ip: ip.into(),
+            success: true,
+            ..Default::default()
+        };
+        assert!(fired(&e, &from("192.168.1.5"), "UnexpectedSource").await);
+        assert!(!fired(&e, &from("10.1.2.3"), "UnexpectedSource").await);
+        let unlisted = AuditEvent {
+            principal: "app:other".into(),
+            source_ip: "8.8.8.8".into(),
+            ..Default::default()
+        };
+        assert!(!fired(&e, &unlisted, "UnexpectedSource").await);
+
+        let fd = AuditEvent {
+            event_type: "failed_decryption".into(),
+            ..Default::default()
+        };
+        assert!(fired(&e, &fd, "FailedDecryption").await);
+        let admin = AuditEvent {
+            event_type: "admin".into(),
+            operation: "create_credential".into(),
+            status_code: "PERMISSION_DENIED".into(),
+            ..Default::default()
+        };
+        assert!(fired(&e, &admin, "PrivilegeEscalationAttempt").await);
+    }
+
+    #[test]
+    fn rates_and_networks_parse() {
+        assert_eq!(
+            Rate::parse("5/5m"),
+            Some(Rate {
+                threshold: 5,
+                window: Duration::from_secs(300)
+            })
+        );
+        assert_eq!(Rate::parse("five"), None);
+        let n = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.255.0.1".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+}

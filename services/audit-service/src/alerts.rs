@@ -332,10 +332,12 @@ impl Engine {
     }
 }
 
-/// Evaluates appended records in log order and stores and logs what they raise.
+/// Evaluates appended records in log order; stores, logs and (with a webhook) delivers what
+/// they raise.
 pub fn spawn(
     engine: Engine,
     store: Store,
+    webhook: Option<crate::webhook::Webhook>,
     shutdown: Shutdown,
 ) -> mpsc::Sender<Vec<(u64, AuditEvent)>> {
     let (tx, mut rx) = mpsc::channel::<Vec<(u64, AuditEvent)>>(1024);
@@ -350,6 +352,10 @@ pub fn spawn(
                     tracing::warn!(rule = %a.rule, principal = %a.principal, secret = %a.secret_name, summary = %a.summary, "alert raised");
                     if let Err(e) = store.add_alert(&a).await {
                         tracing::error!(error = %e, rule = %a.rule, "storing an alert failed");
+                    }
+                    if let Some(hook) = webhook.clone() {
+                        // Delivery (with its retries) must not hold up evaluating later events.
+                        tokio::spawn(async move { hook.deliver(&a).await });
                     }
                 }
             }

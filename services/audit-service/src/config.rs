@@ -5,6 +5,7 @@ use std::time::Duration;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
 use crate::alerts::Rules;
+use crate::webhook::Webhook;
 
 /// Everything audit-service needs to run.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `SENTIA_REDIS_PREFIX`: key prefix in Redis.
     pub redis_prefix: String,
+    /// `SENTIA_ALERT_WEBHOOK_URL` / `_SECRET`: where alerts are POSTed, HMAC-signed.
+    pub webhook: Option<Webhook>,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
         let rules = Rules::from_source(&mut r);
         let redis_url = r.optional("SENTIA_REDIS_URL");
         let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
+        let webhook = Webhook::from_source(&mut r);
         r.finish()?;
         Ok(Self {
             server,
@@ -85,6 +89,7 @@ impl Config {
             rules,
             redis_url,
             redis_prefix,
+            webhook,
         })
     }
 }

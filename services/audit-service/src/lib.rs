@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod store;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +74,7 @@ pub async fn run(
     let alert_queue = alerts::spawn(
         alerts::Engine::new(config.rules.clone(), windows),
         store.clone(),
+        config.webhook.clone(),
         shutdown.clone(),
     );
     let api = api::AuditApi::new(

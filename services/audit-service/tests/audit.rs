@@ -671,3 +671,144 @@ async fn replicas_share_alert_windows_through_redis() {
     }
     assert_eq!(fired, vec![(6, "UnauthorizedSecretAccess".to_string())]);
 }
+
+/// Headers (lowercase names) and body of one request the receiver got.
+type Delivery = (std::collections::HashMap<String, String>, String);
+
+/// A real HTTP/1.1 server that records requests and answers with scripted statuses.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+}
+
+impl Receiver {
+    async fn start(statuses: Vec<u16>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/sentia", listener.local_addr().unwrap());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = got.clone();
+        tokio::spawn(async move {
+            let mut statuses = statuses.into_iter();
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (headers, body) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            break (head.to_string(), rest[..len].to_string());
+                        }
+                    }
+                };
+                let map = headers
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| {
+                        l.split_once(':')
+                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    })
+                    .collect();
+                record.lock().unwrap().push((map, body));
+                let status = statuses.next().unwrap_or(200);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        Self { url, got }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_the_webhook_signed_and_retried_after_a_failure() {
+    let hook = Receiver::start(vec![503]).await;
+    let secret = "webhook-secret-for-tests-0123456789";
+    let Some(a) = Audit::start_with(
+        false,
+        &[
+            ("SENTIA_ALERT_WEBHOOK_URL", hook.url.as_str()),
+            ("SENTIA_ALERT_WEBHOOK_SECRET", secret),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let fd = pb::AuditEvent {
+        event_type: "failed_decryption".into(),
+        success: false,
+        status_code: "DATA_LOSS".into(),
+        ..event(1)
+    };
+    a.emitter()
+        .append_events(pb::AppendEventsRequest { events: vec![fd] })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = hook.got.lock().unwrap().clone();
+        if got.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(got.len(), 2, "one refused delivery (503), one retry");
+    for (headers, body) in &got {
+        let ts: i64 = headers["x-sentia-timestamp"].parse().unwrap();
+        assert!((jwt::now_secs() - ts).abs() < 60, "fresh timestamp");
+        let want = audit_service::webhook::Webhook::signature(secret.as_bytes(), ts, body).unwrap();
+        assert_eq!(
+            headers["x-sentia-signature"], want,
+            "HMAC over timestamp.body"
+        );
+        let forged =
+            audit_service::webhook::Webhook::signature(b"another-secret-entirely", ts, body)
+                .unwrap();
+        assert_ne!(headers["x-sentia-signature"], forged);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["rule"], "FailedDecryption");
+        assert_eq!(v["severity"], "critical");
+        assert_eq!(headers["content-type"], "application/json");
+    }
+    a.stop().await;
+}
+
+#[test]
+fn a_webhook_needs_a_signing_secret() {
+    let err = audit_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_ALERT_WEBHOOK_URL", "https://hooks.example.com/x"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("SENTIA_ALERT_WEBHOOK_SECRET"), "{err}");
+    let err = audit_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_ALERT_FAILED_ACCESS", "lots"),
+        ("SENTIA_ALERT_SOURCES", "app:x=not-a-network"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("SENTIA_ALERT_FAILED_ACCESS") && err.contains("SENTIA_ALERT_SOURCES"),
+        "{err}"
+    );
+}

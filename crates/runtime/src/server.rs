@@ -27,8 +27,11 @@ use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::audit::{CallInfo, Emitter};
 use crate::auth::{Authenticator, BearerVerifier};
 use crate::{RuntimeError, ServerConfig, Shutdown};
+use sentia_proto::audit::v1::AuditEvent;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The request id of the current call (from `x-request-id`, or minted here as a UUIDv7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,7 @@ pub struct Server {
     public_methods: Vec<&'static str>,
     health: HealthReporter,
     verifier: Option<Arc<dyn BearerVerifier>>,
+    audit: Option<Arc<Emitter>>,
 }
 
 impl Server {
@@ -64,7 +68,15 @@ impl Server {
             public_methods: Vec::new(),
             health: HealthReporter::new(),
             verifier: None,
+            audit: None,
         }
+    }
+
+    /// Records calls refused by authentication (bad or missing credentials) as
+    /// `auth_decision` events, so brute force shows up in the audit log and its alerts.
+    pub fn audit_refusals(mut self, emitter: Arc<Emitter>) -> Self {
+        self.audit = Some(emitter);
+        self
     }
 
     /// Accepts bearer tokens this verifier recognises (e.g. vault-service's JWTs), besides
@@ -118,6 +130,7 @@ impl Server {
             .layer(AuthLayer {
                 authenticator,
                 public: Arc::new(public),
+                audit: self.audit,
             })
             .layer(GlobalConcurrencyLimitLayer::new(cfg.concurrency_limit))
             .into_inner();
@@ -259,6 +272,7 @@ where
 struct AuthLayer {
     authenticator: Authenticator,
     public: Arc<Vec<&'static str>>,
+    audit: Option<Arc<Emitter>>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -269,6 +283,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             authenticator: self.authenticator.clone(),
             public: self.public.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -278,6 +293,41 @@ struct Auth<S> {
     inner: S,
     authenticator: Authenticator,
     public: Arc<Vec<&'static str>>,
+    audit: Option<Arc<Emitter>>,
+}
+
+/// The audit event of a call refused by authentication (no handler ever sees it).
+fn refusal_event<B>(req: &http::Request<B>, status: &tonic::Status) -> AuditEvent {
+    let source_ip = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            req.extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|t| t.get_ref().remote_addr())
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let info = CallInfo {
+        principal: String::new(),
+        source_ip,
+        user_agent: req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect())
+            .unwrap_or_default(),
+        correlation_id: String::new(),
+        request_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+    };
+    let mut e = info.event("auth_decision", req.uri().path(), "", Some(status.code()));
+    e.operation = e.operation.chars().take(64).collect();
+    e
 }
 
 impl<S, B, R> Service<http::Request<B>> for Auth<S>
@@ -306,6 +356,7 @@ where
         let verdict = self
             .authenticator
             .authenticate(req.headers(), req.extensions());
+        let audit = self.audit.clone();
         Box::pin(async move {
             match verdict.await {
                 Ok(principal) => {
@@ -315,6 +366,15 @@ where
                 Err(_) if is_public => inner.call(req).await,
                 Err(status) => {
                     tracing::info!(code = ?status.code(), reason = status.message(), "request refused by authentication");
+                    if let Some(audit) = audit {
+                        // Best effort: the call is refused whether or not this is recorded.
+                        let event = refusal_event(&req, &status);
+                        tokio::spawn(async move {
+                            if let Err(e) = audit.emit(event).await {
+                                tracing::warn!(error = %e, "recording an authentication refusal failed");
+                            }
+                        });
+                    }
                     Ok(status.into_http())
                 }
             }

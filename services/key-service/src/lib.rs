@@ -68,10 +68,11 @@ pub async fn run(
     let emitter =
         sentia_runtime::audit::Emitter::start("key-service", &config.audit, shutdown.clone())
             .map_err(|e| KeyError::Startup(e.to_string()))?;
-    let api = api::Api::new(core, emitter);
+    let api = api::Api::new(core, emitter.clone());
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
     Server::new(config.server)
+        .audit_refusals(emitter)
         .public_method("/sentia.keys.v1.SystemService/Status")
         .public_method("/sentia.keys.v1.SystemService/Unseal")
         .serve(routes, listener, shutdown.clone())

@@ -452,6 +452,37 @@ pub async fn audited<T, E: Into<tonic::Status>>(
     name: &str,
     result: Result<T, E>,
 ) -> Result<T, tonic::Status> {
+    audited_detail(
+        emitter,
+        info,
+        event_type,
+        operation,
+        name,
+        result,
+        Detail::default(),
+    )
+    .await
+}
+
+/// What a handler knows about the secret or key it touched, for its audit event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detail {
+    /// key-service key version that wrapped or encrypted it.
+    pub key_version: Option<u32>,
+    /// The secret's tier (0 = none).
+    pub tier: u32,
+}
+
+/// [`audited`] with the key version and tier filled in.
+pub async fn audited_detail<T, E: Into<tonic::Status>>(
+    emitter: &Emitter,
+    info: &CallInfo,
+    event_type: &str,
+    operation: &str,
+    name: &str,
+    result: Result<T, E>,
+    detail: Detail,
+) -> Result<T, tonic::Status> {
     let result = result.map_err(Into::into);
     let status = result.as_ref().err();
     let code = status.map(tonic::Status::code);
@@ -465,7 +496,12 @@ pub async fn audited<T, E: Into<tonic::Status>>(
     } else {
         event_type
     };
-    let event = info.event(event_type, operation, name, code);
+    let mut event = info.event(event_type, operation, name, code);
+    event.encryption_key_version = detail
+        .key_version
+        .map(|v| format!("v{v}"))
+        .unwrap_or_default();
+    event.tier = detail.tier;
     if let Err(e) = emitter.emit(event).await {
         tracing::error!(operation, name, error = %e, "operation not confirmed: its audit event could not be recorded");
         return Err(tonic::Status::unavailable(format!(

@@ -9,7 +9,7 @@ use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey};
 use sentia_proto::keys::v1::{
     self as pb, key_service_server::KeyService, system_service_server::SystemService,
 };
-use sentia_runtime::audit::{CallInfo, Emitter, audited};
+use sentia_runtime::audit::{CallInfo, Detail, Emitter, audited, audited_detail};
 use sentia_runtime::{Principal, Role};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -188,13 +188,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "generate_data_key",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -217,13 +222,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "unwrap_data_key",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -246,13 +256,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "rewrap_data_key",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -277,13 +292,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "encrypt",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -303,13 +323,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "decrypt",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -330,13 +355,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "hmac",
             &subject,
             result,
+            detail,
         )
         .await
     }
@@ -401,13 +431,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
+            tier: 0,
+        };
+        audited_detail(
             &self.audit,
             &info,
             "key_operation",
             "sign",
             &subject,
             result,
+            detail,
         )
         .await
     }

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
-use sentia_runtime::audit::{CallInfo, Emitter, audited};
+use sentia_runtime::audit::{CallInfo, Detail, Emitter, audited, audited_detail};
 use sentia_runtime::db::timestamp;
 use sentia_runtime::{Principal, Shutdown};
 use tokio::sync::mpsc;
@@ -116,6 +116,7 @@ impl SecretApi {
             revision: s.revision,
             content_type: s.meta.content_type,
             labels: s.labels,
+            tier: s.meta.tier,
         };
         if let Some(cache) = &self.cache {
             cache.put_view(path.as_str(), &view).await;
@@ -159,7 +160,7 @@ impl SecretApi {
         &self,
         path: &SecretPath,
         selector: &Selector,
-    ) -> Result<(u64, SealedRecord, String, Vec<String>), VaultError> {
+    ) -> Result<(u64, SealedRecord, String, Vec<String>, i32), VaultError> {
         let pick = |view: &ReadView| match selector {
             Selector::Version(v) => Some(*v),
             Selector::Label(l) => view.labels.get(l).copied(),
@@ -179,6 +180,7 @@ impl SecretApi {
                 rec,
                 view.content_type.clone(),
                 labels_of(&view.labels, v),
+                view.tier,
             ));
         }
         let (view, version, rec) = if self.cache.is_some() {
@@ -193,6 +195,7 @@ impl SecretApi {
                         revision: r.revision,
                         content_type: r.content_type,
                         labels: r.labels,
+                        tier: r.tier,
                     },
                     r.version.version,
                     SealedRecord {
@@ -210,7 +213,7 @@ impl SecretApi {
             local.fill(path.as_str(), g, &view, Some((version, &rec)));
         }
         let labels = labels_of(&view.labels, version);
-        Ok((version, rec, view.content_type, labels))
+        Ok((version, rec, view.content_type, labels, view.tier))
     }
 
     /// One read, shared by GetSecret and BatchGetSecrets.
@@ -218,11 +221,14 @@ impl SecretApi {
         &self,
         p: &Principal,
         req: &pb::GetSecretRequest,
+        detail: &mut Detail,
     ) -> Result<pb::GetSecretResponse, VaultError> {
         let path = SecretPath::parse(&req.path)?;
         self.policies.check(p, Capability::Read, path.as_str())?;
         let selector = Selector::from_pb(req.selector.as_ref())?;
-        let (version, rec, content_type, labels) = self.locate(&path, &selector).await?;
+        let (version, rec, content_type, labels, tier) = self.locate(&path, &selector).await?;
+        detail.key_version = Some(rec.key_version);
+        detail.tier = tier.clamp(0, 3) as u32;
         match rec.state {
             State::Enabled => {}
             State::Deleted => {
@@ -259,6 +265,7 @@ impl SecretApi {
         &self,
         p: &Principal,
         r: pb::PutSecretRequest,
+        detail: &mut Detail,
     ) -> Result<pb::PutSecretResponse, VaultError> {
         let path = SecretPath::parse(&r.path)?;
         self.policies.check(p, Capability::Write, path.as_str())?;
@@ -325,6 +332,7 @@ impl SecretApi {
                 (Some(s), _) => s.meta.clone(),
             };
             let version = current + 1;
+            detail.tier = meta.tier.clamp(0, 3) as u32;
             let sealed = self
                 .keys
                 .seal(
@@ -334,6 +342,7 @@ impl SecretApi {
                     version,
                 )
                 .await?;
+            detail.key_version = Some(sealed.key_version);
             let nv = NewVersion {
                 path: path.clone(),
                 version,
@@ -535,23 +544,47 @@ impl SecretService for SecretApi {
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Res<pb::PutSecretResponse> {
         let info = CallInfo::of(&req);
         let name = req.get_ref().path.clone();
-        let result: Res<pb::PutSecretResponse> = async move {
+        let mut detail = Detail::default();
+        let result: Res<pb::PutSecretResponse> = async {
             let p = Principal::of(&req)?;
-            Ok(Response::new(self.put(&p, req.into_inner()).await?))
+            Ok(Response::new(
+                self.put(&p, req.into_inner(), &mut detail).await?,
+            ))
         }
         .await;
-        audited(&self.audit, &info, "secret_write", "write", &name, result).await
+        audited_detail(
+            &self.audit,
+            &info,
+            "secret_write",
+            "write",
+            &name,
+            result,
+            detail,
+        )
+        .await
     }
 
     async fn get_secret(&self, req: Request<pb::GetSecretRequest>) -> Res<pb::GetSecretResponse> {
         let info = CallInfo::of(&req);
         let name = req.get_ref().path.clone();
-        let result: Res<pb::GetSecretResponse> = async move {
+        let mut detail = Detail::default();
+        let result: Res<pb::GetSecretResponse> = async {
             let p = Principal::of(&req)?;
-            Ok(Response::new(self.read(&p, req.get_ref()).await?))
+            Ok(Response::new(
+                self.read(&p, req.get_ref(), &mut detail).await?,
+            ))
         }
         .await;
-        audited(&self.audit, &info, "secret_access", "read", &name, result).await
+        audited_detail(
+            &self.audit,
+            &info,
+            "secret_access",
+            "read",
+            &name,
+            result,
+            detail,
+        )
+        .await
     }
 
     async fn batch_get_secrets(
@@ -570,14 +603,16 @@ impl SecretService for SecretApi {
         }
         let mut results = Vec::with_capacity(r.requests.len());
         for one in &r.requests {
-            let outcome = self.read(&p, one).await;
-            let result = match audited(
+            let mut detail = Detail::default();
+            let outcome = self.read(&p, one, &mut detail).await;
+            let result = match audited_detail(
                 &self.audit,
                 &info,
                 "secret_access",
                 "batch_read",
                 &one.path,
                 outcome,
+                detail,
             )
             .await
             {

@@ -23,6 +23,9 @@ pub struct ReadView {
     pub content_type: String,
     /// Label -> version.
     pub labels: BTreeMap<String, u64>,
+    /// The secret's tier (for audit events).
+    #[serde(default)]
+    pub tier: i32,
 }
 
 /// A version's sealed record.
@@ -355,6 +358,7 @@ mod tests {
             revision,
             content_type: "text/plain".into(),
             labels: BTreeMap::from([("CURRENT".to_string(), 1)]),
+            tier: 3,
         }
     }
 

@@ -110,6 +110,8 @@ pub struct ReadRow {
     pub version: VersionRow,
     /// Every label of the secret -> version.
     pub labels: BTreeMap<String, u64>,
+    /// The secret's tier.
+    pub tier: i32,
 }
 
 /// One change-stream event.
@@ -294,7 +296,7 @@ impl Store {
         selector: &Selector,
     ) -> Result<Option<ReadRow>, VaultError> {
         const COLUMNS: &str = "v.version, v.state, v.ciphertext, v.wrapped_key, v.key_version, \
-             v.created_by, v.create_time, s.content_type, s.revision, o.label AS label, \
+             v.created_by, v.create_time, s.content_type, s.revision, s.tier, o.label AS label, \
              o.version AS label_version";
         let rows = match selector {
             Selector::Label(label) => {
@@ -339,6 +341,7 @@ impl Store {
             revision: first.try_get("revision")?,
             version: version_from(first)?,
             labels,
+            tier: first.try_get::<i64, _>("tier")? as i32,
         }))
     }
 

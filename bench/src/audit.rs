@@ -10,7 +10,6 @@ use sentia_proto::audit::v1 as pb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_runtime::client::{CallContext, connect};
 use sentia_runtime::{MapSource, Shutdown};
-use sqlx::Executor;
 
 use crate::Args;
 use crate::harness::{Figures, drive, header, row};
@@ -103,28 +102,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         ));
     }
 
-    sqlx::any::install_default_drivers();
-    let plain_db = crate::vault::database(args, &dir, "audit_plain").await?;
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(10)
-        .connect(&plain_db)
-        .await?;
-    pool.execute("CREATE TABLE plain_rows (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
-        .await?;
-    let ids = Arc::new(AtomicU64::new(0));
-    let inserts = drive(n, m, s, move |_| {
-        let (pool, id) = (pool.clone(), ids.fetch_add(1, Ordering::Relaxed) as i64);
-        async move {
-            sqlx::query("INSERT INTO plain_rows (id, payload) VALUES ($1, $2)")
-                .bind(id)
-                .bind("x".repeat(160))
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| tonic::Status::internal(e.to_string()))
-        }
-    })
-    .await?;
+    let inserts = crate::vault::plain_inserts(args, &dir, "audit_plain", 160).await?;
     row(
         &format!("plain INSERT on {backend} (baseline)"),
         &inserts,

@@ -138,6 +138,49 @@ pub async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow:
     }
 }
 
+/// The plain-INSERT baseline: a fresh database on the same server, the same concurrency, one
+/// autocommit single-row INSERT (with a `payload_len`-byte text column) per call, through a
+/// pool as large as the services'.
+pub async fn plain_inserts(
+    args: &Args,
+    dir: &std::path::Path,
+    name: &str,
+    payload_len: usize,
+) -> anyhow::Result<Figures> {
+    sqlx::any::install_default_drivers();
+    let plain_db = database(args, dir, name).await?;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(10)
+        .connect(&plain_db)
+        .await?;
+    pool.execute("CREATE TABLE plain_rows (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
+        .await?;
+    let ids = Arc::new(AtomicU64::new(0));
+    let payload = "x".repeat(payload_len);
+    drive(
+        args.connections,
+        args.concurrency,
+        args.seconds,
+        move |_| {
+            let (pool, id, payload) = (
+                pool.clone(),
+                ids.fetch_add(1, Ordering::Relaxed) as i64,
+                payload.clone(),
+            );
+            async move {
+                sqlx::query("INSERT INTO plain_rows (id, payload) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(payload)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| tonic::Status::internal(e.to_string()))
+            }
+        },
+    )
+    .await
+}
+
 /// Runs the vault-service rows.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let ks = KeyServiceUnderTest::start().await?;
@@ -243,30 +286,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     .await?;
     row("PutSecret 64 B", &puts, &baseline);
 
-    // The plain-INSERT baseline: same database server, same concurrency, one autocommit
-    // single-row INSERT per call through a pool as large as vault-service's.
-    let plain_db = database(args, &dir, "plain").await?;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(10)
-        .connect(&plain_db)
-        .await?;
-    pool.execute("CREATE TABLE plain_rows (id BIGINT PRIMARY KEY, payload TEXT NOT NULL)")
-        .await?;
-    let ids = Arc::new(AtomicU64::new(0));
-    let inserts = drive(n, m, s, move |_| {
-        let (pool, id) = (pool.clone(), ids.fetch_add(1, Ordering::Relaxed) as i64);
-        async move {
-            sqlx::query("INSERT INTO plain_rows (id, payload) VALUES ($1, $2)")
-                .bind(id)
-                .bind("x".repeat(64))
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(|e| tonic::Status::internal(e.to_string()))
-        }
-    })
-    .await?;
+    let inserts = plain_inserts(args, &dir, "plain", 64).await?;
     row(&format!("plain INSERT on {backend}"), &inserts, &baseline);
     println!(
         "\nPutSecret / plain INSERT: {:.2}x  (PutSecret = key-service GenerateDataKey + one \

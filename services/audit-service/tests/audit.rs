@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use sentia_proto::audit::v1 as pb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
-use sentia_proto::keys::v1 as kpb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_runtime::jwt::{self, Claims};
+use sentia_runtime::jwt;
 use sentia_runtime::{MapSource, Shutdown};
 use tonic::Code;
 
@@ -90,30 +89,9 @@ impl Audit {
 
     /// A JWT with `policies`, signed by key-service's token key.
     async fn jwt(&self, policies: &[&str]) -> String {
-        let now = jwt::now_secs();
-        let claims = Claims {
-            iss: jwt::ISSUER.into(),
-            sub: "app:test".into(),
-            aud: jwt::ISSUER.into(),
-            jti: keys::unique("jti"),
-            iat: now,
-            nbf: now,
-            exp: now + 60,
-            pol: policies.iter().map(|p| p.to_string()).collect(),
-        };
-        let input = jwt::signing_input("sentia-jwt-v1", &claims);
-        let sig = self
-            .keys
-            .client(Some(keys::SERVICE_TOKEN))
+        self.keys
+            .sign_token("sentia-jwt-v1", &keys::claims("app:test", 60, policies))
             .await
-            .sign(kpb::SignRequest {
-                key_name: "sentia-jwt".into(),
-                message: input.as_bytes().to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        jwt::assemble(&input, &sig.signature)
     }
 
     async fn append(&self, range: std::ops::RangeInclusive<u64>) -> pb::AppendEventsResponse {

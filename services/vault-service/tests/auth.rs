@@ -159,40 +159,12 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-/// A token over `claims`, signed by key-service's real signing key (the test holds a
-/// key-service service token, as vault-service does).
 async fn signed_by_key_service(s: &Stack, kid: &str, claims: &Claims) -> String {
-    let input = jwt::signing_input(kid, claims);
-    let sig = s
-        .keys
-        .client(Some(support::keys::SERVICE_TOKEN))
-        .await
-        .sign(kpb::SignRequest {
-            key_name: "sentia-jwt".into(),
-            message: input.as_bytes().to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    jwt::assemble(&input, &sig.signature)
+    s.keys.sign_token(kid, claims).await
 }
 
 fn claims(exp_in: i64, policies: &[&str]) -> Claims {
-    let now = jwt::now_secs();
-    Claims {
-        iss: jwt::ISSUER.into(),
-        sub: "app:mallory".into(),
-        aud: jwt::ISSUER.into(),
-        jti: uuid_like(),
-        iat: now,
-        nbf: now,
-        exp: now + exp_in,
-        pol: policies.iter().map(|p| p.to_string()).collect(),
-    }
-}
-
-fn uuid_like() -> String {
-    support::unique("jti")
+    support::keys::claims("app:mallory", exp_in, policies)
 }
 
 async fn expired_forged_and_unknown_key_tokens_are_rejected(s: &Stack) {

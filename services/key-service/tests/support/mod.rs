@@ -27,6 +27,22 @@ impl std::io::Write for Capture {
     }
 }
 
+/// Sentia claims for `sub` with `policies`, valid for `exp_in` seconds (negative = expired).
+pub fn claims(sub: &str, exp_in: i64, policies: &[&str]) -> sentia_runtime::jwt::Claims {
+    use sentia_runtime::jwt;
+    let now = jwt::now_secs();
+    jwt::Claims {
+        iss: jwt::ISSUER.into(),
+        sub: sub.into(),
+        aud: jwt::ISSUER.into(),
+        jti: unique("jti"),
+        iat: now,
+        nbf: now,
+        exp: now + exp_in,
+        pol: policies.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
 /// A name no other test (or run) uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -155,6 +171,24 @@ impl Running {
                 encryption_context: vec![],
             })
             .await
+    }
+
+    /// A token over `claims` with header `kid`, signed by this key-service's real `sentia-jwt`
+    /// key (as vault-service would sign it).
+    pub async fn sign_token(&self, kid: &str, claims: &sentia_runtime::jwt::Claims) -> String {
+        use sentia_runtime::jwt;
+        let input = jwt::signing_input(kid, claims);
+        let sig = self
+            .client(Some(SERVICE_TOKEN))
+            .await
+            .sign(sentia_proto::keys::v1::SignRequest {
+                key_name: "sentia-jwt".into(),
+                message: input.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        jwt::assemble(&input, &sig.signature)
     }
 
     /// Shuts down and waits for the server to stop.

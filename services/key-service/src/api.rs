@@ -41,6 +41,51 @@ impl Api {
     }
 }
 
+/// Responses that name the key version they used, for the audit event.
+trait KeyVersioned {
+    fn key_version(&self) -> u32;
+}
+
+macro_rules! key_versioned {
+    ($($t:ty),*) => { $(impl KeyVersioned for $t { fn key_version(&self) -> u32 { self.key_version } })* };
+}
+
+key_versioned!(
+    pb::GenerateDataKeyResponse,
+    pb::UnwrapDataKeyResponse,
+    pb::RewrapDataKeyResponse,
+    pb::EncryptResponse,
+    pb::DecryptResponse,
+    pb::HmacResponse,
+    pb::SignResponse
+);
+
+impl Api {
+    /// Records a crypto operation's outcome with the key version it used.
+    async fn crypto_audited<T: KeyVersioned>(
+        &self,
+        info: &CallInfo,
+        operation: &str,
+        key: &str,
+        result: Res<T>,
+    ) -> Res<T> {
+        let detail = Detail {
+            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version()),
+            tier: 0,
+        };
+        audited_detail(
+            &self.audit,
+            info,
+            "key_operation",
+            operation,
+            key,
+            result,
+            detail,
+        )
+        .await
+    }
+}
+
 fn caller<T>(req: &Request<T>, role: Role, action: &str) -> Result<Principal, Status> {
     let p = Principal::of(req)?;
     p.require(role, action)?;
@@ -188,20 +233,8 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "generate_data_key",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "generate_data_key", &subject, result)
+            .await
     }
 
     async fn unwrap_data_key(
@@ -222,20 +255,8 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "unwrap_data_key",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "unwrap_data_key", &subject, result)
+            .await
     }
 
     async fn rewrap_data_key(
@@ -256,20 +277,8 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "rewrap_data_key",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "rewrap_data_key", &subject, result)
+            .await
     }
 
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Res<pb::EncryptResponse> {
@@ -292,20 +301,8 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "encrypt",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "encrypt", &subject, result)
+            .await
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Res<pb::DecryptResponse> {
@@ -323,20 +320,8 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "decrypt",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "decrypt", &subject, result)
+            .await
     }
 
     async fn hmac(&self, req: Request<pb::HmacRequest>) -> Res<pb::HmacResponse> {
@@ -355,20 +340,7 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "hmac",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "hmac", &subject, result).await
     }
 
     async fn verify_hmac(
@@ -431,20 +403,7 @@ impl KeyService for Api {
             }))
         }
         .await;
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version),
-            tier: 0,
-        };
-        audited_detail(
-            &self.audit,
-            &info,
-            "key_operation",
-            "sign",
-            &subject,
-            result,
-            detail,
-        )
-        .await
+        self.crypto_audited(&info, "sign", &subject, result).await
     }
 
     async fn get_public_keys(

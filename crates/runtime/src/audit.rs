@@ -15,8 +15,8 @@ use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::audit::v1::{AppendEventsRequest, AuditEvent};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Reader;
 use crate::client::{AuthedChannel, UpstreamConfig};
-use crate::{Reader, Shutdown};
 
 /// Most events sent in one append.
 const MAX_BATCH: usize = 500;
@@ -110,11 +110,11 @@ impl std::fmt::Debug for Emitter {
 
 impl Emitter {
     /// Starts the emitter's worker (when auditing is on). Spooled events from an earlier run
-    /// are replayed first.
+    /// are replayed first. The worker runs until the last handle is dropped — after the
+    /// server has drained its in-flight calls, whose events it still records.
     pub fn start(
         service: &'static str,
         config: &AuditConfig,
-        shutdown: Shutdown,
     ) -> Result<Arc<Self>, AuditUnavailable> {
         let emitter_id = uuid::Uuid::new_v4().to_string();
         let Some(upstream) = &config.upstream else {
@@ -140,7 +140,6 @@ impl Emitter {
             spool,
             rx,
             config.timeout,
-            shutdown,
         ));
         Ok(Arc::new(Self {
             service,
@@ -310,7 +309,6 @@ async fn worker(
     mut spool: Spool,
     mut rx: mpsc::Receiver<(AuditEvent, Ack)>,
     timeout: Duration,
-    shutdown: Shutdown,
 ) {
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,20 +320,6 @@ async fn worker(
                     replay(&client, &mut spool, timeout).await;
                 }
                 continue;
-            }
-            _ = shutdown.wait() => {
-                // Drain what is queued into the spool so nothing acknowledged is lost.
-                rx.close();
-                let mut rest = Vec::new();
-                while let Ok(i) = rx.try_recv() {
-                    rest.push(i);
-                }
-                let (events, acks): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
-                let r = if events.is_empty() { Ok(()) } else { spool.append(&events).map_err(|e| AuditUnavailable(e.to_string())) };
-                for a in acks {
-                    let _ = a.send(r.clone());
-                }
-                return;
             }
         };
         let mut batch = vec![first];

@@ -243,13 +243,20 @@ impl Engine {
 
     /// The alerts `event` (stored at `sequence`) raises.
     pub async fn evaluate(&self, sequence: u64, e: &AuditEvent) -> Vec<Alert> {
+        // Calls refused before authentication have no principal: count them by address, so
+        // a token brute force from one host is still one "who".
+        let who = if e.principal.is_empty() {
+            format!("ip:{}", e.source_ip)
+        } else {
+            e.principal.clone()
+        };
         let mut out = Vec::new();
         let alert = |rule: &str, severity: Severity, summary: String| Alert {
             id: uuid::Uuid::now_v7().to_string(),
             rule: rule.into(),
             severity: severity as i32,
             summary,
-            principal: e.principal.clone(),
+            principal: who.clone(),
             secret_name: e.secret_name.clone(),
             time: Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms())),
             sequences: vec![sequence],
@@ -269,20 +276,13 @@ impl Engine {
         }
         if is_denied(e) {
             let r = self.rules.failed_access;
-            let n = self
-                .windows
-                .hit(&format!("failed:{}", e.principal), at, r.window, sequence)
-                .await;
-            let key = format!("failed:{}", e.principal);
+            let key = format!("failed:{who}");
+            let n = self.windows.hit(&key, at, r.window, sequence).await;
             if n > r.threshold && self.windows.first_in(&key, at, r.window).await {
                 out.push(alert(
                     "UnauthorizedSecretAccess",
                     Severity::Critical,
-                    format!(
-                        "{} was refused {n} times within {}s",
-                        e.principal,
-                        r.window.as_secs()
-                    ),
+                    format!("{who} was refused {n} times within {}s", r.window.as_secs()),
                 ));
             }
             if e.event_type == "admin"
@@ -293,23 +293,22 @@ impl Engine {
                     "PrivilegeEscalationAttempt",
                     Severity::Critical,
                     format!(
-                        "{} was refused the administrative operation {}",
-                        e.principal, e.operation
+                        "{who} was refused the administrative operation {}",
+                        e.operation
                     ),
                 ));
             }
         }
         if e.success && e.event_type == "secret_access" {
             let r = self.rules.high_frequency;
-            let key = format!("reads:{}", e.principal);
+            let key = format!("reads:{who}");
             let n = self.windows.hit(&key, at, r.window, sequence).await;
             if n > r.threshold && self.windows.first_in(&key, at, r.window).await {
                 out.push(alert(
                     "HighFrequencySecretRequests",
                     Severity::Warning,
                     format!(
-                        "{} read secrets {n} times within {}s",
-                        e.principal,
+                        "{who} read secrets {n} times within {}s",
                         r.window.as_secs()
                     ),
                 ));
@@ -419,6 +418,23 @@ mod tests {
         }
         // Exactly five minutes after the first: the first is out, only five remain.
         assert!(!fired(&e, &denied(t0 + 300_000), "UnauthorizedSecretAccess").await);
+    }
+
+    #[tokio::test]
+    async fn refusals_without_a_principal_are_counted_by_address() {
+        let e = engine(rules());
+        let anonymous = |ms: i64, ip: &str| AuditEvent {
+            principal: String::new(),
+            source_ip: ip.into(),
+            ..denied(ms)
+        };
+        for i in 0..5 {
+            e.evaluate(1, &anonymous(i * 1000, "203.0.113.9")).await;
+            e.evaluate(1, &anonymous(i * 1000, "198.51.100.1")).await;
+        }
+        let raised = e.evaluate(1, &anonymous(6000, "203.0.113.9")).await;
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].principal, "ip:203.0.113.9");
     }
 
     #[tokio::test]

@@ -65,9 +65,8 @@ pub async fn run(
         config.refresh_interval,
         shutdown.clone(),
     ));
-    let emitter =
-        sentia_runtime::audit::Emitter::start("key-service", &config.audit, shutdown.clone())
-            .map_err(|e| KeyError::Startup(e.to_string()))?;
+    let emitter = sentia_runtime::audit::Emitter::start("key-service", &config.audit)
+        .map_err(|e| KeyError::Startup(e.to_string()))?;
     let api = api::Api::new(core, emitter.clone());
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));

@@ -47,9 +47,8 @@ pub async fn run(
     if let Some(file) = &config.policy_file {
         policies.watch(file.clone(), config.policy_reload, shutdown.clone());
     }
-    let emitter =
-        sentia_runtime::audit::Emitter::start("vault-service", &config.audit, shutdown.clone())
-            .map_err(|e| VaultError::Startup(e.to_string()))?;
+    let emitter = sentia_runtime::audit::Emitter::start("vault-service", &config.audit)
+        .map_err(|e| VaultError::Startup(e.to_string()))?;
     let client = KeyServiceClient::new(config.key_service.channel()?);
     let keys = Arc::new(keys::Keys::new(
         client.clone(),

@@ -109,7 +109,7 @@ enum AuditCommand {
 fn line(r: &pb::AuditRecord) -> String {
     let e = r.event.clone().unwrap_or_default();
     format!(
-        "{:>8} {} {:<18} {:<28} {:<14} {:<32} {}",
+        "{:>8} {} {:<18} {:<28} {:<18} {:<32} {}",
         r.sequence,
         utc(&e.time),
         e.event_type,

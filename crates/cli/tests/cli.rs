@@ -91,3 +91,141 @@ async fn an_operator_writes_reads_and_hands_out_a_credential_from_the_shell() {
     );
     s.stop().await;
 }
+
+/// audit-service (with checkpoints every 3 records) over a key-service, in this process.
+async fn audit_stack() -> (support::keys::Running, String, sentia_runtime::Shutdown) {
+    use support::keys;
+    let keys = keys::Running::start(&keys::sqlite_url(), &[]).await;
+    let db = keys::sqlite_url();
+    let tokens = keys::tokens();
+    let config = audit_service::Config::from_source(&sentia_runtime::MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", db.as_str()),
+        ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
+        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+        ("SENTIA_CHECKPOINT_EVERY", "3"),
+        ("SENTIA_CHECKPOINT_INTERVAL", "100ms"),
+    ]))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = sentia_runtime::Shutdown::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+    (keys, addr, shutdown)
+}
+
+async fn sentia_audit(
+    keys: &support::keys::Running,
+    addr: &str,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .arg("audit")
+        .args(args)
+        .env("SENTIA_AUDIT_ADDR", addr)
+        .env("SENTIA_KEY_ADDR", &keys.addr)
+        .env("SENTIA_TOKEN", support::keys::ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_verifies_offline_and_an_edited_line_is_named() {
+    use sentia_proto::audit::v1 as apb;
+    let (keys, addr, shutdown) = audit_stack().await;
+    let channel = sentia_runtime::client::connect_lazy(&addr, None).unwrap();
+    let mut emitter = apb::audit_service_client::AuditServiceClient::new(
+        sentia_runtime::client::CallContext::with_token(Some(support::keys::SERVICE_TOKEN))
+            .unwrap()
+            .wrap(channel),
+    );
+    let event = |i: u64, ok: bool| apb::AuditEvent {
+        time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000 + i as i64,
+            nanos: 0,
+        }),
+        event_type: "secret_access".into(),
+        principal: "app:billing".into(),
+        secret_name: "prod/app/db".into(),
+        operation: "read".into(),
+        success: ok,
+        status_code: if ok {
+            "OK".into()
+        } else {
+            "PERMISSION_DENIED".into()
+        },
+        service: "vault-service".into(),
+        emitter_id: "e1".into(),
+        emitter_sequence: i,
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        if emitter
+            .append_events(apb::AppendEventsRequest {
+                events: (1..=6).map(|i| event(i, i != 4)).collect(),
+            })
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+
+    let (ok, export, err) = sentia_audit(&keys, &addr, &["export"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        export
+            .lines()
+            .filter(|l| l.contains("\"checkpoint\""))
+            .count()
+            >= 1,
+        "{export}"
+    );
+    let file = std::env::temp_dir().join(format!("{}.jsonl", support::unique("export")));
+    std::fs::write(&file, &export).unwrap();
+    let f = file.display().to_string();
+    let (ok, out, err) = sentia_audit(&keys, &addr, &["verify", "--file", &f]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("valid: 6 records"), "{out}");
+
+    // Someone edits record 4 to hide a refusal.
+    let edited: String = export
+        .lines()
+        .map(|l| {
+            if l.contains("\"sequence\":4") && l.contains("\"record\"") {
+                l.replace("\"success\":false", "\"success\":true")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&file, edited).unwrap();
+    let (ok, out, _) = sentia_audit(&keys, &addr, &["verify", "--file", &f]).await;
+    assert!(!ok, "an edited export must not verify");
+    assert!(out.contains("INVALID at sequence 4"), "{out}");
+
+    let (ok, csv, err) = sentia_audit(
+        &keys,
+        &addr,
+        &["report", "--since", "3650d", "--format", "csv"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        csv.contains("\"prod/app/db\",5,\"app:billing\",0,\"\",1,\"app:billing\",0,0"),
+        "{csv}"
+    );
+    shutdown.trigger();
+    keys.stop().await;
+}

@@ -36,35 +36,68 @@ fn event(emitter: &str, sequence: u64) -> pb::AuditEvent {
     }
 }
 
+/// audit-service in this process, accepting the bench's service token.
+pub struct AuditUnderTest {
+    /// Listening address.
+    pub addr: String,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<Result<(), audit_service::AuditError>>,
+}
+
+impl AuditUnderTest {
+    /// Starts it on a fresh database named `name`.
+    pub async fn start(
+        args: &Args,
+        key_addr: &str,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let db = crate::vault::database(args, dir, name).await?;
+        let tokens = sentia_runtime::auth::TokenTable::from_plain([(
+            "vault-service",
+            sentia_runtime::Role::Service,
+            SERVICE_TOKEN,
+        )])
+        .to_config();
+        let config = audit_service::Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_DATABASE_URL", db.as_str()),
+            ("SENTIA_KEY_SERVICE_ADDR", key_addr),
+            ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+        ]))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(audit_service::run(config, listener, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self {
+            addr,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Stops it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.server.await??;
+        Ok(())
+    }
+}
+
 /// Runs the audit-service rows.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let ks = KeyServiceUnderTest::start().await?;
     let dir = std::env::temp_dir().join(format!("sentia_bench_audit_{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let db = crate::vault::database(args, &dir, "audit").await?;
+    let audit = AuditUnderTest::start(args, &ks.addr, &dir, "audit").await?;
+    let addr = audit.addr.clone();
     let backend = if args.postgres.is_some() {
         "Postgres"
     } else {
         "SQLite"
     };
-    let tokens = sentia_runtime::auth::TokenTable::from_plain([(
-        "vault-service",
-        sentia_runtime::Role::Service,
-        SERVICE_TOKEN,
-    )])
-    .to_config();
-    let config = audit_service::Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", db.as_str()),
-        ("SENTIA_KEY_SERVICE_ADDR", ks.addr.as_str()),
-        ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
-        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-    ]))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(audit_service::run(config, listener, shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (n, m, s) = (args.connections, args.concurrency, args.seconds);
     let mut clients = Vec::new();
     for _ in 0..n {
@@ -111,8 +144,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     for (batch, f) in &rows {
         row(&format!("AppendEvents, {batch} per call"), f, &inserts);
     }
-    shutdown.trigger();
-    server.await??;
+    audit.stop().await?;
     ks.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -267,6 +267,30 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         v.stop().await?;
     }
 
+    // The price of fail-closed auditing: every read waits until its event is stored.
+    let audit = crate::audit::AuditUnderTest::start(args, &ks.addr, &dir, "vault_audit").await?;
+    let spool = dir.join("vault-audit.spool").display().to_string();
+    let audited = Vault::start(
+        args,
+        &ks.addr,
+        &db,
+        &dir,
+        &[
+            ("SENTIA_AUDIT_DISABLED", "false"),
+            ("SENTIA_AUDIT_SERVICE_ADDR", audit.addr.as_str()),
+            ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
+            ("SENTIA_DEK_CACHE_TTL", "5m"),
+            ("SENTIA_LOCAL_CACHE_TTL", "5m"),
+        ],
+    )
+    .await?;
+    let b = audited.baseline(args).await?;
+    let f = audited.gets(args, "bench/app/hot").await?;
+    row("GetSecret 64 B (default, audited)", &f, &b);
+    audited.stop().await?;
+    audit.stop().await?;
+
     // Each worker writes its own path, so rows measure writing, not check-and-set contention.
     let counter = Arc::new(AtomicU64::new(0));
     let (sc, v, ctr) = (cached.secrets.clone(), value.clone(), counter.clone());

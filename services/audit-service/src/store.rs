@@ -464,23 +464,39 @@ impl Store {
         Ok(())
     }
 
-    /// Alerts raised before alert `before` ("" = newest), newest first.
+    /// Alerts raised before alert `before` ("" = newest), newest first. Ids are UUIDv7 of
+    /// one fixed shape, so their order is the same under any collation.
     pub async fn alerts(
         &self,
         include_acknowledged: bool,
         before: &str,
         limit: i64,
     ) -> Result<Vec<Alert>, AuditError> {
-        let before = if before.is_empty() { "~" } else { before };
-        let rows = sqlx::query(
-            "SELECT id, rule, severity, summary, principal, secret_name, time, sequences, acknowledged, \
-             acknowledged_by FROM alerts WHERE id < $1 AND (acknowledged = 0 OR $2 = 1) ORDER BY id DESC LIMIT $3",
-        )
-        .bind(before)
-        .bind(i64::from(include_acknowledged))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        const COLUMNS: &str = "id, rule, severity, summary, principal, secret_name, time, \
+             sequences, acknowledged, acknowledged_by";
+        let acked = i64::from(include_acknowledged);
+        let rows = if before.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM alerts WHERE (acknowledged = 0 OR $1 = 1) \
+                 ORDER BY id DESC LIMIT $2"
+            ));
+            sqlx::query(sql)
+                .bind(acked)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM alerts WHERE id < $1 AND (acknowledged = 0 OR $2 = 1) \
+                 ORDER BY id DESC LIMIT $3"
+            ));
+            sqlx::query(sql)
+                .bind(before)
+                .bind(acked)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+        };
         rows.iter().map(alert_from).collect()
     }
 

@@ -186,6 +186,9 @@ pub struct CredentialRow {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite compares text bytewise; Postgres needs `COLLATE "C"` for the same order
+    /// (a locale collation such as en_US ignores '/' and would break prefix ranges).
+    sqlite: bool,
 }
 
 fn u64_of(row: &AnyRow, col: &str) -> Result<u64, VaultError> {
@@ -252,7 +255,10 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sqlite: sentia_runtime::db::is_sqlite(url),
+        })
     }
 
     /// The pool, for tests that inspect raw rows.
@@ -390,25 +396,33 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<SecretRow>, VaultError> {
-        // path = prefix, or prefix/ <= path < prefix0 ('0' follows '/'): an index range.
-        let (lo, hi) = if prefix.is_empty() {
-            (String::new(), "\u{10FFFF}".to_string())
+        // Byte order everywhere, whatever the database's collation.
+        let c = if self.sqlite { "" } else { " COLLATE \"C\"" };
+        let rows = if prefix.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets WHERE path{c} > $1 ORDER BY path{c} LIMIT $2"
+            ));
+            sqlx::query(sql)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
         } else {
-            (format!("{prefix}/"), format!("{prefix}0"))
+            // path = prefix, or prefix/ <= path < prefix0 ('0' follows '/' bytewise).
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets \
+                 WHERE (path = $1 OR (path{c} >= $2 AND path{c} < $3)) AND path{c} > $4 \
+                 ORDER BY path{c} LIMIT $5"
+            ));
+            sqlx::query(sql)
+                .bind(prefix)
+                .bind(format!("{prefix}/"))
+                .bind(format!("{prefix}0"))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
         };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets \
-             WHERE (path = $1 OR (path >= $2 AND path < $3)) AND path > $4 \
-             ORDER BY path LIMIT $5"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(prefix)
-            .bind(lo)
-            .bind(hi)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let mut s = secret_from(r)?;

@@ -526,3 +526,51 @@ async fn metadata_updates_apply_only_masked_fields(s: &Stack) {
     assert_eq!(err.code(), Code::NotFound);
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+/// Listing by prefix must not depend on the database's collation: under a locale collation
+/// (ICU en-US here; glibc's en_US ignores '/' entirely) text ranges no longer follow bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_listing_is_exact_under_a_locale_collation() {
+    use sqlx::Executor;
+    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!(
+            "SKIPPED: postgres test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
+        );
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let db = support::unique("sentia_icu");
+    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )))
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+    let keys = support::keys::Running::start(&support::sqlite_url(), &[]).await;
+    let s = Stack::start_vault(keys, format!("{base}/{db}"), &[]).await;
+    for p in ["prod/A/x", "prod/a/y", "prod/a", "prod/ab/z", "prod/a-b/w"] {
+        s.put(p, b"v").await;
+    }
+    let listed: Vec<String> = s
+        .secrets(&s.root_token)
+        .await
+        .list_secrets(pb::ListSecretsRequest {
+            prefix: "prod/a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secrets
+        .into_iter()
+        .map(|m| m.path)
+        .collect();
+    assert_eq!(listed, vec!["prod/a", "prod/a/y"]);
+    s.stop().await;
+}

@@ -420,6 +420,26 @@ impl SecretApi {
         Ok(changed)
     }
 
+    /// Delete, Undelete and Destroy as RPCs: the state change, recorded in the audit log.
+    async fn state_rpc(
+        &self,
+        info: &CallInfo,
+        principal: Result<Principal, Status>,
+        path: &str,
+        versions: &[u64],
+        to: State,
+        operation: &str,
+    ) -> Result<Vec<u64>, Status> {
+        let result = match principal {
+            Ok(p) => self
+                .change_state(&p, path, versions, to)
+                .await
+                .map_err(Status::from),
+            Err(s) => Err(s),
+        };
+        audited(&self.audit, info, "secret_delete", operation, path, result).await
+    }
+
     fn watch(
         &self,
         p: Principal,
@@ -837,72 +857,38 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::DeleteSecretRequest>,
     ) -> Res<pb::DeleteSecretResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
-        let result: Res<pb::DeleteSecretResponse> = async move {
-            let p = Principal::of(&req)?;
-            let r = req.into_inner();
-            let versions = self
-                .change_state(&p, &r.path, &r.versions, State::Deleted)
-                .await?;
-            Ok(Response::new(pb::DeleteSecretResponse { versions }))
-        }
-        .await;
-        audited(&self.audit, &info, "secret_delete", "delete", &name, result).await
+        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let r = req.into_inner();
+        let versions = self
+            .state_rpc(&info, p, &r.path, &r.versions, State::Deleted, "delete")
+            .await?;
+        Ok(Response::new(pb::DeleteSecretResponse { versions }))
     }
 
     async fn undelete_secret(
         &self,
         req: Request<pb::UndeleteSecretRequest>,
     ) -> Res<pb::UndeleteSecretResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
-        let result: Res<pb::UndeleteSecretResponse> = async move {
-            let p = Principal::of(&req)?;
-            let r = req.into_inner();
-            let versions = self
-                .change_state(&p, &r.path, &r.versions, State::Enabled)
-                .await?;
-            Ok(Response::new(pb::UndeleteSecretResponse { versions }))
-        }
-        .await;
-        audited(
-            &self.audit,
-            &info,
-            "secret_delete",
-            "undelete",
-            &name,
-            result,
-        )
-        .await
+        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let r = req.into_inner();
+        let versions = self
+            .state_rpc(&info, p, &r.path, &r.versions, State::Enabled, "undelete")
+            .await?;
+        Ok(Response::new(pb::UndeleteSecretResponse { versions }))
     }
 
     async fn destroy_secret_versions(
         &self,
         req: Request<pb::DestroySecretVersionsRequest>,
     ) -> Res<pb::DestroySecretVersionsResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
-        let result: Res<pb::DestroySecretVersionsResponse> = async move {
-            let p = Principal::of(&req)?;
-            let r = req.into_inner();
-            let versions = self
-                .change_state(&p, &r.path, &r.versions, State::Destroyed)
-                .await?;
-            Ok(Response::new(pb::DestroySecretVersionsResponse {
-                versions,
-            }))
-        }
-        .await;
-        audited(
-            &self.audit,
-            &info,
-            "secret_delete",
-            "destroy",
-            &name,
-            result,
-        )
-        .await
+        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let r = req.into_inner();
+        let versions = self
+            .state_rpc(&info, p, &r.path, &r.versions, State::Destroyed, "destroy")
+            .await?;
+        Ok(Response::new(pb::DestroySecretVersionsResponse {
+            versions,
+        }))
     }
 
     type WatchSecretsStream = EventStream;

@@ -22,9 +22,9 @@ use crate::VaultError;
 use crate::cache::{Cache, LocalCache, ReadView, SealedRecord};
 use crate::keys::Keys;
 use crate::model::{self, CURRENT, Metadata, Prefix, SecretPath, Selector};
-use crate::policy::{Capability, Policies};
 use crate::store::{Committed, NewVersion, SecretRow, State, Store, state_name};
 use crate::stream::Notifier;
+use sentia_policy::{Capability, Policies};
 
 /// Events read from the database per query while a watcher catches up.
 const WATCH_BATCH: i64 = 500;

@@ -22,8 +22,8 @@ use zeroize::Zeroizing;
 
 use crate::VaultError;
 use crate::keys::Keys;
-use crate::policy::{Capability, Policies, ROOT_POLICY};
 use crate::store::{CredentialRow, Store};
+use sentia_policy::{Capability, Policies, ROOT_POLICY};
 use sentia_runtime::audit::{CallInfo, Emitter, audited};
 
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).

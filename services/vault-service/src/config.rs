@@ -1,9 +1,9 @@
 //! vault-service configuration from `SENTIA_*` variables (see `.env.example`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sentia_policy::PolicyConfig;
 use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
@@ -36,13 +36,9 @@ pub struct Config {
     pub local_cache_ttl: Duration,
     /// `SENTIA_LOCAL_CACHE_MAX`: most secrets held in the in-process cache.
     pub local_cache_max: usize,
-    /// `SENTIA_POLICY_FILE`: policies (TOML); the built-in seed roles when unset.
-    pub policy_file: Option<PathBuf>,
-    /// `SENTIA_POLICY_RELOAD`: how often the policy file is checked for changes.
-    pub policy_reload: Duration,
-    /// `SENTIA_IDENTITY_POLICIES`: policies of static-token and certificate identities,
-    /// `id=policy+policy,...` (admin identities always hold root).
-    pub identity_policies: HashMap<String, Vec<String>>,
+    /// Policy file and static identities' policies (`SENTIA_POLICY_*`,
+    /// `SENTIA_IDENTITY_POLICIES`).
+    pub policies: PolicyConfig,
     /// `SENTIA_ROOT_TOKEN_FILE`: where the bootstrap root token is written (mode 0600) at
     /// first start; printed to stdout once when unset.
     pub root_token_file: Option<PathBuf>,
@@ -78,18 +74,7 @@ impl Config {
         let local_cache_ttl = r.duration_or("SENTIA_LOCAL_CACHE_TTL", Duration::from_secs(30));
         let local_cache_max =
             r.parse_or("SENTIA_LOCAL_CACHE_MAX", 10_000usize, "a positive integer");
-        let policy_file = r.optional("SENTIA_POLICY_FILE").map(PathBuf::from);
-        let policy_reload = r.duration_or("SENTIA_POLICY_RELOAD", Duration::from_secs(5));
-        let identity_policies = match r.optional("SENTIA_IDENTITY_POLICIES") {
-            None => HashMap::new(),
-            Some(raw) => match parse_identity_policies(&raw) {
-                Ok(m) => m,
-                Err(e) => {
-                    r.problem(format!("SENTIA_IDENTITY_POLICIES: {e}"));
-                    HashMap::new()
-                }
-            },
-        };
+        let policies = PolicyConfig::from_source(&mut r);
         let root_token_file = r.optional("SENTIA_ROOT_TOKEN_FILE").map(PathBuf::from);
         let token_refresh = r.duration_or("SENTIA_TOKEN_REFRESH", Duration::from_secs(5));
         let event_retention = r.duration_or("SENTIA_EVENT_RETENTION", Duration::from_secs(86_400));
@@ -112,35 +97,13 @@ impl Config {
             cache_ttl,
             local_cache_ttl,
             local_cache_max,
-            policy_file,
-            policy_reload,
-            identity_policies,
+            policies,
             root_token_file,
             token_refresh,
             event_retention,
             audit,
         })
     }
-}
-
-/// Parses `id=policy+policy,id2=policy`.
-pub fn parse_identity_policies(raw: &str) -> Result<HashMap<String, Vec<String>>, String> {
-    let mut out = HashMap::new();
-    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, policies) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?} is not id=policy+policy"))?;
-        let policies: Vec<String> = policies
-            .split('+')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        if id.trim().is_empty() || policies.is_empty() {
-            return Err(format!("{item:?} needs an id and at least one policy"));
-        }
-        out.insert(id.trim().to_string(), policies);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -176,12 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn identity_policies_parse_and_bad_values_are_named() {
-        let m = parse_identity_policies(
-            "rotation-scheduler=system_admin, ci=developer+monitoring_system",
-        )
-        .unwrap();
-        assert_eq!(m["ci"], vec!["developer", "monitoring_system"]);
+    fn bad_values_are_all_named_at_once() {
         let err = Config::from_source(&MapSource::from_pairs([
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_AUDIT_DISABLED", "true"),

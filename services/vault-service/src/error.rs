@@ -47,6 +47,12 @@ pub enum VaultError {
     Startup(String),
 }
 
+impl From<sentia_policy::Denied> for VaultError {
+    fn from(d: sentia_policy::Denied) -> Self {
+        Self::Denied(d.0)
+    }
+}
+
 impl From<VaultError> for Status {
     fn from(err: VaultError) -> Self {
         match err {

@@ -10,7 +10,6 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod model;
-pub mod policy;
 pub mod store;
 pub mod stream;
 
@@ -40,13 +39,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), VaultError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
-    let policies = policy::Policies::load(
-        config.policy_file.as_ref(),
-        config.identity_policies.clone(),
-    )?;
-    if let Some(file) = &config.policy_file {
-        policies.watch(file.clone(), config.policy_reload, shutdown.clone());
-    }
+    let policies =
+        sentia_policy::Policies::start(&config.policies, &shutdown).map_err(VaultError::Startup)?;
     let emitter = sentia_runtime::audit::Emitter::start("vault-service", &config.audit)
         .map_err(|e| VaultError::Startup(e.to_string()))?;
     let client = KeyServiceClient::new(config.key_service.channel()?);

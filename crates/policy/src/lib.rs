@@ -1,15 +1,15 @@
 //! Path policies: named sets of (path glob, capabilities) rules, loaded from a TOML file that
 //! reloads without a restart. Default deny: a request needs the capability granted on the
-//! path it names by one of the caller's policies.
+//! path it names by one of the caller's policies. Shared by vault-service and
+//! rotation-scheduler so both read one file the same way.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use sentia_runtime::{AuthMethod, Principal, Role, Shutdown};
-
-use crate::VaultError;
+use sentia_runtime::{AuthMethod, Principal, Reader, Role, Shutdown};
 
 /// The default policy file: the seed's four roles.
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.toml");
@@ -17,6 +17,18 @@ pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.toml");
 /// The built-in policy of root tokens and admin identities: everything, independent of the
 /// policy file (so a broken file can always be repaired).
 pub const ROOT_POLICY: &str = "root";
+
+/// A refusal, with a message naming the principal, the capability and the path; services map
+/// it to PERMISSION_DENIED.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+impl From<Denied> for tonic::Status {
+    fn from(d: Denied) -> Self {
+        tonic::Status::permission_denied(d.0)
+    }
+}
 
 /// What a policy can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,6 +264,59 @@ impl PolicySet {
     }
 }
 
+/// Where policies come from: `SENTIA_POLICY_FILE`, `SENTIA_POLICY_RELOAD` and
+/// `SENTIA_IDENTITY_POLICIES`, read the same way by every service that authorizes by path.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// `SENTIA_POLICY_FILE`: policies (TOML); the built-in seed roles when unset.
+    pub file: Option<PathBuf>,
+    /// `SENTIA_POLICY_RELOAD`: how often the policy file is checked for changes.
+    pub reload: Duration,
+    /// `SENTIA_IDENTITY_POLICIES`: policies of static-token and certificate identities,
+    /// `id=policy+policy,...` (admin identities always hold root).
+    pub identities: HashMap<String, Vec<String>>,
+}
+
+impl PolicyConfig {
+    /// Reads the three variables; problems are collected by `r`.
+    pub fn from_source(r: &mut Reader<'_>) -> Self {
+        let file = r.optional("SENTIA_POLICY_FILE").map(PathBuf::from);
+        let reload = r.duration_or("SENTIA_POLICY_RELOAD", Duration::from_secs(5));
+        let identities = match r.optional("SENTIA_IDENTITY_POLICIES") {
+            None => HashMap::new(),
+            Some(raw) => parse_identity_policies(&raw).unwrap_or_else(|e| {
+                r.problem(format!("SENTIA_IDENTITY_POLICIES: {e}"));
+                HashMap::new()
+            }),
+        };
+        Self {
+            file,
+            reload,
+            identities,
+        }
+    }
+}
+
+/// Parses `id=policy+policy,id2=policy`.
+pub fn parse_identity_policies(raw: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out = HashMap::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, policies) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not id=policy+policy"))?;
+        let policies: Vec<String> = policies
+            .split('+')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if id.trim().is_empty() || policies.is_empty() {
+            return Err(format!("{item:?} needs an id and at least one policy"));
+        }
+        out.insert(id.trim().to_string(), policies);
+    }
+    Ok(out)
+}
+
 /// The live policy set, reloaded from its file when the file changes.
 #[derive(Clone)]
 pub struct Policies {
@@ -260,23 +325,33 @@ pub struct Policies {
 }
 
 impl Policies {
+    /// Loads the configured policies and, when they come from a file, watches it until
+    /// `shutdown`.
+    pub fn start(config: &PolicyConfig, shutdown: &Shutdown) -> Result<Self, String> {
+        let policies = Self::load(config.file.as_ref(), config.identities.clone())?;
+        if let Some(file) = &config.file {
+            policies.watch(file.clone(), config.reload, shutdown.clone());
+        }
+        Ok(policies)
+    }
+
     /// Loads `file` (or the defaults) and maps static identities (service tokens, certificate
     /// names) to policies.
     pub fn load(
         file: Option<&PathBuf>,
         identities: HashMap<String, Vec<String>>,
-    ) -> Result<Self, VaultError> {
+    ) -> Result<Self, String> {
         let set = match file {
-            Some(path) => read(path).map_err(VaultError::Startup)?,
+            Some(path) => read(path)?,
             None => PolicySet::default_set(),
         };
         for (id, names) in &identities {
             for n in names {
                 if !set.contains(n) {
-                    return Err(VaultError::Startup(format!(
+                    return Err(format!(
                         "SENTIA_IDENTITY_POLICIES maps {id} to unknown policy {n:?}; known: {}",
                         set.names().join(", ")
-                    )));
+                    ));
                 }
             }
         }
@@ -311,11 +386,11 @@ impl Policies {
     }
 
     /// PERMISSION_DENIED unless `p` holds `cap` on `path`.
-    pub fn check(&self, p: &Principal, cap: Capability, path: &str) -> Result<(), VaultError> {
+    pub fn check(&self, p: &Principal, cap: Capability, path: &str) -> Result<(), Denied> {
         if self.get().allows(&self.of(p), cap, path) {
             Ok(())
         } else {
-            Err(VaultError::Denied(format!(
+            Err(Denied(format!(
                 "'{}' has no {} capability on {path:?} (policies: {})",
                 p.id,
                 cap.as_str(),
@@ -330,11 +405,11 @@ impl Policies {
         p: &Principal,
         cap: Capability,
         action: &str,
-    ) -> Result<(), VaultError> {
+    ) -> Result<(), Denied> {
         if self.get().allows_everywhere(&self.of(p), cap) {
             Ok(())
         } else {
-            Err(VaultError::Denied(format!(
+            Err(Denied(format!(
                 "{action} needs the {} capability on all paths; '{}' does not have it",
                 cap.as_str(),
                 p.id
@@ -388,6 +463,7 @@ fn read(path: &PathBuf) -> Result<PolicySet, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -450,6 +526,21 @@ mod tests {
         );
         assert!(!set.allows(&["unknown".into()], Capability::Read, "dev/app/key"));
         assert!(set.allows(&[ROOT_POLICY.into()], Capability::Admin, "x"));
+    }
+
+    #[test]
+    fn identity_policies_parse_and_bad_values_are_named() {
+        let m = parse_identity_policies(
+            "rotation-scheduler=system_admin, ci=developer+monitoring_system",
+        )
+        .unwrap();
+        assert_eq!(m["ci"], vec!["developer", "monitoring_system"]);
+        assert!(
+            parse_identity_policies("nobody")
+                .unwrap_err()
+                .contains("nobody")
+        );
+        assert!(parse_identity_policies("x=").is_err());
     }
 
     #[test]

@@ -1,8 +1,80 @@
-//! rotation-scheduler: when each secret is due, and the steps a rotation goes through. This
-//! first part is the pure core — the seed's schedule, due/notify/overdue computation on an
-//! injected clock, and the state machine's transitions; persistence, rotators, leader
-//! election and the gRPC service build on it.
+//! rotation-scheduler: rotation policies, the schedule, and the crash-safe rotation state
+//! machine (create_pending → set → test → finish → cleanup, each step persisted before it
+//! runs). One replica at a time leads, through a fenced lease in the database; the others
+//! serve the API and take over when the leader's lease runs out.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod policy;
+pub mod rotator;
 pub mod schedule;
 pub mod steps;
+pub mod store;
+pub mod vault;
+
+use std::sync::Arc;
+
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::rotation::v1::rotation_service_server::RotationServiceServer;
+use sentia_runtime::jwt::{JwtVerifier, PublicKeySet};
+use sentia_runtime::{Server, Shutdown};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use clock::Clock;
+pub use config::{Config, Hooks};
+pub use engine::Stopped;
+pub use error::RotationError;
+
+/// Runs rotation-scheduler on `listener` until `shutdown`. Returns how the rotation loop
+/// ended (a test hook can end it as a crash would, lease held and step unrecorded).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Stopped, RotationError> {
+    let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let policies = sentia_policy::Policies::start(&config.policies, &shutdown)
+        .map_err(RotationError::Startup)?;
+    let emitter = sentia_runtime::audit::Emitter::start("rotation-scheduler", &config.audit)
+        .map_err(|e| RotationError::Startup(e.to_string()))?;
+    let vault = vault::Vault::new(config.vault_service.channel()?);
+    let engine = engine::Engine {
+        store,
+        vault,
+        emitter: emitter.clone(),
+        replica: config.replica_id.clone(),
+        tick: config.tick,
+        lease: config.lease,
+        emergency_grace: config.emergency_grace,
+        hooks: config.hooks.clone(),
+    };
+    let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
+    let keys = KeyServiceClient::new(config.key_service.channel()?);
+    let tokens = PublicKeySet::from_key_service(keys, &config.jwt_key);
+    let server_stop = Shutdown::new();
+    let server = tokio::spawn(
+        Server::new(config.server)
+            .bearer_verifier(Arc::new(JwtVerifier(tokens)))
+            .audit_refusals(emitter)
+            .serve(
+                Routes::new(RotationServiceServer::new(api)),
+                listener,
+                server_stop.clone(),
+            ),
+    );
+    let stopped = engine.run(shutdown.clone()).await;
+    server_stop.trigger();
+    if stopped == Stopped::Crashed {
+        server.abort();
+        return Ok(stopped);
+    }
+    server
+        .await
+        .map_err(|e| RotationError::Startup(format!("server task: {e}")))??;
+    Ok(stopped)
+}

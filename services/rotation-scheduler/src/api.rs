@@ -1,0 +1,321 @@
+//! The RotationService. Reading policies and status needs `rotate` or `list` on the path;
+//! setting a policy or rotating needs `rotate` (for a glob: on the glob itself, so only a
+//! caller holding rotate over everything it covers may set it). Every call is audited.
+
+use std::sync::Arc;
+
+use sentia_policy::{Capability, Policies};
+use sentia_proto::rotation::v1 as pb;
+use sentia_proto::rotation::v1::rotation_service_server::RotationService;
+use sentia_runtime::Principal;
+use sentia_runtime::audit::{CallInfo, Emitter, audited};
+use sentia_runtime::db::timestamp;
+use tonic::{Request, Response, Status};
+
+use crate::RotationError;
+use crate::engine::Engine;
+use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
+use crate::schedule::State;
+use crate::store::RotationRecord;
+
+/// Shared state of the RotationService.
+#[derive(Clone)]
+pub struct RotationApi {
+    engine: Engine,
+    policies: Policies,
+    emitter: Arc<Emitter>,
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+fn page_size(n: i32) -> Result<usize, RotationError> {
+    match n {
+        0 => Ok(100),
+        1..=1000 => Ok(n as usize),
+        _ => Err(RotationError::Invalid(format!(
+            "page_size must be 1-1000 (or 0 for 100); got {n}"
+        ))),
+    }
+}
+
+/// The contract's view of a stored rotation.
+pub fn to_proto(r: &RotationRecord) -> pb::Rotation {
+    pb::Rotation {
+        id: r.id.clone(),
+        path: r.path.clone(),
+        step: r.state.step as i32,
+        attempts: r.state.attempts,
+        pending_version: r.pending_version,
+        last_error: r.state.last_error.clone().unwrap_or_default(),
+        start_time: Some(timestamp(r.start_ms)),
+        update_time: Some(timestamp(r.update_ms)),
+        reason: r.reason.clone(),
+        emergency: r.emergency,
+    }
+}
+
+impl RotationApi {
+    /// Wraps the engine (which owns the store and vault client).
+    pub fn new(engine: Engine, policies: Policies, emitter: Arc<Emitter>) -> Self {
+        Self {
+            engine,
+            policies,
+            emitter,
+        }
+    }
+
+    /// `rotate` or `list` on `path`.
+    fn may_read(&self, p: &Principal, path: &str) -> Result<(), RotationError> {
+        self.policies
+            .check(p, Capability::Rotate, path)
+            .or_else(|_| self.policies.check(p, Capability::List, path))
+            .map_err(RotationError::from)
+    }
+
+    async fn policy_for(&self, path: &str) -> Result<RotationPolicy, RotationError> {
+        let stored = self.engine.store.policies().await?;
+        let class = if stored.iter().any(|p| p.covers(path)) {
+            None
+        } else {
+            self.engine
+                .vault
+                .describe(path)
+                .await?
+                .and_then(|d| d.metadata)
+                .and_then(|m| m.tags.get(CLASS_TAG).cloned())
+        };
+        applicable(&stored, path, class.as_deref()).ok_or_else(|| {
+            RotationError::NotFound(format!(
+                "no rotation policy applies to {path}: set one with SetPolicy (exact path or \
+                 glob), or tag the secret class=<jwt_signing_key|database_password|\
+                 encryption_master_key|api_key|certificate> for the default schedule"
+            ))
+        })
+    }
+
+    async fn set_policy(
+        &self,
+        p: &Principal,
+        req: pb::SetPolicyRequest,
+    ) -> Result<pb::RotationPolicy, RotationError> {
+        let raw = req
+            .policy
+            .ok_or_else(|| RotationError::Invalid("policy is required".into()))?;
+        self.policies
+            .check(p, Capability::Rotate, &raw.path_pattern)?;
+        let policy = RotationPolicy::from_proto(raw)?;
+        self.engine
+            .store
+            .put_policy(&policy, &p.id, self.engine.hooks.clock.now_ms())
+            .await?;
+        Ok(policy.to_proto())
+    }
+
+    async fn list(
+        &self,
+        p: &Principal,
+        req: pb::ListRotationsRequest,
+    ) -> Result<pb::ListRotationsResponse, RotationError> {
+        let size = page_size(req.page_size)?;
+        let now = self.engine.hooks.clock.now_ms();
+        let policies = self.engine.store.policies().await?;
+        let finished = self.engine.store.last_finished().await?;
+        let latest: std::collections::HashMap<String, RotationRecord> = self
+            .engine
+            .store
+            .latest_by_path()
+            .await?
+            .into_iter()
+            .map(|r| (r.path.clone(), r))
+            .collect();
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for meta in self.engine.vault.list(&req.prefix).await? {
+            if !req.page_token.is_empty() && meta.path.as_str() <= req.page_token.as_str() {
+                continue;
+            }
+            if self.may_read(p, &meta.path).is_err() {
+                continue;
+            }
+            let Some(policy) = applicable(
+                &policies,
+                &meta.path,
+                meta.tags.get(CLASS_TAG).map(String::as_str),
+            ) else {
+                continue;
+            };
+            let last_finish = finished.get(&meta.path).copied();
+            let last = self
+                .engine
+                .last_rotation(&meta, last_finish, &policy, now)
+                .await?;
+            let standing = policy.timing.standing(last, now);
+            let overdue = standing.state == State::Overdue;
+            if req.overdue_only && !overdue {
+                continue;
+            }
+            if out.len() == size {
+                next = out
+                    .last()
+                    .map(|s: &pb::RotationStatus| s.path.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            out.push(pb::RotationStatus {
+                path: meta.path.clone(),
+                policy_pattern: policy.pattern.clone(),
+                method: policy.timing.method as i32,
+                last_rotation_time: Some(timestamp(last)),
+                next_due_time: Some(timestamp(standing.due_ms)),
+                overdue,
+                last_rotation: latest.get(&meta.path).map(to_proto),
+            });
+        }
+        Ok(pb::ListRotationsResponse {
+            rotations: out,
+            next_page_token: next,
+        })
+    }
+
+    async fn rotate_now(
+        &self,
+        p: &Principal,
+        req: pb::RotateNowRequest,
+    ) -> Result<pb::Rotation, RotationError> {
+        self.policies.check(p, Capability::Rotate, &req.path)?;
+        let reason = req.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 512 {
+            return Err(RotationError::Invalid(
+                "reason is required (at most 512 characters): it is recorded in the audit log"
+                    .into(),
+            ));
+        }
+        if self.engine.vault.describe(&req.path).await?.is_none() {
+            return Err(RotationError::NotFound(format!(
+                "secret {} does not exist",
+                req.path
+            )));
+        }
+        let policy = self.policy_for(&req.path).await?;
+        if policy.rotator.is_empty() {
+            return Err(RotationError::Invalid(format!(
+                "the policy for {} ({}) has no rotator; write a new version yourself, or set \
+                 a policy with a rotator",
+                req.path, policy.pattern
+            )));
+        }
+        let now = self.engine.hooks.clock.now_ms();
+        let r = self
+            .engine
+            .start(&req.path, policy, reason, req.emergency, &p.id, now)
+            .await?;
+        Ok(to_proto(&r))
+    }
+
+    async fn history(
+        &self,
+        p: &Principal,
+        req: pb::GetRotationHistoryRequest,
+    ) -> Result<pb::GetRotationHistoryResponse, RotationError> {
+        self.may_read(p, &req.path)?;
+        let size = page_size(req.page_size)? as i64;
+        let skip: i64 = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| RotationError::Invalid("page_token is not one we issued".into()))?
+        };
+        let mut rows = self.engine.store.history(&req.path, skip, size + 1).await?;
+        let more = rows.len() as i64 > size;
+        rows.truncate(size as usize);
+        Ok(pb::GetRotationHistoryResponse {
+            rotations: rows.iter().map(to_proto).collect(),
+            next_page_token: if more {
+                (skip + size).to_string()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RotationService for RotationApi {
+    async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Res<pb::RotationPolicy> {
+        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
+        let req = req.into_inner();
+        let name = req
+            .policy
+            .as_ref()
+            .map(|x| x.path_pattern.clone())
+            .unwrap_or_default();
+        let r = self.set_policy(&p, req).await;
+        audited(&self.emitter, &info, "rotation", "set_policy", &name, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Res<pb::RotationPolicy> {
+        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
+        let path = req.into_inner().path;
+        let r = async {
+            self.may_read(&p, &path)?;
+            Ok::<_, RotationError>(self.policy_for(&path).await?.to_proto())
+        }
+        .await;
+        audited(&self.emitter, &info, "rotation", "get_policy", &path, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_rotations(
+        &self,
+        req: Request<pb::ListRotationsRequest>,
+    ) -> Res<pb::ListRotationsResponse> {
+        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
+        let req = req.into_inner();
+        let prefix = req.prefix.clone();
+        let r = self.list(&p, req).await;
+        audited(
+            &self.emitter,
+            &info,
+            "rotation",
+            "list_rotations",
+            &prefix,
+            r,
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn rotate_now(&self, req: Request<pb::RotateNowRequest>) -> Res<pb::Rotation> {
+        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
+        let req = req.into_inner();
+        let path = req.path.clone();
+        let op = if req.emergency {
+            "rotate_now_emergency"
+        } else {
+            "rotate_now"
+        };
+        let r = self.rotate_now(&p, req).await;
+        audited(&self.emitter, &info, "rotation", op, &path, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_rotation_history(
+        &self,
+        req: Request<pb::GetRotationHistoryRequest>,
+    ) -> Res<pb::GetRotationHistoryResponse> {
+        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
+        let req = req.into_inner();
+        let path = req.path.clone();
+        let r = self.history(&p, req).await;
+        audited(&self.emitter, &info, "rotation", "history", &path, r)
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,126 @@
+//! rotation-scheduler configuration from `SENTIA_*` variables (see `.env.example`).
+
+use std::time::Duration;
+
+use sentia_policy::PolicyConfig;
+use sentia_runtime::audit::AuditConfig;
+use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
+
+use crate::clock::Clock;
+use crate::steps::Step;
+
+/// Everything rotation-scheduler needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, TLS and static tokens.
+    pub server: ServerConfig,
+    /// `SENTIA_DATABASE_URL`: policies, rotations, reminders and the leader lease.
+    pub database_url: String,
+    /// `SENTIA_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `SENTIA_VAULT_SERVICE_ADDR` / `_TOKEN`: where secrets are read and versions written. The
+    /// token's identity needs read, write, list and delete on rotated paths
+    /// (`SENTIA_IDENTITY_POLICIES=rotation-scheduler=system_admin` on vault-service).
+    pub vault_service: UpstreamConfig,
+    /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: publishes the keys that sign callers' JWTs.
+    pub key_service: UpstreamConfig,
+    /// `SENTIA_JWT_KEY`: key-service signing key of access tokens.
+    pub jwt_key: String,
+    /// Who may do what (`SENTIA_POLICY_FILE`, `SENTIA_IDENTITY_POLICIES`).
+    pub policies: PolicyConfig,
+    /// Where rotation events go (`SENTIA_AUDIT_SERVICE_ADDR`, ...).
+    pub audit: AuditConfig,
+    /// `SENTIA_ROTATION_TICK`: how often the leader looks for due secrets and runnable steps.
+    pub tick: Duration,
+    /// `SENTIA_LEADER_LEASE`: how long a leader's lease lasts without renewal; a replica that
+    /// dies is replaced after at most this long.
+    pub lease: Duration,
+    /// `SENTIA_REPLICA_ID`: this replica's name in the lease (default: random).
+    pub replica_id: String,
+    /// `SENTIA_EMERGENCY_GRACE`: grace period of emergency rotations (when shorter than the
+    /// policy's).
+    pub emergency_grace: Duration,
+    /// Test hooks and the clock; not read from the environment.
+    pub hooks: Hooks,
+}
+
+/// What tests inject: the clock, and where to stop as if the process had been killed.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// The time source (the system clock unless a test sets one).
+    pub clock: Clock,
+    /// Die right after this step's action ran, before its completion is persisted.
+    pub crash_after: Option<Step>,
+    /// Report this step as failed instead of running it (set and test only).
+    pub fail: Option<Step>,
+}
+
+impl Config {
+    /// Reads and validates the configuration; every problem is reported at once.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(source);
+        let server =
+            ServerConfig::from_source(&mut r, "rotation-scheduler", "127.0.0.1:8203", false);
+        let (database_url, max_connections) =
+            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
+        let vault_service =
+            UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
+        let key_service =
+            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
+        let jwt_key = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
+        let policies = PolicyConfig::from_source(&mut r);
+        let audit = AuditConfig::from_source(&mut r, "rotation-scheduler");
+        let tick = r.duration_or("SENTIA_ROTATION_TICK", Duration::from_secs(10));
+        let lease = r.duration_or("SENTIA_LEADER_LEASE", Duration::from_secs(15));
+        if lease <= tick {
+            r.problem("SENTIA_LEADER_LEASE must be longer than SENTIA_ROTATION_TICK");
+        }
+        let replica_id = r
+            .optional("SENTIA_REPLICA_ID")
+            .unwrap_or_else(|| format!("scheduler-{}", uuid::Uuid::new_v4().simple()));
+        let emergency_grace = r.duration_or("SENTIA_EMERGENCY_GRACE", Duration::from_secs(600));
+        r.finish()?;
+        Ok(Self {
+            server,
+            database_url,
+            max_connections,
+            vault_service,
+            key_service,
+            jwt_key,
+            policies,
+            audit,
+            tick,
+            lease,
+            replica_id,
+            emergency_grace,
+            hooks: Hooks::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sentia_runtime::MapSource;
+
+    #[test]
+    fn a_lease_no_longer_than_the_tick_is_refused_with_both_names() {
+        let err = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+            ("SENTIA_ROTATION_TICK", "20s"),
+            ("SENTIA_LEADER_LEASE", "10s"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SENTIA_LEADER_LEASE"), "{err}");
+        let c = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.listen_addr.port(), 8203);
+        assert!(c.replica_id.starts_with("scheduler-"));
+    }
+}

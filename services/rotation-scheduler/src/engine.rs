@@ -1,0 +1,498 @@
+//! The leader's loop: hold the lease, start rotations that are due, send reminders for manual
+//! secrets, and move each unfinished rotation through its steps — every step persisted
+//! (fenced by the lease) before the next one runs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sentia_proto::vault::v1 as pb;
+use sentia_runtime::Shutdown;
+use sentia_runtime::audit::{CallInfo, Emitter};
+
+use crate::config::Hooks;
+use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
+use crate::rotator::{Rotator, Secret};
+use crate::schedule::{Method, State};
+use crate::steps::{Outcome, Rotation, Step};
+use crate::store::{RotationRecord, Store};
+use crate::vault::Vault;
+use crate::{Clock, RotationError};
+
+/// The identity recorded as starting scheduled rotations.
+pub const SCHEDULER: &str = "rotation-scheduler";
+
+/// Why the loop stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was asked for; the lease was given up.
+    Shutdown,
+    /// A test hook ended it as a crash would: mid-rotation, the lease still held.
+    Crashed,
+}
+
+/// Everything the loop needs.
+#[derive(Clone)]
+pub struct Engine {
+    /// Database.
+    pub store: Store,
+    /// vault-service.
+    pub vault: Vault,
+    /// Audit events.
+    pub emitter: Arc<Emitter>,
+    /// This replica's lease name.
+    pub replica: String,
+    /// Loop period.
+    pub tick: Duration,
+    /// Lease length.
+    pub lease: Duration,
+    /// Grace period cap for emergency rotations.
+    pub emergency_grace: Duration,
+    /// Clock and test hooks.
+    pub hooks: Hooks,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn step_name(s: Step) -> &'static str {
+    match s {
+        Step::CreatePending => "create_pending",
+        Step::Set => "set",
+        Step::Test => "test",
+        Step::Finish => "finish",
+        Step::Cleanup => "cleanup",
+        Step::Completed => "completed",
+        Step::RolledBack => "rollback",
+        Step::Parked => "parked",
+    }
+}
+
+impl Engine {
+    fn clock(&self) -> &Clock {
+        &self.hooks.clock
+    }
+
+    /// Runs until shutdown (or a test hook's crash).
+    pub async fn run(self, shutdown: Shutdown) -> Stopped {
+        let mut fence: Option<i64> = None;
+        loop {
+            let now = self.clock().now_ms();
+            fence = match self
+                .store
+                .lead(&self.replica, fence, now, ms(self.lease))
+                .await
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader lease check failed; retrying");
+                    None
+                }
+            };
+            if let Some(f) = fence {
+                if let Err(e) = self.scan(now).await {
+                    tracing::warn!(error = %e, "looking for due secrets failed; retrying next tick");
+                }
+                match self.work(f).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(replica = %self.replica, "lost the leader lease mid-rotation");
+                        fence = None;
+                    }
+                    Err(Crash) => return Stopped::Crashed,
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => {
+                    if let Some(f) = fence {
+                        let _ = self.store.resign(&self.replica, f).await;
+                    }
+                    return Stopped::Shutdown;
+                }
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+        }
+    }
+
+    /// Starts rotations that are due and sends reminders for manual ones.
+    pub async fn scan(&self, now: i64) -> Result<(), RotationError> {
+        let policies = self.store.policies().await?;
+        let finished = self.store.last_finished().await?;
+        let running: HashSet<String> = self
+            .store
+            .unfinished()
+            .await?
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
+        for meta in self.vault.list("").await? {
+            let Some(policy) = applicable(
+                &policies,
+                &meta.path,
+                meta.tags.get(CLASS_TAG).map(String::as_str),
+            ) else {
+                continue;
+            };
+            if running.contains(&meta.path) {
+                continue;
+            }
+            let last = self
+                .last_rotation(&meta, finished.get(&meta.path).copied(), &policy, now)
+                .await?;
+            let standing = policy.timing.standing(last, now);
+            let automatic = policy.timing.method != Method::Manual && !policy.rotator.is_empty();
+            match (standing.state, automatic) {
+                (State::Scheduled, _) => {}
+                (State::Overdue, true) => {
+                    match self
+                        .start(&meta.path, policy, "scheduled", false, SCHEDULER, now)
+                        .await
+                    {
+                        Ok(r) => {
+                            tracing::info!(path = %meta.path, id = %r.id, "scheduled rotation started")
+                        }
+                        Err(RotationError::Busy(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                (State::NotifyWindow, true) => {}
+                (state, false) => {
+                    let kind = if state == State::Overdue {
+                        "overdue"
+                    } else {
+                        "upcoming"
+                    };
+                    if self
+                        .store
+                        .remind_once(&meta.path, standing.due_ms, kind, now)
+                        .await?
+                    {
+                        tracing::warn!(path = %meta.path, kind, due_ms = standing.due_ms, "rotation reminder");
+                        self.event(&format!("reminder_{kind}"), &meta.path, "", None)
+                            .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When `meta`'s secret last rotated: the scheduler's last finish, else its creation —
+    /// or, once that looks due, the time its CURRENT version was written, since a person
+    /// writing a new value is a rotation too.
+    pub async fn last_rotation(
+        &self,
+        meta: &pb::SecretMetadata,
+        last_finish: Option<i64>,
+        policy: &RotationPolicy,
+        now: i64,
+    ) -> Result<i64, RotationError> {
+        let created = meta.create_time.as_ref().map(ts_ms).unwrap_or(now);
+        let last = last_finish.unwrap_or(created);
+        if policy.timing.standing(last, now).state == State::Scheduled {
+            return Ok(last);
+        }
+        Ok(match self.vault.describe(&meta.path).await? {
+            Some(d) => last.max(current_version_time(&d).unwrap_or(last)),
+            None => last,
+        })
+    }
+
+    /// Records and returns a new rotation of `path`; BUSY if one is running.
+    pub async fn start(
+        &self,
+        path: &str,
+        policy: RotationPolicy,
+        reason: &str,
+        emergency: bool,
+        by: &str,
+        now: i64,
+    ) -> Result<RotationRecord, RotationError> {
+        let mut policy = policy;
+        if emergency {
+            policy.timing.grace_period = policy.timing.grace_period.min(self.emergency_grace);
+        }
+        let r = RotationRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            path: path.into(),
+            state: Rotation::start(now),
+            pending_version: 0,
+            previous_version: 0,
+            policy,
+            reason: reason.into(),
+            emergency,
+            started_by: by.into(),
+            start_ms: now,
+            update_ms: now,
+            finish_ms: None,
+        };
+        self.store.insert_rotation(&r).await?;
+        Ok(r)
+    }
+
+    /// Advances every runnable rotation as far as it goes now. Ok(false) when the lease was
+    /// lost.
+    async fn work(&self, fence: i64) -> Result<bool, Crash> {
+        let list = match self.store.unfinished().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading unfinished rotations failed");
+                return Ok(true);
+            }
+        };
+        for mut r in list {
+            while r.state.runnable(self.clock().now_ms()) {
+                match self.step(&mut r, fence).await? {
+                    Some(true) => {}
+                    Some(false) => return Ok(false),
+                    None => break,
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs the current step and persists where it led. Some(false) = lease lost, None =
+    /// persisting failed (retried next tick).
+    async fn step(&self, r: &mut RotationRecord, fence: i64) -> Result<Option<bool>, Crash> {
+        let from = r.state.clone();
+        let step = from.step;
+        let mut next = r.clone();
+        let outcome = match self.act(&mut next).await {
+            Ok(()) => Outcome::Done,
+            Err(why) => Outcome::Failed(why),
+        };
+        if self.hooks.crash_after == Some(step) {
+            tracing::warn!(id = %r.id, step = step_name(step), "test hook: crashing before the step is recorded");
+            return Err(Crash);
+        }
+        let now = self.clock().now_ms();
+        next.state = from.advance(outcome.clone(), &r.policy.timing, now);
+        next.update_ms = now;
+        if step == Step::Finish && outcome == Outcome::Done {
+            next.finish_ms = Some(now);
+        }
+        match self.store.save(&next, &from, fence).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(false)),
+            Err(e) => {
+                tracing::warn!(id = %r.id, error = %e, "recording a rotation step failed; retrying");
+                return Ok(None);
+            }
+        }
+        self.report(&next, step, &outcome).await;
+        *r = next;
+        Ok(Some(true))
+    }
+
+    /// Logs and audits a step's outcome.
+    async fn report(&self, r: &RotationRecord, step: Step, outcome: &Outcome) {
+        match outcome {
+            Outcome::Done => {
+                tracing::info!(id = %r.id, path = %r.path, step = step_name(step), next = step_name(r.state.step), "rotation step done");
+                let op = match (step, r.state.step) {
+                    (Step::Finish, _) => Some("rotation_finished"),
+                    (_, Step::Completed) => Some("rotation_completed"),
+                    (_, Step::Parked) => Some("rotation_parked"),
+                    (Step::RolledBack, _) => Some("rotation_rolled_back"),
+                    _ => None,
+                };
+                if let Some(op) = op {
+                    let code = (r.state.step == Step::Parked).then_some(tonic::Code::Aborted);
+                    self.event(op, &r.path, &r.id, code).await;
+                }
+            }
+            Outcome::Failed(why) => {
+                tracing::warn!(id = %r.id, path = %r.path, step = step_name(step), error = %why, attempts = r.state.attempts, "rotation step failed");
+                self.event(
+                    &format!("rotation_{}_failed", step_name(step)),
+                    &r.path,
+                    &r.id,
+                    Some(tonic::Code::FailedPrecondition),
+                )
+                .await;
+                if r.state.step == Step::Parked {
+                    self.event(
+                        "rotation_parked",
+                        &r.path,
+                        &r.id,
+                        Some(tonic::Code::Aborted),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn event(&self, op: &str, path: &str, id: &str, code: Option<tonic::Code>) {
+        let info = CallInfo {
+            principal: SCHEDULER.into(),
+            request_id: id.into(),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .emitter
+            .emit(info.event("rotation", op, path, code))
+            .await
+        {
+            tracing::error!(path, op, error = %e, "a rotation event could not be audited");
+        }
+    }
+
+    async fn admin(&self, rotator: &Rotator) -> Result<Option<Secret>, String> {
+        let Some(path) = rotator.admin_secret() else {
+            return Ok(None);
+        };
+        match self.vault.labelled(path, "CURRENT").await {
+            Ok(Some((_, s))) => Ok(Some(s)),
+            Ok(None) => Err(format!("the admin secret {path} does not exist")),
+            Err(e) => Err(format!("reading the admin secret {path}: {e}")),
+        }
+    }
+
+    async fn pending(&self, r: &RotationRecord) -> Result<Secret, String> {
+        match self.vault.version(&r.path, r.pending_version).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(format!(
+                "pending version {} of {} is gone",
+                r.pending_version, r.path
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The current step's action. Every one is idempotent: after a crash it runs again.
+    async fn act(&self, r: &mut RotationRecord) -> Result<(), String> {
+        let step = r.state.step;
+        if self.hooks.fail == Some(step) {
+            return Err(format!("test hook: {} fails", step_name(step)));
+        }
+        let rotator = if r.policy.rotator.is_empty() {
+            None
+        } else {
+            Some(Rotator::parse(&r.policy.rotator, &r.policy.params)?)
+        };
+        let Some(rotator) = rotator else {
+            return Err(format!(
+                "no rotator is configured for {}; set one with SetPolicy",
+                r.path
+            ));
+        };
+        let err = |e: RotationError| e.to_string();
+        match step {
+            Step::CreatePending => {
+                let current = self
+                    .vault
+                    .labelled(&r.path, "CURRENT")
+                    .await
+                    .map_err(err)?
+                    .ok_or_else(|| {
+                        format!(
+                            "{} has no CURRENT version to rotate; write one first",
+                            r.path
+                        )
+                    })?;
+                let new = rotator.generate(Some(&current.1))?;
+                // The request id makes a retry after a crash return the version written the
+                // first time instead of writing another.
+                let request_id = format!("rotation-{}-{}", r.id, r.state.attempts);
+                r.pending_version = self
+                    .vault
+                    .put_pending(&r.path, &new, &request_id)
+                    .await
+                    .map_err(err)?;
+                r.previous_version = current.0;
+                Ok(())
+            }
+            Step::Set => {
+                let new = self.pending(r).await?;
+                rotator
+                    .set(self.admin(&rotator).await?.as_ref(), &new)
+                    .await
+            }
+            Step::Test => {
+                let new = self.pending(r).await?;
+                rotator
+                    .test(self.admin(&rotator).await?.as_ref(), &new)
+                    .await
+            }
+            Step::Finish => self
+                .vault
+                .move_label(&r.path, "CURRENT", r.pending_version)
+                .await
+                .map_err(err),
+            Step::Cleanup => {
+                if r.previous_version == 0 || r.previous_version == r.pending_version {
+                    return Ok(());
+                }
+                // Revoke before destroy: once destroyed the old value cannot be read, which
+                // on a retry means it was already revoked.
+                if let Some(prev) = self
+                    .vault
+                    .version(&r.path, r.previous_version)
+                    .await
+                    .map_err(err)?
+                {
+                    let current = self.pending(r).await?;
+                    rotator
+                        .revoke(self.admin(&rotator).await?.as_ref(), &prev, &current)
+                        .await?;
+                }
+                self.vault
+                    .destroy(&r.path, r.previous_version)
+                    .await
+                    .map_err(err)
+            }
+            Step::RolledBack => {
+                if r.pending_version == 0 {
+                    return Ok(());
+                }
+                if let Some(new) = self
+                    .vault
+                    .version(&r.path, r.pending_version)
+                    .await
+                    .map_err(err)?
+                {
+                    let mut before = Vec::new();
+                    for label in ["CURRENT", "PREVIOUS"] {
+                        if let Some((v, s)) =
+                            self.vault.labelled(&r.path, label).await.map_err(err)?
+                            && v != r.pending_version
+                        {
+                            before.push(s);
+                        }
+                    }
+                    rotator
+                        .restore(self.admin(&rotator).await?.as_ref(), &new, &before)
+                        .await?;
+                }
+                self.vault
+                    .destroy(&r.path, r.pending_version)
+                    .await
+                    .map_err(err)
+            }
+            Step::Completed | Step::Parked => Ok(()),
+        }
+    }
+}
+
+/// A test hook stopped the loop as a crash would.
+#[derive(Debug)]
+pub struct Crash;
+
+fn ts_ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
+fn current_version_time(d: &pb::DescribeSecretResponse) -> Option<i64> {
+    let meta = d.metadata.as_ref()?;
+    let current = meta.labels.get("CURRENT")?;
+    d.versions
+        .iter()
+        .find(|v| v.version == *current)
+        .and_then(|v| v.create_time.as_ref())
+        .map(ts_ms)
+}

@@ -1,0 +1,363 @@
+//! Rotation policies as stored and served: a path or glob, the schedule, and the rotator with
+//! its parameters; which policy applies to a path; conversion to and from the contract.
+
+use std::time::Duration;
+
+use sentia_policy::Glob;
+use sentia_proto::rotation::v1 as pb;
+use serde_json::{Map, Value, json};
+
+use crate::RotationError;
+use crate::rotator::Rotator;
+use crate::schedule::{Method, Policy, SecretClass};
+
+/// The tag that names a secret's class; its value picks the seed's default schedule.
+pub const CLASS_TAG: &str = "class";
+
+/// A policy for a path or every path under a glob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationPolicy {
+    /// Exact path or glob.
+    pub pattern: String,
+    /// Schedule.
+    pub timing: Policy,
+    /// Rotator name ("" for manual policies without one).
+    pub rotator: String,
+    /// Rotator parameters (a JSON object; never secrets).
+    pub params: Map<String, Value>,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn method_from(n: i64) -> Option<Method> {
+    Some(match n {
+        1 => Method::Automated,
+        2 => Method::Rolling,
+        3 => Method::Manual,
+        _ => return None,
+    })
+}
+
+impl RotationPolicy {
+    /// The seed's default for a secret class, with the rotator that class uses.
+    pub fn default_for(class: SecretClass, path: &str) -> Self {
+        let rotator = match class {
+            SecretClass::ApiKey => "api_key",
+            SecretClass::JwtSigningKey => "jwt_signing_key",
+            // Manual by default (a person rotates); certificates need a CA: a webhook
+            // rotator set by SetPolicy, until then they are tracked and reminded like manual.
+            SecretClass::DatabasePassword
+            | SecretClass::EncryptionMasterKey
+            | SecretClass::Certificate => "",
+        };
+        Self {
+            pattern: path.to_string(),
+            timing: Policy::default_for(class),
+            rotator: rotator.into(),
+            params: Map::new(),
+        }
+    }
+
+    /// True for a glob, false for an exact path.
+    pub fn is_glob(&self) -> bool {
+        self.pattern.contains('*')
+    }
+
+    /// How specific the pattern is: exact paths first, then more literal segments, then
+    /// fewer `**`, then longer.
+    pub fn specificity(&self) -> (bool, usize, usize, usize) {
+        let segs: Vec<&str> = self.pattern.split('/').collect();
+        (
+            !self.is_glob(),
+            segs.iter().filter(|s| !s.contains('*')).count(),
+            usize::MAX - segs.iter().filter(|s| **s == "**").count(),
+            self.pattern.len(),
+        )
+    }
+
+    /// True if this policy covers `path`.
+    pub fn covers(&self, path: &str) -> bool {
+        if self.is_glob() {
+            Glob::parse(&self.pattern).is_ok_and(|g| g.matches(path))
+        } else {
+            self.pattern == path
+        }
+    }
+
+    /// The literal part before the first wildcard: where to list secrets it may cover.
+    pub fn list_prefix(&self) -> String {
+        self.pattern
+            .split('/')
+            .take_while(|s| !s.contains('*'))
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Checks the pattern, the schedule and the rotator's parameters.
+    pub fn validate(&self) -> Result<(), RotationError> {
+        if self.is_glob() {
+            Glob::parse(&self.pattern)
+                .map_err(|e| RotationError::Invalid(format!("path_pattern: {e}")))?;
+        } else if self.pattern.is_empty() || self.pattern.len() > 512 {
+            return Err(RotationError::Invalid(
+                "path_pattern must be a secret path or glob of 1-512 bytes".into(),
+            ));
+        }
+        self.timing
+            .validate()
+            .map_err(|e| RotationError::Invalid(e.to_string()))?;
+        if self.timing.method != Method::Manual && self.rotator.is_empty() {
+            return Err(RotationError::Invalid(
+                "automated and rolling policies need a rotator (random, api_key, \
+                 postgres_password, redis_acl)"
+                    .into(),
+            ));
+        }
+        if !self.rotator.is_empty() {
+            Rotator::parse(&self.rotator, &self.params).map_err(RotationError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    /// From the contract; missing fields are refused by name.
+    pub fn from_proto(p: pb::RotationPolicy) -> Result<Self, RotationError> {
+        let dur = |d: Option<prost_types::Duration>, name: &str, required: bool| match d {
+            None if required => Err(RotationError::Invalid(format!("{name} is required"))),
+            None => Ok(Duration::ZERO),
+            Some(d) if d.seconds < 0 || d.nanos < 0 => Err(RotationError::Invalid(format!(
+                "{name} must not be negative"
+            ))),
+            Some(d) => Ok(Duration::new(d.seconds as u64, d.nanos as u32)),
+        };
+        let method = method_from(i64::from(p.method)).ok_or_else(|| {
+            RotationError::Invalid("method must be AUTOMATED, ROLLING or MANUAL".into())
+        })?;
+        let params = match p.rotator_params {
+            None => Map::new(),
+            Some(s) => match struct_to_json(s) {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+        };
+        let policy = Self {
+            pattern: p.path_pattern,
+            timing: Policy {
+                frequency: dur(p.frequency, "frequency", true)?,
+                method,
+                notify_before: dur(p.notify_before, "notify_before", false)?,
+                grace_period: dur(p.grace_period, "grace_period", false)?,
+                max_attempts: if p.max_attempts == 0 {
+                    5
+                } else {
+                    p.max_attempts
+                },
+            },
+            rotator: p.rotator,
+            params,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// To the contract.
+    pub fn to_proto(&self) -> pb::RotationPolicy {
+        let dur = |d: Duration| prost_types::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        };
+        pb::RotationPolicy {
+            path_pattern: self.pattern.clone(),
+            frequency: Some(dur(self.timing.frequency)),
+            method: self.timing.method as i32,
+            notify_before: Some(dur(self.timing.notify_before)),
+            grace_period: Some(dur(self.timing.grace_period)),
+            rotator: self.rotator.clone(),
+            rotator_params: Some(json_to_struct(&self.params)),
+            max_attempts: self.timing.max_attempts,
+        }
+    }
+
+    /// As stored with each rotation, so a policy edited mid-rotation does not change it.
+    pub fn to_json(&self) -> String {
+        json!({
+            "pattern": self.pattern,
+            "frequency_ms": ms(self.timing.frequency),
+            "method": self.timing.method as i64,
+            "notify_before_ms": ms(self.timing.notify_before),
+            "grace_ms": ms(self.timing.grace_period),
+            "max_attempts": self.timing.max_attempts,
+            "rotator": self.rotator,
+            "params": self.params,
+        })
+        .to_string()
+    }
+
+    /// Reads what `to_json` wrote.
+    pub fn from_json(text: &str) -> Result<Self, RotationError> {
+        let bad = || RotationError::Corrupt("a rotation's policy snapshot".into());
+        let v: Value = serde_json::from_str(text).map_err(|_| bad())?;
+        let int = |k: &str| v.get(k).and_then(Value::as_i64).ok_or_else(bad);
+        let dur = |k: &str| int(k).map(|n| Duration::from_millis(n.max(0) as u64));
+        Ok(Self {
+            pattern: v
+                .get("pattern")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .into(),
+            timing: Policy {
+                frequency: dur("frequency_ms")?,
+                method: method_from(int("method")?).ok_or_else(bad)?,
+                notify_before: dur("notify_before_ms")?,
+                grace_period: dur("grace_ms")?,
+                max_attempts: u32::try_from(int("max_attempts")?).map_err(|_| bad())?,
+            },
+            rotator: v
+                .get("rotator")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .into(),
+            params: v
+                .get("params")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Picks the policy for `path`: an exact match, else the most specific glob, else the seed's
+/// default for the secret's `class` tag.
+pub fn applicable(
+    policies: &[RotationPolicy],
+    path: &str,
+    class_tag: Option<&str>,
+) -> Option<RotationPolicy> {
+    policies
+        .iter()
+        .filter(|p| p.covers(path))
+        .max_by_key(|p| p.specificity())
+        .cloned()
+        .or_else(|| {
+            class_tag
+                .and_then(SecretClass::parse)
+                .map(|c| RotationPolicy::default_for(c, path))
+        })
+}
+
+fn struct_to_json(s: prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .into_iter()
+            .map(|(k, v)| (k, value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+            .map(|n| match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => Value::from(f as i64),
+                _ => Value::Number(n),
+            })
+            .unwrap_or(Value::Null),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+fn json_to_struct(m: &Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(m) => Kind::StructValue(json_to_struct(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn policy(pattern: &str) -> RotationPolicy {
+        RotationPolicy {
+            pattern: pattern.into(),
+            ..RotationPolicy::default_for(SecretClass::ApiKey, pattern)
+        }
+    }
+
+    #[test]
+    fn an_exact_path_beats_the_most_specific_glob_which_beats_the_class_default() {
+        let all = [
+            policy("**"),
+            policy("prod/**"),
+            policy("prod/app/*"),
+            policy("prod/app/stripe"),
+        ];
+        let pick = |path, class| applicable(&all, path, class).map(|p| p.pattern);
+        assert_eq!(pick("prod/app/stripe", None).unwrap(), "prod/app/stripe");
+        assert_eq!(pick("prod/app/github", None).unwrap(), "prod/app/*");
+        assert_eq!(pick("prod/db/main", None).unwrap(), "prod/**");
+        assert_eq!(pick("dev/x", None).unwrap(), "**");
+        let none: [RotationPolicy; 0] = [];
+        let d = applicable(&none, "dev/db", Some("database_password")).unwrap();
+        assert_eq!(d.timing.method, Method::Manual);
+        assert_eq!(d.pattern, "dev/db");
+        assert!(applicable(&none, "dev/db", Some("nonsense")).is_none());
+        assert!(applicable(&none, "dev/db", None).is_none());
+    }
+
+    #[test]
+    fn list_prefix_is_the_literal_head_of_a_glob() {
+        assert_eq!(policy("prod/app/**").list_prefix(), "prod/app");
+        assert_eq!(policy("*/app/**").list_prefix(), "");
+        assert_eq!(policy("prod/app/key").list_prefix(), "prod/app/key");
+    }
+
+    #[test]
+    fn a_policy_survives_the_contract_and_its_stored_snapshot() {
+        let mut p = policy("prod/app/**");
+        p.rotator = "random".into();
+        p.params.insert("length".into(), Value::from(48));
+        p.params.insert("charset".into(), Value::from("hex"));
+        assert_eq!(RotationPolicy::from_json(&p.to_json()).unwrap(), p);
+        assert_eq!(RotationPolicy::from_proto(p.to_proto()).unwrap(), p);
+    }
+
+    #[test]
+    fn contract_mistakes_are_named() {
+        let mut p = policy("prod/app/**").to_proto();
+        p.frequency = None;
+        let e = RotationPolicy::from_proto(p).unwrap_err().to_string();
+        assert!(e.contains("frequency is required"), "{e}");
+        let mut p = policy("prod/app/**").to_proto();
+        p.rotator = "magic".into();
+        let e = RotationPolicy::from_proto(p).unwrap_err().to_string();
+        assert!(e.contains("magic"), "{e}");
+        let mut p = policy("prod//x").to_proto();
+        p.path_pattern = "prod/**x".into();
+        assert!(RotationPolicy::from_proto(p).is_err());
+    }
+}

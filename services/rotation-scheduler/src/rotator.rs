@@ -1,0 +1,665 @@
+//! Rotators: how a new value is made, applied to its target, proven, rolled back and the old
+//! one revoked. Credentials a rotator needs (an admin connection URL) are never parameters:
+//! they are referenced by secret path and read from vault-service when needed.
+//!
+//! Values of `postgres_password` and `redis_acl` secrets are JSON `{"username", "password"}`;
+//! `random` and `api_key` values are the bare string.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+use zeroize::Zeroizing;
+
+/// Secret bytes that never show in `Debug` and are wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The bytes, for the one place that must use them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn text(&self) -> Result<&str, String> {
+        std::str::from_utf8(&self.0).map_err(|_| "the secret value is not UTF-8".to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret([REDACTED; {} bytes])", self.0.len())
+    }
+}
+
+/// A username and password held in one JSON secret value.
+struct Login {
+    username: String,
+    password: Zeroizing<String>,
+}
+
+impl Login {
+    fn parse(value: &Secret) -> Result<Self, String> {
+        let v: Value = serde_json::from_slice(value.expose()).map_err(|_| {
+            "the secret value is not JSON {\"username\": ..., \"password\": ...}".to_string()
+        })?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("the secret value has no string field {k:?}"))
+        };
+        Ok(Self {
+            username: field("username")?,
+            password: Zeroizing::new(field("password")?),
+        })
+    }
+
+    fn to_secret(&self) -> Secret {
+        Secret::new(
+            json!({"username": self.username, "password": self.password.as_str()})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+}
+
+/// Characters a generated value is drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// A-Z a-z 0-9.
+    Alphanumeric,
+    /// 0-9 a-f.
+    Hex,
+    /// A-Z a-z 0-9 - _.
+    Base64Url,
+    /// Printable ASCII without space, quotes and backslash.
+    Printable,
+}
+
+impl Charset {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "alphanumeric" => Self::Alphanumeric,
+            "hex" => Self::Hex,
+            "base64url" => Self::Base64Url,
+            "printable" => Self::Printable,
+            _ => return None,
+        })
+    }
+
+    fn alphabet(self) -> Vec<u8> {
+        let alnum = (b'A'..=b'Z').chain(b'a'..=b'z').chain(b'0'..=b'9');
+        match self {
+            Self::Alphanumeric => alnum.collect(),
+            Self::Hex => (b'0'..=b'9').chain(b'a'..=b'f').collect(),
+            Self::Base64Url => alnum.chain([b'-', b'_']).collect(),
+            Self::Printable => (b'!'..=b'~')
+                .filter(|c| !matches!(c, b'"' | b'\'' | b'\\' | b'`'))
+                .collect(),
+        }
+    }
+}
+
+/// `length` characters drawn uniformly from `charset` (rejection sampling: no modulo bias).
+pub fn random_string(length: usize, charset: Charset) -> Zeroizing<String> {
+    let alphabet = charset.alphabet();
+    let n = alphabet.len();
+    let limit = 256 - 256 % n;
+    let mut out = Zeroizing::new(String::with_capacity(length));
+    while out.len() < length {
+        for b in sentia_crypto::random_bytes(length * 2) {
+            if (b as usize) < limit && out.len() < length {
+                out.push(alphabet[b as usize % n] as char);
+            }
+        }
+    }
+    out
+}
+
+/// A configured rotator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotator {
+    /// A random string (`random`) or prefixed API key (`api_key`); nothing to apply.
+    Random {
+        /// Characters after the prefix.
+        length: usize,
+        /// Alphabet.
+        charset: Charset,
+        /// Literal prefix, e.g. "sk_live_".
+        prefix: String,
+    },
+    /// A PostgreSQL role's password; with two roles, rotations alternate between them so
+    /// the credential in use is never the one being changed.
+    Postgres {
+        /// Secret path whose value is an admin connection URL (a role with CREATEROLE).
+        admin_secret: String,
+        /// One role, or two to alternate.
+        roles: Vec<String>,
+    },
+    /// A Redis ACL user's password: the new one is added beside the old, which is removed
+    /// when the grace period ends.
+    RedisAcl {
+        /// Secret path whose value is a Redis URL of a user allowed to run ACL SETUSER.
+        admin_secret: String,
+        /// The ACL user.
+        username: String,
+    },
+}
+
+fn ident_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Rotator {
+    /// Parses a rotator name and its parameters; unknown parameters are refused by name.
+    pub fn parse(name: &str, params: &Map<String, Value>) -> Result<Self, String> {
+        let allowed: &[&str] = match name {
+            "random" | "api_key" => &["length", "charset", "prefix"],
+            "postgres_password" => &["admin_secret", "roles"],
+            "redis_acl" => &["admin_secret", "username"],
+            "jwt_signing_key" | "webhook" => {
+                return Err(format!(
+                    "rotator {name:?} is not available in this version (available: random, \
+                     api_key, postgres_password, redis_acl)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "unknown rotator {name:?} (available: random, api_key, postgres_password, \
+                     redis_acl)"
+                ));
+            }
+        };
+        if let Some(k) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!(
+                "rotator {name} has no parameter {k:?} (it takes: {})",
+                allowed.join(", ")
+            ));
+        }
+        let string = |k: &str| -> Result<Option<String>, String> {
+            match params.get(k) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("rotator {name}: {k} must be a string")),
+            }
+        };
+        let required = |k: &str| -> Result<String, String> {
+            string(k)?
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("rotator {name} needs {k}"))
+        };
+        match name {
+            "random" | "api_key" => {
+                let length = match params.get("length") {
+                    None => 40,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| (16..=4096).contains(n))
+                        .ok_or_else(|| format!("rotator {name}: length must be 16-4096"))?
+                        as usize,
+                };
+                let charset = match string("charset")? {
+                    None => Charset::Alphanumeric,
+                    Some(c) => Charset::parse(&c).ok_or_else(|| {
+                        format!(
+                            "rotator {name}: charset {c:?} is not one of alphanumeric, hex, \
+                             base64url, printable"
+                        )
+                    })?,
+                };
+                let prefix = string("prefix")?.unwrap_or_default();
+                if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "rotator {name}: prefix must be at most 64 printable characters"
+                    ));
+                }
+                Ok(Self::Random {
+                    length,
+                    charset,
+                    prefix,
+                })
+            }
+            "postgres_password" => {
+                let roles: Vec<String> = match params.get("roles") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string))
+                        .collect::<Option<_>>()
+                        .ok_or("rotator postgres_password: roles must be strings")?,
+                    _ => {
+                        return Err("rotator postgres_password needs roles: [role] or [a, b]".into());
+                    }
+                };
+                if roles.is_empty() || roles.len() > 2 || roles.iter().any(|r| !ident_ok(r)) {
+                    return Err(
+                        "rotator postgres_password: roles must be one or two role names \
+                                of 1-63 characters [A-Za-z0-9_-]"
+                            .into(),
+                    );
+                }
+                if roles.len() == 2 && roles[0] == roles[1] {
+                    return Err("rotator postgres_password: the two roles must differ".into());
+                }
+                Ok(Self::Postgres {
+                    admin_secret: required("admin_secret")?,
+                    roles,
+                })
+            }
+            _ => {
+                let username = required("username")?;
+                if !ident_ok(&username) {
+                    return Err("rotator redis_acl: username must be 1-63 characters \
+                                [A-Za-z0-9_-]"
+                        .into());
+                }
+                Ok(Self::RedisAcl {
+                    admin_secret: required("admin_secret")?,
+                    username,
+                })
+            }
+        }
+    }
+
+    /// The secret holding the admin credential this rotator needs, if any.
+    pub fn admin_secret(&self) -> Option<&str> {
+        match self {
+            Self::Random { .. } => None,
+            Self::Postgres { admin_secret, .. } | Self::RedisAcl { admin_secret, .. } => {
+                Some(admin_secret)
+            }
+        }
+    }
+
+    /// A new value. With two Postgres roles it is for the role not in `current`.
+    pub fn generate(&self, current: Option<&Secret>) -> Result<Secret, String> {
+        match self {
+            Self::Random {
+                length,
+                charset,
+                prefix,
+            } => {
+                let body = random_string(*length, *charset);
+                let mut v = Vec::with_capacity(prefix.len() + body.len());
+                v.extend_from_slice(prefix.as_bytes());
+                v.extend_from_slice(body.as_bytes());
+                Ok(Secret::new(v))
+            }
+            Self::Postgres { roles, .. } => {
+                let now = current
+                    .and_then(|c| Login::parse(c).ok())
+                    .map(|l| l.username);
+                let username = match (roles.as_slice(), now) {
+                    ([a, b], Some(u)) if u == *a => b.clone(),
+                    _ => roles[0].clone(),
+                };
+                Ok(Login {
+                    username,
+                    password: random_string(32, Charset::Alphanumeric),
+                }
+                .to_secret())
+            }
+            Self::RedisAcl { username, .. } => Ok(Login {
+                username: username.clone(),
+                password: random_string(32, Charset::Alphanumeric),
+            }
+            .to_secret()),
+        }
+    }
+
+    /// Applies `new` to the target. Idempotent.
+    pub async fn set(&self, admin: Option<&Secret>, new: &Secret) -> Result<(), String> {
+        match self {
+            Self::Random { .. } => Ok(()),
+            Self::Postgres { .. } => {
+                let l = Login::parse(new)?;
+                pg_set_password(admin, &l.username, Some(l.password.as_bytes())).await
+            }
+            Self::RedisAcl { .. } => {
+                let l = Login::parse(new)?;
+                redis_acl(admin, &l.username, &format!("#{}", sha256_hex(&l.password))).await
+            }
+        }
+    }
+
+    /// Proves `new` works against the target.
+    pub async fn test(&self, admin: Option<&Secret>, new: &Secret) -> Result<(), String> {
+        match self {
+            Self::Random { length, prefix, .. } => {
+                let want = prefix.len() + length;
+                if new.expose().len() == want {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the pending value is {} bytes, expected {want}",
+                        new.expose().len()
+                    ))
+                }
+            }
+            Self::Postgres { .. } => {
+                let l = Login::parse(new)?;
+                pg_test_login(admin, &l).await
+            }
+            Self::RedisAcl { .. } => {
+                let l = Login::parse(new)?;
+                redis_test_login(admin, &l).await
+            }
+        }
+    }
+
+    /// Undoes `set`: the credential `new` changed gets back the value it had (`before`, the
+    /// stored value for the same user), or — with nothing to restore — is locked.
+    pub async fn restore(
+        &self,
+        admin: Option<&Secret>,
+        new: &Secret,
+        before: &[Secret],
+    ) -> Result<(), String> {
+        match self {
+            Self::Random { .. } => Ok(()),
+            Self::Postgres { .. } => {
+                let n = Login::parse(new)?;
+                let old = before
+                    .iter()
+                    .filter_map(|b| Login::parse(b).ok())
+                    .find(|b| b.username == n.username);
+                let password = old.as_ref().map(|o| o.password.as_bytes());
+                pg_set_password(admin, &n.username, password).await
+            }
+            Self::RedisAcl { .. } => {
+                let n = Login::parse(new)?;
+                redis_acl(admin, &n.username, &format!("!{}", sha256_hex(&n.password))).await
+            }
+        }
+    }
+
+    /// After the grace period: the old credential stops working on the target.
+    pub async fn revoke(
+        &self,
+        admin: Option<&Secret>,
+        previous: &Secret,
+        current: &Secret,
+    ) -> Result<(), String> {
+        match self {
+            Self::Random { .. } => Ok(()),
+            Self::Postgres { .. } => {
+                let (p, c) = (Login::parse(previous)?, Login::parse(current)?);
+                if p.username == c.username {
+                    // One role: its old password was replaced at `set`.
+                    return Ok(());
+                }
+                pg_set_password(admin, &p.username, None).await
+            }
+            Self::RedisAcl { .. } => {
+                let (p, c) = (Login::parse(previous)?, Login::parse(current)?);
+                if p.password == c.password {
+                    return Ok(());
+                }
+                redis_acl(admin, &p.username, &format!("!{}", sha256_hex(&p.password))).await
+            }
+        }
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    sentia_crypto::sha256(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn admin_url(admin: Option<&Secret>) -> Result<Zeroizing<String>, String> {
+    let a = admin.ok_or("the rotator's admin secret is missing")?;
+    Ok(Zeroizing::new(a.text()?.trim().to_string()))
+}
+
+const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn pg_admin(admin: Option<&Secret>) -> Result<sqlx::PgConnection, String> {
+    let url = admin_url(admin)?;
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|_| "the admin secret is not a postgres:// URL".to_string())?;
+    tokio::time::timeout(TARGET_TIMEOUT, opts.connect())
+        .await
+        .map_err(|_| "connecting to Postgres as admin timed out".to_string())?
+        .map_err(|e| format!("connecting to Postgres as admin: {}", pg_error(&e)))
+}
+
+/// A database error without anything the server echoed back from the statement.
+fn pg_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => format!(
+            "{} ({})",
+            d.message(),
+            d.code().as_deref().unwrap_or("no code")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Sets a role's password by sending its SCRAM verifier (so the plaintext never reaches the
+/// server's statement log); `None` sets a random one nobody knows: the role is locked out.
+async fn pg_set_password(
+    admin: Option<&Secret>,
+    role: &str,
+    password: Option<&[u8]>,
+) -> Result<(), String> {
+    let throwaway;
+    let password = match password {
+        Some(p) => p,
+        None => {
+            throwaway = random_string(32, Charset::Alphanumeric);
+            throwaway.as_bytes()
+        }
+    };
+    let verifier = Zeroizing::new(sentia_crypto::scram_sha256_verifier(password));
+    let mut conn = pg_admin(admin).await?;
+    // Role names are checked to [A-Za-z0-9_-]; verifiers are base64 and `$:`; both quoted.
+    let sql = Zeroizing::new(format!(
+        "ALTER ROLE \"{role}\" WITH LOGIN PASSWORD '{}'",
+        verifier.as_str()
+    ));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("ALTER ROLE {role}: {}", pg_error(&e)))?;
+    Ok(())
+}
+
+/// Logs in as the role with the new password; where the admin may read `pg_authid` the stored
+/// verifier is checked too — which proves the password even on servers that trust every
+/// local login.
+async fn pg_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> {
+    let url = admin_url(admin)?;
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|_| "the admin secret is not a postgres:// URL".to_string())?;
+    let mut conn = tokio::time::timeout(
+        TARGET_TIMEOUT,
+        opts.clone()
+            .username(&l.username)
+            .password(&l.password)
+            .connect(),
+    )
+    .await
+    .map_err(|_| format!("logging in as {} timed out", l.username))?
+    .map_err(|e| format!("logging in as {} failed: {}", l.username, pg_error(&e)))?;
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| format!("query as {}: {}", l.username, pg_error(&e)))?;
+    if who != l.username {
+        return Err(format!("logged in as {who}, expected {}", l.username));
+    }
+    let mut admin_conn = pg_admin(admin).await?;
+    let stored: Result<Option<String>, _> =
+        sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+            .bind(&l.username)
+            .fetch_one(&mut admin_conn)
+            .await;
+    match stored {
+        Ok(Some(v)) if sentia_crypto::scram_sha256_matches(&v, l.password.as_bytes()) => Ok(()),
+        Ok(_) => Err(format!(
+            "role {} does not have the new password (its stored verifier differs)",
+            l.username
+        )),
+        // Not a superuser: the login above is the proof.
+        Err(_) => Ok(()),
+    }
+}
+
+async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|_| "not a redis:// URL".to_string())?;
+    tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| "connecting to Redis timed out".to_string())?
+        .map_err(|e| format!("connecting to Redis: {}", e.kind_str()))
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for redis::RedisError {
+    /// The error's category and code, never the command (which may hold a password hash).
+    fn kind_str(&self) -> String {
+        format!("{:?} {}", self.kind(), self.code().unwrap_or(""))
+    }
+}
+
+async fn redis_acl(admin: Option<&Secret>, user: &str, rule: &str) -> Result<(), String> {
+    let url = admin_url(admin)?;
+    let mut conn = redis_conn(&url).await?;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(user)
+        .arg("on")
+        .arg(rule)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("ACL SETUSER {user}: {}", e.kind_str()))?;
+    Ok(())
+}
+
+async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> {
+    let url = admin_url(admin)?;
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|_| "the admin secret is not a redis:// URL".to_string())?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_username(&l.username)
+        .set_password(l.password.as_str());
+    info = info.set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(|e| e.kind_str())?;
+    let mut conn = tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| format!("logging in to Redis as {} timed out", l.username))?
+        .map_err(|e| {
+            format!(
+                "logging in to Redis as {} failed: {}",
+                l.username,
+                e.kind_str()
+            )
+        })?;
+    let who: String = redis::cmd("ACL")
+        .arg("WHOAMI")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("ACL WHOAMI as {}: {}", l.username, e.kind_str()))?;
+    if who == l.username {
+        Ok(())
+    } else {
+        Err(format!(
+            "logged in to Redis as {who}, expected {}",
+            l.username
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn random_values_have_the_length_charset_and_prefix_asked_for() {
+        let r = Rotator::parse(
+            "api_key",
+            &params(json!({"length": 64, "charset": "hex", "prefix": "sk_live_"})),
+        )
+        .unwrap();
+        let a = r.generate(None).unwrap();
+        let s = std::str::from_utf8(a.expose()).unwrap();
+        assert_eq!(s.len(), 8 + 64);
+        assert!(s.starts_with("sk_live_"));
+        assert!(
+            s[8..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(a, r.generate(None).unwrap());
+        let p = random_string(2000, Charset::Printable);
+        assert!(!p.contains(['"', '\'', '\\', ' ']));
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_by_name() {
+        let e = Rotator::parse("random", &params(json!({"lenght": 20}))).unwrap_err();
+        assert!(e.contains("lenght") && e.contains("length"), "{e}");
+        let e = Rotator::parse("random", &params(json!({"length": 8}))).unwrap_err();
+        assert!(e.contains("16-4096"), "{e}");
+        let e = Rotator::parse("postgres_password", &params(json!({"roles": ["a"]}))).unwrap_err();
+        assert!(e.contains("admin_secret"), "{e}");
+        let e = Rotator::parse(
+            "postgres_password",
+            &params(json!({"roles": ["a\"; DROP"], "admin_secret": "x"})),
+        )
+        .unwrap_err();
+        assert!(e.contains("role names"), "{e}");
+        assert!(
+            Rotator::parse("magic", &Map::new())
+                .unwrap_err()
+                .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn two_postgres_roles_alternate() {
+        let r = Rotator::parse(
+            "postgres_password",
+            &params(json!({"roles": ["app_a", "app_b"], "admin_secret": "x"})),
+        )
+        .unwrap();
+        let first = Login::parse(&r.generate(None).unwrap()).unwrap();
+        assert_eq!(first.username, "app_a");
+        let second = Login::parse(&r.generate(Some(&first.to_secret())).unwrap()).unwrap();
+        assert_eq!(second.username, "app_b");
+        let third = Login::parse(&r.generate(Some(&second.to_secret())).unwrap()).unwrap();
+        assert_eq!(third.username, "app_a");
+        assert_ne!(first.password, third.password);
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let s = Secret::new(b"hunter2-very-secret".to_vec());
+        let shown = format!("{s:?} {:?}", Some(&s));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("REDACTED"));
+    }
+}

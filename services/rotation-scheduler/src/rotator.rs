@@ -238,7 +238,9 @@ impl Rotator {
                         .collect::<Option<_>>()
                         .ok_or("rotator postgres_password: roles must be strings")?,
                     _ => {
-                        return Err("rotator postgres_password needs roles: [role] or [a, b]".into());
+                        return Err(
+                            "rotator postgres_password needs roles: [role] or [a, b]".into()
+                        );
                     }
                 };
                 if roles.is_empty() || roles.len() > 2 || roles.iter().any(|r| !ident_ok(r)) {
@@ -563,7 +565,9 @@ async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), Strin
         .set_password(l.password.as_str());
     info = info.set_redis_settings(settings);
     let client = redis::Client::open(info).map_err(|e| e.kind_str())?;
-    let mut conn = tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
+    // The connection's handshake runs AUTH with these credentials: it only opens if Redis
+    // accepts them. Nothing else is asked, since the user may hold no command rights.
+    tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
         .await
         .map_err(|_| format!("logging in to Redis as {} timed out", l.username))?
         .map_err(|e| {
@@ -573,19 +577,7 @@ async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), Strin
                 e.kind_str()
             )
         })?;
-    let who: String = redis::cmd("ACL")
-        .arg("WHOAMI")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("ACL WHOAMI as {}: {}", l.username, e.kind_str()))?;
-    if who == l.username {
-        Ok(())
-    } else {
-        Err(format!(
-            "logged in to Redis as {who}, expected {}",
-            l.username
-        ))
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -93,7 +93,10 @@ impl Rotation {
         let mut next = self.clone();
         match outcome {
             Outcome::Done => {
-                next.last_error = None;
+                // A finished rollback keeps the failure that caused it, for status and alerts.
+                if self.step != Step::RolledBack {
+                    next.last_error = None;
+                }
                 next.not_before_ms = now_ms;
                 next.step = match self.step {
                     Step::CreatePending => Step::Set,
@@ -207,7 +210,11 @@ mod tests {
             }
         }
         assert_eq!(r.step, Step::Parked);
-        assert_eq!(r.last_error, None, "the rollback itself succeeded");
+        assert_eq!(
+            r.last_error.as_deref(),
+            Some("login with the new password failed"),
+            "the cause stays visible"
+        );
         assert!(!r.runnable(i64::MAX));
     }
 

@@ -1,0 +1,534 @@
+//! rotation-scheduler against real key-service, vault-service, Postgres roles and Redis ACL
+//! users: every step, rollback, crashes between steps, racing replicas, reminders.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use rotation_scheduler::Hooks;
+use rotation_scheduler::steps::Step;
+use sentia_proto::rotation::v1 as pb;
+use sentia_proto::vault::v1 as vpb;
+use serde_json::json;
+use support::vault::get;
+use support::vault::keys::sqlite_url;
+use support::*;
+
+async fn current(s: &Stack, path: &str) -> (u64, Vec<u8>) {
+    let r = s
+        .secrets(&s.root_token)
+        .await
+        .get_secret(get(path))
+        .await
+        .unwrap()
+        .into_inner();
+    (r.version, r.value)
+}
+
+async fn describe(s: &Stack, path: &str) -> vpb::DescribeSecretResponse {
+    s.secrets(&s.root_token)
+        .await
+        .describe_secret(vpb::DescribeSecretRequest { path: path.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn state_of(d: &vpb::DescribeSecretResponse, version: u64) -> vpb::VersionState {
+    d.versions
+        .iter()
+        .find(|v| v.version == version)
+        .map(|v| v.state())
+        .unwrap()
+}
+
+async fn set_policy(sched: &Scheduler, token: &str, p: pb::RotationPolicy) {
+    sched
+        .client(token)
+        .set_policy(pb::SetPolicyRequest { policy: Some(p) })
+        .await
+        .unwrap();
+}
+
+async fn rotate_now(sched: &Scheduler, token: &str, path: &str) -> pb::Rotation {
+    sched
+        .client(token)
+        .rotate_now(pb::RotateNowRequest {
+            path: path.into(),
+            reason: "test".into(),
+            emergency: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_rotates_on_demand_and_the_old_version_is_destroyed_when_grace_ends() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    s.put("prod/app/stripe", b"sk_live_old").await;
+    set_policy(
+        &sched,
+        &admin,
+        policy(
+            "prod/app/*",
+            "api_key",
+            json!({"prefix": "sk_live_", "length": 32}),
+        ),
+    )
+    .await;
+    let started = rotate_now(&sched, &admin, "prod/app/stripe").await;
+    assert_eq!(started.step, Step::CreatePending as i32);
+    assert_eq!(started.reason, "test");
+
+    let client = sched.client(&admin);
+    let r = wait_for(&client, "prod/app/stripe", Step::Cleanup).await;
+    let (version, value) = current(&s, "prod/app/stripe").await;
+    assert_eq!((version, r.pending_version), (2, 2));
+    let value = String::from_utf8(value).unwrap();
+    assert!(
+        value.starts_with("sk_live_") && value.len() == 8 + 32,
+        "{value}"
+    );
+    let d = describe(&s, "prod/app/stripe").await;
+    let labels = &d.metadata.as_ref().unwrap().labels;
+    assert_eq!(
+        labels.get("PREVIOUS"),
+        Some(&1),
+        "old value still readable in grace"
+    );
+
+    clock.advance(DAY + 1);
+    wait_for(&client, "prod/app/stripe", Step::Completed).await;
+    let d = describe(&s, "prod/app/stripe").await;
+    assert_eq!(state_of(&d, 1), vpb::VersionState::Destroyed);
+    assert_eq!(d.versions.len(), 2, "exactly one new version");
+
+    let h = client
+        .clone()
+        .get_rotation_history(pb::GetRotationHistoryRequest {
+            path: "prod/app/stripe".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.rotations.len(), 1);
+    assert_eq!(h.rotations[0].id, started.id);
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_role_password_rotates_and_only_the_new_one_is_stored_on_the_role() {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Postgres).await else {
+        return;
+    };
+    let clock = clock();
+    let db = vault::database(Backend::Postgres).await.unwrap();
+    let sched = Scheduler::start(&s, &db, hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let role = create_role(&pg_admin, "initial-password").await;
+    s.put("prod/admin/pg", pg_admin.as_bytes()).await;
+    s.put("prod/db/app", &login(&role, "initial-password"))
+        .await;
+    set_policy(
+        &sched,
+        &admin,
+        policy(
+            "prod/db/app",
+            "postgres_password",
+            json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
+        ),
+    )
+    .await;
+    rotate_now(&sched, &admin, "prod/db/app").await;
+    wait_for(&sched.client(&admin), "prod/db/app", Step::Cleanup).await;
+    let (user, password) = parse_login(&current(&s, "prod/db/app").await.1);
+    assert_eq!(user, role);
+    assert_ne!(password, "initial-password");
+    assert!(role_has_password(&pg_admin, &role, &password).await);
+    assert!(!role_has_password(&pg_admin, &role, "initial-password").await);
+    sched.stop().await;
+    s.stop().await;
+    drop_role(&pg_admin, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_roles_alternate_and_the_idle_one_is_locked_after_grace() {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let a = create_role(&pg_admin, "a-password").await;
+    let b = create_role(&pg_admin, "b-password").await;
+    s.put("prod/admin/pg", pg_admin.as_bytes()).await;
+    s.put("prod/db/app", &login(&a, "a-password")).await;
+    set_policy(
+        &sched,
+        &admin,
+        policy(
+            "prod/db/app",
+            "postgres_password",
+            json!({"admin_secret": "prod/admin/pg", "roles": [a.clone(), b.clone()]}),
+        ),
+    )
+    .await;
+    let client = sched.client(&admin);
+    rotate_now(&sched, &admin, "prod/db/app").await;
+    wait_for(&client, "prod/db/app", Step::Cleanup).await;
+    let (user, password) = parse_login(&current(&s, "prod/db/app").await.1);
+    assert_eq!(user, b, "the role not in use was changed");
+    assert!(role_has_password(&pg_admin, &b, &password).await);
+    assert!(
+        role_has_password(&pg_admin, &a, "a-password").await,
+        "clients still on the old role keep working during grace"
+    );
+    clock.advance(DAY + 1);
+    wait_for(&client, "prod/db/app", Step::Completed).await;
+    assert!(
+        !role_has_password(&pg_admin, &a, "a-password").await,
+        "the old role's password is revoked after grace"
+    );
+    // The next rotation flips back to the first role.
+    rotate_now(&sched, &admin, "prod/db/app").await;
+    wait_for(&client, "prod/db/app", Step::Cleanup).await;
+    let (user, password) = parse_login(&current(&s, "prod/db/app").await.1);
+    assert_eq!(user, a);
+    assert!(role_has_password(&pg_admin, &a, &password).await);
+    sched.stop().await;
+    s.stop().await;
+    drop_role(&pg_admin, &a).await;
+    drop_role(&pg_admin, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_test_restores_the_postgres_role_discards_pending_and_parks_after_max_attempts() {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(
+        &s,
+        &sqlite_url(),
+        Hooks {
+            fail: Some(Step::Test),
+            ..hooks(&clock)
+        },
+    )
+    .await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let role = create_role(&pg_admin, "keep-me").await;
+    s.put("prod/admin/pg", pg_admin.as_bytes()).await;
+    s.put("prod/db/app", &login(&role, "keep-me")).await;
+    let mut p = policy(
+        "prod/db/app",
+        "postgres_password",
+        json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
+    );
+    p.max_attempts = 2;
+    set_policy(&sched, &admin, p).await;
+    let client = sched.client(&admin);
+    rotate_now(&sched, &admin, "prod/db/app").await;
+
+    // First attempt: set changed the role, test failed, rollback put the old password back.
+    let r = wait_until(&client, "prod/db/app", "rolled back once", |r| {
+        r.step == Step::CreatePending as i32 && r.attempts == 1
+    })
+    .await;
+    assert!(r.last_error.contains("test fails"), "{}", r.last_error);
+    assert!(role_has_password(&pg_admin, &role, "keep-me").await);
+    let d = describe(&s, "prod/db/app").await;
+    assert_eq!(
+        state_of(&d, 2),
+        vpb::VersionState::Destroyed,
+        "PENDING discarded"
+    );
+    assert_eq!(current(&s, "prod/db/app").await.0, 1, "CURRENT untouched");
+
+    // Backoff (30 s) on the injected clock, then the second and last attempt.
+    clock.advance(31_000);
+    let r = wait_for(&client, "prod/db/app", Step::Parked).await;
+    assert_eq!(r.attempts, 2);
+    assert!(role_has_password(&pg_admin, &role, "keep-me").await);
+    assert_eq!(current(&s, "prod/db/app").await.0, 1);
+    let d = describe(&s, "prod/db/app").await;
+    assert_eq!(state_of(&d, 3), vpb::VersionState::Destroyed);
+    // Parked is not retried.
+    clock.advance(10 * DAY);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(describe(&s, "prod/db/app").await.versions.len(), 3);
+    sched.stop().await;
+    s.stop().await;
+    drop_role(&pg_admin, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_any_two_steps_a_rotation_completes_exactly_once_on_another_replica() {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Postgres).await else {
+        return;
+    };
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    s.put("prod/admin/pg", pg_admin.as_bytes()).await;
+    for crash in [
+        Step::CreatePending,
+        Step::Set,
+        Step::Test,
+        Step::Finish,
+        Step::Cleanup,
+    ] {
+        let clock = clock();
+        let db = vault::database(Backend::Postgres).await.unwrap();
+        let role = create_role(&pg_admin, "before").await;
+        let path = format!("prod/db/crash-{}", crash as i32);
+        s.put(&path, &login(&role, "before")).await;
+        let first = Scheduler::start(
+            &s,
+            &db,
+            Hooks {
+                crash_after: Some(crash),
+                ..hooks(&clock)
+            },
+        )
+        .await;
+        set_policy(
+            &first,
+            &admin,
+            policy(
+                &path,
+                "postgres_password",
+                json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
+            ),
+        )
+        .await;
+        rotate_now(&first, &admin, &path).await;
+        if crash == Step::Cleanup {
+            wait_for(&first.client(&admin), &path, Step::Cleanup).await;
+            clock.advance(DAY + 1);
+        }
+        assert_eq!(
+            first.died().await,
+            rotation_scheduler::Stopped::Crashed,
+            "{crash:?}"
+        );
+
+        // Another replica takes over once the dead one's lease runs out.
+        let second = Scheduler::start(&s, &db, hooks(&clock)).await;
+        clock.advance(6_000);
+        let client = second.client(&admin);
+        let mut done = wait_for(&client, &path, Step::Cleanup).await;
+        if done.step != Step::Completed as i32 {
+            clock.advance(DAY + 1);
+            done = wait_for(&client, &path, Step::Completed).await;
+        }
+        assert_eq!(done.attempts, 0, "{crash:?}: no step counted as failed");
+
+        let h = client
+            .clone()
+            .get_rotation_history(pb::GetRotationHistoryRequest {
+                path: path.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.rotations.len(), 1, "{crash:?}: one rotation");
+        let d = describe(&s, &path).await;
+        assert_eq!(d.versions.len(), 2, "{crash:?}: exactly one new version");
+        assert_eq!(state_of(&d, 1), vpb::VersionState::Destroyed, "{crash:?}");
+        let (version, value) = current(&s, &path).await;
+        assert_eq!(version, 2, "{crash:?}");
+        let (user, password) = parse_login(&value);
+        assert_eq!(user, role);
+        assert!(
+            role_has_password(&pg_admin, &role, &password).await,
+            "{crash:?}: the role and vault agree"
+        );
+        second.stop().await;
+        drop_role(&pg_admin, &role).await;
+    }
+    s.stop().await;
+}
+
+/// RotateNow of prod/app/key0 on both replicas at the same moment.
+async fn race(
+    a: &Scheduler,
+    b: &Scheduler,
+    token: &str,
+    emergency: bool,
+) -> (
+    Result<tonic::Response<pb::Rotation>, tonic::Status>,
+    Result<tonic::Response<pb::Rotation>, tonic::Status>,
+) {
+    let req = || pb::RotateNowRequest {
+        path: "prod/app/key0".into(),
+        reason: "race".into(),
+        emergency,
+    };
+    let (mut ca, mut cb) = (a.client(token), b.client(token));
+    tokio::join!(ca.rotate_now(req()), cb.rotate_now(req()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_for_a_due_secret_run_one_rotation() {
+    let Some(s) = stack(Backend::Postgres).await else {
+        return;
+    };
+    let clock = clock();
+    let db = vault::database(Backend::Postgres).await.unwrap();
+    let a = Scheduler::start(&s, &db, hooks(&clock)).await;
+    let b = Scheduler::start(&s, &db, hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    for i in 0..5 {
+        s.put(&format!("prod/app/key{i}"), b"old").await;
+    }
+    set_policy(&a, &admin, policy("prod/app/**", "random", json!({}))).await;
+    // Both replicas would start the same rotations at once when they fall due.
+    clock.advance(91 * DAY);
+    for i in 0..5 {
+        let path = format!("prod/app/key{i}");
+        wait_for(&b.client(&admin), &path, Step::Cleanup).await;
+    }
+    // RotateNow on both replicas at once while one is running: one wins, one is ABORTED.
+    let (ra, rb) = race(&a, &b, &admin, false).await;
+    let aborted = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.code() == tonic::Code::Aborted))
+        .count();
+    assert_eq!(
+        aborted, 2,
+        "a rotation of key0 is still in its grace period"
+    );
+    clock.advance(DAY + 1);
+    for i in 0..5 {
+        let path = format!("prod/app/key{i}");
+        wait_for(&a.client(&admin), &path, Step::Completed).await;
+        let d = describe(&s, &path).await;
+        assert_eq!(d.versions.len(), 2, "{path}: one rotation, not two");
+        let h = a
+            .client(&admin)
+            .get_rotation_history(pb::GetRotationHistoryRequest {
+                path: path.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.rotations.len(), 1, "{path}");
+        assert_eq!(h.rotations[0].reason, "scheduled");
+    }
+    let (ra, rb) = race(&a, &b, &admin, true).await;
+    assert_eq!(
+        [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one of two simultaneous RotateNow calls starts a rotation: {ra:?} {rb:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_acl_user_gets_a_new_password_beside_the_old_until_grace_ends() {
+    let Some(redis_url) = vault::redis_url() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let user = unique("rot");
+    let mut conn = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">old-redis-password")
+        .arg("~*")
+        .arg("+ping")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    s.put("prod/admin/redis", redis_url.as_bytes()).await;
+    s.put("prod/cache/app", &login(&user, "old-redis-password"))
+        .await;
+    set_policy(
+        &sched,
+        &admin,
+        policy(
+            "prod/cache/app",
+            "redis_acl",
+            json!({"admin_secret": "prod/admin/redis", "username": user.clone()}),
+        ),
+    )
+    .await;
+    let client = sched.client(&admin);
+    rotate_now(&sched, &admin, "prod/cache/app").await;
+    wait_for(&client, "prod/cache/app", Step::Cleanup).await;
+    let (_, password) = parse_login(&current(&s, "prod/cache/app").await.1);
+    let auth = |pw: String| {
+        let (url, user) = (redis_url.clone(), user.clone());
+        async move {
+            let mut c = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("AUTH")
+                .arg(&user)
+                .arg(&pw)
+                .query_async::<()>(&mut c)
+                .await
+                .is_ok()
+        }
+    };
+    assert!(auth(password.clone()).await, "the new password works");
+    assert!(
+        auth("old-redis-password".into()).await,
+        "the old one too, in grace"
+    );
+    clock.advance(DAY + 1);
+    wait_for(&client, "prod/cache/app", Step::Completed).await;
+    assert!(auth(password).await);
+    assert!(
+        !auth("old-redis-password".into()).await,
+        "revoked after grace"
+    );
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sched.stop().await;
+    s.stop().await;
+}

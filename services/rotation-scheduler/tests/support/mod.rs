@@ -1,0 +1,283 @@
+//! Test harness for rotation-scheduler: key-service and vault-service in-process (the vault
+//! harness), schedulers started on ephemeral ports on their own database with a shared manual
+//! clock, and real Postgres roles and Redis ACL users as rotation targets.
+#![allow(clippy::unwrap_used, dead_code)]
+
+#[path = "../../../vault-service/tests/support/mod.rs"]
+pub mod vault;
+
+use std::time::Duration;
+
+use rotation_scheduler::steps::Step;
+use rotation_scheduler::{Clock, Config, Hooks, Stopped};
+use sentia_proto::rotation::v1 as pb;
+use sentia_proto::rotation::v1::rotation_service_client::RotationServiceClient;
+use sentia_runtime::client::{AuthedChannel, CallContext};
+use sentia_runtime::{MapSource, Role, Shutdown};
+use sqlx::Executor;
+use tokio::net::TcpListener;
+
+pub use vault::{Backend, Stack, unique};
+
+/// The scheduler's static token at vault-service.
+pub const SCHEDULER_TOKEN: &str = "rotation-scheduler-token-for-tests";
+
+pub const DAY: i64 = 86_400_000;
+
+/// vault-service settings that let the scheduler in as `rotation-scheduler` with the seed's
+/// system_admin policy, as the deployment docs configure it.
+pub fn vault_settings() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "SENTIA_AUTH_TOKENS",
+            sentia_runtime::auth::TokenTable::from_plain([(
+                "rotation-scheduler",
+                Role::Service,
+                SCHEDULER_TOKEN,
+            )])
+            .to_config(),
+        ),
+        (
+            "SENTIA_IDENTITY_POLICIES",
+            "rotation-scheduler=system_admin".to_string(),
+        ),
+    ]
+}
+
+/// key-service and vault-service on `backend`, set up for the scheduler.
+pub async fn stack(backend: Backend) -> Option<Stack> {
+    let settings = vault_settings();
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Stack::start(backend, &pairs).await
+}
+
+/// A scheduler running in this process.
+pub struct Scheduler {
+    pub addr: String,
+    pub database_url: String,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<Stopped>,
+}
+
+impl Scheduler {
+    /// Starts a scheduler against `stack` on `database_url` with `hooks`.
+    pub async fn start(stack: &Stack, database_url: &str, hooks: Hooks) -> Self {
+        let replica = unique("replica");
+        let config = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+            ("SENTIA_DATABASE_URL", database_url),
+            ("SENTIA_VAULT_SERVICE_ADDR", stack.addr.as_str()),
+            ("SENTIA_VAULT_SERVICE_TOKEN", SCHEDULER_TOKEN),
+            ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", vault::keys::SERVICE_TOKEN),
+            ("SENTIA_ROTATION_TICK", "50ms"),
+            ("SENTIA_LEADER_LEASE", "5s"),
+            ("SENTIA_REPLICA_ID", replica.as_str()),
+        ]))
+        .unwrap();
+        let config = Config { hooks, ..config };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            rotation_scheduler::run(config, listener, stop)
+                .await
+                .unwrap()
+        });
+        Self {
+            addr,
+            database_url: database_url.to_string(),
+            shutdown,
+            handle,
+        }
+    }
+
+    /// A RotationService client with `token`.
+    pub fn client(&self, token: &str) -> RotationServiceClient<AuthedChannel> {
+        let channel = sentia_runtime::client::connect_lazy(&self.addr, None).unwrap();
+        RotationServiceClient::new(CallContext::with_token(Some(token)).unwrap().wrap(channel))
+    }
+
+    /// Waits for the loop to end on its own (a crash hook) and says how it ended.
+    pub async fn died(self) -> Stopped {
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("the scheduler did not stop")
+            .unwrap()
+    }
+
+    /// Stops it cleanly.
+    pub async fn stop(self) -> Stopped {
+        self.shutdown.trigger();
+        self.handle.await.unwrap()
+    }
+}
+
+/// A manual clock at the real time (vault-service stamps versions with the real clock).
+pub fn clock() -> Clock {
+    Clock::manual(sentia_runtime::db::now_ms())
+}
+
+/// Hooks with `clock` and nothing else.
+pub fn hooks(clock: &Clock) -> Hooks {
+    Hooks {
+        clock: clock.clone(),
+        ..Hooks::default()
+    }
+}
+
+/// Polls `path`'s newest rotation until it reaches `step` (30 s at most).
+pub async fn wait_for(
+    client: &RotationServiceClient<AuthedChannel>,
+    path: &str,
+    step: Step,
+) -> pb::Rotation {
+    wait_until(client, path, &format!("{step:?}"), |r| {
+        r.step == step as i32
+    })
+    .await
+}
+
+/// Polls `path`'s newest rotation until `done` holds (30 s at most).
+pub async fn wait_until(
+    client: &RotationServiceClient<AuthedChannel>,
+    path: &str,
+    what: &str,
+    done: impl Fn(&pb::Rotation) -> bool,
+) -> pb::Rotation {
+    let mut last = None;
+    for _ in 0..600 {
+        let h = client
+            .clone()
+            .get_rotation_history(pb::GetRotationHistoryRequest {
+                path: path.into(),
+                page_size: 1,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(r) = h.rotations.into_iter().next() {
+            if done(&r) {
+                return r;
+            }
+            last = Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never reached {what}; last seen {last:?}");
+}
+
+/// A policy for `pattern` with `rotator` and `params`, the API-key schedule otherwise.
+pub fn policy(pattern: &str, rotator: &str, params: serde_json::Value) -> pb::RotationPolicy {
+    let day = |d: i64| prost_types::Duration {
+        seconds: d * 86_400,
+        nanos: 0,
+    };
+    let fields = params
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            use prost_types::value::Kind;
+            let kind = match v {
+                serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+                serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+                serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                    values: a
+                        .iter()
+                        .map(|x| prost_types::Value {
+                            kind: Some(Kind::StringValue(x.as_str().unwrap().into())),
+                        })
+                        .collect(),
+                }),
+                other => panic!("unsupported parameter {other}"),
+            };
+            (k.clone(), prost_types::Value { kind: Some(kind) })
+        })
+        .collect();
+    pb::RotationPolicy {
+        path_pattern: pattern.into(),
+        frequency: Some(day(90)),
+        method: pb::RotationMethod::Automated as i32,
+        notify_before: Some(day(7)),
+        grace_period: Some(day(1)),
+        rotator: rotator.into(),
+        rotator_params: Some(prost_types::Struct { fields }),
+        max_attempts: 3,
+    }
+}
+
+/// The Postgres admin URL for rotation targets (the suite's superuser), or None (announced).
+pub fn postgres_admin() -> Option<String> {
+    match std::env::var("SENTIA_TEST_POSTGRES_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("SKIPPED: postgres rotation target (SENTIA_TEST_POSTGRES_URL not set)");
+            None
+        }
+    }
+}
+
+/// A login role of its own, with `password`; dropped by [`drop_role`].
+pub async fn create_role(admin_url: &str, password: &str) -> String {
+    let role = unique("rot").to_lowercase();
+    let mut conn = pg(admin_url).await;
+    let verifier = sentia_crypto::scram_sha256_verifier(password.as_bytes());
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{verifier}'"
+    )))
+    .await
+    .unwrap();
+    role
+}
+
+/// Drops a role made by [`create_role`].
+pub async fn drop_role(admin_url: &str, role: &str) {
+    let mut conn = pg(admin_url).await;
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{role}\""
+    )))
+    .await
+    .unwrap();
+}
+
+/// True if `role`'s stored SCRAM verifier was made from `password`.
+pub async fn role_has_password(admin_url: &str, role: &str, password: &str) -> bool {
+    let mut conn = pg(admin_url).await;
+    let v: Option<String> =
+        sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    v.is_some_and(|v| sentia_crypto::scram_sha256_matches(&v, password.as_bytes()))
+}
+
+/// A Postgres connection.
+pub async fn pg(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap()
+}
+
+/// `{"username", "password"}` as a secret value.
+pub fn login(user: &str, password: &str) -> Vec<u8> {
+    serde_json::json!({"username": user, "password": password})
+        .to_string()
+        .into_bytes()
+}
+
+/// The username and password in a login value.
+pub fn parse_login(value: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+    (
+        v["username"].as_str().unwrap().into(),
+        v["password"].as_str().unwrap().into(),
+    )
+}

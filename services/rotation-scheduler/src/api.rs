@@ -198,7 +198,7 @@ impl RotationApi {
         }
         let policy = self.policy_for(&req.path).await?;
         if policy.rotator.is_empty() {
-            return Err(RotationError::Invalid(format!(
+            return Err(RotationError::Precondition(format!(
                 "the policy for {} ({}) has no rotator; write a new version yourself, or set \
                  a policy with a rotator",
                 req.path, policy.pattern

@@ -12,6 +12,9 @@ pub enum RotationError {
     /// No such secret, or no policy applies.
     #[error("{0}")]
     NotFound(String),
+    /// The secret or its policy is not in a state that allows this.
+    #[error("{0}")]
+    Precondition(String),
     /// A rotation of the secret is already running.
     #[error("{0}")]
     Busy(String),
@@ -58,6 +61,7 @@ impl From<RotationError> for Status {
         match err {
             RotationError::Invalid(m) => Status::invalid_argument(m),
             RotationError::NotFound(m) => Status::not_found(m),
+            RotationError::Precondition(m) => Status::failed_precondition(m),
             RotationError::Busy(m) => Status::aborted(m),
             RotationError::Denied(d) => d.into(),
             RotationError::Upstream { service, status } => match status.code() {

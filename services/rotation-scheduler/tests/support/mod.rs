@@ -62,8 +62,18 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts a scheduler against `stack` on `database_url` with `hooks`.
     pub async fn start(stack: &Stack, database_url: &str, hooks: Hooks) -> Self {
+        Self::start_with(stack, database_url, hooks, &[]).await
+    }
+
+    /// [`Scheduler::start`] with `extra` settings (later pairs win).
+    pub async fn start_with(
+        stack: &Stack,
+        database_url: &str,
+        hooks: Hooks,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let replica = unique("replica");
-        let config = Config::from_source(&MapSource::from_pairs([
+        let mut pairs = vec![
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_AUDIT_DISABLED", "true"),
             ("SENTIA_DATABASE_URL", database_url),
@@ -74,8 +84,9 @@ impl Scheduler {
             ("SENTIA_ROTATION_TICK", "50ms"),
             ("SENTIA_LEADER_LEASE", "5s"),
             ("SENTIA_REPLICA_ID", replica.as_str()),
-        ]))
-        .unwrap();
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
         let config = Config { hooks, ..config };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -113,6 +124,50 @@ impl Scheduler {
         self.shutdown.trigger();
         self.handle.await.unwrap()
     }
+}
+
+/// audit-service in this process, on its own SQLite database, signing with `stack`'s
+/// key-service; returns its address. Emitters authenticate with the key-service test token.
+pub async fn audit_service(stack: &Stack) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let db = vault::keys::sqlite_url();
+    let tokens = vault::keys::tokens();
+    let config = audit_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", db.as_str()),
+        ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
+        ("SENTIA_KEY_SERVICE_TOKEN", vault::keys::SERVICE_TOKEN),
+        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
+    ]))
+    .unwrap();
+    tokio::spawn(async move {
+        audit_service::run(config, listener, Shutdown::new())
+            .await
+            .unwrap()
+    });
+    addr
+}
+
+/// Every `rotation` event in the audit log at `addr`, oldest first.
+pub async fn rotation_events(addr: &str) -> Vec<sentia_proto::audit::v1::AuditEvent> {
+    use sentia_proto::audit::v1 as apb;
+    let ch = sentia_runtime::client::connect_lazy(addr, None).unwrap();
+    let mut client = apb::audit_service_client::AuditServiceClient::new(
+        CallContext::with_token(Some(vault::keys::ADMIN_TOKEN))
+            .unwrap()
+            .wrap(ch),
+    );
+    let r = client
+        .query_events(apb::QueryEventsRequest {
+            event_type: "rotation".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.records.into_iter().filter_map(|r| r.event).collect()
 }
 
 /// A manual clock at the real time (vault-service stamps versions with the real clock).

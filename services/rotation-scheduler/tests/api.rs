@@ -1,0 +1,439 @@
+//! The RotationService contract: policies and their precedence, who may do what, status on
+//! an injected clock, reminders as audit events, and bad input refused by name.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use sentia_proto::rotation::v1 as pb;
+use sentia_proto::vault::v1 as vpb;
+use serde_json::json;
+use support::vault::keys::sqlite_url;
+use support::*;
+use tonic::Code;
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let e = r.unwrap_err();
+    (e.code(), e.message().to_string())
+}
+
+async fn put_tagged(s: &Stack, path: &str, class: &str) {
+    s.secrets(&s.root_token)
+        .await
+        .put_secret(vpb::PutSecretRequest {
+            path: path.into(),
+            value: b"v1".to_vec(),
+            metadata: Some(vpb::SecretMetadata {
+                path: path.into(),
+                tags: [("class".to_string(), class.to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_policies_are_refused_by_name_and_nothing_is_stored() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock())).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let mut c = sched.client(&admin);
+    let hour = |h: i64| prost_types::Duration {
+        seconds: h * 3600,
+        nanos: 0,
+    };
+    let cases: Vec<(pb::RotationPolicy, &str)> = vec![
+        (
+            pb::RotationPolicy {
+                frequency: Some(hour(0)),
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "at least 1h",
+        ),
+        (
+            pb::RotationPolicy {
+                notify_before: Some(hour(24 * 90)),
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "notify_before",
+        ),
+        (
+            pb::RotationPolicy {
+                grace_period: Some(hour(24 * 100)),
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "grace_period",
+        ),
+        (policy("dev/app/a", "magic", json!({})), "unknown rotator"),
+        (
+            policy("dev/app/a", "random", json!({"lenght": 20})),
+            "\"lenght\"",
+        ),
+        (policy("dev/app/a", "", json!({})), "need a rotator"),
+        (policy("dev/app/**x", "random", json!({})), "path_pattern"),
+        (
+            pb::RotationPolicy {
+                frequency: None,
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "frequency is required",
+        ),
+        (
+            pb::RotationPolicy {
+                method: 0,
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "method",
+        ),
+    ];
+    for (p, want) in cases {
+        let (got, msg) = code(
+            c.set_policy(pb::SetPolicyRequest {
+                policy: Some(p.clone()),
+            })
+            .await,
+        );
+        assert_eq!(got, Code::InvalidArgument, "{p:?}: {msg}");
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+    let (got, _) = code(c.set_policy(pb::SetPolicyRequest { policy: None }).await);
+    assert_eq!(got, Code::InvalidArgument);
+    s.put("dev/app/a", b"x").await;
+    let (got, msg) = code(
+        c.get_policy(pb::GetPolicyRequest {
+            path: "dev/app/a".into(),
+        })
+        .await,
+    );
+    assert_eq!(got, Code::NotFound, "nothing was stored: {msg}");
+    assert!(msg.contains("class="), "says how to get a default: {msg}");
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_policy_beats_a_glob_which_beats_the_default_of_the_secret_class() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock())).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let mut c = sched.client(&admin);
+    put_tagged(&s, "prod/app/jwt", "jwt_signing_key").await;
+    put_tagged(&s, "prod/db/main", "database_password").await;
+    let get = |path: &str| pb::GetPolicyRequest { path: path.into() };
+    let p = c.get_policy(get("prod/db/main")).await.unwrap().into_inner();
+    assert_eq!(p.method, pb::RotationMethod::Manual as i32);
+    assert_eq!(p.frequency.unwrap().seconds, 180 * 86_400);
+    assert_eq!(p.notify_before.unwrap().seconds, 14 * 86_400);
+    let p = c.get_policy(get("prod/app/jwt")).await.unwrap().into_inner();
+    assert_eq!(p.method, pb::RotationMethod::Rolling as i32);
+    assert_eq!(p.frequency.unwrap().seconds, 90 * 86_400);
+
+    let mut glob = policy("prod/**", "random", json!({}));
+    glob.max_attempts = 0; // the default, 5
+    c.set_policy(pb::SetPolicyRequest { policy: Some(glob) })
+        .await
+        .unwrap();
+    c.set_policy(pb::SetPolicyRequest {
+        policy: Some(policy("prod/db/main", "random", json!({"length": 64}))),
+    })
+    .await
+    .unwrap();
+    let p = c.get_policy(get("prod/app/jwt")).await.unwrap().into_inner();
+    assert_eq!((p.path_pattern.as_str(), p.max_attempts), ("prod/**", 5));
+    let p = c.get_policy(get("prod/db/main")).await.unwrap().into_inner();
+    assert_eq!(p.path_pattern, "prod/db/main");
+    let length = &p.rotator_params.unwrap().fields["length"];
+    assert_eq!(
+        length.kind,
+        Some(prost_types::value::Kind::NumberValue(64.0))
+    );
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rotate_holders_change_policies_or_rotate_and_list_holders_read_status() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock())).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let (deployer, _) = s.login_as(&["deployment_engineer"]).await;
+    let (developer, _) = s.login_as(&["developer"]).await;
+    s.put("prod/app/key", b"x").await;
+    s.put("dev/app/key", b"x").await;
+    sched
+        .client(&admin)
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(policy("**", "random", json!({}))),
+        })
+        .await
+        .unwrap();
+
+    for token in [&deployer, &developer] {
+        let mut c = sched.client(token);
+        let (got, msg) = code(
+            c.set_policy(pb::SetPolicyRequest {
+                policy: Some(policy("dev/**", "random", json!({}))),
+            })
+            .await,
+        );
+        assert_eq!(got, Code::PermissionDenied, "{msg}");
+        assert!(msg.contains("rotate"), "{msg}");
+        let (got, _) = code(
+            c.rotate_now(pb::RotateNowRequest {
+                path: "dev/app/key".into(),
+                reason: "try".into(),
+                emergency: false,
+            })
+            .await,
+        );
+        assert_eq!(got, Code::PermissionDenied);
+    }
+    // The seed: deployment engineers read rotation status everywhere.
+    let list = sched
+        .client(&deployer)
+        .list_rotations(pb::ListRotationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<_> = list.rotations.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["dev/app/key", "prod/app/key"]);
+    // Developers list dev/** only: prod is left out, and its policy and history refused.
+    let list = sched
+        .client(&developer)
+        .list_rotations(pb::ListRotationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<_> = list.rotations.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["dev/app/key"]);
+    let (got, _) = code(
+        sched
+            .client(&developer)
+            .get_rotation_history(pb::GetRotationHistoryRequest {
+                path: "prod/app/key".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(got, Code::PermissionDenied);
+    let (got, _) = code(
+        sched
+            .client("not-a-token")
+            .list_rotations(pb::ListRotationsRequest::default())
+            .await,
+    );
+    assert_eq!(got, Code::Unauthenticated);
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_now_needs_a_reason_an_existing_secret_and_a_rotator_and_runs_once_at_a_time() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let mut c = sched.client(&admin);
+    put_tagged(&s, "prod/db/main", "database_password").await;
+    s.put("prod/app/key", b"x").await;
+    c.set_policy(pb::SetPolicyRequest {
+        policy: Some(policy("prod/app/key", "random", json!({}))),
+    })
+    .await
+    .unwrap();
+    let req = |path: &str, reason: &str| pb::RotateNowRequest {
+        path: path.into(),
+        reason: reason.into(),
+        emergency: false,
+    };
+    let (got, msg) = code(c.rotate_now(req("prod/app/key", " ")).await);
+    assert_eq!(got, Code::InvalidArgument);
+    assert!(msg.contains("reason"), "{msg}");
+    let (got, _) = code(c.rotate_now(req("prod/app/key", &"x".repeat(513))).await);
+    assert_eq!(got, Code::InvalidArgument);
+    let (got, msg) = code(c.rotate_now(req("prod/app/nope", "why")).await);
+    assert_eq!(got, Code::NotFound, "{msg}");
+    let (got, msg) = code(c.rotate_now(req("prod/db/main", "leaked")).await);
+    assert_eq!(got, Code::FailedPrecondition, "manual by default: {msg}");
+    assert!(msg.contains("rotator"), "{msg}");
+
+    let first = c
+        .rotate_now(req("prod/app/key", "suspected leak"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (got, msg) = code(c.rotate_now(req("prod/app/key", "again")).await);
+    assert_eq!(got, Code::Aborted);
+    assert!(msg.contains(&first.id), "names the running rotation: {msg}");
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_next_due_and_overdue_on_the_injected_clock_and_pages() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let mut c = sched.client(&admin);
+    for i in 0..3 {
+        put_tagged(&s, &format!("prod/db/db{i}"), "database_password").await;
+    }
+    s.put("prod/other/untracked", b"x").await;
+    let list = |overdue_only: bool, page_size: i32, page_token: String| pb::ListRotationsRequest {
+        prefix: "prod".into(),
+        overdue_only,
+        page_size,
+        page_token,
+    };
+    let all = c
+        .list_rotations(list(false, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.rotations.len(), 3, "untracked secrets are not listed");
+    let first = &all.rotations[0];
+    assert!(!first.overdue);
+    assert_eq!(first.method, pb::RotationMethod::Manual as i32);
+    let created = first.last_rotation_time.unwrap().seconds;
+    assert_eq!(
+        first.next_due_time.unwrap().seconds,
+        created + 180 * 86_400,
+        "due 180 days after the value was written"
+    );
+    let none = c
+        .list_rotations(list(true, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.rotations.is_empty());
+
+    clock.advance(181 * DAY);
+    let page1 = c
+        .list_rotations(list(true, 2, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.rotations.len(), 2);
+    assert!(page1.rotations.iter().all(|r| r.overdue));
+    assert!(!page1.next_page_token.is_empty());
+    let page2 = c
+        .list_rotations(list(true, 2, page1.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.rotations.len(), 1);
+    assert_eq!(page2.rotations[0].path, "prod/db/db2");
+    assert!(page2.next_page_token.is_empty());
+    let (got, _) = code(c.list_rotations(list(false, 5000, String::new())).await);
+    assert_eq!(got, Code::InvalidArgument);
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue_in_the_audit_log()
+{
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let audit = audit_service(&s).await;
+    let clock = clock();
+    let spool = std::env::temp_dir().join(unique("rot_spool"));
+    let spool = spool.display().to_string();
+    let sched = Scheduler::start_with(
+        &s,
+        &sqlite_url(),
+        hooks(&clock),
+        &[
+            ("SENTIA_AUDIT_DISABLED", "false"),
+            ("SENTIA_AUDIT_SERVICE_ADDR", audit.as_str()),
+            ("SENTIA_AUDIT_SERVICE_TOKEN", support::vault::keys::SERVICE_TOKEN),
+            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
+        ],
+    )
+    .await;
+    put_tagged(&s, "prod/db/main", "database_password").await;
+    let reminders = || async {
+        rotation_events(&audit)
+            .await
+            .into_iter()
+            .filter(|e| e.secret_name == "prod/db/main")
+            .map(|e| e.operation)
+            .collect::<Vec<_>>()
+    };
+    // 180 d manual, notify 14 d before: nothing at day 165, one reminder from day 166 on.
+    clock.advance(165 * DAY);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(reminders().await.is_empty());
+    clock.advance(DAY + 1000);
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = reminders().await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ["reminder_upcoming"]);
+    clock.advance(DAY);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reminders().await, ["reminder_upcoming"], "once per due date");
+    clock.advance(14 * DAY);
+    for _ in 0..100 {
+        seen = reminders().await;
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ["reminder_upcoming", "reminder_overdue"]);
+    // A person writes a new value: that is the rotation the schedule counts from. (vault
+    // stamps versions with the real clock, so compare with the version's own time.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.put("prod/db/main", b"v2").await;
+    let written = s
+        .secrets(&s.root_token)
+        .await
+        .describe_secret(vpb::DescribeSecretRequest {
+            path: "prod/db/main".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .into_iter()
+        .find(|v| v.version == 2)
+        .unwrap()
+        .create_time
+        .unwrap()
+        .seconds;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let status = sched
+        .client(&admin)
+        .list_rotations(pb::ListRotationsRequest {
+            prefix: "prod/db".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let st = &status.rotations[0];
+    assert_eq!(st.last_rotation_time.unwrap().seconds, written);
+    assert_eq!(st.next_due_time.unwrap().seconds, written + 180 * 86_400);
+    sched.stop().await;
+    s.stop().await;
+}

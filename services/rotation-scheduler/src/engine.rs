@@ -291,16 +291,22 @@ impl Engine {
         match outcome {
             Outcome::Done => {
                 tracing::info!(id = %r.id, path = %r.path, step = step_name(step), next = step_name(r.state.step), "rotation step done");
-                let op = match (step, r.state.step) {
-                    (Step::Finish, _) => Some("rotation_finished"),
-                    (_, Step::Completed) => Some("rotation_completed"),
-                    (_, Step::Parked) => Some("rotation_parked"),
-                    (Step::RolledBack, _) => Some("rotation_rolled_back"),
-                    _ => None,
-                };
-                if let Some(op) = op {
-                    let code = (r.state.step == Step::Parked).then_some(tonic::Code::Aborted);
-                    self.event(op, &r.path, &r.id, code).await;
+                let ops = [
+                    (step == Step::Finish, "rotation_finished"),
+                    (r.state.step == Step::Completed, "rotation_completed"),
+                    (step == Step::RolledBack, "rotation_rolled_back"),
+                ];
+                for (_, op) in ops.iter().filter(|(happened, _)| *happened) {
+                    self.event(op, &r.path, &r.id, None).await;
+                }
+                if r.state.step == Step::Parked {
+                    self.event(
+                        "rotation_parked",
+                        &r.path,
+                        &r.id,
+                        Some(tonic::Code::Aborted),
+                    )
+                    .await;
                 }
             }
             Outcome::Failed(why) => {

@@ -432,6 +432,8 @@ async fn pg_admin(admin: Option<&Secret>) -> Result<sqlx::PgConnection, String> 
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|_| "the admin secret is not a postgres:// URL".to_string())?;
+    // Statements carry password verifiers: never logged.
+    let opts = opts.disable_statement_logging();
     tokio::time::timeout(TARGET_TIMEOUT, opts.connect())
         .await
         .map_err(|_| "connecting to Postgres as admin timed out".to_string())?

@@ -127,11 +127,19 @@ async fn an_exact_policy_beats_a_glob_which_beats_the_default_of_the_secret_clas
     put_tagged(&s, "prod/app/jwt", "jwt_signing_key").await;
     put_tagged(&s, "prod/db/main", "database_password").await;
     let get = |path: &str| pb::GetPolicyRequest { path: path.into() };
-    let p = c.get_policy(get("prod/db/main")).await.unwrap().into_inner();
+    let p = c
+        .get_policy(get("prod/db/main"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(p.method, pb::RotationMethod::Manual as i32);
     assert_eq!(p.frequency.unwrap().seconds, 180 * 86_400);
     assert_eq!(p.notify_before.unwrap().seconds, 14 * 86_400);
-    let p = c.get_policy(get("prod/app/jwt")).await.unwrap().into_inner();
+    let p = c
+        .get_policy(get("prod/app/jwt"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(p.method, pb::RotationMethod::Rolling as i32);
     assert_eq!(p.frequency.unwrap().seconds, 90 * 86_400);
 
@@ -145,9 +153,17 @@ async fn an_exact_policy_beats_a_glob_which_beats_the_default_of_the_secret_clas
     })
     .await
     .unwrap();
-    let p = c.get_policy(get("prod/app/jwt")).await.unwrap().into_inner();
+    let p = c
+        .get_policy(get("prod/app/jwt"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((p.path_pattern.as_str(), p.max_attempts), ("prod/**", 5));
-    let p = c.get_policy(get("prod/db/main")).await.unwrap().into_inner();
+    let p = c
+        .get_policy(get("prod/db/main"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(p.path_pattern, "prod/db/main");
     let length = &p.rotator_params.unwrap().fields["length"];
     assert_eq!(
@@ -361,7 +377,10 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         &[
             ("SENTIA_AUDIT_DISABLED", "false"),
             ("SENTIA_AUDIT_SERVICE_ADDR", audit.as_str()),
-            ("SENTIA_AUDIT_SERVICE_TOKEN", support::vault::keys::SERVICE_TOKEN),
+            (
+                "SENTIA_AUDIT_SERVICE_TOKEN",
+                support::vault::keys::SERVICE_TOKEN,
+            ),
             ("SENTIA_AUDIT_SPOOL", spool.as_str()),
         ],
     )
@@ -391,7 +410,11 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
     assert_eq!(seen, ["reminder_upcoming"]);
     clock.advance(DAY);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(reminders().await, ["reminder_upcoming"], "once per due date");
+    assert_eq!(
+        reminders().await,
+        ["reminder_upcoming"],
+        "once per due date"
+    );
     clock.advance(14 * DAY);
     for _ in 0..100 {
         seen = reminders().await;

@@ -1,10 +1,12 @@
-//! Logs and traces. Logs go to stderr as text or JSON (`SENTIA_LOG_FORMAT`), filtered by
-//! `SENTIA_LOG` (default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also
-//! exported over OTLP/gRPC and W3C trace context is propagated.
+//! Logs, traces and metrics. Logs go to stderr as text or JSON (`SENTIA_LOG_FORMAT`),
+//! filtered by `SENTIA_LOG` (default `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans
+//! and metrics (`opentelemetry::global::meter`, every `OTEL_METRIC_EXPORT_INTERVAL`, 60 s by
+//! default) are also exported over OTLP/gRPC and W3C trace context is propagated.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
@@ -13,16 +15,21 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::{RuntimeError, Source};
 
-/// Flushes and stops the span exporter when dropped; keep it alive for the life of `main`.
-#[must_use = "dropping the guard stops trace export"]
+/// Flushes and stops the span and metric exporters when dropped; keep it alive for the life
+/// of `main`.
+#[must_use = "dropping the guard stops trace and metric export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
+        }
+        if let Some(meters) = self.meters.take() {
+            let _ = meters.shutdown();
         }
     }
 }
@@ -71,23 +78,35 @@ pub fn init(
         )
     };
 
-    let (provider, otel_layer) = match source.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        None => (None, None),
+    let (provider, meters, otel_layer) = match source.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        None => (None, None, None),
         Some(endpoint) => {
+            let resource = Resource::builder().with_service_name(service_name).build();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint)
+                .with_endpoint(endpoint.clone())
                 .build()
                 .map_err(|e| RuntimeError::Telemetry(format!("otlp exporter: {e}")))?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .with_resource(resource.clone())
                 .build();
+            let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| RuntimeError::Telemetry(format!("otlp metric exporter: {e}")))?;
+            let meters = SdkMeterProvider::builder()
+                .with_reader(PeriodicReader::builder(metric_exporter).build())
+                .with_resource(resource)
+                .build();
+            opentelemetry::global::set_meter_provider(meters.clone());
             let tracer = provider.tracer(service_name);
             opentelemetry::global::set_tracer_provider(provider.clone());
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             (
                 Some(provider),
+                Some(meters),
                 Some(tracing_opentelemetry::layer().with_tracer(tracer)),
             )
         }
@@ -100,5 +119,5 @@ pub fn init(
         .with(otel_layer)
         .try_init()
         .map_err(|e| RuntimeError::Telemetry(e.to_string()))?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }

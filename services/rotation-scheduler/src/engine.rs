@@ -2,7 +2,7 @@
 //! secrets, and move each unfinished rotation through its steps — every step persisted
 //! (fenced by the lease) before the next one runs.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use sentia_runtime::Shutdown;
 use sentia_runtime::audit::{CallInfo, Emitter};
 
 use crate::config::Hooks;
+use crate::metrics::Metrics;
 use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
 use crate::rotator::{Rotator, Secret};
 use crate::schedule::{Method, State};
@@ -50,6 +51,8 @@ pub struct Engine {
     pub emergency_grace: Duration,
     /// Clock and test hooks.
     pub hooks: Hooks,
+    /// OpenTelemetry instruments.
+    pub metrics: Metrics,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -119,13 +122,14 @@ impl Engine {
     pub async fn scan(&self, now: i64) -> Result<(), RotationError> {
         let policies = self.store.policies().await?;
         let finished = self.store.last_finished().await?;
-        let running: HashSet<String> = self
+        let latest: HashMap<String, RotationRecord> = self
             .store
-            .unfinished()
+            .latest_by_path()
             .await?
             .into_iter()
-            .map(|r| r.path)
+            .map(|r| (r.path.clone(), r))
             .collect();
+        let mut overdue = 0;
         for meta in self.vault.list("").await? {
             let Some(policy) = applicable(
                 &policies,
@@ -134,14 +138,23 @@ impl Engine {
             ) else {
                 continue;
             };
-            if running.contains(&meta.path) {
-                continue;
-            }
             let last = self
                 .last_rotation(&meta, finished.get(&meta.path).copied(), &policy, now)
                 .await?;
             let standing = policy.timing.standing(last, now);
-            let automatic = policy.timing.method != Method::Manual && !policy.rotator.is_empty();
+            self.metrics.since_last(&meta.path, now - last);
+            if standing.state == State::Overdue {
+                overdue += 1;
+            }
+            let latest = latest.get(&meta.path);
+            if latest.is_some_and(|r| !r.state.step.is_terminal()) {
+                continue;
+            }
+            // A parked rotation waits for a person (RotateNow, or writing a new value);
+            // meanwhile the secret is reminded about like a manual one.
+            let parked = latest.is_some_and(|r| r.state.step == Step::Parked && r.start_ms >= last);
+            let automatic =
+                policy.timing.method != Method::Manual && !policy.rotator.is_empty() && !parked;
             match (standing.state, automatic) {
                 (State::Scheduled, _) => {}
                 (State::Overdue, true) => {
@@ -175,6 +188,7 @@ impl Engine {
                 }
             }
         }
+        self.metrics.overdue(overdue);
         Ok(())
     }
 
@@ -286,48 +300,44 @@ impl Engine {
         Ok(Some(true))
     }
 
-    /// Logs and audits a step's outcome.
+    /// Logs, audits and counts a step's outcome.
     async fn report(&self, r: &RotationRecord, step: Step, outcome: &Outcome) {
+        let mut events: Vec<(String, Option<tonic::Code>)> = Vec::new();
+        let mut results: Vec<String> = Vec::new();
         match outcome {
             Outcome::Done => {
                 tracing::info!(id = %r.id, path = %r.path, step = step_name(step), next = step_name(r.state.step), "rotation step done");
-                let ops = [
-                    (step == Step::Finish, "rotation_finished"),
-                    (r.state.step == Step::Completed, "rotation_completed"),
-                    (step == Step::RolledBack, "rotation_rolled_back"),
-                ];
-                for (_, op) in ops.iter().filter(|(happened, _)| *happened) {
-                    self.event(op, &r.path, &r.id, None).await;
+                if step == Step::Finish {
+                    events.push(("rotation_finished".into(), None));
                 }
-                if r.state.step == Step::Parked {
-                    self.event(
-                        "rotation_parked",
-                        &r.path,
-                        &r.id,
-                        Some(tonic::Code::Aborted),
-                    )
-                    .await;
+                if step == Step::RolledBack {
+                    events.push(("rotation_rolled_back".into(), None));
+                    results.push("rolled_back".into());
+                }
+                if r.state.step == Step::Completed {
+                    events.push(("rotation_completed".into(), None));
+                    results.push("completed".into());
                 }
             }
             Outcome::Failed(why) => {
                 tracing::warn!(id = %r.id, path = %r.path, step = step_name(step), error = %why, attempts = r.state.attempts, "rotation step failed");
-                self.event(
-                    &format!("rotation_{}_failed", step_name(step)),
-                    &r.path,
-                    &r.id,
+                events.push((
+                    format!("rotation_{}_failed", step_name(step)),
                     Some(tonic::Code::FailedPrecondition),
-                )
-                .await;
-                if r.state.step == Step::Parked {
-                    self.event(
-                        "rotation_parked",
-                        &r.path,
-                        &r.id,
-                        Some(tonic::Code::Aborted),
-                    )
-                    .await;
-                }
+                ));
+                results.push(format!("{}_failed", step_name(step)));
             }
+        }
+        if r.state.step == Step::Parked {
+            tracing::error!(id = %r.id, path = %r.path, attempts = r.state.attempts, "rotation parked: it needs a person");
+            events.push(("rotation_parked".into(), Some(tonic::Code::Aborted)));
+            results.push("parked".into());
+        }
+        for result in &results {
+            self.metrics.outcome(result, &r.policy.rotator);
+        }
+        for (op, code) in events {
+            self.event(&op, &r.path, &r.id, code).await;
         }
     }
 

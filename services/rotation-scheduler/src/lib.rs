@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod policy;
 pub mod rotator;
 pub mod schedule;
@@ -52,6 +53,7 @@ pub async fn run(
         lease: config.lease,
         emergency_grace: config.emergency_grace,
         hooks: config.hooks.clone(),
+        metrics: metrics::Metrics::new(),
     };
     let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
     let keys = KeyServiceClient::new(config.key_service.channel()?);

@@ -1,6 +1,6 @@
-//! `sentia dev`: key-service and vault-service in-process on SQLite in a data directory,
-//! plaintext on loopback (or TLS with a throwaway CA with `--tls`), like `vault server -dev`.
-//! Never for production.
+//! `sentia dev`: key-service, vault-service, audit-service and rotation-scheduler in-process
+//! on SQLite in a data directory, plaintext on loopback (or TLS with a throwaway CA with
+//! `--tls`), like `vault server -dev`. Never for production.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,9 @@ pub struct DevArgs {
     /// audit-service port on 127.0.0.1 (0 = any free port).
     #[arg(long, default_value_t = 8202)]
     audit_port: u16,
+    /// rotation-scheduler port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8203)]
+    rotation_port: u16,
     /// Serve mutual TLS with a throwaway CA written to the data directory.
     #[arg(long)]
     tls: bool,
@@ -64,6 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let admin_token = random_token();
     let service_token = random_token();
+    let scheduler_token = random_token();
     let tokens = TokenTable::from_plain([
         ("root", Role::Admin, admin_token.as_str()),
         ("dev-service", Role::Service, service_token.as_str()),
@@ -117,9 +121,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {at} (use {flag} 0 for any free port)"))
     };
     let sqlite = |name: &str| format!("sqlite://{}?mode=rwc", args.data_dir.join(name).display());
-    // A client of a sibling service: the dev service token, or the service's own
-    // certificate under --tls.
-    let upstream = |to: std::net::SocketAddr, identity: &str| -> anyhow::Result<UpstreamConfig> {
+    // A client of a sibling service: `token`, or the service's own certificate under --tls.
+    let upstream_with = |to: std::net::SocketAddr,
+                         identity: &str,
+                         token: &Zeroizing<String>|
+     -> anyhow::Result<UpstreamConfig> {
         Ok(match &pki {
             Some(pki) => UpstreamConfig {
                 addr: to.to_string(),
@@ -128,11 +134,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             },
             None => UpstreamConfig {
                 addr: to.to_string(),
-                token: Some(service_token.clone()),
+                token: Some(token.clone()),
                 tls: None,
             },
         })
     };
+    let upstream =
+        |to: std::net::SocketAddr, identity: &str| upstream_with(to, identity, &service_token);
     let server_for =
         |name: &'static str, listener: &tokio::net::TcpListener| -> anyhow::Result<ServerConfig> {
             let mut s = ServerConfig::dev(name, tokens.clone());
@@ -163,7 +171,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     ]))?;
     vault.server = server_for("vault-service", &vault_listener)?;
     // Apps log in for tokens; the dev static tokens are for key-service and the CLI only.
-    vault.server.tokens = TokenTable::default();
+    // rotation-scheduler has a token (or certificate) of its own, holding system_admin.
+    vault.server.tokens = TokenTable::from_plain([(
+        "rotation-scheduler",
+        Role::Service,
+        scheduler_token.as_str(),
+    )]);
+    vault.policies.identities = [(
+        "rotation-scheduler".to_string(),
+        vec!["system_admin".to_string()],
+    )]
+    .into();
     vault.database_url = sqlite("vault.db");
     vault.root_token_file = Some(root_file.clone());
     vault.key_service = upstream(addr, "vault-service")?;
@@ -171,6 +189,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     vault.audit.spool = args.data_dir.join("vault-audit.spool");
     config.audit.upstream = Some(upstream(audit_addr, "key-service")?);
     config.audit.spool = args.data_dir.join("key-audit.spool");
+
+    let rotation_listener = bind(args.rotation_port, "--rotation-port").await?;
+    let rotation_addr = rotation_listener.local_addr()?;
+    let mut rotation = rotation_scheduler::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
+    ]))?;
+    rotation.server = server_for("rotation-scheduler", &rotation_listener)?;
+    rotation.database_url = sqlite("rotation.db");
+    // Quick feedback locally: look for due secrets every second.
+    rotation.tick = std::time::Duration::from_secs(1);
+    rotation.lease = std::time::Duration::from_secs(5);
+    rotation.vault_service = upstream_with(vault_addr, "rotation-scheduler", &scheduler_token)?;
+    rotation.audit.upstream = Some(upstream(audit_addr, "rotation-scheduler")?);
+    rotation.audit.spool = args.data_dir.join("rotation-audit.spool");
 
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(
@@ -194,6 +227,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     eprintln!("  vault-service: {scheme}://{vault_addr}");
     eprintln!("  audit-service: {scheme}://{audit_addr}   (read it with the admin token)");
+    eprintln!("  rotation:      {scheme}://{rotation_addr}   (sentia rotation status)");
     eprintln!(
         "  root token is in {} (shown below once it is minted)",
         root_file.display()
@@ -233,6 +267,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "vault-service",
             vault_service::run(vault, vault_listener, stop)
                 .await
+                .map_err(anyhow::Error::from),
+        )
+    });
+    let stop = shutdown.clone();
+    services.spawn(async move {
+        (
+            "rotation-scheduler",
+            rotation_scheduler::run(rotation, rotation_listener, stop)
+                .await
+                .map(|_| ())
                 .map_err(anyhow::Error::from),
         )
     });

@@ -1,10 +1,12 @@
 //! `sentia`: run everything locally (`sentia dev`), read and write secrets (`sentia secret`),
-//! log in (`sentia login`, `sentia token`) and operate key-service (`sentia key`).
+//! log in (`sentia login`, `sentia token`), operate key-service (`sentia key`) and rotation
+//! (`sentia rotation`).
 
 mod audit;
 mod conn;
 mod dev;
 mod key;
+mod rotation;
 mod secret;
 mod token;
 
@@ -35,6 +37,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Manage key-service keys and seal state.
     Key(key::KeyArgs),
+    /// Rotation policies, status, on-demand rotation and history.
+    Rotation(rotation::RotationArgs),
 }
 
 #[tokio::main]
@@ -47,6 +51,7 @@ async fn main() -> std::process::ExitCode {
         Command::Token(args) => token::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Key(args) => key::run(args).await,
+        Command::Rotation(args) => rotation::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,12 +20,10 @@ pub struct Config {
     pub max_connections: u32,
     /// `SENTIA_VAULT_SERVICE_ADDR` / `_TOKEN`: where secrets are read and versions written. The
     /// token's identity needs read, write, list and delete on rotated paths
-    /// (`SENTIA_IDENTITY_POLICIES=rotation-scheduler=system_admin` on vault-service).
+    /// (`SENTIA_IDENTITY_POLICIES=rotation-scheduler=system_admin` on vault-service). Callers'
+    /// tokens are checked there too (WhoAmI), so root tokens, app JWTs and revocation work
+    /// here as they do at vault-service.
     pub vault_service: UpstreamConfig,
-    /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: publishes the keys that sign callers' JWTs.
-    pub key_service: UpstreamConfig,
-    /// `SENTIA_JWT_KEY`: key-service signing key of access tokens.
-    pub jwt_key: String,
     /// Who may do what (`SENTIA_POLICY_FILE`, `SENTIA_IDENTITY_POLICIES`).
     pub policies: PolicyConfig,
     /// Where rotation events go (`SENTIA_AUDIT_SERVICE_ADDR`, ...).
@@ -65,9 +63,6 @@ impl Config {
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
-        let key_service =
-            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
-        let jwt_key = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
         let policies = PolicyConfig::from_source(&mut r);
         let audit = AuditConfig::from_source(&mut r, "rotation-scheduler");
         let tick = r.duration_or("SENTIA_ROTATION_TICK", Duration::from_secs(10));
@@ -85,8 +80,6 @@ impl Config {
             database_url,
             max_connections,
             vault_service,
-            key_service,
-            jwt_key,
             policies,
             audit,
             tick,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod rotator;
@@ -19,9 +20,7 @@ pub mod vault;
 
 use std::sync::Arc;
 
-use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
 use sentia_proto::rotation::v1::rotation_service_server::RotationServiceServer;
-use sentia_runtime::jwt::{JwtVerifier, PublicKeySet};
 use sentia_runtime::{Server, Shutdown};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -56,12 +55,14 @@ pub async fn run(
         metrics: metrics::Metrics::new(),
     };
     let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
-    let keys = KeyServiceClient::new(config.key_service.channel()?);
-    let tokens = PublicKeySet::from_key_service(keys, &config.jwt_key);
+    let callers = identity::VaultIdentity::new(sentia_runtime::client::connect_lazy(
+        &config.vault_service.addr,
+        config.vault_service.tls.as_ref(),
+    )?);
     let server_stop = Shutdown::new();
     let server = tokio::spawn(
         Server::new(config.server)
-            .bearer_verifier(Arc::new(JwtVerifier(tokens)))
+            .bearer_verifier(Arc::new(callers))
             .audit_refusals(emitter)
             .serve(
                 Routes::new(RotationServiceServer::new(api)),

@@ -248,6 +248,29 @@ async fn only_rotate_holders_change_policies_or_rotate_and_list_holders_read_sta
             .await,
     );
     assert_eq!(got, Code::Unauthenticated);
+    // Tokens are vault-service's: its root token works here, a revoked JWT does not.
+    sched
+        .client(&s.root_token)
+        .rotate_now(pb::RotateNowRequest {
+            path: "dev/app/key".into(),
+            reason: "root can".into(),
+            emergency: false,
+        })
+        .await
+        .unwrap();
+    let (revoked, _) = s.login_as(&["system_admin"]).await;
+    s.auth(&revoked)
+        .await
+        .revoke_token(vpb::RevokeTokenRequest::default())
+        .await
+        .unwrap();
+    let (got, msg) = code(
+        sched
+            .client(&revoked)
+            .list_rotations(pb::ListRotationsRequest::default())
+            .await,
+    );
+    assert_eq!(got, Code::Unauthenticated, "{msg}");
     sched.stop().await;
     s.stop().await;
 }

@@ -79,8 +79,6 @@ impl Scheduler {
             ("SENTIA_DATABASE_URL", database_url),
             ("SENTIA_VAULT_SERVICE_ADDR", stack.addr.as_str()),
             ("SENTIA_VAULT_SERVICE_TOKEN", SCHEDULER_TOKEN),
-            ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", vault::keys::SERVICE_TOKEN),
             ("SENTIA_ROTATION_TICK", "50ms"),
             ("SENTIA_LEADER_LEASE", "5s"),
             ("SENTIA_REPLICA_ID", replica.as_str()),

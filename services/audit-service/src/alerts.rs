@@ -2,7 +2,9 @@
 //! too many failed accesses by one principal in a window (UnauthorizedSecretAccess), too many
 //! reads by one principal (HighFrequencySecretRequests), access from outside a principal's
 //! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
-//! administrative operations (PrivilegeEscalationAttempt). Sliding windows live in Redis when
+//! administrative operations (PrivilegeEscalationAttempt); and rotation-scheduler's reminders
+//! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
+//! RotationCompleted). Sliding windows live in Redis when
 //! it is configured (replicas share counts), in process otherwise; time is the event's time.
 //! Raised alerts are stored (ListAlerts / AcknowledgeAlert) and logged.
 
@@ -215,6 +217,44 @@ impl Windows {
     }
 }
 
+/// The notice a rotation-scheduler event carries to the alert sinks: reminders for manual
+/// secrets, and every rotation's outcome.
+fn rotation_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
+    let path = &e.secret_name;
+    Some(match e.operation.as_str() {
+        "reminder_upcoming" => (
+            "RotationDue",
+            Severity::Warning,
+            format!("{path} is due for rotation soon; rotate it by hand (manual policy)"),
+        ),
+        "reminder_overdue" => (
+            "RotationOverdue",
+            Severity::Critical,
+            format!("{path} is past its rotation due date"),
+        ),
+        "rotation_completed" => (
+            "RotationCompleted",
+            Severity::Info,
+            format!("{path} rotated; the previous value is destroyed"),
+        ),
+        "rotation_parked" => (
+            "RotationParked",
+            Severity::Critical,
+            format!("rotation of {path} failed too often and stopped; it needs a person"),
+        ),
+        op if op.starts_with("rotation_") && op.ends_with("_failed") => (
+            "RotationFailed",
+            Severity::Warning,
+            format!(
+                "rotation of {path} failed at {}; it was rolled back and will be retried",
+                op.trim_start_matches("rotation_")
+                    .trim_end_matches("_failed")
+            ),
+        ),
+        _ => return None,
+    })
+}
+
 /// Evaluates rules over events and raises alerts.
 pub struct Engine {
     rules: Rules,
@@ -313,6 +353,12 @@ impl Engine {
                     ),
                 ));
             }
+        }
+        if e.event_type == "rotation"
+            && e.service == "rotation-scheduler"
+            && let Some((rule, severity, summary)) = rotation_notice(e)
+        {
+            out.push(alert(rule, severity, summary));
         }
         if let Some(nets) = self.rules.sources.get(&e.principal)
             && let Ok(ip) = e.source_ip.parse::<IpAddr>()
@@ -482,6 +528,48 @@ mod tests {
             ..Default::default()
         };
         assert!(fired(&e, &admin, "PrivilegeEscalationAttempt").await);
+    }
+
+    #[tokio::test]
+    async fn rotation_reminders_and_outcomes_reach_the_alert_sinks_from_the_scheduler_only() {
+        let e = engine(rules());
+        let ev = |service: &str, op: &str| AuditEvent {
+            event_type: "rotation".into(),
+            service: service.into(),
+            operation: op.into(),
+            secret_name: "prod/db/main".into(),
+            ..Default::default()
+        };
+        let cases = [
+            ("reminder_upcoming", "RotationDue", Severity::Warning),
+            ("reminder_overdue", "RotationOverdue", Severity::Critical),
+            ("rotation_test_failed", "RotationFailed", Severity::Warning),
+            ("rotation_parked", "RotationParked", Severity::Critical),
+            ("rotation_completed", "RotationCompleted", Severity::Info),
+        ];
+        for (op, rule, severity) in cases {
+            let alerts = e.evaluate(1, &ev("rotation-scheduler", op)).await;
+            assert_eq!(alerts.len(), 1, "{op}");
+            assert_eq!(alerts[0].rule, rule);
+            assert_eq!(alerts[0].severity, severity as i32);
+            assert!(alerts[0].summary.contains("prod/db/main"));
+            assert!(e.evaluate(1, &ev("vault-service", op)).await.is_empty());
+        }
+        let failed = e
+            .evaluate(1, &ev("rotation-scheduler", "rotation_set_failed"))
+            .await;
+        assert!(
+            failed[0].summary.contains("failed at set"),
+            "{:?}",
+            failed[0]
+        );
+        for quiet in ["rotation_finished", "rotate_now", "set_policy"] {
+            assert!(
+                e.evaluate(1, &ev("rotation-scheduler", quiet))
+                    .await
+                    .is_empty()
+            );
+        }
     }
 
     #[test]

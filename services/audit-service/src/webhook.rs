@@ -94,7 +94,7 @@ impl Webhook {
     pub fn body(alert: &Alert) -> String {
         serde_json::json!({
             "id": alert.id, "rule": alert.rule,
-            "severity": match alert.severity { 2 => "critical", 1 => "warning", _ => "unspecified" },
+            "severity": match alert.severity { 2 => "critical", 1 => "warning", 3 => "info", _ => "unspecified" },
             "summary": alert.summary, "principal": alert.principal, "secret_name": alert.secret_name,
             "time_unix": alert.time.as_ref().map(|t| t.seconds), "sequences": alert.sequences,
         })

@@ -447,6 +447,22 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen, ["reminder_upcoming", "reminder_overdue"]);
+    // ... and through the alert sinks (stored alerts; the webhook gets the same).
+    let mut rules = Vec::new();
+    for _ in 0..100 {
+        rules = alerts(&audit)
+            .await
+            .into_iter()
+            .filter(|a| a.secret_name == "prod/db/main")
+            .map(|a| a.rule)
+            .collect::<Vec<_>>();
+        if rules.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rules.sort();
+    assert_eq!(rules, ["RotationDue", "RotationOverdue"]);
     // A person writes a new value: that is the rotation the schedule counts from. (vault
     // stamps versions with the real clock, so compare with the version's own time.)
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -168,6 +168,26 @@ pub async fn rotation_events(addr: &str) -> Vec<sentia_proto::audit::v1::AuditEv
     r.records.into_iter().filter_map(|r| r.event).collect()
 }
 
+/// Alerts raised in the audit-service at `addr`, newest first.
+pub async fn alerts(addr: &str) -> Vec<sentia_proto::audit::v1::Alert> {
+    use sentia_proto::audit::v1 as apb;
+    let ch = sentia_runtime::client::connect_lazy(addr, None).unwrap();
+    let mut client = apb::audit_service_client::AuditServiceClient::new(
+        CallContext::with_token(Some(vault::keys::ADMIN_TOKEN))
+            .unwrap()
+            .wrap(ch),
+    );
+    client
+        .list_alerts(apb::ListAlertsRequest {
+            include_acknowledged: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+}
+
 /// A manual clock at the real time (vault-service stamps versions with the real clock).
 pub fn clock() -> Clock {
     Clock::manual(sentia_runtime::db::now_ms())

@@ -15,6 +15,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 
 pub use auth::{AuthMethod, Authenticator, BearerVerifier, Principal, Role};
 pub use client::UpstreamConfig;

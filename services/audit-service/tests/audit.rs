@@ -752,13 +752,14 @@ async fn alerts_reach_the_webhook_signed_and_retried_after_a_failure() {
     for (headers, body) in &got {
         let ts: i64 = headers["x-sentia-timestamp"].parse().unwrap();
         assert!((jwt::now_secs() - ts).abs() < 60, "fresh timestamp");
-        let want = audit_service::webhook::Webhook::signature(secret.as_bytes(), ts, body).unwrap();
+        let want =
+            sentia_runtime::webhook::SignedPost::signature(secret.as_bytes(), ts, body).unwrap();
         assert_eq!(
             headers["x-sentia-signature"], want,
             "HMAC over timestamp.body"
         );
         let forged =
-            audit_service::webhook::Webhook::signature(b"another-secret-entirely", ts, body)
+            sentia_runtime::webhook::SignedPost::signature(b"another-secret-entirely", ts, body)
                 .unwrap();
         assert_ne!(headers["x-sentia-signature"], forged);
         let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -13,7 +13,7 @@ use sentia_runtime::audit::{CallInfo, Emitter};
 use crate::config::Hooks;
 use crate::metrics::Metrics;
 use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
-use crate::rotator::{Rotator, Secret};
+use crate::rotator::{Ctx, Rotator, Secret};
 use crate::schedule::{Method, State};
 use crate::steps::{Outcome, Rotation, Step};
 use crate::store::{RotationRecord, Store};
@@ -396,6 +396,19 @@ impl Engine {
             ));
         };
         let err = |e: RotationError| e.to_string();
+        let admin = match step {
+            Step::Set | Step::Test | Step::Cleanup | Step::RolledBack => {
+                self.admin(&rotator).await?
+            }
+            _ => None,
+        };
+        let ctx = Ctx {
+            path: &r.path,
+            rotation_id: &r.id,
+            pending_version: r.pending_version,
+            previous_version: r.previous_version,
+            admin: admin.as_ref(),
+        };
         match step {
             Step::CreatePending => {
                 let current = self
@@ -423,15 +436,11 @@ impl Engine {
             }
             Step::Set => {
                 let new = self.pending(r).await?;
-                rotator
-                    .set(self.admin(&rotator).await?.as_ref(), &new)
-                    .await
+                rotator.set(&ctx, &new).await
             }
             Step::Test => {
                 let new = self.pending(r).await?;
-                rotator
-                    .test(self.admin(&rotator).await?.as_ref(), &new)
-                    .await
+                rotator.test(&ctx, &new).await
             }
             Step::Finish => self
                 .vault
@@ -451,9 +460,7 @@ impl Engine {
                     .map_err(err)?
                 {
                     let current = self.pending(r).await?;
-                    rotator
-                        .revoke(self.admin(&rotator).await?.as_ref(), &prev, &current)
-                        .await?;
+                    rotator.revoke(&ctx, &prev, &current).await?;
                 }
                 self.vault
                     .destroy(&r.path, r.previous_version)
@@ -479,9 +486,7 @@ impl Engine {
                             before.push(s);
                         }
                     }
-                    rotator
-                        .restore(self.admin(&rotator).await?.as_ref(), &new, &before)
-                        .await?;
+                    rotator.restore(&ctx, &new, &before).await?;
                 }
                 self.vault
                     .destroy(&r.path, r.pending_version)

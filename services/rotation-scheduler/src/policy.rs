@@ -111,7 +111,7 @@ impl RotationPolicy {
         if self.timing.method != Method::Manual && self.rotator.is_empty() {
             return Err(RotationError::Invalid(
                 "automated and rolling policies need a rotator (random, api_key, \
-                 postgres_password, redis_acl)"
+                 postgres_password, redis_acl, webhook)"
                     .into(),
             ));
         }

@@ -124,6 +124,21 @@ pub fn random_string(length: usize, charset: Charset) -> Zeroizing<String> {
     out
 }
 
+/// What a rotator is told about the rotation it works for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Secret path.
+    pub path: &'a str,
+    /// Rotation id.
+    pub rotation_id: &'a str,
+    /// Version written by create_pending.
+    pub pending_version: u64,
+    /// CURRENT version when the rotation started.
+    pub previous_version: u64,
+    /// The value of the rotator's admin secret, if it has one.
+    pub admin: Option<&'a Secret>,
+}
+
 /// A configured rotator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotator {
@@ -152,6 +167,17 @@ pub enum Rotator {
         /// The ACL user.
         username: String,
     },
+    /// Anything else: an endpoint the user runs is told each step (signed POST, no values —
+    /// it reads PENDING / CURRENT from vault-service with its own credentials) and answers
+    /// 2xx when done. New values are random, as `random`.
+    Webhook {
+        /// http:// or https:// URL.
+        url: String,
+        /// Secret path whose value (at least 16 bytes) signs the requests.
+        signing_secret: String,
+        /// How new values are made.
+        value: Box<Rotator>,
+    },
 }
 
 fn ident_ok(s: &str) -> bool {
@@ -168,16 +194,17 @@ impl Rotator {
             "random" | "api_key" => &["length", "charset", "prefix"],
             "postgres_password" => &["admin_secret", "roles"],
             "redis_acl" => &["admin_secret", "username"],
-            "jwt_signing_key" | "webhook" => {
+            "webhook" => &["url", "signing_secret", "length", "charset", "prefix"],
+            "jwt_signing_key" => {
                 return Err(format!(
                     "rotator {name:?} is not available in this version (available: random, \
-                     api_key, postgres_password, redis_acl)"
+                     api_key, postgres_password, redis_acl, webhook)"
                 ));
             }
             _ => {
                 return Err(format!(
                     "unknown rotator {name:?} (available: random, api_key, postgres_password, \
-                     redis_acl)"
+                     redis_acl, webhook)"
                 ));
             }
         };
@@ -258,6 +285,23 @@ impl Rotator {
                     roles,
                 })
             }
+            "webhook" => {
+                let url = required("url")?;
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.parse::<http::Uri>().is_err()
+                {
+                    return Err(format!(
+                        "rotator webhook: url {url:?} is not an http(s) URL"
+                    ));
+                }
+                let mut value = params.clone();
+                value.retain(|k, _| matches!(k.as_str(), "length" | "charset" | "prefix"));
+                Ok(Self::Webhook {
+                    url,
+                    signing_secret: required("signing_secret")?,
+                    value: Box::new(Self::parse("random", &value)?),
+                })
+            }
             _ => {
                 let username = required("username")?;
                 if !ident_ok(&username) {
@@ -280,6 +324,7 @@ impl Rotator {
             Self::Postgres { admin_secret, .. } | Self::RedisAcl { admin_secret, .. } => {
                 Some(admin_secret)
             }
+            Self::Webhook { signing_secret, .. } => Some(signing_secret),
         }
     }
 
@@ -316,13 +361,16 @@ impl Rotator {
                 password: random_string(32, Charset::Alphanumeric),
             }
             .to_secret()),
+            Self::Webhook { value, .. } => value.generate(current),
         }
     }
 
     /// Applies `new` to the target. Idempotent.
-    pub async fn set(&self, admin: Option<&Secret>, new: &Secret) -> Result<(), String> {
+    pub async fn set(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+        let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
+            Self::Webhook { .. } => self.notify(ctx, "set").await,
             Self::Postgres { .. } => {
                 let l = Login::parse(new)?;
                 pg_set_password(admin, &l.username, Some(l.password.as_bytes())).await
@@ -335,8 +383,10 @@ impl Rotator {
     }
 
     /// Proves `new` works against the target.
-    pub async fn test(&self, admin: Option<&Secret>, new: &Secret) -> Result<(), String> {
+    pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+        let admin = ctx.admin;
         match self {
+            Self::Webhook { .. } => self.notify(ctx, "test").await,
             Self::Random { length, prefix, .. } => {
                 let want = prefix.len() + length;
                 if new.expose().len() == want {
@@ -363,12 +413,14 @@ impl Rotator {
     /// stored value for the same user), or — with nothing to restore — is locked.
     pub async fn restore(
         &self,
-        admin: Option<&Secret>,
+        ctx: &Ctx<'_>,
         new: &Secret,
         before: &[Secret],
     ) -> Result<(), String> {
+        let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
+            Self::Webhook { .. } => self.notify(ctx, "restore").await,
             Self::Postgres { .. } => {
                 let n = Login::parse(new)?;
                 let old = before
@@ -388,12 +440,14 @@ impl Rotator {
     /// After the grace period: the old credential stops working on the target.
     pub async fn revoke(
         &self,
-        admin: Option<&Secret>,
+        ctx: &Ctx<'_>,
         previous: &Secret,
         current: &Secret,
     ) -> Result<(), String> {
+        let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
+            Self::Webhook { .. } => self.notify(ctx, "revoke").await,
             Self::Postgres { .. } => {
                 let (p, c) = (Login::parse(previous)?, Login::parse(current)?);
                 if p.username == c.username {
@@ -409,6 +463,40 @@ impl Rotator {
                 }
                 redis_acl(admin, &p.username, &format!("!{}", sha256_hex(&p.password))).await
             }
+        }
+    }
+}
+
+impl Rotator {
+    /// Tells a webhook rotator's endpoint about `step`; 2xx is success.
+    async fn notify(&self, ctx: &Ctx<'_>, step: &str) -> Result<(), String> {
+        let Self::Webhook { url, .. } = self else {
+            return Ok(());
+        };
+        let key = ctx.admin.ok_or("the webhook's signing secret is missing")?;
+        let endpoint =
+            sentia_runtime::webhook::SignedPost::new(url, Zeroizing::new(key.expose().to_vec()))
+                .map_err(|e| format!("webhook: {e}"))?;
+        let body = json!({
+            "step": step,
+            "secret_path": ctx.path,
+            "rotation_id": ctx.rotation_id,
+            "pending_version": ctx.pending_version,
+            "previous_version": ctx.previous_version,
+        })
+        .to_string();
+        let answer = endpoint
+            .post(&body)
+            .await
+            .map_err(|e| format!("webhook {step}: {e}"))?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "webhook {step} answered {}: {}",
+                answer.status,
+                answer.body.chars().take(200).collect::<String>()
+            ))
         }
     }
 }

@@ -532,3 +532,62 @@ async fn a_redis_acl_user_gets_a_new_password_beside_the_old_until_grace_ends() 
     sched.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_rotator_is_told_each_step_signed_and_without_the_value() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let secret = "webhook-signing-secret-0123456789";
+    s.put("prod/admin/hook", secret.as_bytes()).await;
+    let ok = Endpoint::start(secret, None).await;
+    let failing = Endpoint::start(secret, Some("test")).await;
+    s.put("prod/ext/ok", b"old").await;
+    s.put("prod/ext/failing", b"old").await;
+    for (path, endpoint) in [("prod/ext/ok", &ok), ("prod/ext/failing", &failing)] {
+        let mut p = policy(
+            path,
+            "webhook",
+            json!({"url": endpoint.url.clone(), "signing_secret": "prod/admin/hook", "length": 24}),
+        );
+        p.max_attempts = 1;
+        set_policy(&sched, &admin, p).await;
+        rotate_now(&sched, &admin, path).await;
+    }
+    let client = sched.client(&admin);
+    let r = wait_for(&client, "prod/ext/ok", Step::Cleanup).await;
+    clock.advance(DAY + 1);
+    wait_for(&client, "prod/ext/ok", Step::Completed).await;
+    assert_eq!(ok.steps(), ["set", "test", "revoke"]);
+    let (_, value) = current(&s, "prod/ext/ok").await;
+    assert_eq!(value.len(), 24);
+    let first = ok.seen.lock().unwrap()[0].clone();
+    assert_eq!(first["secret_path"], "prod/ext/ok");
+    assert_eq!(first["rotation_id"], r.id.as_str());
+    assert_eq!(
+        (
+            first["pending_version"].as_u64(),
+            first["previous_version"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let bodies = format!("{:?}", ok.seen.lock().unwrap());
+    assert!(
+        !bodies.contains(std::str::from_utf8(&value).unwrap()),
+        "no value is sent"
+    );
+
+    let r = wait_for(&client, "prod/ext/failing", Step::Parked).await;
+    assert_eq!(failing.steps(), ["set", "test", "restore"]);
+    assert!(
+        r.last_error.contains("webhook test answered 500"),
+        "{}",
+        r.last_error
+    );
+    assert_eq!(current(&s, "prod/ext/failing").await.0, 1);
+    sched.stop().await;
+    s.stop().await;
+}

@@ -354,3 +354,87 @@ pub fn parse_login(value: &[u8]) -> (String, String) {
         v["password"].as_str().unwrap().into(),
     )
 }
+
+/// A webhook rotator's endpoint: checks each request's signature, records its JSON body and
+/// answers 200 — or 500 for the step named `fail`.
+pub struct Endpoint {
+    pub url: String,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Endpoint {
+    /// Listens on a free port; requests must be signed with `secret`.
+    pub async fn start(secret: &str, fail: Option<&str>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/rotate", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (secret, fail, log) = (secret.to_string(), fail.map(str::to_string), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break (head.to_string(), body[..len].to_string());
+                        }
+                    }
+                };
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                let ts: i64 = header("x-sentia-timestamp").parse().unwrap_or(0);
+                let want =
+                    sentia_runtime::webhook::SignedPost::signature(secret.as_bytes(), ts, &body)
+                        .unwrap();
+                let status = if header("x-sentia-signature") != want {
+                    "401 Unauthorized"
+                } else {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let failing = fail.as_deref() == v["step"].as_str();
+                    log.lock().unwrap().push(v);
+                    if failing {
+                        "500 Internal Server Error"
+                    } else {
+                        "200 OK"
+                    }
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        Self { url, seen }
+    }
+
+    /// The steps received, in order.
+    pub fn steps(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["step"].as_str().unwrap().to_string())
+            .collect()
+    }
+}

@@ -36,10 +36,14 @@ enum KeyCommand {
         #[arg(long, value_enum, default_value = "encryption")]
         purpose: PurposeArg,
     },
-    /// Add a new primary version.
+    /// Add a new primary version (or promote the staged one).
     Rotate {
         /// Key name.
         name: String,
+        /// Publish the new version without making it primary (promote it with a later
+        /// rotate).
+        #[arg(long)]
+        stage: bool,
     },
     /// List keys.
     List,
@@ -144,9 +148,12 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 .map_err(status_err)?;
             print_keys(&[k.into_inner()], args.common.json);
         }
-        KeyCommand::Rotate { name } => {
+        KeyCommand::Rotate { name, stage } => {
             let k = keys
-                .rotate_key(pb::RotateKeyRequest { name: name.clone() })
+                .rotate_key(pb::RotateKeyRequest {
+                    name: name.clone(),
+                    stage: *stage,
+                })
                 .await
                 .map_err(status_err)?;
             print_keys(&[k.into_inner()], args.common.json);

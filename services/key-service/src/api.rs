@@ -159,6 +159,12 @@ impl Api {
                 seconds: s,
                 nanos: 0,
             }),
+            staged_version: e
+                .versions
+                .keys()
+                .copied()
+                .find(|v| *v > e.row.primary_version)
+                .unwrap_or(0),
             versions,
             create_time: Some(timestamp(e.row.created_at)),
         }
@@ -483,7 +489,12 @@ impl KeyService for Api {
         let subject = req.get_ref().name.clone();
         let result: Res<pb::Key> = async move {
             caller(&req, Role::Admin, "RotateKey")?;
-            let entry = self.core.rotate_key(name(&req.get_ref().name)?).await?;
+            let key = name(&req.get_ref().name)?;
+            let entry = if req.get_ref().stage {
+                self.core.stage_key(key).await?
+            } else {
+                self.core.rotate_key(key).await?
+            };
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;

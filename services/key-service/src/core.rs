@@ -330,12 +330,18 @@ impl Core {
         self.reload(&u, name).await
     }
 
-    /// Adds a new random primary version. Losing a race to another replica is fine: the
-    /// winner's version is returned.
+    /// Makes a new version primary: the staged one if there is one, else a new random one.
+    /// Losing a race to another replica is fine: the winner's version is returned.
     pub async fn rotate_key(&self, name: &str) -> Result<Arc<KeyEntry>, KeyError> {
         let u = self.unsealed()?;
         let current = self.reload(&u, name).await?;
         let next = current.row.primary_version + 1;
+        if current.versions.contains_key(&next) {
+            if self.store.promote(name, next).await? {
+                tracing::info!(key = name, version = next, "staged key version promoted");
+            }
+            return self.reload(&u, name).await;
+        }
         let material = SecretKey::generate();
         let wrapped = sentia_crypto::seal(
             &u.wrapping,
@@ -346,6 +352,28 @@ impl Core {
         )?;
         if self.store.add_version(name, next, wrapped).await? {
             tracing::info!(key = name, version = next, "key rotated");
+        }
+        self.reload(&u, name).await
+    }
+
+    /// Publishes a new version without making it primary (idempotent while one is staged).
+    pub async fn stage_key(&self, name: &str) -> Result<Arc<KeyEntry>, KeyError> {
+        let u = self.unsealed()?;
+        let current = self.reload(&u, name).await?;
+        let next = current.row.primary_version + 1;
+        if current.versions.contains_key(&next) {
+            return Ok(current);
+        }
+        let material = SecretKey::generate();
+        let wrapped = sentia_crypto::seal(
+            &u.wrapping,
+            "keyring",
+            u.master_version,
+            &material_aad(name, next),
+            material.expose(),
+        )?;
+        if self.store.add_staged_version(name, next, wrapped).await? {
+            tracing::info!(key = name, version = next, "key version staged");
         }
         self.reload(&u, name).await
     }

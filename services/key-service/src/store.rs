@@ -232,6 +232,55 @@ impl Store {
         Ok(true)
     }
 
+    /// Adds version `new_version` without making it primary, only while the primary is still
+    /// `new_version - 1`. Returns false if it lost a race (or the version already exists).
+    pub async fn add_staged_version(
+        &self,
+        name: &str,
+        new_version: u32,
+        wrapped: Vec<u8>,
+    ) -> Result<bool, KeyError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Touching the row takes its write lock: a concurrent rotation waits or loses.
+        let current =
+            sqlx::query("UPDATE keys SET updated_at = $1 WHERE name = $2 AND primary_version = $3")
+                .bind(now)
+                .bind(name.to_string())
+                .bind(new_version as i64 - 1)
+                .execute(&mut *tx)
+                .await?;
+        if current.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let added = sqlx::query(
+            "INSERT INTO key_versions (key_name, version, wrapped_material, encryption_count, created_at) \
+             VALUES ($1, $2, $3, 0, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(name.to_string())
+        .bind(new_version as i64)
+        .bind(wrapped)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(added.rows_affected() == 1)
+    }
+
+    /// Makes the staged `version` primary if the primary is still `version - 1`.
+    pub async fn promote(&self, name: &str, version: u32) -> Result<bool, KeyError> {
+        let moved = sqlx::query(
+            "UPDATE keys SET primary_version = $1, updated_at = $2 WHERE name = $3 AND primary_version = $4",
+        )
+        .bind(version as i64)
+        .bind(now_ms())
+        .bind(name.to_string())
+        .bind(version as i64 - 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
     /// Updates policy fields.
     pub async fn set_policy(
         &self,

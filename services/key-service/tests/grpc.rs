@@ -143,6 +143,7 @@ async fn data_keys_unwrap_and_rewrap_forward_after_rotation(url: String) {
     let rotated = admin
         .rotate_key(RotateKeyRequest {
             name: "vault".into(),
+            stage: false,
         })
         .await
         .unwrap()
@@ -510,6 +511,73 @@ async fn the_encryption_budget_rotates_the_key_before_it_runs_out(url: String) {
     ks.stop().await;
 }
 
+async fn a_staged_signing_key_is_published_before_it_signs_and_promoted_later(url: String) {
+    let ks = start(&url, &[]).await;
+    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut admin = ks.client(Some(ADMIN_TOKEN)).await;
+    let rotate = |stage: bool| RotateKeyRequest {
+        name: "sentia-jwt".into(),
+        stage,
+    };
+    let kids = |r: GetPublicKeysResponse| r.keys.into_iter().map(|k| k.kid).collect::<Vec<_>>();
+    let public = || GetPublicKeysRequest {
+        key_name: "sentia-jwt".into(),
+    };
+    let signer = |c: &mut key_service_client::KeyServiceClient<_>| {
+        let mut c = c.clone();
+        async move {
+            c.sign(SignRequest {
+                key_name: "sentia-jwt".into(),
+                message: b"m".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kid
+        }
+    };
+
+    let staged = admin.rotate_key(rotate(true)).await.unwrap().into_inner();
+    assert_eq!((staged.primary_version, staged.staged_version), (1, 2));
+    let again = admin.rotate_key(rotate(true)).await.unwrap().into_inner();
+    assert_eq!(again.staged_version, 2, "staging again is idempotent");
+    assert_eq!(again.versions.len(), 2);
+    assert_eq!(
+        kids(c.get_public_keys(public()).await.unwrap().into_inner()),
+        ["sentia-jwt-v1", "sentia-jwt-v2"],
+        "verifiers learn v2 first"
+    );
+    assert_eq!(signer(&mut c).await, "sentia-jwt-v1", "v1 still signs");
+
+    let promoted = admin.rotate_key(rotate(false)).await.unwrap().into_inner();
+    assert_eq!((promoted.primary_version, promoted.staged_version), (2, 0));
+    assert_eq!(
+        promoted.versions.len(),
+        2,
+        "the staged version, not a new one"
+    );
+    assert_eq!(signer(&mut c).await, "sentia-jwt-v2");
+    admin
+        .set_key_policy(SetKeyPolicyRequest {
+            name: "sentia-jwt".into(),
+            min_decryption_version: 2,
+            auto_rotate_period: None,
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["min_decryption_version".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        kids(c.get_public_keys(public()).await.unwrap().into_inner()),
+        ["sentia-jwt-v2"],
+        "v1 no longer verifies"
+    );
+    let plain = admin.rotate_key(rotate(false)).await.unwrap().into_inner();
+    assert_eq!((plain.primary_version, plain.staged_version), (3, 0));
+    ks.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -532,4 +600,5 @@ on_both_databases!(
     rotating_the_master_key_keeps_data_and_locks_out_the_old_master,
     a_shamir_keyring_unseals_only_with_enough_shares,
     the_encryption_budget_rotates_the_key_before_it_runs_out,
+    a_staged_signing_key_is_published_before_it_signs_and_promoted_later,
 );

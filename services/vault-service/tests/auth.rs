@@ -270,6 +270,7 @@ async fn tokens_survive_a_signing_key_rotation(s: &Stack) {
         .await
         .rotate_key(kpb::RotateKeyRequest {
             name: "sentia-jwt".into(),
+            stage: false,
         })
         .await
         .unwrap();

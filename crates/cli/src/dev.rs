@@ -83,7 +83,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     if let Some(pki) = &pki {
         server.tls = Some(pki.server_config("key-service", true)?);
-        server.admin_identities = vec!["sentia-cli".into()];
+        // rotation-scheduler stages, promotes and retires token signing keys.
+        server.admin_identities = vec!["sentia-cli".into(), "rotation-scheduler".into()];
         let (cert, key) = pki.issue("sentia-cli")?;
         write_private(&args.data_dir.join("ca.pem"), &pki.ca_pem())?;
         write_private(&args.data_dir.join("cli.pem"), &cert)?;
@@ -202,6 +203,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     rotation.tick = std::time::Duration::from_secs(1);
     rotation.lease = std::time::Duration::from_secs(5);
     rotation.vault_service = upstream_with(vault_addr, "rotation-scheduler", &scheduler_token)?;
+    // Admin at key-service (the admin token, or its certificate under --tls): the
+    // jwt_signing_key rotator stages, promotes and retires key versions.
+    rotation.key_service = Some(upstream_with(addr, "rotation-scheduler", &admin_token)?);
     rotation.audit.upstream = Some(upstream(audit_addr, "rotation-scheduler")?);
     rotation.audit.spool = args.data_dir.join("rotation-audit.spool");
 

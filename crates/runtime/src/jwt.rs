@@ -227,16 +227,23 @@ impl PublicKeySet {
         self.keys.read().ok()?.get(kid).cloned()
     }
 
-    /// Fetches the current public keys (at most once per [`MIN_REFETCH`] unless `force`).
+    /// Fetches the current public keys (at most once per [`MIN_REFETCH`] unless `force`):
+    /// what an unknown `kid` triggers.
     pub async fn refresh(&self, force: bool) -> Result<(), JwtError> {
-        let Some((client, name)) = &self.source else {
-            return Ok(());
-        };
         let mut last = self.last_fetch.lock().await;
         if !force && last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
             return Ok(());
         }
         *last = Some(Instant::now());
+        self.reload().await
+    }
+
+    /// Fetches the current public keys now, without using up the unknown-`kid` refetch
+    /// allowance: for periodic re-reads, so retired versions stop verifying.
+    pub async fn reload(&self) -> Result<(), JwtError> {
+        let Some((client, name)) = &self.source else {
+            return Ok(());
+        };
         let response = client
             .clone()
             .get_public_keys(GetPublicKeysRequest {
@@ -254,6 +261,26 @@ impl PublicKeySet {
             *keys = fresh;
         }
         Ok(())
+    }
+
+    /// Re-reads the published keys every `interval` until `shutdown`.
+    pub fn reload_every(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+        shutdown: crate::Shutdown,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                if let Err(e) = this.reload().await {
+                    tracing::warn!(error = %e, "token signing keys could not be re-read; keeping the known ones");
+                }
+            }
+        });
     }
 
     /// Verifies a token's signature, issuer, audience and validity window.

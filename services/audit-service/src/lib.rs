@@ -86,6 +86,8 @@ pub async fn run(
         shutdown.clone(),
     );
     let tokens = PublicKeySet::from_key_service(client, &config.jwt_key);
+    // A signing key version retired after a rotation stops verifying here within a minute.
+    tokens.reload_every(Duration::from_secs(60), shutdown.clone());
     Server::new(config.server)
         .bearer_verifier(Arc::new(JwtVerifier(tokens)))
         .serve(

@@ -24,6 +24,10 @@ pub struct Config {
     /// tokens are checked there too (WhoAmI), so root tokens, app JWTs and revocation work
     /// here as they do at vault-service.
     pub vault_service: UpstreamConfig,
+    /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: key-service, for `jwt_signing_key` rotations
+    /// (RotateKey and SetKeyPolicy need an admin identity there). Unset: that rotator fails
+    /// with a message saying so.
+    pub key_service: Option<UpstreamConfig>,
     /// Who may do what (`SENTIA_POLICY_FILE`, `SENTIA_IDENTITY_POLICIES`).
     pub policies: PolicyConfig,
     /// Where rotation events go (`SENTIA_AUDIT_SERVICE_ADDR`, ...).
@@ -63,6 +67,10 @@ impl Config {
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
+        let key_service = r
+            .optional("SENTIA_KEY_SERVICE_ADDR")
+            .is_some()
+            .then(|| UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", ""));
         let policies = PolicyConfig::from_source(&mut r);
         let audit = AuditConfig::from_source(&mut r, "rotation-scheduler");
         let tick = r.duration_or("SENTIA_ROTATION_TICK", Duration::from_secs(10));
@@ -80,6 +88,7 @@ impl Config {
             database_url,
             max_connections,
             vault_service,
+            key_service,
             policies,
             audit,
             tick,

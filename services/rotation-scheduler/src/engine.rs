@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::Shutdown;
 use sentia_runtime::audit::{CallInfo, Emitter};
+use sentia_runtime::client::AuthedChannel;
 
 use crate::config::Hooks;
 use crate::metrics::Metrics;
 use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
-use crate::rotator::{Ctx, Rotator, Secret};
+use crate::rotator::{Ctx, Progress, Rotator, Secret};
 use crate::schedule::{Method, State};
 use crate::steps::{Outcome, Rotation, Step};
 use crate::store::{RotationRecord, Store};
@@ -39,6 +41,8 @@ pub struct Engine {
     pub store: Store,
     /// vault-service.
     pub vault: Vault,
+    /// key-service, when configured (signing-key rotations).
+    pub keys: Option<KeyServiceClient<AuthedChannel>>,
     /// Audit events.
     pub emitter: Arc<Emitter>,
     /// This replica's lease name.
@@ -274,7 +278,8 @@ impl Engine {
         let step = from.step;
         let mut next = r.clone();
         let outcome = match self.act(&mut next).await {
-            Ok(()) => Outcome::Done,
+            Ok(Progress::Done) => Outcome::Done,
+            Ok(Progress::WaitUntil(at)) => Outcome::Wait(at),
             Err(why) => Outcome::Failed(why),
         };
         if self.hooks.crash_after == Some(step) {
@@ -318,6 +323,9 @@ impl Engine {
                     events.push(("rotation_completed".into(), None));
                     results.push("completed".into());
                 }
+            }
+            Outcome::Wait(until) => {
+                tracing::info!(id = %r.id, path = %r.path, step = step_name(step), until_ms = until, "rotation step waits");
             }
             Outcome::Failed(why) => {
                 tracing::warn!(id = %r.id, path = %r.path, step = step_name(step), error = %why, attempts = r.state.attempts, "rotation step failed");
@@ -379,7 +387,7 @@ impl Engine {
     }
 
     /// The current step's action. Every one is idempotent: after a crash it runs again.
-    async fn act(&self, r: &mut RotationRecord) -> Result<(), String> {
+    async fn act(&self, r: &mut RotationRecord) -> Result<Progress, String> {
         let step = r.state.step;
         if self.hooks.fail == Some(step) {
             return Err(format!("test hook: {} fails", step_name(step)));
@@ -408,7 +416,10 @@ impl Engine {
             pending_version: r.pending_version,
             previous_version: r.previous_version,
             admin: admin.as_ref(),
+            keys: self.keys.as_ref(),
+            now_ms: self.clock().now_ms(),
         };
+        let done = |r: Result<(), String>| r.map(|()| Progress::Done);
         match step {
             Step::CreatePending => {
                 let current = self
@@ -422,7 +433,7 @@ impl Engine {
                             r.path
                         )
                     })?;
-                let new = rotator.generate(Some(&current.1))?;
+                let new = rotator.generate(&ctx, Some(&current.1)).await?;
                 // The request id makes a retry after a crash return the version written the
                 // first time instead of writing another.
                 let request_id = format!("rotation-{}-{}", r.id, r.state.attempts);
@@ -432,24 +443,29 @@ impl Engine {
                     .await
                     .map_err(err)?;
                 r.previous_version = current.0;
-                Ok(())
+                Ok(Progress::Done)
             }
             Step::Set => {
                 let new = self.pending(r).await?;
-                rotator.set(&ctx, &new).await
+                done(rotator.set(&ctx, &new).await)
             }
             Step::Test => {
                 let new = self.pending(r).await?;
                 rotator.test(&ctx, &new).await
             }
-            Step::Finish => self
-                .vault
-                .move_label(&r.path, "CURRENT", r.pending_version)
-                .await
-                .map_err(err),
+            Step::Finish => {
+                let new = self.pending(r).await?;
+                rotator.finish(&ctx, &new).await?;
+                done(
+                    self.vault
+                        .move_label(&r.path, "CURRENT", r.pending_version)
+                        .await
+                        .map_err(err),
+                )
+            }
             Step::Cleanup => {
                 if r.previous_version == 0 || r.previous_version == r.pending_version {
-                    return Ok(());
+                    return Ok(Progress::Done);
                 }
                 // Revoke before destroy: once destroyed the old value cannot be read, which
                 // on a retry means it was already revoked.
@@ -462,14 +478,16 @@ impl Engine {
                     let current = self.pending(r).await?;
                     rotator.revoke(&ctx, &prev, &current).await?;
                 }
-                self.vault
-                    .destroy(&r.path, r.previous_version)
-                    .await
-                    .map_err(err)
+                done(
+                    self.vault
+                        .destroy(&r.path, r.previous_version)
+                        .await
+                        .map_err(err),
+                )
             }
             Step::RolledBack => {
                 if r.pending_version == 0 {
-                    return Ok(());
+                    return Ok(Progress::Done);
                 }
                 if let Some(new) = self
                     .vault
@@ -488,12 +506,14 @@ impl Engine {
                     }
                     rotator.restore(&ctx, &new, &before).await?;
                 }
-                self.vault
-                    .destroy(&r.path, r.pending_version)
-                    .await
-                    .map_err(err)
+                done(
+                    self.vault
+                        .destroy(&r.path, r.pending_version)
+                        .await
+                        .map_err(err),
+                )
             }
-            Step::Completed | Step::Parked => Ok(()),
+            Step::Completed | Step::Parked => Ok(Progress::Done),
         }
     }
 }

@@ -43,9 +43,16 @@ pub async fn run(
     let emitter = sentia_runtime::audit::Emitter::start("rotation-scheduler", &config.audit)
         .map_err(|e| RotationError::Startup(e.to_string()))?;
     let vault = vault::Vault::new(config.vault_service.channel()?);
+    let keys = match &config.key_service {
+        Some(k) => {
+            Some(sentia_proto::keys::v1::key_service_client::KeyServiceClient::new(k.channel()?))
+        }
+        None => None,
+    };
     let engine = engine::Engine {
         store,
         vault,
+        keys,
         emitter: emitter.clone(),
         replica: config.replica_id.clone(),
         tick: config.tick,

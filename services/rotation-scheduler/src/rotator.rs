@@ -8,6 +8,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use sentia_proto::keys::v1 as kpb;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_runtime::client::AuthedChannel;
 use serde_json::{Map, Value, json};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -137,6 +140,19 @@ pub struct Ctx<'a> {
     pub previous_version: u64,
     /// The value of the rotator's admin secret, if it has one.
     pub admin: Option<&'a Secret>,
+    /// key-service, when configured (the `jwt_signing_key` rotator needs it).
+    pub keys: Option<&'a KeyServiceClient<AuthedChannel>>,
+    /// Now, Unix ms (the scheduler's clock).
+    pub now_ms: i64,
+}
+
+/// How a step that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Done.
+    Done,
+    /// Not yet (e.g. a new signing key still propagating): run it again at this time.
+    WaitUntil(i64),
 }
 
 /// A configured rotator.
@@ -167,6 +183,17 @@ pub enum Rotator {
         /// The ACL user.
         username: String,
     },
+    /// A key-service signing key (rolling): `set` publishes a new version (staged: it
+    /// verifies but does not sign), `test` checks it is in the published keys and waits out
+    /// `propagation`, `finish` makes it the signer, `cleanup` stops the old one verifying
+    /// (min_decryption_version). The secret's value names the key version in use:
+    /// `{"key", "version", "kid"}` — the key material never leaves key-service.
+    JwtSigningKey {
+        /// key-service key name; when unset, the `key` field of the CURRENT value.
+        key: Option<String>,
+        /// How long verifiers get to learn the new key before it signs (default 1 min).
+        propagation: Duration,
+    },
     /// Anything else: an endpoint the user runs is told each step (signed POST, no values —
     /// it reads PENDING / CURRENT from vault-service with its own credentials) and answers
     /// 2xx when done. New values are random, as `random`.
@@ -195,16 +222,11 @@ impl Rotator {
             "postgres_password" => &["admin_secret", "roles"],
             "redis_acl" => &["admin_secret", "username"],
             "webhook" => &["url", "signing_secret", "length", "charset", "prefix"],
-            "jwt_signing_key" => {
-                return Err(format!(
-                    "rotator {name:?} is not available in this version (available: random, \
-                     api_key, postgres_password, redis_acl, webhook)"
-                ));
-            }
+            "jwt_signing_key" => &["key", "propagation"],
             _ => {
                 return Err(format!(
                     "unknown rotator {name:?} (available: random, api_key, postgres_password, \
-                     redis_acl, webhook)"
+                     redis_acl, webhook, jwt_signing_key)"
                 ));
             }
         };
@@ -285,6 +307,23 @@ impl Rotator {
                     roles,
                 })
             }
+            "jwt_signing_key" => {
+                let key = string("key")?;
+                if key.as_deref().is_some_and(|k| !ident_ok(k)) {
+                    return Err(
+                        "rotator jwt_signing_key: key must be a key-service key name".into(),
+                    );
+                }
+                let propagation = match string("propagation")? {
+                    None => DEFAULT_PROPAGATION,
+                    Some(p) => sentia_runtime::config::parse_duration(&p).ok_or_else(|| {
+                        format!(
+                            "rotator jwt_signing_key: propagation {p:?} is not a duration like 10m"
+                        )
+                    })?,
+                };
+                Ok(Self::JwtSigningKey { key, propagation })
+            }
             "webhook" => {
                 let url = required("url")?;
                 if !(url.starts_with("http://") || url.starts_with("https://"))
@@ -320,7 +359,7 @@ impl Rotator {
     /// The secret holding the admin credential this rotator needs, if any.
     pub fn admin_secret(&self) -> Option<&str> {
         match self {
-            Self::Random { .. } => None,
+            Self::Random { .. } | Self::JwtSigningKey { .. } => None,
             Self::Postgres { admin_secret, .. } | Self::RedisAcl { admin_secret, .. } => {
                 Some(admin_secret)
             }
@@ -328,9 +367,33 @@ impl Rotator {
         }
     }
 
-    /// A new value. With two Postgres roles it is for the role not in `current`.
-    pub fn generate(&self, current: Option<&Secret>) -> Result<Secret, String> {
+    /// A new value. With two Postgres roles it is for the role not in `current`; for a
+    /// signing key it names the version `set` will publish.
+    pub async fn generate(
+        &self,
+        ctx: &Ctx<'_>,
+        current: Option<&Secret>,
+    ) -> Result<Secret, String> {
         match self {
+            Self::JwtSigningKey { key, .. } => {
+                let name = match key {
+                    Some(k) => k.clone(),
+                    None => current
+                        .and_then(|c| serde_json::from_slice::<Value>(c.expose()).ok())
+                        .and_then(|v| v.get("key").and_then(Value::as_str).map(str::to_string))
+                        .ok_or(
+                            "rotator jwt_signing_key needs a key parameter, or a CURRENT value \
+                             {\"key\": \"<key-service key>\"}",
+                        )?,
+                };
+                let k = get_key(ctx, &name).await?;
+                let version = if k.staged_version != 0 {
+                    k.staged_version
+                } else {
+                    k.primary_version + 1
+                };
+                Ok(KeyVersion { key: name, version }.to_secret())
+            }
             Self::Random {
                 length,
                 charset,
@@ -361,7 +424,7 @@ impl Rotator {
                 password: random_string(32, Charset::Alphanumeric),
             }
             .to_secret()),
-            Self::Webhook { value, .. } => value.generate(current),
+            Self::Webhook { value, .. } => Box::pin(value.generate(ctx, current)).await,
         }
     }
 
@@ -371,6 +434,19 @@ impl Rotator {
         match self {
             Self::Random { .. } => Ok(()),
             Self::Webhook { .. } => self.notify(ctx, "set").await,
+            Self::JwtSigningKey { .. } => {
+                let want = KeyVersion::parse(new)?;
+                let k = rotate_key(ctx, &want.key, true).await?;
+                if k.staged_version == want.version || k.primary_version >= want.version {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "key-service staged version {} of {}, expected {} (was the key rotated \
+                         meanwhile?)",
+                        k.staged_version, want.key, want.version
+                    ))
+                }
+            }
             Self::Postgres { .. } => {
                 let l = Login::parse(new)?;
                 pg_set_password(admin, &l.username, Some(l.password.as_bytes())).await
@@ -383,14 +459,47 @@ impl Rotator {
     }
 
     /// Proves `new` works against the target.
-    pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+    pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<Progress, String> {
         let admin = ctx.admin;
+        let done = |r: Result<(), String>| r.map(|()| Progress::Done);
         match self {
-            Self::Webhook { .. } => self.notify(ctx, "test").await,
+            Self::Webhook { .. } => done(self.notify(ctx, "test").await),
+            Self::JwtSigningKey { propagation, .. } => {
+                let want = KeyVersion::parse(new)?;
+                let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
+                let published = keys
+                    .clone()
+                    .get_public_keys(kpb::GetPublicKeysRequest {
+                        key_name: want.key.clone(),
+                    })
+                    .await
+                    .map_err(|s| format!("GetPublicKeys {}: {}", want.key, s.message()))?
+                    .into_inner();
+                if !published.keys.iter().any(|k| k.version == want.version) {
+                    return Err(format!(
+                        "version {} of {} is not in the published keys",
+                        want.version, want.key
+                    ));
+                }
+                let k = get_key(ctx, &want.key).await?;
+                let created = k
+                    .versions
+                    .iter()
+                    .find(|v| v.version == want.version)
+                    .and_then(|v| v.create_time.as_ref())
+                    .map(|t| t.seconds.saturating_mul(1000))
+                    .unwrap_or(0);
+                let ready = created.saturating_add(ms(*propagation));
+                Ok(if ctx.now_ms < ready {
+                    Progress::WaitUntil(ready)
+                } else {
+                    Progress::Done
+                })
+            }
             Self::Random { length, prefix, .. } => {
                 let want = prefix.len() + length;
                 if new.expose().len() == want {
-                    Ok(())
+                    Ok(Progress::Done)
                 } else {
                     Err(format!(
                         "the pending value is {} bytes, expected {want}",
@@ -400,12 +509,40 @@ impl Rotator {
             }
             Self::Postgres { .. } => {
                 let l = Login::parse(new)?;
-                pg_test_login(admin, &l).await
+                done(pg_test_login(admin, &l).await)
             }
             Self::RedisAcl { .. } => {
                 let l = Login::parse(new)?;
-                redis_test_login(admin, &l).await
+                done(redis_test_login(admin, &l).await)
             }
+        }
+    }
+
+    /// Just before `finish` labels the new value CURRENT: a signing key becomes the signer.
+    /// Idempotent.
+    pub async fn finish(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+        let Self::JwtSigningKey { .. } = self else {
+            return Ok(());
+        };
+        let want = KeyVersion::parse(new)?;
+        let k = get_key(ctx, &want.key).await?;
+        if k.primary_version >= want.version {
+            return Ok(());
+        }
+        if k.staged_version != want.version {
+            return Err(format!(
+                "version {} of {} is no longer staged (staged: {}, primary: {})",
+                want.version, want.key, k.staged_version, k.primary_version
+            ));
+        }
+        let k = rotate_key(ctx, &want.key, false).await?;
+        if k.primary_version == want.version {
+            Ok(())
+        } else {
+            Err(format!(
+                "promoting version {} of {} made version {} primary",
+                want.version, want.key, k.primary_version
+            ))
         }
     }
 
@@ -421,6 +558,9 @@ impl Rotator {
         match self {
             Self::Random { .. } => Ok(()),
             Self::Webhook { .. } => self.notify(ctx, "restore").await,
+            // The staged version never signed; it stays published and the next attempt
+            // stages it again (idempotent), so nothing is left to undo.
+            Self::JwtSigningKey { .. } => Ok(()),
             Self::Postgres { .. } => {
                 let n = Login::parse(new)?;
                 let old = before
@@ -448,6 +588,26 @@ impl Rotator {
         match self {
             Self::Random { .. } => Ok(()),
             Self::Webhook { .. } => self.notify(ctx, "revoke").await,
+            Self::JwtSigningKey { .. } => {
+                let now = KeyVersion::parse(current)?;
+                let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
+                let k = get_key(ctx, &now.key).await?;
+                if k.min_decryption_version >= now.version {
+                    return Ok(());
+                }
+                keys.clone()
+                    .set_key_policy(kpb::SetKeyPolicyRequest {
+                        name: now.key.clone(),
+                        min_decryption_version: now.version,
+                        auto_rotate_period: None,
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["min_decryption_version".into()],
+                        }),
+                    })
+                    .await
+                    .map_err(|s| format!("SetKeyPolicy {}: {}", now.key, s.message()))?;
+                Ok(())
+            }
             Self::Postgres { .. } => {
                 let (p, c) = (Login::parse(previous)?, Login::parse(current)?);
                 if p.username == c.username {
@@ -499,6 +659,71 @@ impl Rotator {
             ))
         }
     }
+}
+
+/// How long a new signing key is published before it signs, by default: well past the
+/// interval at which Sentia's verifiers re-read the published keys (seconds).
+pub const DEFAULT_PROPAGATION: Duration = Duration::from_secs(60);
+
+const NO_KEY_SERVICE: &str = "the jwt_signing_key rotator needs key-service: set SENTIA_KEY_SERVICE_ADDR and an admin \
+     identity there (SENTIA_KEY_SERVICE_TOKEN or a client certificate)";
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The value of a signing-key secret: which key-service key version is (or will be) in use.
+struct KeyVersion {
+    key: String,
+    version: u32,
+}
+
+impl KeyVersion {
+    fn parse(value: &Secret) -> Result<Self, String> {
+        let v: Value = serde_json::from_slice(value.expose())
+            .map_err(|_| "the secret value is not JSON {\"key\", \"version\"}".to_string())?;
+        Ok(Self {
+            key: v
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or("the secret value has no string field \"key\"")?
+                .to_string(),
+            version: v
+                .get("version")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or("the secret value has no version number")?,
+        })
+    }
+
+    fn to_secret(&self) -> Secret {
+        Secret::new(
+            json!({"key": self.key, "version": self.version, "kid": format!("{}-v{}", self.key, self.version)})
+                .to_string()
+                .into_bytes(),
+        )
+    }
+}
+
+async fn get_key(ctx: &Ctx<'_>, name: &str) -> Result<kpb::Key, String> {
+    let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
+    keys.clone()
+        .get_key(kpb::GetKeyRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("GetKey {name}: {}", s.message()))
+}
+
+async fn rotate_key(ctx: &Ctx<'_>, name: &str, stage: bool) -> Result<kpb::Key, String> {
+    let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
+    keys.clone()
+        .rotate_key(kpb::RotateKeyRequest {
+            name: name.into(),
+            stage,
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("RotateKey {name}: {}", s.message()))
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -679,6 +904,26 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    fn ctx() -> Ctx<'static> {
+        Ctx {
+            path: "p",
+            rotation_id: "r",
+            pending_version: 2,
+            previous_version: 1,
+            admin: None,
+            keys: None,
+            now_ms: 0,
+        }
+    }
+
+    fn generate(r: &Rotator, current: Option<&Secret>) -> Secret {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(r.generate(&ctx(), current))
+            .unwrap()
+    }
+
     #[test]
     fn random_values_have_the_length_charset_and_prefix_asked_for() {
         let r = Rotator::parse(
@@ -686,7 +931,7 @@ mod tests {
             &params(json!({"length": 64, "charset": "hex", "prefix": "sk_live_"})),
         )
         .unwrap();
-        let a = r.generate(None).unwrap();
+        let a = generate(&r, None);
         let s = std::str::from_utf8(a.expose()).unwrap();
         assert_eq!(s.len(), 8 + 64);
         assert!(s.starts_with("sk_live_"));
@@ -695,7 +940,7 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
-        assert_ne!(a, r.generate(None).unwrap());
+        assert_ne!(a, generate(&r, None));
         let p = random_string(2000, Charset::Printable);
         assert!(!p.contains(['"', '\'', '\\', ' ']));
     }
@@ -728,11 +973,11 @@ mod tests {
             &params(json!({"roles": ["app_a", "app_b"], "admin_secret": "x"})),
         )
         .unwrap();
-        let first = Login::parse(&r.generate(None).unwrap()).unwrap();
+        let first = Login::parse(&generate(&r, None)).unwrap();
         assert_eq!(first.username, "app_a");
-        let second = Login::parse(&r.generate(Some(&first.to_secret())).unwrap()).unwrap();
+        let second = Login::parse(&generate(&r, Some(&first.to_secret()))).unwrap();
         assert_eq!(second.username, "app_b");
-        let third = Login::parse(&r.generate(Some(&second.to_secret())).unwrap()).unwrap();
+        let third = Login::parse(&generate(&r, Some(&second.to_secret()))).unwrap();
         assert_eq!(third.username, "app_a");
         assert_ne!(first.password, third.password);
     }

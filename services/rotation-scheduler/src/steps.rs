@@ -57,6 +57,8 @@ pub enum Outcome {
     Done,
     /// It failed, with a reason a person can act on.
     Failed(String),
+    /// Not yet: run the same step again at this time (Unix ms); not a failure.
+    Wait(i64),
 }
 
 /// Delay before retry number `attempt` (1-based): 30 s doubling, at most an hour.
@@ -115,6 +117,9 @@ impl Rotation {
                     }
                     done @ (Step::Completed | Step::Parked) => done,
                 };
+            }
+            Outcome::Wait(until_ms) => {
+                next.not_before_ms = until_ms.max(now_ms);
             }
             Outcome::Failed(why) => {
                 next.last_error = Some(why);
@@ -241,6 +246,21 @@ mod tests {
         }
         let r = Rotation::start(0).advance(Outcome::Failed("vault down".into()), &p, 0);
         assert_eq!((r.step, r.attempts), (Step::CreatePending, 1));
+    }
+
+    #[test]
+    fn waiting_keeps_the_step_without_counting_a_failure() {
+        let p = policy();
+        let r = Rotation {
+            step: Step::Test,
+            ..Rotation::start(0)
+        };
+        let next = r.advance(Outcome::Wait(5000), &p, 1000);
+        assert_eq!(
+            (next.step, next.attempts, next.last_error.clone()),
+            (Step::Test, 0, None)
+        );
+        assert!(!next.runnable(4999) && next.runnable(5000));
     }
 
     #[test]

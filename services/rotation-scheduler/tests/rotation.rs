@@ -591,3 +591,155 @@ async fn a_webhook_rotator_is_told_each_step_signed_and_without_the_value() {
     sched.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_signing_key_is_published_before_it_signs_and_old_tokens_verify_until_grace_ends() {
+    use sentia_proto::keys::v1 as kpb;
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let admin_token = support::vault::keys::ADMIN_TOKEN;
+    let sched = Scheduler::start_with(
+        &s,
+        &sqlite_url(),
+        hooks(&clock),
+        &[
+            ("SENTIA_KEY_SERVICE_ADDR", s.keys.addr.as_str()),
+            ("SENTIA_KEY_SERVICE_TOKEN", admin_token),
+        ],
+    )
+    .await;
+    // The root token is opaque (not a JWT), so it outlives the key it is rotating.
+    let root = s.root_token.clone();
+    let path = "prod/keys/jwt";
+    s.put(path, br#"{"key":"sentia-jwt","version":1}"#).await;
+    let mut p = policy(path, "jwt_signing_key", json!({"propagation": "1h"}));
+    p.method = pb::RotationMethod::Rolling as i32;
+    set_policy(&sched, &root, p).await;
+    let (old_token, _) = s.login_as(&["developer"]).await;
+    let whoami = |token: String| {
+        let s = &s;
+        async move {
+            s.auth(&token)
+                .await
+                .who_am_i(vpb::WhoAmIRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }
+    };
+    let mut keys = s
+        .keys
+        .client(Some(support::vault::keys::SERVICE_TOKEN))
+        .await;
+    let signer = |keys: &mut kpb::key_service_client::KeyServiceClient<_>| {
+        let mut k = keys.clone();
+        async move {
+            k.sign(kpb::SignRequest {
+                key_name: "sentia-jwt".into(),
+                message: b"m".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kid
+        }
+    };
+    let reader = keys.clone();
+    let staged = || {
+        let mut k = reader.clone();
+        async move {
+            k.get_key(kpb::GetKeyRequest {
+                name: "sentia-jwt".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+
+    rotate_now(&sched, &root, path).await;
+    let client = sched.client(&root);
+    // Published first: v2 is staged and in the JWKS, v1 still signs, the rotation waits out
+    // the propagation time at its test step.
+    for _ in 0..200 {
+        if staged().await.staged_version == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(staged().await.staged_version, 2);
+    let r = wait_for(&client, path, Step::Test).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wait_for(&client, path, Step::Test).await.id,
+        r.id,
+        "still waiting"
+    );
+    let published = keys
+        .get_public_keys(kpb::GetPublicKeysRequest {
+            key_name: "sentia-jwt".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(published.keys.iter().any(|k| k.kid == "sentia-jwt-v2"));
+    assert_eq!(signer(&mut keys).await, "sentia-jwt-v1");
+
+    // After propagation (counted from the version's creation at key-service, on the real
+    // clock: a minute of slack) it becomes the signer; tokens signed by v1 still verify.
+    clock.advance(3_600_000 + 60_000);
+    wait_for(&client, path, Step::Cleanup).await;
+    assert_eq!(signer(&mut keys).await, "sentia-jwt-v2");
+    let value: serde_json::Value = serde_json::from_slice(&current(&s, path).await.1).unwrap();
+    assert_eq!(value["kid"], "sentia-jwt-v2");
+    let (new_token, _) = s.login_as(&["developer"]).await;
+    assert_eq!(whoami(new_token.clone()).await, Ok(()));
+    assert_eq!(
+        whoami(old_token.clone()).await,
+        Ok(()),
+        "v1 verifies during grace"
+    );
+
+    // After grace v1 is retired: tokens it signed are refused by vault-service.
+    clock.advance(DAY + 1);
+    wait_for(&client, path, Step::Completed).await;
+    assert_eq!(staged().await.min_decryption_version, 2);
+    let mut refused = Ok(());
+    for _ in 0..100 {
+        refused = whoami(old_token.clone()).await;
+        if refused.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused, Err(tonic::Code::Unauthenticated));
+    assert_eq!(whoami(new_token).await, Ok(()));
+    sched.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_rotation_without_key_service_says_what_to_configure() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let root = s.root_token.clone();
+    s.put("prod/keys/jwt", br#"{"key":"sentia-jwt","version":1}"#)
+        .await;
+    let mut p = policy("prod/keys/jwt", "jwt_signing_key", json!({}));
+    p.max_attempts = 1;
+    set_policy(&sched, &root, p).await;
+    rotate_now(&sched, &root, "prod/keys/jwt").await;
+    let r = wait_for(&sched.client(&root), "prod/keys/jwt", Step::Parked).await;
+    assert!(
+        r.last_error.contains("SENTIA_KEY_SERVICE_ADDR"),
+        "{}",
+        r.last_error
+    );
+    sched.stop().await;
+    s.stop().await;
+}

@@ -71,8 +71,13 @@ impl Tokens {
         Ok(t)
     }
 
-    /// Re-reads root tokens and revocations (other replicas' changes).
+    /// Re-reads root tokens and revocations (other replicas' changes), and the token signing
+    /// keys: a version retired at key-service (min_decryption_version raised after a
+    /// rotation's grace period) stops verifying here too.
     pub async fn refresh(&self) -> Result<(), VaultError> {
+        if let Err(e) = self.public_keys.reload().await {
+            tracing::warn!(error = %e, "token signing keys could not be refreshed; keeping the known ones");
+        }
         let mut roots = Vec::new();
         for (id, hash_hex) in self.store.root_tokens().await? {
             let hash = hex::decode(&hash_hex)

@@ -743,3 +743,46 @@ async fn a_jwt_rotation_without_key_service_says_what_to_configure() {
     sched.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_rotation_destroys_the_old_value_after_the_short_emergency_grace() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    let root = s.root_token.clone();
+    s.put("prod/app/leaked", b"old").await;
+    set_policy(
+        &sched,
+        &root,
+        policy("prod/app/leaked", "random", json!({})),
+    )
+    .await;
+    let r = sched
+        .client(&root)
+        .rotate_now(pb::RotateNowRequest {
+            path: "prod/app/leaked".into(),
+            reason: "pasted in a public channel".into(),
+            emergency: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.emergency);
+    let client = sched.client(&root);
+    wait_for(&client, "prod/app/leaked", Step::Cleanup).await;
+    // The policy's grace is a day; an emergency waits SENTIA_EMERGENCY_GRACE (10 min).
+    clock.advance(9 * 60_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wait_for(&client, "prod/app/leaked", Step::Cleanup).await.id,
+        r.id
+    );
+    clock.advance(60_001);
+    wait_for(&client, "prod/app/leaked", Step::Completed).await;
+    let d = describe(&s, "prod/app/leaked").await;
+    assert_eq!(state_of(&d, 1), vpb::VersionState::Destroyed);
+    sched.stop().await;
+    s.stop().await;
+}

@@ -42,7 +42,8 @@ pub struct Config {
     /// `SENTIA_ROOT_TOKEN_FILE`: where the bootstrap root token is written (mode 0600) at
     /// first start; printed to stdout once when unset.
     pub root_token_file: Option<PathBuf>,
-    /// `SENTIA_TOKEN_REFRESH`: how often revocations and root tokens are re-read.
+    /// `SENTIA_TOKEN_REFRESH`: how often revocations, root tokens and the published token
+    /// signing keys are re-read.
     pub token_refresh: Duration,
     /// `SENTIA_EVENT_RETENTION`: how long change-stream events stay resumable.
     pub event_retention: Duration,

@@ -1,34 +1,20 @@
 //! The `sentia` binary against real key-service and vault-service: what an operator types.
 #![allow(clippy::unwrap_used)]
 
+mod shell;
 #[path = "../../../services/vault-service/tests/support/mod.rs"]
 mod support;
 
-use std::process::Stdio;
-
 use support::{Backend, Stack};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 async fn sentia(s: &Stack, token: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args(args)
-        .env("SENTIA_ADDR", &s.addr)
-        .env("SENTIA_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).await.unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    shell::sentia(
+        &[("SENTIA_ADDR", &s.addr), ("SENTIA_TOKEN", token)],
+        args,
+        stdin,
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

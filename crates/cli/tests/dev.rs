@@ -2,8 +2,12 @@
 //! commands against it.
 #![allow(clippy::unwrap_used)]
 
+mod shell;
+
 use std::process::Stdio;
 use std::time::Duration;
+
+use shell::sentia;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -14,27 +18,6 @@ fn data_dir() -> std::path::PathBuf {
         .unwrap()
         .as_nanos();
     std::env::temp_dir().join(format!("sentia_dev_{}_{nanos}", std::process::id()))
-}
-
-async fn sentia(env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).await.unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

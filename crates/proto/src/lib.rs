@@ -2,6 +2,8 @@
 //! mounts for reflection. Re-exports `tonic` and `prost` so the whole tree shares one version.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+pub mod json;
+
 pub use prost;
 pub use prost_types;
 pub use tonic;

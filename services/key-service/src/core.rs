@@ -309,14 +309,7 @@ impl Core {
     ) -> Result<Arc<KeyEntry>, KeyError> {
         crate::keyring::validate_key_name(name).map_err(KeyError::InvalidArgument)?;
         let u = self.unsealed()?;
-        let material = SecretKey::generate();
-        let wrapped = sentia_crypto::seal(
-            &u.wrapping,
-            "keyring",
-            u.master_version,
-            &material_aad(name, 1),
-            material.expose(),
-        )?;
+        let wrapped = new_material(&u, name, 1)?;
         let row = KeyRow {
             name: name.to_string(),
             purpose: purpose.as_str().to_string(),
@@ -342,14 +335,7 @@ impl Core {
             }
             return self.reload(&u, name).await;
         }
-        let material = SecretKey::generate();
-        let wrapped = sentia_crypto::seal(
-            &u.wrapping,
-            "keyring",
-            u.master_version,
-            &material_aad(name, next),
-            material.expose(),
-        )?;
+        let wrapped = new_material(&u, name, next)?;
         if self.store.add_version(name, next, wrapped).await? {
             tracing::info!(key = name, version = next, "key rotated");
         }
@@ -364,14 +350,7 @@ impl Core {
         if current.versions.contains_key(&next) {
             return Ok(current);
         }
-        let material = SecretKey::generate();
-        let wrapped = sentia_crypto::seal(
-            &u.wrapping,
-            "keyring",
-            u.master_version,
-            &material_aad(name, next),
-            material.expose(),
-        )?;
+        let wrapped = new_material(&u, name, next)?;
         if self.store.add_staged_version(name, next, wrapped).await? {
             tracing::info!(key = name, version = next, "key version staged");
         }
@@ -435,6 +414,18 @@ impl Core {
     pub async fn encryption_count(&self, version: &Version) -> u64 {
         version.budget.lock().await.reserved_total
     }
+}
+
+/// Random material for `version` of `name`, wrapped under the keyring key.
+fn new_material(u: &Unsealed, name: &str, version: u32) -> Result<Vec<u8>, KeyError> {
+    let material = SecretKey::generate();
+    Ok(sentia_crypto::seal(
+        &u.wrapping,
+        "keyring",
+        u.master_version,
+        &material_aad(name, version),
+        material.expose(),
+    )?)
 }
 
 fn insert(u: &Unsealed, entry: Arc<KeyEntry>) {

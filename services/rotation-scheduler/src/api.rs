@@ -13,7 +13,7 @@ use sentia_runtime::db::timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::RotationError;
-use crate::engine::Engine;
+use crate::engine::{Engine, SecretStatus};
 use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
 use crate::schedule::State;
 use crate::store::RotationRecord;
@@ -118,16 +118,7 @@ impl RotationApi {
     ) -> Result<pb::ListRotationsResponse, RotationError> {
         let size = page_size(req.page_size)?;
         let now = self.engine.hooks.clock.now_ms();
-        let policies = self.engine.store.policies().await?;
-        let finished = self.engine.store.last_finished().await?;
-        let latest: std::collections::HashMap<String, RotationRecord> = self
-            .engine
-            .store
-            .latest_by_path()
-            .await?
-            .into_iter()
-            .map(|r| (r.path.clone(), r))
-            .collect();
+        let snap = self.engine.snapshot().await?;
         let mut out = Vec::new();
         let mut next = String::new();
         for meta in self.engine.vault.list(&req.prefix).await? {
@@ -137,19 +128,14 @@ impl RotationApi {
             if self.may_read(p, &meta.path).is_err() {
                 continue;
             }
-            let Some(policy) = applicable(
-                &policies,
-                &meta.path,
-                meta.tags.get(CLASS_TAG).map(String::as_str),
-            ) else {
+            let Some(SecretStatus {
+                policy,
+                last_ms: last,
+                standing,
+            }) = self.engine.status(&snap, &meta, now).await?
+            else {
                 continue;
             };
-            let last_finish = finished.get(&meta.path).copied();
-            let last = self
-                .engine
-                .last_rotation(&meta, last_finish, &policy, now)
-                .await?;
-            let standing = policy.timing.standing(last, now);
             let overdue = standing.state == State::Overdue;
             if req.overdue_only && !overdue {
                 continue;
@@ -168,7 +154,7 @@ impl RotationApi {
                 last_rotation_time: Some(timestamp(last)),
                 next_due_time: Some(timestamp(standing.due_ms)),
                 overdue,
-                last_rotation: latest.get(&meta.path).map(to_proto),
+                last_rotation: snap.latest.get(&meta.path).map(to_proto),
             });
         }
         Ok(pb::ListRotationsResponse {

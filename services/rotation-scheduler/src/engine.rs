@@ -122,35 +122,65 @@ impl Engine {
         }
     }
 
+    /// Policies, last finishes and latest rotations, read once for a pass over many secrets.
+    pub async fn snapshot(&self) -> Result<Snapshot, RotationError> {
+        Ok(Snapshot {
+            policies: self.store.policies().await?,
+            finished: self.store.last_finished().await?,
+            latest: self
+                .store
+                .latest_by_path()
+                .await?
+                .into_iter()
+                .map(|r| (r.path.clone(), r))
+                .collect(),
+        })
+    }
+
+    /// Where a listed secret stands at `now`: its policy, when it last rotated and its
+    /// standing; None when no policy applies.
+    pub async fn status(
+        &self,
+        snap: &Snapshot,
+        meta: &pb::SecretMetadata,
+        now: i64,
+    ) -> Result<Option<SecretStatus>, RotationError> {
+        let Some(policy) = applicable(
+            &snap.policies,
+            &meta.path,
+            meta.tags.get(CLASS_TAG).map(String::as_str),
+        ) else {
+            return Ok(None);
+        };
+        let last = self
+            .last_rotation(meta, snap.finished.get(&meta.path).copied(), &policy, now)
+            .await?;
+        let standing = policy.timing.standing(last, now);
+        Ok(Some(SecretStatus {
+            policy,
+            last_ms: last,
+            standing,
+        }))
+    }
+
     /// Starts rotations that are due and sends reminders for manual ones.
     pub async fn scan(&self, now: i64) -> Result<(), RotationError> {
-        let policies = self.store.policies().await?;
-        let finished = self.store.last_finished().await?;
-        let latest: HashMap<String, RotationRecord> = self
-            .store
-            .latest_by_path()
-            .await?
-            .into_iter()
-            .map(|r| (r.path.clone(), r))
-            .collect();
+        let snap = self.snapshot().await?;
         let mut overdue = 0;
         for meta in self.vault.list("").await? {
-            let Some(policy) = applicable(
-                &policies,
-                &meta.path,
-                meta.tags.get(CLASS_TAG).map(String::as_str),
-            ) else {
+            let Some(SecretStatus {
+                policy,
+                last_ms: last,
+                standing,
+            }) = self.status(&snap, &meta, now).await?
+            else {
                 continue;
             };
-            let last = self
-                .last_rotation(&meta, finished.get(&meta.path).copied(), &policy, now)
-                .await?;
-            let standing = policy.timing.standing(last, now);
             self.metrics.since_last(&meta.path, now - last);
             if standing.state == State::Overdue {
                 overdue += 1;
             }
-            let latest = latest.get(&meta.path);
+            let latest = snap.latest.get(&meta.path);
             if latest.is_some_and(|r| !r.state.step.is_terminal()) {
                 continue;
             }
@@ -516,6 +546,26 @@ impl Engine {
             Step::Completed | Step::Parked => Ok(Progress::Done),
         }
     }
+}
+
+/// What a pass over many secrets reads once.
+pub struct Snapshot {
+    /// Stored policies.
+    pub policies: Vec<RotationPolicy>,
+    /// When each secret's last rotation finished.
+    pub finished: HashMap<String, i64>,
+    /// Each secret's newest rotation.
+    pub latest: HashMap<String, RotationRecord>,
+}
+
+/// Where one secret stands.
+pub struct SecretStatus {
+    /// The policy that applies.
+    pub policy: RotationPolicy,
+    /// When it last rotated (Unix ms).
+    pub last_ms: i64,
+    /// Due date and state.
+    pub standing: crate::schedule::Standing,
 }
 
 /// A test hook stopped the loop as a crash would.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use sentia_policy::Glob;
+use sentia_proto::json::{json_to_struct, struct_to_json};
 use sentia_proto::rotation::v1 as pb;
 use serde_json::{Map, Value, json};
 
@@ -134,13 +135,7 @@ impl RotationPolicy {
         let method = method_from(i64::from(p.method)).ok_or_else(|| {
             RotationError::Invalid("method must be AUTOMATED, ROLLING or MANUAL".into())
         })?;
-        let params = match p.rotator_params {
-            None => Map::new(),
-            Some(s) => match struct_to_json(s) {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
-        };
+        let params = p.rotator_params.map(struct_to_json).unwrap_or_default();
         let policy = Self {
             pattern: p.path_pattern,
             timing: Policy {
@@ -244,56 +239,6 @@ pub fn applicable(
                 .and_then(SecretClass::parse)
                 .map(|c| RotationPolicy::default_for(c, path))
         })
-}
-
-fn struct_to_json(s: prost_types::Struct) -> Value {
-    Value::Object(
-        s.fields
-            .into_iter()
-            .map(|(k, v)| (k, value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
-            .map(|n| match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => Value::from(f as i64),
-                _ => Value::Number(n),
-            })
-            .unwrap_or(Value::Null),
-        Some(Kind::StringValue(s)) => Value::String(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(value_to_json).collect()),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-    }
-}
-
-fn json_to_struct(m: &Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: m
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-    }
-}
-
-fn json_to_value(v: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(json_to_value).collect(),
-        }),
-        Value::Object(m) => Kind::StructValue(json_to_struct(m)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 #[cfg(test)]

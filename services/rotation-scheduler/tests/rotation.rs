@@ -786,3 +786,71 @@ async fn an_emergency_rotation_destroys_the_old_value_after_the_short_emergency_
     sched.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_rollback_the_next_leader_restores_the_role_and_the_retry_succeeds() {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Postgres).await else {
+        return;
+    };
+    let clock = clock();
+    let db = vault::database(Backend::Postgres).await.unwrap();
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let role = create_role(&pg_admin, "before").await;
+    s.put("prod/admin/pg", pg_admin.as_bytes()).await;
+    s.put("prod/db/app", &login(&role, "before")).await;
+    let first = Scheduler::start(
+        &s,
+        &db,
+        Hooks {
+            fail: Some(Step::Test),
+            crash_after: Some(Step::RolledBack),
+            ..hooks(&clock)
+        },
+    )
+    .await;
+    set_policy(
+        &first,
+        &admin,
+        policy(
+            "prod/db/app",
+            "postgres_password",
+            json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
+        ),
+    )
+    .await;
+    rotate_now(&first, &admin, "prod/db/app").await;
+    assert_eq!(first.died().await, rotation_scheduler::Stopped::Crashed);
+
+    let second = Scheduler::start(&s, &db, hooks(&clock)).await;
+    clock.advance(6_000);
+    let client = second.client(&admin);
+    let r = wait_until(&client, "prod/db/app", "rolled back", |r| {
+        r.step == Step::CreatePending as i32 && r.attempts == 1
+    })
+    .await;
+    assert!(r.last_error.contains("test fails"), "{}", r.last_error);
+    assert!(role_has_password(&pg_admin, &role, "before").await);
+    // After the backoff the retry (no failure injected on this replica) completes.
+    clock.advance(31_000);
+    wait_for(&client, "prod/db/app", Step::Cleanup).await;
+    clock.advance(DAY + 1);
+    let done = wait_for(&client, "prod/db/app", Step::Completed).await;
+    assert_eq!(done.id, r.id, "the same rotation, not a new one");
+    let d = describe(&s, "prod/db/app").await;
+    assert_eq!(state_of(&d, 1), vpb::VersionState::Destroyed);
+    assert_eq!(
+        state_of(&d, 2),
+        vpb::VersionState::Destroyed,
+        "the rolled-back PENDING"
+    );
+    let (version, value) = current(&s, "prod/db/app").await;
+    assert_eq!(version, 3);
+    let (_, password) = parse_login(&value);
+    assert!(role_has_password(&pg_admin, &role, &password).await);
+    second.stop().await;
+    s.stop().await;
+    drop_role(&pg_admin, &role).await;
+}

@@ -106,15 +106,25 @@ impl Server {
         shutdown: Shutdown,
     ) -> Result<(), RuntimeError> {
         let cfg = self.config;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(sentia_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflector = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(sentia_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflector()
             .build_v1()
+            .map_err(|e| RuntimeError::Telemetry(format!("reflection: {e}")))?;
+        // v1alpha too: grpcurl and Python's grpcio-reflection still speak it.
+        let reflection_alpha = reflector()
+            .build_v1alpha()
             .map_err(|e| RuntimeError::Telemetry(format!("reflection: {e}")))?;
         let health = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(self.health),
         );
-        let routes = routes.add_service(health).add_service(reflection);
+        let routes = routes
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha);
 
         let mut public: Vec<&'static str> = ALWAYS_PUBLIC.to_vec();
         public.extend(self.public_methods);

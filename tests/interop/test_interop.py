@@ -1,0 +1,201 @@
+"""Sentia from Python's gRPC stack: stubs compiled from proto/ by grpcio-tools, calls against a
+running `sentia dev` (addresses and tokens in the environment, set by ./run)."""
+
+import os
+import queue
+import threading
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sentia.audit.v1 import audit_pb2, audit_pb2_grpc
+from sentia.keys.v1 import keys_pb2, keys_pb2_grpc
+from sentia.rotation.v1 import rotation_pb2, rotation_pb2_grpc
+from sentia.vault.v1 import vault_pb2, vault_pb2_grpc
+
+VAULT = os.environ["SENTIA_VAULT_ADDR"]
+KEYS = os.environ["SENTIA_KEY_ADDR"]
+AUDIT = os.environ["SENTIA_AUDIT_ADDR"]
+ROTATION = os.environ["SENTIA_ROTATION_ADDR"]
+ADMIN = os.environ["SENTIA_ADMIN_TOKEN"]
+ROOT = os.environ["SENTIA_ROOT_TOKEN"]
+
+
+def auth(token):
+    return (("authorization", f"Bearer {token}"),)
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def vault():
+    with grpc.insecure_channel(VAULT) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def developer(vault):
+    """A JWT for a fresh app credential holding the seed's developer policy."""
+    authn = vault_pb2_grpc.AuthServiceStub(vault)
+    cred = authn.CreateAppCredential(
+        vault_pb2.CreateAppCredentialRequest(name=unique("interop"), policies=["developer"]),
+        metadata=auth(ROOT),
+    )
+    login = authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+    assert login.token.count(".") == 2, "a JWT"
+    return login.token
+
+
+@pytest.mark.parametrize("addr", [VAULT, KEYS, AUDIT, ROTATION])
+def test_every_service_answers_grpc_health(addr):
+    with grpc.insecure_channel(addr) as ch:
+        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services_of_the_contract(vault):
+    stub = reflection_pb2_grpc.ServerReflectionStub(vault)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"sentia.vault.v1.SecretService", "sentia.vault.v1.AuthService"} <= names
+
+
+def test_a_developer_writes_reads_lists_and_describes_under_test(vault, developer):
+    s = vault_pb2_grpc.SecretServiceStub(vault)
+    path = f"test/app/{unique('db')}"
+    put = s.PutSecret(vault_pb2.PutSecretRequest(path=path, value=b"s3cr3t"), metadata=auth(developer))
+    assert put.version == 1
+    got = s.GetSecret(vault_pb2.GetSecretRequest(path=path), metadata=auth(developer))
+    assert (got.value, got.version, list(got.labels)) == (b"s3cr3t", 1, ["CURRENT"])
+    listed = s.ListSecrets(vault_pb2.ListSecretsRequest(prefix="test/app"), metadata=auth(developer))
+    assert path in [m.path for m in listed.secrets]
+    described = s.DescribeSecret(vault_pb2.DescribeSecretRequest(path=path), metadata=auth(developer))
+    assert described.metadata.current_version == 1
+
+
+def test_watch_streams_a_write_made_after_it_started(vault, developer):
+    s = vault_pb2_grpc.SecretServiceStub(vault)
+    prefix = f"test/{unique('watch')}"
+    stream = s.WatchSecrets(vault_pb2.WatchSecretsRequest(prefix=prefix), metadata=auth(developer))
+    events = queue.Queue()
+
+    def read():
+        try:
+            for e in stream:
+                events.put(e)
+        except grpc.RpcError:
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    got = None
+    for _ in range(50):
+        s.PutSecret(vault_pb2.PutSecretRequest(path=f"{prefix}/k", value=b"v"), metadata=auth(developer))
+        try:
+            while got is None:
+                e = events.get(timeout=0.2)
+                # Bookmarks carry only a position to resume from.
+                if e.kind != vault_pb2.EVENT_KIND_BOOKMARK:
+                    got = e
+            break
+        except queue.Empty:
+            continue
+    stream.cancel()
+    assert got is not None, "no change event arrived"
+    assert got.path == f"{prefix}/k"
+    assert got.kind == vault_pb2.EVENT_KIND_VERSION_CREATED
+
+
+def test_bad_input_gets_precise_status_codes(vault, developer):
+    s = vault_pb2_grpc.SecretServiceStub(vault)
+    cases = [
+        (vault_pb2.PutSecretRequest(path="test/../x", value=b"v"), developer, grpc.StatusCode.INVALID_ARGUMENT),
+        (vault_pb2.PutSecretRequest(path="prod/app/x", value=b"v"), developer, grpc.StatusCode.PERMISSION_DENIED),
+        (vault_pb2.PutSecretRequest(path="test/app/x", value=b"v"), "not-a-token", grpc.StatusCode.UNAUTHENTICATED),
+        (vault_pb2.PutSecretRequest(path="test/app/x", value=b"v" * 65537), developer, grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for req, token, code in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            s.PutSecret(req, metadata=auth(token))
+        assert e.value.code() == code, (req.path, e.value.details())
+        assert e.value.details(), "a message a person can act on"
+    with pytest.raises(grpc.RpcError) as e:
+        s.GetSecret(vault_pb2.GetSecretRequest(path=f"test/{unique('missing')}"), metadata=auth(developer))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        s.GetSecret(vault_pb2.GetSecretRequest(path="test/app/x"))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_key_service_encrypts_and_decrypts_and_refuses_a_wrong_context():
+    with grpc.insecure_channel(KEYS) as ch:
+        k = keys_pb2_grpc.KeyServiceStub(ch)
+        enc = k.Encrypt(
+            keys_pb2.EncryptRequest(key_name="vault", plaintext=b"hello", encryption_context=b"ctx"),
+            metadata=auth(ADMIN),
+        )
+        assert b"hello" not in enc.ciphertext
+        dec = k.Decrypt(keys_pb2.DecryptRequest(ciphertext=enc.ciphertext, encryption_context=b"ctx"), metadata=auth(ADMIN))
+        assert dec.plaintext == b"hello"
+        with pytest.raises(grpc.RpcError) as e:
+            k.Decrypt(keys_pb2.DecryptRequest(ciphertext=enc.ciphertext, encryption_context=b"other"), metadata=auth(ADMIN))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_audit_log_holds_the_writes_and_refusals(vault, developer):
+    s = vault_pb2_grpc.SecretServiceStub(vault)
+    path = f"test/app/{unique('audited')}"
+    s.PutSecret(vault_pb2.PutSecretRequest(path=path, value=b"v"), metadata=auth(developer))
+    with grpc.insecure_channel(AUDIT) as ch:
+        a = audit_pb2_grpc.AuditServiceStub(ch)
+        records = []
+        for _ in range(50):
+            r = a.QueryEvents(audit_pb2.QueryEventsRequest(secret_name=path, page_size=100), metadata=auth(ADMIN))
+            records = list(r.records)
+            if records:
+                break
+            threading.Event().wait(0.1)
+        assert records, "the write was audited"
+        e = records[0].event
+        assert (e.event_type, e.operation, e.success, e.service) == ("secret_write", "write", True, "vault-service")
+        assert b"v" != e.SerializeToString() and len(records[0].hash) == 32
+        verify = a.VerifyChain(audit_pb2.VerifyChainRequest(), metadata=auth(ADMIN))
+        assert verify.valid, verify
+
+
+def test_rotation_status_and_an_on_demand_rotation(vault):
+    path = f"dev/app/{unique('key')}"
+    vault_pb2_grpc.SecretServiceStub(vault).PutSecret(
+        vault_pb2.PutSecretRequest(path=path, value=b"old"), metadata=auth(ROOT)
+    )
+    with grpc.insecure_channel(ROTATION) as ch:
+        r = rotation_pb2_grpc.RotationServiceStub(ch)
+        policy = rotation_pb2.RotationPolicy(
+            path_pattern=path,
+            method=rotation_pb2.ROTATION_METHOD_AUTOMATED,
+            rotator="api_key",
+        )
+        policy.frequency.FromSeconds(90 * 86400)
+        policy.notify_before.FromSeconds(7 * 86400)
+        policy.grace_period.FromSeconds(86400)
+        policy.rotator_params.update({"prefix": "sk_py_", "length": 20})
+        r.SetPolicy(rotation_pb2.SetPolicyRequest(policy=policy), metadata=auth(ROOT))
+        started = r.RotateNow(rotation_pb2.RotateNowRequest(path=path, reason="interop"), metadata=auth(ROOT))
+        assert started.step == rotation_pb2.ROTATION_STEP_CREATE_PENDING
+        with pytest.raises(grpc.RpcError) as e:
+            r.RotateNow(rotation_pb2.RotateNowRequest(path=path, reason=""), metadata=auth(ROOT))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        step = None
+        for _ in range(100):
+            h = r.GetRotationHistory(rotation_pb2.GetRotationHistoryRequest(path=path), metadata=auth(ROOT))
+            step = h.rotations[0].step
+            if step == rotation_pb2.ROTATION_STEP_CLEANUP:
+                break
+            threading.Event().wait(0.1)
+        assert step == rotation_pb2.ROTATION_STEP_CLEANUP
+    got = vault_pb2_grpc.SecretServiceStub(vault).GetSecret(vault_pb2.GetSecretRequest(path=path), metadata=auth(ROOT))
+    assert got.value.startswith(b"sk_py_") and len(got.value) == 26 and got.version == 2

@@ -136,6 +136,7 @@ impl Server {
         let stack = ServiceBuilder::new()
             .layer(RequestContextLayer {
                 service: cfg.service_name,
+                metrics: RpcMetrics::new(),
             })
             .layer(AuthLayer {
                 authenticator,
@@ -196,10 +197,32 @@ fn valid_request_id(v: &http::HeaderValue) -> Option<String> {
         .then(|| s.to_string())
 }
 
-/// Layer 1: request id and the RPC span, continuing the caller's trace.
+/// The OpenTelemetry RPC server metric (semantic conventions: `rpc.server.duration`, in
+/// milliseconds, by `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`; plus
+/// `sentia.server`, since `sentia dev` runs every service under one resource). Its count is
+/// the request count.
+#[derive(Clone)]
+struct RpcMetrics {
+    duration: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl RpcMetrics {
+    fn new() -> Self {
+        Self {
+            duration: opentelemetry::global::meter("sentia-runtime")
+                .f64_histogram("rpc.server.duration")
+                .with_description("Duration of inbound RPCs")
+                .with_unit("ms")
+                .build(),
+        }
+    }
+}
+
+/// Layer 1: request id, the RPC span continuing the caller's trace, and the RPC metric.
 #[derive(Clone)]
 struct RequestContextLayer {
     service: &'static str,
+    metrics: RpcMetrics,
 }
 
 impl<S> Layer<S> for RequestContextLayer {
@@ -209,6 +232,7 @@ impl<S> Layer<S> for RequestContextLayer {
         RequestContext {
             inner,
             service: self.service,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -217,6 +241,7 @@ impl<S> Layer<S> for RequestContextLayer {
 struct RequestContext<S> {
     inner: S,
     service: &'static str,
+    metrics: RpcMetrics,
 }
 
 impl<S, B, R> Service<http::Request<B>> for RequestContext<S>
@@ -258,6 +283,12 @@ where
 
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let (server, service, method) = (
+            self.service,
+            rpc_service.to_string(),
+            rpc_method.to_string(),
+        );
         Box::pin(async move {
             let started = std::time::Instant::now();
             let mut response = inner.call(req).instrument(span.clone()).await?;
@@ -268,6 +299,16 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .unwrap_or(0);
             span.record("rpc.grpc.status_code", code);
+            metrics.duration.record(
+                started.elapsed().as_secs_f64() * 1000.0,
+                &[
+                    opentelemetry::KeyValue::new("rpc.system", "grpc"),
+                    opentelemetry::KeyValue::new("rpc.service", service),
+                    opentelemetry::KeyValue::new("rpc.method", method),
+                    opentelemetry::KeyValue::new("rpc.grpc.status_code", i64::from(code)),
+                    opentelemetry::KeyValue::new("sentia.server", server),
+                ],
+            );
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, v);
             }

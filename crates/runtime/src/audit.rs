@@ -135,6 +135,7 @@ impl Emitter {
             .map_err(|e| AuditUnavailable(e.to_string()))?;
         let spool = Spool::open(&config.spool)?;
         let (tx, rx) = mpsc::channel(config.queue);
+        observe_backlog(service, &tx, &config.spool);
         tokio::spawn(worker(
             AuditServiceClient::new(channel),
             spool,
@@ -180,6 +181,42 @@ impl Emitter {
             Err(_) => Err(AuditUnavailable("recording the event timed out".into())),
         }
     }
+}
+
+/// OpenTelemetry gauges of the emitter's backlog: `sentia.audit.queue.depth` (events
+/// waiting to be sent) and `sentia.audit.spool.size` (bytes spooled while audit-service was
+/// unreachable), by service. They hold the queue weakly, so the worker still stops when the
+/// last handle drops.
+fn observe_backlog(
+    service: &'static str,
+    tx: &mpsc::Sender<(AuditEvent, Ack)>,
+    spool: &std::path::Path,
+) {
+    let meter = opentelemetry::global::meter("sentia-runtime");
+    let queue = tx.downgrade();
+    meter
+        .u64_observable_gauge("sentia.audit.queue.depth")
+        .with_description("Audit events waiting to be sent")
+        .with_callback(move |o| {
+            if let Some(q) = queue.upgrade() {
+                let depth = q.max_capacity() - q.capacity();
+                o.observe(
+                    depth as u64,
+                    &[opentelemetry::KeyValue::new("service", service)],
+                );
+            }
+        })
+        .build();
+    let path = spool.to_path_buf();
+    meter
+        .u64_observable_gauge("sentia.audit.spool.size")
+        .with_description("Bytes of audit events spooled locally")
+        .with_unit("By")
+        .with_callback(move |o| {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            o.observe(size, &[opentelemetry::KeyValue::new("service", service)]);
+        })
+        .build();
 }
 
 /// The durable spool: `u32 length | AuditEvent protobuf` records, fsynced per batch.

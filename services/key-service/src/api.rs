@@ -73,6 +73,7 @@ impl Api {
             key_version: result.as_ref().ok().map(|r| r.get_ref().key_version()),
             tier: 0,
         };
+        count_operation(operation, key, detail.key_version);
         audited_detail(
             &self.audit,
             info,
@@ -84,6 +85,31 @@ impl Api {
         )
         .await
     }
+}
+
+/// Counts a crypto operation as the OpenTelemetry counter `sentia.keys.operations` by
+/// operation, key and version (`result` error, without key or version, when it failed — so a
+/// caller's made-up key names cannot blow up the series).
+fn count_operation(operation: &str, key: &str, version: Option<u32>) {
+    use opentelemetry::KeyValue;
+    static OPERATIONS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    let counter = OPERATIONS.get_or_init(|| {
+        opentelemetry::global::meter("key-service")
+            .u64_counter("sentia.keys.operations")
+            .with_description("Cryptographic operations by operation, key and key version")
+            .build()
+    });
+    let mut attrs = vec![KeyValue::new("operation", operation.to_string())];
+    match version {
+        Some(v) => {
+            attrs.push(KeyValue::new("key", key.to_string()));
+            attrs.push(KeyValue::new("version", i64::from(v)));
+            attrs.push(KeyValue::new("result", "ok"));
+        }
+        None => attrs.push(KeyValue::new("result", "error")),
+    }
+    counter.add(1, &attrs);
 }
 
 fn caller<T>(req: &Request<T>, role: Role, action: &str) -> Result<Principal, Status> {

@@ -102,10 +102,12 @@ impl SecretApi {
     }
 
     async fn view(&self, path: &SecretPath) -> Result<ReadView, VaultError> {
-        if let Some(cache) = &self.cache
-            && let Some(v) = cache.view(path.as_str()).await
-        {
-            return Ok(v);
+        if let Some(cache) = &self.cache {
+            let hit = cache.view(path.as_str()).await;
+            crate::cache::count_lookup("redis_view", hit.is_some());
+            if let Some(v) = hit {
+                return Ok(v);
+            }
         }
         let s = self
             .store
@@ -130,10 +132,12 @@ impl SecretApi {
         revision: i64,
         version: u64,
     ) -> Result<SealedRecord, VaultError> {
-        if let Some(cache) = &self.cache
-            && let Some(r) = cache.record(path.as_str(), version).await
-        {
-            return Ok(r);
+        if let Some(cache) = &self.cache {
+            let hit = cache.record(path.as_str(), version).await;
+            crate::cache::count_lookup("redis_record", hit.is_some());
+            if let Some(r) = hit {
+                return Ok(r);
+            }
         }
         let v = self
             .store
@@ -172,9 +176,14 @@ impl SecretApi {
             Selector::Version(v) => VaultError::NotFound(format!("{path} has no version {v}")),
         };
         let generation = self.local.as_ref().map(|l| l.generation());
-        if let Some(local) = &self.local
-            && let Some((view, Some((v, rec)))) = local.get(path.as_str(), pick)
-        {
+        let local_hit = self
+            .local
+            .as_ref()
+            .and_then(|local| local.get(path.as_str(), pick));
+        if self.local.is_some() {
+            crate::cache::count_lookup("local", matches!(local_hit, Some((_, Some(_)))));
+        }
+        if let Some((view, Some((v, rec)))) = local_hit {
             return Ok((
                 v,
                 rec,

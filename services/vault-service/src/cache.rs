@@ -349,6 +349,28 @@ impl LocalCache {
     }
 }
 
+/// Counts a cache lookup as the OpenTelemetry counter `sentia.vault.cache.lookups`
+/// (`cache`: local, redis_view or redis_record; `result`: hit or miss): hit ratio = hits /
+/// lookups.
+pub fn count_lookup(cache: &'static str, hit: bool) {
+    static LOOKUPS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    LOOKUPS
+        .get_or_init(|| {
+            opentelemetry::global::meter("vault-service")
+                .u64_counter("sentia.vault.cache.lookups")
+                .with_description("Sealed-record cache lookups by cache and result")
+                .build()
+        })
+        .add(
+            1,
+            &[
+                opentelemetry::KeyValue::new("cache", cache),
+                opentelemetry::KeyValue::new("result", if hit { "hit" } else { "miss" }),
+            ],
+        );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,8 @@ fn random_token() -> Zeroizing<String> {
     Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(24)))
 }
 
-fn write_private(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
+/// Writes a file only its owner can read.
+pub fn write_private(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {

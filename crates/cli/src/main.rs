@@ -6,6 +6,7 @@ mod audit;
 mod conn;
 mod dev;
 mod key;
+mod ops;
 mod rotation;
 mod secret;
 mod token;
@@ -39,6 +40,17 @@ enum Command {
     Key(key::KeyArgs),
     /// Rotation policies, status, on-demand rotation and history.
     Rotation(rotation::RotationArgs),
+    /// Check a server's gRPC health (for container health checks).
+    Health(ops::HealthArgs),
+    /// Make a CA and service certificates for a first deployment.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Write ca.pem and a certificate and key per name, unless ca.pem exists.
+    Init(ops::PkiArgs),
 }
 
 #[tokio::main]
@@ -52,6 +64,8 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(args) => audit::run(args).await,
         Command::Key(args) => key::run(args).await,
         Command::Rotation(args) => rotation::run(args).await,
+        Command::Health(args) => ops::health(args).await,
+        Command::Pki(PkiCommand::Init(args)) => ops::pki_init(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -215,3 +215,55 @@ async fn an_export_verifies_offline_and_an_edited_line_is_named() {
     shutdown.trigger();
     keys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_init_issues_certificates_that_a_health_check_over_mutual_tls_uses() {
+    let dir = std::env::temp_dir().join(support::unique("pki"));
+    let d = dir.display().to_string();
+    let (ok, _, err) = shell::sentia(
+        &[],
+        &["pki", "init", "--dir", &d, "key-service", "ops"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, _) = shell::sentia(&[], &["pki", "init", "--dir", &d, "key-service"], b"").await;
+    assert!(
+        ok && out.contains("nothing to do"),
+        "a second run keeps the first CA: {out}"
+    );
+    let file = |n: &str| dir.join(n).display().to_string();
+    let keys = support::keys::Running::start(
+        &support::keys::sqlite_url(),
+        &[
+            ("SENTIA_TLS_CERT", file("key-service.pem").as_str()),
+            ("SENTIA_TLS_KEY", file("key-service-key.pem").as_str()),
+            ("SENTIA_TLS_CLIENT_CA", file("ca.pem").as_str()),
+        ],
+    )
+    .await;
+    let addr = format!(
+        "https://localhost:{}",
+        keys.addr.rsplit(':').next().unwrap()
+    );
+    let (ok, out, err) = shell::sentia(
+        &[
+            ("SENTIA_CA_CERT", file("ca.pem").as_str()),
+            ("SENTIA_CLIENT_CERT", file("ops.pem").as_str()),
+            ("SENTIA_CLIENT_KEY", file("ops-key.pem").as_str()),
+        ],
+        &["health", &addr],
+        b"",
+    )
+    .await;
+    assert!(ok && out.trim() == "SERVING", "{out}{err}");
+    let (ok, _, err) = shell::sentia(
+        &[("SENTIA_CA_CERT", file("ca.pem").as_str())],
+        &["health", &addr],
+        b"",
+    )
+    .await;
+    assert!(!ok, "key-service wants a client certificate: {err}");
+    keys.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -303,7 +303,11 @@ async fn send(
         let req = AppendEventsRequest {
             events: chunk.to_vec(),
         };
-        match tokio::time::timeout(timeout, c.append_events(req)).await {
+        // Its own span, so the call carries trace context (each event's correlation_id names
+        // the trace of the request it records).
+        let span = tracing::info_span!("audit_append", events = chunk.len());
+        let call = tracing::Instrument::instrument(c.append_events(req), span);
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(_)) => {}
             Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
             Err(_) => return Err("timed out".into()),

@@ -98,7 +98,8 @@ impl Engine {
                 }
             };
             if let Some(f) = fence {
-                if let Err(e) = self.scan(now).await {
+                let scan = tracing::info_span!("rotation_scan");
+                if let Err(e) = tracing::Instrument::instrument(self.scan(now), scan).await {
                     tracing::warn!(error = %e, "looking for due secrets failed; retrying next tick");
                 }
                 match self.work(f).await {
@@ -291,7 +292,15 @@ impl Engine {
         };
         for mut r in list {
             while r.state.runnable(self.clock().now_ms()) {
-                match self.step(&mut r, fence).await? {
+                // One trace per step: the calls it makes to vault-service and key-service
+                // carry its context.
+                let span = tracing::info_span!(
+                    "rotation_step",
+                    rotation = %r.id,
+                    path = %r.path,
+                    step = step_name(r.state.step)
+                );
+                match tracing::Instrument::instrument(self.step(&mut r, fence), span).await? {
                     Some(true) => {}
                     Some(false) => return Ok(false),
                     None => break,

@@ -241,17 +241,6 @@ impl Store {
         rows.iter().map(record).collect()
     }
 
-    /// One rotation.
-    pub async fn rotation(&self, id: &str) -> Result<Option<RotationRecord>, RotationError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rotations WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record).transpose()
-    }
-
     /// Rotations of a secret, newest first, from offset `skip`.
     pub async fn history(
         &self,

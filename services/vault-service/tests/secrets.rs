@@ -531,29 +531,16 @@ async fn metadata_updates_apply_only_masked_fields(s: &Stack) {
 /// (ICU en-US here; glibc's en_US ignores '/' entirely) text ranges no longer follow bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_listing_is_exact_under_a_locale_collation() {
-    use sqlx::Executor;
-    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: postgres test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
-        );
+    let Some(url) = support::keys::postgres_database(
+        "sentia_icu",
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+    )
+    .await
+    else {
         return;
     };
-    sqlx::any::install_default_drivers();
-    let db = support::unique("sentia_icu");
-    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-        )))
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
     let keys = support::keys::Running::start(&support::sqlite_url(), &[]).await;
-    let s = Stack::start_vault(keys, format!("{base}/{db}"), &[]).await;
+    let s = Stack::start_vault(keys, url, &[]).await;
     for p in ["prod/A/x", "prod/a/y", "prod/a", "prod/ab/z", "prod/a-b/w"] {
         s.put(p, b"v").await;
     }

@@ -61,6 +61,14 @@ pub fn sqlite_url() -> String {
 /// A brand-new Postgres database, or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not
 /// set outside CI. Under CI=true a missing Postgres fails the test.
 pub async fn postgres_url() -> Option<String> {
+    postgres_database("sentia_ks", "").await
+}
+
+/// A brand-new Postgres database named from `prefix`, created with `options` (e.g. a
+/// locale), or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not set outside CI.
+/// Databases that earlier test processes left behind are dropped first, so runs never pile
+/// them up on the server (a test that panics cannot drop its own).
+pub async fn postgres_database(prefix: &str, options: &str) -> Option<String> {
     let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -72,14 +80,59 @@ pub async fn postgres_url() -> Option<String> {
         return None;
     };
     sqlx::any::install_default_drivers();
-    let db = unique("sentia_ks");
+    let db = unique(prefix);
     let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
+    drop_abandoned_databases(&admin).await;
     admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {db} {options}"
+        )))
         .await
         .unwrap();
+    admin.close().await;
     let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
     Some(format!("{base}/{db}"))
+}
+
+/// Drops the test databases (named by [`unique`]: `sentia_*_{pid}_{nanos}`) whose creating
+/// process has exited, or, where processes cannot be seen, that are more than an hour old.
+/// A database still in use refuses the drop, which is ignored.
+async fn drop_abandoned_databases(admin: &sqlx::AnyPool) {
+    use sqlx::Row;
+    let names: Vec<String> =
+        sqlx::query("SELECT datname::text FROM pg_database WHERE datname LIKE 'sentia\\_%'")
+            .fetch_all(admin)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let procfs = std::path::Path::new("/proc/self").exists();
+    for name in names {
+        let mut parts = name.rsplitn(3, '_');
+        let (Some(Ok(nanos)), Some(Ok(pid))) = (
+            parts.next().map(str::parse::<u128>),
+            parts.next().map(str::parse::<u32>),
+        ) else {
+            continue;
+        };
+        let abandoned = if procfs {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            now.saturating_sub(nanos) > 3_600_000_000_000
+        };
+        if abandoned {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name}"
+                )))
+                .await;
+        }
+    }
 }
 
 /// The token table line for the two test tokens.

@@ -1,22 +1,21 @@
-//! Outgoing gRPC connections: TLS or plaintext channels, and an interceptor that adds the
-//! bearer token and propagates the current W3C trace context on every call.
+//! Outgoing gRPC connections: TLS or plaintext channels, and [`AuthedChannel`], which adds
+//! the bearer token to every call and runs it in a client span whose W3C trace context it
+//! propagates.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
+use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::RuntimeError;
+use crate::rpc::{BoxFuture, HeaderInjector, RpcDuration, RpcName, Side, is_error, status_code};
 use crate::tls::TlsClientConfig;
-
-/// A channel whose calls carry credentials and trace context.
-pub type AuthedChannel = InterceptedService<Channel, CallContext>;
 
 /// Connects to `address` (`host:port`, or a full `http://`/`https://` URI). With `tls`, the
 /// connection is TLS (mutual when the config has an identity).
@@ -112,10 +111,11 @@ impl UpstreamConfig {
     }
 }
 
-/// Adds `authorization: Bearer <token>` (when a token is set) and `traceparent`.
+/// The credentials an outgoing call carries: `authorization: Bearer <token>` when a token
+/// is set (mTLS callers need none).
 #[derive(Clone, Default)]
 pub struct CallContext {
-    authorization: Option<Arc<AsciiMetadataValue>>,
+    authorization: Option<Arc<http::HeaderValue>>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -127,13 +127,18 @@ impl std::fmt::Debug for CallContext {
 }
 
 impl CallContext {
-    /// With a bearer token; INVALID tokens (non-ASCII) are refused here rather than per call.
+    /// With a bearer token; invalid tokens (non-ASCII) are refused here rather than per call.
     pub fn with_token(token: Option<&str>) -> Result<Self, RuntimeError> {
         let authorization = token
             .map(|t| {
-                let mut v = AsciiMetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
-                    RuntimeError::Tls("token contains characters not allowed in metadata".into())
-                })?;
+                let mut v = http::HeaderValue::try_from(format!("Bearer {t}"))
+                    .ok()
+                    .filter(|v| v.to_str().is_ok())
+                    .ok_or_else(|| {
+                        RuntimeError::Tls(
+                            "token contains characters not allowed in metadata".into(),
+                        )
+                    })?;
                 v.set_sensitive(true);
                 Ok::<_, RuntimeError>(Arc::new(v))
             })
@@ -143,36 +148,67 @@ impl CallContext {
 
     /// Wraps a channel.
     pub fn wrap(self, channel: Channel) -> AuthedChannel {
-        InterceptedService::new(channel, self)
-    }
-}
-
-struct MetadataInjector<'a>(&'a mut MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            AsciiMetadataValue::try_from(value),
-        ) {
-            self.0.insert(k, v);
+        AuthedChannel {
+            channel,
+            context: self,
+            metrics: RpcDuration::new(Side::Client),
         }
     }
 }
 
-impl Interceptor for CallContext {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(auth) = &self.authorization {
+/// A channel whose calls carry credentials and run in an RPC client span (semantic
+/// conventions: `otel.kind = client`, `rpc.system`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code`), whose W3C `traceparent` the server continues; each call is also
+/// timed as `rpc.client.duration`. The span ends when the response headers arrive, so for a
+/// stream it covers opening it.
+#[derive(Clone, Debug)]
+pub struct AuthedChannel {
+    channel: Channel,
+    context: CallContext,
+    metrics: RpcDuration,
+}
+
+impl tower::Service<http::Request<Body>> for AuthedChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.channel.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let name = RpcName::of(request.uri());
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %name.path,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %name.service,
+            rpc.method = %name.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        if let Some(auth) = &self.context.authorization {
             request
-                .metadata_mut()
-                .insert("authorization", (**auth).clone());
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, (**auth).clone());
         }
-        let cx = tracing::Span::current().context();
         TraceContextPropagator::new()
-            .inject_context(&cx, &mut MetadataInjector(request.metadata_mut()));
-        Ok(request)
+            .inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
+        let response = self.channel.call(request);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let response = response.instrument(span.clone()).await;
+            // A call that never got an answer is what tonic reports as UNAVAILABLE.
+            let code = response.as_ref().map_or(14, status_code);
+            span.record("rpc.grpc.status_code", code);
+            if is_error(Side::Client, code) {
+                span.record("otel.status_code", "ERROR");
+            }
+            metrics.record(started, name, code, &[]);
+            response
+        })
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod jwt;
+mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -12,12 +12,10 @@
 //!
 //! then the service routes, plus `grpc.health.v1` and reflection, which are always public.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -29,6 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::audit::{CallInfo, Emitter};
 use crate::auth::{Authenticator, BearerVerifier};
+use crate::rpc::{BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, is_error, status_code};
 use crate::{RuntimeError, ServerConfig, Shutdown};
 use sentia_proto::audit::v1::AuditEvent;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -136,7 +135,7 @@ impl Server {
         let stack = ServiceBuilder::new()
             .layer(RequestContextLayer {
                 service: cfg.service_name,
-                metrics: RpcMetrics::new(),
+                metrics: RpcDuration::new(Side::Server),
             })
             .layer(AuthLayer {
                 authenticator,
@@ -177,52 +176,17 @@ impl Server {
     }
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
 fn valid_request_id(v: &http::HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .then(|| s.to_string())
 }
 
-/// The OpenTelemetry RPC server metric (semantic conventions: `rpc.server.duration`, in
-/// milliseconds, by `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`; plus
-/// `sentia.server`, since `sentia dev` runs every service under one resource). Its count is
-/// the request count.
-#[derive(Clone)]
-struct RpcMetrics {
-    duration: opentelemetry::metrics::Histogram<f64>,
-}
-
-impl RpcMetrics {
-    fn new() -> Self {
-        Self {
-            duration: opentelemetry::global::meter("sentia-runtime")
-                .f64_histogram("rpc.server.duration")
-                .with_description("Duration of inbound RPCs")
-                .with_unit("ms")
-                .build(),
-        }
-    }
-}
-
 /// Layer 1: request id, the RPC span continuing the caller's trace, and the RPC metric.
 #[derive(Clone)]
 struct RequestContextLayer {
     service: &'static str,
-    metrics: RpcMetrics,
+    metrics: RpcDuration,
 }
 
 impl<S> Layer<S> for RequestContextLayer {
@@ -241,7 +205,7 @@ impl<S> Layer<S> for RequestContextLayer {
 struct RequestContext<S> {
     inner: S,
     service: &'static str,
-    metrics: RpcMetrics,
+    metrics: RpcDuration,
 }
 
 impl<S, B, R> Service<http::Request<B>> for RequestContext<S>
@@ -265,15 +229,15 @@ where
             .and_then(valid_request_id)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let path = req.uri().path().trim_start_matches('/').to_string();
-        let (rpc_service, rpc_method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let name = RpcName::of(req.uri());
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path,
+            otel.name = %name.path,
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
-            rpc.service = %rpc_service,
-            rpc.method = %rpc_method,
+            rpc.service = %name.service,
+            rpc.method = %name.method,
             server = self.service,
             request_id = %request_id,
             rpc.grpc.status_code = tracing::field::Empty,
@@ -284,30 +248,20 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
-        let (server, service, method) = (
-            self.service,
-            rpc_service.to_string(),
-            rpc_method.to_string(),
-        );
+        let server = self.service;
         Box::pin(async move {
             let started = std::time::Instant::now();
             let mut response = inner.call(req).instrument(span.clone()).await?;
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .unwrap_or(0);
+            let code = status_code(&response);
             span.record("rpc.grpc.status_code", code);
-            metrics.duration.record(
-                started.elapsed().as_secs_f64() * 1000.0,
-                &[
-                    opentelemetry::KeyValue::new("rpc.system", "grpc"),
-                    opentelemetry::KeyValue::new("rpc.service", service),
-                    opentelemetry::KeyValue::new("rpc.method", method),
-                    opentelemetry::KeyValue::new("rpc.grpc.status_code", i64::from(code)),
-                    opentelemetry::KeyValue::new("sentia.server", server),
-                ],
+            if is_error(Side::Server, code) {
+                span.record("otel.status_code", "ERROR");
+            }
+            metrics.record(
+                started,
+                name,
+                code,
+                &[opentelemetry::KeyValue::new("sentia.server", server)],
             );
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID, v);

@@ -1,7 +1,7 @@
 //! One GetSecret is one trace across services: an OTLP receiver (the collector's gRPC trace
 //! service) runs inside this test, the runtime's telemetry exports to it, and the spans of
-//! vault-service and key-service arrive with one trace id and key-service's span a child of
-//! vault-service's.
+//! vault-service and key-service arrive with one trace id: key-service's server span is the
+//! child of vault-service's client span of the call, itself inside vault-service's GetSecret.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use sentia_runtime::MapSource;
 use support::{Stack, get};
 
@@ -182,9 +183,24 @@ async fn one_get_secret_is_one_trace_across_vault_and_key_service() {
     assert_eq!(attr(unwrap, "server").as_deref(), Some("key-service"));
     assert!(
         descends(&by_id, unwrap, &get_span.span_id),
-        "UnwrapDataKey's span is a child of GetSecret's"
+        "UnwrapDataKey's span descends from GetSecret's"
     );
     assert_eq!(unwrap.kind, get_span.kind, "both server spans");
+    // Between them, vault-service's client span of the call: the server span's parent.
+    let call = by_id
+        .get(&unwrap.parent_span_id)
+        .expect("UnwrapDataKey's parent span was exported");
+    assert_eq!(call.name, unwrap.name);
+    assert_eq!(call.kind, SpanKind::Client as i32);
+    assert_eq!(attr(call, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attr(call, "rpc.method").as_deref(), Some("UnwrapDataKey"));
+    assert_eq!(attr(call, "rpc.grpc.status_code").as_deref(), Some("0"));
+    assert!(
+        descends(&by_id, call, &get_span.span_id),
+        "the client span is inside GetSecret's"
+    );
+    assert!(call.start_time_unix_nano >= get_span.start_time_unix_nano);
+    assert!(call.end_time_unix_nano <= get_span.end_time_unix_nano);
     let trace_hex: String = get_span
         .trace_id
         .iter()

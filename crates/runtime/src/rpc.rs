@@ -1,0 +1,170 @@
+//! What the server stack and outgoing channels share to describe a gRPC call the way the
+//! OpenTelemetry semantic conventions for RPC do: its name, its status, the duration metric,
+//! and W3C trace context carried in HTTP/2 headers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::{Extractor, Injector};
+
+pub(crate) type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// A call's `/package.Service/Method` path split the way span names and attributes use it.
+pub(crate) struct RpcName {
+    /// `package.Service/Method` (the span name).
+    pub path: String,
+    /// `package.Service` (`rpc.service`).
+    pub service: String,
+    /// `Method` (`rpc.method`).
+    pub method: String,
+}
+
+impl RpcName {
+    pub(crate) fn of(uri: &http::Uri) -> Self {
+        let path = uri.path().trim_start_matches('/').to_string();
+        let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let (service, method) = (service.to_string(), method.to_string());
+        Self {
+            path,
+            service,
+            method,
+        }
+    }
+}
+
+/// The gRPC status of a response whose headers have arrived: a trailers-only response (every
+/// refusal and handler error) carries it in the headers; otherwise the call succeeded so far
+/// and its trailers say OK.
+pub(crate) fn status_code<B>(response: &http::Response<B>) -> i32 {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0)
+}
+
+/// Which end of the call a span or metric describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Server,
+    Client,
+}
+
+/// Whether a status marks the span as failed (`otel.status_code = ERROR`). Per the
+/// conventions a client fails on every non-OK code, a server only on codes that mean it
+/// failed, not the caller (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS).
+pub(crate) fn is_error(side: Side, code: i32) -> bool {
+    match side {
+        Side::Client => code != 0,
+        Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// `rpc.server.duration` / `rpc.client.duration` (milliseconds, by `rpc.system`,
+/// `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, plus one attribute naming this end:
+/// `sentia.server` on servers, since `sentia dev` runs every service under one resource).
+/// Their counts are the request counts.
+#[derive(Clone)]
+pub(crate) struct RpcDuration {
+    histogram: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl std::fmt::Debug for RpcDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcDuration")
+    }
+}
+
+impl RpcDuration {
+    pub(crate) fn new(side: Side) -> Self {
+        let (name, description) = match side {
+            Side::Server => ("rpc.server.duration", "Duration of inbound RPCs"),
+            Side::Client => ("rpc.client.duration", "Duration of outbound RPCs"),
+        };
+        Self {
+            histogram: opentelemetry::global::meter("sentia-runtime")
+                .f64_histogram(name)
+                .with_description(description)
+                .with_unit("ms")
+                .build(),
+        }
+    }
+
+    pub(crate) fn record(&self, started: Instant, name: RpcName, code: i32, extra: &[KeyValue]) {
+        let mut attributes = vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", name.service),
+            KeyValue::new("rpc.method", name.method),
+            KeyValue::new("rpc.grpc.status_code", i64::from(code)),
+        ];
+        attributes.extend_from_slice(extra);
+        self.histogram
+            .record(started.elapsed().as_secs_f64() * 1000.0, &attributes);
+    }
+}
+
+/// Reads trace context from request headers.
+pub(crate) struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes trace context into request headers.
+pub(crate) struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::try_from(value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_path_splits_into_service_and_method() {
+        let name = RpcName::of(&http::Uri::from_static(
+            "/sentia.keys.v1.KeyService/Encrypt",
+        ));
+        assert_eq!(name.path, "sentia.keys.v1.KeyService/Encrypt");
+        assert_eq!(name.service, "sentia.keys.v1.KeyService");
+        assert_eq!(name.method, "Encrypt");
+    }
+
+    #[test]
+    fn servers_fail_their_spans_only_on_their_own_faults_clients_on_any_non_ok() {
+        // INVALID_ARGUMENT (3) is the caller's fault; INTERNAL (13) is the server's.
+        assert!(!is_error(Side::Server, 3));
+        assert!(is_error(Side::Server, 13));
+        assert!(is_error(Side::Client, 3));
+        assert!(!is_error(Side::Client, 0));
+        assert!(!is_error(Side::Server, 0));
+    }
+
+    #[test]
+    fn the_status_of_a_trailers_only_response_is_read_from_its_headers() {
+        let refused = http::Response::builder()
+            .header("grpc-status", "7")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(status_code(&refused), 7);
+        assert_eq!(status_code(&http::Response::new(())), 0);
+    }
+}

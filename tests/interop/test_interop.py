@@ -167,6 +167,31 @@ def test_the_audit_log_holds_the_writes_and_refusals(vault, developer):
         assert verify.valid, verify
 
 
+def test_audit_readers_are_vault_tokens_and_a_revoked_one_is_refused(vault):
+    authn = vault_pb2_grpc.AuthServiceStub(vault)
+    cred = authn.CreateAppCredential(
+        vault_pb2.CreateAppCredentialRequest(name=unique("auditor"), policies=["system_admin"]),
+        metadata=auth(ROOT),
+    )
+    login = authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+    with grpc.insecure_channel(AUDIT) as ch:
+        a = audit_pb2_grpc.AuditServiceStub(ch)
+        query = audit_pb2.QueryEventsRequest(page_size=1)
+        a.QueryEvents(query, metadata=auth(ROOT))
+        a.QueryEvents(query, metadata=auth(login.token))
+        authn.RevokeToken(vault_pb2.RevokeTokenRequest(token_id=login.token_id), metadata=auth(ROOT))
+        # audit-service reuses vault-service's answer for SENTIA_IDENTITY_CACHE_TTL (5 s).
+        code = None
+        for _ in range(100):
+            try:
+                a.QueryEvents(query, metadata=auth(login.token))
+            except grpc.RpcError as e:
+                code = e.code()
+                break
+            threading.Event().wait(0.1)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_rotation_status_and_an_on_demand_rotation(vault):
     path = f"dev/app/{unique('key')}"
     vault_pb2_grpc.SecretServiceStub(vault).PutSecret(

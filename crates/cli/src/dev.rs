@@ -172,6 +172,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
     ]))?;
     vault.server = server_for("vault-service", &vault_listener)?;
+    // Readers' tokens at audit-service are checked with vault-service: the root token works
+    // there and revocations count.
+    audit.vault_service = Some(upstream(vault_addr, "audit-service")?);
     // Apps log in for tokens; the dev static tokens are for key-service and the CLI only.
     // rotation-scheduler has a token (or certificate) of its own, holding system_admin.
     vault.server.tokens = TokenTable::from_plain([(
@@ -231,7 +234,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         *admin_token
     );
     eprintln!("  vault-service: {scheme}://{vault_addr}");
-    eprintln!("  audit-service: {scheme}://{audit_addr}   (read it with the admin token)");
+    eprintln!("  audit-service: {scheme}://{audit_addr}   (read it with the root or admin token)");
     eprintln!("  rotation:      {scheme}://{rotation_addr}   (sentia rotation status)");
     eprintln!(
         "  root token is in {} (shown below once it is minted)",

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 mod error;
+pub mod identity;
 pub mod jwt;
 mod rpc;
 pub mod server;

@@ -20,8 +20,16 @@ pub struct Config {
     pub key_service: UpstreamConfig,
     /// `SENTIA_CHECKPOINT_KEY`: key-service signing key for checkpoints.
     pub checkpoint_key: String,
-    /// `SENTIA_JWT_KEY`: key-service signing key of access tokens (to verify readers' JWTs).
+    /// `SENTIA_JWT_KEY`: key-service signing key of access tokens (to verify readers' JWTs
+    /// here when vault-service is not configured).
     pub jwt_key: String,
+    /// `SENTIA_VAULT_SERVICE_ADDR` (and the shared client TLS settings): when set, readers'
+    /// tokens are checked with vault-service (WhoAmI), so root tokens work and a revoked
+    /// token stops working within `identity_cache_ttl`; unset, JWTs are verified here
+    /// against key-service's published keys and revocation is not seen before they expire.
+    pub vault_service: Option<UpstreamConfig>,
+    /// `SENTIA_IDENTITY_CACHE_TTL`: how long a WhoAmI answer is reused.
+    pub identity_cache_ttl: Duration,
     /// `SENTIA_CHECKPOINT_EVERY`: sign a checkpoint after this many new records ...
     pub checkpoint_every: u64,
     /// `SENTIA_CHECKPOINT_INTERVAL`: ... or this long after the last one, if anything changed.
@@ -55,6 +63,11 @@ impl Config {
             UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
         let checkpoint_key = r.string_or("SENTIA_CHECKPOINT_KEY", "audit-checkpoint");
         let jwt_key = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
+        let vault_service = r
+            .optional("SENTIA_VAULT_SERVICE_ADDR")
+            .is_some()
+            .then(|| UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", ""));
+        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(&mut r);
         let checkpoint_every = r.parse_or("SENTIA_CHECKPOINT_EVERY", 1000u64, "a positive integer");
         if checkpoint_every == 0 {
             r.problem("SENTIA_CHECKPOINT_EVERY must be at least 1");
@@ -81,6 +94,8 @@ impl Config {
             key_service,
             checkpoint_key,
             jwt_key,
+            vault_service,
+            identity_cache_ttl,
             checkpoint_every,
             checkpoint_interval,
             read_policies,

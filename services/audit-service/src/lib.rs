@@ -18,9 +18,10 @@ use sentia_proto::audit::v1::Checkpoint;
 use sentia_proto::audit::v1::audit_service_server::AuditServiceServer;
 use sentia_proto::keys::v1::SignRequest;
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
-use sentia_runtime::client::AuthedChannel;
+use sentia_runtime::client::{AuthedChannel, connect_lazy};
+use sentia_runtime::identity::VaultIdentity;
 use sentia_runtime::jwt::{JwtVerifier, PublicKeySet};
-use sentia_runtime::{Server, Shutdown};
+use sentia_runtime::{BearerVerifier, Server, Shutdown};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -85,11 +86,20 @@ pub async fn run(
         config.read_policies.clone(),
         shutdown.clone(),
     );
-    let tokens = PublicKeySet::from_key_service(client, &config.jwt_key);
-    // A signing key version retired after a rotation stops verifying here within a minute.
-    tokens.reload_every(Duration::from_secs(60), shutdown.clone());
+    let verifier: Arc<dyn BearerVerifier> = match &config.vault_service {
+        Some(vault) => Arc::new(VaultIdentity::new(
+            connect_lazy(&vault.addr, vault.tls.as_ref())?,
+            config.identity_cache_ttl,
+        )),
+        None => {
+            let tokens = PublicKeySet::from_key_service(client, &config.jwt_key);
+            // A signing key version retired after a rotation stops verifying within a minute.
+            tokens.reload_every(Duration::from_secs(60), shutdown.clone());
+            Arc::new(JwtVerifier(tokens))
+        }
+    };
     Server::new(config.server)
-        .bearer_verifier(Arc::new(JwtVerifier(tokens)))
+        .bearer_verifier(verifier)
         .serve(
             Routes::new(AuditServiceServer::new(api)),
             listener,

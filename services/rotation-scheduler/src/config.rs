@@ -24,6 +24,9 @@ pub struct Config {
     /// tokens are checked there too (WhoAmI), so root tokens, app JWTs and revocation work
     /// here as they do at vault-service.
     pub vault_service: UpstreamConfig,
+    /// `SENTIA_IDENTITY_CACHE_TTL`: how long a WhoAmI answer is reused (bounds how long a
+    /// revoked token still works here).
+    pub identity_cache_ttl: Duration,
     /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: key-service, for `jwt_signing_key` rotations
     /// (RotateKey and SetKeyPolicy need an admin identity there). Unset: that rotator fails
     /// with a message saying so.
@@ -67,6 +70,7 @@ impl Config {
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
+        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(&mut r);
         let key_service = r
             .optional("SENTIA_KEY_SERVICE_ADDR")
             .is_some()
@@ -88,6 +92,7 @@ impl Config {
             database_url,
             max_connections,
             vault_service,
+            identity_cache_ttl,
             key_service,
             policies,
             audit,

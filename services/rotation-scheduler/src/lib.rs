@@ -9,7 +9,6 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod rotator;
@@ -62,10 +61,13 @@ pub async fn run(
         metrics: metrics::Metrics::new(),
     };
     let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
-    let callers = identity::VaultIdentity::new(sentia_runtime::client::connect_lazy(
-        &config.vault_service.addr,
-        config.vault_service.tls.as_ref(),
-    )?);
+    let callers = sentia_runtime::identity::VaultIdentity::new(
+        sentia_runtime::client::connect_lazy(
+            &config.vault_service.addr,
+            config.vault_service.tls.as_ref(),
+        )?,
+        config.identity_cache_ttl,
+    );
     let server_stop = Shutdown::new();
     let server = tokio::spawn(
         Server::new(config.server)

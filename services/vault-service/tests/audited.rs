@@ -359,3 +359,76 @@ async fn key_service_records_its_operations_and_a_failed_decryption() {
     );
     a.stop().await;
 }
+
+/// audit-service asks vault-service who a reader is (WhoAmI): the root token may read, an
+/// app token needs an audit-reading policy, and a token revoked at vault-service is refused
+/// at audit-service too — at once with the answer cache off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_readers_are_checked_with_vault_service_so_root_works_and_revocation_counts() {
+    let stack = Stack::start(support::Backend::Sqlite, &[]).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let audit_addr = listener.local_addr().unwrap().to_string();
+    let audit_db = keys::sqlite_url();
+    let config = audit_service::Config::from_source(&MapSource::from_pairs([
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", audit_db.as_str()),
+        ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
+        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+        ("SENTIA_VAULT_SERVICE_ADDR", stack.addr.as_str()),
+        ("SENTIA_IDENTITY_CACHE_TTL", "0s"),
+    ]))
+    .unwrap();
+    let audit_stop = Shutdown::new();
+    let stop = audit_stop.clone();
+    let audit =
+        tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+    let query = |token: String| {
+        let addr = audit_addr.clone();
+        async move {
+            AuditServiceClient::new(
+                CallContext::with_token(Some(&token))
+                    .unwrap()
+                    .wrap(connect_lazy(&addr, None).unwrap()),
+            )
+            .query_events(apb::QueryEventsRequest::default())
+            .await
+            .map(|_| ())
+        }
+    };
+    let mut ready = false;
+    for _ in 0..200 {
+        if query(stack.root_token.clone()).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the root token reads the audit log");
+
+    let (auditor, auditor_id) = stack.login_as(&["system_admin"]).await;
+    let (developer, _) = stack.login_as(&["developer"]).await;
+    query(auditor.clone()).await.unwrap();
+    assert_eq!(
+        query(developer).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    stack
+        .auth(&stack.root_token)
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: auditor_id,
+        })
+        .await
+        .unwrap();
+    let refused = query(auditor).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    assert_eq!(
+        query("not-a-token".into()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    audit_stop.trigger();
+    audit.await.unwrap();
+    stack.stop().await;
+}

@@ -1,7 +1,9 @@
-//! Who is calling: vault-service issues and revokes every token (root tokens, app JWTs), so
-//! the scheduler asks it — `WhoAmI` with the caller's token — instead of keeping a second
-//! copy of the rules. Answers are cached for a short time (at most [`CACHE_TTL`], never past
-//! the token's expiry), which bounds how long a revoked token keeps working here.
+//! Who is calling, for services other than vault-service: vault-service issues and revokes
+//! every token (root tokens, app JWTs), so they ask it — `WhoAmI` with the caller's token —
+//! instead of keeping a second copy of the rules. Answers are cached for
+//! `SENTIA_IDENTITY_CACHE_TTL` (default [`DEFAULT_CACHE_TTL`], never past the token's expiry):
+//! that bounds how long a revoked token keeps working there, as `SENTIA_TOKEN_REFRESH` bounds
+//! it on other vault-service replicas.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,30 +11,40 @@ use std::time::{Duration, Instant};
 
 use sentia_proto::vault::v1::WhoAmIRequest;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
-use sentia_runtime::auth::VerifyFuture;
-use sentia_runtime::client::CallContext;
-use sentia_runtime::{AuthMethod, BearerVerifier, Principal, Role};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// How long a vault-service answer is reused.
-pub const CACHE_TTL: Duration = Duration::from_secs(30);
+use crate::auth::VerifyFuture;
+use crate::client::CallContext;
+use crate::{AuthMethod, BearerVerifier, Principal, Reader, Role};
+
+/// How long a vault-service answer is reused unless configured: vault-service's own
+/// replicas see a revocation within their default `SENTIA_TOKEN_REFRESH` of 5 s too.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Most tokens remembered; the cache is emptied when it would grow past this.
 const CACHE_MAX: usize = 10_000;
 
 type Cache = HashMap<[u8; 32], (Principal, Instant)>;
 
+/// Reads `SENTIA_IDENTITY_CACHE_TTL` (0 = ask vault-service on every call).
+pub fn cache_ttl_from(reader: &mut Reader<'_>) -> Duration {
+    reader.duration_or("SENTIA_IDENTITY_CACHE_TTL", DEFAULT_CACHE_TTL)
+}
+
 /// A bearer verifier backed by vault-service's WhoAmI.
 pub struct VaultIdentity {
     channel: Channel,
+    ttl: Duration,
     cache: Mutex<Cache>,
 }
 
 impl VaultIdentity {
-    /// Uses `channel` (to vault-service, without credentials of its own).
-    pub fn new(channel: Channel) -> Self {
+    /// Uses `channel` (to vault-service, without credentials of its own) and keeps answers
+    /// for `ttl`.
+    pub fn new(channel: Channel, ttl: Duration) -> Self {
         Self {
             channel,
+            ttl,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -46,11 +58,14 @@ impl VaultIdentity {
     fn remember(&self, key: [u8; 32], p: &Principal) {
         let ttl = match p.expires_at {
             Some(exp) => {
-                let left = exp.saturating_sub(sentia_runtime::jwt::now_secs()).max(0);
-                CACHE_TTL.min(Duration::from_secs(left as u64))
+                let left = exp.saturating_sub(crate::jwt::now_secs()).max(0);
+                self.ttl.min(Duration::from_secs(left as u64))
             }
-            None => CACHE_TTL,
+            None => self.ttl,
         };
+        if ttl.is_zero() {
+            return;
+        }
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
                 cache.clear();

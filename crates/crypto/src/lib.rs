@@ -9,6 +9,7 @@ mod kdf;
 mod keys;
 mod mac;
 mod master;
+mod recovery;
 mod scram;
 pub mod shamir;
 mod signing;
@@ -21,6 +22,7 @@ pub use kdf::{derive_secret_key, hkdf_sha256};
 pub use keys::{KEY_LEN, SecretKey, random_bytes};
 pub use mac::{hmac_sha256, verify_hmac_sha256};
 pub use master::{MIN_PBKDF2_ITERATIONS, MIN_SALT_LEN, MasterKey};
+pub use recovery::{RecoveryPrivateKey, RecoveryPublicKey, escrow_master, open_escrow};
 pub use scram::{SCRAM_ITERATIONS, scram_sha256_matches, scram_sha256_verifier};
 pub use signing::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, verify_ed25519};
 

@@ -37,6 +37,11 @@ impl MasterKey {
         Ok(Self(SecretKey::from_slice(&bytes)?))
     }
 
+    /// From raw bytes (exactly 32), e.g. an opened recovery escrow.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        Ok(Self(SecretKey::from_slice(bytes)?))
+    }
+
     /// The strategy document's `deriveMasterKey()`: PBKDF2-HMAC-SHA512(password, salt), 32 bytes.
     /// Refuses fewer than [`MIN_PBKDF2_ITERATIONS`] iterations and salts shorter than
     /// [`MIN_SALT_LEN`] bytes.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey};
+use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::{
     self as pb, key_service_server::KeyService, system_service_server::SystemService,
 };
@@ -672,6 +672,10 @@ impl SystemService for Api {
             master_version,
             key_count,
             server_version: env!("CARGO_PKG_VERSION").into(),
+            recovery_fingerprint: meta
+                .and_then(|m| m.recovery)
+                .map(|e| e.fingerprint)
+                .unwrap_or_default(),
         }))
     }
 
@@ -719,6 +723,11 @@ impl SystemService for Api {
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Res<pb::UnsealResponse> {
         let info = CallInfo::of(&req);
         let subject = String::new();
+        // Recovering from a lost master key stands out in the audit log.
+        let operation = match req.get_ref().material {
+            Some(pb::unseal_request::Material::RecoveryKey(_)) => "unseal_recovery",
+            _ => "unseal",
+        };
         let result: Res<pb::UnsealResponse> = async move {
             let r = req.into_inner();
             let mut shares = self.shares.lock().await;
@@ -750,6 +759,17 @@ impl SystemService for Api {
                 }
                 Some(pb::unseal_request::Material::MasterKey(k)) => {
                     MasterKey::from_base64(&Zeroizing::new(k)).map_err(KeyError::from)?
+                }
+                Some(pb::unseal_request::Material::RecoveryKey(k)) => {
+                    let key = RecoveryPrivateKey::from_base64(&Zeroizing::new(k))
+                        .map_err(KeyError::from)?;
+                    shares.clear();
+                    self.core.unseal_with_recovery(&key).await?;
+                    return Ok(Response::new(pb::UnsealResponse {
+                        sealed: false,
+                        progress: 0,
+                        threshold,
+                    }));
                 }
                 Some(pb::unseal_request::Material::Share(s)) => {
                     let share = Zeroizing::new(STANDARD.decode(s.trim()).map_err(|_| {
@@ -789,7 +809,7 @@ impl SystemService for Api {
             }))
         }
         .await;
-        audited(&self.audit, &info, "admin", "unseal", &subject, result).await
+        audited(&self.audit, &info, "admin", operation, &subject, result).await
     }
 
     async fn rotate_master_key(

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use sentia_crypto::{MIN_PBKDF2_ITERATIONS, MasterKey};
+use sentia_crypto::{MIN_PBKDF2_ITERATIONS, MasterKey, RecoveryPublicKey};
 use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source};
 use zeroize::Zeroizing;
@@ -26,6 +26,9 @@ pub enum MasterSource {
     },
     /// `SENTIA_SEAL_TYPE=shamir`: starts sealed; k of n shares unseal it.
     Shamir,
+    /// `SENTIA_SEAL_TYPE=recovery`: the master key is lost; starts sealed and waits for
+    /// Unseal with the recovery private key (then RotateMasterKey).
+    Recovery,
 }
 
 impl MasterSource {
@@ -35,6 +38,7 @@ impl MasterSource {
             Self::Key(_) => "master-key",
             Self::Password { .. } => "password",
             Self::Shamir => "shamir",
+            Self::Recovery => "recovery",
         }
     }
 }
@@ -56,6 +60,9 @@ pub struct Config {
     pub max_connections: u32,
     /// The master key source.
     pub master: MasterSource,
+    /// `SENTIA_RECOVERY_PUBLIC_KEY`: the offline recovery key's public half (base64); the
+    /// master key is kept escrowed to it for the lost-master-key procedure.
+    pub recovery_public_key: Option<RecoveryPublicKey>,
     /// `SENTIA_DEFAULT_KEYS`: keys created on first unseal when missing (`name:purpose,...`).
     pub default_keys: Vec<(String, Purpose)>,
     /// `SENTIA_MAX_ENCRYPTIONS_PER_VERSION`: hard stop for random-nonce encryptions under one
@@ -81,12 +88,24 @@ impl Config {
         let seal_type = r.string_or("SENTIA_SEAL_TYPE", "auto");
         let master = match seal_type.as_str() {
             "shamir" => MasterSource::Shamir,
+            "recovery" => MasterSource::Recovery,
             "auto" | "master-key" | "password" => master_from(&mut r),
             other => {
-                r.problem(format!("SENTIA_SEAL_TYPE={other:?} must be auto or shamir"));
+                r.problem(format!(
+                    "SENTIA_SEAL_TYPE={other:?} must be auto, shamir or recovery"
+                ));
                 MasterSource::Shamir
             }
         };
+        let recovery_public_key = r.optional("SENTIA_RECOVERY_PUBLIC_KEY").and_then(|k| {
+            RecoveryPublicKey::from_base64(&k)
+                .map_err(|e| {
+                    r.problem(format!(
+                        "SENTIA_RECOVERY_PUBLIC_KEY: {e} (make a pair with: sentia key recovery-keygen --out FILE)"
+                    ))
+                })
+                .ok()
+        });
         let default_keys = parse_default_keys(&mut r);
         let max_encryptions_per_version = r.parse_or(
             "SENTIA_MAX_ENCRYPTIONS_PER_VERSION",
@@ -104,6 +123,7 @@ impl Config {
             database_url,
             max_connections,
             master,
+            recovery_public_key,
             default_keys,
             max_encryptions_per_version,
             refresh_interval,

@@ -4,13 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use sentia_crypto::{Envelope, MasterKey, SecretKey, SigningKey, derive_secret_key};
+use sentia_crypto::{
+    CryptoError, Envelope, MasterKey, RecoveryPrivateKey, RecoveryPublicKey, SecretKey, SigningKey,
+    derive_secret_key,
+};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::KeyError;
 use crate::keyring::Purpose;
-use crate::store::{KeyRow, MetaRow, Store, now_ms};
+use crate::store::{Escrow, KeyRow, MetaRow, Store, now_ms};
 
 const KEYRING_PURPOSE: &str = "sentia/keyring";
 const CHECK_CONTEXT: &[u8] = b"sentia/keyring-check";
@@ -92,6 +95,7 @@ pub struct Core {
     state: RwLock<Option<Arc<Unsealed>>>,
     max_encryptions: u64,
     default_keys: Vec<(String, Purpose)>,
+    recovery: RwLock<Option<RecoveryPublicKey>>,
 }
 
 fn material_aad(name: &str, version: u32) -> Vec<u8> {
@@ -102,13 +106,32 @@ fn wrapping_key(master: &MasterKey, master_version: u32) -> SecretKey {
     derive_secret_key(master.key(), KEYRING_PURPOSE, master_version)
 }
 
+/// What an escrow is bound to: the master version it holds.
+fn escrow_context(master_version: u32) -> Vec<u8> {
+    format!("sentia/master|{master_version}").into_bytes()
+}
+
+fn escrow(
+    master: &MasterKey,
+    master_version: u32,
+    to: &RecoveryPublicKey,
+) -> Result<Escrow, KeyError> {
+    Ok(Escrow {
+        blob: sentia_crypto::escrow_master(master, to, &escrow_context(master_version))?,
+        fingerprint: to.fingerprint(),
+    })
+}
+
 impl Core {
-    /// A sealed core.
+    /// A sealed core. With `recovery`, the master key is kept escrowed to that recovery
+    /// public key (written at unseal when missing or made for another key, and at every
+    /// master rotation).
     pub fn new(
         store: Store,
         seal_type: &'static str,
         max_encryptions: u64,
         default_keys: Vec<(String, Purpose)>,
+        recovery: Option<RecoveryPublicKey>,
     ) -> Self {
         Self {
             store,
@@ -116,7 +139,51 @@ impl Core {
             state: RwLock::new(None),
             max_encryptions,
             default_keys,
+            recovery: RwLock::new(recovery),
         }
+    }
+
+    fn recovery_key(&self) -> Option<RecoveryPublicKey> {
+        self.recovery.read().ok().and_then(|r| r.clone())
+    }
+
+    /// Unseals with the recovery private key (the lost-master-key procedure): opens the
+    /// escrow of the current master and unseals with it. The key's public half is kept, so a
+    /// master rotation that follows is escrowed to the same recovery key even when
+    /// `SENTIA_RECOVERY_PUBLIC_KEY` is not set.
+    pub async fn unseal_with_recovery(&self, key: &RecoveryPrivateKey) -> Result<(), KeyError> {
+        let meta = self.store.meta().await?.ok_or_else(|| {
+            KeyError::FailedPrecondition(
+                "the keyring is not initialized; nothing to recover".into(),
+            )
+        })?;
+        let escrow = meta.recovery.ok_or_else(|| {
+            KeyError::FailedPrecondition(
+                "no recovery escrow is stored: key-service never ran with SENTIA_RECOVERY_PUBLIC_KEY set".into(),
+            )
+        })?;
+        let master =
+            sentia_crypto::open_escrow(&escrow.blob, key, &escrow_context(meta.master_version))
+                .map_err(|e| match e {
+                    CryptoError::AuthenticationFailed | CryptoError::InvalidKey(_) => {
+                        KeyError::PermissionDenied(format!(
+                            "this recovery key does not open the escrow (made for recovery key {})",
+                            escrow.fingerprint
+                        ))
+                    }
+                    other => KeyError::Corrupt(format!("recovery escrow: {other}")),
+                })?;
+        if self.recovery_key().is_none()
+            && let Ok(mut r) = self.recovery.write()
+        {
+            *r = Some(key.public());
+        }
+        self.unseal(&master, None).await?;
+        tracing::warn!(
+            master_version = meta.master_version,
+            "key-service unsealed with the recovery key; rotate the master key now (RotateMasterKey)"
+        );
+        Ok(())
     }
 
     /// Seal type name.
@@ -169,6 +236,10 @@ impl Core {
                     seal_type: self.seal_type.to_string(),
                     shamir_shares: shares,
                     shamir_threshold: threshold,
+                    recovery: self
+                        .recovery_key()
+                        .map(|to| escrow(master, 1, &to))
+                        .transpose()?,
                 };
                 if let Err(e) = self.store.init_meta(&meta).await {
                     // Another replica initialized first; use its row.
@@ -187,6 +258,15 @@ impl Core {
                 "this master key does not open the keyring (master version {}); check SENTIA_MASTER_KEY or the unseal shares",
                 meta.master_version
             )));
+        }
+        if let Some(to) = self.recovery_key()
+            && meta.recovery.as_ref().map(|e| e.fingerprint.as_str())
+                != Some(to.fingerprint().as_str())
+        {
+            let made = escrow(master, meta.master_version, &to)?;
+            if self.store.set_escrow(meta.master_version, &made).await? {
+                tracing::info!(recovery_key = %to.fingerprint(), "master key escrowed to the recovery key");
+            }
         }
         let unsealed = Arc::new(Unsealed {
             master_version: meta.master_version,
@@ -462,7 +542,22 @@ impl Core {
             rewrapped.push((name, version, wrapped));
         }
         let (shares, threshold) = shamir.unwrap_or((0, 0));
+        let recovery = self.recovery_key();
+        if recovery.is_none()
+            && self
+                .store
+                .meta()
+                .await?
+                .is_some_and(|m| m.recovery.is_some())
+        {
+            tracing::warn!(
+                "the recovery escrow is dropped with the old master: set SENTIA_RECOVERY_PUBLIC_KEY to keep one"
+            );
+        }
         let meta = MetaRow {
+            recovery: recovery
+                .map(|to| escrow(&new_master, new_version, &to))
+                .transpose()?,
             master_version: new_version,
             check_blob: sentia_crypto::seal(
                 &new_wrapping,

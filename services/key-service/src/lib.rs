@@ -35,6 +35,7 @@ pub async fn run(
         config.master.seal_type(),
         config.max_encryptions_per_version,
         config.default_keys.clone(),
+        config.recovery_public_key.clone(),
     ));
     match config.master {
         MasterSource::Key(master) => core.unseal(&master, None).await?,
@@ -57,6 +58,12 @@ pub async fn run(
         MasterSource::Shamir => {
             tracing::warn!(
                 "key-service starts sealed (Shamir): call Init once, then Unseal with the shares"
+            )
+        }
+        MasterSource::Recovery => {
+            tracing::warn!(
+                "key-service starts sealed for recovery: Unseal with the recovery private key \
+                 (sentia key unseal --recovery-key-file FILE), then rotate the master key"
             )
         }
     }

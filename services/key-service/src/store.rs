@@ -7,16 +7,30 @@ use sqlx::{AnyPool, Row};
 
 use crate::KeyError;
 
-const PG_MIGRATIONS: &[MigrationSource] = &[(
-    1,
-    "keyring",
-    include_str!("../migrations/postgres/0001_keyring.sql"),
-)];
-const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
-    1,
-    "keyring",
-    include_str!("../migrations/sqlite/0001_keyring.sql"),
-)];
+const PG_MIGRATIONS: &[MigrationSource] = &[
+    (
+        1,
+        "keyring",
+        include_str!("../migrations/postgres/0001_keyring.sql"),
+    ),
+    (
+        2,
+        "recovery_escrow",
+        include_str!("../migrations/postgres/0002_recovery_escrow.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[MigrationSource] = &[
+    (
+        1,
+        "keyring",
+        include_str!("../migrations/sqlite/0001_keyring.sql"),
+    ),
+    (
+        2,
+        "recovery_escrow",
+        include_str!("../migrations/sqlite/0002_recovery_escrow.sql"),
+    ),
+];
 
 /// The keyring's master metadata row.
 #[derive(Debug, Clone)]
@@ -31,6 +45,23 @@ pub struct MetaRow {
     pub shamir_shares: u32,
     /// Shamir threshold (0 outside Shamir mode).
     pub shamir_threshold: u32,
+    /// The master key of `master_version` escrowed to a recovery public key, if one is set.
+    pub recovery: Option<Escrow>,
+}
+
+/// The master key sealed to an offline recovery key (see `sentia_crypto::escrow_master`).
+#[derive(Clone)]
+pub struct Escrow {
+    /// The sealed master.
+    pub blob: Vec<u8>,
+    /// Fingerprint of the recovery public key it was sealed to.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for Escrow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Escrow(recovery key fp:{})", self.fingerprint)
+    }
 }
 
 /// A named key's metadata row.
@@ -90,12 +121,17 @@ impl Store {
     /// The master metadata, if the keyring was initialized.
     pub async fn meta(&self) -> Result<Option<MetaRow>, KeyError> {
         let row = sqlx::query(
-            "SELECT master_version, check_blob, seal_type, shamir_shares, shamir_threshold FROM keyring_meta WHERE id = 1",
+            "SELECT master_version, check_blob, seal_type, shamir_shares, shamir_threshold, recovery_escrow, recovery_fingerprint FROM keyring_meta WHERE id = 1",
         )
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
+            let blob: Option<Vec<u8>> = r.try_get("recovery_escrow")?;
+            let fingerprint: Option<String> = r.try_get("recovery_fingerprint")?;
             Ok(MetaRow {
+                recovery: blob
+                    .zip(fingerprint)
+                    .map(|(blob, fingerprint)| Escrow { blob, fingerprint }),
                 master_version: u32_of(&r, "master_version")?,
                 check_blob: r.try_get("check_blob")?,
                 seal_type: r.try_get("seal_type")?,
@@ -110,8 +146,8 @@ impl Store {
     pub async fn init_meta(&self, meta: &MetaRow) -> Result<(), KeyError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO keyring_meta (id, master_version, check_blob, seal_type, shamir_shares, shamir_threshold, created_at, updated_at) \
-             VALUES (1, $1, $2, $3, $4, $5, $6, $6)",
+            "INSERT INTO keyring_meta (id, master_version, check_blob, seal_type, shamir_shares, shamir_threshold, created_at, updated_at, recovery_escrow, recovery_fingerprint) \
+             VALUES (1, $1, $2, $3, $4, $5, $6, $6, $7, $8)",
         )
         .bind(meta.master_version as i64)
         .bind(meta.check_blob.clone())
@@ -119,6 +155,8 @@ impl Store {
         .bind(meta.shamir_shares as i64)
         .bind(meta.shamir_threshold as i64)
         .bind(now)
+        .bind(meta.recovery.as_ref().map(|e| e.blob.clone()))
+        .bind(meta.recovery.as_ref().map(|e| e.fingerprint.clone()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -353,6 +391,22 @@ impl Store {
             .collect()
     }
 
+    /// Stores the escrow of the master of `master_version`; false (nothing written) if the
+    /// master was rotated meanwhile.
+    pub async fn set_escrow(&self, master_version: u32, escrow: &Escrow) -> Result<bool, KeyError> {
+        let updated = sqlx::query(
+            "UPDATE keyring_meta SET recovery_escrow = $1, recovery_fingerprint = $2, updated_at = $3 \
+             WHERE id = 1 AND master_version = $4",
+        )
+        .bind(escrow.blob.clone())
+        .bind(escrow.fingerprint.clone())
+        .bind(now_ms())
+        .bind(master_version as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// Replaces the keyring's wrapping in one transaction: new master metadata and every
     /// version's material re-wrapped. Fails (changing nothing) if `old_version` is stale.
     pub async fn rewrap_keyring(
@@ -363,8 +417,8 @@ impl Store {
     ) -> Result<(), KeyError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE keyring_meta SET master_version = $1, check_blob = $2, shamir_shares = $3, shamir_threshold = $4, updated_at = $5 \
-             WHERE id = 1 AND master_version = $6",
+            "UPDATE keyring_meta SET master_version = $1, check_blob = $2, shamir_shares = $3, shamir_threshold = $4, updated_at = $5, \
+             recovery_escrow = $7, recovery_fingerprint = $8 WHERE id = 1 AND master_version = $6",
         )
         .bind(meta.master_version as i64)
         .bind(meta.check_blob.clone())
@@ -372,6 +426,8 @@ impl Store {
         .bind(meta.shamir_threshold as i64)
         .bind(now_ms())
         .bind(old_version as i64)
+        .bind(meta.recovery.as_ref().map(|e| e.blob.clone()))
+        .bind(meta.recovery.as_ref().map(|e| e.fingerprint.clone()))
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {

@@ -1,5 +1,6 @@
 //! Captures every log line (TRACE, all targets) during a full round of key-service calls and
-//! proves no plaintext, data key, master key, unseal share or token appears in it.
+//! proves no plaintext, data key, master key, recovery key, unseal share or token appears in
+//! it.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -8,7 +9,7 @@ use support::Capture;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use sentia_crypto::MasterKey;
+use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::*;
 
 #[tokio::test]
@@ -22,10 +23,15 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
         .init();
 
     let master = MasterKey::generate().to_base64().to_string();
+    let recovery = RecoveryPrivateKey::generate();
+    let recovery_public = recovery.public().to_base64();
     let (service_token, admin_token) = (support::SERVICE_TOKEN, support::ADMIN_TOKEN);
     let ks = support::Running::start(
         &support::sqlite_url(),
-        &[("SENTIA_MASTER_KEY", master.as_str())],
+        &[
+            ("SENTIA_MASTER_KEY", master.as_str()),
+            ("SENTIA_RECOVERY_PUBLIC_KEY", recovery_public.as_str()),
+        ],
     )
     .await;
     let mut c = ks.client(Some(service_token)).await;
@@ -90,6 +96,15 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
     })
     .await
     .unwrap();
+    sys.seal(SealRequest {}).await.unwrap();
+    sys.unseal(UnsealRequest {
+        material: Some(unseal_request::Material::RecoveryKey(
+            recovery.to_base64().to_string(),
+        )),
+        reset: false,
+    })
+    .await
+    .unwrap();
     let _ = c
         .encrypt(EncryptRequest {
             key_name: "vault".into(),
@@ -117,6 +132,7 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
         ),
         ("master key", master.clone()),
         ("rotated master key", rotated.master_key),
+        ("recovery private key", recovery.to_base64().to_string()),
         ("service token", service_token.to_string()),
         ("admin token", admin_token.to_string()),
     ];

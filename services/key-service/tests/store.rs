@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use key_service::KeyError;
-use key_service::store::{KeyRow, MetaRow, Store, now_ms};
+use key_service::store::{Escrow, KeyRow, MetaRow, Store, now_ms};
 
 mod support;
 
@@ -82,6 +82,7 @@ async fn master_metadata_is_written_once(store: Store) {
         seal_type: "shamir".into(),
         shamir_shares: 5,
         shamir_threshold: 3,
+        recovery: None,
     };
     store.init_meta(&meta).await.unwrap();
     assert!(
@@ -92,6 +93,21 @@ async fn master_metadata_is_written_once(store: Store) {
     assert_eq!(
         (got.master_version, got.shamir_threshold, got.check_blob),
         (1, 3, vec![7; 40])
+    );
+    assert!(got.recovery.is_none());
+    let escrow = Escrow {
+        blob: vec![9; 80],
+        fingerprint: "0123456789abcdef".into(),
+    };
+    assert!(
+        !store.set_escrow(2, &escrow).await.unwrap(),
+        "an escrow for a master version that is not current is not stored"
+    );
+    assert!(store.set_escrow(1, &escrow).await.unwrap());
+    let stored = store.meta().await.unwrap().unwrap().recovery.unwrap();
+    assert_eq!(
+        (stored.blob, stored.fingerprint),
+        (escrow.blob, escrow.fingerprint)
     );
 }
 

@@ -16,12 +16,14 @@ async fn upkeep_rotates_overdue_keys_and_sees_other_replicas(url: String) {
         "master-key",
         1 << 32,
         vec![],
+        None,
     );
     let replica_b = Core::new(
         Store::connect(&url, 2).await.unwrap(),
         "master-key",
         1 << 32,
         vec![],
+        None,
     );
     replica_a.unseal(&master, None).await.unwrap();
     replica_b.unseal(&master, None).await.unwrap();

@@ -153,7 +153,8 @@ pub struct Running {
 
 impl Running {
     /// Starts key-service with plaintext, the test tokens, a fresh master key and `extra`
-    /// settings (later pairs win, so `extra` can replace the master key or seal type).
+    /// settings (later pairs win, so `extra` can replace the master key or seal type; the
+    /// sealed types, shamir and recovery, start without one).
     pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Self {
         let master = MasterKey::generate().to_base64().to_string();
         let tokens = tokens();
@@ -167,7 +168,7 @@ impl Running {
         pairs.extend_from_slice(extra);
         if extra
             .iter()
-            .any(|(k, v)| *k == "SENTIA_SEAL_TYPE" && *v == "shamir")
+            .any(|(k, v)| *k == "SENTIA_SEAL_TYPE" && (*v == "shamir" || *v == "recovery"))
         {
             pairs.retain(|(k, _)| *k != "SENTIA_MASTER_KEY");
         }

@@ -41,13 +41,47 @@ fn random_token() -> Zeroizing<String> {
     Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(24)))
 }
 
-/// Writes a file only its owner can read.
-pub fn write_private(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+/// Writes a file only its owner can read (created 0600, so it is never readable by others,
+/// even for a moment).
+pub fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    write_owner_only(path, contents, false)
+}
+
+/// Like [`write_private`], but refuses to replace an existing file: for keys that exist once.
+pub fn write_private_new(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    write_owner_only(path, contents, true)
+}
+
+fn write_owner_only(path: &std::path::Path, contents: &str, new: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        // An existing file keeps its mode on truncate; make it owner-only too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        (&file)
+            .write_all(contents.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(contents.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

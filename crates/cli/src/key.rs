@@ -8,6 +8,32 @@ use sentia_runtime::client::AuthedChannel;
 use serde_json::json;
 
 use crate::conn::{Common, status_err};
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+/// `sentia key recovery-keygen`: no server involved, so the private key never crosses a
+/// network.
+fn recovery_keygen(out: &std::path::Path, as_json: bool) -> anyhow::Result<()> {
+    let private = sentia_crypto::RecoveryPrivateKey::generate();
+    crate::dev::write_private_new(out, &format!("{}\n", private.to_base64().as_str()))?;
+    let public = private.public();
+    if as_json {
+        println!(
+            "{}",
+            json!({"public_key": public.to_base64(), "fingerprint": public.fingerprint(), "private_key_file": out.display().to_string()})
+        );
+    } else {
+        println!(
+            "recovery private key written to {} (owner-only)",
+            out.display()
+        );
+        println!("keep it offline, away from key-service; it alone recovers a lost master key.");
+        println!("set on key-service:");
+        println!("SENTIA_RECOVERY_PUBLIC_KEY={}", public.to_base64());
+        println!("fingerprint {}", public.fingerprint());
+    }
+    Ok(())
+}
 
 /// Connection options and the key subcommand.
 #[derive(Args)]
@@ -54,13 +80,35 @@ enum KeyCommand {
     },
     /// Seal state and keyring summary.
     Status,
-    /// Submit an unseal share (or, with --master-key, the whole master key).
+    /// Submit an unseal share (or, with --master-key, the whole master key; with
+    /// --recovery-key-file, the recovery key after the master key was lost).
     Unseal {
         /// A base64 Shamir share.
         share: Option<String>,
         /// The base64 master key instead of a share.
         #[arg(long, env = "SENTIA_UNSEAL_MASTER_KEY", hide_env_values = true)]
         master_key: Option<String>,
+        /// File holding the recovery private key (from `sentia key recovery-keygen`).
+        #[arg(long)]
+        recovery_key_file: Option<std::path::PathBuf>,
+    },
+    /// Generate a new master key and re-wrap the keyring under it; prints the new master
+    /// key (or, with --shares/--threshold in Shamir mode, the new shares) once.
+    RotateMaster {
+        /// Shamir mode: new share count (0 keeps the current one).
+        #[arg(long, default_value_t = 0)]
+        shares: u32,
+        /// Shamir mode: new threshold (0 keeps the current one).
+        #[arg(long, default_value_t = 0)]
+        threshold: u32,
+    },
+    /// Make a recovery key pair, offline: the private key goes to --out (owner-only, never
+    /// overwritten) for safekeeping away from key-service; the public key, printed, is what
+    /// key-service's SENTIA_RECOVERY_PUBLIC_KEY is set to.
+    RecoveryKeygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -130,6 +178,9 @@ fn print_keys(keys: &[pb::Key], as_json: bool) {
 
 /// Runs a key subcommand.
 pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
+    if let KeyCommand::RecoveryKeygen { out } = &args.command {
+        return recovery_keygen(out, args.common.json);
+    }
     let (mut keys, mut system) = channel(&args).await?;
     match &args.command {
         KeyCommand::Create { name, purpose } => {
@@ -194,11 +245,11 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
             if args.common.json {
                 println!(
                     "{}",
-                    json!({"sealed": s.sealed, "initialized": s.initialized, "seal_type": s.seal_type, "threshold": s.threshold, "progress": s.progress, "master_version": s.master_version, "key_count": s.key_count, "server_version": s.server_version})
+                    json!({"sealed": s.sealed, "initialized": s.initialized, "seal_type": s.seal_type, "threshold": s.threshold, "progress": s.progress, "master_version": s.master_version, "key_count": s.key_count, "server_version": s.server_version, "recovery_fingerprint": s.recovery_fingerprint})
                 );
             } else {
                 println!(
-                    "sealed          {}\ninitialized     {}\nseal type       {}\nunseal progress {}/{}\nmaster version  {}\nkeys            {}\nserver version  {}",
+                    "sealed          {}\ninitialized     {}\nseal type       {}\nunseal progress {}/{}\nmaster version  {}\nkeys            {}\nserver version  {}\nrecovery escrow {}",
                     s.sealed,
                     s.initialized,
                     s.seal_type,
@@ -206,15 +257,63 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                     s.threshold,
                     s.master_version,
                     s.key_count,
-                    s.server_version
+                    s.server_version,
+                    if s.recovery_fingerprint.is_empty() {
+                        "none".to_string()
+                    } else {
+                        format!("recovery key {}", s.recovery_fingerprint)
+                    }
                 );
             }
         }
-        KeyCommand::Unseal { share, master_key } => {
-            let material = match (share, master_key) {
-                (Some(s), None) => pb::unseal_request::Material::Share(s.clone()),
-                (None, Some(k)) => pb::unseal_request::Material::MasterKey(k.clone()),
-                _ => anyhow::bail!("give either a share or --master-key"),
+        KeyCommand::RecoveryKeygen { .. } => {}
+        KeyCommand::RotateMaster { shares, threshold } => {
+            let r = system
+                .rotate_master_key(pb::RotateMasterKeyRequest {
+                    secret_shares: *shares,
+                    secret_threshold: *threshold,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let master_key = Zeroizing::new(r.master_key);
+            let shares: Vec<Zeroizing<String>> = r.shares.into_iter().map(Zeroizing::new).collect();
+            if args.common.json {
+                let shown: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
+                println!(
+                    "{}",
+                    *Zeroizing::new(
+                        json!({"master_version": r.master_version, "master_key": master_key.as_str(), "shares": shown}).to_string()
+                    )
+                );
+            } else {
+                println!("master version {}", r.master_version);
+                if !master_key.is_empty() {
+                    println!(
+                        "new master key (shown once; set SENTIA_MASTER_KEY to it before the next restart):"
+                    );
+                    println!("{}", master_key.as_str());
+                }
+                for (i, share) in shares.iter().enumerate() {
+                    println!("share {}: {}", i + 1, share.as_str());
+                }
+            }
+        }
+        KeyCommand::Unseal {
+            share,
+            master_key,
+            recovery_key_file,
+        } => {
+            let material = match (share, master_key, recovery_key_file) {
+                (Some(s), None, None) => pb::unseal_request::Material::Share(s.clone()),
+                (None, Some(k), None) => pb::unseal_request::Material::MasterKey(k.clone()),
+                (None, None, Some(path)) => {
+                    let key = Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+                        format!("reading the recovery key from {}", path.display())
+                    })?);
+                    pb::unseal_request::Material::RecoveryKey(key.trim().to_string())
+                }
+                _ => anyhow::bail!("give one of: a share, --master-key, --recovery-key-file"),
             };
             let r = system
                 .unseal(pb::UnsealRequest {

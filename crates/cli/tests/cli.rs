@@ -267,3 +267,96 @@ async fn pki_init_issues_certificates_that_a_health_check_over_mutual_tls_uses()
     keys.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// DR scenario 1 (lost master key) as an operator runs it: make a recovery key pair offline,
+/// give key-service the public half; after the master is lost, start key-service for
+/// recovery, unseal with the private key file, and rotate to a new master that then opens
+/// everything encrypted before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_master_key_runbook_works_from_the_shell() {
+    use sentia_proto::keys::v1::{DecryptRequest, EncryptRequest};
+    let dir = std::env::temp_dir().join(support::unique("sentia_recovery"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("recovery.key");
+    let file_s = file.display().to_string();
+    let keygen = ["key", "recovery-keygen", "--out", file_s.as_str(), "--json"];
+    let (ok, out, err) = shell::sentia(&[], &keygen, b"").await;
+    assert!(ok, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let public = made["public_key"].as_str().unwrap().to_string();
+    let private = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !out.contains(private.trim()),
+        "the private key is never printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (ok, _, err) = shell::sentia(&[], &keygen, b"").await;
+    assert!(!ok, "an existing recovery key is never overwritten");
+    assert!(err.contains(&file_s), "{err}");
+
+    let db = support::sqlite_url();
+    let ks = support::keys::Running::start(&db, &[("SENTIA_RECOVERY_PUBLIC_KEY", &public)]).await;
+    let sealed_value = ks
+        .client(Some(support::keys::SERVICE_TOKEN))
+        .await
+        .encrypt(EncryptRequest {
+            key_name: "vault".into(),
+            plaintext: b"before".to_vec(),
+            encryption_context: b"ctx".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    ks.stop().await;
+
+    let ks = support::keys::Running::start(&db, &[("SENTIA_SEAL_TYPE", "recovery")]).await;
+    let env = [
+        ("SENTIA_KEY_ADDR", ks.addr.as_str()),
+        ("SENTIA_TOKEN", support::keys::ADMIN_TOKEN),
+    ];
+    let (ok, out, err) = shell::sentia(&env, &["key", "status"], b"").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("sealed          true"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "recovery key {}",
+            made["fingerprint"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = shell::sentia(
+        &env,
+        &["key", "unseal", "--recovery-key-file", file_s.as_str()],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("sealed false"), "{out}");
+    let (ok, out, err) = shell::sentia(&env, &["key", "rotate-master", "--json"], b"").await;
+    assert!(ok, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rotated["master_version"], 2);
+    let new_master = rotated["master_key"].as_str().unwrap().to_string();
+    ks.stop().await;
+
+    let ks = support::keys::Running::start(&db, &[("SENTIA_MASTER_KEY", &new_master)]).await;
+    let opened = ks
+        .client(Some(support::keys::SERVICE_TOKEN))
+        .await
+        .decrypt(DecryptRequest {
+            ciphertext: sealed_value,
+            encryption_context: b"ctx".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    assert_eq!(opened, b"before");
+    ks.stop().await;
+}

@@ -38,15 +38,20 @@ def vault():
         yield ch
 
 
+def login_with(vault, policies):
+    """Logs in with a fresh app credential holding `policies` (made with the root token)."""
+    authn = vault_pb2_grpc.AuthServiceStub(vault)
+    cred = authn.CreateAppCredential(
+        vault_pb2.CreateAppCredentialRequest(name=unique("interop"), policies=policies),
+        metadata=auth(ROOT),
+    )
+    return authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+
+
 @pytest.fixture(scope="module")
 def developer(vault):
     """A JWT for a fresh app credential holding the seed's developer policy."""
-    authn = vault_pb2_grpc.AuthServiceStub(vault)
-    cred = authn.CreateAppCredential(
-        vault_pb2.CreateAppCredentialRequest(name=unique("interop"), policies=["developer"]),
-        metadata=auth(ROOT),
-    )
-    login = authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+    login = login_with(vault, ["developer"])
     assert login.token.count(".") == 2, "a JWT"
     return login.token
 
@@ -169,11 +174,7 @@ def test_the_audit_log_holds_the_writes_and_refusals(vault, developer):
 
 def test_audit_readers_are_vault_tokens_and_a_revoked_one_is_refused(vault):
     authn = vault_pb2_grpc.AuthServiceStub(vault)
-    cred = authn.CreateAppCredential(
-        vault_pb2.CreateAppCredentialRequest(name=unique("auditor"), policies=["system_admin"]),
-        metadata=auth(ROOT),
-    )
-    login = authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+    login = login_with(vault, ["system_admin"])
     with grpc.insecure_channel(AUDIT) as ch:
         a = audit_pb2_grpc.AuditServiceStub(ch)
         query = audit_pb2.QueryEventsRequest(page_size=1)

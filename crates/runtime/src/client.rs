@@ -14,7 +14,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::RuntimeError;
-use crate::rpc::{BoxFuture, HeaderInjector, RpcDuration, RpcName, Side, is_error, status_code};
+use crate::rpc::{self, BoxFuture, HeaderInjector, RpcDuration, RpcName, Side, status_code};
 use crate::tls::TlsClientConfig;
 
 /// Connects to `address` (`host:port`, or a full `http://`/`https://` URI). With `tls`, the
@@ -179,16 +179,7 @@ impl tower::Service<http::Request<Body>> for AuthedChannel {
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let name = RpcName::of(request.uri());
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %name.path,
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %name.service,
-            rpc.method = %name.method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        let span = rpc::span(&name, Side::Client);
         if let Some(auth) = &self.context.authorization {
             request
                 .headers_mut()
@@ -203,10 +194,7 @@ impl tower::Service<http::Request<Body>> for AuthedChannel {
             let response = response.instrument(span.clone()).await;
             // A call that never got an answer is what tonic reports as UNAVAILABLE.
             let code = response.as_ref().map_or(14, status_code);
-            span.record("rpc.grpc.status_code", code);
-            if is_error(Side::Client, code) {
-                span.record("otel.status_code", "ERROR");
-            }
+            rpc::record_status(&span, Side::Client, code);
             metrics.record(started, name, code, &[]);
             response
         })

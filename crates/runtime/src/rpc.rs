@@ -57,10 +57,41 @@ pub(crate) enum Side {
 /// conventions a client fails on every non-OK code, a server only on codes that mean it
 /// failed, not the caller (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
 /// DATA_LOSS).
-pub(crate) fn is_error(side: Side, code: i32) -> bool {
+fn is_error(side: Side, code: i32) -> bool {
     match side {
         Side::Client => code != 0,
         Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// The span of one call at `side` (semantic conventions: `otel.kind`, `rpc.system`,
+/// `rpc.service`, `rpc.method`; `rpc.grpc.status_code` and `otel.status_code` come with
+/// [`record_status`]; servers also record `server` and `request_id`).
+pub(crate) fn span(name: &RpcName, side: Side) -> tracing::Span {
+    let kind = match side {
+        Side::Server => "server",
+        Side::Client => "client",
+    };
+    tracing::info_span!(
+        "rpc",
+        otel.name = %name.path,
+        otel.kind = kind,
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %name.service,
+        rpc.method = %name.method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+    )
+}
+
+/// Records a call's gRPC status on its span, marking the span failed where the conventions
+/// say so for `side`.
+pub(crate) fn record_status(span: &tracing::Span, side: Side, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if is_error(side, code) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

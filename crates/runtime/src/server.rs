@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::audit::{CallInfo, Emitter};
 use crate::auth::{Authenticator, BearerVerifier};
-use crate::rpc::{BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, is_error, status_code};
+use crate::rpc::{self, BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, status_code};
 use crate::{RuntimeError, ServerConfig, Shutdown};
 use sentia_proto::audit::v1::AuditEvent;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -230,18 +230,9 @@ where
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let name = RpcName::of(req.uri());
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %name.path,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = %name.service,
-            rpc.method = %name.method,
-            server = self.service,
-            request_id = %request_id,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        let span = rpc::span(&name, Side::Server);
+        span.record("server", self.service);
+        span.record("request_id", request_id.as_str());
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let _ = span.set_parent(parent);
 
@@ -253,10 +244,7 @@ where
             let started = std::time::Instant::now();
             let mut response = inner.call(req).instrument(span.clone()).await?;
             let code = status_code(&response);
-            span.record("rpc.grpc.status_code", code);
-            if is_error(Side::Server, code) {
-                span.record("otel.status_code", "ERROR");
-            }
+            rpc::record_status(&span, Side::Server, code);
             metrics.record(
                 started,
                 name,

@@ -382,14 +382,7 @@ async fn rotating_the_master_key_keeps_data_and_locks_out_the_old_master(url: St
         .unwrap()
         .into_inner();
     let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
-    let rotated = sys
-        .rotate_master_key(RotateMasterKeyRequest {
-            secret_shares: 0,
-            secret_threshold: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rotated = ks.rotate_master().await;
     assert_eq!(rotated.master_version, 2);
     sys.seal(SealRequest {}).await.unwrap();
     let old_master_fails = sys

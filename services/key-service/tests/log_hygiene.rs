@@ -79,14 +79,7 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
     })
     .await
     .unwrap();
-    let rotated = sys
-        .rotate_master_key(RotateMasterKeyRequest {
-            secret_shares: 0,
-            secret_threshold: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rotated = ks.rotate_master().await;
     sys.seal(SealRequest {}).await.unwrap();
     sys.unseal(UnsealRequest {
         material: Some(unseal_request::Material::MasterKey(

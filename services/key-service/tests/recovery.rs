@@ -10,7 +10,7 @@ use key_service::{Config, KeyError};
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::*;
 use sentia_runtime::{MapSource, Shutdown};
-use support::{ADMIN_TOKEN, Running, SERVICE_TOKEN};
+use support::{Running, SERVICE_TOKEN};
 use tonic::Code;
 
 async fn encrypt(ks: &Running, plaintext: &[u8]) -> Vec<u8> {
@@ -112,16 +112,7 @@ async fn a_lost_master_key_is_recovered_with_the_recovery_key_and_then_replaced(
     );
 
     // A new master for future use; the old one no longer opens the keyring.
-    let rotated = ks
-        .system(Some(ADMIN_TOKEN))
-        .await
-        .rotate_master_key(RotateMasterKeyRequest {
-            secret_shares: 0,
-            secret_threshold: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rotated = ks.rotate_master().await;
     assert_eq!(rotated.master_version, 2);
     assert_eq!(
         status(&ks).await.recovery_fingerprint,

@@ -211,6 +211,20 @@ impl Running {
         SystemServiceClient::new(CallContext::with_token(token).unwrap().wrap(channel))
     }
 
+    /// Rotates the master key as the admin; outside Shamir mode the answer carries the new
+    /// master key.
+    pub async fn rotate_master(&self) -> sentia_proto::keys::v1::RotateMasterKeyResponse {
+        self.system(Some(ADMIN_TOKEN))
+            .await
+            .rotate_master_key(sentia_proto::keys::v1::RotateMasterKeyRequest {
+                secret_shares: 0,
+                secret_threshold: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Encrypts one byte under `vault`: the cheapest call that needs an unsealed service
     /// and a service identity.
     pub async fn encrypt_one_byte(

@@ -120,7 +120,12 @@ pub async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow:
     match &args.postgres {
         Some(url) => {
             sqlx::any::install_default_drivers();
-            let db = format!("sentia_bench_{name}_{}", std::process::id());
+            // Named like the test databases (`…_{pid}_{nanos}`), so the test harness drops
+            // what a bench run left behind once its process is gone.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos();
+            let db = format!("sentia_bench_{name}_{}_{nanos}", std::process::id());
             let admin = sqlx::AnyPool::connect(url).await?;
             admin
                 .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))

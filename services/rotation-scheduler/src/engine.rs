@@ -57,6 +57,40 @@ pub struct Engine {
     pub hooks: Hooks,
     /// OpenTelemetry instruments.
     pub metrics: Metrics,
+    /// When CURRENT versions were written, as last described.
+    pub current_times: CurrentTimes,
+}
+
+/// Most entries [`CurrentTimes`] keeps; it is emptied when it would grow past this.
+const CURRENT_TIMES_MAX: usize = 100_000;
+
+/// When each secret's CURRENT version was written, by (path, version). Versions never change
+/// once written and their numbers are never reused, so a scan describes a secret that looks
+/// due only when its CURRENT label has moved, not on every pass (an overdue manual secret
+/// used to cost a DescribeSecret every tick).
+#[derive(Clone, Default)]
+pub struct CurrentTimes(Arc<std::sync::Mutex<CurrentTimesByPath>>);
+
+/// Path → (CURRENT version, when it was written).
+type CurrentTimesByPath = HashMap<String, (u64, Option<i64>)>;
+
+impl CurrentTimes {
+    fn get(&self, path: &str, version: u64) -> Option<Option<i64>> {
+        let known = self.0.lock().ok()?;
+        known
+            .get(path)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, time)| *time)
+    }
+
+    fn put(&self, path: &str, version: u64, time: Option<i64>) {
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() >= CURRENT_TIMES_MAX {
+                known.clear();
+            }
+            known.insert(path.to_string(), (version, time));
+        }
+    }
 }
 
 fn ms(d: Duration) -> i64 {
@@ -242,8 +276,20 @@ impl Engine {
         if policy.timing.standing(last, now).state == State::Scheduled {
             return Ok(last);
         }
+        let listed_current = meta.labels.get("CURRENT").copied();
+        if let Some(v) = listed_current
+            && let Some(time) = self.current_times.get(&meta.path, v)
+        {
+            return Ok(last.max(time.unwrap_or(last)));
+        }
         Ok(match self.vault.describe(&meta.path).await? {
-            Some(d) => last.max(current_version_time(&d).unwrap_or(last)),
+            Some(d) => {
+                let time = current_version_time(&d);
+                if let Some(v) = d.metadata.as_ref().and_then(|m| m.labels.get("CURRENT")) {
+                    self.current_times.put(&meta.path, *v, time);
+                }
+                last.max(time.unwrap_or(last))
+            }
             None => last,
         })
     }

@@ -59,6 +59,7 @@ pub async fn run(
         emergency_grace: config.emergency_grace,
         hooks: config.hooks.clone(),
         metrics: metrics::Metrics::new(),
+        current_times: engine::CurrentTimes::default(),
     };
     let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
     let callers = sentia_runtime::identity::VaultIdentity::new(

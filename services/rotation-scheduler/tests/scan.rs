@@ -1,0 +1,103 @@
+//! What a scan costs vault-service: a secret that looks due is described once per CURRENT
+//! version, not on every pass — counted through `rpc.client.duration`, the scheduler's own
+//! client metric, read from the SDK's in-memory exporter.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use sentia_proto::vault::v1 as vpb;
+use support::vault::keys::sqlite_url;
+use support::*;
+
+/// DescribeSecret calls made so far in this process.
+fn describes(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> u64 {
+    provider.force_flush().unwrap();
+    let all = exporter.get_finished_metrics().unwrap();
+    let Some(rm) = all.last() else {
+        return 0;
+    };
+    let mut n = 0;
+    for sm in rm.scope_metrics() {
+        for m in sm.metrics().filter(|m| m.name() == "rpc.client.duration") {
+            let AggregatedMetrics::F64(MetricData::Histogram(h)) = m.data() else {
+                panic!("rpc.client.duration is a histogram");
+            };
+            n += h
+                .data_points()
+                .filter(|p| {
+                    p.attributes().any(|kv| {
+                        kv.key.as_str() == "rpc.method" && kv.value.as_str() == "DescribeSecret"
+                    })
+                })
+                .map(|p| p.count())
+                .sum::<u64>();
+        }
+    }
+    n
+}
+
+/// Waits until `at_least` DescribeSecret calls were made, then lets ten more scans (at 50 ms)
+/// pass and returns the count.
+async fn describes_after_more_scans(
+    provider: &SdkMeterProvider,
+    exporter: &InMemoryMetricExporter,
+    at_least: u64,
+) -> u64 {
+    for _ in 0..200 {
+        if describes(provider, exporter) >= at_least {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    describes(provider, exporter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_manual_secret_is_described_once_per_current_version_not_every_scan() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let clock = clock();
+    let manual = |value: &[u8]| vpb::PutSecretRequest {
+        path: "prod/db/manual".into(),
+        value: value.to_vec(),
+        metadata: Some(vpb::SecretMetadata {
+            tags: [("class".to_string(), "database_password".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    s.secrets(&s.root_token)
+        .await
+        .put_secret(manual(b"first"))
+        .await
+        .unwrap();
+    // 181 days later the manual secret (180 d) is overdue; the scheduler scans every 50 ms.
+    clock.advance(181 * DAY);
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
+    assert_eq!(
+        describes_after_more_scans(&provider, &exporter, 1).await,
+        1,
+        "many scans, one DescribeSecret while CURRENT stays the same"
+    );
+
+    // A person writes a new value: CURRENT moves, the secret is described once more and is
+    // no longer due.
+    s.secrets(&s.root_token)
+        .await
+        .put_secret(manual(b"second"))
+        .await
+        .unwrap();
+    assert_eq!(describes_after_more_scans(&provider, &exporter, 2).await, 2);
+    sched.stop().await;
+    s.stop().await;
+}

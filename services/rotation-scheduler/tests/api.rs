@@ -18,23 +18,6 @@ fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Co
     (e.code(), e.message().to_string())
 }
 
-async fn put_tagged(s: &Stack, path: &str, class: &str) {
-    s.secrets(&s.root_token)
-        .await
-        .put_secret(vpb::PutSecretRequest {
-            path: path.into(),
-            value: b"v1".to_vec(),
-            metadata: Some(vpb::SecretMetadata {
-                path: path.into(),
-                tags: [("class".to_string(), class.to_string())].into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_policies_are_refused_by_name_and_nothing_is_stored() {
     let Some(s) = stack(Backend::Sqlite).await else {
@@ -124,8 +107,8 @@ async fn an_exact_policy_beats_a_glob_which_beats_the_default_of_the_secret_clas
     let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock())).await;
     let (admin, _) = s.login_as(&["system_admin"]).await;
     let mut c = sched.client(&admin);
-    put_tagged(&s, "prod/app/jwt", "jwt_signing_key").await;
-    put_tagged(&s, "prod/db/main", "database_password").await;
+    put_tagged(&s, "prod/app/jwt", "jwt_signing_key", b"v1").await;
+    put_tagged(&s, "prod/db/main", "database_password", b"v1").await;
     let get = |path: &str| pb::GetPolicyRequest { path: path.into() };
     let p = c
         .get_policy(get("prod/db/main"))
@@ -284,7 +267,7 @@ async fn rotate_now_needs_a_reason_an_existing_secret_and_a_rotator_and_runs_onc
     let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
     let (admin, _) = s.login_as(&["system_admin"]).await;
     let mut c = sched.client(&admin);
-    put_tagged(&s, "prod/db/main", "database_password").await;
+    put_tagged(&s, "prod/db/main", "database_password", b"v1").await;
     s.put("prod/app/key", b"x").await;
     c.set_policy(pb::SetPolicyRequest {
         policy: Some(policy("prod/app/key", "random", json!({}))),
@@ -329,7 +312,7 @@ async fn status_shows_next_due_and_overdue_on_the_injected_clock_and_pages() {
     let (admin, _) = s.login_as(&["system_admin"]).await;
     let mut c = sched.client(&admin);
     for i in 0..3 {
-        put_tagged(&s, &format!("prod/db/db{i}"), "database_password").await;
+        put_tagged(&s, &format!("prod/db/db{i}"), "database_password", b"v1").await;
     }
     s.put("prod/other/untracked", b"x").await;
     let list = |overdue_only: bool, page_size: i32, page_token: String| pb::ListRotationsRequest {
@@ -408,7 +391,7 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         ],
     )
     .await;
-    put_tagged(&s, "prod/db/main", "database_password").await;
+    put_tagged(&s, "prod/db/main", "database_password", b"v1").await;
     let reminders = || async {
         rotation_events(&audit)
             .await

@@ -10,7 +10,6 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use rotation_scheduler::Hooks;
 use rotation_scheduler::steps::Step;
 use sentia_proto::rotation::v1 as pb;
-use sentia_proto::vault::v1 as vpb;
 use serde_json::json;
 use support::vault::keys::sqlite_url;
 use support::*;
@@ -70,19 +69,7 @@ async fn rotations_by_result_overdue_count_and_age_are_exported() {
     let (admin, _) = s.login_as(&["system_admin"]).await;
     s.put("prod/app/good", b"x").await;
     s.put("prod/app/bad", b"x").await;
-    s.secrets(&s.root_token)
-        .await
-        .put_secret(vpb::PutSecretRequest {
-            path: "prod/db/manual".into(),
-            value: b"x".to_vec(),
-            metadata: Some(vpb::SecretMetadata {
-                tags: [("class".to_string(), "database_password".to_string())].into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    put_tagged(&s, "prod/db/manual", "database_password", b"x").await;
 
     // Ten days after the secrets were written, prod/app/good rotates.
     clock.advance(10 * DAY);

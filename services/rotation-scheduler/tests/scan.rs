@@ -7,7 +7,6 @@ mod support;
 
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use sentia_proto::vault::v1 as vpb;
 use support::vault::keys::sqlite_url;
 use support::*;
 
@@ -67,20 +66,7 @@ async fn an_overdue_manual_secret_is_described_once_per_current_version_not_ever
         return;
     };
     let clock = clock();
-    let manual = |value: &[u8]| vpb::PutSecretRequest {
-        path: "prod/db/manual".into(),
-        value: value.to_vec(),
-        metadata: Some(vpb::SecretMetadata {
-            tags: [("class".to_string(), "database_password".to_string())].into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    s.secrets(&s.root_token)
-        .await
-        .put_secret(manual(b"first"))
-        .await
-        .unwrap();
+    put_tagged(&s, "prod/db/manual", "database_password", b"first").await;
     // 181 days later the manual secret (180 d) is overdue; the scheduler scans every 50 ms.
     clock.advance(181 * DAY);
     let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock)).await;
@@ -92,11 +78,7 @@ async fn an_overdue_manual_secret_is_described_once_per_current_version_not_ever
 
     // A person writes a new value: CURRENT moves, the secret is described once more and is
     // no longer due.
-    s.secrets(&s.root_token)
-        .await
-        .put_secret(manual(b"second"))
-        .await
-        .unwrap();
+    put_tagged(&s, "prod/db/manual", "database_password", b"second").await;
     assert_eq!(describes_after_more_scans(&provider, &exporter, 2).await, 2);
     sched.stop().await;
     s.stop().await;

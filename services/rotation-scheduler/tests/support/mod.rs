@@ -12,6 +12,7 @@ use rotation_scheduler::steps::Step;
 use rotation_scheduler::{Clock, Config, Hooks, Stopped};
 use sentia_proto::rotation::v1 as pb;
 use sentia_proto::rotation::v1::rotation_service_client::RotationServiceClient;
+use sentia_proto::vault::v1 as vpb;
 use sentia_runtime::client::{AuthedChannel, CallContext};
 use sentia_runtime::{MapSource, Role, Shutdown};
 use sqlx::Executor;
@@ -439,4 +440,23 @@ impl Endpoint {
             .map(|v| v["step"].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// Writes `value` at `path` as root, tagged with the secret class `class` (whose default
+/// rotation policy then applies).
+pub async fn put_tagged(s: &Stack, path: &str, class: &str, value: &[u8]) {
+    s.secrets(&s.root_token)
+        .await
+        .put_secret(vpb::PutSecretRequest {
+            path: path.into(),
+            value: value.to_vec(),
+            metadata: Some(vpb::SecretMetadata {
+                path: path.into(),
+                tags: [("class".to_string(), class.to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }

@@ -6,7 +6,6 @@
 mod support;
 
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use rotation_scheduler::Hooks;
 use rotation_scheduler::steps::Step;
 use sentia_proto::rotation::v1 as pb;
@@ -55,11 +54,7 @@ fn has(attrs: &[(String, String)], key: &str, value: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_by_result_overdue_count_and_age_are_exported() {
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(exporter.clone()).build())
-        .build();
-    opentelemetry::global::set_meter_provider(provider.clone());
+    let (provider, exporter) = in_memory_metrics();
 
     let Some(s) = stack(Backend::Sqlite).await else {
         return;

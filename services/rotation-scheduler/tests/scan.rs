@@ -6,7 +6,7 @@
 mod support;
 
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use support::vault::keys::sqlite_url;
 use support::*;
 
@@ -56,11 +56,7 @@ async fn describes_after_more_scans(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overdue_manual_secret_is_described_once_per_current_version_not_every_scan() {
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(exporter.clone()).build())
-        .build();
-    opentelemetry::global::set_meter_provider(provider.clone());
+    let (provider, exporter) = in_memory_metrics();
 
     let Some(s) = stack(Backend::Sqlite).await else {
         return;

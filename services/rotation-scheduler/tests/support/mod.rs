@@ -460,3 +460,18 @@ pub async fn put_tagged(s: &Stack, path: &str, class: &str, value: &[u8]) {
         .await
         .unwrap();
 }
+
+/// An in-memory metric exporter behind the global meter provider (global: one per test
+/// process, so each metrics suite is a file of its own).
+pub fn in_memory_metrics() -> (
+    opentelemetry_sdk::metrics::SdkMeterProvider,
+    opentelemetry_sdk::metrics::InMemoryMetricExporter,
+) {
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    (provider, exporter)
+}

@@ -88,7 +88,7 @@ impl SecretApi {
     /// watchers.
     async fn committed(&self, path: &SecretPath, c: &Committed, destroyed: &[u64]) {
         if let Some(local) = &self.local {
-            local.evict([path.as_str()]);
+            local.evict_written(path.as_str(), c.sequence);
         }
         if let Some(cache) = &self.cache {
             cache

@@ -261,8 +261,16 @@ struct LocalEntry {
 pub struct LocalCache {
     ttl: Duration,
     max: usize,
-    entries: Mutex<HashMap<String, LocalEntry>>,
+    entries: Mutex<LocalEntries>,
     generation: AtomicU64,
+}
+
+/// The cached secrets, and for paths this replica wrote, the highest change-stream sequence
+/// its own eviction already covered.
+#[derive(Default)]
+struct LocalEntries {
+    secrets: HashMap<String, LocalEntry>,
+    evicted_through: HashMap<String, u64>,
 }
 
 impl LocalCache {
@@ -271,7 +279,7 @@ impl LocalCache {
         Self {
             ttl,
             max: max.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(LocalEntries::default()),
             generation: AtomicU64::new(0),
         }
     }
@@ -287,7 +295,8 @@ impl LocalCache {
         path: &str,
         pick: impl FnOnce(&ReadView) -> Option<u64>,
     ) -> Option<(ReadView, Option<(u64, SealedRecord)>)> {
-        let mut map = self.entries.lock().ok()?;
+        let mut entries = self.entries.lock().ok()?;
+        let map = &mut entries.secrets;
         let e = map.get(path)?;
         if e.at.elapsed() >= self.ttl {
             map.remove(path);
@@ -305,9 +314,10 @@ impl LocalCache {
         view: &ReadView,
         record: Option<(u64, &SealedRecord)>,
     ) {
-        let Ok(mut map) = self.entries.lock() else {
+        let Ok(mut entries) = self.entries.lock() else {
             return;
         };
+        let map = &mut entries.secrets;
         // Checked under the lock that evictions also take, so no eviction slips in between.
         if self.generation.load(Ordering::Acquire) != generation {
             return;
@@ -338,13 +348,49 @@ impl LocalCache {
         }
     }
 
-    /// Drops the entries of `paths` (a write committed to them).
-    pub fn evict<'a>(&self, paths: impl IntoIterator<Item = &'a str>) {
-        if let Ok(mut map) = self.entries.lock() {
+    /// Drops `path`'s entry after this replica's write, whose events end at `sequence`. The
+    /// change stream will report those events again; [`LocalCache::evict_changed`] then
+    /// knows this eviction already covered them.
+    pub fn evict_written(&self, path: &str, sequence: u64) {
+        if let Ok(mut entries) = self.entries.lock() {
             self.generation.fetch_add(1, Ordering::AcqRel);
-            for p in paths {
-                map.remove(p);
+            entries.secrets.remove(path);
+            if entries.evicted_through.len() >= self.max.saturating_mul(4) {
+                // Forgetting only costs extra evictions.
+                entries.evicted_through.clear();
             }
+            let through = entries.evicted_through.entry(path.to_string()).or_default();
+            *through = (*through).max(sequence);
+        }
+    }
+
+    /// Drops the entries of paths the change stream reports changed (`(path, sequence)` in
+    /// stream order), except where this replica's own eviction after a later-or-equal write
+    /// already covered the change: every fill since then read a state that includes it. So a
+    /// replica's own writes no longer evict entries refilled after them.
+    pub fn evict_changed<'a>(&self, events: impl IntoIterator<Item = (&'a str, u64)>) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        let mut bumped = false;
+        for (path, sequence) in events {
+            match entries.evicted_through.get(path).copied() {
+                Some(through) if through >= sequence => {
+                    if through == sequence {
+                        entries.evicted_through.remove(path);
+                    }
+                    continue;
+                }
+                Some(_) => {
+                    entries.evicted_through.remove(path);
+                }
+                None => {}
+            }
+            if !bumped {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                bumped = true;
+            }
+            entries.secrets.remove(path);
         }
     }
 }
@@ -397,7 +443,7 @@ mod tests {
     fn a_fill_that_raced_an_eviction_is_dropped() {
         let c = LocalCache::new(Duration::from_secs(60), 10);
         let g = c.generation();
-        c.evict(["prod/a"]);
+        c.evict_changed([("prod/a", 1)]);
         c.fill("prod/a", g, &view(1), Some((1, &record())));
         assert!(
             c.get("prod/a", |v| v.labels.get("CURRENT").copied())
@@ -409,8 +455,27 @@ mod tests {
             .get("prod/a", |v| v.labels.get("CURRENT").copied())
             .unwrap();
         assert_eq!(rec, Some((1, record())));
-        c.evict(["prod/a"]);
+        c.evict_changed([("prod/a", 1)]);
         assert!(c.get("prod/a", |_| Some(1)).is_none());
+    }
+
+    #[test]
+    fn the_stream_does_not_evict_what_this_replica_refilled_after_its_own_write() {
+        let c = LocalCache::new(Duration::from_secs(60), 10);
+        let v = view(1);
+        c.evict_written("prod/a", 7);
+        let g = c.generation();
+        c.fill("prod/a", g, &v, None);
+        // The write's events (5..=7) come back through the stream: already covered.
+        c.evict_changed([("prod/a", 5), ("prod/a", 6), ("prod/a", 7)]);
+        assert!(c.get("prod/a", |_| None).is_some());
+        // Another replica's later write evicts.
+        c.evict_changed([("prod/a", 9)]);
+        assert!(c.get("prod/a", |_| None).is_none());
+        // And an unrelated path's event evicts that path only.
+        c.fill("prod/b", c.generation(), &v, None);
+        c.evict_changed([("prod/c", 10)]);
+        assert!(c.get("prod/b", |_| None).is_some());
     }
 
     #[test]
@@ -419,7 +484,7 @@ mod tests {
         for p in ["a", "b", "c"] {
             c.fill(p, c.generation(), &view(1), None);
         }
-        assert_eq!(c.entries.lock().unwrap().len(), 2);
+        assert_eq!(c.entries.lock().unwrap().secrets.len(), 2);
         let c = LocalCache::new(Duration::ZERO, 2);
         c.fill("a", c.generation(), &view(1), None);
         assert!(c.get("a", |_| None).is_none());

@@ -168,7 +168,7 @@ fn spawn_follow(
                     Ok(batch) => {
                         let Some(tail) = batch.last() else { break };
                         last = tail.sequence;
-                        local.evict(batch.iter().map(|e| e.path.as_str()));
+                        local.evict_changed(batch.iter().map(|e| (e.path.as_str(), e.sequence)));
                         if batch.len() < 1000 {
                             break;
                         }

@@ -633,19 +633,6 @@ async fn a_jwt_signing_key_is_published_before_it_signs_and_old_tokens_verify_un
         .keys
         .client(Some(support::vault::keys::SERVICE_TOKEN))
         .await;
-    let signer = |keys: &mut kpb::key_service_client::KeyServiceClient<_>| {
-        let mut k = keys.clone();
-        async move {
-            k.sign(kpb::SignRequest {
-                key_name: "sentia-jwt".into(),
-                message: b"m".to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .kid
-        }
-    };
     let reader = keys.clone();
     let staged = || {
         let mut k = reader.clone();
@@ -685,13 +672,13 @@ async fn a_jwt_signing_key_is_published_before_it_signs_and_old_tokens_verify_un
         .unwrap()
         .into_inner();
     assert!(published.keys.iter().any(|k| k.kid == "sentia-jwt-v2"));
-    assert_eq!(signer(&mut keys).await, "sentia-jwt-v1");
+    assert_eq!(s.keys.signing_kid("sentia-jwt").await, "sentia-jwt-v1");
 
     // After propagation (counted from the version's creation at key-service, on the real
     // clock: a minute of slack) it becomes the signer; tokens signed by v1 still verify.
     clock.advance(3_600_000 + 60_000);
     wait_for(&client, path, Step::Cleanup).await;
-    assert_eq!(signer(&mut keys).await, "sentia-jwt-v2");
+    assert_eq!(s.keys.signing_kid("sentia-jwt").await, "sentia-jwt-v2");
     let value: serde_json::Value = serde_json::from_slice(&current(&s, path).await.1).unwrap();
     assert_eq!(value["kid"], "sentia-jwt-v2");
     let (new_token, _) = s.login_as(&["developer"]).await;

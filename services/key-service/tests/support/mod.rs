@@ -225,6 +225,20 @@ impl Running {
             .into_inner()
     }
 
+    /// The kid of the version of signing key `key` that signs now.
+    pub async fn signing_kid(&self, key: &str) -> String {
+        self.client(Some(SERVICE_TOKEN))
+            .await
+            .sign(sentia_proto::keys::v1::SignRequest {
+                key_name: key.into(),
+                message: b"m".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kid
+    }
+
     /// Encrypts one byte under `vault`: the cheapest call that needs an unsealed service
     /// and a service identity.
     pub async fn encrypt_one_byte(

@@ -13,7 +13,7 @@ use sentia_runtime::{MapSource, Shutdown};
 
 use crate::Args;
 use crate::harness::{Figures, drive, header, row};
-use crate::keys::{KeyServiceUnderTest, SERVICE_TOKEN};
+use crate::keys::{AUDIT_TOKEN, KeyServiceUnderTest, SERVICE_TOKEN};
 
 fn event(emitter: &str, sequence: u64) -> pb::AuditEvent {
     pb::AuditEvent {
@@ -63,7 +63,7 @@ impl AuditUnderTest {
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_DATABASE_URL", db.as_str()),
             ("SENTIA_KEY_SERVICE_ADDR", key_addr),
-            ("SENTIA_KEY_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("SENTIA_KEY_SERVICE_TOKEN", AUDIT_TOKEN),
             ("SENTIA_AUTH_TOKENS", tokens.as_str()),
         ]))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -19,7 +19,7 @@ use crate::harness::{Figures, drive, header, row};
 /// key-service rows: transit encryption and data keys.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let ks = KeyServiceUnderTest::start().await?;
-    let (addr, token) = (ks.addr.clone(), SERVICE_TOKEN);
+    let (addr, token) = (ks.addr.clone(), CRYPTO_TOKEN);
     let mut channels = Vec::new();
     for _ in 0..args.connections {
         channels.push(connect(&addr, None).await?);
@@ -145,8 +145,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     ks.stop().await
 }
 
-/// The bench's service token for key-service.
+/// vault-service's token at the bench's key-service (the shipped grants apply to it).
 pub const SERVICE_TOKEN: &str = "bench-service-token";
+/// audit-service's token there (signs checkpoints).
+pub const AUDIT_TOKEN: &str = "bench-audit-token";
+/// A bench identity granted every operation on every key, for the transit rows.
+pub const CRYPTO_TOKEN: &str = "bench-crypto-token";
 
 /// key-service in this process on a throwaway SQLite file.
 pub struct KeyServiceUnderTest {
@@ -168,8 +172,18 @@ impl KeyServiceUnderTest {
         ]))?;
         config.server = ServerConfig::dev(
             "key-service",
-            TokenTable::from_plain([("vault-service", Role::Service, SERVICE_TOKEN)]),
+            TokenTable::from_plain([
+                ("vault-service", Role::Service, SERVICE_TOKEN),
+                ("audit-service", Role::Service, AUDIT_TOKEN),
+                ("bench", Role::Service, CRYPTO_TOKEN),
+            ]),
         );
+        config.grants = key_service::grants::Grants::parse(&format!(
+            "{}\n[bench]\ngrants = [{{ keys = [\"*\"], operations = [\"generate_data_key\", \
+             \"unwrap_data_key\", \"encrypt\", \"decrypt\"] }}]\n",
+            key_service::grants::DEFAULT_GRANTS
+        ))
+        .map_err(anyhow::Error::msg)?;
         config.database_url = format!("sqlite://{}?mode=rwc", db.display());
         config.master = MasterSource::Key(MasterKey::generate());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -86,6 +86,14 @@ fn write_owner_only(path: &std::path::Path, contents: &str, new: bool) -> anyhow
     Ok(())
 }
 
+/// The identities of the services `sentia dev` runs, each with a token of its own.
+const SERVICES: [&str; 4] = [
+    "key-service",
+    "vault-service",
+    "audit-service",
+    "rotation-scheduler",
+];
+
 /// Starts the dev stack and blocks until Ctrl-C.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("sentia-dev", &sentia_runtime::ProcessEnv)?;
@@ -101,12 +109,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let admin_token = random_token();
-    let service_token = random_token();
     let scheduler_token = random_token();
-    let tokens = TokenTable::from_plain([
-        ("root", Role::Admin, admin_token.as_str()),
-        ("dev-service", Role::Service, service_token.as_str()),
-    ]);
+    // Each service its own identity, as in a deployment: key-service's grants and
+    // audit-service's emitters tell them apart.
+    let service_tokens: Vec<(&'static str, Zeroizing<String>)> = SERVICES
+        .iter()
+        .map(|name| (*name, random_token()))
+        .collect();
+    let tokens = TokenTable::from_plain(
+        std::iter::once(("root", Role::Admin, admin_token.as_str())).chain(
+            service_tokens
+                .iter()
+                .map(|(name, token)| (*name, Role::Service, token.as_str())),
+        ),
+    );
+    let token_of = |identity: &str| {
+        service_tokens
+            .iter()
+            .find(|(name, _)| *name == identity)
+            .map(|(_, token)| token.clone())
+            .ok_or_else(|| anyhow::anyhow!("no dev token for {identity}"))
+    };
 
     let mut server = ServerConfig::dev("key-service", tokens.clone());
     server.listen_addr = ([127, 0, 0, 1], args.key_port).into();
@@ -118,8 +141,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     if let Some(pki) = &pki {
         server.tls = Some(pki.server_config("key-service", true)?);
-        // rotation-scheduler stages, promotes and retires token signing keys.
-        server.admin_identities = vec!["sentia-cli".into(), "rotation-scheduler".into()];
+        server.admin_identities = vec!["sentia-cli".into()];
+        server.service_identities = key_service::config::DEFAULT_SERVICE_IDENTITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let (cert, key) = pki.issue("sentia-cli")?;
         write_private(&args.data_dir.join("ca.pem"), &pki.ca_pem())?;
         write_private(&args.data_dir.join("cli.pem"), &cert)?;
@@ -175,18 +201,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             },
         })
     };
-    let upstream =
-        |to: std::net::SocketAddr, identity: &str| upstream_with(to, identity, &service_token);
-    let server_for =
-        |name: &'static str, listener: &tokio::net::TcpListener| -> anyhow::Result<ServerConfig> {
-            let mut s = ServerConfig::dev(name, tokens.clone());
-            s.listen_addr = listener.local_addr()?;
-            if let Some(pki) = &pki {
-                s.tls = Some(pki.server_config(name, false)?);
-                s.admin_identities = vec!["sentia-cli".into()];
-            }
-            Ok(s)
-        };
+    let upstream = |to: std::net::SocketAddr, identity: &str| {
+        upstream_with(to, identity, &token_of(identity)?)
+    };
+    let server_for = |name: &'static str,
+                      callers: &[&str],
+                      listener: &tokio::net::TcpListener|
+     -> anyhow::Result<ServerConfig> {
+        let mut s = ServerConfig::dev(name, tokens.clone());
+        s.listen_addr = listener.local_addr()?;
+        if let Some(pki) = &pki {
+            s.tls = Some(pki.server_config(name, false)?);
+            s.admin_identities = vec!["sentia-cli".into()];
+            s.service_identities = callers.iter().map(|c| c.to_string()).collect();
+        }
+        Ok(s)
+    };
 
     let audit_listener = bind(args.audit_port, "--audit-port").await?;
     let audit_addr = audit_listener.local_addr()?;
@@ -194,7 +224,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "SENTIA_ALLOW_PLAINTEXT",
         "true",
     )]))?;
-    audit.server = server_for("audit-service", &audit_listener)?;
+    audit.server = server_for(
+        "audit-service",
+        audit_service::config::DEFAULT_SERVICE_IDENTITIES,
+        &audit_listener,
+    )?;
     audit.database_url = sqlite("audit.db");
     audit.key_service = upstream(addr, "audit-service")?;
 
@@ -205,7 +239,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
     ]))?;
-    vault.server = server_for("vault-service", &vault_listener)?;
+    vault.server = server_for(
+        "vault-service",
+        vault_service::config::DEFAULT_SERVICE_IDENTITIES,
+        &vault_listener,
+    )?;
     // Readers' tokens at audit-service are checked with vault-service: the root token works
     // there and revocations count.
     audit.vault_service = Some(upstream(vault_addr, "audit-service")?);
@@ -235,15 +273,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
     ]))?;
-    rotation.server = server_for("rotation-scheduler", &rotation_listener)?;
+    rotation.server = server_for(
+        "rotation-scheduler",
+        rotation_scheduler::config::DEFAULT_SERVICE_IDENTITIES,
+        &rotation_listener,
+    )?;
     rotation.database_url = sqlite("rotation.db");
     // Quick feedback locally: look for due secrets every second.
     rotation.tick = std::time::Duration::from_secs(1);
     rotation.lease = std::time::Duration::from_secs(5);
     rotation.vault_service = upstream_with(vault_addr, "rotation-scheduler", &scheduler_token)?;
-    // Admin at key-service (the admin token, or its certificate under --tls): the
-    // jwt_signing_key rotator stages, promotes and retires key versions.
-    rotation.key_service = Some(upstream_with(addr, "rotation-scheduler", &admin_token)?);
+    // Its own identity at key-service (token, or certificate under --tls): the shipped grants
+    // let the jwt_signing_key rotator stage, promote and retire token key versions.
+    rotation.key_service = Some(upstream(addr, "rotation-scheduler")?);
     rotation.audit.upstream = Some(upstream(audit_addr, "rotation-scheduler")?);
     rotation.audit.spool = args.data_dir.join("rotation-audit.spool");
 

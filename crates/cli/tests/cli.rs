@@ -88,7 +88,7 @@ async fn audit_stack() -> (support::keys::Running, String, sentia_runtime::Shutd
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_DATABASE_URL", db.as_str()),
         ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
-        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+        ("SENTIA_KEY_SERVICE_TOKEN", keys::AUDIT_TOKEN),
         ("SENTIA_AUTH_TOKENS", tokens.as_str()),
         ("SENTIA_CHECKPOINT_EVERY", "3"),
         ("SENTIA_CHECKPOINT_INTERVAL", "100ms"),
@@ -302,7 +302,7 @@ async fn the_lost_master_key_runbook_works_from_the_shell() {
     let db = support::sqlite_url();
     let ks = support::keys::Running::start(&db, &[("SENTIA_RECOVERY_PUBLIC_KEY", &public)]).await;
     let sealed_value = ks
-        .client(Some(support::keys::SERVICE_TOKEN))
+        .client(Some(support::keys::CRYPTO_TOKEN))
         .await
         .encrypt(EncryptRequest {
             key_name: "vault".into(),
@@ -347,7 +347,7 @@ async fn the_lost_master_key_runbook_works_from_the_shell() {
 
     let ks = support::keys::Running::start(&db, &[("SENTIA_MASTER_KEY", &new_master)]).await;
     let opened = ks
-        .client(Some(support::keys::SERVICE_TOKEN))
+        .client(Some(support::keys::CRYPTO_TOKEN))
         .await
         .decrypt(DecryptRequest {
             ciphertext: sealed_value,

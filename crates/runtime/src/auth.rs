@@ -20,7 +20,11 @@ use crate::tls::certificate_common_name;
 /// belong to each service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// A service identity: may call crypto RPCs.
+    /// A person's or an application's token (a vault-service JWT or root token checked by
+    /// path policies): never a service identity, whatever its policies say.
+    User,
+    /// A named service identity (a static service token, or a certificate named in
+    /// `SENTIA_SERVICE_IDENTITIES`): what it may do is granted per identity by each service.
     Service,
     /// An operator: may also call admin RPCs.
     Admin,
@@ -38,6 +42,7 @@ impl Role {
     /// Lowercase name as used in config.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::User => "user",
             Self::Service => "service",
             Self::Admin => "admin",
         }
@@ -243,6 +248,7 @@ pub trait BearerVerifier: Send + Sync + 'static {
 pub struct Authenticator {
     tokens: TokenTable,
     admin_identities: Arc<Vec<String>>,
+    service_identities: Arc<Vec<String>>,
     verifier: Option<Arc<dyn BearerVerifier>>,
 }
 
@@ -251,6 +257,7 @@ impl fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("tokens", &self.tokens)
             .field("admin_identities", &self.admin_identities)
+            .field("service_identities", &self.service_identities)
             .field("verifier", &self.verifier.is_some())
             .finish()
     }
@@ -264,13 +271,22 @@ enum Presented {
 }
 
 impl Authenticator {
-    /// Tokens plus the mTLS common names that get the admin role.
+    /// Tokens plus the mTLS common names that get the admin role. A certificate whose name
+    /// is in neither list is refused: see [`Authenticator::with_service_identities`].
     pub fn new(tokens: TokenTable, admin_identities: Vec<String>) -> Self {
         Self {
             tokens,
             admin_identities: Arc::new(admin_identities),
+            service_identities: Arc::new(Vec::new()),
             verifier: None,
         }
+    }
+
+    /// The mTLS common names that get the service role. Any other certificate the CA signed
+    /// gets nothing: an identity exists only where it is configured.
+    pub fn with_service_identities(mut self, names: Vec<String>) -> Self {
+        self.service_identities = Arc::new(names);
+        self
     }
 
     /// Adds a verifier consulted for bearer tokens that are not static tokens.
@@ -337,8 +353,14 @@ impl Authenticator {
             Presented::Certificate(cn) => {
                 let role = if self.admin_identities.iter().any(|a| a == &cn) {
                     Role::Admin
-                } else {
+                } else if self.service_identities.iter().any(|a| a == &cn) {
                     Role::Service
+                } else {
+                    return Err(Status::permission_denied(format!(
+                        "certificate {:?} is not an identity of this service: name it in \
+                         SENTIA_SERVICE_IDENTITIES or SENTIA_ADMIN_IDENTITIES",
+                        crate::text::clip(&cn, 128)
+                    )));
                 };
                 Ok(Principal::new(cn, role, AuthMethod::Mtls))
             }

@@ -199,6 +199,9 @@ pub struct ServerConfig {
     pub tokens: TokenTable,
     /// mTLS certificate names that get the admin role (`SENTIA_ADMIN_IDENTITIES`).
     pub admin_identities: Vec<String>,
+    /// mTLS certificate names that get the service role (`SENTIA_SERVICE_IDENTITIES`; each
+    /// service defaults to the callers its deployment has). Any other name is refused.
+    pub service_identities: Vec<String>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -211,6 +214,7 @@ impl fmt::Debug for ServerConfig {
             .field("concurrency_limit", &self.concurrency_limit)
             .field("tokens", &self.tokens.len())
             .field("admin_identities", &self.admin_identities)
+            .field("service_identities", &self.service_identities)
             .finish()
     }
 }
@@ -226,17 +230,21 @@ impl ServerConfig {
             concurrency_limit: 1024,
             tokens,
             admin_identities: Vec::new(),
+            service_identities: Vec::new(),
         }
     }
 
     /// Reads the shared server settings. Outside dev mode TLS is required unless
     /// `SENTIA_ALLOW_PLAINTEXT=true`, and then only a loopback address may be bound.
-    /// `require_client_cert` makes TLS mutual (key-service sets it).
+    /// `require_client_cert` makes TLS mutual (key-service sets it). `default_services` are
+    /// the certificate names that hold the service role when `SENTIA_SERVICE_IDENTITIES` is
+    /// unset: the callers this service has in every shipped deployment.
     pub fn from_source(
         reader: &mut Reader<'_>,
         service_name: &'static str,
         default_addr: &str,
         require_client_cert: bool,
+        default_services: &[&str],
     ) -> Self {
         let listen_addr = reader.parse_or(
             "SENTIA_LISTEN_ADDR",
@@ -305,13 +313,12 @@ impl ServerConfig {
         };
         let admin_identities = reader
             .optional("SENTIA_ADMIN_IDENTITIES")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
+            .map(|v| names(&v))
             .unwrap_or_default();
+        let service_identities = reader
+            .optional("SENTIA_SERVICE_IDENTITIES")
+            .map(|v| names(&v))
+            .unwrap_or_else(|| default_services.iter().map(|s| s.to_string()).collect());
         Self {
             service_name,
             listen_addr,
@@ -320,8 +327,17 @@ impl ServerConfig {
             concurrency_limit,
             tokens,
             admin_identities,
+            service_identities,
         }
     }
+}
+
+/// A comma-separated list of names, blanks dropped.
+fn names(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -346,7 +362,13 @@ mod tests {
     fn a_server_without_tls_or_explicit_plaintext_refuses_to_start() {
         let src = MapSource::default();
         let mut r = Reader::new(&src);
-        ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        ServerConfig::from_source(
+            &mut r,
+            "key-service",
+            "127.0.0.1:8201",
+            true,
+            &["vault-service", "audit-service", "rotation-scheduler"],
+        );
         let err = r.finish().unwrap_err();
         assert!(err.to_string().contains("TLS is required"), "{err}");
     }
@@ -358,12 +380,24 @@ mod tests {
             ("SENTIA_LISTEN_ADDR", "0.0.0.0:8201"),
         ]);
         let mut r = Reader::new(&src);
-        ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        ServerConfig::from_source(
+            &mut r,
+            "key-service",
+            "127.0.0.1:8201",
+            true,
+            &["vault-service", "audit-service", "rotation-scheduler"],
+        );
         assert!(r.finish().unwrap_err().to_string().contains("loopback"));
 
         let src = MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]);
         let mut r = Reader::new(&src);
-        let cfg = ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        let cfg = ServerConfig::from_source(
+            &mut r,
+            "key-service",
+            "127.0.0.1:8201",
+            true,
+            &["vault-service", "audit-service", "rotation-scheduler"],
+        );
         r.finish().unwrap();
         assert!(cfg.tls.is_none());
     }
@@ -376,7 +410,7 @@ mod tests {
             ("SENTIA_CONCURRENCY_LIMIT", "-1"),
         ]);
         let mut r = Reader::new(&src);
-        ServerConfig::from_source(&mut r, "x", "127.0.0.1:1", false);
+        ServerConfig::from_source(&mut r, "x", "127.0.0.1:1", false, &[]);
         let err = r.finish().unwrap_err();
         let text = err.to_string();
         for name in [

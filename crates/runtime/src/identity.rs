@@ -102,7 +102,7 @@ impl VaultIdentity {
         Ok(Principal {
             policies: who.roles,
             expires_at: r.expire_time.map(|t| t.seconds),
-            ..Principal::new(who.id, Role::Service, method)
+            ..Principal::new(who.id, Role::User, method)
         })
     }
 }

@@ -26,6 +26,17 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 /// Longest accepted token: a bound on work done for garbage input.
 pub const MAX_TOKEN_LEN: usize = 8192;
 
+/// Longest lifetime (`exp - iat`) a token may have: what vault-service issues at most. A
+/// longer one was not issued by vault-service, whoever signed it.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 86_400;
+
+/// Most policies a token may carry (as on an app credential).
+pub const MAX_TOKEN_POLICIES: usize = 16;
+
+/// The policy that no token may carry: root is held only by the bootstrap root token and
+/// admin identities, never granted through a JWT.
+pub const ROOT_POLICY: &str = "root";
+
 /// The claims Sentia puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -52,7 +63,7 @@ impl Claims {
     pub fn into_principal(self) -> Principal {
         Principal {
             id: self.sub,
-            role: Role::Service,
+            role: Role::User,
             method: AuthMethod::Jwt,
             policies: self.pol,
             token_id: Some(self.jti),
@@ -96,6 +107,14 @@ pub enum JwtError {
     /// The public keys could not be fetched.
     #[error("cannot fetch token verification keys: {0}")]
     KeysUnavailable(String),
+    /// Lives longer than any token vault-service issues, or was issued in the future.
+    #[error(
+        "token lifetime is not one vault-service issues (at most {MAX_TOKEN_LIFETIME_SECS} s, issued in the past)"
+    )]
+    Lifetime,
+    /// Carries a policy that no token may carry.
+    #[error("token carries policy {0:?}, which no token may carry")]
+    Policy(String),
 }
 
 /// Current Unix time in seconds.
@@ -184,6 +203,15 @@ fn check(parsed: Parsed<'_>, public_key: &[u8], now: i64) -> Result<Claims, JwtE
     }
     if now + CLOCK_SKEW_SECS < c.nbf {
         return Err(JwtError::NotYetValid);
+    }
+    if c.iat > now + CLOCK_SKEW_SECS || c.exp.saturating_sub(c.iat) > MAX_TOKEN_LIFETIME_SECS {
+        return Err(JwtError::Lifetime);
+    }
+    if c.pol.len() > MAX_TOKEN_POLICIES {
+        return Err(JwtError::Malformed("more than 16 policies"));
+    }
+    if let Some(p) = c.pol.iter().find(|p| *p == ROOT_POLICY) {
+        return Err(JwtError::Policy(p.clone()));
     }
     Ok(c)
 }
@@ -286,12 +314,26 @@ impl PublicKeySet {
     /// Verifies a token's signature, issuer, audience and validity window.
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
         let parsed = parse(token)?;
+        // Only versions of the one token-signing key verify tokens: a kid of any other key
+        // (say, the audit checkpoint key) is refused before any lookup or refetch.
+        if let Some((_, name)) = &self.source
+            && !parsed
+                .kid
+                .strip_prefix(name.as_str())
+                .and_then(|rest| rest.strip_prefix("-v"))
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(JwtError::UnknownKey(
+                crate::text::clip(&parsed.kid, 64).into(),
+            ));
+        }
         let key = match self.get(&parsed.kid) {
             Some(k) => k,
             None => {
                 self.refresh(false).await?;
-                self.get(&parsed.kid)
-                    .ok_or_else(|| JwtError::UnknownKey(parsed.kid.clone()))?
+                self.get(&parsed.kid).ok_or_else(|| {
+                    JwtError::UnknownKey(crate::text::clip(&parsed.kid, 64).into())
+                })?
             }
         };
         check(parsed, &key, now_secs())
@@ -408,6 +450,38 @@ mod tests {
         assert_eq!(
             keys.verify(&none).await,
             Err(JwtError::Algorithm("none".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_that_vault_service_never_issues_are_refused_even_when_well_signed() {
+        let k = key();
+        let keys = set(&k, "sentia-jwt-v1");
+        let mut root = claims(60);
+        root.pol = vec!["developer".into(), "root".into()];
+        let t = token(&k, "sentia-jwt-v1", &root);
+        assert_eq!(keys.verify(&t).await, Err(JwtError::Policy("root".into())));
+
+        let mut ten_years = claims(10 * 365 * 86_400);
+        ten_years.iat = now_secs();
+        let t = token(&k, "sentia-jwt-v1", &ten_years);
+        assert_eq!(keys.verify(&t).await, Err(JwtError::Lifetime));
+
+        // Backdating iat does not stretch the window: exp - iat is what is capped.
+        let mut backdated = claims(60);
+        backdated.iat = now_secs() - 2 * 86_400;
+        let t = token(&k, "sentia-jwt-v1", &backdated);
+        assert_eq!(keys.verify(&t).await, Err(JwtError::Lifetime));
+
+        let mut many = claims(60);
+        many.pol = (0..17).map(|i| format!("p{i}")).collect();
+        let t = token(&k, "sentia-jwt-v1", &many);
+        assert!(matches!(keys.verify(&t).await, Err(JwtError::Malformed(_))));
+
+        let day = token(&k, "sentia-jwt-v1", &claims(MAX_TOKEN_LIFETIME_SECS));
+        assert!(
+            keys.verify(&day).await.is_ok(),
+            "a 24 h token is what vault-service issues"
         );
     }
 }

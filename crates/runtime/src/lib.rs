@@ -16,6 +16,7 @@ mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod webhook;
 

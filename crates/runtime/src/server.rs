@@ -128,7 +128,8 @@ impl Server {
         let mut public: Vec<&'static str> = ALWAYS_PUBLIC.to_vec();
         public.extend(self.public_methods);
         let mut authenticator =
-            Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone());
+            Authenticator::new(cfg.tokens.clone(), cfg.admin_identities.clone())
+                .with_service_identities(cfg.service_identities.clone());
         if let Some(verifier) = self.verifier {
             authenticator = authenticator.with_verifier(verifier);
         }

@@ -52,11 +52,22 @@ pub struct Config {
     pub webhook: Option<Webhook>,
 }
 
+/// The services that append audit events in every shipped deployment: the certificate names
+/// that hold the service role when `SENTIA_SERVICE_IDENTITIES` is unset.
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] =
+    &["key-service", "vault-service", "rotation-scheduler"];
+
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
-        let server = ServerConfig::from_source(&mut r, "audit-service", "127.0.0.1:8202", false);
+        let server = ServerConfig::from_source(
+            &mut r,
+            "audit-service",
+            "127.0.0.1:8202",
+            false,
+            DEFAULT_SERVICE_IDENTITIES,
+        );
         let (database_url, max_connections) =
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-audit.db?mode=rwc");
         let key_service =

@@ -39,7 +39,7 @@ impl Audit {
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
             ("SENTIA_DATABASE_URL", db.as_str()),
             ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+            ("SENTIA_KEY_SERVICE_TOKEN", keys::AUDIT_TOKEN),
             ("SENTIA_AUTH_TOKENS", tokens.as_str()),
             ("SENTIA_CHECKPOINT_EVERY", "5"),
             ("SENTIA_CHECKPOINT_INTERVAL", "100ms"),

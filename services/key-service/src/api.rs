@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::KeyError;
 use crate::core::{Core, KeyEntry};
+use crate::grants::{Grants, Operation};
 use crate::keyring::{Purpose, validate_key_name};
 
 /// Largest payload for Encrypt, Hmac and Sign.
@@ -26,15 +27,18 @@ pub const MAX_PAYLOAD: usize = 65_536;
 #[derive(Clone)]
 pub struct Api {
     core: Arc<Core>,
+    grants: Arc<Grants>,
     shares: Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>,
     audit: Arc<Emitter>,
 }
 
 impl Api {
-    /// Wraps the core; every RPC outcome (except Status) is recorded through `audit`.
-    pub fn new(core: Arc<Core>, audit: Arc<Emitter>) -> Self {
+    /// Wraps the core; `grants` say which identity may use which key for what; every RPC
+    /// outcome (except Status) is recorded through `audit`.
+    pub fn new(core: Arc<Core>, grants: Grants, audit: Arc<Emitter>) -> Self {
         Self {
             core,
+            grants: Arc::new(grants),
             shares: Arc::new(Mutex::new(Vec::new())),
             audit,
         }
@@ -197,12 +201,18 @@ impl Api {
     }
 
     /// Unwraps a blob sealed under an encryption key, returning the plaintext and the entry.
+    /// The caller's grant for `op` on the blob's key under `ctx` is checked before anything
+    /// is decrypted.
     async fn open(
         &self,
+        caller: &Principal,
+        op: Operation,
         blob: &[u8],
         ctx: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, String, u32), KeyError> {
         let env = parse(blob)?;
+        self.grants
+            .check(caller, op, env.key_name, Some(context(ctx)?))?;
         let entry = self
             .core
             .entry_with_version(env.key_name, env.key_version)
@@ -219,14 +229,19 @@ impl Api {
         Ok((plain, env.key_name.to_string(), env.key_version))
     }
 
-    /// Seals under the primary version of an encryption key, counting the nonce.
+    /// Seals under the primary version of an encryption key, counting the nonce, once the
+    /// caller's grant for `op` on that key under `ctx` is checked.
     async fn seal(
         &self,
+        caller: &Principal,
+        op: Operation,
         key_name: &str,
         ctx: &[u8],
         plain: &[u8],
     ) -> Result<(Vec<u8>, u32), KeyError> {
-        let entry = self.core.entry(name(key_name)?).await?;
+        self.grants
+            .check(caller, op, name(key_name)?, Some(context(ctx)?))?;
+        let entry = self.core.entry(key_name).await?;
         entry.require(Purpose::Encryption)?;
         let primary = entry.primary()?.clone();
         self.core.count_encryption(key_name, &primary).await?;
@@ -252,11 +267,17 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().key_name.clone();
         let result: Res<pb::GenerateDataKeyResponse> = async move {
-            caller(&req, Role::Service, "GenerateDataKey")?;
+            let p = caller(&req, Role::Service, "GenerateDataKey")?;
             let r = req.into_inner();
             let dek = sentia_crypto::SecretKey::generate();
             let (wrapped_key, key_version) = self
-                .seal(&r.key_name, &r.encryption_context, dek.expose())
+                .seal(
+                    &p,
+                    Operation::GenerateDataKey,
+                    &r.key_name,
+                    &r.encryption_context,
+                    dek.expose(),
+                )
                 .await?;
             Ok(Response::new(pb::GenerateDataKeyResponse {
                 plaintext_key: dek.expose().to_vec(),
@@ -276,10 +297,16 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = String::new();
         let result: Res<pb::UnwrapDataKeyResponse> = async move {
-            caller(&req, Role::Service, "UnwrapDataKey")?;
+            let p = caller(&req, Role::Service, "UnwrapDataKey")?;
             let r = req.into_inner();
-            let (plain, key_name, key_version) =
-                self.open(&r.wrapped_key, &r.encryption_context).await?;
+            let (plain, key_name, key_version) = self
+                .open(
+                    &p,
+                    Operation::UnwrapDataKey,
+                    &r.wrapped_key,
+                    &r.encryption_context,
+                )
+                .await?;
             Ok(Response::new(pb::UnwrapDataKeyResponse {
                 plaintext_key: plain.to_vec(),
                 key_name,
@@ -298,11 +325,15 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = String::new();
         let result: Res<pb::RewrapDataKeyResponse> = async move {
-            caller(&req, Role::Service, "RewrapDataKey")?;
+            let p = caller(&req, Role::Service, "RewrapDataKey")?;
             let r = req.into_inner();
-            let (plain, key_name, _) = self.open(&r.wrapped_key, &r.encryption_context).await?;
-            let (wrapped_key, key_version) =
-                self.seal(&key_name, &r.encryption_context, &plain).await?;
+            let op = Operation::RewrapDataKey;
+            let (plain, key_name, _) = self
+                .open(&p, op, &r.wrapped_key, &r.encryption_context)
+                .await?;
+            let (wrapped_key, key_version) = self
+                .seal(&p, op, &key_name, &r.encryption_context, &plain)
+                .await?;
             Ok(Response::new(pb::RewrapDataKeyResponse {
                 wrapped_key,
                 key_version,
@@ -317,11 +348,13 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().key_name.clone();
         let result: Res<pb::EncryptResponse> = async move {
-            caller(&req, Role::Service, "Encrypt")?;
+            let p = caller(&req, Role::Service, "Encrypt")?;
             let r = req.into_inner();
             let plain = Zeroizing::new(r.plaintext);
             let (ciphertext, key_version) = self
                 .seal(
+                    &p,
+                    Operation::Encrypt,
                     &r.key_name,
                     &r.encryption_context,
                     payload(&plain, "plaintext", false)?,
@@ -341,10 +374,11 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = String::new();
         let result: Res<pb::DecryptResponse> = async move {
-            caller(&req, Role::Service, "Decrypt")?;
+            let p = caller(&req, Role::Service, "Decrypt")?;
             let r = req.into_inner();
-            let (plain, key_name, key_version) =
-                self.open(&r.ciphertext, &r.encryption_context).await?;
+            let (plain, key_name, key_version) = self
+                .open(&p, Operation::Decrypt, &r.ciphertext, &r.encryption_context)
+                .await?;
             Ok(Response::new(pb::DecryptResponse {
                 plaintext: plain.to_vec(),
                 key_name,
@@ -360,9 +394,11 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().key_name.clone();
         let result: Res<pb::HmacResponse> = async move {
-            caller(&req, Role::Service, "Hmac")?;
+            let p = caller(&req, Role::Service, "Hmac")?;
             let r = req.into_inner();
-            let entry = self.core.entry(name(&r.key_name)?).await?;
+            self.grants
+                .check(&p, Operation::Hmac, name(&r.key_name)?, None)?;
+            let entry = self.core.entry(&r.key_name).await?;
             entry.require(Purpose::Hmac)?;
             let v = entry.primary()?;
             let tag = sentia_crypto::hmac_sha256(&v.key, payload(&r.data, "data", true)?);
@@ -382,8 +418,10 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().key_name.clone();
         let result: Res<pb::VerifyHmacResponse> = async move {
-            caller(&req, Role::Service, "VerifyHmac")?;
+            let p = caller(&req, Role::Service, "VerifyHmac")?;
             let r = req.into_inner();
+            self.grants
+                .check(&p, Operation::VerifyHmac, name(&r.key_name)?, None)?;
             let bad = || {
                 KeyError::InvalidArgument("mac must look like sentia:v{version}:{base64}".into())
             };
@@ -417,9 +455,11 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().key_name.clone();
         let result: Res<pb::SignResponse> = async move {
-            caller(&req, Role::Service, "Sign")?;
+            let p = caller(&req, Role::Service, "Sign")?;
             let r = req.into_inner();
-            let entry = self.core.entry(name(&r.key_name)?).await?;
+            self.grants
+                .check(&p, Operation::Sign, name(&r.key_name)?, None)?;
+            let entry = self.core.entry(&r.key_name).await?;
             entry.require(Purpose::Signing)?;
             let v = entry.primary()?;
             let signer = v
@@ -514,8 +554,9 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().name.clone();
         let result: Res<pb::Key> = async move {
-            caller(&req, Role::Admin, "RotateKey")?;
+            let p = caller(&req, Role::Service, "RotateKey")?;
             let key = name(&req.get_ref().name)?;
+            self.grants.check(&p, Operation::RotateKey, key, None)?;
             let entry = if req.get_ref().stage {
                 self.core.stage_key(key).await?
             } else {
@@ -531,8 +572,10 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().name.clone();
         let result: Res<pb::Key> = async move {
-            caller(&req, Role::Service, "GetKey")?;
-            let entry = self.core.entry(name(&req.get_ref().name)?).await?;
+            let p = caller(&req, Role::Service, "GetKey")?;
+            let key = name(&req.get_ref().name)?;
+            self.grants.check(&p, Operation::GetKey, key, None)?;
+            let entry = self.core.entry(key).await?;
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
@@ -543,7 +586,7 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = String::new();
         let result: Res<pb::ListKeysResponse> = async move {
-            caller(&req, Role::Service, "ListKeys")?;
+            let p = caller(&req, Role::Service, "ListKeys")?;
             let r = req.into_inner();
             let size = match r.page_size {
                 0 => 100,
@@ -563,10 +606,12 @@ impl KeyService for Api {
             let all = self.core.list().await?;
             let mut keys = Vec::new();
             let mut next_page_token = String::new();
-            for e in all
-                .iter()
-                .filter(|e| e.row.name.as_str() > r.page_token.as_str())
-            {
+            for e in all.iter().filter(|e| {
+                e.row.name.as_str() > r.page_token.as_str()
+                    && self
+                        .grants
+                        .allows(&p, Operation::ListKeys, &e.row.name, None)
+            }) {
                 if keys.len() == size {
                     next_page_token = keys
                         .last()
@@ -597,8 +642,10 @@ impl KeyService for Api {
         let info = CallInfo::of(&req);
         let subject = req.get_ref().name.clone();
         let result: Res<pb::Key> = async move {
-            caller(&req, Role::Admin, "SetKeyPolicy")?;
+            let p = caller(&req, Role::Service, "SetKeyPolicy")?;
             let r = req.into_inner();
+            self.grants
+                .check(&p, Operation::SetKeyPolicy, name(&r.name)?, None)?;
             let paths: Vec<String> = r.update_mask.map(|m| m.paths).unwrap_or_default();
             for p in &paths {
                 if p != "min_decryption_version" && p != "auto_rotate_period" {
@@ -632,15 +679,24 @@ impl KeyService for Api {
     }
 }
 
-/// None: field absent; Some(None): cleared (zero); Some(Some(s)): at least one hour.
+/// Longest automatic rotation period: ten years (the seed's longest schedule is one year;
+/// anything longer is a typo, not a policy).
+const MAX_AUTO_ROTATE_SECS: i64 = 10 * 366 * 86_400;
+
+/// None: field absent; Some(None): cleared (zero); Some(Some(s)): 1 hour to 10 years, whole
+/// seconds.
 fn auto_rotate(d: Option<prost_types::Duration>) -> Result<Option<Option<i64>>, KeyError> {
     match d {
         None => Ok(None),
         Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(None)),
-        Some(d) if d.seconds >= 3600 => Ok(Some(Some(d.seconds))),
-        Some(_) => Err(KeyError::InvalidArgument(
-            "auto_rotate_period must be at least 1 hour (or zero to clear)".into(),
-        )),
+        Some(d) if (3600..=MAX_AUTO_ROTATE_SECS).contains(&d.seconds) && d.nanos == 0 => {
+            Ok(Some(Some(d.seconds)))
+        }
+        Some(d) => Err(KeyError::InvalidArgument(format!(
+            "auto_rotate_period must be whole seconds from 3600 (1 hour) to {MAX_AUTO_ROTATE_SECS} \
+             (10 years), or zero to clear; got {} s and {} ns",
+            d.seconds, d.nanos
+        ))),
     }
 }
 

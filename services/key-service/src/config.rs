@@ -8,6 +8,7 @@ use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source};
 use zeroize::Zeroizing;
 
+use crate::grants::Grants;
 use crate::keyring::Purpose;
 
 /// Where the master key comes from.
@@ -72,17 +73,31 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// Where audit events go (`SENTIA_AUDIT_*`).
     pub audit: AuditConfig,
+    /// `SENTIA_KEY_GRANTS_FILE`: which service identity may use which key for what (the
+    /// shipped `grants/default.toml` when unset).
+    pub grants: Grants,
 }
 
 /// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
 /// signing key.
 pub const DEFAULT_KEYS: &str = "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing";
 
+/// Who calls key-service in every shipped deployment: the certificate names that hold the
+/// service role when `SENTIA_SERVICE_IDENTITIES` is unset (what each may do is in the grants).
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] =
+    &["vault-service", "audit-service", "rotation-scheduler"];
+
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
-        let server = ServerConfig::from_source(&mut r, "key-service", "127.0.0.1:8201", true);
+        let server = ServerConfig::from_source(
+            &mut r,
+            "key-service",
+            "127.0.0.1:8201",
+            true,
+            DEFAULT_SERVICE_IDENTITIES,
+        );
         let (database_url, max_connections) =
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-keys.db?mode=rwc");
         let seal_type = r.string_or("SENTIA_SEAL_TYPE", "auto");
@@ -117,6 +132,16 @@ impl Config {
         }
         let refresh_interval = r.duration_or("SENTIA_KEYRING_REFRESH", Duration::from_secs(30));
         let audit = AuditConfig::from_source(&mut r, "key-service");
+        let grants = match r.optional("SENTIA_KEY_GRANTS_FILE") {
+            None => Grants::default_set(),
+            Some(path) => std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {path}: {e}"))
+                .and_then(|text| Grants::parse(&text).map_err(|e| format!("{path}: {e}")))
+                .unwrap_or_else(|e| {
+                    r.problem(format!("SENTIA_KEY_GRANTS_FILE: {e}"));
+                    Grants::default()
+                }),
+        };
         r.finish()?;
         Ok(Self {
             server,
@@ -128,6 +153,7 @@ impl Config {
             max_encryptions_per_version,
             refresh_interval,
             audit,
+            grants,
         })
     }
 }

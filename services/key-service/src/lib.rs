@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod grants;
 pub mod keyring;
 pub mod store;
 
@@ -74,7 +75,7 @@ pub async fn run(
     ));
     let emitter = sentia_runtime::audit::Emitter::start("key-service", &config.audit)
         .map_err(|e| KeyError::Startup(e.to_string()))?;
-    let api = api::Api::new(core, emitter.clone());
+    let api = api::Api::new(core, config.grants, emitter.clone());
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
     Server::new(config.server)

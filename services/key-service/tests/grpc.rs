@@ -6,7 +6,7 @@ mod support;
 
 use sentia_crypto::MasterKey;
 use sentia_proto::keys::v1::*;
-use support::{ADMIN_TOKEN, Running, SERVICE_TOKEN, postgres_url};
+use support::{ADMIN_TOKEN, CRYPTO_TOKEN, Running, postgres_url};
 use tonic::Code;
 
 async fn start(url: &str, extra: &[(&str, &str)]) -> Running {
@@ -23,7 +23,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 
 async fn encryption_round_trips_and_bad_inputs_get_precise_statuses(url: String) {
     let ks = start(&url, &[]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let ctx = b"vault|prod/db/password|1".to_vec();
     let enc = c
         .encrypt(EncryptRequest {
@@ -128,7 +128,7 @@ async fn encryption_round_trips_and_bad_inputs_get_precise_statuses(url: String)
 
 async fn data_keys_unwrap_and_rewrap_forward_after_rotation(url: String) {
     let ks = start(&url, &[]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let mut admin = ks.client(Some(ADMIN_TOKEN)).await;
     let ctx = b"vault|a/b|1".to_vec();
     let dk = c
@@ -201,7 +201,7 @@ async fn data_keys_unwrap_and_rewrap_forward_after_rotation(url: String) {
 
 async fn signatures_verify_against_the_published_jwks_and_hmacs_check(url: String) {
     let ks = start(&url, &[]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let sig = c
         .sign(SignRequest {
             key_name: "sentia-jwt".into(),
@@ -318,12 +318,7 @@ async fn callers_are_authenticated_and_admin_rpcs_need_the_admin_role(url: Strin
         auto_rotate_period: None,
     };
     assert_eq!(
-        code(
-            ks.client(Some(SERVICE_TOKEN))
-                .await
-                .create_key(create)
-                .await
-        ),
+        code(ks.client(Some(CRYPTO_TOKEN)).await.create_key(create).await),
         Code::PermissionDenied
     );
     // Status needs no credentials.
@@ -345,7 +340,7 @@ async fn a_sealed_service_answers_unavailable_and_unseals_with_the_master_key(ur
 
     let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
     sys.seal(SealRequest {}).await.unwrap();
-    let sealed = ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap_err();
+    let sealed = ks.encrypt_one_byte(Some(CRYPTO_TOKEN)).await.unwrap_err();
     assert_eq!(sealed.code(), Code::Unavailable);
     assert!(sealed.message().contains("sealed"));
     let wrong = MasterKey::generate().to_base64().to_string();
@@ -365,13 +360,13 @@ async fn a_sealed_service_answers_unavailable_and_unseals_with_the_master_key(ur
         .unwrap()
         .into_inner();
     assert!(!ok.sealed);
-    ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap();
+    ks.encrypt_one_byte(Some(CRYPTO_TOKEN)).await.unwrap();
     ks.stop().await;
 }
 
 async fn rotating_the_master_key_keeps_data_and_locks_out_the_old_master(url: String) {
     let ks = start(&url, &[]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let enc = c
         .encrypt(EncryptRequest {
             key_name: "vault".into(),
@@ -465,13 +460,13 @@ async fn a_shamir_keyring_unseals_only_with_enough_shares(url: String) {
     );
     assert!(sys.unseal(share(1)).await.unwrap().into_inner().sealed);
     assert!(!sys.unseal(share(2)).await.unwrap().into_inner().sealed);
-    ks.encrypt_one_byte(Some(SERVICE_TOKEN)).await.unwrap();
+    ks.encrypt_one_byte(Some(CRYPTO_TOKEN)).await.unwrap();
     ks.stop().await;
 }
 
 async fn the_encryption_budget_rotates_the_key_before_it_runs_out(url: String) {
     let ks = start(&url, &[("SENTIA_MAX_ENCRYPTIONS_PER_VERSION", "32")]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let mut versions = std::collections::BTreeSet::new();
     for _ in 0..40 {
         let r = c
@@ -506,7 +501,7 @@ async fn the_encryption_budget_rotates_the_key_before_it_runs_out(url: String) {
 
 async fn a_staged_signing_key_is_published_before_it_signs_and_promoted_later(url: String) {
     let ks = start(&url, &[]).await;
-    let mut c = ks.client(Some(SERVICE_TOKEN)).await;
+    let mut c = ks.client(Some(CRYPTO_TOKEN)).await;
     let mut admin = ks.client(Some(ADMIN_TOKEN)).await;
     let rotate = |stage: bool| RotateKeyRequest {
         name: "sentia-jwt".into(),

@@ -25,7 +25,7 @@ async fn no_key_material_plaintext_or_token_reaches_the_logs() {
     let master = MasterKey::generate().to_base64().to_string();
     let recovery = RecoveryPrivateKey::generate();
     let recovery_public = recovery.public().to_base64();
-    let (service_token, admin_token) = (support::SERVICE_TOKEN, support::ADMIN_TOKEN);
+    let (service_token, admin_token) = (support::CRYPTO_TOKEN, support::ADMIN_TOKEN);
     let ks = support::Running::start(
         &support::sqlite_url(),
         &[

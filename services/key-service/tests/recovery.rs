@@ -10,11 +10,11 @@ use key_service::{Config, KeyError};
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::*;
 use sentia_runtime::{MapSource, Shutdown};
-use support::{Running, SERVICE_TOKEN};
+use support::{CRYPTO_TOKEN, Running};
 use tonic::Code;
 
 async fn encrypt(ks: &Running, plaintext: &[u8]) -> Vec<u8> {
-    ks.client(Some(SERVICE_TOKEN))
+    ks.client(Some(CRYPTO_TOKEN))
         .await
         .encrypt(EncryptRequest {
             key_name: "vault".into(),
@@ -29,7 +29,7 @@ async fn encrypt(ks: &Running, plaintext: &[u8]) -> Vec<u8> {
 
 async fn decrypt(ks: &Running, ciphertext: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     Ok(ks
-        .client(Some(SERVICE_TOKEN))
+        .client(Some(CRYPTO_TOKEN))
         .await
         .decrypt(DecryptRequest {
             ciphertext: ciphertext.to_vec(),

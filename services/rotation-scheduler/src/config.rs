@@ -60,12 +60,20 @@ pub struct Hooks {
     pub fail: Option<Step>,
 }
 
+/// No service calls rotation-scheduler: people and apps do, with vault-service tokens.
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] = &[];
+
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
-        let server =
-            ServerConfig::from_source(&mut r, "rotation-scheduler", "127.0.0.1:8203", false);
+        let server = ServerConfig::from_source(
+            &mut r,
+            "rotation-scheduler",
+            "127.0.0.1:8203",
+            false,
+            DEFAULT_SERVICE_IDENTITIES,
+        );
         let (database_url, max_connections) =
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =

@@ -599,14 +599,16 @@ async fn a_jwt_signing_key_is_published_before_it_signs_and_old_tokens_verify_un
         return;
     };
     let clock = clock();
-    let admin_token = support::vault::keys::ADMIN_TOKEN;
+    // The scheduler's own identity at key-service: the shipped grants let it roll the token
+    // key (get, stage, promote, retire) and nothing else.
+    let scheduler_token = support::vault::keys::SCHEDULER_KEY_TOKEN;
     let sched = Scheduler::start_with(
         &s,
         &sqlite_url(),
         hooks(&clock),
         &[
             ("SENTIA_KEY_SERVICE_ADDR", s.keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", admin_token),
+            ("SENTIA_KEY_SERVICE_TOKEN", scheduler_token),
         ],
     )
     .await;
@@ -631,7 +633,7 @@ async fn a_jwt_signing_key_is_published_before_it_signs_and_old_tokens_verify_un
     };
     let mut keys = s
         .keys
-        .client(Some(support::vault::keys::SERVICE_TOKEN))
+        .client(Some(support::vault::keys::SCHEDULER_KEY_TOKEN))
         .await;
     let reader = keys.clone();
     let staged = || {

@@ -30,8 +30,8 @@ use sentia_runtime::audit::{CallInfo, Emitter, audited};
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
 /// Shortest token lifetime a credential may set.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
-/// Longest token lifetime a credential may set.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+/// Longest token lifetime a credential may set: the runtime refuses any token living longer.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(jwt::MAX_TOKEN_LIFETIME_SECS as u64);
 /// Token lifetime when a credential does not set one.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Most policies on one credential.
@@ -223,8 +223,10 @@ impl Tokens {
     }
 }
 
-/// Makes [`Tokens`] the server's verifier for JWTs and root tokens.
-pub struct TokenVerifier(pub Arc<Tokens>);
+/// Makes [`Tokens`] the server's verifier for JWTs and root tokens. A JWT must also name
+/// only policies that exist now (what CreateAppCredential would accept), so a token signed
+/// outside the login path cannot invent a policy.
+pub struct TokenVerifier(pub Arc<Tokens>, pub Policies);
 
 impl BearerVerifier for TokenVerifier {
     fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
@@ -243,6 +245,9 @@ impl BearerVerifier for TokenVerifier {
                 Ok(claims) if self.0.is_revoked(&claims.jti) => {
                     Err(Status::unauthenticated("token was revoked"))
                 }
+                Ok(claims) if !claims.pol.iter().all(|p| self.1.get().contains(p)) => Err(
+                    Status::unauthenticated("token names a policy that does not exist here"),
+                ),
                 Ok(claims) => Ok(claims.into_principal()),
                 Err(jwt::JwtError::KeysUnavailable(m)) => Err(Status::unavailable(format!(
                     "cannot verify the token now: {m}"

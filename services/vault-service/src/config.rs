@@ -51,11 +51,22 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
+/// The service that calls vault-service in every shipped deployment (with the policies
+/// `SENTIA_IDENTITY_POLICIES` gives it): the certificate names that hold the service role
+/// when `SENTIA_SERVICE_IDENTITIES` is unset, besides every identity mapped to policies.
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] = &["rotation-scheduler"];
+
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
-        let server = ServerConfig::from_source(&mut r, "vault-service", "127.0.0.1:8200", false);
+        let mut server = ServerConfig::from_source(
+            &mut r,
+            "vault-service",
+            "127.0.0.1:8200",
+            false,
+            DEFAULT_SERVICE_IDENTITIES,
+        );
         let (database_url, max_connections) =
             sentia_runtime::db::from_source(&mut r, "sqlite://sentia-vault.db?mode=rwc");
         let key_service =
@@ -76,6 +87,12 @@ impl Config {
         let local_cache_max =
             r.parse_or("SENTIA_LOCAL_CACHE_MAX", 10_000usize, "a positive integer");
         let policies = PolicyConfig::from_source(&mut r);
+        // A certificate mapped to policies is an identity here by that mapping alone.
+        for id in policies.identities.keys() {
+            if !server.service_identities.contains(id) {
+                server.service_identities.push(id.clone());
+            }
+        }
         let root_token_file = r.optional("SENTIA_ROOT_TOKEN_FILE").map(PathBuf::from);
         let token_refresh = r.duration_or("SENTIA_TOKEN_REFRESH", Duration::from_secs(5));
         let event_retention = r.duration_or("SENTIA_EVENT_RETENTION", Duration::from_secs(86_400));

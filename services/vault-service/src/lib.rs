@@ -97,13 +97,13 @@ pub async fn run(
         audit: emitter.clone(),
         shutdown: shutdown.clone(),
     };
-    let auth_api = auth::AuthApi::new(tokens.clone(), policies, emitter.clone());
+    let auth_api = auth::AuthApi::new(tokens.clone(), policies.clone(), emitter.clone());
     let routes = Routes::new(SecretServiceServer::new(secrets))
         .add_service(AuthServiceServer::new(auth_api));
     Server::new(config.server)
         .audit_refusals(emitter)
         .public_method("/sentia.vault.v1.AuthService/Login")
-        .bearer_verifier(Arc::new(auth::TokenVerifier(tokens)))
+        .bearer_verifier(Arc::new(auth::TokenVerifier(tokens, policies)))
         .serve(routes, listener, shutdown.clone())
         .await?;
     shutdown.trigger();

@@ -309,7 +309,7 @@ async fn key_service_records_its_operations_and_a_failed_decryption() {
     let s = &a.stack;
     // No data-key cache hit on the first read: vault-service asks key-service to unwrap.
     s.put("prod/app/key", b"v").await;
-    let mut k = s.keys.client(Some(keys::SERVICE_TOKEN)).await;
+    let mut k = s.keys.client(Some(keys::CRYPTO_TOKEN)).await;
     let ct = k
         .encrypt(sentia_proto::keys::v1::EncryptRequest {
             key_name: "vault".into(),
@@ -350,12 +350,50 @@ async fn key_service_records_its_operations_and_a_failed_decryption() {
         ("decrypt", false, "INVALID_ARGUMENT")
     );
     assert_eq!(
-        failed.principal, "vault-service",
-        "the test called with vault-service's token"
+        failed.principal, "crypto-tester",
+        "the test called with crypto-tester's token"
     );
     assert!(
         all.iter()
             .any(|e| e.service == "key-service" && e.operation == "generate_data_key" && e.success)
+    );
+
+    // vault-service's identity may not sign checkpoints: refused, named, and recorded.
+    let err = s
+        .keys
+        .client(Some(keys::SERVICE_TOKEN))
+        .await
+        .sign(sentia_proto::keys::v1::SignRequest {
+            key_name: "audit-checkpoint".into(),
+            message: b"forged checkpoint".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("'vault-service'") && err.message().contains("audit-checkpoint"),
+        "{err:?}"
+    );
+    let mut refused = None;
+    for _ in 0..100 {
+        refused = a.all_events().await.into_iter().find(|e| {
+            e.service == "key-service"
+                && e.operation == "sign"
+                && e.status_code == "PERMISSION_DENIED"
+        });
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("no refused sign event from key-service");
+    assert_eq!(
+        (
+            refused.principal.as_str(),
+            refused.secret_name.as_str(),
+            refused.success
+        ),
+        ("vault-service", "audit-checkpoint", false)
     );
     a.stop().await;
 }

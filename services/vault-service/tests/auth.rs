@@ -194,11 +194,40 @@ async fn expired_forged_and_unknown_key_tokens_are_rejected(s: &Stack) {
             jwt::signing_input("sentia-jwt-v1", &claims(60, &["system_admin"]))
         )
     };
+    // Well signed by the real token key, but nothing vault-service would ever issue.
+    let root = signed_by_key_service(s, "sentia-jwt-v1", &claims(60, &["developer", "root"])).await;
+    let ten_years = signed_by_key_service(
+        s,
+        "sentia-jwt-v1",
+        &claims(10 * 365 * 86_400, &["developer"]),
+    )
+    .await;
+    let invented = signed_by_key_service(s, "sentia-jwt-v1", &claims(60, &["superuser"])).await;
+    // Signed with another key-service key (audit-service may sign checkpoints with it).
+    let other_key = {
+        let input = jwt::signing_input("audit-checkpoint-v1", &claims(60, &["system_admin"]));
+        let sig = s
+            .keys
+            .client(Some(support::keys::AUDIT_TOKEN))
+            .await
+            .sign(sentia_proto::keys::v1::SignRequest {
+                key_name: "audit-checkpoint".into(),
+                message: input.as_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        jwt::assemble(&input, &sig.signature)
+    };
     for (token, hint) in [
         (expired, "expired"),
         (forged, "signature"),
         (wrong_kid, "unknown key"),
         (escalated, "signature"),
+        (root, "no token may carry"),
+        (ten_years, "lifetime"),
+        (invented, "does not exist"),
+        (other_key, "unknown key"),
         ("eyJhbGciOiJub25lIn0.e30.".to_string(), "malformed"),
         ("sentia-root.not-the-root-token".to_string(), "invalid"),
         ("some-random-token".to_string(), "invalid"),

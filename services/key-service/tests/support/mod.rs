@@ -7,11 +7,30 @@ use sentia_crypto::MasterKey;
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
 use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect};
+use sentia_runtime::tls::TlsClientConfig;
 use sentia_runtime::{MapSource, Role, Shutdown};
 use sqlx::Executor;
 
+/// vault-service's identity at key-service (the shipped grants: data keys under `vault|…`,
+/// signing tokens).
 pub const SERVICE_TOKEN: &str = "service-token-for-tests";
+/// audit-service's identity (signs checkpoints).
+pub const AUDIT_TOKEN: &str = "audit-service-token-for-tests";
+/// rotation-scheduler's identity (rolls the token signing key).
+pub const SCHEDULER_KEY_TOKEN: &str = "scheduler-key-token-for-tests";
+/// A service identity granted every operation on every key: for tests of the crypto itself.
+pub const CRYPTO_TOKEN: &str = "crypto-token-for-tests";
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+/// The shipped grants plus `crypto-tester`, which may do anything with any key.
+pub fn test_grants() -> key_service::grants::Grants {
+    let all = "[crypto-tester]\ngrants = [{ keys = [\"*\"], operations = [\"generate_data_key\", \
+               \"unwrap_data_key\", \"rewrap_data_key\", \"encrypt\", \"decrypt\", \"hmac\", \
+               \"verify_hmac\", \"sign\", \"get_key\", \"list_keys\", \"rotate_key\", \
+               \"set_key_policy\"] }]\n";
+    key_service::grants::Grants::parse(&format!("{}\n{all}", key_service::grants::DEFAULT_GRANTS))
+        .unwrap()
+}
 
 /// Collects everything a tracing subscriber writes, to search logs for leaked values.
 #[derive(Clone, Default)]
@@ -135,10 +154,13 @@ async fn drop_abandoned_databases(admin: &sqlx::AnyPool) {
     }
 }
 
-/// The token table line for the two test tokens.
+/// The token table line for the test tokens, one identity each.
 pub fn tokens() -> String {
     sentia_runtime::auth::TokenTable::from_plain([
         ("vault-service", Role::Service, SERVICE_TOKEN),
+        ("audit-service", Role::Service, AUDIT_TOKEN),
+        ("rotation-scheduler", Role::Service, SCHEDULER_KEY_TOKEN),
+        ("crypto-tester", Role::Service, CRYPTO_TOKEN),
         ("operator", Role::Admin, ADMIN_TOKEN),
     ])
     .to_config()
@@ -156,6 +178,11 @@ impl Running {
     /// settings (later pairs win, so `extra` can replace the master key or seal type; the
     /// sealed types, shamir and recovery, start without one).
     pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Self {
+        Self::launch(Self::config(database_url, extra), None).await
+    }
+
+    /// The configuration [`Running::start`] runs, to adjust before [`Running::launch`].
+    pub fn config(database_url: &str, extra: &[(&str, &str)]) -> Config {
         let master = MasterKey::generate().to_base64().to_string();
         let tokens = tokens();
         let mut pairs = vec![
@@ -172,7 +199,15 @@ impl Running {
         {
             pairs.retain(|(k, _)| *k != "SENTIA_MASTER_KEY");
         }
-        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+        let mut config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+        if !extra.iter().any(|(k, _)| *k == "SENTIA_KEY_GRANTS_FILE") {
+            config.grants = test_grants();
+        }
+        config
+    }
+
+    /// Runs `config` and waits until Status answers (over `tls` when the server has TLS).
+    pub async fn launch(config: Config, tls: Option<TlsClientConfig>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = Shutdown::new();
@@ -186,7 +221,7 @@ impl Running {
         };
         // Ready once Status answers (the listener is bound before run, so this is quick).
         for _ in 0..200 {
-            if let Ok(ch) = connect(&running.addr, None).await
+            if let Ok(ch) = connect(&running.addr, tls.as_ref()).await
                 && SystemServiceClient::new(ch)
                     .status(sentia_proto::keys::v1::StatusRequest {})
                     .await
@@ -197,6 +232,12 @@ impl Running {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         running
+    }
+
+    /// A KeyService client presenting the client certificate in `tls`.
+    pub async fn client_tls(&self, tls: &TlsClientConfig) -> KeyServiceClient<AuthedChannel> {
+        let channel = connect(&self.addr, Some(tls)).await.unwrap();
+        KeyServiceClient::new(CallContext::with_token(None).unwrap().wrap(channel))
     }
 
     /// A KeyService client with `token`.
@@ -227,7 +268,7 @@ impl Running {
 
     /// The kid of the version of signing key `key` that signs now.
     pub async fn signing_kid(&self, key: &str) -> String {
-        self.client(Some(SERVICE_TOKEN))
+        self.client(Some(CRYPTO_TOKEN))
             .await
             .sign(sentia_proto::keys::v1::SignRequest {
                 key_name: key.into(),

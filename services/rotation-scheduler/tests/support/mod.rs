@@ -138,7 +138,7 @@ pub async fn audit_service(stack: &Stack) -> String {
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_DATABASE_URL", db.as_str()),
         ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
-        ("SENTIA_KEY_SERVICE_TOKEN", vault::keys::SERVICE_TOKEN),
+        ("SENTIA_KEY_SERVICE_TOKEN", vault::keys::AUDIT_TOKEN),
         ("SENTIA_AUTH_TOKENS", tokens.as_str()),
     ]))
     .unwrap();

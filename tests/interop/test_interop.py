@@ -225,3 +225,67 @@ def test_rotation_status_and_an_on_demand_rotation(vault):
         assert step == rotation_pb2.ROTATION_STEP_CLEANUP
     got = vault_pb2_grpc.SecretServiceStub(vault).GetSecret(vault_pb2.GetSecretRequest(path=path), metadata=auth(ROOT))
     assert got.value.startswith(b"sk_py_") and len(got.value) == 26 and got.version == 2
+
+
+@pytest.mark.parametrize(
+    "addr,method,token",
+    [
+        (VAULT, "/sentia.vault.v1.SecretService/GetSecret", ROOT),
+        (KEYS, "/sentia.keys.v1.KeyService/GetKey", ADMIN),
+        (AUDIT, "/sentia.audit.v1.AuditService/QueryEvents", ADMIN),
+        (ROTATION, "/sentia.rotation.v1.RotationService/ListRotations", ROOT),
+    ],
+)
+def test_bytes_that_are_not_the_request_message_are_invalid_argument(addr, method, token):
+    # Field 1, length-delimited, claims 16 bytes and carries one: a truncated message.
+    # Then a string field holding invalid UTF-8 where field 1 is a string.
+    with grpc.insecure_channel(addr) as ch:
+        raw = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+        for body in (b"\x0a\x10a", b"\x0a\x02\xff\xfe"):
+            try:
+                raw(body, metadata=auth(token))
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, body, e.details())
+                assert "not a valid message" in e.details()
+            else:
+                # Only a field 1 that is not a string accepts any bytes: never for the truncated one.
+                assert body != b"\x0a\x10a", method
+
+
+def _b64url(data):
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_token_vault_service_would_never_issue_is_refused_even_when_signed_by_its_key(vault):
+    """An admin of key-service can sign with the token key; vault-service still refuses a token
+    carrying root, one that lives ten years, and one naming a policy that does not exist."""
+    import json
+    import time
+
+    with grpc.insecure_channel(KEYS) as ch:
+        k = keys_pb2_grpc.KeyServiceStub(ch)
+        kid = k.Sign(keys_pb2.SignRequest(key_name="sentia-jwt", message=b"probe"), metadata=auth(ADMIN)).kid
+
+        def token(policies, lifetime):
+            now = int(time.time())
+            header = _b64url(json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": kid}).encode())
+            claims = {"iss": "sentia", "sub": "app:forged", "aud": "sentia", "jti": unique("jti"),
+                      "iat": now, "nbf": now, "exp": now + lifetime, "pol": policies}
+            signing_input = f"{header}.{_b64url(json.dumps(claims).encode())}"
+            sig = k.Sign(keys_pb2.SignRequest(key_name="sentia-jwt", message=signing_input.encode()),
+                         metadata=auth(ADMIN)).signature
+            return f"{signing_input}.{_b64url(sig)}"
+
+        whoami = vault_pb2_grpc.AuthServiceStub(vault).WhoAmI
+        assert whoami(vault_pb2.WhoAmIRequest(), metadata=auth(token(["developer"], 60))).principal.id == "app:forged"
+        for policies, lifetime, hint in [
+            (["root"], 60, "no token may carry"),
+            (["developer"], 10 * 365 * 86400, "lifetime"),
+            (["superuser"], 60, "does not exist"),
+        ]:
+            with pytest.raises(grpc.RpcError) as e:
+                whoami(vault_pb2.WhoAmIRequest(), metadata=auth(token(policies, lifetime)))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value.details()
+            assert hint in e.value.details()

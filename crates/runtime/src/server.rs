@@ -244,6 +244,7 @@ where
         Box::pin(async move {
             let started = std::time::Instant::now();
             let mut response = inner.call(req).instrument(span.clone()).await?;
+            undecodable_request_is_invalid_argument(response.headers_mut());
             let code = status_code(&response);
             rpc::record_status(&span, Side::Server, code);
             metrics.record(
@@ -258,6 +259,39 @@ where
             tracing::debug!(parent: &span, code, elapsed_us = started.elapsed().as_micros() as u64, "rpc finished");
             Ok(response)
         })
+    }
+}
+
+/// What tonic and prost say (as INTERNAL) when a request's bytes are not the message the
+/// method takes: invalid UTF-8 in a string, a truncated message, a wrong wire type, nesting
+/// past the decoder's limit, a frame cut short.
+const DECODE_FAILURES: &[&str] = &[
+    "failed to decode Protobuf message",
+    "Unexpected EOF decoding stream",
+    "protocol error: received message with invalid compression flag",
+];
+
+/// Rewrites tonic's INTERNAL for a request that could not be decoded to INVALID_ARGUMENT:
+/// the bytes are the caller's input, and INTERNAL would page whoever watches error rates.
+/// A request that fails to decode is answered before any response message, so the status
+/// is in the response headers (trailers-only).
+fn undecodable_request_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::Internal
+        || !DECODE_FAILURES
+            .iter()
+            .any(|p| status.message().starts_with(p))
+    {
+        return;
+    }
+    let fixed = tonic::Status::invalid_argument(format!(
+        "the request is not a valid message for this method: {}",
+        status.message()
+    ));
+    if fixed.add_header(headers).is_err() {
+        tracing::warn!("could not rewrite the status of an undecodable request");
     }
 }
 

@@ -202,18 +202,26 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                 tags: tag_map,
                 ..Default::default()
             };
-            let r = c
-                .put_secret(pb::PutSecretRequest {
-                    path: path.clone(),
-                    value: value.to_vec(),
-                    expected_version: cas,
-                    request_id: format!("cli-{}", uuid::Uuid::now_v7()),
-                    metadata: Some(metadata),
-                    update_mask: None,
-                    labels,
+            // One request id for every attempt: a retried write is applied once.
+            let put = pb::PutSecretRequest {
+                path: path.clone(),
+                value: value.to_vec(),
+                expected_version: cas,
+                request_id: format!("cli-{}", uuid::Uuid::now_v7()),
+                metadata: Some(metadata),
+                update_mask: None,
+                labels,
+            };
+            let r = sentia_client::Retry::default()
+                .run(|| {
+                    let (mut c, put) = (c.clone(), put.clone());
+                    async move { c.put_secret(put).await }
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(|e| match e {
+                    sentia_client::ClientError::Status(s) => status_err(s),
+                    other => anyhow::anyhow!(other),
+                })?
                 .into_inner();
             if as_json {
                 println!("{}", json!({"path": path, "version": r.version}));

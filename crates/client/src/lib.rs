@@ -83,7 +83,9 @@ impl Retry {
         half + Duration::from_micros(jitter)
     }
 
-    async fn run<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// Runs `call` until it succeeds, fails for good, or the attempts are spent. Only for
+    /// calls that are safe to repeat (reads; writes carrying a request id).
+    pub async fn run<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -103,11 +105,11 @@ impl Retry {
     }
 }
 
-/// UNAVAILABLE, or a connection that broke mid-call (tonic reports those as UNKNOWN or
-/// CANCELLED with a transport error as the source). Only idempotent calls are retried:
-/// reads, and writes that carry a request id.
+/// UNAVAILABLE, ABORTED (a write that lost races and did not happen), or a connection that
+/// broke mid-call (tonic reports those as UNKNOWN or CANCELLED with a transport error as the
+/// source). Only idempotent calls are retried: reads, and writes that carry a request id.
 fn transient(s: &Status) -> bool {
-    s.code() == Code::Unavailable
+    matches!(s.code(), Code::Unavailable | Code::Aborted)
         || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 

@@ -31,8 +31,37 @@ const WATCH_BATCH: i64 = 500;
 /// Watchers re-poll this often even without a notification (a lost Redis message costs at
 /// most this much latency).
 pub const WATCH_POLL: Duration = Duration::from_secs(2);
-/// Attempts of an unconditional Put that keeps losing races to other writers.
-const PUT_ATTEMPTS: usize = 5;
+/// Attempts of a Put that keeps losing races to writers on other replicas (writers on this
+/// replica wait their turn on [`PathLocks`] instead of racing).
+const PUT_ATTEMPTS: u32 = 8;
+
+/// Writers of one path on this replica take turns: each write reads the current version,
+/// seals under a data key bound to the next one and commits only if nobody moved it, so
+/// concurrent writers of a path would otherwise mostly lose and pay for a data key each time.
+/// Striped by a hash of the path: bounded memory, and unrelated paths rarely share a stripe.
+pub struct PathLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl PathLocks {
+    /// `stripes` locks (at least one).
+    pub fn new(stripes: usize) -> Self {
+        Self(
+            (0..stripes.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    async fn lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        path.hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize]
+            .lock()
+            .await
+    }
+}
 
 /// Shared state of the SecretService.
 #[derive(Clone)]
@@ -45,6 +74,7 @@ pub struct SecretApi {
     pub(crate) notifier: Notifier,
     pub(crate) audit: Arc<Emitter>,
     pub(crate) shutdown: Shutdown,
+    pub(crate) writers: Arc<PathLocks>,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -315,7 +345,13 @@ impl SecretApi {
         {
             return Ok(done);
         }
-        for _ in 0..PUT_ATTEMPTS {
+        let _turn = self.writers.lock(path.as_str()).await;
+        for attempt in 0..PUT_ATTEMPTS {
+            if attempt > 0 {
+                // Lost to another replica: back off a random 1-20 ms times the attempt.
+                let jitter = 1 + uuid::Uuid::new_v4().as_u128() % 20;
+                tokio::time::sleep(Duration::from_millis(jitter as u64 * u64::from(attempt))).await;
+            }
             let existing = self.store.secret(path.as_str()).await?;
             let current = existing.as_ref().map_or(0, |s| s.current_version);
             if let Some(expected) = r.expected_version
@@ -385,8 +421,8 @@ impl SecretApi {
                 Err(e) => return Err(e),
             }
         }
-        Err(VaultError::Conflict(format!(
-            "{path} is being written by others too often; retry later"
+        Err(VaultError::Contended(format!(
+            "{path} is being written by other replicas too often; retry (the write did not happen)"
         )))
     }
 

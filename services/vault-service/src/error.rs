@@ -18,6 +18,10 @@ pub enum VaultError {
     /// The target is in the wrong state (version deleted or destroyed, ...).
     #[error("{0}")]
     Precondition(String),
+    /// A write that did not ask for check-and-set kept losing races to writers on other
+    /// replicas: safe to retry as it is (ABORTED, which the SDK and CLI retry).
+    #[error("{0}")]
+    Contended(String),
     /// Authenticated, but no policy grants the capability.
     #[error("{0}")]
     Denied(String),
@@ -59,6 +63,7 @@ impl From<VaultError> for Status {
             VaultError::Invalid(m) => Status::invalid_argument(m),
             VaultError::NotFound(m) => Status::not_found(m),
             VaultError::Conflict(m) | VaultError::Precondition(m) => Status::failed_precondition(m),
+            VaultError::Contended(m) => Status::aborted(m),
             VaultError::Denied(m) => Status::permission_denied(m),
             VaultError::Unauthenticated(m) => Status::unauthenticated(m),
             VaultError::OutOfRange(m) => Status::out_of_range(m),

@@ -96,6 +96,7 @@ pub async fn run(
         notifier,
         audit: emitter.clone(),
         shutdown: shutdown.clone(),
+        writers: Arc::new(api::PathLocks::new(1024)),
     };
     let auth_api = auth::AuthApi::new(tokens.clone(), policies.clone(), emitter.clone());
     let routes = Routes::new(SecretServiceServer::new(secrets))

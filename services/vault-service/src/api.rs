@@ -52,14 +52,11 @@ impl PathLocks {
     }
 
     async fn lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
-        let mut h = SEED.get_or_init(Default::default).build_hasher();
-        path.hash(&mut h);
-        self.0[(h.finish() % self.0.len() as u64) as usize]
-            .lock()
-            .await
+        let stripe = SEED.get_or_init(Default::default).hash_one(path) % self.0.len() as u64;
+        self.0[stripe as usize].lock().await
     }
 }
 

@@ -94,11 +94,45 @@ const SERVICES: [&str; 4] = [
     "rotation-scheduler",
 ];
 
+/// The SQLite file `name` in `dir`, created owner-only (0600) before SQLite opens it, so
+/// its journal files get the same mode (SQLite copies it); an existing one is made 0600.
+fn private_database(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
+    let file = dir.join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let opened = options
+            .open(&file)
+            .with_context(|| format!("creating {}", file.display()))?;
+        opened.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        for journal in ["-wal", "-shm", "-journal"] {
+            let j = dir.join(format!("{name}{journal}"));
+            if j.exists() {
+                std::fs::set_permissions(&j, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    options
+        .open(&file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    Ok(file)
+}
+
 /// Starts the dev stack and blocks until Ctrl-C.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("sentia-dev", &sentia_runtime::ProcessEnv)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} owner-only", args.data_dir.display()))?;
+    }
     let key_file = args.data_dir.join("dev-master.key");
     let (master, new_master) = match std::fs::read_to_string(&key_file) {
         Ok(b64) => (MasterKey::from_base64(&b64)?, false),
@@ -155,7 +189,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "  mTLS:        export SENTIA_CA_CERT={d}/ca.pem SENTIA_CLIENT_CERT={d}/cli.pem SENTIA_CLIENT_KEY={d}/cli-key.pem\n"
         );
     }
-    let db = args.data_dir.join("keys.db");
+    let db = private_database(&args.data_dir, "keys.db")?;
     let mut config = Config::from_source(&MapSource::from_pairs([
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_SEAL_TYPE", "shamir"),
@@ -164,6 +198,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     config.server = server;
     config.database_url = format!("sqlite://{}?mode=rwc", db.display());
     config.master = MasterSource::Key(master);
+    // `sentia key rotate-master` rewrites the dev master key file, so the next start opens.
+    config.master_key_file = Some(key_file.clone());
 
     let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
         .await
@@ -182,7 +218,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {at} (use {flag} 0 for any free port)"))
     };
-    let sqlite = |name: &str| format!("sqlite://{}?mode=rwc", args.data_dir.join(name).display());
+    let sqlite = |name: &str| -> anyhow::Result<String> {
+        let file = private_database(&args.data_dir, name)?;
+        Ok(format!("sqlite://{}?mode=rwc", file.display()))
+    };
     // A client of a sibling service: `token`, or the service's own certificate under --tls.
     let upstream_with = |to: std::net::SocketAddr,
                          identity: &str,
@@ -229,10 +268,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         audit_service::config::DEFAULT_SERVICE_IDENTITIES,
         &audit_listener,
     )?;
-    audit.database_url = sqlite("audit.db");
+    audit.database_url = sqlite("audit.db")?;
     audit.key_service = upstream(addr, "audit-service")?;
 
     let root_file = args.data_dir.join("root-token");
+    let root_existed = root_file.exists();
     let vault_listener = bind(args.vault_port, "--vault-port").await?;
     let vault_addr = vault_listener.local_addr()?;
     let mut vault = vault_service::Config::from_source(&MapSource::from_pairs([
@@ -259,7 +299,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         vec!["system_admin".to_string()],
     )]
     .into();
-    vault.database_url = sqlite("vault.db");
+    vault.database_url = sqlite("vault.db")?;
     vault.root_token_file = Some(root_file.clone());
     vault.key_service = upstream(addr, "vault-service")?;
     vault.audit.upstream = Some(upstream(audit_addr, "vault-service")?);
@@ -278,7 +318,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         rotation_scheduler::config::DEFAULT_SERVICE_IDENTITIES,
         &rotation_listener,
     )?;
-    rotation.database_url = sqlite("rotation.db");
+    rotation.database_url = sqlite("rotation.db")?;
     // Quick feedback locally: look for due secrets every second.
     rotation.tick = std::time::Duration::from_secs(1);
     rotation.lease = std::time::Duration::from_secs(5);
@@ -364,8 +404,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from),
         )
     });
-    // vault-service writes the root token file before it serves; show it once it exists.
+    // vault-service writes the root token file before it serves; show it once, when it is
+    // minted (later starts point at the file).
     for _ in 0..100 {
+        if root_existed {
+            break;
+        }
         if let Ok(t) = std::fs::read_to_string(&root_file) {
             eprintln!("  vault root token: {t}\n");
             break;

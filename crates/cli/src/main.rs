@@ -53,8 +53,31 @@ enum PkiCommand {
     Init(ops::PkiArgs),
 }
 
+/// Exit status of a command whose reader went away (`sentia key status | head -1`): what a
+/// process killed by SIGPIPE reports in a shell, as coreutils do.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `println!` panics when stdout is a closed pipe. That is not a bug to report: leave quietly,
+/// without the panic message or a backtrace, as other command-line tools do.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info);
+    }));
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await,

@@ -20,11 +20,25 @@ fn data_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("sentia_dev_{}_{nanos}", std::process::id()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
-    let dir = data_dir();
+/// A running `sentia dev` and what its banner said.
+struct Dev {
+    child: tokio::process::Child,
+    vault: String,
+    keys: String,
+    rotation: String,
+    admin: String,
+    /// The root token, when this start minted it and showed it.
+    root: Option<String>,
+    /// Every banner line.
+    banner: String,
+}
+
+/// Starts `sentia dev` on free ports in `dir` and reads its banner up to the root token
+/// (a first start) or the end of the banner (later starts).
+async fn start_dev(dir: &std::path::Path) -> Dev {
     let d = dir.display().to_string();
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_sentia"))
+    let minted_before = dir.join("root-token").exists();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sentia"))
         .args([
             "dev",
             "--data-dir",
@@ -40,8 +54,7 @@ async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(dev.stderr.take().unwrap()).lines();
-    let (mut vault, mut rotation, mut root) = (String::new(), String::new(), String::new());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr_of = |line: &str| {
         line.split("http://")
             .nth(1)
@@ -51,20 +64,68 @@ async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
             .unwrap()
             .to_string()
     };
+    let (mut vault, mut keys, mut rotation, mut admin, mut root) = (
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        None,
+    );
+    let mut banner = String::new();
+    let mut ended = false;
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await
     {
+        banner.push_str(&line);
+        banner.push('\n');
         if line.contains("vault-service: http://") {
             vault = addr_of(&line);
+        } else if line.contains("key-service:") && line.contains("http://") {
+            keys = addr_of(&line);
+            admin = line
+                .split("admin token ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(')')
+                .to_string();
         } else if line.contains("rotation:") && line.contains("http://") {
             rotation = addr_of(&line);
         } else if let Some(t) = line.trim().strip_prefix("vault root token: ") {
-            root = t.to_string();
+            root = Some(t.to_string());
             break;
+        } else if line.starts_with("=====") && ended && minted_before {
+            break;
+        } else if line.contains("SENTIA DEV MODE") {
+            ended = true;
         }
     }
-    assert!(!vault.is_empty() && !rotation.is_empty() && !root.is_empty());
+    assert!(
+        !vault.is_empty() && !keys.is_empty() && !rotation.is_empty(),
+        "{banner}"
+    );
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Dev {
+        child,
+        vault,
+        keys,
+        rotation,
+        admin,
+        root,
+        banner,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
+    let dir = data_dir();
+    let Dev {
+        child: mut dev,
+        vault,
+        rotation,
+        root,
+        ..
+    } = start_dev(&dir).await;
+    let root = root.expect("a first start shows the root token");
     let env = [
         ("SENTIA_ADDR", vault.as_str()),
         ("SENTIA_ROTATION_ADDR", rotation.as_str()),
@@ -143,5 +204,83 @@ async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
     assert!(out.contains("dev/app/stripe\tautomated"), "{out}");
     assert!(out.contains("cleanup"), "{out}");
     let _ = dev.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_files_are_owner_only_the_root_token_shows_once_and_a_master_rotation_keeps_it_starting()
+ {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    let mut first = start_dev(&dir).await;
+    let root = first
+        .root
+        .clone()
+        .expect("the first start mints and shows it");
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.clone()), 0o700);
+    for db in ["keys.db", "vault.db", "audit.db", "rotation.db"] {
+        assert_eq!(mode(dir.join(db)), 0o600, "{db}");
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            mode(path.clone()) & 0o077,
+            0,
+            "{} is readable by others",
+            path.display()
+        );
+    }
+    let env = [
+        ("SENTIA_KEY_ADDR", first.keys.as_str()),
+        ("SENTIA_TOKEN", first.admin.as_str()),
+    ];
+    let (ok, out, err) = sentia(&env, &["key", "rotate-master", "--json"], b"").await;
+    assert!(ok, "{err}");
+    let new_master: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let saved = std::fs::read_to_string(dir.join("dev-master.key")).unwrap();
+    assert_eq!(saved.trim(), new_master["master_key"].as_str().unwrap());
+    assert_eq!(mode(dir.join("dev-master.key")), 0o600);
+
+    // Output to a reader that is gone: a quiet exit, no panic and no backtrace.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .args(["key", "status"])
+        .envs(env)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "{stderr} / {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let _ = first.child.kill().await;
+    let _ = first.child.wait().await;
+    // The next start opens the keyring with the rotated master and does not show the root
+    // token again; the token still works.
+    let mut second = start_dev(&dir).await;
+    assert!(second.root.is_none(), "{}", second.banner);
+    assert!(!second.banner.contains(&root), "{}", second.banner);
+    let (ok, _, err) = sentia(
+        &[
+            ("SENTIA_ADDR", second.vault.as_str()),
+            ("SENTIA_TOKEN", root.as_str()),
+        ],
+        &["secret", "list", "dev"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let _ = second.child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,7 @@ pub const MAX_PAYLOAD: usize = 65_536;
 pub struct Api {
     core: Arc<Core>,
     grants: Arc<Grants>,
+    master_key_file: Option<Arc<std::path::PathBuf>>,
     shares: Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>,
     audit: Arc<Emitter>,
 }
@@ -39,10 +40,36 @@ impl Api {
         Self {
             core,
             grants: Arc::new(grants),
+            master_key_file: None,
             shares: Arc::new(Mutex::new(Vec::new())),
             audit,
         }
     }
+}
+
+impl Api {
+    /// Keeps `file` (a dev master key file) holding the master in force: a master rotation
+    /// rewrites it before answering, so the next start opens the keyring.
+    pub fn with_master_key_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.master_key_file = file.map(Arc::new);
+        self
+    }
+}
+
+/// Writes `contents` to `path` owner-only (0600 from creation) through a temporary file and a
+/// rename, so the file holds the old or the new key, never half of one.
+fn replace_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Responses that name the key version they used, for the audit event.
@@ -900,6 +927,16 @@ impl SystemService for Api {
                 }));
             }
             let (master_version, master) = self.core.rotate_master(None).await?;
+            if let Some(file) = &self.master_key_file
+                && let Err(e) = replace_private(file, &master.to_base64())
+            {
+                tracing::error!(
+                    file = %file.display(),
+                    error = %e,
+                    "the master key file could not be updated: save the new master key the \
+                     caller received into it, or the next start cannot open the keyring"
+                );
+            }
             Ok(Response::new(pb::RotateMasterKeyResponse {
                 master_version,
                 master_key: master.to_base64().to_string(),

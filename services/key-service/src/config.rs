@@ -76,6 +76,8 @@ pub struct Config {
     /// `SENTIA_KEY_GRANTS_FILE`: which service identity may use which key for what (the
     /// shipped `grants/default.toml` when unset).
     pub grants: Grants,
+    /// `sentia dev` only: the file its master key lives in, rewritten by a master rotation.
+    pub master_key_file: Option<std::path::PathBuf>,
 }
 
 /// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
@@ -154,6 +156,7 @@ impl Config {
             refresh_interval,
             audit,
             grants,
+            master_key_file: None,
         })
     }
 }

@@ -75,7 +75,8 @@ pub async fn run(
     ));
     let emitter = sentia_runtime::audit::Emitter::start("key-service", &config.audit)
         .map_err(|e| KeyError::Startup(e.to_string()))?;
-    let api = api::Api::new(core, config.grants, emitter.clone());
+    let api = api::Api::new(core, config.grants, emitter.clone())
+        .with_master_key_file(config.master_key_file);
     let routes =
         Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
     Server::new(config.server)

@@ -64,16 +64,37 @@ impl From<RotationError> for Status {
             RotationError::Precondition(m) => Status::failed_precondition(m),
             RotationError::Busy(m) => Status::aborted(m),
             RotationError::Denied(d) => d.into(),
-            RotationError::Upstream { service, status } => match status.code() {
-                tonic::Code::NotFound => Status::not_found(status.message().to_string()),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                    Status::unavailable(format!(
+            RotationError::Upstream { service, status } => {
+                use tonic::Code;
+                match status.code() {
+                    // The caller's input or the secret's state, judged by the service that
+                    // owns it: the same answer reaches the caller.
+                    code @ (Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::Aborted
+                    | Code::AlreadyExists
+                    | Code::ResourceExhausted
+                    | Code::DataLoss) => Status::new(code, status.message().to_string()),
+                    Code::Unavailable | Code::DeadlineExceeded => Status::unavailable(format!(
                         "{service} is unavailable ({}); retry later",
                         status.message()
-                    ))
+                    )),
+                    // The scheduler's own identity was refused, or the upstream failed: a
+                    // deployment problem, not the caller's.
+                    Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::Unimplemented
+                    | Code::Cancelled
+                    | Code::Ok => Status::internal(format!(
+                        "{service} refused the call: {}",
+                        status.message()
+                    )),
                 }
-                _ => Status::internal(format!("{service} refused the call: {}", status.message())),
-            },
+            }
             RotationError::Corrupt(m) => {
                 tracing::error!(problem = %m, "stored rotation data is unreadable");
                 Status::data_loss(format!("stored rotation data is unreadable: {m}"))

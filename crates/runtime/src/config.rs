@@ -358,17 +358,15 @@ mod tests {
         assert_eq!(parse_duration(""), None);
     }
 
+    fn key_service_server(r: &mut Reader<'_>) -> ServerConfig {
+        ServerConfig::from_source(r, "key-service", "127.0.0.1:8201", true, &["vault-service"])
+    }
+
     #[test]
     fn a_server_without_tls_or_explicit_plaintext_refuses_to_start() {
         let src = MapSource::default();
         let mut r = Reader::new(&src);
-        ServerConfig::from_source(
-            &mut r,
-            "key-service",
-            "127.0.0.1:8201",
-            true,
-            &["vault-service", "audit-service", "rotation-scheduler"],
-        );
+        key_service_server(&mut r);
         let err = r.finish().unwrap_err();
         assert!(err.to_string().contains("TLS is required"), "{err}");
     }
@@ -380,24 +378,12 @@ mod tests {
             ("SENTIA_LISTEN_ADDR", "0.0.0.0:8201"),
         ]);
         let mut r = Reader::new(&src);
-        ServerConfig::from_source(
-            &mut r,
-            "key-service",
-            "127.0.0.1:8201",
-            true,
-            &["vault-service", "audit-service", "rotation-scheduler"],
-        );
+        key_service_server(&mut r);
         assert!(r.finish().unwrap_err().to_string().contains("loopback"));
 
         let src = MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]);
         let mut r = Reader::new(&src);
-        let cfg = ServerConfig::from_source(
-            &mut r,
-            "key-service",
-            "127.0.0.1:8201",
-            true,
-            &["vault-service", "audit-service", "rotation-scheduler"],
-        );
+        let cfg = key_service_server(&mut r);
         r.finish().unwrap();
         assert!(cfg.tls.is_none());
     }

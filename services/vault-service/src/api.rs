@@ -39,24 +39,26 @@ const PUT_ATTEMPTS: u32 = 8;
 /// seals under a data key bound to the next one and commits only if nobody moved it, so
 /// concurrent writers of a path would otherwise mostly lose and pay for a data key each time.
 /// Striped by a hash of the path: bounded memory, and unrelated paths rarely share a stripe.
-pub struct PathLocks(Vec<tokio::sync::Mutex<()>>);
+pub struct PathLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
 
 impl PathLocks {
     /// `stripes` locks (at least one).
     pub fn new(stripes: usize) -> Self {
-        Self(
-            (0..stripes.max(1))
+        Self {
+            stripes: (0..stripes.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-        )
+            hasher: Default::default(),
+        }
     }
 
     async fn lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::BuildHasher;
-        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-            std::sync::OnceLock::new();
-        let stripe = SEED.get_or_init(Default::default).hash_one(path) % self.0.len() as u64;
-        self.0[stripe as usize].lock().await
+        let stripe = self.hasher.hash_one(path) % self.stripes.len() as u64;
+        self.stripes[stripe as usize].lock().await
     }
 }
 

@@ -11,6 +11,7 @@ use clap::Args;
 use key_service::{Config, MasterSource};
 use sentia_crypto::MasterKey;
 use sentia_runtime::auth::TokenTable;
+use sentia_runtime::private_file;
 use sentia_runtime::{DevPki, MapSource, Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
 use zeroize::Zeroizing;
 
@@ -61,28 +62,11 @@ fn write_owner_only(path: &std::path::Path, contents: &str, new: bool) -> anyhow
     } else {
         options.create(true).truncate(true);
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(0o600);
-        let file = options
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        // An existing file keeps its mode on truncate; make it owner-only too.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        (&file)
-            .write_all(contents.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        file.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    {
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(contents.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let mut file = private_file::open(path, &mut options)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()?;
     Ok(())
 }
 
@@ -98,27 +82,20 @@ const SERVICES: [&str; 4] = [
 /// its journal files get the same mode (SQLite copies it); an existing one is made 0600.
 fn private_database(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
     let file = dir.join(name);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(0o600);
-        let opened = options
-            .open(&file)
-            .with_context(|| format!("creating {}", file.display()))?;
-        opened.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        for journal in ["-wal", "-shm", "-journal"] {
-            let j = dir.join(format!("{name}{journal}"));
-            if j.exists() {
-                std::fs::set_permissions(&j, std::fs::Permissions::from_mode(0o600))?;
-            }
+    private_file::open(
+        &file,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .with_context(|| format!("creating {}", file.display()))?;
+    for journal in ["-wal", "-shm", "-journal"] {
+        let j = dir.join(format!("{name}{journal}"));
+        if j.exists() {
+            private_file::open(&j, std::fs::OpenOptions::new().read(true))?;
         }
     }
-    #[cfg(not(unix))]
-    options
-        .open(&file)
-        .with_context(|| format!("creating {}", file.display()))?;
     Ok(file)
 }
 

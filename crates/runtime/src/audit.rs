@@ -228,15 +228,15 @@ struct Spool {
 
 impl Spool {
     fn open(path: &Path) -> Result<Self, AuditUnavailable> {
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).append(true).create(true);
-        #[cfg(unix)]
-        {
-            // Events name principals and addresses: owner-only, like the other dev files.
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(path).map_err(|e| {
+        // Events name principals and addresses: owner-only, like the other private files.
+        let file = crate::private_file::open(
+            path,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true),
+        )
+        .map_err(|e| {
             AuditUnavailable(format!(
                 "cannot open the audit spool {}: {e}",
                 path.display()

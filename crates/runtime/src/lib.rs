@@ -12,6 +12,7 @@ pub mod db;
 mod error;
 pub mod identity;
 pub mod jwt;
+pub mod private_file;
 mod rpc;
 pub mod server;
 pub mod shutdown;

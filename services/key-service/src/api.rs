@@ -62,11 +62,10 @@ fn replace_private(path: &std::path::Path, contents: &str) -> std::io::Result<()
     use std::io::Write;
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
+    let mut file = sentia_runtime::private_file::open(
+        &tmp,
+        std::fs::OpenOptions::new().write(true).create_new(true),
+    )?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)

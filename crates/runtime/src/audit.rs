@@ -509,8 +509,33 @@ pub async fn audited_detail<T, E: Into<tonic::Status>>(
     detail: Detail,
 ) -> Result<T, tonic::Status> {
     let result = result.map_err(Into::into);
-    let status = result.as_ref().err();
-    let code = status.map(tonic::Status::code);
+    let event = outcome_event(
+        info,
+        event_type,
+        operation,
+        name,
+        result.as_ref().err(),
+        detail,
+    );
+    if let Err(e) = emitter.emit(event).await {
+        tracing::error!(operation, name, error = %e, "operation not confirmed: its audit event could not be recorded");
+        return Err(tonic::Status::unavailable(format!(
+            "{e}; the {operation} was not confirmed — retry when the audit log is back"
+        )));
+    }
+    result
+}
+
+/// The event recording an outcome: a stored ciphertext failing authentication (DATA_LOSS),
+/// or a caller's ciphertext failing it, becomes `failed_decryption`.
+fn outcome_event(
+    info: &CallInfo,
+    event_type: &str,
+    operation: &str,
+    name: &str,
+    status: Option<&tonic::Status>,
+    detail: Detail,
+) -> AuditEvent {
     let failed_decryption = status.is_some_and(|s| {
         s.code() == tonic::Code::DataLoss
             || (s.code() == tonic::Code::InvalidArgument
@@ -521,19 +546,124 @@ pub async fn audited_detail<T, E: Into<tonic::Status>>(
     } else {
         event_type
     };
-    let mut event = info.event(event_type, operation, name, code);
+    let mut event = info.event(event_type, operation, name, status.map(tonic::Status::code));
     event.encryption_key_version = detail
         .key_version
         .map(|v| format!("v{v}"))
         .unwrap_or_default();
     event.tier = detail.tier;
-    if let Err(e) = emitter.emit(event).await {
-        tracing::error!(operation, name, error = %e, "operation not confirmed: its audit event could not be recorded");
-        return Err(tonic::Status::unavailable(format!(
-            "{e}; the {operation} was not confirmed — retry when the audit log is back"
-        )));
+    event
+}
+
+const GATE_OPEN: u8 = 0;
+const GATE_RECORDED: u8 = 1;
+const GATE_REFUSED: u8 = 2;
+
+/// The audit event of a change, recorded while the change's transaction is still open: the
+/// store calls [`Gate::record`] just before it commits, so a change whose event can be
+/// neither sent nor spooled is rolled back and never happens (fail closed before the
+/// effect), and a change that commits was recorded first. [`Gate::finish`] then answers the
+/// caller, recording failures the usual way.
+pub struct Gate<'a> {
+    emitter: &'a Emitter,
+    info: &'a CallInfo,
+    event_type: &'static str,
+    operation: &'static str,
+    name: String,
+    detail: std::sync::Mutex<Detail>,
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl std::fmt::Debug for Gate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("operation", &self.operation)
+            .field("name", &self.name)
+            .finish()
     }
-    result
+}
+
+impl<'a> Gate<'a> {
+    /// A gate for `operation` on `name` by the caller described by `info`.
+    pub fn new(
+        emitter: &'a Emitter,
+        info: &'a CallInfo,
+        event_type: &'static str,
+        operation: &'static str,
+        name: &str,
+    ) -> Self {
+        Self {
+            emitter,
+            info,
+            event_type,
+            operation,
+            name: name.to_string(),
+            detail: std::sync::Mutex::new(Detail::default()),
+            state: std::sync::atomic::AtomicU8::new(GATE_OPEN),
+        }
+    }
+
+    /// Key version and tier, once the handler knows them (before the commit).
+    pub fn set_detail(&self, detail: Detail) {
+        if let Ok(mut d) = self.detail.lock() {
+            *d = detail;
+        }
+    }
+
+    fn detail(&self) -> Detail {
+        self.detail.lock().map(|d| *d).unwrap_or_default()
+    }
+
+    /// Records the change as done; called inside the transaction, before commit. An error
+    /// means the transaction must be rolled back.
+    pub async fn record(&self) -> Result<(), AuditUnavailable> {
+        let event = outcome_event(
+            self.info,
+            self.event_type,
+            self.operation,
+            &self.name,
+            None,
+            self.detail(),
+        );
+        let result = self.emitter.emit(event).await;
+        let state = if result.is_ok() {
+            GATE_RECORDED
+        } else {
+            GATE_REFUSED
+        };
+        self.state.store(state, Ordering::SeqCst);
+        if let Err(e) = &result {
+            tracing::error!(operation = self.operation, name = %self.name, error = %e, "change rolled back: its audit event could not be recorded");
+        }
+        result
+    }
+
+    /// The caller's answer. A success recorded by [`Gate::record`] is passed on; a success
+    /// that committed nothing (an idempotent replay) and every failure are recorded now; a
+    /// failure that is the gate's own refusal is passed on as it is (nothing changed, and
+    /// the audit log is known to be unavailable). A failure after a recorded success (the
+    /// commit itself failed) is recorded too, so the log shows the change did not stick.
+    pub async fn finish<T, E: Into<tonic::Status>>(
+        &self,
+        result: Result<T, E>,
+    ) -> Result<T, tonic::Status> {
+        let result = result.map_err(Into::into);
+        match (self.state.load(Ordering::SeqCst), &result) {
+            (GATE_RECORDED, Ok(_)) | (GATE_REFUSED, Err(_)) => result,
+            _ => {
+                audited_detail(
+                    self.emitter,
+                    self.info,
+                    self.event_type,
+                    self.operation,
+                    &self.name,
+                    result,
+                    self.detail(),
+                )
+                .await
+            }
+        }
+    }
 }
 
 /// The canonical gRPC name of a code, e.g. `PERMISSION_DENIED`.

@@ -12,7 +12,10 @@ pub fn open(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         options.mode(0o600);
         let file = options.open(path)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        // Only regular files: a device (e.g. /dev/full as a spool in tests) keeps its mode.
+        if file.metadata()?.is_file() {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(file)
     }
     #[cfg(not(unix))]

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
-use sentia_runtime::audit::{CallInfo, Detail, Emitter, audited, audited_detail};
+use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
 use sentia_runtime::db::timestamp;
 use sentia_runtime::{Principal, Shutdown};
 use tokio::sync::mpsc;
@@ -303,7 +303,7 @@ impl SecretApi {
         &self,
         p: &Principal,
         r: pb::PutSecretRequest,
-        detail: &mut Detail,
+        gate: &Gate<'_>,
     ) -> Result<pb::PutSecretResponse, VaultError> {
         let path = SecretPath::parse(&r.path)?;
         self.policies.check(p, Capability::Write, path.as_str())?;
@@ -376,7 +376,7 @@ impl SecretApi {
                 (Some(s), _) => s.meta.clone(),
             };
             let version = current + 1;
-            detail.tier = meta.tier.clamp(0, 3) as u32;
+            let tier = meta.tier.clamp(0, 3) as u32;
             let sealed = self
                 .keys
                 .seal(
@@ -386,7 +386,10 @@ impl SecretApi {
                     version,
                 )
                 .await?;
-            detail.key_version = Some(sealed.key_version);
+            gate.set_detail(Detail {
+                key_version: Some(sealed.key_version),
+                tier,
+            });
             let nv = NewVersion {
                 path: path.clone(),
                 version,
@@ -398,7 +401,7 @@ impl SecretApi {
                 request_id: request_id.clone(),
                 meta,
             };
-            match self.store.put_version(&nv).await {
+            match self.store.put_version(&nv, Some(gate)).await {
                 Ok(c) => {
                     self.committed(&path, &c, &c.touched_versions).await;
                     tracing::info!(path = %path, version, by = %p.id, "secret version written");
@@ -444,6 +447,7 @@ impl SecretApi {
         path: &str,
         versions: &[u64],
         to: State,
+        gate: &Gate<'_>,
     ) -> Result<Vec<u64>, VaultError> {
         let path = SecretPath::parse(path)?;
         self.policies.check(p, Capability::Delete, path.as_str())?;
@@ -453,7 +457,10 @@ impl SecretApi {
                 "name the versions to destroy (at least one); destruction is irreversible".into(),
             ));
         }
-        let (changed, c) = self.store.set_state(path.as_str(), &versions, to).await?;
+        let (changed, c) = self
+            .store
+            .set_state(path.as_str(), &versions, to, Some(gate))
+            .await?;
         let destroyed = if to == State::Destroyed {
             changed.clone()
         } else {
@@ -464,7 +471,8 @@ impl SecretApi {
         Ok(changed)
     }
 
-    /// Delete, Undelete and Destroy as RPCs: the state change, recorded in the audit log.
+    /// Delete, Undelete and Destroy as RPCs: the state change, recorded in the audit log
+    /// before it commits.
     async fn state_rpc(
         &self,
         info: &CallInfo,
@@ -472,16 +480,17 @@ impl SecretApi {
         path: &str,
         versions: &[u64],
         to: State,
-        operation: &str,
+        operation: &'static str,
     ) -> Result<Vec<u64>, Status> {
+        let gate = Gate::new(&self.audit, info, "secret_delete", operation, path);
         let result = match principal {
             Ok(p) => self
-                .change_state(&p, path, versions, to)
+                .change_state(&p, path, versions, to, &gate)
                 .await
                 .map_err(Status::from),
             Err(s) => Err(s),
         };
-        audited(&self.audit, info, "secret_delete", operation, path, result).await
+        gate.finish(result).await
     }
 
     fn watch(
@@ -607,25 +616,19 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SecretEvent, Status>
 impl SecretService for SecretApi {
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Res<pb::PutSecretResponse> {
         let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
-        let mut detail = Detail::default();
-        let result: Res<pb::PutSecretResponse> = async {
-            let p = Principal::of(&req)?;
-            Ok(Response::new(
-                self.put(&p, req.into_inner(), &mut detail).await?,
-            ))
-        }
-        .await;
-        audited_detail(
+        let gate = Gate::new(
             &self.audit,
             &info,
             "secret_write",
             "write",
-            &name,
-            result,
-            detail,
-        )
-        .await
+            &req.get_ref().path,
+        );
+        let result: Res<pb::PutSecretResponse> = async {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(self.put(&p, req.into_inner(), &gate).await?))
+        }
+        .await;
+        gate.finish(result).await
     }
 
     async fn get_secret(&self, req: Request<pb::GetSecretRequest>) -> Res<pb::GetSecretResponse> {
@@ -818,7 +821,8 @@ impl SecretService for SecretApi {
             .as_ref()
             .map(|m| m.path.clone())
             .unwrap_or_default();
-        let result: Res<pb::SecretMetadata> = async move {
+        let gate = Gate::new(&self.audit, &info, "secret_write", "update_metadata", &name);
+        let result: Res<pb::SecretMetadata> = async {
             let p = Principal::of(&req)?;
             let r = req.into_inner();
             let m = r.metadata.ok_or_else(|| {
@@ -839,7 +843,10 @@ impl SecretService for SecretApi {
                 .ok_or_else(|| not_found(&path))?;
             let mut meta = s.meta.clone();
             meta.apply(&m, Some(&mask))?;
-            let c = self.store.update_metadata(path.as_str(), &meta).await?;
+            let c = self
+                .store
+                .update_metadata(path.as_str(), &meta, Some(&gate))
+                .await?;
             self.committed(&path, &c, &c.touched_versions).await;
             let s = self
                 .store
@@ -849,21 +856,19 @@ impl SecretService for SecretApi {
             Ok(Response::new(metadata_pb(&s)))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "secret_write",
-            "update_metadata",
-            &name,
-            result,
-        )
-        .await
+        gate.finish(result).await
     }
 
     async fn move_label(&self, req: Request<pb::MoveLabelRequest>) -> Res<pb::SecretMetadata> {
         let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
-        let result: Res<pb::SecretMetadata> = async move {
+        let gate = Gate::new(
+            &self.audit,
+            &info,
+            "secret_write",
+            "move_label",
+            &req.get_ref().path,
+        );
+        let result: Res<pb::SecretMetadata> = async {
             let p = Principal::of(&req)?;
             let r = req.into_inner();
             let path = SecretPath::parse(&r.path)?;
@@ -874,7 +879,7 @@ impl SecretService for SecretApi {
             }
             let c = self
                 .store
-                .move_label(path.as_str(), &label, r.version)
+                .move_label(path.as_str(), &label, r.version, Some(&gate))
                 .await?;
             self.committed(&path, &c, &[]).await;
             tracing::info!(path = %path, label = %label, version = r.version, by = %p.id, "label moved");
@@ -886,15 +891,7 @@ impl SecretService for SecretApi {
             Ok(Response::new(metadata_pb(&s)))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "secret_write",
-            "move_label",
-            &name,
-            result,
-        )
-        .await
+        gate.finish(result).await
     }
 
     async fn delete_secret(

@@ -37,6 +37,10 @@ pub enum VaultError {
     /// key-service refused or could not be reached.
     #[error("key-service: {0}")]
     KeyService(Status),
+    /// The change's audit event could be neither sent nor spooled, so the change was
+    /// rolled back.
+    #[error("{0}")]
+    AuditUnavailable(String),
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -86,6 +90,9 @@ impl From<VaultError> for Status {
                     Status::internal(format!("key-service refused the call: {}", s.message()))
                 }
             },
+            VaultError::AuditUnavailable(m) => Status::unavailable(format!(
+                "{m}; nothing was changed — retry when the audit log is back"
+            )),
             VaultError::Storage(e) => sentia_runtime::db::error_status(&e, "secret storage"),
             VaultError::Migration(e) => Status::internal(format!("migration: {e}")),
             VaultError::Runtime(e) => Status::internal(e.to_string()),

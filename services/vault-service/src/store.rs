@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use sentia_runtime::audit::Gate;
 use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -457,7 +458,11 @@ impl Store {
 
     /// Writes a new version. Fails with [`VaultError::Conflict`] if another writer got
     /// `nv.version` first (the caller re-reads and retries, or reports a CAS conflict).
-    pub async fn put_version(&self, nv: &NewVersion) -> Result<Committed, VaultError> {
+    pub async fn put_version(
+        &self,
+        nv: &NewVersion,
+        gate: Option<&Gate<'_>>,
+    ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let path = nv.path.as_str();
         let version = i64_of(nv.version)?;
@@ -538,6 +543,7 @@ impl Store {
             nv.meta.max_versions,
             revision,
             now,
+            gate,
         )
         .await
     }
@@ -547,6 +553,7 @@ impl Store {
         &self,
         path: &str,
         meta: &Metadata,
+        gate: Option<&Gate<'_>>,
     ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -564,7 +571,17 @@ impl Store {
         let current = u64_of(&row, "current_version")?;
         let mut events = Pending::default();
         events.push(EventKind::MetadataUpdated, path, &[], "");
-        prune_and_commit(tx, events, path, current, meta.max_versions, revision, now).await
+        prune_and_commit(
+            tx,
+            events,
+            path,
+            current,
+            meta.max_versions,
+            revision,
+            now,
+            gate,
+        )
+        .await
     }
 
     /// Points `label` at `version` (which must be enabled). Moving CURRENT moves PREVIOUS to
@@ -574,6 +591,7 @@ impl Store {
         path: &str,
         label: &str,
         version: u64,
+        gate: Option<&Gate<'_>>,
     ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -596,7 +614,7 @@ impl Store {
         }
         let mut events = Pending::default();
         move_label_tx(&mut tx, &mut events, path, label, version).await?;
-        let sequence = events.commit(tx, now).await?;
+        let sequence = events.commit(tx, now, gate).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -612,6 +630,7 @@ impl Store {
         path: &str,
         versions: &[u64],
         to: State,
+        gate: Option<&Gate<'_>>,
     ) -> Result<(Vec<u64>, Committed), VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -687,7 +706,7 @@ impl Store {
         if !targets.is_empty() {
             events.push(kind, path, &targets, "");
         }
-        let sequence = events.commit(tx, now).await?;
+        let sequence = events.commit(tx, now, gate).await?;
         Ok((
             targets.clone(),
             Committed {
@@ -993,6 +1012,7 @@ async fn prune(
 
 /// The end of a write that may leave versions beyond `max_versions`: prune them (with a
 /// Destroyed event), write the events, commit.
+#[allow(clippy::too_many_arguments)]
 async fn prune_and_commit(
     mut tx: Transaction<'static, Any>,
     mut events: Pending,
@@ -1001,12 +1021,13 @@ async fn prune_and_commit(
     max_versions: u32,
     revision: i64,
     now: i64,
+    gate: Option<&Gate<'_>>,
 ) -> Result<Committed, VaultError> {
     let pruned = prune(&mut tx, path, current, max_versions).await?;
     if !pruned.is_empty() {
         events.push(EventKind::Destroyed, path, &pruned, "");
     }
-    let sequence = events.commit(tx, now).await?;
+    let sequence = events.commit(tx, now, gate).await?;
     Ok(Committed {
         sequence,
         revision,
@@ -1030,10 +1051,23 @@ impl Pending {
     /// `stream_head` under its row lock, held only from here to commit, so events become
     /// visible in sequence order and concurrent writers serialize for as short as possible.
     /// Returns the highest sequence written (0 if none).
-    async fn commit(self, mut tx: Transaction<'static, Any>, now: i64) -> Result<u64, VaultError> {
+    /// With a `gate`, the change's audit event is recorded first (before the stream lock is
+    /// taken, so an audit round trip never serializes writers of other paths); if it cannot
+    /// be, the transaction is dropped and nothing changes.
+    async fn commit(
+        self,
+        mut tx: Transaction<'static, Any>,
+        now: i64,
+        gate: Option<&Gate<'_>>,
+    ) -> Result<u64, VaultError> {
         if self.0.is_empty() {
             tx.commit().await?;
             return Ok(0);
+        }
+        if let Some(g) = gate {
+            g.record()
+                .await
+                .map_err(|e| VaultError::AuditUnavailable(e.0))?;
         }
         let n = self.0.len() as i64;
         let row = sqlx::query(

@@ -289,17 +289,72 @@ async fn with_audit_service_down_and_no_spool_space_operations_fail_closed() {
     // /dev/full accepts the open and fails every write with ENOSPC.
     let a = Audited::start("/dev/full").await;
     let s = &a.stack;
-    s.put("prod/app/key", b"v").await;
+    s.put("prod/app/key", b"v1").await;
+    let before = a.wait_for(1).await.len();
     a.proxy.cut();
-    let err = s
-        .secrets(&s.root_token)
-        .await
-        .get_secret(get("prod/app/key"))
+    let mut client = s.secrets(&s.root_token).await;
+    let err = client.get_secret(get("prod/app/key")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("audit"), "{err:?}");
+
+    // Changes whose events cannot be recorded are rolled back before they take effect.
+    let err = client
+        .put_secret(pb::PutSecretRequest {
+            path: "prod/app/key".into(),
+            value: b"v2".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("audit"), "{err:?}");
+    assert!(err.message().contains("nothing was changed"), "{err:?}");
+    let err = client
+        .destroy_secret_versions(pb::DestroySecretVersionsRequest {
+            path: "prod/app/key".into(),
+            versions: vec![1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = client
+        .put_secret(pb::PutSecretRequest {
+            path: "prod/app/new".into(),
+            value: b"n".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
     a.proxy.restore();
+    let got = client
+        .get_secret(get("prod/app/key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.value.as_slice(), got.version),
+        (b"v1".as_slice(), 1),
+        "neither the put nor the destroy happened"
+    );
+    let err = client.get_secret(get("prod/app/new")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the new secret was not created");
+    // The log holds the first write and the reads after the outage, and nothing claims the
+    // refused changes succeeded.
+    let events = a.wait_for(before + 2).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.success && (e.operation == "destroy" || e.secret_name == "prod/app/new")),
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.operation == "write" && e.success)
+            .count(),
+        1
+    );
     a.stop().await;
 }
 

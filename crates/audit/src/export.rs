@@ -2,7 +2,7 @@
 //! in hex. Round-trips exactly, so an export can be verified offline with [`crate::verify`].
 
 use sentia_proto::audit::v1::export_item::Item;
-use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint, ExportItem};
+use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint, ExportEnd, ExportItem};
 use serde_json::{Value, json};
 
 fn ts(t: &Option<prost_types::Timestamp>) -> Value {
@@ -29,8 +29,13 @@ pub fn to_line(item: &ExportItem) -> String {
         Some(Item::Record(r)) => json!({
             "type": "record", "sequence": r.sequence,
             "prev_hash": hex::encode(&r.prev_hash), "hash": hex::encode(&r.hash),
-            "receive_time": ts(&r.receive_time),
+            "receive_time": ts(&r.receive_time), "appender": r.appender,
             "event": r.event.as_ref().map_or(Value::Null, event_json),
+        }),
+        Some(Item::End(e)) => json!({
+            "type": "end", "from_sequence": e.from_sequence, "to_sequence": e.to_sequence,
+            "head_hash": hex::encode(&e.head_hash), "signature": hex::encode(&e.signature),
+            "kid": e.kid,
         }),
         Some(Item::Checkpoint(c)) => json!({
             "type": "checkpoint", "sequence": c.sequence,
@@ -116,6 +121,18 @@ pub fn from_line(line: &str) -> Result<ExportItem, String> {
             prev_hash: bytes(&v, "prev_hash")?,
             hash: bytes(&v, "hash")?,
             receive_time: timestamp(&v, "receive_time")?,
+            // Exports written before appenders were recorded have none.
+            appender: match v.get("appender") {
+                None => String::new(),
+                Some(_) => string(&v, "appender")?,
+            },
+        }),
+        "end" => Item::End(ExportEnd {
+            from_sequence: number(&v, "from_sequence")?,
+            to_sequence: number(&v, "to_sequence")?,
+            head_hash: bytes(&v, "head_hash")?,
+            signature: bytes(&v, "signature")?,
+            kid: string(&v, "kid")?,
         }),
         "checkpoint" => Item::Checkpoint(Checkpoint {
             sequence: number(&v, "sequence")?,
@@ -155,6 +172,7 @@ mod tests {
                     prev_hash: vec![0; 32],
                     hash: vec![7; 32],
                     receive_time: None,
+                    appender: "vault-service".into(),
                 })),
             },
             ExportItem {
@@ -167,6 +185,15 @@ mod tests {
                         seconds: 1,
                         nanos: 0,
                     }),
+                })),
+            },
+            ExportItem {
+                item: Some(Item::End(ExportEnd {
+                    from_sequence: 1,
+                    to_sequence: 1,
+                    head_hash: vec![7; 32],
+                    signature: vec![4, 5],
+                    kid: "audit-checkpoint-v1".into(),
                 })),
             },
         ];

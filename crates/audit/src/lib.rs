@@ -8,13 +8,16 @@ pub mod export;
 
 use std::collections::HashMap;
 
-use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint};
+use sentia_proto::audit::v1::export_item::Item;
+use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint, ExportItem};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// Domain tag at the start of every canonical encoding, so the format can evolve.
 const CANONICAL_TAG: &[u8] = b"sentia-audit-event-v1";
+/// The tag of a record that names its appender: the v1 fields, then the appender.
+const CANONICAL_TAG_V2: &[u8] = b"sentia-audit-event-v2";
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
@@ -57,11 +60,24 @@ pub fn canonical(event: &AuditEvent, sequence: u64) -> Vec<u8> {
     out
 }
 
-/// The hash of the record holding `event` at `sequence` after a record hashed `prev`.
-pub fn record_hash(prev: &[u8; 32], event: &AuditEvent, sequence: u64) -> [u8; 32] {
+/// The bytes hashed for a stored record: [`canonical`] when no appender is recorded (records
+/// stored before appenders were), else the v2 tag, the same fields and the appender — so the
+/// identity that appended a record is as tamper-evident as the event.
+pub fn canonical_record(event: &AuditEvent, sequence: u64, appender: &str) -> Vec<u8> {
+    let mut out = canonical(event, sequence);
+    if !appender.is_empty() {
+        out[..CANONICAL_TAG_V2.len()].copy_from_slice(CANONICAL_TAG_V2);
+        put_str(&mut out, appender);
+    }
+    out
+}
+
+/// The hash of the record holding `event` at `sequence`, appended by `appender`, after a
+/// record hashed `prev`.
+pub fn record_hash(prev: &[u8; 32], event: &AuditEvent, sequence: u64, appender: &str) -> [u8; 32] {
     let mut buf = Vec::with_capacity(32 + 256);
     buf.extend_from_slice(prev);
-    buf.extend_from_slice(&canonical(event, sequence));
+    buf.extend_from_slice(&canonical_record(event, sequence, appender));
     sentia_crypto::sha256(&buf)
 }
 
@@ -71,6 +87,29 @@ pub fn checkpoint_message(sequence: u64, head_hash: &[u8]) -> String {
         "sentia-audit-checkpoint|{sequence}|{}",
         hex::encode(head_hash)
     )
+}
+
+/// The message an export's end signs: the range and the hash of its last record. Its prefix
+/// differs from a checkpoint's, so neither signature can stand in for the other.
+pub fn export_end_message(from: u64, to: u64, head_hash: &[u8]) -> String {
+    format!("sentia-audit-export|{from}|{to}|{}", hex::encode(head_hash))
+}
+
+/// Checks `signature` over `message` with the key `kid`; the error says what is wrong.
+pub fn check_signature(
+    keys: &HashMap<String, Vec<u8>>,
+    kid: &str,
+    message: &str,
+    signature: &[u8],
+) -> Result<(), String> {
+    let Some(key) = keys.get(kid) else {
+        return Err(format!("signed by unknown key {kid:?}"));
+    };
+    if sentia_crypto::verify_ed25519(key, message.as_bytes(), signature) {
+        Ok(())
+    } else {
+        Err("signature is not valid".into())
+    }
 }
 
 /// The outcome of a verification.
@@ -151,7 +190,7 @@ pub fn verify(
             v.problem = bad("record has no event".into());
             return v;
         };
-        let computed = record_hash(&stored_prev, event, r.sequence);
+        let computed = record_hash(&stored_prev, event, r.sequence, &r.appender);
         if r.hash.as_slice() != computed {
             v.problem = bad("hash does not match the record's contents (altered)".into());
             return v;
@@ -171,16 +210,9 @@ pub fn verify(
         return v;
     }
     for c in checkpoints {
-        let Some(key) = keys.get(&c.kid) else {
-            v.problem = Some((
-                c.sequence,
-                format!("checkpoint signed by unknown key {:?}", c.kid),
-            ));
-            return v;
-        };
         let msg = checkpoint_message(c.sequence, &c.head_hash);
-        if !sentia_crypto::verify_ed25519(key, msg.as_bytes(), &c.signature) {
-            v.problem = Some((c.sequence, "checkpoint signature is not valid".into()));
+        if let Err(why) = check_signature(keys, &c.kid, &msg, &c.signature) {
+            v.problem = Some((c.sequence, format!("checkpoint {why}")));
             return v;
         }
         match hashes.get(&c.sequence) {
@@ -206,6 +238,80 @@ pub fn verify(
             None => continue,
         }
         v.checkpoints_checked += 1;
+    }
+    v
+}
+
+/// Checks an export as `sentia audit export` wrote it: its records and interleaved
+/// checkpoints as [`verify`] does (the checkpoint just before the first record anchors it),
+/// and that it ends with a valid signed end naming exactly the records present — so an
+/// export cut anywhere, or with records dropped at either end, is named.
+pub fn verify_export(items: &[ExportItem], keys: &HashMap<String, Vec<u8>>) -> Verdict {
+    let mut records = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut end = None;
+    for (i, item) in items.iter().enumerate() {
+        match &item.item {
+            Some(Item::Record(r)) => records.push(r.clone()),
+            Some(Item::Checkpoint(c)) => checkpoints.push(c.clone()),
+            Some(Item::End(e)) => end = Some((i, e.clone())),
+            None => {}
+        }
+    }
+    let first = records.first().map_or(1, |r| r.sequence);
+    let anchor = if first <= 1 {
+        Some(GENESIS)
+    } else {
+        checkpoints
+            .iter()
+            .find(|c| c.sequence + 1 == first)
+            .and_then(|c| <[u8; 32]>::try_from(c.head_hash.as_slice()).ok())
+    };
+    let mut v = verify(&records, &checkpoints, keys, anchor, None);
+    if !v.valid() {
+        return v;
+    }
+    let last = records.last().map(|r| (r.sequence, r.hash.clone()));
+    let after_last = last.as_ref().map_or(first, |(s, _)| s + 1);
+    let Some((at, e)) = end else {
+        v.problem = Some((
+            after_last,
+            "export cut short: it has no signed end line, so records after the last one may be missing".into(),
+        ));
+        return v;
+    };
+    let problem = if at + 1 != items.len() {
+        Some("lines follow the export's signed end".to_string())
+    } else if let Err(why) = check_signature(
+        keys,
+        &e.kid,
+        &export_end_message(e.from_sequence, e.to_sequence, &e.head_hash),
+        &e.signature,
+    ) {
+        Some(format!("the export's end is {why}"))
+    } else {
+        match &last {
+            None if e.from_sequence <= e.to_sequence => Some(format!(
+                "export cut: its end covers records {}..{} but none are present",
+                e.from_sequence, e.to_sequence
+            )),
+            None => None,
+            Some(_) if first != e.from_sequence => Some(format!(
+                "export cut: it starts at record {first} but its signed end says {}",
+                e.from_sequence
+            )),
+            Some((seq, _)) if *seq != e.to_sequence => Some(format!(
+                "export cut: its last record is {seq} but its signed end says {}",
+                e.to_sequence
+            )),
+            Some((_, hash)) if *hash != e.head_hash => {
+                Some("the last record differs from what the export's end signed".to_string())
+            }
+            Some(_) => None,
+        }
+    };
+    if let Some(why) = problem {
+        v.problem = Some((after_last.min(e.to_sequence.saturating_add(1)), why));
     }
     v
 }
@@ -238,13 +344,14 @@ mod tests {
         (1..=n)
             .map(|s| {
                 let e = event(s);
-                let h = record_hash(&prev, &e, s);
+                let h = record_hash(&prev, &e, s, "");
                 let r = AuditRecord {
                     sequence: s,
                     event: Some(e),
                     prev_hash: prev.to_vec(),
                     hash: h.to_vec(),
                     receive_time: None,
+                    appender: String::new(),
                 };
                 prev = h;
                 r
@@ -366,19 +473,20 @@ mod tests {
             if rec.sequence == 3 {
                 e.success = false;
             }
-            let h = record_hash(&prev, &e, rec.sequence);
+            let h = record_hash(&prev, &e, rec.sequence, "");
             forged.push(AuditRecord {
                 sequence: rec.sequence,
                 event: Some(e),
                 prev_hash: prev.to_vec(),
                 hash: h.to_vec(),
                 receive_time: None,
+                appender: String::new(),
             });
             prev = h;
         }
         let v = verify(&forged, &c, &k, Some(GENESIS), Some(10));
         assert_eq!(v.problem.as_ref().map(|p| p.0), Some(5), "{v:?}");
-        assert!(v.problem.unwrap().1.contains("checkpoint signed"));
+        assert!(v.problem.unwrap().1.contains("checkpoint"));
         let mut bad_sig = c.clone();
         bad_sig[0].signature[0] ^= 1;
         assert!(
@@ -388,5 +496,75 @@ mod tests {
                 .1
                 .contains("signature")
         );
+    }
+
+    #[test]
+    fn the_appender_is_covered_by_the_hash_and_an_empty_one_keeps_the_v1_hash() {
+        let e = event(1);
+        assert_eq!(canonical_record(&e, 1, ""), canonical(&e, 1));
+        let a = record_hash(&GENESIS, &e, 1, "vault-service");
+        assert_ne!(a, record_hash(&GENESIS, &e, 1, ""));
+        assert_ne!(a, record_hash(&GENESIS, &e, 1, "audit-service"));
+        let (mut r, c, k) = setup();
+        r[2].appender = "mallory".into();
+        let v = verify(&r, &c, &k, Some(GENESIS), Some(10));
+        assert_eq!(v.problem.map(|p| p.0), Some(3));
+    }
+
+    fn export(key: &sentia_crypto::SigningKey) -> Vec<ExportItem> {
+        let records = chain(10);
+        let mut items = Vec::new();
+        for r in &records {
+            items.push(ExportItem {
+                item: Some(Item::Record(r.clone())),
+            });
+            if r.sequence % 5 == 0 {
+                items.push(ExportItem {
+                    item: Some(Item::Checkpoint(signed(&records, r.sequence, key))),
+                });
+            }
+        }
+        let head = records[9].hash.clone();
+        items.push(ExportItem {
+            item: Some(Item::End(sentia_proto::audit::v1::ExportEnd {
+                from_sequence: 1,
+                to_sequence: 10,
+                signature: key
+                    .sign(export_end_message(1, 10, &head).as_bytes())
+                    .to_vec(),
+                head_hash: head,
+                kid: "audit-checkpoint-v1".into(),
+            })),
+        });
+        items
+    }
+
+    #[test]
+    fn an_export_cut_anywhere_or_trimmed_at_either_end_is_named() {
+        let key =
+            sentia_crypto::SigningKey::from_seed(sentia_crypto::SecretKey::generate()).unwrap();
+        let keys = HashMap::from([("audit-checkpoint-v1".to_string(), key.public_key().to_vec())]);
+        let items = export(&key);
+        let v = verify_export(&items, &keys);
+        assert!(v.valid(), "{v:?}");
+        assert_eq!((v.records_checked, v.checkpoints_checked), (10, 2));
+        // Cut after every line but the last, including right after a checkpoint.
+        for n in 0..items.len() {
+            let v = verify_export(&items[..n], &keys);
+            assert!(!v.valid(), "cut to {n} lines verified");
+        }
+        let mut no_first = items.clone();
+        no_first.remove(0);
+        let v = verify_export(&no_first, &keys);
+        assert!(v.problem.unwrap().1.contains("starts at record 2"));
+        let mut forged_end = items.clone();
+        if let Some(ExportItem {
+            item: Some(Item::End(e)),
+        }) = forged_end.last_mut()
+        {
+            e.to_sequence = 7;
+        }
+        let v = verify_export(&forged_end, &keys);
+        assert!(v.problem.unwrap().1.contains("signature"));
     }
 }

@@ -310,34 +310,19 @@ async fn verify_file(
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
     );
-    let mut records = Vec::new();
-    let mut checkpoints = Vec::new();
+    let mut items = Vec::new();
     for (n, l) in reader.lines().enumerate() {
         let l = l?;
         if l.trim().is_empty() {
             continue;
         }
-        match sentia_audit::export::from_line(&l)
-            .map_err(|e| anyhow::anyhow!("{file}:{}: {e}", n + 1))?
-            .item
-        {
-            Some(Item::Record(r)) => records.push(r),
-            Some(Item::Checkpoint(c)) => checkpoints.push(c),
-            None => {}
-        }
+        items.push(
+            sentia_audit::export::from_line(&l)
+                .map_err(|e| anyhow::anyhow!("{file}:{}: {e}", n + 1))?,
+        );
     }
-    // The checkpoint just before the first record, if exported, anchors the range.
-    let first = records.first().map_or(1, |r| r.sequence);
-    let anchor = if first <= 1 {
-        Some(sentia_audit::GENESIS)
-    } else {
-        checkpoints
-            .iter()
-            .find(|c| c.sequence + 1 == first)
-            .and_then(|c| <[u8; 32]>::try_from(c.head_hash.as_slice()).ok())
-    };
     let keys = public_keys(common, key_addr, key_token, key_name).await?;
-    let v = sentia_audit::verify(&records, &checkpoints, &keys, anchor, None);
+    let v = sentia_audit::verify_export(&items, &keys);
     let (bad, why) = v.problem.clone().unwrap_or((0, String::new()));
     report(
         common.json,

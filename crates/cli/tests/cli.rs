@@ -182,7 +182,26 @@ async fn an_export_verifies_offline_and_an_edited_line_is_named() {
     let f = file.display().to_string();
     let (ok, out, err) = sentia_audit(&keys, &addr, &["verify", "--file", &f]).await;
     assert!(ok, "{out}{err}");
-    assert!(out.contains("valid: 6 records"), "{out}");
+    // The six events and the export's own read, which is recorded before it runs.
+    assert!(out.contains("valid: 7 records"), "{out}");
+    assert!(
+        export.lines().last().unwrap().contains("\"type\":\"end\""),
+        "{export}"
+    );
+
+    // An export cut short — even right after a checkpoint line — does not verify.
+    let lines: Vec<&str> = export.lines().collect();
+    let after_checkpoint = 1 + lines
+        .iter()
+        .position(|l| l.contains("\"type\":\"checkpoint\""))
+        .unwrap();
+    assert!(after_checkpoint < lines.len() - 1, "{export}");
+    for keep in [lines.len() - 1, after_checkpoint] {
+        std::fs::write(&file, lines[..keep].join("\n")).unwrap();
+        let (ok, out, _) = sentia_audit(&keys, &addr, &["verify", "--file", &f]).await;
+        assert!(!ok, "an export cut to {keep} lines must not verify: {out}");
+        assert!(out.contains("cut"), "{out}");
+    }
 
     // Someone edits record 4 to hide a refusal.
     let edited: String = export

@@ -377,6 +377,18 @@ impl Engine {
     }
 }
 
+/// Sends an alert to every sink: the log, the alerts table, and the webhook if configured.
+pub async fn raise(store: &Store, webhook: Option<&crate::webhook::Webhook>, a: Alert) {
+    tracing::warn!(rule = %a.rule, principal = %a.principal, secret = %a.secret_name, summary = %a.summary, "alert raised");
+    if let Err(e) = store.add_alert(&a).await {
+        tracing::error!(error = %e, rule = %a.rule, "storing an alert failed");
+    }
+    if let Some(hook) = webhook.cloned() {
+        // Delivery (with its retries) must not hold up evaluating later events.
+        tokio::spawn(async move { hook.deliver(&a).await });
+    }
+}
+
 /// Evaluates appended records in log order; stores, logs and (with a webhook) delivers what
 /// they raise.
 pub fn spawn(
@@ -394,14 +406,7 @@ pub fn spawn(
             };
             for (sequence, event) in &batch {
                 for a in engine.evaluate(*sequence, event).await {
-                    tracing::warn!(rule = %a.rule, principal = %a.principal, secret = %a.secret_name, summary = %a.summary, "alert raised");
-                    if let Err(e) = store.add_alert(&a).await {
-                        tracing::error!(error = %e, rule = %a.rule, "storing an alert failed");
-                    }
-                    if let Some(hook) = webhook.clone() {
-                        // Delivery (with its retries) must not hold up evaluating later events.
-                        tokio::spawn(async move { hook.deliver(&a).await });
-                    }
+                    raise(&store, webhook.as_ref(), a).await;
                 }
             }
         }

@@ -4,10 +4,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sentia_proto::audit::v1 as pb;
 use sentia_proto::audit::v1::audit_service_server::AuditService;
+use sentia_runtime::audit::CallInfo;
 use sentia_runtime::jwt::PublicKeySet;
 use sentia_runtime::{AuthMethod, Principal, Role, Shutdown};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +27,52 @@ const BATCH: i64 = 1000;
 /// Tailers re-poll this often even without a local append (appends on other replicas).
 const TAIL_POLL: Duration = Duration::from_secs(1);
 
+/// The identity audit-service appends its own events (reads of the log) as.
+pub const OWN_IDENTITY: &str = "audit-service";
+
+/// What this process has seen of the log, outside the database: the highest checkpoint it
+/// signed. A database rewritten to an earlier, self-consistent state (records, head row and
+/// checkpoints cut back together) still contradicts it.
+#[derive(Debug, Default)]
+pub struct Witness {
+    checkpoint: std::sync::Mutex<Option<(u64, [u8; 32])>>,
+}
+
+impl Witness {
+    /// Notes a checkpoint signed at `sequence` over `hash`.
+    pub fn checkpoint(&self, sequence: u64, hash: [u8; 32]) {
+        if let Ok(mut c) = self.checkpoint.lock()
+            && c.is_none_or(|(s, _)| s < sequence)
+        {
+            *c = Some((sequence, hash));
+        }
+    }
+
+    fn latest(&self) -> Option<(u64, [u8; 32])> {
+        self.checkpoint.lock().ok().and_then(|c| *c)
+    }
+}
+
+/// Everything the AuditService is built from.
+pub struct Parts {
+    /// The log.
+    pub store: Store,
+    /// The highest head this process stored (tailers wait on it).
+    pub head: Arc<watch::Sender<u64>>,
+    /// Appended records go here for alert evaluation.
+    pub alerts: mpsc::Sender<Vec<(u64, pb::AuditEvent)>>,
+    /// Public keys of the checkpoint key.
+    pub checkpoint_keys: Arc<PublicKeySet>,
+    /// Signs export ends.
+    pub signer: crate::Signer,
+    /// What this process has seen.
+    pub witness: Arc<Witness>,
+    /// JWT policies that may read.
+    pub read_policies: Vec<String>,
+    /// Stops tails.
+    pub shutdown: Shutdown,
+}
+
 /// Shared state of the AuditService.
 #[derive(Clone)]
 pub struct AuditApi {
@@ -32,8 +80,17 @@ pub struct AuditApi {
     head: Arc<watch::Sender<u64>>,
     alerts: mpsc::Sender<Vec<(u64, pb::AuditEvent)>>,
     checkpoint_keys: Arc<PublicKeySet>,
+    signer: crate::Signer,
+    witness: Arc<Witness>,
     read_policies: Arc<Vec<String>>,
     shutdown: Shutdown,
+    own_emitter: Arc<(String, AtomicU64)>,
+}
+
+/// The result of checking a range: the answer, and the last record found good.
+struct Checked {
+    response: pb::VerifyChainResponse,
+    good: Option<(u64, [u8; 32])>,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -117,22 +174,64 @@ fn page_token(t: &str) -> Result<u64, AuditError> {
 
 impl AuditApi {
     /// Wires the service together.
-    pub fn new(
-        store: Store,
-        head: Arc<watch::Sender<u64>>,
-        alerts: mpsc::Sender<Vec<(u64, pb::AuditEvent)>>,
-        checkpoint_keys: Arc<PublicKeySet>,
-        read_policies: Vec<String>,
-        shutdown: Shutdown,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            store,
-            head,
-            alerts,
-            checkpoint_keys,
-            read_policies: Arc::new(read_policies),
-            shutdown,
+            store: parts.store,
+            head: parts.head,
+            alerts: parts.alerts,
+            checkpoint_keys: parts.checkpoint_keys,
+            signer: parts.signer,
+            witness: parts.witness,
+            read_policies: Arc::new(parts.read_policies),
+            shutdown: parts.shutdown,
+            own_emitter: Arc::new((uuid::Uuid::new_v4().to_string(), AtomicU64::new(0))),
         }
+    }
+
+    /// Hands stored records to the alert evaluator and wakes tailers.
+    async fn appended(&self, r: &crate::store::Appended) {
+        if !r.new_records.is_empty() && self.alerts.send(r.new_records.clone()).await.is_err() {
+            tracing::error!(
+                "the alert evaluator stopped; new events are not checked against alert rules"
+            );
+        }
+        if r.stored > 0 {
+            self.head.send_if_modified(|h| {
+                let moved = r.last_sequence > *h;
+                *h = (*h).max(r.last_sequence);
+                moved
+            });
+        }
+    }
+
+    /// Checks that the caller may read the log and records the access (allowed or refused)
+    /// in the log itself before anything is read: reading the audit log leaves a trace.
+    async fn reading<T>(
+        &self,
+        req: &Request<T>,
+        operation: &str,
+        name: &str,
+    ) -> Result<Principal, Status> {
+        let allowed = self.may_read(req);
+        let info = CallInfo::of(req);
+        let event_type = if operation == "acknowledge_alert" {
+            "admin"
+        } else {
+            "audit_read"
+        };
+        let mut event = info.event(
+            event_type,
+            operation,
+            name,
+            allowed.as_ref().err().map(Status::code),
+        );
+        event.service = OWN_IDENTITY.into();
+        event.emitter_id.clone_from(&self.own_emitter.0);
+        event.emitter_sequence = self.own_emitter.1.fetch_add(1, Ordering::SeqCst) + 1;
+        event.time = Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms()));
+        let r = self.store.append(&[event], OWN_IDENTITY).await?;
+        self.appended(&r).await;
+        allowed
     }
 
     fn may_read<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -173,86 +272,240 @@ impl AuditApi {
 
     /// Verifies records `from..=to` batch by batch, with the checkpoints in range.
     async fn verify(&self, from: u64, to: u64) -> Result<pb::VerifyChainResponse, AuditError> {
-        let (from, to) = self.range(from, to).await?;
         let (head, _) = self.store.head().await?;
+        let to_head = to == 0 || to >= head;
+        let (from, to) = self.range(from, to).await?;
+        Ok(self.check(from, to, to_head, None).await?.response)
+    }
+
+    /// Checks records `from..=to` and their checkpoints. `trusted`: the hash of record
+    /// `from - 1` as verified before (the continuous check's watermark) — compared with what
+    /// is stored now, so an edit behind it is named. `to_head`: the range runs to the head,
+    /// so records the newest checkpoint (or this process) saw must all be there.
+    async fn check(
+        &self,
+        from: u64,
+        to: u64,
+        to_head: bool,
+        trusted: Option<[u8; 32]>,
+    ) -> Result<Checked, AuditError> {
         self.checkpoint_keys
             .refresh(true)
             .await
             .map_err(|e| AuditError::KeyService(Status::unavailable(e.to_string())))?;
         let keys = self.checkpoint_keys.snapshot();
-        let mut out = pb::VerifyChainResponse::default();
-        let mut anchor = if from <= 1 {
+        let mut out = Checked {
+            response: pb::VerifyChainResponse::default(),
+            good: None,
+        };
+        let bad = |mut out: Checked, seq: u64, why: String| {
+            out.response.first_bad_sequence = seq;
+            out.response.problem = why;
+            Ok(out)
+        };
+        let stored_anchor = if from <= 1 {
             Some(sentia_audit::GENESIS)
-        } else if let Some(h) = self.store.hash_at(from - 1).await? {
-            Some(h)
         } else {
-            // Records before `from` are gone: legitimately only by retention, which always
-            // keeps the signed checkpoint of the last purged record to anchor the rest.
-            match self.store.checkpoint_at(from - 1).await? {
-                Some(c)
-                    if keys.get(&c.kid).is_some_and(|k| {
-                        sentia_crypto::verify_ed25519(
-                            k,
-                            sentia_audit::checkpoint_message(c.sequence, &c.head_hash).as_bytes(),
+            self.store.hash_at(from - 1).await?
+        };
+        let mut anchor = match (trusted, stored_anchor) {
+            (Some(t), Some(s)) if t != s => {
+                return bad(
+                    out,
+                    from - 1,
+                    "record's hash changed after it was verified (rewritten)".into(),
+                );
+            }
+            (_, Some(h)) => Some(h),
+            (_, None) => {
+                // Records before `from` are gone: legitimately only by retention, which always
+                // keeps the signed checkpoint of the last purged record to anchor the rest.
+                match self.store.checkpoint_at(from - 1).await? {
+                    Some(c)
+                        if sentia_audit::check_signature(
+                            &keys,
+                            &c.kid,
+                            &sentia_audit::checkpoint_message(c.sequence, &c.head_hash),
                             &c.signature,
                         )
-                    }) =>
-                {
-                    out.checkpoints_checked += 1;
-                    <[u8; 32]>::try_from(c.head_hash.as_slice()).ok()
-                }
-                _ => {
-                    out.first_bad_sequence = from - 1;
-                    out.problem = format!(
-                        "records before {from} are missing and no signed checkpoint at {} anchors the rest",
-                        from - 1
-                    );
-                    return Ok(out);
+                        .is_ok() =>
+                    {
+                        out.response.checkpoints_checked += 1;
+                        <[u8; 32]>::try_from(c.head_hash.as_slice()).ok()
+                    }
+                    _ => {
+                        return bad(
+                            out,
+                            from - 1,
+                            format!(
+                                "records before {from} are missing and no signed checkpoint at {} anchors the rest",
+                                from - 1
+                            ),
+                        );
+                    }
                 }
             }
         };
         let mut after = from.saturating_sub(1);
         loop {
-            let records = self.store.records(after, to, BATCH).await?;
-            let Some(last) = records.last().map(|r| r.sequence) else {
+            let batch = self.store.checked_records(after, to, BATCH).await?;
+            let Some(last) = batch.last().map(|(r, _)| r.sequence) else {
                 break;
             };
-            let first = records.first().map_or(after + 1, |r| r.sequence);
+            let first = batch.first().map_or(after + 1, |(r, _)| r.sequence);
             if first != after + 1 {
-                out.first_bad_sequence = after + 1;
-                out.problem = format!("record missing: sequence {first} follows {after}");
-                return Ok(out);
+                return bad(
+                    out,
+                    after + 1,
+                    format!("record missing: sequence {first} follows {after}"),
+                );
+            }
+            // Hashes first (an altered event is named as such), then the indexed columns.
+            let mut records = Vec::with_capacity(batch.len());
+            let mut edited = None;
+            for (r, problem) in batch {
+                if let Some(why) = problem
+                    && edited.is_none()
+                {
+                    edited = Some((r.sequence, why));
+                }
+                records.push(r);
             }
             let cps = self.store.checkpoints(first, last).await?;
             let v = sentia_audit::verify(&records, &cps, &keys, anchor, None);
-            out.records_checked += v.records_checked;
-            out.checkpoints_checked += v.checkpoints_checked;
+            out.response.records_checked += v.records_checked;
+            out.response.checkpoints_checked += v.checkpoints_checked;
             if let Some((seq, why)) = v.problem {
-                out.first_bad_sequence = seq;
-                out.problem = why;
-                return Ok(out);
+                return bad(out, seq, why);
             }
-            anchor = records
-                .last()
-                .and_then(|r| <[u8; 32]>::try_from(r.hash.as_slice()).ok());
+            if let Some((seq, why)) = edited {
+                return bad(out, seq, why);
+            }
+            let tail = records.last().and_then(|r| {
+                <[u8; 32]>::try_from(r.hash.as_slice())
+                    .ok()
+                    .map(|h| (r.sequence, h))
+            });
+            anchor = tail.map(|(_, h)| h);
+            if tail.is_some() {
+                out.good = tail;
+            }
             after = last;
         }
-        // Records missing at the end: the head (or a checkpoint) says more exist than remain.
-        let claimed = head.min(to).max(
-            self.store
-                .checkpoints(after + 1, to)
-                .await?
-                .last()
-                .map_or(0, |c| c.sequence),
-        );
-        if claimed > after {
-            out.first_bad_sequence = after + 1;
-            out.problem =
-                format!("log truncated: records up to {claimed} should exist, the last is {after}");
-            return Ok(out);
+        // Records missing at the end: the head says more exist than remain, or — for a range
+        // that runs to the head — a signed checkpoint, or this process, saw more.
+        let (head, _) = self.store.head().await?;
+        let mut claims = vec![(head.min(to), "the head")];
+        if let Some(c) = self.store.checkpoints(after + 1, to).await?.last() {
+            claims.push((c.sequence, "a signed checkpoint"));
         }
-        out.valid = true;
+        if to_head {
+            if let Some(c) = self.store.checkpoints_desc(0, 1).await?.first()
+                && c.sequence > after
+            {
+                if let Err(why) = sentia_audit::check_signature(
+                    &keys,
+                    &c.kid,
+                    &sentia_audit::checkpoint_message(c.sequence, &c.head_hash),
+                    &c.signature,
+                ) {
+                    return bad(out, c.sequence, format!("checkpoint {why}"));
+                }
+                claims.push((c.sequence, "the newest signed checkpoint"));
+            }
+            claims.push((*self.head.borrow(), "this audit-service's own appends"));
+            if let Some((seq, hash)) = self.witness.latest() {
+                if seq >= from && seq <= after && self.store.hash_at(seq).await? != Some(hash) {
+                    return bad(
+                        out,
+                        seq,
+                        "record differs from the checkpoint this audit-service signed (rewritten)"
+                            .into(),
+                    );
+                }
+                claims.push((seq, "a checkpoint this audit-service signed"));
+            }
+        }
+        if let Some((claimed, by)) = claims.into_iter().max_by_key(|(s, _)| *s)
+            && claimed > after
+        {
+            return bad(
+                out,
+                after + 1,
+                format!("log truncated: {by} covers records up to {claimed}, the last is {after}"),
+            );
+        }
+        out.response.valid = true;
         Ok(out)
+    }
+
+    /// Checks the chain every `interval` from the last verified record, and the whole of it
+    /// every `full_interval`; a break raises the `AuditChainBroken` alert (once per distinct
+    /// problem) through the alert sinks. Runs until shutdown.
+    pub async fn watch_chain(
+        self,
+        interval: Duration,
+        full_interval: Duration,
+        webhook: Option<crate::webhook::Webhook>,
+    ) {
+        let mut verified: Option<(u64, [u8; 32])> = None;
+        let mut last_full = tokio::time::Instant::now();
+        let mut reported: Option<(u64, String)> = None;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.wait() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let full = last_full.elapsed() >= full_interval;
+            let result = async {
+                let (head, _) = self.store.head().await?;
+                let (from, trusted) = match verified {
+                    Some((seq, hash)) if !full => (seq + 1, Some(hash)),
+                    _ => (self.store.oldest().await?, None),
+                };
+                self.check(from, head, true, trusted).await
+            }
+            .await;
+            let checked = match result {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking the audit chain failed; retrying later");
+                    continue;
+                }
+            };
+            if full {
+                last_full = tokio::time::Instant::now();
+            }
+            let r = checked.response;
+            if r.valid {
+                if checked.good.is_some() {
+                    verified = checked.good;
+                }
+                reported = None;
+                tracing::debug!(records = r.records_checked, full, "audit chain verified");
+                continue;
+            }
+            let problem = (r.first_bad_sequence, r.problem.clone());
+            if reported.as_ref() == Some(&problem) {
+                continue;
+            }
+            let alert = pb::Alert {
+                id: uuid::Uuid::now_v7().to_string(),
+                rule: "AuditChainBroken".into(),
+                severity: pb::Severity::Critical as i32,
+                summary: format!(
+                    "the audit log does not verify at sequence {}: {}",
+                    r.first_bad_sequence, r.problem
+                ),
+                time: Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms())),
+                sequences: vec![r.first_bad_sequence],
+                ..Default::default()
+            };
+            crate::alerts::raise(&self.store, webhook.as_ref(), alert).await;
+            reported = Some(problem);
+            // Start over from the beginning next time, so a repair is seen as one.
+            verified = None;
+        }
     }
 }
 
@@ -278,19 +531,9 @@ impl AuditService for AuditApi {
         for (i, e) in events.iter().enumerate() {
             validate(i, e)?;
         }
-        let r = self.store.append(&events).await?;
-        if !r.new_records.is_empty() && self.alerts.send(r.new_records.clone()).await.is_err() {
-            tracing::error!(
-                "the alert evaluator stopped; new events are not checked against alert rules"
-            );
-        }
-        if r.stored > 0 {
-            self.head.send_if_modified(|h| {
-                let moved = r.last_sequence > *h;
-                *h = (*h).max(r.last_sequence);
-                moved
-            });
-        }
+        // Stored under the caller's own identity: its emitter ids are its alone.
+        let r = self.store.append(&events, &p.id).await?;
+        self.appended(&r).await;
         Ok(Response::new(pb::AppendEventsResponse {
             last_sequence: r.last_sequence,
             duplicates: r.duplicates,
@@ -301,7 +544,12 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::QueryEventsRequest>,
     ) -> Res<pb::QueryEventsResponse> {
-        self.may_read(&req)?;
+        let filter_name = if req.get_ref().secret_name.is_empty() {
+            req.get_ref().principal.clone()
+        } else {
+            req.get_ref().secret_name.clone()
+        };
+        self.reading(&req, "query", &filter_name).await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let after = page_token(&r.page_token)?;
@@ -335,7 +583,7 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::TailEventsRequest>,
     ) -> Res<Self::TailEventsStream> {
-        self.may_read(&req)?;
+        self.reading(&req, "tail", "").await?;
         let after = req.into_inner().after_sequence;
         let (head, _) = self.store.head().await?;
         let mut last = if after == 0 { head } else { after };
@@ -378,46 +626,80 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::ExportEventsRequest>,
     ) -> Res<Self::ExportEventsStream> {
-        self.may_read(&req)?;
+        self.reading(&req, "export", "").await?;
         let r = req.into_inner();
         let (from, to) = self.range(r.from_sequence, r.to_sequence).await?;
+        // Purged records cannot be exported: start at the oldest retained one.
+        let from = from.max(self.store.oldest().await?.min(to + 1));
+        let (head, head_hash) = self.store.head().await?;
+        let end_hash = match self.store.hash_at(to).await? {
+            Some(h) => h,
+            None if to == head => head_hash,
+            None if to == 0 => sentia_audit::GENESIS,
+            None => {
+                return Err(AuditError::Invalid(format!(
+                    "record {to} is not retained (purged, or missing: run VerifyChain); export a later range"
+                ))
+                .into());
+            }
+        };
+        // Signed before anything is sent: an export that cannot be ended is not started.
+        let (signature, kid) = self
+            .signer
+            .sign(sentia_audit::export_end_message(from, to, &end_hash))
+            .await?;
+        let end = pb::ExportEnd {
+            from_sequence: from,
+            to_sequence: to,
+            head_hash: end_hash.to_vec(),
+            signature,
+            kid,
+        };
         let (tx, rx) = mpsc::channel(256);
         let store = self.store.clone();
         tokio::spawn(async move {
             use pb::export_item::Item;
-            // The checkpoint just before the range anchors its first record.
+            let send = |item: Item| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(Ok(pb::ExportItem { item: Some(item) }))
+                        .await
+                        .is_ok()
+                }
+            };
+            // Each checkpoint follows the record it covers; the one just before the range
+            // anchors its first record; the signed end comes last.
             let result = async {
-                let cps = store.checkpoints(from.saturating_sub(1), to).await?;
+                let mut cps = store
+                    .checkpoints(from.saturating_sub(1), to)
+                    .await?
+                    .into_iter()
+                    .peekable();
                 let mut after = from.saturating_sub(1);
+                while let Some(c) = cps.next_if(|c| c.sequence <= after) {
+                    if !send(Item::Checkpoint(c)).await {
+                        return Ok(());
+                    }
+                }
                 loop {
                     let records = store.records(after, to, BATCH).await?;
                     let Some(last) = records.last().map(|r| r.sequence) else {
                         break;
                     };
                     for r in records {
-                        if tx
-                            .send(Ok(pb::ExportItem {
-                                item: Some(Item::Record(r)),
-                            }))
-                            .await
-                            .is_err()
-                        {
+                        let seq = r.sequence;
+                        if !send(Item::Record(r)).await {
                             return Ok(());
+                        }
+                        while let Some(c) = cps.next_if(|c| c.sequence <= seq) {
+                            if !send(Item::Checkpoint(c)).await {
+                                return Ok(());
+                            }
                         }
                     }
                     after = last;
                 }
-                for c in cps {
-                    if tx
-                        .send(Ok(pb::ExportItem {
-                            item: Some(Item::Checkpoint(c)),
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                }
+                send(Item::End(end)).await;
                 Ok::<(), AuditError>(())
             };
             if let Err(e) = result.await {
@@ -431,7 +713,7 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::VerifyChainRequest>,
     ) -> Res<pb::VerifyChainResponse> {
-        self.may_read(&req)?;
+        self.reading(&req, "verify", "").await?;
         let r = req.into_inner();
         Ok(Response::new(
             self.verify(r.from_sequence, r.to_sequence).await?,
@@ -442,7 +724,7 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::ListCheckpointsRequest>,
     ) -> Res<pb::ListCheckpointsResponse> {
-        self.may_read(&req)?;
+        self.reading(&req, "list_checkpoints", "").await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let before = page_token(&r.page_token)?;
@@ -465,7 +747,7 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::ListAlertsRequest>,
     ) -> Res<pb::ListAlertsResponse> {
-        self.may_read(&req)?;
+        self.reading(&req, "list_alerts", "").await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let mut alerts = self
@@ -485,8 +767,14 @@ impl AuditService for AuditApi {
     }
 
     async fn acknowledge_alert(&self, req: Request<pb::AcknowledgeAlertRequest>) -> Res<pb::Alert> {
-        let p = self.may_read(&req)?;
-        let id = req.into_inner().id;
+        let id = req.get_ref().id.clone();
+        let p = self
+            .reading(
+                &req,
+                "acknowledge_alert",
+                sentia_runtime::text::clip(&id, 64).as_ref(),
+            )
+            .await?;
         if id.is_empty() || id.len() > 64 {
             return Err(Status::invalid_argument(
                 "id must be an alert id (1-64 characters)",

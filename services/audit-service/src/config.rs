@@ -37,6 +37,12 @@ pub struct Config {
     /// `SENTIA_AUDIT_READ_POLICIES`: JWT policies that may read the log (the seed's
     /// system_admin holds `audit-read`); static admin identities always may.
     pub read_policies: Vec<String>,
+    /// `SENTIA_AUDIT_VERIFY_INTERVAL`: how often the chain is checked from the last verified
+    /// record (a break raises the `AuditChainBroken` alert).
+    pub verify_interval: Duration,
+    /// `SENTIA_AUDIT_FULL_VERIFY_INTERVAL`: how often the whole retained chain is checked
+    /// again, so an edit behind the verified point is found too.
+    pub full_verify_interval: Duration,
     /// `SENTIA_AUDIT_RETENTION`: records older than this are purged, up to the newest
     /// checkpoint among them (default 7 years, the strategy document's figure).
     pub retention: Duration,
@@ -91,6 +97,17 @@ impl Config {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
+        let verify_interval =
+            r.duration_or("SENTIA_AUDIT_VERIFY_INTERVAL", Duration::from_secs(60));
+        let full_verify_interval = r.duration_or(
+            "SENTIA_AUDIT_FULL_VERIFY_INTERVAL",
+            Duration::from_secs(6 * 3600),
+        );
+        if verify_interval.is_zero() || full_verify_interval.is_zero() {
+            r.problem(
+                "SENTIA_AUDIT_VERIFY_INTERVAL and SENTIA_AUDIT_FULL_VERIFY_INTERVAL must be positive",
+            );
+        }
         let retention = r.duration_or("SENTIA_AUDIT_RETENTION", Duration::from_secs(2555 * 86_400));
         let retention_check = r.duration_or("SENTIA_RETENTION_CHECK", Duration::from_secs(3600));
         let rules = Rules::from_source(&mut r);
@@ -110,6 +127,8 @@ impl Config {
             checkpoint_every,
             checkpoint_interval,
             read_policies,
+            verify_interval,
+            full_verify_interval,
             retention,
             retention_check,
             rules,

@@ -39,10 +39,12 @@ pub async fn run(
     let client = KeyServiceClient::new(config.key_service.channel()?);
     let (head, _) = store.head().await?;
     let head = Arc::new(watch::Sender::new(head));
+    let signer = Signer::new(client.clone(), &config.checkpoint_key);
+    let witness = Arc::new(api::Witness::default());
     let checkpointer = tokio::spawn(checkpoints(
         store.clone(),
-        client.clone(),
-        config.checkpoint_key.clone(),
+        signer.clone(),
+        witness.clone(),
         config.checkpoint_every,
         config.checkpoint_interval,
         head.subscribe(),
@@ -78,14 +80,21 @@ pub async fn run(
         config.webhook.clone(),
         shutdown.clone(),
     );
-    let api = api::AuditApi::new(
+    let api = api::AuditApi::new(api::Parts {
         store,
         head,
-        alert_queue,
-        PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
-        config.read_policies.clone(),
-        shutdown.clone(),
-    );
+        alerts: alert_queue,
+        checkpoint_keys: PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
+        signer,
+        witness,
+        read_policies: config.read_policies.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(api.clone().watch_chain(
+        config.verify_interval,
+        config.full_verify_interval,
+        config.webhook.clone(),
+    ));
     let verifier: Arc<dyn BearerVerifier> = match &config.vault_service {
         Some(vault) => Arc::new(VaultIdentity::new(
             connect_lazy(&vault.addr, vault.tls.as_ref())?,
@@ -111,37 +120,62 @@ pub async fn run(
     Ok(())
 }
 
+/// Signs statements about the log (checkpoints, export ends) with key-service's checkpoint
+/// key — the only key audit-service may sign with.
+#[derive(Clone)]
+pub struct Signer {
+    client: KeyServiceClient<AuthedChannel>,
+    key: String,
+}
+
+impl Signer {
+    /// Signs with `key` through `client`.
+    pub fn new(client: KeyServiceClient<AuthedChannel>, key: &str) -> Self {
+        Self {
+            client,
+            key: key.to_string(),
+        }
+    }
+
+    /// (signature, kid) of `message`.
+    pub async fn sign(&self, message: String) -> Result<(Vec<u8>, String), AuditError> {
+        let signed = self
+            .client
+            .clone()
+            .sign(SignRequest {
+                key_name: self.key.clone(),
+                message: message.into_bytes(),
+            })
+            .await
+            .map_err(AuditError::KeyService)?
+            .into_inner();
+        Ok((signed.signature, signed.kid))
+    }
+}
+
 /// Signs a checkpoint of the head through key-service and stores it.
 pub async fn sign_checkpoint(
     store: &store::Store,
-    client: &KeyServiceClient<AuthedChannel>,
-    key: &str,
-) -> Result<Option<u64>, AuditError> {
+    signer: &Signer,
+) -> Result<Option<(u64, [u8; 32])>, AuditError> {
     let (sequence, hash) = store.head().await?;
     if sequence == 0 || sequence <= store.last_checkpoint().await? {
         return Ok(None);
     }
-    let message = sentia_audit::checkpoint_message(sequence, &hash);
-    let signed = client
-        .clone()
-        .sign(SignRequest {
-            key_name: key.to_string(),
-            message: message.into_bytes(),
-        })
-        .await
-        .map_err(AuditError::KeyService)?
-        .into_inner();
+    let (signature, kid) = signer
+        .sign(sentia_audit::checkpoint_message(sequence, &hash))
+        .await?;
     store
         .add_checkpoint(&Checkpoint {
             sequence,
             head_hash: hash.to_vec(),
-            signature: signed.signature,
-            kid: signed.kid,
+            signature,
+            kid,
             time: None,
         })
         .await?;
     tracing::debug!(sequence, "audit checkpoint signed");
-    Ok(Some(sequence))
+    Ok(Some((sequence, hash)))
 }
 
 /// Purges records past retention every `check`, keeping the chain anchored.
@@ -166,8 +200,8 @@ async fn purge_old(store: store::Store, retention: Duration, check: Duration, sh
 /// Signs a checkpoint after `every` new records or `interval` after the last one.
 async fn checkpoints(
     store: store::Store,
-    client: KeyServiceClient<AuthedChannel>,
-    key: String,
+    signer: Signer,
+    witness: Arc<api::Witness>,
     every: u64,
     interval: Duration,
     mut moved: watch::Receiver<u64>,
@@ -187,8 +221,9 @@ async fn checkpoints(
         if !due {
             continue;
         }
-        match sign_checkpoint(&store, &client, &key).await {
-            Ok(Some(s)) => {
+        match sign_checkpoint(&store, &signer).await {
+            Ok(Some((s, hash))) => {
+                witness.checkpoint(s, hash);
                 last_signed = s;
                 since = Instant::now();
             }

@@ -24,6 +24,11 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
         "alerts",
         include_str!("../migrations/postgres/0002_alerts.sql"),
     ),
+    (
+        3,
+        "appenders",
+        include_str!("../migrations/postgres/0003_appenders.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
     (
@@ -35,6 +40,11 @@ const SQLITE_MIGRATIONS: &[MigrationSource] = &[
         2,
         "alerts",
         include_str!("../migrations/sqlite/0002_alerts.sql"),
+    ),
+    (
+        3,
+        "appenders",
+        include_str!("../migrations/sqlite/0003_appenders.sql"),
     ),
 ];
 
@@ -96,18 +106,60 @@ fn hash_of(row: &AnyRow, col: &str) -> Result<[u8; 32], AuditError> {
         .map_err(|_| AuditError::Corrupt(format!("column {col} is not 32 bytes")))
 }
 
-fn record_from(row: &AnyRow) -> Result<AuditRecord, AuditError> {
+/// A record and, if its query columns no longer match its hashed event, what differs.
+fn checked_record_from(row: &AnyRow) -> Result<(AuditRecord, Option<String>), AuditError> {
     let sequence = u64_of(row, "sequence")?;
     let bytes: Vec<u8> = row.try_get("event")?;
     // A record whose event no longer decodes is reported, not skipped: verification names it.
     let event = AuditEvent::decode(bytes.as_slice()).ok();
-    Ok(AuditRecord {
-        sequence,
-        event,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-        receive_time: Some(timestamp(row.try_get("receive_time")?)),
-    })
+    let edited = match &event {
+        Some(e) => index_edits(row, e)?,
+        None => None,
+    };
+    Ok((
+        AuditRecord {
+            sequence,
+            event,
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+            receive_time: Some(timestamp(row.try_get("receive_time")?)),
+            appender: row.try_get("appender")?,
+        },
+        edited,
+    ))
+}
+
+/// The columns queries filter on (and replays are matched on) are copies of the hashed
+/// event's fields; the hash covers them only through this comparison. Names every column
+/// that differs.
+fn index_edits(row: &AnyRow, e: &AuditEvent) -> Result<Option<String>, AuditError> {
+    let mut edited = Vec::new();
+    let text = |col: &str, want: &str, edited: &mut Vec<String>| -> Result<(), AuditError> {
+        if row.try_get::<String, _>(col)? != want {
+            edited.push(col.to_string());
+        }
+        Ok(())
+    };
+    text("emitter_id", &e.emitter_id, &mut edited)?;
+    text("event_type", &e.event_type, &mut edited)?;
+    text("principal", &e.principal, &mut edited)?;
+    text("secret_name", &e.secret_name, &mut edited)?;
+    let ints = [
+        ("emitter_sequence", i64_of(e.emitter_sequence).unwrap_or(-1)),
+        ("time", time_ms(e)),
+        ("success", i64::from(e.success)),
+    ];
+    for (col, want) in ints {
+        if row.try_get::<i64, _>(col)? != want {
+            edited.push(col.to_string());
+        }
+    }
+    Ok((!edited.is_empty()).then(|| {
+        format!(
+            "the indexed column(s) {} differ from the hashed event (edited)",
+            edited.join(", ")
+        )
+    }))
 }
 
 fn alert_from(row: &AnyRow) -> Result<Alert, AuditError> {
@@ -143,7 +195,8 @@ fn time_ms(e: &AuditEvent) -> i64 {
     })
 }
 
-const RECORD_COLUMNS: &str = "sequence, event, prev_hash, hash, receive_time";
+const RECORD_COLUMNS: &str = "sequence, event, prev_hash, hash, receive_time, appender, \
+     emitter_id, emitter_sequence, time, event_type, principal, secret_name, success";
 
 impl Store {
     /// Connects and applies migrations.
@@ -161,9 +214,15 @@ impl Store {
         &self.pool
     }
 
-    /// Appends events (already validated) in one transaction; duplicates of stored events
-    /// (same emitter id and emitter sequence) are skipped.
-    pub async fn append(&self, events: &[AuditEvent]) -> Result<Appended, AuditError> {
+    /// Appends events (already validated) from the authenticated identity `appender` in one
+    /// transaction; duplicates of stored events (same emitter id and emitter sequence) are
+    /// skipped. An emitter id another identity appended with first is refused (nothing is
+    /// stored).
+    pub async fn append(
+        &self,
+        events: &[AuditEvent],
+        appender: &str,
+    ) -> Result<Appended, AuditError> {
         let mut tx = self.pool.begin().await?;
         // Takes the head row's lock until commit: appends are serialized, the chain is linear.
         let head = sqlx::query(
@@ -183,6 +242,35 @@ impl Store {
             r.0 = r.0.min(e.emitter_sequence);
             r.1 = r.1.max(e.emitter_sequence);
         }
+        let now = now_ms();
+        for emitter in by_emitter.keys() {
+            // Under the head lock: the first appender of an emitter id wins it for good.
+            let owner = sqlx::query("SELECT identity FROM emitters WHERE emitter_id = $1")
+                .bind(*emitter)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match owner {
+                Some(row) => {
+                    let owner: String = row.try_get("identity")?;
+                    if owner != appender {
+                        return Err(AuditError::Denied(format!(
+                            "emitter id {} belongs to '{}'; '{}' may not append under it",
+                            emitter, owner, appender
+                        )));
+                    }
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO emitters (emitter_id, identity, first_seen) VALUES ($1, $2, $3)",
+                    )
+                    .bind(*emitter)
+                    .bind(appender)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
         for (emitter, (lo, hi)) in &by_emitter {
             let rows = sqlx::query(
                 "SELECT emitter_sequence FROM audit_records \
@@ -198,7 +286,6 @@ impl Store {
             }
         }
 
-        let now = now_ms();
         let mut out = Appended::default();
         let mut rows: Vec<NewRow<'_>> = Vec::new();
         for e in events {
@@ -207,21 +294,21 @@ impl Store {
                 continue;
             }
             sequence += 1;
-            let hash = record_hash(&prev, e, sequence);
+            let hash = record_hash(&prev, e, sequence, appender);
             rows.push((i64_of(sequence)?, e, e.encode_to_vec(), prev, hash));
             prev = hash;
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let placeholders: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let b = i * 12;
-                    let p: Vec<String> = (1..=12).map(|k| format!("${}", b + k)).collect();
+                    let b = i * 13;
+                    let p: Vec<String> = (1..=13).map(|k| format!("${}", b + k)).collect();
                     format!("({})", p.join(", "))
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO audit_records (sequence, emitter_id, emitter_sequence, time, event_type, \
-                 principal, secret_name, success, event, prev_hash, hash, receive_time) VALUES {}",
+                 principal, secret_name, success, event, prev_hash, hash, receive_time, appender) VALUES {}",
                 placeholders.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -238,7 +325,8 @@ impl Store {
                     .bind(bytes.clone())
                     .bind(prev_hash.to_vec())
                     .bind(hash.to_vec())
-                    .bind(now);
+                    .bind(now)
+                    .bind(appender);
             }
             q.execute(&mut *tx).await?;
         }
@@ -274,6 +362,21 @@ impl Store {
         to: u64,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, AuditError> {
+        Ok(self
+            .checked_records(after, to, limit)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// [`Store::records`], each with what is wrong with its indexed columns, if anything.
+    pub async fn checked_records(
+        &self,
+        after: u64,
+        to: u64,
+        limit: i64,
+    ) -> Result<Vec<(AuditRecord, Option<String>)>, AuditError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM audit_records WHERE sequence > $1 AND sequence <= $2 \
              ORDER BY sequence LIMIT $3"
@@ -284,7 +387,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(record_from).collect()
+        rows.iter().map(checked_record_from).collect()
     }
 
     /// The hash stored in record `sequence`, if it exists.
@@ -352,7 +455,18 @@ impl Store {
             q = q.bind(i64::from(v));
         }
         let rows = q.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(record_from).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (record, edited) = checked_record_from(row)?;
+            if let Some(why) = edited {
+                return Err(AuditError::Corrupt(format!(
+                    "record {}: {why}; run VerifyChain",
+                    record.sequence
+                )));
+            }
+            out.push(record);
+        }
+        Ok(out)
     }
 
     /// Checkpoints with `from <= sequence <= to`, oldest first.

@@ -59,9 +59,13 @@ impl Audit {
             shutdown,
             handle,
         };
+        // Ready when health answers: a read of the log would itself be recorded in it.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            connect_lazy(&a.addr, None).unwrap(),
+        );
         for _ in 0..200 {
-            if a.client(keys::ADMIN_TOKEN)
-                .list_checkpoints(pb::ListCheckpointsRequest::default())
+            if health
+                .check(tonic_health::pb::HealthCheckRequest::default())
                 .await
                 .is_ok()
             {
@@ -102,6 +106,29 @@ impl Audit {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// Every record, as `who` reads them (the read itself is recorded first).
+    async fn all(&self, who: &str) -> Vec<pb::AuditRecord> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .client(who)
+                .query_events(pb::QueryEventsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            out.extend(page.records);
+            if page.next_page_token.is_empty() {
+                return out;
+            }
+            token = page.next_page_token;
+        }
     }
 
     async fn verify(&self) -> pb::VerifyChainResponse {
@@ -147,6 +174,17 @@ impl Audit {
     }
 }
 
+/// (sequence, emitter sequence) of the emitting service's records among `records`.
+fn emitted(records: &[pb::AuditRecord]) -> Vec<(u64, u64)> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let e = r.event.as_ref()?;
+            (e.service == "vault-service").then_some((r.sequence, e.emitter_sequence))
+        })
+        .collect()
+}
+
 fn event(i: u64) -> pb::AuditEvent {
     pb::AuditEvent {
         time: Some(prost_types::Timestamp {
@@ -183,35 +221,44 @@ on_both!(
     a_flipped_byte_is_named_by_verify,
     a_deleted_row_is_named_by_verify,
     reordered_rows_are_named_by_verify,
-    a_tail_truncated_after_a_checkpoint_is_named_by_verify
+    a_tail_truncated_after_a_checkpoint_is_named_by_verify,
+    a_tail_cut_across_a_checkpoint_with_the_head_rewritten_is_named_by_verify,
+    a_tail_cut_with_its_checkpoints_and_head_rewritten_is_named_by_verify,
+    an_edited_index_column_is_named_by_verify_and_refused_by_queries,
+    an_emitter_id_belongs_to_the_identity_that_first_used_it
 );
 
 async fn appends_chain_and_a_replayed_batch_is_stored_once(a: &Audit) {
     assert_eq!(a.append(1..=3).await.last_sequence, 3);
     let again = a.append(1..=4).await;
     assert_eq!((again.last_sequence, again.duplicates), (4, 3));
-    let r = a
-        .reader()
-        .query_events(pb::QueryEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let seqs: Vec<u64> = r.records.iter().map(|r| r.sequence).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4]);
-    assert_eq!(r.records[0].prev_hash, vec![0u8; 32]);
-    for w in r.records.windows(2) {
+    let records = a.all(keys::ADMIN_TOKEN).await;
+    assert_eq!(
+        emitted(&records),
+        vec![(1, 1), (2, 2), (3, 3), (4, 4)],
+        "stored once each, in order"
+    );
+    assert_eq!(records[0].prev_hash, vec![0u8; 32]);
+    for w in records.windows(2) {
         assert_eq!(w[1].prev_hash, w[0].hash);
     }
-    let emitted: Vec<u64> = r
-        .records
-        .iter()
-        .map(|r| r.event.as_ref().unwrap().emitter_sequence)
-        .collect();
-    assert_eq!(emitted, vec![1, 2, 3, 4], "order kept");
+    assert!(records[..4].iter().all(|r| r.appender == "vault-service"));
+    // The query itself is the record after them: reading the log is recorded in it.
+    let read = records[4].event.clone().unwrap();
+    assert_eq!(
+        (
+            records[4].appender.as_str(),
+            read.event_type.as_str(),
+            read.operation.as_str(),
+            read.principal.as_str(),
+            read.success
+        ),
+        ("audit-service", "audit_read", "query", "operator", true)
+    );
     a.wait_for_checkpoint(4).await;
     let v = a.verify().await;
     assert!(v.valid, "{v:?}");
-    assert_eq!(v.records_checked, 4);
+    assert!(v.records_checked >= 5, "{v:?}");
     assert!(v.checkpoints_checked >= 1);
 
     // Bad input and wrong callers.
@@ -262,6 +309,22 @@ async fn appends_chain_and_a_replayed_batch_is_stored_once(a: &Audit) {
         err.code(),
         Code::PermissionDenied,
         "a service identity appends, it does not read"
+    );
+    // Refused reads are recorded too, under the caller that tried.
+    let refused: Vec<String> = a
+        .all(keys::ADMIN_TOKEN)
+        .await
+        .iter()
+        .filter_map(|r| r.event.clone())
+        .filter(|e| e.event_type == "audit_read" && !e.success)
+        .map(|e| format!("{} {}", e.principal, e.status_code))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            "app:test PERMISSION_DENIED".to_string(),
+            "vault-service PERMISSION_DENIED".to_string()
+        ]
     );
 }
 
@@ -331,7 +394,7 @@ async fn queries_filter_and_page_oldest_first(a: &Audit) {
             .await
             .unwrap()
             .into_inner();
-        seen.extend(page.records.iter().map(|r| r.sequence));
+        seen.extend(emitted(&page.records).into_iter().map(|(s, _)| s));
         if page.next_page_token.is_empty() {
             break;
         }
@@ -358,13 +421,22 @@ async fn queries_filter_and_page_oldest_first(a: &Audit) {
     for want in [11, 12] {
         assert_eq!(tail.message().await.unwrap().unwrap().sequence, want);
     }
-    a.append(13..=13).await;
-    let next = tokio::time::timeout(Duration::from_secs(5), tail.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.sequence, 13);
+    let stored = a.append(13..=13).await.last_sequence;
+    // Reads recorded since (this test's queries) stream by first.
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = tail.message().await.unwrap().unwrap();
+            if r.event.as_ref().unwrap().service == "vault-service" {
+                return r;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (next.sequence, next.event.unwrap().emitter_sequence),
+        (stored, 13)
+    );
 }
 
 /// Appends 12 events with checkpoints, then applies `tamper` and expects verify to name
@@ -429,13 +501,154 @@ async fn reordered_rows_are_named_by_verify(a: &Audit) {
 }
 
 async fn a_tail_truncated_after_a_checkpoint_is_named_by_verify(a: &Audit) {
+    // The reads since (each recorded) follow the gap.
     tampered(
         a,
         &["DELETE FROM audit_records WHERE sequence > 10"],
         11,
-        "truncated",
+        "missing",
     )
     .await;
+}
+
+/// The head row pointed back at record 10, so new records chain on from it consistently.
+const HEAD_AT_10: &str = "UPDATE chain_head SET sequence = 10, hash = (SELECT hash FROM audit_records WHERE sequence = 10)";
+
+async fn a_tail_cut_across_a_checkpoint_with_the_head_rewritten_is_named_by_verify(a: &Audit) {
+    for chunk in [1..=5, 6..=10, 11..=12] {
+        a.append(chunk).await;
+    }
+    a.wait_for_checkpoint(12).await;
+    a.sql("DELETE FROM audit_records WHERE sequence > 10").await;
+    a.sql(HEAD_AT_10).await;
+    let v = a.verify().await;
+    assert!(!v.valid, "{v:?}");
+    assert!(v.first_bad_sequence >= 11, "{v:?}");
+    assert!(
+        v.problem.contains("checkpoint") || v.problem.contains("truncated"),
+        "{v:?}"
+    );
+}
+
+async fn a_tail_cut_with_its_checkpoints_and_head_rewritten_is_named_by_verify(a: &Audit) {
+    for chunk in [1..=5, 6..=10, 11..=12] {
+        a.append(chunk).await;
+    }
+    a.wait_for_checkpoint(12).await;
+    // Records, checkpoints and head all cut back: self-consistent in the database, but not
+    // with what this audit-service signed.
+    a.sql("DELETE FROM audit_records WHERE sequence > 10").await;
+    a.sql("DELETE FROM checkpoints WHERE sequence > 10").await;
+    a.sql(HEAD_AT_10).await;
+    let v = a.verify().await;
+    assert!(!v.valid, "{v:?}");
+    assert!(v.first_bad_sequence >= 11, "{v:?}");
+    assert!(v.problem.contains("this audit-service"), "{v:?}");
+}
+
+async fn an_edited_index_column_is_named_by_verify_and_refused_by_queries(a: &Audit) {
+    // Record 6 is app:p0's; moved to another principal it would drop out of app:p0's history.
+    tampered(
+        a,
+        &["UPDATE audit_records SET principal = 'app:nobody' WHERE sequence = 6"],
+        6,
+        "principal",
+    )
+    .await;
+    let err = a
+        .reader()
+        .query_events(pb::QueryEventsRequest {
+            principal: "app:nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("record 6"), "{err:?}");
+    a.sql("UPDATE audit_records SET principal = 'app:p0', time = 0 WHERE sequence = 6")
+        .await;
+    let v = a.verify().await;
+    assert_eq!(v.first_bad_sequence, 6, "{v:?}");
+    assert!(v.problem.contains("time"), "{v:?}");
+}
+
+async fn an_emitter_id_belongs_to_the_identity_that_first_used_it(a: &Audit) {
+    a.append(1..=3).await;
+    // Another service identity tries to claim vault-service's next sequence numbers, so its
+    // real events would be dropped as replays.
+    let err = a
+        .client(keys::SCHEDULER_KEY_TOKEN)
+        .append_events(pb::AppendEventsRequest {
+            events: (4..=10).map(event).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("'vault-service'") && err.message().contains("'rotation-scheduler'"),
+        "{err:?}"
+    );
+    let real = a.append(4..=6).await;
+    assert_eq!(real.duplicates, 0, "the real events are stored");
+    let records = a.all(keys::ADMIN_TOKEN).await;
+    assert_eq!(
+        emitted(&records)
+            .iter()
+            .map(|(_, e)| *e)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    // Its own emitter ids it may use.
+    let own = pb::AuditEvent {
+        service: "rotation-scheduler".into(),
+        emitter_id: "emitter-2".into(),
+        ..event(1)
+    };
+    a.client(keys::SCHEDULER_KEY_TOKEN)
+        .append_events(pb::AppendEventsRequest { events: vec![own] })
+        .await
+        .unwrap();
+    assert!(a.verify().await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chain_raises_an_alert_from_the_continuous_check() {
+    let Some(a) = Audit::start_with(
+        false,
+        &[
+            ("SENTIA_AUDIT_VERIFY_INTERVAL", "100ms"),
+            ("SENTIA_AUDIT_FULL_VERIFY_INTERVAL", "300ms"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    a.append(1..=8).await;
+    a.wait_for_checkpoint(8).await;
+    // An edit behind the verified point: found by the periodic full check.
+    a.sql("UPDATE audit_records SET secret_name = 'prod/elsewhere' WHERE sequence = 3")
+        .await;
+    let mut found = None;
+    for _ in 0..200 {
+        let alerts = a
+            .reader()
+            .list_alerts(pb::ListAlertsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        found = alerts.into_iter().find(|x| x.rule == "AuditChainBroken");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert = found.expect("no AuditChainBroken alert");
+    assert_eq!(alert.severity, pb::Severity::Critical as i32);
+    assert_eq!(alert.sequences, vec![3]);
+    assert!(alert.summary.contains("secret_name"), "{alert:?}");
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,14 +669,8 @@ async fn retention_purges_up_to_a_checkpoint_and_the_rest_still_verifies() {
     // Wait until the purge has taken everything up to the checkpoint.
     let mut purged = false;
     for _ in 0..300 {
-        let left = a
-            .reader()
-            .query_events(pb::QueryEventsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .records;
-        if left.is_empty() {
+        let left = a.all(keys::ADMIN_TOKEN).await;
+        if emitted(&left).is_empty() {
             purged = true;
             break;
         }
@@ -474,9 +681,10 @@ async fn retention_purges_up_to_a_checkpoint_and_the_rest_still_verifies() {
     a.append(8..=10).await;
     let v = a.verify().await;
     assert!(v.valid, "{v:?}");
-    assert_eq!(v.records_checked, 3);
+    assert!(v.records_checked >= 3, "{v:?}");
     // Deleting the oldest remaining record is not a purge: nothing anchors what is left.
-    a.sql("DELETE FROM audit_records WHERE sequence = 8").await;
+    a.sql("DELETE FROM audit_records WHERE sequence = (SELECT MIN(sequence) FROM audit_records)")
+        .await;
     let v = a.verify().await;
     assert!(!v.valid, "{v:?}");
     assert!(v.problem.contains("no signed checkpoint"), "{v:?}");
@@ -534,12 +742,15 @@ async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
         vec!["FailedDecryption"],
         "five refusals must not fire"
     );
-    a.emitter()
+    let seventh = a
+        .emitter()
         .append_events(pb::AppendEventsRequest {
             events: vec![refused(7, t0 + 299)],
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .last_sequence;
     let mut alerts = Vec::new();
     for _ in 0..100 {
         alerts = a
@@ -560,7 +771,7 @@ async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
     );
     assert_eq!(alerts[0].principal, "app:mallory");
     assert_eq!(alerts[0].severity, pb::Severity::Critical as i32);
-    assert_eq!(alerts[0].sequences, vec![7]);
+    assert_eq!(alerts[0].sequences, vec![seventh]);
 
     let acked = a
         .reader()

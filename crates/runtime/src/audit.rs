@@ -638,6 +638,18 @@ impl<'a> Gate<'a> {
         result
     }
 
+    /// [`Gate::record`] for a change made outside a transaction the gate can join: called
+    /// just before the change, so a change whose event cannot be recorded is never made (if
+    /// the change then fails, [`Gate::finish`] records the failure after the success).
+    pub async fn admit(&self) -> Result<(), tonic::Status> {
+        self.record().await.map_err(|e| {
+            tonic::Status::unavailable(format!(
+                "{e}; the {} was not made — retry when the audit log is back",
+                self.operation
+            ))
+        })
+    }
+
     /// The caller's answer. A success recorded by [`Gate::record`] is passed on; a success
     /// that committed nothing (an idempotent replay) and every failure are recorded now; a
     /// failure that is the gate's own refusal is passed on as it is (nothing changed, and

@@ -9,7 +9,7 @@ use sentia_crypto::{Envelope, MAX_CONTEXT_LEN, MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::{
     self as pb, key_service_server::KeyService, system_service_server::SystemService,
 };
-use sentia_runtime::audit::{CallInfo, Detail, Emitter, audited, audited_detail};
+use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
 use sentia_runtime::{Principal, Role};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -550,7 +550,14 @@ impl KeyService for Api {
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Res<pb::Key> {
         let info = CallInfo::of(&req);
-        let subject = req.get_ref().name.clone();
+        let gate = Gate::new(
+            &self.audit,
+            &info,
+            "admin",
+            "create_key",
+            &req.get_ref().name,
+        );
+        let g = &gate;
         let result: Res<pb::Key> = async move {
             caller(&req, Role::Admin, "CreateKey")?;
             let r = req.into_inner();
@@ -566,23 +573,30 @@ impl KeyService for Api {
                 }
             };
             let period = auto_rotate(r.auto_rotate_period)?.flatten();
-            let entry = self
-                .core
-                .create_key(name(&r.name)?, purpose, period)
-                .await?;
+            let key = name(&r.name)?;
+            g.admit().await?;
+            let entry = self.core.create_key(key, purpose, period).await?;
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        audited(&self.audit, &info, "admin", "create_key", &subject, result).await
+        gate.finish(result).await
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Res<pb::Key> {
         let info = CallInfo::of(&req);
-        let subject = req.get_ref().name.clone();
+        let gate = Gate::new(
+            &self.audit,
+            &info,
+            "admin",
+            "rotate_key",
+            &req.get_ref().name,
+        );
+        let g = &gate;
         let result: Res<pb::Key> = async move {
             let p = caller(&req, Role::Service, "RotateKey")?;
             let key = name(&req.get_ref().name)?;
             self.grants.check(&p, Operation::RotateKey, key, None)?;
+            g.admit().await?;
             let entry = if req.get_ref().stage {
                 self.core.stage_key(key).await?
             } else {
@@ -591,7 +605,7 @@ impl KeyService for Api {
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        audited(&self.audit, &info, "admin", "rotate_key", &subject, result).await
+        gate.finish(result).await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Res<pb::Key> {
@@ -666,7 +680,14 @@ impl KeyService for Api {
 
     async fn set_key_policy(&self, req: Request<pb::SetKeyPolicyRequest>) -> Res<pb::Key> {
         let info = CallInfo::of(&req);
-        let subject = req.get_ref().name.clone();
+        let gate = Gate::new(
+            &self.audit,
+            &info,
+            "admin",
+            "set_key_policy",
+            &req.get_ref().name,
+        );
+        let g = &gate;
         let result: Res<pb::Key> = async move {
             let p = caller(&req, Role::Service, "SetKeyPolicy")?;
             let r = req.into_inner();
@@ -689,19 +710,13 @@ impl KeyService for Api {
             } else {
                 None
             };
-            let entry = self.core.set_policy(name(&r.name)?, min, period).await?;
+            let key = name(&r.name)?;
+            g.admit().await?;
+            let entry = self.core.set_policy(key, min, period).await?;
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "admin",
-            "set_key_policy",
-            &subject,
-            result,
-        )
-        .await
+        gate.finish(result).await
     }
 }
 
@@ -899,7 +914,8 @@ impl SystemService for Api {
         req: Request<pb::RotateMasterKeyRequest>,
     ) -> Res<pb::RotateMasterKeyResponse> {
         let info = CallInfo::of(&req);
-        let subject = String::new();
+        let gate = Gate::new(&self.audit, &info, "admin", "rotate_master_key", "");
+        let g = &gate;
         let result: Res<pb::RotateMasterKeyResponse> = async move {
             caller(&req, Role::Admin, "RotateMasterKey")?;
             let r = req.into_inner();
@@ -916,6 +932,7 @@ impl SystemService for Api {
                     r.secret_threshold
                 };
                 let (k, n) = shamir_params(shares, threshold)?;
+                g.admit().await?;
                 let (master_version, master) =
                     self.core.rotate_master(Some((n.into(), k.into()))).await?;
                 let shares = master.split(k, n).map_err(KeyError::from)?;
@@ -925,6 +942,7 @@ impl SystemService for Api {
                     shares: shares.iter().map(|s| s.to_string()).collect(),
                 }));
             }
+            g.admit().await?;
             let (master_version, master) = self.core.rotate_master(None).await?;
             if let Some(file) = &self.master_key_file
                 && let Err(e) = replace_private(file, &master.to_base64())
@@ -943,14 +961,6 @@ impl SystemService for Api {
             }))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "admin",
-            "rotate_master_key",
-            &subject,
-            result,
-        )
-        .await
+        gate.finish(result).await
     }
 }

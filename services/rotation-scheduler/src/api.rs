@@ -8,7 +8,7 @@ use sentia_policy::{Capability, Policies};
 use sentia_proto::rotation::v1 as pb;
 use sentia_proto::rotation::v1::rotation_service_server::RotationService;
 use sentia_runtime::Principal;
-use sentia_runtime::audit::{CallInfo, Emitter, audited};
+use sentia_runtime::audit::{CallInfo, Emitter, Gate, audited};
 use sentia_runtime::db::timestamp;
 use tonic::{Request, Response, Status};
 
@@ -97,6 +97,7 @@ impl RotationApi {
         &self,
         p: &Principal,
         req: pb::SetPolicyRequest,
+        gate: &Gate<'_>,
     ) -> Result<pb::RotationPolicy, RotationError> {
         let raw = req
             .policy
@@ -104,6 +105,9 @@ impl RotationApi {
         self.policies
             .check(p, Capability::Rotate, &raw.path_pattern)?;
         let policy = RotationPolicy::from_proto(raw)?;
+        gate.admit()
+            .await
+            .map_err(RotationError::AuditUnavailable)?;
         self.engine
             .store
             .put_policy(&policy, &p.id, self.engine.hooks.clock.now_ms())
@@ -167,6 +171,7 @@ impl RotationApi {
         &self,
         p: &Principal,
         req: pb::RotateNowRequest,
+        gate: &Gate<'_>,
     ) -> Result<pb::Rotation, RotationError> {
         self.policies.check(p, Capability::Rotate, &req.path)?;
         let reason = req.reason.trim();
@@ -191,6 +196,9 @@ impl RotationApi {
             )));
         }
         let now = self.engine.hooks.clock.now_ms();
+        gate.admit()
+            .await
+            .map_err(RotationError::AuditUnavailable)?;
         let r = self
             .engine
             .start(&req.path, policy, reason, req.emergency, &p.id, now)
@@ -238,10 +246,9 @@ impl RotationService for RotationApi {
             .as_ref()
             .map(|x| x.path_pattern.clone())
             .unwrap_or_default();
-        let r = self.set_policy(&p, req).await;
-        audited(&self.emitter, &info, "rotation", "set_policy", &name, r)
-            .await
-            .map(Response::new)
+        let gate = Gate::new(&self.emitter, &info, "rotation", "set_policy", &name);
+        let r = self.set_policy(&p, req, &gate).await;
+        gate.finish(r).await.map(Response::new)
     }
 
     async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Res<pb::RotationPolicy> {
@@ -286,10 +293,9 @@ impl RotationService for RotationApi {
         } else {
             "rotate_now"
         };
-        let r = self.rotate_now(&p, req).await;
-        audited(&self.emitter, &info, "rotation", op, &path, r)
-            .await
-            .map(Response::new)
+        let gate = Gate::new(&self.emitter, &info, "rotation", op, &path);
+        let r = self.rotate_now(&p, req, &gate).await;
+        gate.finish(r).await.map(Response::new)
     }
 
     async fn get_rotation_history(

@@ -29,6 +29,10 @@ pub enum RotationError {
         /// What it answered.
         status: Status,
     },
+    /// The change's audit event could not be recorded, so the change was not made
+    /// (UNAVAILABLE, as the audit gate worded it).
+    #[error("{}", .0.message())]
+    AuditUnavailable(Status),
     /// A stored row cannot be read back.
     #[error("stored rotation data is unreadable: {0}")]
     Corrupt(String),
@@ -95,6 +99,7 @@ impl From<RotationError> for Status {
                     )),
                 }
             }
+            RotationError::AuditUnavailable(status) => status,
             RotationError::Corrupt(m) => {
                 tracing::error!(problem = %m, "stored rotation data is unreadable");
                 Status::data_loss(format!("stored rotation data is unreadable: {m}"))

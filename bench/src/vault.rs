@@ -55,6 +55,9 @@ impl Vault {
             sentia_runtime::Role::Admin,
             "bench-admin-token",
         )]);
+        // One principal drives every row: bound it by the global limit alone, so a run with
+        // more in flight than SENTIA_PRINCIPAL_CONCURRENCY measures throughput, not admission.
+        config.server.principal_concurrency = config.server.concurrency_limit;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let shutdown = Shutdown::new();

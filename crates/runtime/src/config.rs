@@ -195,6 +195,15 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Requests handled at once across all connections (`SENTIA_CONCURRENCY_LIMIT`).
     pub concurrency_limit: usize,
+    /// Requests one user, app or admin principal may have in flight
+    /// (`SENTIA_PRINCIPAL_CONCURRENCY`); beyond it RESOURCE_EXHAUSTED at once.
+    pub principal_concurrency: usize,
+    /// The same bound for one service identity (`SENTIA_SERVICE_CONCURRENCY`): higher, as a
+    /// service carries many users' calls, but below the global limit.
+    pub service_concurrency: usize,
+    /// How long a request's body may take to arrive (`SENTIA_BODY_TIMEOUT`); a caller that
+    /// opens requests and stalls holds no handler permit meanwhile.
+    pub body_timeout: Duration,
     /// Static bearer tokens (`SENTIA_AUTH_TOKENS`), stored as SHA-256 hashes.
     pub tokens: TokenTable,
     /// mTLS certificate names that get the admin role (`SENTIA_ADMIN_IDENTITIES`).
@@ -212,6 +221,9 @@ impl fmt::Debug for ServerConfig {
             .field("tls", &self.tls.is_some())
             .field("request_timeout", &self.request_timeout)
             .field("concurrency_limit", &self.concurrency_limit)
+            .field("principal_concurrency", &self.principal_concurrency)
+            .field("service_concurrency", &self.service_concurrency)
+            .field("body_timeout", &self.body_timeout)
             .field("tokens", &self.tokens.len())
             .field("admin_identities", &self.admin_identities)
             .field("service_identities", &self.service_identities)
@@ -228,6 +240,9 @@ impl ServerConfig {
             tls: None,
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 1024,
+            principal_concurrency: 64,
+            service_concurrency: 512,
+            body_timeout: Duration::from_secs(10),
             tokens,
             admin_identities: Vec::new(),
             service_identities: Vec::new(),
@@ -301,6 +316,25 @@ impl ServerConfig {
         if concurrency_limit == 0 {
             reader.problem("SENTIA_CONCURRENCY_LIMIT must be at least 1");
         }
+        let principal_concurrency = reader.parse_or(
+            "SENTIA_PRINCIPAL_CONCURRENCY",
+            64usize,
+            "a positive integer",
+        );
+        let service_concurrency = reader.parse_or(
+            "SENTIA_SERVICE_CONCURRENCY",
+            (concurrency_limit / 2).max(1),
+            "a positive integer",
+        );
+        if principal_concurrency == 0 || service_concurrency == 0 {
+            reader.problem(
+                "SENTIA_PRINCIPAL_CONCURRENCY and SENTIA_SERVICE_CONCURRENCY must be at least 1",
+            );
+        }
+        let body_timeout = reader.duration_or("SENTIA_BODY_TIMEOUT", Duration::from_secs(10));
+        if body_timeout.is_zero() {
+            reader.problem("SENTIA_BODY_TIMEOUT must be positive");
+        }
         let tokens = match reader.optional("SENTIA_AUTH_TOKENS") {
             None => TokenTable::default(),
             Some(raw) => match TokenTable::parse(&raw) {
@@ -325,6 +359,9 @@ impl ServerConfig {
             tls,
             request_timeout,
             concurrency_limit,
+            principal_concurrency,
+            service_concurrency,
+            body_timeout,
             tokens,
             admin_identities,
             service_identities,

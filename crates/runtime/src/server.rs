@@ -6,14 +6,20 @@
 //!    traced and carries the request id;
 //! 2. authentication: bearer token or mTLS identity -> [`Principal`] in the request
 //!    extensions; anything else is refused before it costs a concurrency permit;
-//! 3. global concurrency limit: bounds in-flight requests across all connections
+//! 3. admission: a per-principal bound on requests in flight (RESOURCE_EXHAUSTED at once
+//!    beyond it, so one principal cannot take every permit), then the whole request body is
+//!    received within `SENTIA_BODY_TIMEOUT` — a caller that opens requests and stalls holds
+//!    only its own principal's slots, never a handler permit;
+//! 4. global concurrency limit: bounds in-flight requests across all connections
 //!    (back-pressure instead of unbounded queueing);
-//! 4. timeout (tonic's, which also honours a shorter client `grpc-timeout`);
+//! 5. timeout (tonic's, which also honours a shorter client `grpc-timeout`);
 //!
 //! then the service routes, plus `grpc.health.v1` and reflection, which are always public.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -28,7 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::audit::{CallInfo, Emitter};
 use crate::auth::{Authenticator, BearerVerifier};
 use crate::rpc::{self, BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, status_code};
-use crate::{RuntimeError, ServerConfig, Shutdown};
+use crate::{Principal, Role, RuntimeError, ServerConfig, Shutdown};
 use sentia_proto::audit::v1::AuditEvent;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -142,6 +148,14 @@ impl Server {
                 authenticator,
                 public: Arc::new(public),
                 audit: self.audit,
+            })
+            .layer(AdmitLayer {
+                limits: Arc::new(PrincipalLimits {
+                    user: cfg.principal_concurrency,
+                    service: cfg.service_concurrency,
+                    held: std::sync::Mutex::new(HashMap::new()),
+                }),
+                body_timeout: cfg.body_timeout,
             })
             .layer(GlobalConcurrencyLimitLayer::new(cfg.concurrency_limit))
             .into_inner();
@@ -406,6 +420,169 @@ where
                     Ok(status.into_http())
                 }
             }
+        })
+    }
+}
+
+/// The largest request body received: tonic's default 4 MiB message limit plus the 5-byte
+/// gRPC frame header.
+const MAX_BODY: usize = 4 * 1024 * 1024 + 5;
+
+/// Requests in flight per principal.
+struct PrincipalLimits {
+    user: usize,
+    service: usize,
+    held: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// One request's slot of its principal; the principal's entry goes when its last slot does.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    semaphore: Arc<tokio::sync::Semaphore>,
+    id: String,
+    limit: usize,
+    limits: Arc<PrincipalLimits>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Ok(mut held) = self.limits.held.lock()
+            // Only the map and this slot hold it, and nobody is in flight: forget it.
+            && Arc::strong_count(&self.semaphore) == 2
+            && self.semaphore.available_permits() == self.limit
+        {
+            held.remove(&self.id);
+        }
+    }
+}
+
+impl PrincipalLimits {
+    fn limit(&self, p: &Principal) -> usize {
+        if p.role == Role::Service {
+            self.service
+        } else {
+            self.user
+        }
+    }
+
+    /// A slot for `p`, or None when it already has its limit in flight.
+    fn try_slot(self: &Arc<Self>, p: &Principal) -> Option<Slot> {
+        let limit = self.limit(p);
+        let semaphore = {
+            let mut held = self.held.lock().ok()?;
+            held.entry(p.id.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
+                .clone()
+        };
+        let permit = semaphore.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            permit: Some(permit),
+            semaphore,
+            id: p.id.clone(),
+            limit,
+            limits: self.clone(),
+        })
+    }
+}
+
+/// Layer 3: per-principal admission and the request body.
+#[derive(Clone)]
+struct AdmitLayer {
+    limits: Arc<PrincipalLimits>,
+    body_timeout: Duration,
+}
+
+impl<S> Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admit {
+            inner,
+            limits: self.limits.clone(),
+            body_timeout: self.body_timeout,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Admit<S> {
+    inner: S,
+    limits: Arc<PrincipalLimits>,
+    body_timeout: Duration,
+}
+
+impl<S, R> Service<http::Request<tonic::body::Body>> for Admit<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let slot = match req.extensions().get::<Principal>() {
+            // Public methods (health, reflection) have no principal: the global limit and
+            // the body deadline still apply.
+            None => None,
+            Some(p) => match self.limits.try_slot(p) {
+                Some(slot) => Some(slot),
+                None => {
+                    let status = tonic::Status::resource_exhausted(format!(
+                        "'{}' already has {} requests in flight, its limit; retry with backoff",
+                        crate::text::clip(&p.id, crate::text::ECHO_MAX),
+                        self.limits.limit(p)
+                    ));
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            },
+        };
+        let body_timeout = self.body_timeout;
+        Box::pin(async move {
+            let _slot = slot;
+            let (parts, body) = req.into_parts();
+            let limited = http_body_util::Limited::new(body, MAX_BODY);
+            let received =
+                tokio::time::timeout(body_timeout, http_body_util::BodyExt::collect(limited)).await;
+            let bytes = match received {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "the request is larger than {MAX_BODY} bytes"
+                    ))
+                    .into_http());
+                }
+                Ok(Err(e)) => {
+                    return Ok(tonic::Status::cancelled(format!(
+                        "the request body was not received: {e}"
+                    ))
+                    .into_http());
+                }
+                Err(_) => {
+                    tracing::info!(
+                        timeout_ms = body_timeout.as_millis() as u64,
+                        "request body not received in time"
+                    );
+                    return Ok(tonic::Status::deadline_exceeded(format!(
+                        "the request body did not arrive within {} ms (SENTIA_BODY_TIMEOUT)",
+                        body_timeout.as_millis()
+                    ))
+                    .into_http());
+                }
+            };
+            let body = tonic::body::Body::new(http_body_util::Full::new(bytes));
+            inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }

@@ -172,6 +172,47 @@ def test_the_audit_log_holds_the_writes_and_refusals(vault, developer):
         assert verify.valid, verify
 
 
+def test_reads_of_the_audit_log_are_recorded_in_it():
+    with grpc.insecure_channel(AUDIT) as ch:
+        a = audit_pb2_grpc.AuditServiceStub(ch)
+        marker = unique("prod/interop-read")
+        a.QueryEvents(audit_pb2.QueryEventsRequest(secret_name=marker, page_size=1), metadata=auth(ADMIN))
+        r = a.QueryEvents(
+            audit_pb2.QueryEventsRequest(secret_name=marker, event_type="audit_read", page_size=10),
+            metadata=auth(ADMIN),
+        )
+        ops = [(x.appender, x.event.operation, x.event.service, x.event.success) for x in r.records]
+        # The first query, then this one (recorded before it ran).
+        assert ops == [("audit-service", "query", "audit-service", True)] * 2, ops
+
+
+def test_an_export_ends_with_a_signed_end_that_covers_its_records():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    with grpc.insecure_channel(AUDIT) as ch:
+        a = audit_pb2_grpc.AuditServiceStub(ch)
+        items = list(a.ExportEvents(audit_pb2.ExportEventsRequest(), metadata=auth(ADMIN)))
+    kinds = [i.WhichOneof("item") for i in items]
+    assert kinds[-1] == "end" and "end" not in kinds[:-1], kinds[-5:]
+    records = [i.record for i in items if i.WhichOneof("item") == "record"]
+    end = items[-1].end
+    assert (end.from_sequence, end.to_sequence) == (records[0].sequence, records[-1].sequence)
+    assert end.head_hash == records[-1].hash
+    with grpc.insecure_channel(KEYS) as ch:
+        keys = keys_pb2_grpc.KeyServiceStub(ch).GetPublicKeys(
+            keys_pb2.GetPublicKeysRequest(key_name="audit-checkpoint"), metadata=auth(ADMIN)
+        )
+    public = {k.kid: k.public_key for k in keys.keys}[end.kid]
+    message = f"sentia-audit-export|{end.from_sequence}|{end.to_sequence}|{end.head_hash.hex()}"
+    Ed25519PublicKey.from_public_bytes(public).verify(end.signature, message.encode())
+    # Each checkpoint follows the record it covers.
+    for i, item in enumerate(items):
+        if item.WhichOneof("item") == "checkpoint" and item.checkpoint.sequence >= records[0].sequence:
+            prev = items[i - 1]
+            covered = prev.record if prev.WhichOneof("item") == "record" else prev.checkpoint
+            assert covered.sequence == item.checkpoint.sequence
+
+
 def test_audit_readers_are_vault_tokens_and_a_revoked_one_is_refused(vault):
     authn = vault_pb2_grpc.AuthServiceStub(vault)
     login = login_with(vault, ["system_admin"])

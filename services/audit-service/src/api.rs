@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sentia_proto::audit::v1 as pb;
+use sentia_proto::audit::v1::Checkpoint;
 use sentia_proto::audit::v1::audit_service_server::AuditService;
 use sentia_runtime::audit::CallInfo;
 use sentia_runtime::jwt::PublicKeySet;
@@ -85,6 +86,17 @@ pub struct AuditApi {
     read_policies: Arc<Vec<String>>,
     shutdown: Shutdown,
     own_emitter: Arc<(String, AtomicU64)>,
+}
+
+/// What had been seen of the log before a check read its head: records up to these must be
+/// there. Taken first, so records appended while the check runs never look like a cut.
+struct Seen {
+    /// The newest checkpoint in the database.
+    newest_checkpoint: Option<Checkpoint>,
+    /// The highest head this process stored.
+    own_head: u64,
+    /// The newest checkpoint this process signed.
+    own_checkpoint: Option<(u64, [u8; 32])>,
 }
 
 /// The result of checking a range: the answer, and the last record found good.
@@ -270,23 +282,37 @@ impl AuditApi {
         Ok((from, to))
     }
 
+    /// What the log is known to hold, before its head is read.
+    async fn seen(&self) -> Result<Seen, AuditError> {
+        let own_head = *self.head.borrow();
+        let own_checkpoint = self.witness.latest();
+        let newest_checkpoint = self.store.checkpoints_desc(0, 1).await?.into_iter().next();
+        Ok(Seen {
+            newest_checkpoint,
+            own_head,
+            own_checkpoint,
+        })
+    }
+
     /// Verifies records `from..=to` batch by batch, with the checkpoints in range.
     async fn verify(&self, from: u64, to: u64) -> Result<pb::VerifyChainResponse, AuditError> {
+        let seen = self.seen().await?;
         let (head, _) = self.store.head().await?;
         let to_head = to == 0 || to >= head;
         let (from, to) = self.range(from, to).await?;
-        Ok(self.check(from, to, to_head, None).await?.response)
+        let seen = to_head.then_some(seen);
+        Ok(self.check(from, to, seen, None).await?.response)
     }
 
     /// Checks records `from..=to` and their checkpoints. `trusted`: the hash of record
     /// `from - 1` as verified before (the continuous check's watermark) — compared with what
-    /// is stored now, so an edit behind it is named. `to_head`: the range runs to the head,
-    /// so records the newest checkpoint (or this process) saw must all be there.
+    /// is stored now, so an edit behind it is named. `seen`: for a range that runs to the
+    /// head, what was known before the head was read — records it covers must all be there.
     async fn check(
         &self,
         from: u64,
         to: u64,
-        to_head: bool,
+        seen: Option<Seen>,
         trusted: Option<[u8; 32]>,
     ) -> Result<Checked, AuditError> {
         self.checkpoint_keys
@@ -399,8 +425,8 @@ impl AuditApi {
         if let Some(c) = self.store.checkpoints(after + 1, to).await?.last() {
             claims.push((c.sequence, "a signed checkpoint"));
         }
-        if to_head {
-            if let Some(c) = self.store.checkpoints_desc(0, 1).await?.first()
+        if let Some(seen) = seen {
+            if let Some(c) = &seen.newest_checkpoint
                 && c.sequence > after
             {
                 if let Err(why) = sentia_audit::check_signature(
@@ -413,8 +439,8 @@ impl AuditApi {
                 }
                 claims.push((c.sequence, "the newest signed checkpoint"));
             }
-            claims.push((*self.head.borrow(), "this audit-service's own appends"));
-            if let Some((seq, hash)) = self.witness.latest() {
+            claims.push((seen.own_head, "this audit-service's own appends"));
+            if let Some((seq, hash)) = seen.own_checkpoint {
                 if seq >= from && seq <= after && self.store.hash_at(seq).await? != Some(hash) {
                     return bad(
                         out,
@@ -458,12 +484,13 @@ impl AuditApi {
             }
             let full = last_full.elapsed() >= full_interval;
             let result = async {
+                let seen = self.seen().await?;
                 let (head, _) = self.store.head().await?;
                 let (from, trusted) = match verified {
                     Some((seq, hash)) if !full => (seq + 1, Some(hash)),
                     _ => (self.store.oldest().await?, None),
                 };
-                self.check(from, head, true, trusted).await
+                self.check(from, head, Some(seen), trusted).await
             }
             .await;
             let checked = match result {

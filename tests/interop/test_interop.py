@@ -330,3 +330,87 @@ def test_a_token_vault_service_would_never_issue_is_refused_even_when_signed_by_
                 whoami(vault_pb2.WhoAmIRequest(), metadata=auth(token(policies, lifetime)))
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value.details()
             assert hint in e.value.details()
+
+
+def test_every_listing_checks_page_tokens_alike():
+    """A 100 KB token, or a real token from another listing, is INVALID_ARGUMENT everywhere."""
+    with grpc.insecure_channel(AUDIT) as ch:
+        audit = audit_pb2_grpc.AuditServiceStub(ch)
+        audit.QueryEvents(audit_pb2.QueryEventsRequest(page_size=1), metadata=auth(ADMIN))
+        foreign = audit.QueryEvents(audit_pb2.QueryEventsRequest(page_size=1), metadata=auth(ADMIN)).next_page_token
+        assert foreign, "the log holds more than one record"
+    with grpc.insecure_channel(VAULT) as v, grpc.insecure_channel(KEYS) as k, grpc.insecure_channel(
+        AUDIT
+    ) as a, grpc.insecure_channel(ROTATION) as r:
+        secrets = vault_pb2_grpc.SecretServiceStub(v)
+        keys = keys_pb2_grpc.KeyServiceStub(k)
+        audit = audit_pb2_grpc.AuditServiceStub(a)
+        rotation = rotation_pb2_grpc.RotationServiceStub(r)
+        listings = {
+            "ListSecrets": lambda t: secrets.ListSecrets(
+                vault_pb2.ListSecretsRequest(prefix="test", page_token=t), metadata=auth(ROOT)
+            ),
+            "ListKeys": lambda t: keys.ListKeys(keys_pb2.ListKeysRequest(page_token=t), metadata=auth(ADMIN)),
+            "ListCheckpoints": lambda t: audit.ListCheckpoints(
+                audit_pb2.ListCheckpointsRequest(page_token=t), metadata=auth(ADMIN)
+            ),
+            "ListAlerts": lambda t: audit.ListAlerts(audit_pb2.ListAlertsRequest(page_token=t), metadata=auth(ADMIN)),
+            "ListRotations": lambda t: rotation.ListRotations(
+                rotation_pb2.ListRotationsRequest(prefix="test", page_token=t), metadata=auth(ROOT)
+            ),
+            "GetRotationHistory": lambda t: rotation.GetRotationHistory(
+                rotation_pb2.GetRotationHistoryRequest(path="test/app/x", page_token=t), metadata=auth(ROOT)
+            ),
+        }
+        for name, call in listings.items():
+            for token in ["A" * 100_000, foreign]:
+                with pytest.raises(grpc.RpcError) as e:
+                    call(token)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, e.value)
+                assert "page_token" in e.value.details(), (name, e.value.details())
+        with pytest.raises(grpc.RpcError) as e:
+            audit.QueryEvents(
+                audit_pb2.QueryEventsRequest(secret_name="other", page_token=foreign), metadata=auth(ADMIN)
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "a token is bound to its filters"
+
+
+def test_timestamps_and_durations_outside_their_range_are_refused_by_name(vault):
+    from google.protobuf import duration_pb2, timestamp_pb2
+
+    with grpc.insecure_channel(AUDIT) as ch:
+        audit = audit_pb2_grpc.AuditServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            audit.QueryEvents(
+                audit_pb2.QueryEventsRequest(start_time=timestamp_pb2.Timestamp(seconds=5, nanos=-1)),
+                metadata=auth(ADMIN),
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "start_time.nanos" in e.value.details()
+    with grpc.insecure_channel(ROTATION) as ch:
+        rotation = rotation_pb2_grpc.RotationServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            rotation.SetPolicy(
+                rotation_pb2.SetPolicyRequest(
+                    policy=rotation_pb2.RotationPolicy(
+                        path_pattern="test/app/forever",
+                        frequency=duration_pb2.Duration(seconds=2**62),
+                        method=rotation_pb2.ROTATION_METHOD_MANUAL,
+                    )
+                ),
+                metadata=auth(ROOT),
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "frequency must be between" in e.value.details(), e.value.details()
+    s = vault_pb2_grpc.SecretServiceStub(vault)
+    with pytest.raises(grpc.RpcError) as e:
+        s.PutSecret(
+            vault_pb2.PutSecretRequest(
+                path=f"test/app/{unique('ts')}",
+                value=b"v",
+                metadata=vault_pb2.SecretMetadata(expire_time=timestamp_pb2.Timestamp(seconds=2**62)),
+            ),
+            metadata=auth(ROOT),
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expire_time" in e.value.details() and "9999" in e.value.details()

@@ -3,6 +3,8 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 pub mod json;
+pub mod page;
+pub mod wkt;
 
 pub use prost;
 pub use prost_types;

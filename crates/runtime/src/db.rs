@@ -106,6 +106,15 @@ pub fn error_status(e: &sqlx::Error, what: &str) -> tonic::Status {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             tonic::Status::unavailable(format!("{what} is unavailable; retry later"))
         }
+        // A stored value of the wrong type (or a column gone): the data was altered or
+        // damaged outside the service, which retrying cannot fix.
+        sqlx::Error::ColumnDecode { index, .. } => tonic::Status::data_loss(format!(
+            "{what} holds a value of the wrong type in column {index}: the row was altered or \
+             damaged; restore it from backup"
+        )),
+        sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => tonic::Status::data_loss(
+            format!("{what} holds a row that cannot be read back; restore it from backup"),
+        ),
         _ => tonic::Status::internal(format!("{what} error")),
     }
 }

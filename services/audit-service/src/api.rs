@@ -121,11 +121,12 @@ fn bounded(i: usize, field: &str, v: &str, min: usize, max: usize) -> Result<(),
 /// Checks one event of a batch; `i` numbers it in messages.
 fn validate(i: usize, e: &pb::AuditEvent) -> Result<(), AuditError> {
     match &e.time {
-        Some(t) if t.seconds >= 0 && (0..1_000_000_000).contains(&t.nanos) => {}
-        _ => {
-            return Err(AuditError::Invalid(format!(
-                "event {i}: time is missing or invalid"
-            )));
+        Some(t) => {
+            sentia_proto::wkt::timestamp_ms("time", t)
+                .map_err(|m| AuditError::Invalid(format!("event {i}: {m}")))?;
+        }
+        None => {
+            return Err(AuditError::Invalid(format!("event {i}: time is missing")));
         }
     }
     bounded(i, "event_type", &e.event_type, 1, 64)?;
@@ -161,9 +162,11 @@ fn validate(i: usize, e: &pb::AuditEvent) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn ms(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+fn ms(field: &str, t: &Option<prost_types::Timestamp>) -> Result<Option<i64>, AuditError> {
     t.as_ref()
-        .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+        .map(|t| sentia_proto::wkt::timestamp_ms(field, t))
+        .transpose()
+        .map_err(AuditError::Invalid)
 }
 
 fn page_size(n: i32) -> Result<i64, AuditError> {
@@ -176,12 +179,15 @@ fn page_size(n: i32) -> Result<i64, AuditError> {
     }
 }
 
-fn page_token(t: &str) -> Result<u64, AuditError> {
-    if t.is_empty() {
-        return Ok(0);
+/// The sequence a page token of `listing` (made with filters `scope`) continues from.
+fn page_position(token: &str, listing: &str, scope: &str) -> Result<u64, AuditError> {
+    let refuse = |m: String| AuditError::Invalid(m);
+    match sentia_proto::page::decode(token, listing, scope).map_err(refuse)? {
+        None => Ok(0),
+        Some(p) => p
+            .parse()
+            .map_err(|_| refuse("page_token does not hold a sequence number".into())),
     }
-    t.parse()
-        .map_err(|_| AuditError::Invalid("page_token is not one this server issued".into()))
 }
 
 impl AuditApi {
@@ -579,22 +585,23 @@ impl AuditService for AuditApi {
         self.reading(&req, "query", &filter_name).await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
-        let after = page_token(&r.page_token)?;
         let nonempty = |s: String| (!s.is_empty()).then_some(s);
         let filter = Filter {
-            start_ms: ms(&r.start_time),
-            end_ms: ms(&r.end_time),
+            start_ms: ms("start_time", &r.start_time)?,
+            end_ms: ms("end_time", &r.end_time)?,
             principal: nonempty(r.principal),
             secret_name: nonempty(r.secret_name),
             event_type: nonempty(r.event_type),
             success: r.success,
         };
+        let scope = format!("{filter:?}");
+        let after = page_position(&r.page_token, "audit.QueryEvents", &scope)?;
         let mut records = self.store.query(&filter, after, limit + 1).await?;
         let next_page_token = if records.len() as i64 > limit {
             records.truncate(limit as usize);
-            records
-                .last()
-                .map_or(String::new(), |r| r.sequence.to_string())
+            records.last().map_or(String::new(), |r| {
+                sentia_proto::page::encode("audit.QueryEvents", &scope, &r.sequence.to_string())
+            })
         } else {
             String::new()
         };
@@ -754,13 +761,13 @@ impl AuditService for AuditApi {
         self.reading(&req, "list_checkpoints", "").await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
-        let before = page_token(&r.page_token)?;
+        let before = page_position(&r.page_token, "audit.ListCheckpoints", "")?;
         let mut checkpoints = self.store.checkpoints_desc(before, limit + 1).await?;
         let next_page_token = if checkpoints.len() as i64 > limit {
             checkpoints.truncate(limit as usize);
-            checkpoints
-                .last()
-                .map_or(String::new(), |c| c.sequence.to_string())
+            checkpoints.last().map_or(String::new(), |c| {
+                sentia_proto::page::encode("audit.ListCheckpoints", "", &c.sequence.to_string())
+            })
         } else {
             String::new()
         };
@@ -777,13 +784,19 @@ impl AuditService for AuditApi {
         self.reading(&req, "list_alerts", "").await?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
+        let scope = format!("include_acknowledged={}", r.include_acknowledged);
+        let before = sentia_proto::page::decode(&r.page_token, "audit.ListAlerts", &scope)
+            .map_err(AuditError::Invalid)?
+            .unwrap_or_default();
         let mut alerts = self
             .store
-            .alerts(r.include_acknowledged, &r.page_token, limit + 1)
+            .alerts(r.include_acknowledged, &before, limit + 1)
             .await?;
         let next_page_token = if alerts.len() as i64 > limit {
             alerts.truncate(limit as usize);
-            alerts.last().map_or(String::new(), |a| a.id.clone())
+            alerts.last().map_or(String::new(), |a| {
+                sentia_proto::page::encode("audit.ListAlerts", &scope, &a.id)
+            })
         } else {
             String::new()
         };

@@ -638,16 +638,14 @@ impl KeyService for Api {
                     .into());
                 }
             };
-            if !r.page_token.is_empty() {
-                validate_key_name(&r.page_token).map_err(|_| {
-                    KeyError::InvalidArgument("page_token is not one this server issued".into())
-                })?;
-            }
+            let after = sentia_proto::page::decode(&r.page_token, "keys.ListKeys", "")
+                .map_err(KeyError::InvalidArgument)?
+                .unwrap_or_default();
             let all = self.core.list().await?;
             let mut keys = Vec::new();
             let mut next_page_token = String::new();
             for e in all.iter().filter(|e| {
-                e.row.name.as_str() > r.page_token.as_str()
+                e.row.name.as_str() > after.as_str()
                     && self
                         .grants
                         .allows(&p, Operation::ListKeys, &e.row.name, None)
@@ -655,7 +653,7 @@ impl KeyService for Api {
                 if keys.len() == size {
                     next_page_token = keys
                         .last()
-                        .map(|k: &pb::Key| k.name.clone())
+                        .map(|k: &pb::Key| sentia_proto::page::encode("keys.ListKeys", "", &k.name))
                         .unwrap_or_default();
                     break;
                 }
@@ -732,6 +730,12 @@ fn auto_rotate(d: Option<prost_types::Duration>) -> Result<Option<Option<i64>>, 
         Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(None)),
         Some(d) if (3600..=MAX_AUTO_ROTATE_SECS).contains(&d.seconds) && d.nanos == 0 => {
             Ok(Some(Some(d.seconds)))
+        }
+        Some(d) if !(0..1_000_000_000).contains(&d.nanos) => {
+            Err(KeyError::InvalidArgument(format!(
+                "auto_rotate_period.nanos must be 0 to 999999999 (got {})",
+                d.nanos
+            )))
         }
         Some(d) => Err(KeyError::InvalidArgument(format!(
             "auto_rotate_period must be whole seconds from 3600 (1 hour) to {MAX_AUTO_ROTATE_SECS} \

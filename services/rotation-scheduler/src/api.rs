@@ -123,10 +123,13 @@ impl RotationApi {
         let size = page_size(req.page_size)?;
         let now = self.engine.hooks.clock.now_ms();
         let snap = self.engine.snapshot().await?;
+        let scope = format!("{}|overdue_only={}", req.prefix, req.overdue_only);
+        let after = sentia_proto::page::decode(&req.page_token, "rotation.ListRotations", &scope)
+            .map_err(RotationError::Invalid)?;
         let mut out = Vec::new();
         let mut next = String::new();
         for meta in self.engine.vault.list(&req.prefix).await? {
-            if !req.page_token.is_empty() && meta.path.as_str() <= req.page_token.as_str() {
+            if after.as_deref().is_some_and(|a| meta.path.as_str() <= a) {
                 continue;
             }
             if self.may_read(p, &meta.path).is_err() {
@@ -147,7 +150,9 @@ impl RotationApi {
             if out.len() == size {
                 next = out
                     .last()
-                    .map(|s: &pb::RotationStatus| s.path.clone())
+                    .map(|s: &pb::RotationStatus| {
+                        sentia_proto::page::encode("rotation.ListRotations", &scope, &s.path)
+                    })
                     .unwrap_or_default();
                 break;
             }
@@ -213,22 +218,26 @@ impl RotationApi {
     ) -> Result<pb::GetRotationHistoryResponse, RotationError> {
         self.may_read(p, &req.path)?;
         let size = page_size(req.page_size)? as i64;
-        let skip: i64 = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token
-                .parse()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| RotationError::Invalid("page_token is not one we issued".into()))?
-        };
+        let skip: i64 =
+            match sentia_proto::page::decode(&req.page_token, "rotation.History", &req.path)
+                .map_err(RotationError::Invalid)?
+            {
+                None => 0,
+                Some(p) => p.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    RotationError::Invalid("page_token does not hold a position".into())
+                })?,
+            };
         let mut rows = self.engine.store.history(&req.path, skip, size + 1).await?;
         let more = rows.len() as i64 > size;
         rows.truncate(size as usize);
         Ok(pb::GetRotationHistoryResponse {
             rotations: rows.iter().map(to_proto).collect(),
             next_page_token: if more {
-                (skip + size).to_string()
+                sentia_proto::page::encode(
+                    "rotation.History",
+                    &req.path,
+                    &(skip + size).to_string(),
+                )
             } else {
                 String::new()
             },

@@ -124,13 +124,13 @@ impl RotationPolicy {
 
     /// From the contract; missing fields are refused by name.
     pub fn from_proto(p: pb::RotationPolicy) -> Result<Self, RotationError> {
+        // Ten years bounds every span of a schedule (the seed's longest is a year).
+        const LONGEST: Duration = Duration::from_secs(3650 * 86_400);
         let dur = |d: Option<prost_types::Duration>, name: &str, required: bool| match d {
             None if required => Err(RotationError::Invalid(format!("{name} is required"))),
             None => Ok(Duration::ZERO),
-            Some(d) if d.seconds < 0 || d.nanos < 0 => Err(RotationError::Invalid(format!(
-                "{name} must not be negative"
-            ))),
-            Some(d) => Ok(Duration::new(d.seconds as u64, d.nanos as u32)),
+            Some(d) => sentia_proto::wkt::duration(name, &d, Duration::ZERO, LONGEST)
+                .map_err(RotationError::Invalid),
         };
         let method = method_from(i64::from(p.method)).ok_or_else(|| {
             RotationError::Invalid("method must be AUTOMATED, ROLLING or MANUAL".into())

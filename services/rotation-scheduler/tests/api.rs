@@ -73,6 +73,28 @@ async fn bad_policies_are_refused_by_name_and_nothing_is_stored() {
             },
             "method",
         ),
+        // Outside the well-known range or absurd: refused with the field and the range,
+        // never clamped.
+        (
+            pb::RotationPolicy {
+                frequency: Some(prost_types::Duration {
+                    seconds: 1 << 62,
+                    nanos: 0,
+                }),
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "frequency must be between 0s and 3650d",
+        ),
+        (
+            pb::RotationPolicy {
+                grace_period: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: -5,
+                }),
+                ..policy("dev/app/a", "random", json!({}))
+            },
+            "grace_period.nanos",
+        ),
     ];
     for (p, want) in cases {
         let (got, msg) = code(

@@ -6,8 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
 use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
@@ -716,17 +714,10 @@ impl SecretService for SecretApi {
                     )));
                 }
             };
-            let mut after = if r.page_token.is_empty() {
-                String::new()
-            } else {
-                URL_SAFE_NO_PAD
-                    .decode(&r.page_token)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        Status::invalid_argument("page_token is not one this server issued")
-                    })?
-            };
+            let mut after =
+                sentia_proto::page::decode(&r.page_token, "vault.ListSecrets", prefix.as_str())
+                    .map_err(Status::invalid_argument)?
+                    .unwrap_or_default();
             let mut secrets = Vec::new();
             let mut more = false;
             // Rows the caller may not list are skipped, so keep reading until the page is full
@@ -759,7 +750,7 @@ impl SecretService for SecretApi {
                 }
             }
             let next_page_token = if more {
-                URL_SAFE_NO_PAD.encode(after.as_bytes())
+                sentia_proto::page::encode("vault.ListSecrets", prefix.as_str(), &after)
             } else {
                 String::new()
             };

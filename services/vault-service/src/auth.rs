@@ -301,17 +301,8 @@ fn ttl_of(d: &Option<prost_types::Duration>) -> Result<Duration, VaultError> {
     let Some(d) = d else {
         return Ok(DEFAULT_TOKEN_TTL);
     };
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err(VaultError::Invalid("token_ttl must be positive".into()));
-    }
-    let ttl = Duration::new(d.seconds as u64, d.nanos as u32);
-    if ttl < MIN_TOKEN_TTL || ttl > MAX_TOKEN_TTL {
-        return Err(VaultError::Invalid(format!(
-            "token_ttl {}s must be between 60s and 86400s (24h)",
-            ttl.as_secs()
-        )));
-    }
-    Ok(ttl)
+    sentia_proto::wkt::duration("token_ttl", d, MIN_TOKEN_TTL, MAX_TOKEN_TTL)
+        .map_err(VaultError::Invalid)
 }
 
 #[tonic::async_trait]

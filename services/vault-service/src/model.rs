@@ -240,18 +240,10 @@ pub const METADATA_FIELDS: &[&str] = &[
 ];
 
 fn ms_of(ts: &Option<Timestamp>, field: &str) -> Result<Option<i64>, VaultError> {
-    match ts {
-        None => Ok(None),
-        Some(t) if !(0..1_000_000_000).contains(&t.nanos) || t.seconds < 0 => {
-            Err(invalid(format!("{field} is not a valid timestamp")))
-        }
-        Some(t) => t
-            .seconds
-            .checked_mul(1000)
-            .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
-            .map(Some)
-            .ok_or_else(|| invalid(format!("{field} is out of range"))),
-    }
+    ts.as_ref()
+        .map(|t| sentia_proto::wkt::timestamp_ms(field, t))
+        .transpose()
+        .map_err(invalid)
 }
 
 impl Metadata {

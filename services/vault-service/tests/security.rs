@@ -23,6 +23,29 @@ async fn a_tampered_or_moved_ciphertext_row_is_data_loss_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_value_of_the_wrong_type_is_data_loss_not_internal() {
+    // SQLite stores what it is given: a tier edited into text.
+    let Some(s) = Stack::start(Backend::Sqlite, NO_LOCAL_CACHE).await else {
+        return;
+    };
+    s.put("prod/app/typed", b"v").await;
+    let pool = sqlx::AnyPool::connect(&s.database_url).await.unwrap();
+    sqlx::query("UPDATE secrets SET tier = 'high' WHERE path = 'prod/app/typed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = s
+        .secrets(&s.root_token)
+        .await
+        .get_secret(get("prod/app/typed"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("restore"), "{err:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_moved_ciphertext_row_is_data_loss_on_postgres() {
     if let Some(s) = Stack::start(Backend::Postgres, NO_LOCAL_CACHE).await {
         a_tampered_or_moved_ciphertext_row_is_data_loss_not_garbage(&s).await;

@@ -1,0 +1,124 @@
+//! Checks of the protobuf well-known types callers send (Timestamp, Duration): values outside
+//! the ranges the types define, or absurd for the field, are refused with a message naming
+//! the field and the accepted range — never clamped or wrapped silently.
+
+use std::time::Duration;
+
+/// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A span for messages: whole days, hours, minutes or seconds.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return format!("{:.3}s", d.as_secs_f64());
+    }
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Milliseconds since the epoch of `t`, which must lie between 1970-01-01T00:00:00Z and
+/// 9999-12-31T23:59:59Z with nanos in 0..1e9.
+pub fn timestamp_ms(field: &str, t: &prost_types::Timestamp) -> Result<i64, String> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(format!(
+            "{field}.nanos must be 0 to 999999999 (got {})",
+            t.nanos
+        ));
+    }
+    if !(0..=MAX_TIMESTAMP_SECONDS).contains(&t.seconds) {
+        return Err(format!(
+            "{field} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (got {} s \
+             since the epoch)",
+            t.seconds
+        ));
+    }
+    Ok(t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+/// `d` as a std Duration, which must be non-negative, with nanos in 0..1e9, and within
+/// `min..=max` (both named in the message).
+pub fn duration(
+    field: &str,
+    d: &prost_types::Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, String> {
+    if !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(format!(
+            "{field}.nanos must be 0 to 999999999 (got {})",
+            d.nanos
+        ));
+    }
+    let out_of_range = || {
+        format!(
+            "{field} must be between {} and {} (got {} s)",
+            human(min),
+            human(max),
+            d.seconds
+        )
+    };
+    let Ok(seconds) = u64::try_from(d.seconds) else {
+        return Err(out_of_range());
+    };
+    let v = Duration::new(seconds, d.nanos as u32);
+    if v < min || v > max {
+        return Err(out_of_range());
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(seconds: i64, nanos: i32) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos }
+    }
+
+    fn dur(seconds: i64, nanos: i32) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos }
+    }
+
+    #[test]
+    fn timestamps_outside_the_well_known_range_are_named() {
+        assert_eq!(timestamp_ms("t", &ts(1, 5_000_000)), Ok(1005));
+        assert_eq!(
+            timestamp_ms("t", &ts(MAX_TIMESTAMP_SECONDS, 0)),
+            Ok(MAX_TIMESTAMP_SECONDS * 1000)
+        );
+        for (t, needle) in [
+            (ts(1, -1), "t.nanos"),
+            (ts(1, 1_000_000_000), "t.nanos"),
+            (ts(-1, 0), "1970"),
+            (ts(MAX_TIMESTAMP_SECONDS + 1, 0), "9999"),
+            (ts(i64::MAX, 0), "9999"),
+        ] {
+            let e = timestamp_ms("t", &t).unwrap_err();
+            assert!(e.contains(needle), "{t:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_outside_their_field_range_are_named_with_the_range() {
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
+        assert_eq!(
+            duration("frequency", &dur(3600, 0), min, max),
+            Ok(Duration::from_secs(3600))
+        );
+        let e = duration("frequency", &dur(1 << 62, 0), min, max).unwrap_err();
+        assert!(e.contains("between 1m and 3650d"), "{e}");
+        assert!(duration("frequency", &dur(-5, 0), min, max).is_err());
+        assert!(
+            duration("frequency", &dur(3600, -1), min, max)
+                .unwrap_err()
+                .contains("nanos")
+        );
+        assert!(duration("frequency", &dur(30, 0), min, max).is_err());
+    }
+}

@@ -414,3 +414,35 @@ def test_timestamps_and_durations_outside_their_range_are_refused_by_name(vault)
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "expire_time" in e.value.details() and "9999" in e.value.details()
+
+
+def test_an_app_credential_can_be_revoked_with_its_live_tokens(vault):
+    authn = vault_pb2_grpc.AuthServiceStub(vault)
+    cred = authn.CreateAppCredential(
+        vault_pb2.CreateAppCredentialRequest(name=unique("interop-revoke"), policies=["developer"], max_uses=5),
+        metadata=auth(ROOT),
+    )
+    login = authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id))
+    authn.WhoAmI(vault_pb2.WhoAmIRequest(), metadata=auth(login.token))
+    listed = authn.ListAppCredentials(vault_pb2.ListAppCredentialsRequest(page_size=1000), metadata=auth(ROOT))
+    mine = [c for c in listed.credentials if c.role_id == cred.role_id]
+    assert len(mine) == 1 and (mine[0].uses, mine[0].max_uses) == (1, 5)
+    with pytest.raises(grpc.RpcError) as e:
+        authn.RevokeAppCredential(
+            vault_pb2.RevokeAppCredentialRequest(role_id=cred.role_id), metadata=auth(login.token)
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    revoked = authn.RevokeAppCredential(vault_pb2.RevokeAppCredentialRequest(role_id=cred.role_id), metadata=auth(ROOT))
+    assert revoked.HasField("revoke_time")
+    for call in (
+        lambda: authn.WhoAmI(vault_pb2.WhoAmIRequest(), metadata=auth(login.token)),
+        lambda: authn.Login(vault_pb2.LoginRequest(role_id=cred.role_id, secret_id=cred.secret_id)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        authn.RotateAppCredentialSecret(
+            vault_pb2.RotateAppCredentialSecretRequest(role_id=cred.role_id), metadata=auth(ROOT)
+        )
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION

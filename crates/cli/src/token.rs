@@ -51,7 +51,44 @@ enum TokenCommand {
         /// Token lifetime, e.g. 15m or 1h (1m-24h).
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// The credential stops logging in this long from now, e.g. 30d (default: never).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Logins allowed in all (default: unlimited).
+        #[arg(long)]
+        max_uses: Option<u64>,
     },
+    /// List app credentials (admin): role id, name, policies, uses, expiry, state.
+    ListCredentials {
+        /// Include revoked credentials.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke an app credential (admin): it can no longer log in and its tokens stop working.
+    RevokeCredential {
+        /// Role id.
+        role_id: String,
+    },
+    /// Replace an app credential's secret id (admin). Prints the new one (shown once); the
+    /// old one stops logging in at once.
+    RotateCredential {
+        /// Role id.
+        role_id: String,
+    },
+}
+
+fn print_secret_id(json_out: bool, r: &pb::CreateAppCredentialResponse) {
+    if json_out {
+        println!(
+            "{}",
+            json!({"role_id": r.role_id, "secret_id": r.secret_id})
+        );
+    } else {
+        println!(
+            "role id    {}\nsecret id  {}   (shown once: store it now)",
+            r.role_id, r.secret_id
+        );
+    }
 }
 
 /// Runs `sentia login`: prints the token (or JSON with its id and expiry).
@@ -129,9 +166,27 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
             name,
             policies,
             ttl,
+            expires_in,
+            max_uses,
         } => {
             let ttl = sentia_runtime::config::parse_duration(&ttl)
                 .context("--ttl must look like 15m or 1h")?;
+            let expire_time = match expires_in {
+                None => None,
+                Some(d) => {
+                    let d = sentia_runtime::config::parse_duration(&d)
+                        .context("--expires-in must look like 12h or 30d")?;
+                    let at = std::time::SystemTime::now() + d;
+                    let secs = at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .context("--expires-in is out of range")?
+                        .as_secs();
+                    Some(prost_types::Timestamp {
+                        seconds: i64::try_from(secs).context("--expires-in is out of range")?,
+                        nanos: 0,
+                    })
+                }
+            };
             let r = c
                 .create_app_credential(pb::CreateAppCredentialRequest {
                     name,
@@ -140,21 +195,97 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                         seconds: ttl.as_secs() as i64,
                         nanos: 0,
                     }),
+                    expire_time,
+                    max_uses: max_uses.unwrap_or(0),
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if args.conn.common.json {
+            print_secret_id(args.conn.common.json, &r);
+        }
+        TokenCommand::ListCredentials { include_revoked } => {
+            let mut token = String::new();
+            if !args.conn.common.json {
                 println!(
-                    "{}",
-                    json!({"role_id": r.role_id, "secret_id": r.secret_id})
-                );
-            } else {
-                println!(
-                    "role id    {}\nsecret id  {}   (shown once: store it now)",
-                    r.role_id, r.secret_id
+                    "{:<36}  {:<20}  {:<24}  {:>9}  {:<20}  state",
+                    "role id", "name", "policies", "uses", "expires"
                 );
             }
+            loop {
+                let page = c
+                    .list_app_credentials(pb::ListAppCredentialsRequest {
+                        page_size: 1000,
+                        page_token: token,
+                        include_revoked,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                for cred in &page.credentials {
+                    let state = if cred.revoke_time.is_some() {
+                        "revoked"
+                    } else if cred.max_uses > 0 && cred.uses >= cred.max_uses {
+                        "used up"
+                    } else if cred
+                        .expire_time
+                        .as_ref()
+                        .is_some_and(|t| t.seconds <= sentia_runtime::jwt::now_secs())
+                    {
+                        "expired"
+                    } else {
+                        "live"
+                    };
+                    if args.conn.common.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "role_id": cred.role_id, "name": cred.name,
+                                "policies": cred.policies, "uses": cred.uses,
+                                "max_uses": cred.max_uses,
+                                "expire_unix": cred.expire_time.as_ref().map(|t| t.seconds),
+                                "created_by": cred.created_by, "state": state,
+                            })
+                        );
+                    } else {
+                        let uses = if cred.max_uses > 0 {
+                            format!("{}/{}", cred.uses, cred.max_uses)
+                        } else {
+                            cred.uses.to_string()
+                        };
+                        let expires = if cred.expire_time.is_some() {
+                            crate::conn::utc(&cred.expire_time)
+                        } else {
+                            "never".into()
+                        };
+                        println!(
+                            "{:<36}  {:<20}  {:<24}  {:>9}  {:<20}  {state}",
+                            cred.role_id,
+                            cred.name,
+                            cred.policies.join(","),
+                            uses,
+                            expires
+                        );
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        TokenCommand::RevokeCredential { role_id } => {
+            c.revoke_app_credential(pb::RevokeAppCredentialRequest { role_id })
+                .await
+                .map_err(status_err)?;
+            println!("revoked: it can no longer log in and its tokens are refused");
+        }
+        TokenCommand::RotateCredential { role_id } => {
+            let r = c
+                .rotate_app_credential_secret(pb::RotateAppCredentialSecretRequest { role_id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_secret_id(args.conn.common.json, &r);
         }
     }
     Ok(())

@@ -75,6 +75,57 @@ async fn an_operator_writes_reads_and_hands_out_a_credential_from_the_shell() {
         !ok && err.contains("InvalidArgument") && err.contains("empty segment"),
         "{err}"
     );
+
+    // The credential's lifecycle from the shell: listed, its secret id replaced, revoked.
+    let (ok, out, err) = sentia(&s, &root, &["token", "list-credentials"], b"").await;
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.contains(role_id)).unwrap();
+    assert!(
+        line.contains("ci") && line.contains("developer") && line.contains("live"),
+        "{out}"
+    );
+    let (ok, out, err) = sentia(
+        &s,
+        &root,
+        &["token", "rotate-credential", role_id, "--json"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let rotated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let new_secret = rotated["secret_id"].as_str().unwrap();
+    assert_ne!(new_secret, secret_id);
+    let (ok, _, _) = sentia(
+        &s,
+        "",
+        &["login", "--role-id", role_id],
+        secret_id.as_bytes(),
+    )
+    .await;
+    assert!(!ok, "the replaced secret id no longer logs in");
+    let (ok, _, err) = sentia(&s, &root, &["token", "revoke-credential", role_id], b"").await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = sentia(&s, jwt, &["token", "whoami"], b"").await;
+    assert!(
+        !ok && err.contains("Unauthenticated"),
+        "its token stops working: {err}"
+    );
+    let (ok, _, _) = sentia(
+        &s,
+        "",
+        &["login", "--role-id", role_id],
+        new_secret.as_bytes(),
+    )
+    .await;
+    assert!(!ok, "a revoked credential does not log in");
+    let (ok, out, _) = sentia(
+        &s,
+        &root,
+        &["token", "list-credentials", "--include-revoked"],
+        b"",
+    )
+    .await;
+    assert!(ok && out.contains("revoked"), "{out}");
     s.stop().await;
 }
 

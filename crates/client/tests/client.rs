@@ -53,6 +53,7 @@ async fn login_gives_a_client_limited_to_its_policies() {
             name: "billing".into(),
             policies: vec!["developer".into()],
             token_ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -24,7 +24,7 @@ use crate::VaultError;
 use crate::keys::Keys;
 use crate::store::{CredentialRow, Store};
 use sentia_policy::{Capability, Policies, ROOT_POLICY};
-use sentia_runtime::audit::{CallInfo, Emitter, audited};
+use sentia_runtime::audit::{CallInfo, Emitter, Gate, audited};
 
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
@@ -131,21 +131,21 @@ impl Tokens {
         }
     }
 
-    /// Issues a JWT for `sub` with `policies`, valid for `ttl`.
+    /// Issues JWT `jti` for `sub` with `policies`, issued at `now` and expiring at `exp`
+    /// (Unix seconds).
     pub async fn issue(
         &self,
+        jti: &str,
         sub: &str,
         policies: Vec<String>,
-        ttl: Duration,
-    ) -> Result<(String, String, i64), VaultError> {
-        let now = jwt::now_secs();
-        let jti = uuid::Uuid::now_v7().to_string();
-        let exp = now + ttl.as_secs() as i64;
+        now: i64,
+        exp: i64,
+    ) -> Result<String, VaultError> {
         let claims = Claims {
             iss: jwt::ISSUER.into(),
             sub: sub.into(),
             aud: jwt::ISSUER.into(),
-            jti: jti.clone(),
+            jti: jti.into(),
             iat: now,
             nbf: now,
             exp,
@@ -163,7 +163,7 @@ impl Tokens {
             let input = jwt::signing_input(&kid, &claims);
             let (signature, signed_kid) = self.keys.sign(input.as_bytes()).await?;
             if signed_kid == kid {
-                return Ok((jwt::assemble(&input, &signature), jti, exp));
+                return Ok(jwt::assemble(&input, &signature));
             }
             if let Ok(mut k) = self.last_kid.write() {
                 *k = Some(signed_kid.clone());
@@ -223,6 +223,62 @@ impl Tokens {
     }
 }
 
+/// Most logins a credential may be limited to.
+pub const MAX_CREDENTIAL_USES: i64 = 1_000_000_000;
+
+/// A fresh secret id (shown once) and its argon2 hash (stored).
+async fn new_secret_id() -> Result<(Zeroizing<String>, String), Status> {
+    let secret_id = Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32)));
+    let to_hash = secret_id.clone();
+    let hash = tokio::task::spawn_blocking(move || {
+        argon2()
+            .hash_password(to_hash.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|_| Status::internal("hashing task failed"))?
+    .map_err(|e| Status::internal(format!("hashing the secret id failed: {e}")))?;
+    Ok((secret_id, hash))
+}
+
+fn role_id_arg(role_id: &str) -> Result<&str, Status> {
+    if role_id.is_empty() || role_id.len() > 64 {
+        return Err(Status::invalid_argument(
+            "role_id must be a role id (1-64 characters)",
+        ));
+    }
+    Ok(role_id)
+}
+
+fn no_credential(role_id: &str) -> Status {
+    Status::not_found(format!("no app credential with role id {role_id}"))
+}
+
+fn ms_timestamp(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| timestamp(ms))
+}
+
+/// The listed form of a credential: never its secret hash.
+fn credential_pb(c: &CredentialRow) -> pb::AppCredential {
+    pb::AppCredential {
+        role_id: c.role_id.clone(),
+        name: c.name.clone(),
+        policies: c.policies.clone(),
+        token_ttl: Some(prost_types::Duration {
+            seconds: c.token_ttl,
+            nanos: 0,
+        }),
+        created_by: c.created_by.clone(),
+        create_time: ms_timestamp(c.create_time),
+        expire_time: ms_timestamp(c.expire_time),
+        max_uses: c.max_uses.max(0) as u64,
+        uses: c.uses.max(0) as u64,
+        revoke_time: ms_timestamp(c.revoke_time),
+        secret_rotate_time: ms_timestamp(c.secret_rotate_time),
+        last_login_time: ms_timestamp(c.last_login_time),
+    }
+}
+
 /// Makes [`Tokens`] the server's verifier for JWTs and root tokens. A JWT must also name
 /// only policies that exist now (what CreateAppCredential would accept), so a token signed
 /// outside the login path cannot invent a policy.
@@ -274,6 +330,15 @@ impl AuthApi {
             policies,
             audit,
         }
+    }
+
+    /// The caller, if it holds the admin capability everywhere (`what` names the call).
+    fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<Principal, Status> {
+        let p = Principal::of(req)?;
+        self.policies
+            .check_everywhere(&p, Capability::Admin, what)
+            .map_err(Status::from)?;
+        Ok(p)
     }
 }
 
@@ -345,10 +410,29 @@ impl AuthService for AuthApi {
                     return Err(refuse());
                 }
             };
-            let ttl = Duration::from_secs(cred.token_ttl.max(60) as u64);
-            let (token, token_id, exp) = self
+            // A token never outlives its credential.
+            let now = jwt::now_secs();
+            let mut exp = now + cred.token_ttl.max(60);
+            if cred.expire_time > 0 {
+                exp = exp.min(cred.expire_time / 1000);
+            }
+            let token_id = uuid::Uuid::now_v7().to_string();
+            let live = exp > now
+                && self
+                    .tokens
+                    .store
+                    .begin_login(&cred.role_id, &cred.secret_hash, &token_id, exp * 1000)
+                    .await
+                    .map_err(Status::from)?;
+            if !live {
+                // Revoked, expired, used up, or its secret replaced meanwhile: refused
+                // like a wrong secret, so the answer says nothing about the credential.
+                tracing::info!(role_id = %cred.role_id, "login refused: the credential is not live");
+                return Err(refuse());
+            }
+            let token = self
                 .tokens
-                .issue(&format!("app:{}", cred.name), cred.policies, ttl)
+                .issue(&token_id, &format!("app:{}", cred.name), cred.policies, now, exp)
                 .await
                 .map_err(Status::from)?;
             tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
@@ -367,12 +451,15 @@ impl AuthService for AuthApi {
         req: Request<pb::CreateAppCredentialRequest>,
     ) -> Res<pb::CreateAppCredentialResponse> {
         let info = CallInfo::of(&req);
-        let name = req.get_ref().name.clone();
-        let result: Res<pb::CreateAppCredentialResponse> = async move {
-            let p = Principal::of(&req)?;
-            self.policies
-                .check_everywhere(&p, Capability::Admin, "CreateAppCredential")
-                .map_err(Status::from)?;
+        let gate = Gate::new(
+            &self.audit,
+            &info,
+            "admin",
+            "create_credential",
+            &req.get_ref().name,
+        );
+        let result: Res<pb::CreateAppCredentialResponse> = async {
+            let p = self.admin(&req, "CreateAppCredential")?;
             let r = req.into_inner();
             if r.name.is_empty()
                 || r.name.chars().count() > 64
@@ -400,26 +487,48 @@ impl AuthService for AuthApi {
                 }
             }
             let ttl = ttl_of(&r.token_ttl).map_err(Status::from)?;
-            let secret_id = Zeroizing::new(URL_SAFE_NO_PAD.encode(sentia_crypto::random_bytes(32)));
-            let to_hash = secret_id.clone();
-            let secret_hash = tokio::task::spawn_blocking(move || {
-                argon2()
-                    .hash_password(to_hash.as_bytes())
-                    .map(|h| h.to_string())
-            })
-            .await
-            .map_err(|_| Status::internal("hashing task failed"))?
-            .map_err(|e| Status::internal(format!("hashing the secret id failed: {e}")))?;
+            let now = sentia_runtime::db::now_ms();
+            let expire_time = match &r.expire_time {
+                None => 0,
+                Some(t) => {
+                    let ms = sentia_proto::wkt::timestamp_ms("expire_time", t)
+                        .map_err(Status::invalid_argument)?;
+                    if ms <= now {
+                        return Err(Status::invalid_argument(
+                            "expire_time is in the past; give a future time or leave it unset",
+                        ));
+                    }
+                    ms
+                }
+            };
+            let max_uses = i64::try_from(r.max_uses)
+                .ok()
+                .filter(|n| *n <= MAX_CREDENTIAL_USES)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "max_uses must be 0 (unlimited) to {MAX_CREDENTIAL_USES}"
+                    ))
+                })?;
+            let (secret_id, secret_hash) = new_secret_id().await?;
             let row = CredentialRow {
                 role_id: uuid::Uuid::new_v4().to_string(),
                 name: r.name,
                 secret_hash,
                 policies: r.policies,
                 token_ttl: ttl.as_secs() as i64,
+                created_by: p.id.clone(),
+                create_time: now,
+                expire_time,
+                max_uses,
+                uses: 0,
+                revoke_time: 0,
+                secret_rotate_time: 0,
+                last_login_time: 0,
             };
+            gate.admit().await?;
             self.tokens
                 .store
-                .create_credential(&row, &p.id)
+                .create_credential(&row)
                 .await
                 .map_err(Status::from)?;
             tracing::info!(role_id = %row.role_id, name = %row.name, by = %p.id, "app credential created");
@@ -429,15 +538,136 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "admin",
-            "create_credential",
-            &name,
-            result,
-        )
-        .await
+        gate.finish(result).await
+    }
+
+    async fn list_app_credentials(
+        &self,
+        req: Request<pb::ListAppCredentialsRequest>,
+    ) -> Res<pb::ListAppCredentialsResponse> {
+        let info = CallInfo::of(&req);
+        let result: Res<pb::ListAppCredentialsResponse> = async {
+            self.admin(&req, "ListAppCredentials")?;
+            let r = req.into_inner();
+            let limit = match r.page_size {
+                0 => 100,
+                n @ 1..=1000 => i64::from(n),
+                n => {
+                    return Err(Status::invalid_argument(format!(
+                        "page_size {n} must be 1-1000 (0 = 100)"
+                    )));
+                }
+            };
+            let scope = format!("include_revoked={}", r.include_revoked);
+            let after =
+                sentia_proto::page::decode(&r.page_token, "vault.ListAppCredentials", &scope)
+                    .map_err(Status::invalid_argument)?
+                    .unwrap_or_default();
+            let mut rows = self
+                .tokens
+                .store
+                .credentials(&after, limit + 1, r.include_revoked)
+                .await
+                .map_err(Status::from)?;
+            let next_page_token = if rows.len() as i64 > limit {
+                rows.truncate(limit as usize);
+                rows.last().map_or(String::new(), |c| {
+                    sentia_proto::page::encode("vault.ListAppCredentials", &scope, &c.role_id)
+                })
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListAppCredentialsResponse {
+                credentials: rows.iter().map(credential_pb).collect(),
+                next_page_token,
+            }))
+        }
+        .await;
+        audited(&self.audit, &info, "admin", "list_credentials", "", result).await
+    }
+
+    async fn revoke_app_credential(
+        &self,
+        req: Request<pb::RevokeAppCredentialRequest>,
+    ) -> Res<pb::AppCredential> {
+        let info = CallInfo::of(&req);
+        let role_id = req.get_ref().role_id.clone();
+        let gate = Gate::new(&self.audit, &info, "admin", "revoke_credential", &role_id);
+        let result: Res<pb::AppCredential> = async {
+            let p = self.admin(&req, "RevokeAppCredential")?;
+            let role_id = role_id_arg(&role_id)?;
+            if self
+                .tokens
+                .store
+                .credential(role_id)
+                .await
+                .map_err(Status::from)?
+                .is_none()
+            {
+                return Err(no_credential(role_id));
+            }
+            gate.admit().await?;
+            let row = self
+                .tokens
+                .store
+                .revoke_credential(role_id)
+                .await
+                .map_err(Status::from)?
+                .ok_or_else(|| no_credential(role_id))?;
+            // This replica refuses its tokens at once; the others at their next refresh.
+            self.tokens.refresh().await.map_err(Status::from)?;
+            tracing::info!(role_id = %role_id, by = %p.id, "app credential revoked");
+            Ok(Response::new(credential_pb(&row)))
+        }
+        .await;
+        gate.finish(result).await
+    }
+
+    async fn rotate_app_credential_secret(
+        &self,
+        req: Request<pb::RotateAppCredentialSecretRequest>,
+    ) -> Res<pb::CreateAppCredentialResponse> {
+        let info = CallInfo::of(&req);
+        let role_id = req.get_ref().role_id.clone();
+        let gate = Gate::new(&self.audit, &info, "admin", "rotate_credential", &role_id);
+        let result: Res<pb::CreateAppCredentialResponse> = async {
+            let p = self.admin(&req, "RotateAppCredentialSecret")?;
+            let role_id = role_id_arg(&role_id)?;
+            let Some(existing) = self
+                .tokens
+                .store
+                .credential(role_id)
+                .await
+                .map_err(Status::from)?
+            else {
+                return Err(no_credential(role_id));
+            };
+            if existing.revoke_time > 0 {
+                return Err(Status::failed_precondition(format!(
+                    "app credential {role_id} is revoked; create a new one"
+                )));
+            }
+            let (secret_id, secret_hash) = new_secret_id().await?;
+            gate.admit().await?;
+            if !self
+                .tokens
+                .store
+                .rotate_credential_secret(role_id, &secret_hash)
+                .await
+                .map_err(Status::from)?
+            {
+                return Err(Status::failed_precondition(format!(
+                    "app credential {role_id} was revoked meanwhile; create a new one"
+                )));
+            }
+            tracing::info!(role_id = %role_id, by = %p.id, "app credential secret id replaced");
+            Ok(Response::new(pb::CreateAppCredentialResponse {
+                role_id: role_id.to_string(),
+                secret_id: secret_id.to_string(),
+            }))
+        }
+        .await;
+        gate.finish(result).await
     }
 
     async fn revoke_token(

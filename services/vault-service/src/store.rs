@@ -12,16 +12,30 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use crate::VaultError;
 use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
 
-const PG_MIGRATIONS: &[MigrationSource] = &[(
-    1,
-    "secrets",
-    include_str!("../migrations/postgres/0001_secrets.sql"),
-)];
-const SQLITE_MIGRATIONS: &[MigrationSource] = &[(
-    1,
-    "secrets",
-    include_str!("../migrations/sqlite/0001_secrets.sql"),
-)];
+const PG_MIGRATIONS: &[MigrationSource] = &[
+    (
+        1,
+        "secrets",
+        include_str!("../migrations/postgres/0001_secrets.sql"),
+    ),
+    (
+        2,
+        "credential lifecycle",
+        include_str!("../migrations/postgres/0002_credential_lifecycle.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[MigrationSource] = &[
+    (
+        1,
+        "secrets",
+        include_str!("../migrations/sqlite/0001_secrets.sql"),
+    ),
+    (
+        2,
+        "credential lifecycle",
+        include_str!("../migrations/sqlite/0002_credential_lifecycle.sql"),
+    ),
+];
 
 /// Lifecycle state of a version, as stored (values match `VersionState` in vault.proto).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +195,45 @@ pub struct CredentialRow {
     pub policies: Vec<String>,
     /// Token lifetime (s).
     pub token_ttl: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// Created (ms).
+    pub create_time: i64,
+    /// Stops logging in at (ms; 0 = never).
+    pub expire_time: i64,
+    /// Logins allowed (0 = unlimited).
+    pub max_uses: i64,
+    /// Logins so far.
+    pub uses: i64,
+    /// Revoked at (ms; 0 = not revoked).
+    pub revoke_time: i64,
+    /// Secret id last replaced at (ms; 0 = never).
+    pub secret_rotate_time: i64,
+    /// Last login (ms; 0 = never).
+    pub last_login_time: i64,
+}
+
+const CREDENTIAL_COLUMNS: &str = "role_id, name, secret_hash, policies, token_ttl, created_by, \
+     create_time, expire_time, max_uses, uses, revoke_time, secret_rotate_time, last_login_time";
+
+fn credential_from(r: &AnyRow) -> Result<CredentialRow, VaultError> {
+    let policies: String = r.try_get("policies")?;
+    Ok(CredentialRow {
+        role_id: r.try_get("role_id")?,
+        name: r.try_get("name")?,
+        secret_hash: r.try_get("secret_hash")?,
+        policies: serde_json::from_str(&policies)
+            .map_err(|_| VaultError::DataLoss("a credential row".into()))?,
+        token_ttl: r.try_get("token_ttl")?,
+        created_by: r.try_get("created_by")?,
+        create_time: r.try_get("create_time")?,
+        expire_time: r.try_get("expire_time")?,
+        max_uses: r.try_get("max_uses")?,
+        uses: r.try_get("uses")?,
+        revoke_time: r.try_get("revoke_time")?,
+        secret_rotate_time: r.try_get("secret_rotate_time")?,
+        last_login_time: r.try_get("last_login_time")?,
+    })
 }
 
 /// Database access for vault-service.
@@ -769,23 +822,21 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Stores a new app credential.
-    pub async fn create_credential(
-        &self,
-        c: &CredentialRow,
-        created_by: &str,
-    ) -> Result<(), VaultError> {
+    /// Stores a new app credential (its `uses`, times and revocation start at zero).
+    pub async fn create_credential(&self, c: &CredentialRow) -> Result<(), VaultError> {
         sqlx::query(
-            "INSERT INTO app_credentials (role_id, name, secret_hash, policies, token_ttl, created_by, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO app_credentials (role_id, name, secret_hash, policies, token_ttl, created_by, \
+             create_time, expire_time, max_uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&c.role_id)
         .bind(&c.name)
         .bind(&c.secret_hash)
         .bind(serde_json::to_string(&c.policies).unwrap_or_else(|_| "[]".into()))
         .bind(c.token_ttl)
-        .bind(created_by)
-        .bind(now_ms())
+        .bind(&c.created_by)
+        .bind(c.create_time)
+        .bind(c.expire_time)
+        .bind(c.max_uses)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -793,24 +844,126 @@ impl Store {
 
     /// An app credential by role id.
     pub async fn credential(&self, role_id: &str) -> Result<Option<CredentialRow>, VaultError> {
-        let row = sqlx::query(
-            "SELECT role_id, name, secret_hash, policies, token_ttl FROM app_credentials WHERE role_id = $1",
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM app_credentials WHERE role_id = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(role_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credential_from).transpose()
+    }
+
+    /// Credentials after role id `after`, by role id.
+    pub async fn credentials(
+        &self,
+        after: &str,
+        limit: i64,
+        include_revoked: bool,
+    ) -> Result<Vec<CredentialRow>, VaultError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM app_credentials WHERE role_id > $1 \
+             AND (revoke_time = 0 OR $2 = 1) ORDER BY role_id LIMIT $3"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(i64::from(include_revoked))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    /// Counts a login of `role_id` with the secret hash it was checked against, and records
+    /// the token id it is about to issue (expiring at `token_exp` ms) — in one transaction,
+    /// and only while the credential is live: not revoked, not expired, under its use limit,
+    /// its secret not replaced meanwhile. False when it is not live. Revocation takes the
+    /// same row lock, so a token recorded here is either refused or revoked with the
+    /// credential.
+    pub async fn begin_login(
+        &self,
+        role_id: &str,
+        secret_hash: &str,
+        token_id: &str,
+        token_exp: i64,
+    ) -> Result<bool, VaultError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let counted = sqlx::query(
+            "UPDATE app_credentials SET uses = uses + 1, last_login_time = $1 \
+             WHERE role_id = $2 AND secret_hash = $3 AND revoke_time = 0 \
+             AND (max_uses = 0 OR uses < max_uses) AND (expire_time = 0 OR expire_time > $1)",
         )
+        .bind(now)
         .bind(role_id)
-        .fetch_optional(&self.pool)
+        .bind(secret_hash)
+        .execute(&mut *tx)
         .await?;
-        row.map(|r| {
-            let policies: String = r.try_get("policies")?;
-            Ok(CredentialRow {
-                role_id: r.try_get("role_id")?,
-                name: r.try_get("name")?,
-                secret_hash: r.try_get("secret_hash")?,
-                policies: serde_json::from_str(&policies)
-                    .map_err(|_| VaultError::DataLoss("a credential row".into()))?,
-                token_ttl: r.try_get("token_ttl")?,
-            })
-        })
-        .transpose()
+        if counted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM credential_tokens WHERE role_id = $1 AND expire_time < $2")
+            .bind(role_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO credential_tokens (token_id, role_id, expire_time) VALUES ($1, $2, $3)",
+        )
+        .bind(token_id)
+        .bind(role_id)
+        .bind(token_exp)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes a credential and every unexpired token it issued. None if there is no such
+    /// credential; revoking twice changes nothing.
+    pub async fn revoke_credential(
+        &self,
+        role_id: &str,
+    ) -> Result<Option<CredentialRow>, VaultError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE app_credentials SET revoke_time = $1 WHERE role_id = $2 AND revoke_time = 0",
+        )
+        .bind(now)
+        .bind(role_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO revoked_tokens (token_id, expire_time, revoke_time) \
+             SELECT token_id, expire_time, $1 FROM credential_tokens \
+             WHERE role_id = $2 AND expire_time > $1 ON CONFLICT (token_id) DO NOTHING",
+        )
+        .bind(now)
+        .bind(role_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.credential(role_id).await
+    }
+
+    /// Replaces a live credential's secret hash. False when there is no live credential
+    /// `role_id` (the caller tells missing from revoked).
+    pub async fn rotate_credential_secret(
+        &self,
+        role_id: &str,
+        secret_hash: &str,
+    ) -> Result<bool, VaultError> {
+        let r = sqlx::query(
+            "UPDATE app_credentials SET secret_hash = $1, secret_rotate_time = $2 \
+             WHERE role_id = $3 AND revoke_time = 0",
+        )
+        .bind(secret_hash)
+        .bind(now_ms())
+        .bind(role_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records a revoked token id until its expiry.

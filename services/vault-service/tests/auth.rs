@@ -19,6 +19,8 @@ on_both_backends!(
     expired_forged_and_unknown_key_tokens_are_rejected,
     a_revoked_token_stops_working_at_once,
     tokens_survive_a_signing_key_rotation,
+    an_app_credential_is_listed_rotated_limited_and_revoked_with_its_tokens,
+    an_app_credential_stops_logging_in_at_its_expiry,
 );
 
 fn header_kid(token: &str) -> String {
@@ -60,6 +62,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                 seconds: 120,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -103,6 +106,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                 name: "x".into(),
                 policies: vec!["wizard".into()],
                 token_ttl: None,
+                ..Default::default()
             },
             "unknown policy",
         ),
@@ -111,6 +115,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                 name: "x".into(),
                 policies: vec!["root".into()],
                 token_ttl: None,
+                ..Default::default()
             },
             "unknown policy",
         ),
@@ -119,6 +124,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                 name: "x".into(),
                 policies: vec![],
                 token_ttl: None,
+                ..Default::default()
             },
             "policies",
         ),
@@ -127,6 +133,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                 name: "bad name".into(),
                 policies: vec!["developer".into()],
                 token_ttl: None,
+                ..Default::default()
             },
             "name",
         ),
@@ -138,6 +145,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
                     seconds: 5,
                     nanos: 0,
                 }),
+                ..Default::default()
             },
             "token_ttl",
         ),
@@ -153,10 +161,207 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
             name: "escalate".into(),
             policies: vec!["system_admin".into()],
             token_ttl: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+async fn login(s: &Stack, role_id: &str, secret_id: &str) -> Result<pb::LoginResponse, Code> {
+    s.auth("unused")
+        .await
+        .login(pb::LoginRequest {
+            role_id: role_id.into(),
+            secret_id: secret_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| e.code())
+}
+
+async fn who(s: &Stack, token: &str) -> Result<(), Code> {
+    s.auth(token)
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code())
+}
+
+async fn an_app_credential_is_listed_rotated_limited_and_revoked_with_its_tokens(s: &Stack) {
+    let mut admin = s.auth(&s.root_token).await;
+    let cred = admin
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "batch-job".into(),
+            policies: vec!["developer".into()],
+            max_uses: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = login(s, &cred.role_id, &cred.secret_id).await.unwrap();
+
+    // Listed with its use count, never its secret.
+    let listed = admin
+        .list_app_credentials(pb::ListAppCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mine = listed
+        .credentials
+        .iter()
+        .find(|c| c.role_id == cred.role_id)
+        .unwrap();
+    assert_eq!(
+        (mine.name.as_str(), mine.uses, mine.max_uses),
+        ("batch-job", 1, 3)
+    );
+    assert!(mine.last_login_time.is_some() && mine.revoke_time.is_none());
+    assert!(!format!("{listed:?}").contains(&cred.secret_id));
+
+    // A rotated secret id: the old one no longer logs in, the new one does; the token
+    // issued before keeps working until it expires.
+    let rotated = admin
+        .rotate_app_credential_secret(pb::RotateAppCredentialSecretRequest {
+            role_id: cred.role_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.secret_id, cred.secret_id);
+    assert_eq!(
+        login(s, &cred.role_id, &cred.secret_id).await.unwrap_err(),
+        Code::Unauthenticated
+    );
+    let second = login(s, &cred.role_id, &rotated.secret_id).await.unwrap();
+    who(s, &first.token).await.unwrap();
+
+    // Revoked: no more logins, and both live tokens stop working at once.
+    let revoked = admin
+        .revoke_app_credential(pb::RevokeAppCredentialRequest {
+            role_id: cred.role_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoke_time.is_some());
+    assert_eq!(
+        login(s, &cred.role_id, &rotated.secret_id)
+            .await
+            .unwrap_err(),
+        Code::Unauthenticated
+    );
+    for t in [&first.token, &second.token] {
+        assert_eq!(who(s, t).await.unwrap_err(), Code::Unauthenticated);
+    }
+    let err = admin
+        .rotate_app_credential_secret(pb::RotateAppCredentialSecretRequest {
+            role_id: cred.role_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Gone from the default listing, there with include_revoked.
+    let listed = admin
+        .list_app_credentials(pb::ListAppCredentialsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.credentials.iter().all(|c| c.role_id != cred.role_id));
+    let all = admin
+        .list_app_credentials(pb::ListAppCredentialsRequest {
+            include_revoked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.credentials.iter().any(|c| c.role_id == cred.role_id));
+
+    // A use limit: one login, then no more.
+    let limited = admin
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "one-shot".into(),
+            policies: vec!["developer".into()],
+            max_uses: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    login(s, &limited.role_id, &limited.secret_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        login(s, &limited.role_id, &limited.secret_id)
+            .await
+            .unwrap_err(),
+        Code::Unauthenticated
+    );
+
+    // Only admins manage credentials; unknown ids are NOT_FOUND.
+    let (dev, _) = s.login_as(&["developer"]).await;
+    let err = s
+        .auth(&dev)
+        .await
+        .list_app_credentials(pb::ListAppCredentialsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = admin
+        .revoke_app_credential(pb::RevokeAppCredentialRequest {
+            role_id: "no-such-role".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+async fn an_app_credential_stops_logging_in_at_its_expiry(s: &Stack) {
+    let mut admin = s.auth(&s.root_token).await;
+    let err = admin
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "stale".into(),
+            policies: vec!["developer".into()],
+            expire_time: Some(prost_types::Timestamp {
+                seconds: jwt::now_secs() - 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let expires = jwt::now_secs() + 120;
+    let cred = admin
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "short-lived".into(),
+            policies: vec!["developer".into()],
+            expire_time: Some(prost_types::Timestamp {
+                seconds: expires,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Its tokens never outlive it (the default token lifetime is an hour).
+    let got = login(s, &cred.role_id, &cred.secret_id).await.unwrap();
+    assert!(got.expire_time.unwrap().seconds <= expires);
+    // Expire it in the database instead of waiting two minutes.
+    let pool = sqlx::AnyPool::connect(&s.database_url).await.unwrap();
+    sqlx::query("UPDATE app_credentials SET expire_time = 1 WHERE role_id = $1")
+        .bind(&cred.role_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        login(s, &cred.role_id, &cred.secret_id).await.unwrap_err(),
+        Code::Unauthenticated
+    );
 }
 
 async fn signed_by_key_service(s: &Stack, kid: &str, claims: &Claims) -> String {
@@ -484,6 +689,7 @@ async fn each_seed_role_gets_exactly_its_capabilities() {
                 name: "probe".into(),
                 policies: vec!["developer".into()],
                 token_ttl: None,
+                ..Default::default()
             })
             .await;
         assert_eq!(

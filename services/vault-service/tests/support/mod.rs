@@ -243,6 +243,7 @@ impl Stack {
                 name: name.into(),
                 policies: policies.iter().map(|s| s.to_string()).collect(),
                 token_ttl: None,
+                ..Default::default()
             })
             .await
             .unwrap()

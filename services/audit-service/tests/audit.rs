@@ -159,6 +159,25 @@ impl Audit {
         panic!("no checkpoint reached {sequence}");
     }
 
+    /// Open alerts, polled until `done` says they are what the test waits for (or 10 s).
+    async fn alerts_until(&self, done: impl Fn(&[pb::Alert]) -> bool) -> Vec<pb::Alert> {
+        let mut alerts = Vec::new();
+        for _ in 0..200 {
+            alerts = self
+                .reader()
+                .list_alerts(pb::ListAlertsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .alerts;
+            if done(&alerts) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        alerts
+    }
+
     async fn sql(&self, statement: &str) {
         let pool = sqlx::AnyPool::connect(&self.db).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
@@ -629,22 +648,13 @@ async fn a_broken_chain_raises_an_alert_from_the_continuous_check() {
     // An edit behind the verified point: found by the periodic full check.
     a.sql("UPDATE audit_records SET secret_name = 'prod/elsewhere' WHERE sequence = 3")
         .await;
-    let mut found = None;
-    for _ in 0..200 {
-        let alerts = a
-            .reader()
-            .list_alerts(pb::ListAlertsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .alerts;
-        found = alerts.into_iter().find(|x| x.rule == "AuditChainBroken");
-        if found.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let alert = found.expect("no AuditChainBroken alert");
+    let broken = |x: &pb::Alert| x.rule == "AuditChainBroken";
+    let alert = a
+        .alerts_until(|all| all.iter().any(broken))
+        .await
+        .into_iter()
+        .find(broken)
+        .expect("no AuditChainBroken alert");
     assert_eq!(alert.severity, pb::Severity::Critical as i32);
     assert_eq!(alert.sequences, vec![3]);
     assert!(alert.summary.contains("secret_name"), "{alert:?}");
@@ -723,20 +733,7 @@ async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
         .append_events(pb::AppendEventsRequest { events: vec![fd] })
         .await
         .unwrap();
-    let mut rules = Vec::new();
-    for _ in 0..100 {
-        rules = a
-            .reader()
-            .list_alerts(pb::ListAlertsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .alerts;
-        if !rules.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rules = a.alerts_until(|all| !all.is_empty()).await;
     assert_eq!(
         rules.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>(),
         vec!["FailedDecryption"],
@@ -751,20 +748,7 @@ async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
         .unwrap()
         .into_inner()
         .last_sequence;
-    let mut alerts = Vec::new();
-    for _ in 0..100 {
-        alerts = a
-            .reader()
-            .list_alerts(pb::ListAlertsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .alerts;
-        if alerts.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let alerts = a.alerts_until(|all| all.len() == 2).await;
     assert_eq!(
         alerts[0].rule, "UnauthorizedSecretAccess",
         "newest first: {alerts:?}"

@@ -241,15 +241,6 @@ async fn new_secret_id() -> Result<(Zeroizing<String>, String), Status> {
     Ok((secret_id, hash))
 }
 
-fn role_id_arg(role_id: &str) -> Result<&str, Status> {
-    if role_id.is_empty() || role_id.len() > 64 {
-        return Err(Status::invalid_argument(
-            "role_id must be a role id (1-64 characters)",
-        ));
-    }
-    Ok(role_id)
-}
-
 fn no_credential(role_id: &str) -> Status {
     Status::not_found(format!("no app credential with role id {role_id}"))
 }
@@ -330,6 +321,21 @@ impl AuthApi {
             policies,
             audit,
         }
+    }
+
+    /// The credential `role_id` names, or INVALID_ARGUMENT / NOT_FOUND.
+    async fn existing_credential(&self, role_id: &str) -> Result<CredentialRow, Status> {
+        if role_id.is_empty() || role_id.len() > 64 {
+            return Err(Status::invalid_argument(
+                "role_id must be a role id (1-64 characters)",
+            ));
+        }
+        self.tokens
+            .store
+            .credential(role_id)
+            .await
+            .map_err(Status::from)?
+            .ok_or_else(|| no_credential(role_id))
     }
 
     /// The caller, if it holds the admin capability everywhere (`what` names the call).
@@ -595,17 +601,8 @@ impl AuthService for AuthApi {
         let gate = Gate::new(&self.audit, &info, "admin", "revoke_credential", &role_id);
         let result: Res<pb::AppCredential> = async {
             let p = self.admin(&req, "RevokeAppCredential")?;
-            let role_id = role_id_arg(&role_id)?;
-            if self
-                .tokens
-                .store
-                .credential(role_id)
-                .await
-                .map_err(Status::from)?
-                .is_none()
-            {
-                return Err(no_credential(role_id));
-            }
+            let role_id = self.existing_credential(&role_id).await?.role_id;
+            let role_id = role_id.as_str();
             gate.admit().await?;
             let row = self
                 .tokens
@@ -632,16 +629,8 @@ impl AuthService for AuthApi {
         let gate = Gate::new(&self.audit, &info, "admin", "rotate_credential", &role_id);
         let result: Res<pb::CreateAppCredentialResponse> = async {
             let p = self.admin(&req, "RotateAppCredentialSecret")?;
-            let role_id = role_id_arg(&role_id)?;
-            let Some(existing) = self
-                .tokens
-                .store
-                .credential(role_id)
-                .await
-                .map_err(Status::from)?
-            else {
-                return Err(no_credential(role_id));
-            };
+            let existing = self.existing_credential(&role_id).await?;
+            let role_id = existing.role_id.as_str();
             if existing.revoke_time > 0 {
                 return Err(Status::failed_precondition(format!(
                     "app credential {role_id} is revoked; create a new one"

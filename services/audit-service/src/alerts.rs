@@ -130,10 +130,78 @@ impl Rules {
     }
 }
 
+/// One key's event times, oldest first, and the window they are counted over.
+#[derive(Debug, Default)]
+struct Window {
+    times: VecDeque<i64>,
+    span: i64,
+}
+
+/// In-process windows. Each hit costs O(1) amortised whatever the rate: times are kept in
+/// order (an out-of-order event is inserted by binary search, near the back), and expire
+/// from the front; keys that went quiet are swept every [`SWEEP_EVERY`] hits, so memory
+/// follows the principals active within their window.
+#[derive(Debug, Default)]
+pub struct MemoryWindows {
+    keys: HashMap<String, Window>,
+    hits: u64,
+    latest: i64,
+}
+
+/// Hits between sweeps of quiet keys.
+const SWEEP_EVERY: u64 = 4096;
+
+impl MemoryWindows {
+    fn hit(&mut self, key: &str, at_ms: i64, span: i64) -> u64 {
+        self.hits += 1;
+        self.latest = self.latest.max(at_ms);
+        if self.hits.is_multiple_of(SWEEP_EVERY) {
+            let latest = self.latest;
+            self.keys
+                .retain(|_, w| w.times.back().is_some_and(|t| latest - *t < w.span));
+        }
+        let w = match self.keys.get_mut(key) {
+            Some(w) => w,
+            None => self.keys.entry(key.to_string()).or_default(),
+        };
+        w.span = span;
+        let at = w.times.partition_point(|t| *t <= at_ms);
+        w.times.insert(at, at_ms);
+        let newest = w.times.back().copied().unwrap_or(at_ms);
+        while w.times.front().is_some_and(|t| newest - *t >= span) {
+            w.times.pop_front();
+        }
+        // Events in (at_ms - span, at_ms]: the whole deque when events come in order.
+        let from = w.times.partition_point(|t| *t <= at_ms - span);
+        let to = w.times.partition_point(|t| *t <= at_ms);
+        to.saturating_sub(from) as u64
+    }
+
+    fn first_in(&mut self, key: &str, at_ms: i64, span: i64) -> bool {
+        let w = self.keys.entry(format!("fired:{key}")).or_default();
+        w.span = span;
+        match w.times.back() {
+            Some(last) if at_ms - *last < span => false,
+            _ => {
+                w.times.clear();
+                w.times.push_back(at_ms);
+                true
+            }
+        }
+    }
+}
+
+impl Windows {
+    /// Windows in this process (one replica).
+    pub fn memory() -> Self {
+        Self::Memory(Mutex::new(MemoryWindows::default()))
+    }
+}
+
 /// Sliding-window counters: in process, or in Redis sorted sets shared by replicas.
 pub enum Windows {
     /// Per-key event times (and, under `fired:` keys, the time a rule last fired).
-    Memory(Mutex<HashMap<String, VecDeque<i64>>>),
+    Memory(Mutex<MemoryWindows>),
     /// Redis, keys under a prefix.
     Redis {
         /// Connection.
@@ -157,13 +225,7 @@ impl Windows {
     pub async fn hit(&self, key: &str, at_ms: i64, window: Duration, member: u64) -> u64 {
         let w = window.as_millis() as i64;
         match self {
-            Self::Memory(map) => {
-                let Ok(mut map) = map.lock() else { return 0 };
-                let q = map.entry(key.to_string()).or_default();
-                q.push_back(at_ms);
-                q.retain(|t| at_ms - *t < w);
-                q.len() as u64
-            }
+            Self::Memory(m) => m.lock().map_or(0, |mut m| m.hit(key, at_ms, w)),
             Self::Redis { conn, prefix } => {
                 let mut c = conn.clone();
                 let r = redis::Script::new(HIT)
@@ -188,18 +250,7 @@ impl Windows {
     pub async fn first_in(&self, key: &str, at_ms: i64, window: Duration) -> bool {
         let w = window.as_millis() as i64;
         match self {
-            Self::Memory(map) => {
-                let Ok(mut map) = map.lock() else { return true };
-                let q = map.entry(format!("fired:{key}")).or_default();
-                match q.back() {
-                    Some(last) if at_ms - *last < w => false,
-                    _ => {
-                        q.clear();
-                        q.push_back(at_ms);
-                        true
-                    }
-                }
-            }
+            Self::Memory(m) => m.lock().map_or(true, |mut m| m.first_in(key, at_ms, w)),
             Self::Redis { conn, prefix } => {
                 let mut c = conn.clone();
                 let r = redis::cmd("SET")
@@ -419,7 +470,7 @@ mod tests {
     use super::*;
 
     fn engine(rules: Rules) -> Engine {
-        Engine::new(rules, Windows::Memory(Mutex::new(HashMap::new())))
+        Engine::new(rules, Windows::memory())
     }
 
     fn rules() -> Rules {
@@ -593,5 +644,27 @@ mod tests {
         assert!(!n.contains("::1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn memory_windows_count_out_of_order_events_and_forget_quiet_keys() {
+        let mut m = MemoryWindows::default();
+        let span = 60_000;
+        assert_eq!(m.hit("reads:a", 10_000, span), 1);
+        assert_eq!(m.hit("reads:a", 30_000, span), 2);
+        // Late, but inside the window of the newest: counted where it belongs.
+        assert_eq!(m.hit("reads:a", 20_000, span), 2, "10 s and 20 s");
+        assert_eq!(
+            m.hit("reads:a", 70_000, span),
+            3,
+            "20 s, 30 s, 70 s: 10 s is out"
+        );
+        assert_eq!(m.keys["reads:a"].times.len(), 3, "expired from the front");
+        // A principal that went quiet is swept once others move time past its window.
+        for i in 0..SWEEP_EVERY {
+            m.hit("reads:b", 200_000 + i as i64, span);
+        }
+        assert!(!m.keys.contains_key("reads:a"), "quiet key kept");
+        assert!(m.keys.contains_key("reads:b"));
     }
 }

@@ -72,7 +72,7 @@ pub async fn run(
                 prefix: config.redis_prefix.clone(),
             }
         }
-        None => alerts::Windows::Memory(std::sync::Mutex::new(Default::default())),
+        None => alerts::Windows::memory(),
     };
     let alert_queue = alerts::spawn(
         alerts::Engine::new(config.rules.clone(), windows),

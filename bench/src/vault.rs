@@ -275,28 +275,35 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         v.stop().await?;
     }
 
-    // The price of fail-closed auditing: every read waits until its event is stored.
+    // The price of fail-closed auditing: every read waits until its event is durable, as
+    // SENTIA_AUDIT_DURABILITY says (stored by audit-service, or in the local journal).
     let audit = crate::audit::AuditUnderTest::start(args, &ks.addr, &dir, "vault_audit").await?;
-    let spool = dir.join("vault-audit.spool").display().to_string();
-    let audited = Vault::start(
-        args,
-        &ks.addr,
-        &db,
-        &dir,
-        &[
-            ("SENTIA_AUDIT_DISABLED", "false"),
-            ("SENTIA_AUDIT_SERVICE_ADDR", audit.addr.as_str()),
-            ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
-            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
-            ("SENTIA_DEK_CACHE_TTL", "5m"),
-            ("SENTIA_LOCAL_CACHE_TTL", "5m"),
-        ],
-    )
-    .await?;
-    let b = audited.baseline(args).await?;
-    let f = audited.gets(args, "bench/app/hot").await?;
-    row("GetSecret 64 B (default, audited)", &f, &b);
-    audited.stop().await?;
+    for durability in ["remote", "local-fsync", "local"] {
+        let spool = dir
+            .join(format!("vault-audit-{durability}.journal"))
+            .display()
+            .to_string();
+        let audited = Vault::start(
+            args,
+            &ks.addr,
+            &db,
+            &dir,
+            &[
+                ("SENTIA_AUDIT_DISABLED", "false"),
+                ("SENTIA_AUDIT_SERVICE_ADDR", audit.addr.as_str()),
+                ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
+                ("SENTIA_AUDIT_SPOOL", spool.as_str()),
+                ("SENTIA_AUDIT_DURABILITY", durability),
+                ("SENTIA_DEK_CACHE_TTL", "5m"),
+                ("SENTIA_LOCAL_CACHE_TTL", "5m"),
+            ],
+        )
+        .await?;
+        let b = audited.baseline(args).await?;
+        let f = audited.gets(args, "bench/app/hot").await?;
+        row(&format!("GetSecret 64 B, audited {durability}"), &f, &b);
+        audited.stop().await?;
+    }
     audit.stop().await?;
 
     // Each worker writes its own path, so rows measure writing, not check-and-set contention.

@@ -28,6 +28,30 @@ const MAX_RECORD: usize = 1 << 20;
 #[error("audit log unavailable: {0}")]
 pub struct AuditUnavailable(pub String);
 
+/// When an operation's event counts as recorded (`SENTIA_AUDIT_DURABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Stored by audit-service (or, while it is unreachable, fsynced to the local spool).
+    Remote,
+    /// Appended to the local journal and fsynced (group commit); shipped in the background.
+    /// Survives a process kill and a power loss.
+    LocalFsync,
+    /// Appended to the local journal without fsync; shipped in the background. Survives a
+    /// process kill (the OS holds the write), not a power loss.
+    Local,
+}
+
+impl Durability {
+    /// The setting's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Remote => "remote",
+            Self::LocalFsync => "local-fsync",
+            Self::Local => "local",
+        }
+    }
+}
+
 /// Where events go.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -40,6 +64,8 @@ pub struct AuditConfig {
     pub timeout: Duration,
     /// `SENTIA_AUDIT_QUEUE`: events waiting at most; beyond it `emit` fails at once.
     pub queue: usize,
+    /// `SENTIA_AUDIT_DURABILITY`: when an event counts as recorded.
+    pub durability: Durability,
 }
 
 impl AuditConfig {
@@ -68,11 +94,26 @@ impl AuditConfig {
         );
         let timeout = reader.duration_or("SENTIA_AUDIT_TIMEOUT", Duration::from_secs(2));
         let queue = reader.parse_or("SENTIA_AUDIT_QUEUE", 10_000usize, "a positive integer");
+        let durability = match reader
+            .string_or("SENTIA_AUDIT_DURABILITY", "remote")
+            .as_str()
+        {
+            "remote" => Durability::Remote,
+            "local-fsync" => Durability::LocalFsync,
+            "local" => Durability::Local,
+            other => {
+                reader.problem(format!(
+                    "SENTIA_AUDIT_DURABILITY={other:?}: use remote, local-fsync or local"
+                ));
+                Durability::Remote
+            }
+        };
         Self {
             upstream,
             spool,
             timeout,
             queue: queue.max(1),
+            durability,
         }
     }
 
@@ -83,6 +124,7 @@ impl AuditConfig {
             spool: PathBuf::new(),
             timeout: Duration::from_secs(2),
             queue: 1,
+            durability: Durability::Remote,
         }
     }
 }
@@ -133,15 +175,24 @@ impl Emitter {
         let channel = upstream
             .channel()
             .map_err(|e| AuditUnavailable(e.to_string()))?;
-        let spool = Spool::open(&config.spool)?;
         let (tx, rx) = mpsc::channel(config.queue);
         observe_backlog(service, &tx, &config.spool);
-        tokio::spawn(worker(
-            AuditServiceClient::new(channel),
-            spool,
-            rx,
-            config.timeout,
-        ));
+        let client = AuditServiceClient::new(channel);
+        match config.durability {
+            Durability::Remote => {
+                let spool = Spool::open(&config.spool)?;
+                tokio::spawn(worker(client, spool, rx, config.timeout));
+            }
+            local => {
+                let journal = Arc::new(
+                    crate::journal::Journal::open(&config.spool, local == Durability::LocalFsync)
+                        .map_err(AuditUnavailable)?,
+                );
+                let shipped = Arc::new(tokio::sync::Notify::new());
+                tokio::spawn(journal_writer(journal.clone(), rx, shipped.clone()));
+                tokio::spawn(journal_shipper(client, journal, shipped, config.timeout));
+            }
+        }
         Ok(Arc::new(Self {
             service,
             emitter_id,
@@ -157,7 +208,9 @@ impl Emitter {
     }
 
     /// Records `event` (service, emitter id and sequence, and time when unset, are filled
-    /// in). Returns once it is stored by audit-service or in the local spool.
+    /// in). Returns once it is durable as `SENTIA_AUDIT_DURABILITY` says: stored by
+    /// audit-service or in the local spool (`remote`), or written to the local journal
+    /// (`local-fsync`, `local`).
     pub async fn emit(&self, mut event: AuditEvent) -> Result<(), AuditUnavailable> {
         let Some(queue) = &self.queue else {
             return Ok(());
@@ -387,6 +440,81 @@ async fn worker(
         };
         for a in acks {
             let _ = a.send(result.clone());
+        }
+    }
+}
+
+/// `local-fsync` / `local`: appends each batch of queued events to the journal (one write,
+/// and one fsync in `local-fsync`, for the whole batch: group commit) and answers their
+/// callers; wakes the shipper.
+async fn journal_writer(
+    journal: Arc<crate::journal::Journal>,
+    mut rx: mpsc::Receiver<(AuditEvent, Ack)>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let result = journal.append(&events).map_err(|e| {
+            tracing::error!(error = %e, "audit events cannot be journaled");
+            AuditUnavailable(e)
+        });
+        for a in acks {
+            let _ = a.send(result.clone());
+        }
+        wake.notify_one();
+    }
+    // The last handle is gone: let the shipper deliver what is left, then stop.
+    wake.notify_one();
+}
+
+/// Sends the journal to audit-service in order, from the shipped offset; retries every
+/// second while it is unreachable. Stops when the writer has stopped and nothing is left.
+async fn journal_shipper(
+    client: AuditServiceClient<AuthedChannel>,
+    journal: Arc<crate::journal::Journal>,
+    wake: Arc<tokio::sync::Notify>,
+    timeout: Duration,
+) {
+    loop {
+        let (events, upto) = match journal.unshipped() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the audit journal failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            if Arc::strong_count(&wake) == 1 {
+                return;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        match send(&client, &events, timeout).await {
+            Ok(()) => {
+                if let Err(e) = journal.shipped(upto) {
+                    tracing::error!(error = %e, "recording shipped audit events failed (they will be re-sent; audit-service drops duplicates)");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, backlog = journal.backlog(), "audit-service unavailable; events stay journaled");
+                if Arc::strong_count(&wake) == 1 {
+                    // Shutting down: the next start ships them.
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

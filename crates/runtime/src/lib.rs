@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod identity;
+mod journal;
 pub mod jwt;
 pub mod private_file;
 mod rpc;

@@ -89,7 +89,13 @@ type NewRow<'a> = (i64, &'a AuditEvent, Vec<u8>, [u8; 32], [u8; 32]);
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Emitter ids known to belong to an identity. A binding never changes once stored, so
+    /// an append whose emitters are all known here skips looking them up.
+    owners: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
+
+/// Most emitter bindings remembered (each is a process lifetime of some service).
+const MAX_KNOWN_OWNERS: usize = 10_000;
 
 fn u64_of(row: &AnyRow, col: &str) -> Result<u64, AuditError> {
     let v: i64 = row.try_get(col)?;
@@ -206,7 +212,10 @@ impl Store {
             sqlite: SQLITE_MIGRATIONS,
         };
         let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            owners: Default::default(),
+        })
     }
 
     /// The pool, for tests that alter rows.
@@ -243,7 +252,16 @@ impl Store {
             r.1 = r.1.max(e.emitter_sequence);
         }
         let now = now_ms();
+        let mut bound = Vec::new();
         for emitter in by_emitter.keys() {
+            let known = self
+                .owners
+                .lock()
+                .ok()
+                .and_then(|o| o.get(*emitter).cloned());
+            if known.as_deref() == Some(appender) {
+                continue;
+            }
             // Under the head lock: the first appender of an emitter id wins it for good.
             let owner = sqlx::query("SELECT identity FROM emitters WHERE emitter_id = $1")
                 .bind(*emitter)
@@ -270,6 +288,7 @@ impl Store {
                     .await?;
                 }
             }
+            bound.push(*emitter);
         }
         for (emitter, (lo, hi)) in &by_emitter {
             let rows = sqlx::query(
@@ -343,6 +362,15 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        // Only committed bindings are remembered: they never change after that.
+        if let Ok(mut o) = self.owners.lock() {
+            if o.len() + bound.len() > MAX_KNOWN_OWNERS {
+                o.clear();
+            }
+            for e in bound {
+                o.insert(e.to_string(), appender.to_string());
+            }
+        }
         out.last_sequence = sequence;
         Ok(out)
     }

@@ -230,6 +230,29 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     row("health Check (baseline)", &baseline, &baseline);
     let f = cached.gets(args, "bench/app/hot").await?;
     row("GetSecret 64 B (DEK cache on)", &f, &baseline);
+    for i in 0..150 {
+        c.put_secret(pb::PutSecretRequest {
+            path: format!("bench/list/s{i:03}"),
+            value: value.clone(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let sl = cached.secrets.clone();
+    let f = drive(n, m, s, move |i| {
+        let mut c = sl[i].clone();
+        async move {
+            c.list_secrets(pb::ListSecretsRequest {
+                prefix: "bench/list".into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?;
+    row("ListSecrets, page of 100", &f, &baseline);
 
     // Each configuration runs on its own vault-service, against its own baseline.
     let mut configs: Vec<(&str, Vec<(&str, &str)>)> = vec![

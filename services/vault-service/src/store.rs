@@ -2,7 +2,7 @@
 //! one transaction: metadata, version row, labels, idempotency record and change-stream event
 //! commit together or not at all. Only ciphertext and wrapped data keys are stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sentia_runtime::audit::Gate;
 use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
@@ -477,11 +477,31 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
         };
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut s = secret_from(r)?;
-            s.labels = self.labels(&s.path).await?;
-            out.push(s);
+        let mut out = rows
+            .iter()
+            .map(secret_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every listed secret's labels in one query, not one per row.
+        if !out.is_empty() {
+            let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT path, label, version FROM secret_labels WHERE path IN ({})",
+                marks.join(", ")
+            ));
+            let mut q = sqlx::query(sql);
+            for s in &out {
+                q = q.bind(s.path.clone());
+            }
+            let mut labels: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+            for r in q.fetch_all(&self.pool).await? {
+                labels
+                    .entry(r.try_get("path")?)
+                    .or_default()
+                    .insert(r.try_get("label")?, u64_of(&r, "version")?);
+            }
+            for s in &mut out {
+                s.labels = labels.remove(&s.path).unwrap_or_default();
+            }
         }
         Ok(out)
     }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::audit::v1::{AppendEventsRequest, AuditEvent};
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +19,6 @@ use crate::client::{AuthedChannel, UpstreamConfig};
 
 /// Most events sent in one append.
 const MAX_BATCH: usize = 500;
-/// Longest accepted spool record (a bound against reading garbage).
-const MAX_RECORD: usize = 1 << 20;
 
 /// Why an event could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -304,13 +301,7 @@ impl Spool {
     }
 
     fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for e in events {
-            let bytes = e.encode_to_vec();
-            buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&bytes);
-        }
-        self.file.write_all(&buf)?;
+        self.file.write_all(&crate::journal::encode(events))?;
         self.file.sync_data()?;
         self.pending = true;
         Ok(())
@@ -321,20 +312,7 @@ impl Spool {
         let mut bytes = Vec::new();
         let mut f = std::fs::File::open(&self.path)?;
         f.read_to_end(&mut bytes)?;
-        let mut out = Vec::new();
-        let mut at = 0usize;
-        while at + 4 <= bytes.len() {
-            let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-                as usize;
-            if len > MAX_RECORD || at + 4 + len > bytes.len() {
-                break;
-            }
-            if let Ok(e) = AuditEvent::decode(&bytes[at + 4..at + 4 + len]) {
-                out.push(e);
-            }
-            at += 4 + len;
-        }
-        Ok(out)
+        Ok(crate::journal::records(&bytes).0)
     }
 
     fn clear(&mut self) -> std::io::Result<()> {

@@ -34,8 +34,20 @@ pub(crate) struct Journal {
     state: Mutex<State>,
 }
 
-/// Complete records at the start of `bytes`, and how many bytes they take.
-fn records(bytes: &[u8]) -> (Vec<AuditEvent>, u64) {
+/// `events` as records: `u32 length | AuditEvent protobuf` each (the spool's format too).
+pub(crate) fn encode(events: &[AuditEvent]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for e in events {
+        let bytes = e.encode_to_vec();
+        buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&bytes);
+    }
+    buf
+}
+
+/// Complete records at the start of `bytes`, and how many bytes they take (a torn last
+/// record is left out).
+pub(crate) fn records(bytes: &[u8]) -> (Vec<AuditEvent>, u64) {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at + 4 <= bytes.len() {
@@ -97,12 +109,7 @@ impl Journal {
     /// Appends `events` (and fsyncs in `local-fsync`): once this returns they survive a
     /// process kill, and with fsync a power loss.
     pub(crate) fn append(&self, events: &[AuditEvent]) -> Result<(), String> {
-        let mut buf = Vec::new();
-        for e in events {
-            let bytes = e.encode_to_vec();
-            buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&bytes);
-        }
+        let buf = encode(events);
         let mut s = self
             .state
             .lock()
@@ -233,15 +240,7 @@ mod tests {
         let (first, _) = j.unshipped().unwrap();
         assert_eq!(seqs(&first), vec![1, 2, 3]);
         // Only the first two were accepted before a crash: the offset is kept on disk.
-        let two = {
-            let mut b = Vec::new();
-            for e in [event(1), event(2)] {
-                let x = e.encode_to_vec();
-                b.extend_from_slice(&(x.len() as u32).to_be_bytes());
-                b.extend_from_slice(&x);
-            }
-            b.len() as u64
-        };
+        let two = encode(&[event(1), event(2)]).len() as u64;
         j.shipped(two).unwrap();
         drop(j);
         // A crash mid-write left half a record.

@@ -11,6 +11,21 @@ pub const MAX_PAGE_TOKEN: usize = 1024;
 
 const VERSION: &str = "p1";
 
+/// Items on a page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most items on one page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The page size a caller asked for: 1-1000, 0 for the default of 100 — the same rule on
+/// every List RPC.
+pub fn size(n: i32) -> Result<usize, String> {
+    match usize::try_from(n) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) if n <= MAX_PAGE_SIZE => Ok(n),
+        _ => Err(format!("page_size {n} must be 1-1000 (0 = 100)")),
+    }
+}
+
 /// FNV-1a: a short fingerprint of the request's filters (a token only moves a cursor, so
 /// this guards against mistakes, not forgery; every item is still authorized).
 fn fingerprint(scope: &str) -> u64 {
@@ -59,6 +74,14 @@ pub fn decode(token: &str, listing: &str, scope: &str) -> Result<Option<String>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_sizes_are_1_to_1000_and_0_means_100() {
+        assert_eq!(size(0), Ok(100));
+        assert_eq!(size(1000), Ok(1000));
+        assert!(size(1001).unwrap_err().contains("1-1000"));
+        assert!(size(-1).is_err());
+    }
 
     #[test]
     fn a_token_round_trips_and_only_in_its_own_listing_and_filters() {

@@ -170,13 +170,9 @@ fn ms(field: &str, t: &Option<prost_types::Timestamp>) -> Result<Option<i64>, Au
 }
 
 fn page_size(n: i32) -> Result<i64, AuditError> {
-    match n {
-        0 => Ok(100),
-        1..=1000 => Ok(i64::from(n)),
-        _ => Err(AuditError::Invalid(format!(
-            "page_size {n} must be 1-1000 (0 = 100)"
-        ))),
-    }
+    sentia_proto::page::size(n)
+        .map(|n| n as i64)
+        .map_err(AuditError::Invalid)
 }
 
 /// The sequence a page token of `listing` (made with filters `scope`) continues from.

@@ -628,16 +628,7 @@ impl KeyService for Api {
         let result: Res<pb::ListKeysResponse> = async move {
             let p = caller(&req, Role::Service, "ListKeys")?;
             let r = req.into_inner();
-            let size = match r.page_size {
-                0 => 100,
-                n @ 1..=1000 => n as usize,
-                n => {
-                    return Err(KeyError::InvalidArgument(format!(
-                        "page_size must be 0 to 1000, got {n}"
-                    ))
-                    .into());
-                }
-            };
+            let size = sentia_proto::page::size(r.page_size).map_err(KeyError::InvalidArgument)?;
             let after = sentia_proto::page::decode(&r.page_token, "keys.ListKeys", "")
                 .map_err(KeyError::InvalidArgument)?
                 .unwrap_or_default();

@@ -29,13 +29,7 @@ pub struct RotationApi {
 type Res<T> = Result<Response<T>, Status>;
 
 fn page_size(n: i32) -> Result<usize, RotationError> {
-    match n {
-        0 => Ok(100),
-        1..=1000 => Ok(n as usize),
-        _ => Err(RotationError::Invalid(format!(
-            "page_size must be 1-1000 (or 0 for 100); got {n}"
-        ))),
-    }
+    sentia_proto::page::size(n).map_err(RotationError::Invalid)
 }
 
 /// The contract's view of a stored rotation.

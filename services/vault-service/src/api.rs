@@ -705,15 +705,8 @@ impl SecretService for SecretApi {
             let p = Principal::of(&req)?;
             let r = req.into_inner();
             let prefix = Prefix::parse(&r.prefix)?;
-            let page_size = match r.page_size {
-                0 => 100,
-                n @ 1..=1000 => n as usize,
-                n => {
-                    return Err(Status::invalid_argument(format!(
-                        "page_size {n} must be 1-1000 (0 = 100)"
-                    )));
-                }
-            };
+            let page_size =
+                sentia_proto::page::size(r.page_size).map_err(Status::invalid_argument)?;
             let mut after =
                 sentia_proto::page::decode(&r.page_token, "vault.ListSecrets", prefix.as_str())
                     .map_err(Status::invalid_argument)?

@@ -555,15 +555,8 @@ impl AuthService for AuthApi {
         let result: Res<pb::ListAppCredentialsResponse> = async {
             self.admin(&req, "ListAppCredentials")?;
             let r = req.into_inner();
-            let limit = match r.page_size {
-                0 => 100,
-                n @ 1..=1000 => i64::from(n),
-                n => {
-                    return Err(Status::invalid_argument(format!(
-                        "page_size {n} must be 1-1000 (0 = 100)"
-                    )));
-                }
-            };
+            let limit =
+                sentia_proto::page::size(r.page_size).map_err(Status::invalid_argument)? as i64;
             let scope = format!("include_revoked={}", r.include_revoked);
             let after =
                 sentia_proto::page::decode(&r.page_token, "vault.ListAppCredentials", &scope)

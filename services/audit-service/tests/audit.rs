@@ -110,25 +110,7 @@ impl Audit {
 
     /// Every record, as `who` reads them (the read itself is recorded first).
     async fn all(&self, who: &str) -> Vec<pb::AuditRecord> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = self
-                .client(who)
-                .query_events(pb::QueryEventsRequest {
-                    page_size: 1000,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            out.extend(page.records);
-            if page.next_page_token.is_empty() {
-                return out;
-            }
-            token = page.next_page_token;
-        }
+        keys::audit_records(&self.client(who)).await
     }
 
     async fn verify(&self) -> pb::VerifyChainResponse {

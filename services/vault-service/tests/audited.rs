@@ -102,25 +102,11 @@ impl Audited {
 
     /// Every service's events, in log order.
     async fn all_events(&self) -> Vec<apb::AuditEvent> {
-        let mut all = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = self
-                .reader()
-                .query_events(apb::QueryEventsRequest {
-                    page_size: 1000,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            all.extend(page.records.into_iter().filter_map(|r| r.event));
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            token = page.next_page_token;
-        }
+        keys::audit_records(&self.reader())
+            .await
+            .into_iter()
+            .filter_map(|r| r.event)
+            .collect()
     }
 
     /// Events of vault-service until at least `n` are stored.

@@ -320,3 +320,29 @@ impl Running {
         self.handle.await.unwrap();
     }
 }
+
+/// Every record of an audit log, in log order, paged through QueryEvents by `reader` (the
+/// reads themselves are recorded in the log as they happen).
+pub async fn audit_records(
+    reader: &sentia_proto::audit::v1::audit_service_client::AuditServiceClient<AuthedChannel>,
+) -> Vec<sentia_proto::audit::v1::AuditRecord> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = reader
+            .clone()
+            .query_events(sentia_proto::audit::v1::QueryEventsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.records);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}

@@ -376,48 +376,82 @@ async fn replay(
     }
 }
 
+/// Batches in flight to audit-service at once in `remote`: while one commits, the next is on
+/// the wire and audit-service commits whatever arrived meanwhile in one transaction (group
+/// commit), so a read waits for about one commit, not for a queue of them.
+const PIPELINE: usize = 4;
+
+/// A batch's outcome, in the order the batches were taken.
+type Sent = (Vec<AuditEvent>, Vec<Ack>, Result<(), String>);
+
 async fn worker(
     client: AuditServiceClient<AuthedChannel>,
     mut spool: Spool,
     mut rx: mpsc::Receiver<(AuditEvent, Ack)>,
     timeout: Duration,
 ) {
+    use futures_util::StreamExt;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Outcomes are handled in the order the batches were taken, whatever order audit-service
+    // answers in: a failed batch reaches the spool before any later one.
+    let mut in_flight = futures_util::stream::FuturesOrdered::<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + Send>>,
+    >::new();
+    let mut open = true;
     loop {
-        let first = tokio::select! {
-            item = rx.recv() => match item { Some(i) => i, None => return },
-            _ = retry.tick() => {
+        tokio::select! {
+            Some((events, acks, sent)) = in_flight.next(), if !in_flight.is_empty() => {
+                // A batch that was sent is in the log even when an earlier one was spooled
+                // (audit-service drops the duplicates a replay may bring).
+                let result = if sent.is_ok() {
+                    Ok(())
+                } else {
+                    spool.append(&events).map_err(|e| {
+                        tracing::error!(error = %e, "audit events can be neither sent nor spooled");
+                        AuditUnavailable(format!(
+                            "audit-service unreachable and the spool failed: {e}"
+                        ))
+                    })
+                };
+                for a in acks {
+                    let _ = a.send(result.clone());
+                }
+            }
+            item = rx.recv(), if open && in_flight.len() < PIPELINE => {
+                let Some(first) = item else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(i) => batch.push(i),
+                        Err(_) => break,
+                    }
+                }
+                let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                // While anything is spooled, new events queue behind it in the spool (no send
+                // attempt, so callers do not wait on an audit-service that is down); the retry
+                // tick replays the spool once audit-service answers.
                 if spool.pending {
+                    in_flight.push_back(Box::pin(async move {
+                        (events, acks, Err("spooled behind earlier events".to_string()))
+                    }));
+                } else {
+                    let client = client.clone();
+                    in_flight.push_back(Box::pin(async move {
+                        let sent = send(&client, &events, timeout).await;
+                        (events, acks, sent)
+                    }));
+                }
+            }
+            _ = retry.tick(), if open || !in_flight.is_empty() => {
+                if spool.pending && in_flight.is_empty() {
                     replay(&client, &mut spool, timeout).await;
                 }
-                continue;
             }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
-            }
-        }
-        let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        // Order: while anything is spooled, new events queue behind it in the spool (no send
-        // attempt, so callers do not wait on an audit-service that is down); the retry tick
-        // replays the spool once audit-service answers.
-        let sent = !spool.pending && send(&client, &events, timeout).await.is_ok();
-        let result = if sent {
-            Ok(())
-        } else {
-            spool.append(&events).map_err(|e| {
-                tracing::error!(error = %e, "audit events can be neither sent nor spooled");
-                AuditUnavailable(format!(
-                    "audit-service unreachable and the spool failed: {e}"
-                ))
-            })
-        };
-        for a in acks {
-            let _ = a.send(result.clone());
+            else => return,
         }
     }
 }

@@ -203,8 +203,9 @@ impl AuditApi {
     }
 
     /// Hands stored records to the alert evaluator and wakes tailers.
-    async fn appended(&self, r: &crate::store::Appended) {
-        if !r.new_records.is_empty() && self.alerts.send(r.new_records.clone()).await.is_err() {
+    async fn appended(&self, r: &mut crate::store::Appended) {
+        let records = std::mem::take(&mut r.new_records);
+        if !records.is_empty() && self.alerts.send(records).await.is_err() {
             tracing::error!(
                 "the alert evaluator stopped; new events are not checked against alert rules"
             );
@@ -243,8 +244,8 @@ impl AuditApi {
         event.emitter_id.clone_from(&self.own_emitter.0);
         event.emitter_sequence = self.own_emitter.1.fetch_add(1, Ordering::SeqCst) + 1;
         event.time = Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms()));
-        let r = self.store.append(&[event], OWN_IDENTITY).await?;
-        self.appended(&r).await;
+        let mut r = self.store.append(vec![event], OWN_IDENTITY).await?;
+        self.appended(&mut r).await;
         allowed
     }
 
@@ -561,8 +562,8 @@ impl AuditService for AuditApi {
             validate(i, e)?;
         }
         // Stored under the caller's own identity: its emitter ids are its alone.
-        let r = self.store.append(&events, &p.id).await?;
-        self.appended(&r).await;
+        let mut r = self.store.append(events, &p.id).await?;
+        self.appended(&mut r).await;
         Ok(Response::new(pb::AppendEventsResponse {
             last_sequence: r.last_sequence,
             duplicates: r.duplicates,

@@ -18,6 +18,9 @@ pub enum AuditError {
     /// key-service refused or could not be reached.
     #[error("key-service: {0}")]
     KeyService(Status),
+    /// The log cannot take appends now (its committer stopped).
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -34,6 +37,7 @@ impl From<AuditError> for Status {
         match err {
             AuditError::Invalid(m) => Status::invalid_argument(m),
             AuditError::Denied(m) => Status::permission_denied(m),
+            AuditError::Unavailable(m) => Status::unavailable(format!("{m}; retry later")),
             AuditError::Corrupt(m) => {
                 tracing::error!(problem = %m, "stored audit data is unreadable");
                 Status::data_loss(format!("stored audit data is unreadable: {m}"))

@@ -80,18 +80,47 @@ pub struct Appended {
     pub duplicates: u32,
     /// Events stored.
     pub stored: u32,
+    /// Where each of `new_records` was in the append's events.
+    positions: Vec<usize>,
 }
 
-/// A record about to be inserted: sequence, event, its protobuf bytes, prev hash, hash.
-type NewRow<'a> = (i64, &'a AuditEvent, Vec<u8>, [u8; 32], [u8; 32]);
+impl Appended {
+    /// Moves the stored events out of the append that sent them into `new_records`.
+    fn take_events(mut self, mut events: Vec<AuditEvent>) -> Self {
+        for ((_, slot), i) in self.new_records.iter_mut().zip(&self.positions) {
+            if let Some(e) = events.get_mut(*i) {
+                *slot = std::mem::take(e);
+            }
+        }
+        self
+    }
+}
+
+/// A record about to be inserted: sequence, event, its protobuf bytes, prev hash, hash,
+/// appender.
+type NewRow<'a> = (i64, &'a AuditEvent, Vec<u8>, [u8; 32], [u8; 32], &'a str);
+
+/// Emitter id -> the identity that owns it, for bindings already committed: a binding never
+/// changes once stored, so an append whose emitters are all known here skips looking them up.
+type Owners = std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+/// One append waiting for the group commit.
+struct PendingAppend {
+    events: Vec<AuditEvent>,
+    appender: String,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, AuditError>>,
+}
+
+/// Most events committed in one group.
+const GROUP_EVENTS: usize = 5000;
 
 /// Database access for audit-service.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
-    /// Emitter ids known to belong to an identity. A binding never changes once stored, so
-    /// an append whose emitters are all known here skips looking them up.
-    owners: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// The group committer: appends that arrive while one commits share the next
+    /// transaction (one chain-head lock, one fsync).
+    commits: tokio::sync::mpsc::Sender<PendingAppend>,
 }
 
 /// Most emitter bindings remembered (each is a process lifetime of some service).
@@ -212,10 +241,10 @@ impl Store {
             sqlite: SQLITE_MIGRATIONS,
         };
         let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
-        Ok(Self {
-            pool,
-            owners: Default::default(),
-        })
+        let owners = Owners::default();
+        let (commits, queue) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(group_commit(pool.clone(), owners.clone(), queue));
+        Ok(Self { pool, commits })
     }
 
     /// The pool, for tests that alter rows.
@@ -223,156 +252,26 @@ impl Store {
         &self.pool
     }
 
-    /// Appends events (already validated) from the authenticated identity `appender` in one
-    /// transaction; duplicates of stored events (same emitter id and emitter sequence) are
-    /// skipped. An emitter id another identity appended with first is refused (nothing is
-    /// stored).
+    /// Appends events (already validated) from the authenticated identity `appender`;
+    /// duplicates of stored events (same emitter id and emitter sequence) are skipped. An
+    /// emitter id another identity appended with first is refused (nothing is stored).
+    /// Appends waiting together are committed in one transaction; each gets its own result.
     pub async fn append(
         &self,
-        events: &[AuditEvent],
+        events: Vec<AuditEvent>,
         appender: &str,
     ) -> Result<Appended, AuditError> {
-        let mut tx = self.pool.begin().await?;
-        // Takes the head row's lock until commit: appends are serialized, the chain is linear.
-        let head = sqlx::query(
-            "UPDATE chain_head SET sequence = sequence WHERE id = 1 RETURNING sequence, hash",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut sequence = u64_of(&head, "sequence")?;
-        let mut prev = hash_of(&head, "hash")?;
-
-        let mut seen: HashSet<(&str, u64)> = HashSet::new();
-        let mut by_emitter: HashMap<&str, (u64, u64)> = HashMap::new();
-        for e in events {
-            let r = by_emitter
-                .entry(e.emitter_id.as_str())
-                .or_insert((e.emitter_sequence, e.emitter_sequence));
-            r.0 = r.0.min(e.emitter_sequence);
-            r.1 = r.1.max(e.emitter_sequence);
-        }
-        let now = now_ms();
-        let mut bound = Vec::new();
-        for emitter in by_emitter.keys() {
-            let known = self
-                .owners
-                .lock()
-                .ok()
-                .and_then(|o| o.get(*emitter).cloned());
-            if known.as_deref() == Some(appender) {
-                continue;
-            }
-            // Under the head lock: the first appender of an emitter id wins it for good.
-            let owner = sqlx::query("SELECT identity FROM emitters WHERE emitter_id = $1")
-                .bind(*emitter)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match owner {
-                Some(row) => {
-                    let owner: String = row.try_get("identity")?;
-                    if owner != appender {
-                        return Err(AuditError::Denied(format!(
-                            "emitter id {} belongs to '{}'; '{}' may not append under it",
-                            emitter, owner, appender
-                        )));
-                    }
-                }
-                None => {
-                    sqlx::query(
-                        "INSERT INTO emitters (emitter_id, identity, first_seen) VALUES ($1, $2, $3)",
-                    )
-                    .bind(*emitter)
-                    .bind(appender)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            bound.push(*emitter);
-        }
-        for (emitter, (lo, hi)) in &by_emitter {
-            let rows = sqlx::query(
-                "SELECT emitter_sequence FROM audit_records \
-                 WHERE emitter_id = $1 AND emitter_sequence >= $2 AND emitter_sequence <= $3",
-            )
-            .bind(*emitter)
-            .bind(i64_of(*lo)?)
-            .bind(i64_of(*hi)?)
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in &rows {
-                seen.insert((emitter, u64_of(r, "emitter_sequence")?));
-            }
-        }
-
-        let mut out = Appended::default();
-        let mut rows: Vec<NewRow<'_>> = Vec::new();
-        for e in events {
-            if !seen.insert((e.emitter_id.as_str(), e.emitter_sequence)) {
-                out.duplicates += 1;
-                continue;
-            }
-            sequence += 1;
-            let hash = record_hash(&prev, e, sequence, appender);
-            rows.push((i64_of(sequence)?, e, e.encode_to_vec(), prev, hash));
-            prev = hash;
-        }
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 13;
-                    let p: Vec<String> = (1..=13).map(|k| format!("${}", b + k)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO audit_records (sequence, emitter_id, emitter_sequence, time, event_type, \
-                 principal, secret_name, success, event, prev_hash, hash, receive_time, appender) VALUES {}",
-                placeholders.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (seq, e, bytes, prev_hash, hash) in chunk {
-                q = q
-                    .bind(*seq)
-                    .bind(e.emitter_id.as_str())
-                    .bind(i64_of(e.emitter_sequence)?)
-                    .bind(time_ms(e))
-                    .bind(e.event_type.as_str())
-                    .bind(e.principal.as_str())
-                    .bind(e.secret_name.as_str())
-                    .bind(i64::from(e.success))
-                    .bind(bytes.clone())
-                    .bind(prev_hash.to_vec())
-                    .bind(hash.to_vec())
-                    .bind(now)
-                    .bind(appender);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        out.stored = rows.len() as u32;
-        out.new_records = rows
-            .iter()
-            .map(|(seq, e, ..)| (*seq as u64, (*e).clone()))
-            .collect();
-        if !rows.is_empty() {
-            sqlx::query("UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1")
-                .bind(i64_of(sequence)?)
-                .bind(prev.to_vec())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        // Only committed bindings are remembered: they never change after that.
-        if let Ok(mut o) = self.owners.lock() {
-            if o.len() + bound.len() > MAX_KNOWN_OWNERS {
-                o.clear();
-            }
-            for e in bound {
-                o.insert(e.to_string(), appender.to_string());
-            }
-        }
-        out.last_sequence = sequence;
-        Ok(out)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let closed = || AuditError::Unavailable("the audit log's committer stopped".into());
+        self.commits
+            .send(PendingAppend {
+                events,
+                appender: appender.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// (sequence, hash) of the chain head.
@@ -670,4 +569,260 @@ impl Store {
             None => Ok(self.head().await?.0 + 1),
         }
     }
+}
+
+/// Commits queued appends: everything waiting when a commit starts goes into the next one. A
+/// group that fails as a whole is retried one append at a time, so each caller gets its own
+/// outcome and one bad append cannot fail the others.
+async fn group_commit(
+    pool: AnyPool,
+    owners: Owners,
+    mut queue: tokio::sync::mpsc::Receiver<PendingAppend>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut events = first.events.len();
+        let mut group = vec![first];
+        while events < GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(p) => {
+                    events += p.events.len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let requests: Vec<(&[AuditEvent], &str)> = group
+            .iter()
+            .map(|p| (p.events.as_slice(), p.appender.as_str()))
+            .collect();
+        match append_group(&pool, &owners, &requests).await {
+            Ok(results) => {
+                drop(requests);
+                for (p, r) in group.into_iter().zip(results) {
+                    let _ = p.reply.send(r.map(|a| a.take_events(p.events)));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                drop(requests);
+                if let Some(p) = group.pop() {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                drop(requests);
+                for p in group {
+                    let one = [(p.events.as_slice(), p.appender.as_str())];
+                    let r = match append_group(&pool, &owners, &one).await {
+                        Ok(mut r) => r.pop().unwrap_or_else(|| {
+                            Err(AuditError::Unavailable("the append had no outcome".into()))
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    let _ = p.reply.send(r.map(|a| a.take_events(p.events)));
+                }
+            }
+        }
+    }
+}
+
+/// Appends each request's events in one transaction under the chain-head lock. A request
+/// whose emitter id belongs to another identity gets its own PERMISSION_DENIED and stores
+/// nothing; the others go ahead. Any other failure fails the whole transaction.
+async fn append_group(
+    pool: &AnyPool,
+    owners: &Owners,
+    requests: &[(&[AuditEvent], &str)],
+) -> Result<Vec<Result<Appended, AuditError>>, AuditError> {
+    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
+    let mut tx = pool.begin().await?;
+    // Takes the head row's lock until commit: appends are serialized, the chain is linear.
+    let head = sqlx::query(
+        "UPDATE chain_head SET sequence = sequence WHERE id = 1 RETURNING sequence, hash",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut sequence = u64_of(&head, "sequence")?;
+    let mut prev = hash_of(&head, "hash")?;
+    let now = now_ms();
+
+    // Ownership: decided per request, in order; a binding made earlier in this group counts.
+    let mut decided: HashMap<&str, &str> = HashMap::new();
+    let mut bound: Vec<(&str, &str)> = Vec::new();
+    let mut results: Vec<Option<Result<Appended, AuditError>>> = Vec::new();
+    for (events, appender) in requests {
+        let emitters: HashSet<&str> = events.iter().map(|e| e.emitter_id.as_str()).collect();
+        let mut denied = None;
+        let mut new = Vec::new();
+        for emitter in emitters {
+            let owner = match decided.get(emitter) {
+                Some(o) => Some((*o).to_string()),
+                None => match owners.lock().ok().and_then(|o| o.get(emitter).cloned()) {
+                    Some(o) => Some(o),
+                    None => sqlx::query("SELECT identity FROM emitters WHERE emitter_id = $1")
+                        .bind(emitter)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| row.try_get::<String, _>("identity"))
+                        .transpose()?,
+                },
+            };
+            match owner {
+                Some(owner) if owner != *appender => {
+                    denied = Some(AuditError::Denied(format!(
+                        "emitter id {emitter} belongs to '{owner}'; '{appender}' may not append \
+                         under it"
+                    )));
+                    break;
+                }
+                Some(_) => {
+                    decided.insert(emitter, appender);
+                }
+                None => new.push(emitter),
+            }
+        }
+        if let Some(d) = denied {
+            results.push(Some(Err(d)));
+            continue;
+        }
+        for emitter in new {
+            // Under the head lock: the first appender of an emitter id wins it for good.
+            sqlx::query(
+                "INSERT INTO emitters (emitter_id, identity, first_seen) VALUES ($1, $2, $3)",
+            )
+            .bind(emitter)
+            .bind(*appender)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            decided.insert(emitter, appender);
+            bound.push((emitter, appender));
+        }
+        results.push(None);
+    }
+
+    // Duplicates: events stored before, or earlier in this group.
+    let accepted = || {
+        requests
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .flat_map(|((events, _), _)| events.iter())
+    };
+    let mut ranges: HashMap<&str, (u64, u64)> = HashMap::new();
+    for e in accepted() {
+        let r = ranges
+            .entry(e.emitter_id.as_str())
+            .or_insert((e.emitter_sequence, e.emitter_sequence));
+        r.0 = r.0.min(e.emitter_sequence);
+        r.1 = r.1.max(e.emitter_sequence);
+    }
+    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    for (emitter, (lo, hi)) in &ranges {
+        let rows = sqlx::query(
+            "SELECT emitter_sequence FROM audit_records \
+             WHERE emitter_id = $1 AND emitter_sequence >= $2 AND emitter_sequence <= $3",
+        )
+        .bind(*emitter)
+        .bind(i64_of(*lo)?)
+        .bind(i64_of(*hi)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            seen.insert((emitter, u64_of(r, "emitter_sequence")?));
+        }
+    }
+
+    let mut rows: Vec<NewRow<'_>> = Vec::new();
+    for ((events, appender), result) in requests.iter().zip(results.iter_mut()) {
+        if result.is_some() {
+            continue;
+        }
+        let mut out = Appended::default();
+        for (i, e) in events.iter().enumerate() {
+            if !seen.insert((e.emitter_id.as_str(), e.emitter_sequence)) {
+                out.duplicates += 1;
+                continue;
+            }
+            sequence += 1;
+            let hash = record_hash(&prev, e, sequence, appender);
+            rows.push((
+                i64_of(sequence)?,
+                e,
+                e.encode_to_vec(),
+                prev,
+                hash,
+                appender,
+            ));
+            // The event itself is moved in by the caller, which owns it.
+            out.new_records.push((sequence, AuditEvent::default()));
+            out.positions.push(i);
+            prev = hash;
+        }
+        out.stored = out.new_records.len() as u32;
+        out.last_sequence = sequence;
+        *result = Some(Ok(out));
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        // SQLite looks each numbered parameter up by name (linear in the statement's count,
+        // so quadratic per statement): anonymous `?` parameters bind in order for free.
+        let placeholders: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 13;
+                let p: Vec<String> = (1..=13)
+                    .map(|k| {
+                        if sqlite {
+                            "?".into()
+                        } else {
+                            format!("${}", b + k)
+                        }
+                    })
+                    .collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_records (sequence, emitter_id, emitter_sequence, time, event_type, \
+             principal, secret_name, success, event, prev_hash, hash, receive_time, appender) VALUES {}",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, e, bytes, prev_hash, hash, appender) in chunk {
+            q = q
+                .bind(*seq)
+                .bind(e.emitter_id.as_str())
+                .bind(i64_of(e.emitter_sequence)?)
+                .bind(time_ms(e))
+                .bind(e.event_type.as_str())
+                .bind(e.principal.as_str())
+                .bind(e.secret_name.as_str())
+                .bind(i64::from(e.success))
+                .bind(bytes.clone())
+                .bind(prev_hash.to_vec())
+                .bind(hash.to_vec())
+                .bind(now)
+                .bind(*appender);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    if !rows.is_empty() {
+        sqlx::query("UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1")
+            .bind(i64_of(sequence)?)
+            .bind(prev.to_vec())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    // Only committed bindings are remembered: they never change after that.
+    if let Ok(mut o) = owners.lock() {
+        if o.len() + bound.len() > MAX_KNOWN_OWNERS {
+            o.clear();
+        }
+        for (e, a) in bound {
+            o.insert(e.to_string(), a.to_string());
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(AuditError::Unavailable("no outcome".into()))))
+        .collect())
 }

@@ -226,7 +226,8 @@ on_both!(
     a_tail_cut_across_a_checkpoint_with_the_head_rewritten_is_named_by_verify,
     a_tail_cut_with_its_checkpoints_and_head_rewritten_is_named_by_verify,
     an_edited_index_column_is_named_by_verify_and_refused_by_queries,
-    an_emitter_id_belongs_to_the_identity_that_first_used_it
+    an_emitter_id_belongs_to_the_identity_that_first_used_it,
+    concurrent_appends_committed_together_each_get_their_own_outcome
 );
 
 async fn appends_chain_and_a_replayed_batch_is_stored_once(a: &Audit) {
@@ -609,6 +610,96 @@ async fn an_emitter_id_belongs_to_the_identity_that_first_used_it(a: &Audit) {
         .append_events(pb::AppendEventsRequest { events: vec![own] })
         .await
         .unwrap();
+    assert!(a.verify().await.valid);
+}
+
+async fn concurrent_appends_committed_together_each_get_their_own_outcome(a: &Audit) {
+    a.append(1..=1).await;
+    // Appends arriving together share commits: 40 from vault-service (each event sent twice,
+    // by two appends), 10 from rotation-scheduler under vault-service's emitter id, and two
+    // identities racing for a fresh emitter id.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40u64 {
+        let mut c = a.emitter();
+        let first = 2 + (i / 2) * 3;
+        calls.spawn(async move {
+            let r = c
+                .append_events(pb::AppendEventsRequest {
+                    events: (first..=first + 2).map(event).collect(),
+                })
+                .await;
+            ("vault", r.map(|r| r.into_inner().duplicates))
+        });
+    }
+    for i in 0..10u64 {
+        let mut c = a.client(keys::SCHEDULER_KEY_TOKEN);
+        calls.spawn(async move {
+            let r = c
+                .append_events(pb::AppendEventsRequest {
+                    events: vec![event(1000 + i)],
+                })
+                .await;
+            ("intruder", r.map(|r| r.into_inner().duplicates))
+        });
+    }
+    for (who, token) in [
+        ("race-vault", keys::SERVICE_TOKEN),
+        ("race-scheduler", keys::SCHEDULER_KEY_TOKEN),
+    ] {
+        let mut c = a.client(token);
+        calls.spawn(async move {
+            let fresh = pb::AuditEvent {
+                emitter_id: "emitter-contested".into(),
+                ..event(1)
+            };
+            let r = c
+                .append_events(pb::AppendEventsRequest {
+                    events: vec![fresh],
+                })
+                .await;
+            (who, r.map(|r| r.into_inner().duplicates))
+        });
+    }
+    let (mut duplicates, mut race_won) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        match done.unwrap() {
+            ("vault", r) => duplicates += r.expect("vault-service's own appends are stored"),
+            ("intruder", r) => assert_eq!(
+                r.expect_err("another identity's claim is refused").code(),
+                Code::PermissionDenied
+            ),
+            (_, Ok(_)) => race_won += 1,
+            (_, Err(e)) => assert_eq!(e.code(), Code::PermissionDenied, "{e:?}"),
+        }
+    }
+    assert_eq!(duplicates, 60, "each event sent twice is stored once");
+    assert_eq!(
+        race_won, 1,
+        "exactly one identity owns a contested emitter id"
+    );
+    let records = a.all(keys::ADMIN_TOKEN).await;
+    let mut stored: Vec<u64> = emitted(&records)
+        .iter()
+        .filter(|(s, _)| {
+            records[(*s - 1) as usize]
+                .event
+                .as_ref()
+                .is_some_and(|e| e.emitter_id == "emitter-1")
+        })
+        .map(|(_, e)| *e)
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(
+        stored,
+        (1..=61).collect::<Vec<_>>(),
+        "every event once, none of the intruder's"
+    );
+    let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=records.len() as u64).collect::<Vec<_>>(),
+        "no gaps"
+    );
     assert!(a.verify().await.valid);
 }
 

@@ -6,6 +6,7 @@
 mod audit;
 mod harness;
 mod keys;
+mod soak;
 mod vault;
 
 use clap::{Parser, ValueEnum};
@@ -21,9 +22,11 @@ enum Suite {
     Vault,
     /// audit-service only.
     Audit,
+    /// Sustained audited reads for `--minutes`, with memory use (not part of `all`).
+    Soak,
 }
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "Sentia throughput as ratios to a no-op gRPC call in the same run")]
 struct Args {
     /// Seconds per measured RPC (after a 1 s warm-up).
@@ -42,6 +45,12 @@ struct Args {
     /// database is created in it); SQLite when unset.
     #[arg(long, env = "SENTIA_BENCH_POSTGRES_URL")]
     postgres: Option<String>,
+    /// Minutes of reads in the soak suite (each minute is one measured window).
+    #[arg(long, default_value_t = 5)]
+    minutes: u64,
+    /// Audited writes the soak suite makes before its reads.
+    #[arg(long, default_value_t = 100_000)]
+    writes: u64,
     /// Redis for an extra GetSecret row through the sealed-record cache.
     #[arg(long, env = "SENTIA_BENCH_REDIS_URL")]
     redis: Option<String>,
@@ -60,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.suite, Suite::All | Suite::Audit) {
         println!();
         audit::run(&args).await?;
+    }
+    if args.suite == Suite::Soak {
+        soak::run(&args).await?;
     }
     Ok(())
 }

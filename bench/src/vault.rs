@@ -19,21 +19,44 @@ use crate::Args;
 use crate::harness::{Figures, drive, header, row};
 use crate::keys::{KeyServiceUnderTest, SERVICE_TOKEN};
 
+/// How clients reach a vault-service under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Plaintext HTTP/2 (loopback only).
+    Plain,
+    /// TLS, server certificate only (a bearer token authenticates).
+    Tls,
+    /// TLS with a client certificate required as well, as production deployments run.
+    Mtls,
+}
+
 /// A vault-service instance in this process.
-struct Vault {
-    secrets: Vec<SecretServiceClient<AuthedChannel>>,
+pub struct Vault {
+    pub secrets: Vec<SecretServiceClient<AuthedChannel>>,
     health: Vec<HealthClient<tonic::transport::Channel>>,
     shutdown: Shutdown,
     server: tokio::task::JoinHandle<Result<(), vault_service::VaultError>>,
 }
 
 impl Vault {
-    async fn start(
+    pub async fn start(
         args: &Args,
         key_addr: &str,
         db_url: &str,
         dir: &std::path::Path,
         extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_over(args, key_addr, db_url, dir, extra, Transport::Plain, None).await
+    }
+
+    async fn start_over(
+        args: &Args,
+        key_addr: &str,
+        db_url: &str,
+        dir: &std::path::Path,
+        extra: &[(&str, &str)],
+        transport: Transport,
+        pki: Option<&sentia_runtime::tls::DevPki>,
     ) -> anyhow::Result<Self> {
         let root_file = dir.join(format!("root-{}", uuid::Uuid::new_v4()));
         let root_s = root_file.display().to_string();
@@ -58,6 +81,14 @@ impl Vault {
         // One principal drives every row: bound it by the global limit alone, so a run with
         // more in flight than SENTIA_PRINCIPAL_CONCURRENCY measures throughput, not admission.
         config.server.principal_concurrency = config.server.concurrency_limit;
+        let client_tls = match (transport, pki) {
+            (Transport::Plain, _) => None,
+            (_, None) => anyhow::bail!("a TLS row needs the bench's certificate authority"),
+            (t, Some(pki)) => {
+                config.server.tls = Some(pki.server_config("vault-service", t == Transport::Mtls)?);
+                Some(pki.client_config((t == Transport::Mtls).then_some("bench-client"))?)
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let shutdown = Shutdown::new();
@@ -66,7 +97,7 @@ impl Vault {
         let mut secrets = Vec::new();
         let mut health = Vec::new();
         for _ in 0..args.connections {
-            let ch = connect(&addr, None).await?;
+            let ch = connect(&addr, client_tls.as_ref()).await?;
             secrets.push(SecretServiceClient::new(
                 CallContext::with_token(Some("bench-admin-token"))?.wrap(ch.clone()),
             ));
@@ -80,7 +111,7 @@ impl Vault {
         })
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
         self.server.await??;
         Ok(())
@@ -101,7 +132,7 @@ impl Vault {
         .await
     }
 
-    async fn gets(&self, args: &Args, path: &str) -> anyhow::Result<Figures> {
+    pub async fn gets(&self, args: &Args, path: &str) -> anyhow::Result<Figures> {
         let (s, path) = (self.secrets.clone(), path.to_string());
         drive(args.connections, args.concurrency, args.seconds, move |i| {
             let (mut c, path) = (s[i].clone(), path.clone());
@@ -203,7 +234,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let (n, m, s) = (args.connections, args.concurrency, args.seconds);
     println!(
         "vault-service benchmark on {backend}: {n} connections x {m} in flight, {s} s per row, \
-         key-service, vault-service and client share this machine\n"
+         key-service, vault-service and client share this machine"
+    );
+    println!(
+        "every row unless it says otherwise: plaintext HTTP/2 on loopback, static admin token, \
+         auditing off, data-key cache and record cache on (TTL 5m), one 64 B secret read; \
+         audited rows: audit-service in this process on its own {backend} database\n"
     );
     let cached = Vault::start(
         args,
@@ -295,6 +331,31 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let b = v.baseline(args).await?;
         let f = v.gets(args, "bench/app/hot").await?;
         row(name, &f, &b);
+        v.stop().await?;
+    }
+
+    // Production runs TLS (mTLS between services): the same reads over each transport, as
+    // ratios to the plaintext no-op above and to the no-op over the same transport.
+    let pki = sentia_runtime::tls::DevPki::generate()?;
+    for (name, transport) in [("TLS", Transport::Tls), ("mTLS", Transport::Mtls)] {
+        let v = Vault::start_over(
+            args,
+            &ks.addr,
+            &db,
+            &dir,
+            &[
+                ("SENTIA_DEK_CACHE_TTL", "5m"),
+                ("SENTIA_LOCAL_CACHE_TTL", "5m"),
+            ],
+            transport,
+            Some(&pki),
+        )
+        .await?;
+        let b = v.baseline(args).await?;
+        row(&format!("health Check over {name}"), &b, &baseline);
+        let f = v.gets(args, "bench/app/hot").await?;
+        row(&format!("GetSecret 64 B over {name}"), &f, &baseline);
+        row(&format!("  same, ÷ {name} health Check"), &f, &b);
         v.stop().await?;
     }
 

@@ -40,7 +40,10 @@ impl Process {
         let env = [
             ("SENTIA_LISTEN_ADDR", addr.clone()),
             ("SENTIA_ALLOW_PLAINTEXT", "true".into()),
-            ("SENTIA_DATABASE_URL", format!("sqlite://{}?mode=rwc", path("vault.db"))),
+            (
+                "SENTIA_DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", path("vault.db")),
+            ),
             ("SENTIA_KEY_SERVICE_ADDR", keys_addr.into()),
             ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN.into()),
             ("SENTIA_ROOT_TOKEN_FILE", root_file.display().to_string()),
@@ -62,7 +65,7 @@ impl Process {
 
     /// Starts the process and waits until it answers.
     async fn start(&self) -> Child {
-        let child = Command::new(env!("CARGO_BIN_EXE_vault-service"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vault-service"))
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SENTIA_LOG", "warn")
@@ -80,6 +83,8 @@ impl Process {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("vault-service did not start");
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sentia_proto::vault::v1 as pb;
 
 use crate::Args;
-use crate::keys::{KeyServiceUnderTest, SERVICE_TOKEN};
+use crate::keys::KeyServiceUnderTest;
 use crate::vault::Vault;
 
 /// Resident set size of this process, from /proc (0 where there is none).
@@ -33,22 +33,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let db = crate::vault::database(args, &dir, "soak").await?;
     let audit = crate::audit::AuditUnderTest::start(args, &ks.addr, &dir, "soak_audit").await?;
-    let spool = dir.join("vault-audit.spool").display().to_string();
-    let vault = Vault::start(
-        args,
-        &ks.addr,
-        &db,
-        &dir,
-        &[
-            ("SENTIA_AUDIT_DISABLED", "false"),
-            ("SENTIA_AUDIT_SERVICE_ADDR", audit.addr.as_str()),
-            ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
-            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
-            ("SENTIA_DEK_CACHE_TTL", "5m"),
-            ("SENTIA_LOCAL_CACHE_TTL", "5m"),
-        ],
-    )
-    .await?;
+    let vault = Vault::start_audited(args, &ks.addr, &db, &dir, &audit.addr, "remote").await?;
     let (n, m) = (args.connections, args.concurrency);
     println!(
         "soak on {}: audited (remote) GetSecret, {n} connections x {m} in flight, {} minute(s)\n",

@@ -39,6 +39,30 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// With both caches on and auditing into `audit_addr` with `durability`.
+    pub async fn start_audited(
+        args: &Args,
+        key_addr: &str,
+        db_url: &str,
+        dir: &std::path::Path,
+        audit_addr: &str,
+        durability: &str,
+    ) -> anyhow::Result<Self> {
+        let spool = dir
+            .join(format!("vault-audit-{durability}.journal"))
+            .display()
+            .to_string();
+        let mut extra = vec![
+            ("SENTIA_AUDIT_DISABLED", "false"),
+            ("SENTIA_AUDIT_SERVICE_ADDR", audit_addr),
+            ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
+            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
+            ("SENTIA_AUDIT_DURABILITY", durability),
+        ];
+        extra.extend_from_slice(&CACHES_ON);
+        Self::start(args, key_addr, db_url, dir, &extra).await
+    }
+
     pub async fn start(
         args: &Args,
         key_addr: &str,
@@ -149,6 +173,12 @@ impl Vault {
     }
 }
 
+/// Both caches on, as vault-service runs by default.
+const CACHES_ON: [(&str, &str); 2] = [
+    ("SENTIA_DEK_CACHE_TTL", "5m"),
+    ("SENTIA_LOCAL_CACHE_TTL", "5m"),
+];
+
 /// A fresh database on the bench's Postgres, or a SQLite file.
 pub async fn database(args: &Args, dir: &std::path::Path, name: &str) -> anyhow::Result<String> {
     match &args.postgres {
@@ -241,17 +271,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
          auditing off, data-key cache and record cache on (TTL 5m), one 64 B secret read; \
          audited rows: audit-service in this process on its own {backend} database\n"
     );
-    let cached = Vault::start(
-        args,
-        &ks.addr,
-        &db,
-        &dir,
-        &[
-            ("SENTIA_DEK_CACHE_TTL", "5m"),
-            ("SENTIA_LOCAL_CACHE_TTL", "5m"),
-        ],
-    )
-    .await?;
+    let cached = Vault::start(args, &ks.addr, &db, &dir, &CACHES_ON).await?;
     let mut c = cached.secrets[0].clone();
     let value = vec![b'x'; 64];
     c.put_secret(pb::PutSecretRequest {
@@ -338,19 +358,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // ratios to the plaintext no-op above and to the no-op over the same transport.
     let pki = sentia_runtime::tls::DevPki::generate()?;
     for (name, transport) in [("TLS", Transport::Tls), ("mTLS", Transport::Mtls)] {
-        let v = Vault::start_over(
-            args,
-            &ks.addr,
-            &db,
-            &dir,
-            &[
-                ("SENTIA_DEK_CACHE_TTL", "5m"),
-                ("SENTIA_LOCAL_CACHE_TTL", "5m"),
-            ],
-            transport,
-            Some(&pki),
-        )
-        .await?;
+        let v =
+            Vault::start_over(args, &ks.addr, &db, &dir, &CACHES_ON, transport, Some(&pki)).await?;
         let b = v.baseline(args).await?;
         row(&format!("health Check over {name}"), &b, &baseline);
         let f = v.gets(args, "bench/app/hot").await?;
@@ -363,26 +372,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // SENTIA_AUDIT_DURABILITY says (stored by audit-service, or in the local journal).
     let audit = crate::audit::AuditUnderTest::start(args, &ks.addr, &dir, "vault_audit").await?;
     for durability in ["remote", "local-fsync", "local"] {
-        let spool = dir
-            .join(format!("vault-audit-{durability}.journal"))
-            .display()
-            .to_string();
-        let audited = Vault::start(
-            args,
-            &ks.addr,
-            &db,
-            &dir,
-            &[
-                ("SENTIA_AUDIT_DISABLED", "false"),
-                ("SENTIA_AUDIT_SERVICE_ADDR", audit.addr.as_str()),
-                ("SENTIA_AUDIT_SERVICE_TOKEN", SERVICE_TOKEN),
-                ("SENTIA_AUDIT_SPOOL", spool.as_str()),
-                ("SENTIA_AUDIT_DURABILITY", durability),
-                ("SENTIA_DEK_CACHE_TTL", "5m"),
-                ("SENTIA_LOCAL_CACHE_TTL", "5m"),
-            ],
-        )
-        .await?;
+        let audited =
+            Vault::start_audited(args, &ks.addr, &db, &dir, &audit.addr, durability).await?;
         let b = audited.baseline(args).await?;
         let f = audited.gets(args, "bench/app/hot").await?;
         row(&format!("GetSecret 64 B, audited {durability}"), &f, &b);

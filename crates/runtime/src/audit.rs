@@ -376,6 +376,21 @@ async fn replay(
     }
 }
 
+/// `first` and whatever else is queued already, up to a batch.
+fn take_batch(
+    first: (AuditEvent, Ack),
+    rx: &mut mpsc::Receiver<(AuditEvent, Ack)>,
+) -> (Vec<AuditEvent>, Vec<Ack>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(i) => batch.push(i),
+            Err(_) => break,
+        }
+    }
+    batch.into_iter().unzip()
+}
+
 /// Batches in flight to audit-service at once in `remote`: while one commits, the next is on
 /// the wire and audit-service commits whatever arrived meanwhile in one transaction (group
 /// commit), so a read waits for about one commit, not for a queue of them.
@@ -423,14 +438,7 @@ async fn worker(
                     open = false;
                     continue;
                 };
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(i) => batch.push(i),
-                        Err(_) => break,
-                    }
-                }
-                let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let (events, acks) = take_batch(first, &mut rx);
                 // While anything is spooled, new events queue behind it in the spool (no send
                 // attempt, so callers do not wait on an audit-service that is down); the retry
                 // tick replays the spool once audit-service answers.
@@ -465,14 +473,7 @@ async fn journal_writer(
     wake: Arc<tokio::sync::Notify>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
-            }
-        }
-        let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (events, acks) = take_batch(first, &mut rx);
         let result = journal.append(&events).map_err(|e| {
             tracing::error!(error = %e, "audit events cannot be journaled");
             AuditUnavailable(e)

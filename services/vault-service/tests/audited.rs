@@ -12,15 +12,14 @@ use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
 use sentia_runtime::{MapSource, Shutdown};
-use support::{Proxy, Stack, get, keys};
+use support::{AuditService, Proxy, Stack, get, keys};
 use tonic::Code;
 
 struct Audited {
     stack: Stack,
     proxy: Proxy,
     audit_addr: String,
-    audit_stop: Shutdown,
-    audit: tokio::task::JoinHandle<()>,
+    audit: AuditService,
 }
 
 impl Audited {
@@ -45,20 +44,7 @@ impl Audited {
             ],
         )
         .await;
-        let audit_db = keys::sqlite_url();
-        let tokens = keys::tokens();
-        let config = audit_service::Config::from_source(&MapSource::from_pairs([
-            ("SENTIA_ALLOW_PLAINTEXT", "true"),
-            ("SENTIA_DATABASE_URL", audit_db.as_str()),
-            ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
-            ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-        ]))
-        .unwrap();
-        let audit_stop = Shutdown::new();
-        let stop = audit_stop.clone();
-        let audit =
-            tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+        let audit = AuditService::start(listener, &keys.addr).await;
         let proxy = Proxy::to(&audit_addr).await;
         let stack = Stack::start_vault(
             keys,
@@ -77,7 +63,6 @@ impl Audited {
             stack,
             proxy,
             audit_addr,
-            audit_stop,
             audit,
         }
     }
@@ -123,8 +108,7 @@ impl Audited {
 
     async fn stop(self) {
         self.stack.stop().await;
-        self.audit_stop.trigger();
-        self.audit.await.unwrap();
+        self.audit.stop().await;
     }
 }
 
@@ -407,7 +391,6 @@ async fn a_journaled_event_is_shipped_by_the_next_start_after_a_stop_during_an_o
         stack,
         proxy,
         audit_addr,
-        audit_stop,
         audit,
     } = a;
     stack.stop().await;
@@ -457,8 +440,7 @@ async fn a_journaled_event_is_shipped_by_the_next_start_after_a_stop_during_an_o
     }
     assert!(found, "the journaled event never reached audit-service");
     drop(next);
-    audit_stop.trigger();
-    audit.await.unwrap();
+    audit.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

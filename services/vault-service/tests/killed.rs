@@ -16,8 +16,7 @@ use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_runtime::{MapSource, Shutdown};
-use support::{Proxy, keys, unique};
+use support::{AuditService, Proxy, keys, unique};
 
 /// The vault-service binary with the settings of one durability.
 struct Process {
@@ -118,20 +117,7 @@ async fn answered_operations_survive_a_kill(durability: &str) {
     let keys = keys::Running::start(&keys::sqlite_url(), &[]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let audit_addr = listener.local_addr().unwrap().to_string();
-    let audit_db = keys::sqlite_url();
-    let tokens = keys::tokens();
-    let config = audit_service::Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", audit_db.as_str()),
-        ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
-        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
-        ("SENTIA_AUTH_TOKENS", tokens.as_str()),
-    ]))
-    .unwrap();
-    let audit_stop = Shutdown::new();
-    let stop = audit_stop.clone();
-    let audit =
-        tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+    let audit = AuditService::start(listener, &keys.addr).await;
     let proxy = Proxy::to(&audit_addr).await;
     let reader = AuditServiceClient::new(
         CallContext::with_token(Some(keys::ADMIN_TOKEN))
@@ -192,8 +178,7 @@ async fn answered_operations_survive_a_kill(durability: &str) {
 
     second.kill().unwrap();
     second.wait().unwrap();
-    audit_stop.trigger();
-    audit.await.unwrap();
+    audit.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -23,6 +23,11 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
         "credential lifecycle",
         include_str!("../migrations/postgres/0002_credential_lifecycle.sql"),
     ),
+    (
+        3,
+        "path order index",
+        include_str!("../migrations/postgres/0003_path_order_index.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
     (
@@ -452,6 +457,9 @@ impl Store {
     ) -> Result<Vec<SecretRow>, VaultError> {
         // Byte order everywhere, whatever the database's collation.
         let c = if self.sqlite { "" } else { " COLLATE \"C\"" };
+        // Each query is one range of the (bytewise) path index read in order, so a page costs
+        // its own rows, not the whole prefix: the secret named `prefix` itself first (it sorts
+        // before `prefix/…`), then `prefix/` <= path < `prefix0` ('0' follows '/' bytewise).
         let rows = if prefix.is_empty() {
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {SECRET_COLUMNS} FROM secrets WHERE path{c} > $1 ORDER BY path{c} LIMIT $2"
@@ -462,20 +470,33 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
         } else {
-            // path = prefix, or prefix/ <= path < prefix0 ('0' follows '/' bytewise).
+            let mut rows = Vec::new();
+            if after < prefix {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {SECRET_COLUMNS} FROM secrets WHERE path = $1"
+                ));
+                rows.extend(
+                    sqlx::query(sql)
+                        .bind(prefix)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                );
+            }
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {SECRET_COLUMNS} FROM secrets \
-                 WHERE (path = $1 OR (path{c} >= $2 AND path{c} < $3)) AND path{c} > $4 \
-                 ORDER BY path{c} LIMIT $5"
+                 WHERE path{c} >= $1 AND path{c} < $2 AND path{c} > $3 \
+                 ORDER BY path{c} LIMIT $4"
             ));
-            sqlx::query(sql)
-                .bind(prefix)
-                .bind(format!("{prefix}/"))
-                .bind(format!("{prefix}0"))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
+            rows.extend(
+                sqlx::query(sql)
+                    .bind(format!("{prefix}/"))
+                    .bind(format!("{prefix}0"))
+                    .bind(after)
+                    .bind(limit - rows.len() as i64)
+                    .fetch_all(&self.pool)
+                    .await?,
+            );
+            rows
         };
         let mut out = rows
             .iter()
@@ -483,7 +504,17 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         // Every listed secret's labels in one query, not one per row.
         if !out.is_empty() {
-            let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
+            // SQLite looks numbered parameters up by name (quadratic in their count);
+            // anonymous ones bind in order.
+            let marks: Vec<String> = (1..=out.len())
+                .map(|i| {
+                    if self.sqlite {
+                        "?".into()
+                    } else {
+                        format!("${i}")
+                    }
+                })
+                .collect();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT path, label, version FROM secret_labels WHERE path IN ({})",
                 marks.join(", ")

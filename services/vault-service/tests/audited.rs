@@ -3,16 +3,18 @@
 //! audit-service nor the spool, operations fail closed.
 #![allow(clippy::unwrap_used)]
 
+mod audit_support;
 mod support;
 
 use std::time::Duration;
 
+use audit_support::AuditService;
 use sentia_proto::audit::v1 as apb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
 use sentia_runtime::{MapSource, Shutdown};
-use support::{AuditService, Proxy, Stack, get, keys};
+use support::{Proxy, Stack, get, keys};
 use tonic::Code;
 
 struct Audited {

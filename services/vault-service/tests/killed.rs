@@ -5,18 +5,20 @@
 //! simulated here: `local` keeps its promise only against a process kill (see ADR 4).
 #![allow(clippy::unwrap_used)]
 
+mod audit_support;
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use audit_support::AuditService;
 use sentia_proto::audit::v1 as apb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use support::{AuditService, Proxy, keys, unique};
+use support::{Proxy, keys, unique};
 
 /// The vault-service binary with the settings of one durability.
 struct Process {

@@ -80,18 +80,18 @@ pub struct Appended {
     pub duplicates: u32,
     /// Events stored.
     pub stored: u32,
-    /// Where each of `new_records` was in the append's events.
-    positions: Vec<usize>,
+    /// Sequence given to each stored event, and where that event was in the append.
+    stored_at: Vec<(u64, usize)>,
 }
 
 impl Appended {
     /// Moves the stored events out of the append that sent them into `new_records`.
     fn take_events(mut self, mut events: Vec<AuditEvent>) -> Self {
-        for ((_, slot), i) in self.new_records.iter_mut().zip(&self.positions) {
-            if let Some(e) = events.get_mut(*i) {
-                *slot = std::mem::take(e);
-            }
-        }
+        self.new_records = self
+            .stored_at
+            .iter()
+            .filter_map(|&(sequence, i)| Some((sequence, std::mem::take(events.get_mut(i)?))))
+            .collect();
         self
     }
 }
@@ -579,6 +579,7 @@ async fn group_commit(
     owners: Owners,
     mut queue: tokio::sync::mpsc::Receiver<PendingAppend>,
 ) {
+    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
     while let Some(first) = queue.recv().await {
         let mut events = first.events.len();
         let mut group = vec![first];
@@ -595,7 +596,7 @@ async fn group_commit(
             .iter()
             .map(|p| (p.events.as_slice(), p.appender.as_str()))
             .collect();
-        match append_group(&pool, &owners, &requests).await {
+        match append_group(&pool, sqlite, &owners, &requests).await {
             Ok(results) => {
                 drop(requests);
                 for (p, r) in group.into_iter().zip(results) {
@@ -612,7 +613,7 @@ async fn group_commit(
                 drop(requests);
                 for p in group {
                     let one = [(p.events.as_slice(), p.appender.as_str())];
-                    let r = match append_group(&pool, &owners, &one).await {
+                    let r = match append_group(&pool, sqlite, &owners, &one).await {
                         Ok(mut r) => r.pop().unwrap_or_else(|| {
                             Err(AuditError::Unavailable("the append had no outcome".into()))
                         }),
@@ -630,10 +631,10 @@ async fn group_commit(
 /// nothing; the others go ahead. Any other failure fails the whole transaction.
 async fn append_group(
     pool: &AnyPool,
+    sqlite: bool,
     owners: &Owners,
     requests: &[(&[AuditEvent], &str)],
 ) -> Result<Vec<Result<Appended, AuditError>>, AuditError> {
-    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
     let mut tx = pool.begin().await?;
     // Takes the head row's lock until commit: appends are serialized, the chain is linear.
     let head = sqlx::query(
@@ -754,11 +755,10 @@ async fn append_group(
                 appender,
             ));
             // The event itself is moved in by the caller, which owns it.
-            out.new_records.push((sequence, AuditEvent::default()));
-            out.positions.push(i);
+            out.stored_at.push((sequence, i));
             prev = hash;
         }
-        out.stored = out.new_records.len() as u32;
+        out.stored = out.stored_at.len() as u32;
         out.last_sequence = sequence;
         *result = Some(Ok(out));
     }

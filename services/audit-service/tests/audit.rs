@@ -141,17 +141,24 @@ impl Audit {
         panic!("no checkpoint reached {sequence}");
     }
 
+    /// Stored alerts, as an operator lists them (open ones only unless `acknowledged_too`).
+    async fn alerts(&self, acknowledged_too: bool) -> Vec<pb::Alert> {
+        self.reader()
+            .list_alerts(pb::ListAlertsRequest {
+                include_acknowledged: acknowledged_too,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+    }
+
     /// Open alerts, polled until `done` says they are what the test waits for (or 10 s).
     async fn alerts_until(&self, done: impl Fn(&[pb::Alert]) -> bool) -> Vec<pb::Alert> {
         let mut alerts = Vec::new();
         for _ in 0..200 {
-            alerts = self
-                .reader()
-                .list_alerts(pb::ListAlertsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .alerts;
+            alerts = self.alerts(false).await;
             if done(&alerts) {
                 break;
             }
@@ -840,24 +847,9 @@ async fn alert_rules_raise_stored_alerts_that_can_be_acknowledged() {
         .into_inner();
     assert!(acked.acknowledged);
     assert_eq!(acked.acknowledged_by, "operator");
-    let open = a
-        .reader()
-        .list_alerts(pb::ListAlertsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .alerts;
+    let open = a.alerts(false).await;
     assert_eq!(open.len(), 1);
-    let all = a
-        .reader()
-        .list_alerts(pb::ListAlertsRequest {
-            include_acknowledged: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .alerts;
+    let all = a.alerts(true).await;
     assert_eq!(all.len(), 2);
     let err = a
         .reader()

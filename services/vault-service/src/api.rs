@@ -349,7 +349,7 @@ impl SecretApi {
                 let jitter = 1 + uuid::Uuid::new_v4().as_u128() % 20;
                 tokio::time::sleep(Duration::from_millis(jitter as u64 * u64::from(attempt))).await;
             }
-            let existing = self.store.secret(path.as_str()).await?;
+            let existing = self.store.secret_without_labels(path.as_str()).await?;
             let current = existing.as_ref().map_or(0, |s| s.current_version);
             if let Some(expected) = r.expected_version
                 && expected != current

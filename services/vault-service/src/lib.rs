@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod sequencer;
 pub mod store;
 pub mod stream;
 
@@ -71,6 +72,7 @@ pub async fn run(
         notifier.listen(url.clone(), shutdown.clone());
     }
     spawn_trim(store.clone(), config.event_retention, shutdown.clone());
+    spawn_sequencer(store.clone(), shutdown.clone());
     let local = (!config.local_cache_ttl.is_zero()).then(|| {
         Arc::new(cache::LocalCache::new(
             config.local_cache_ttl,
@@ -180,6 +182,30 @@ fn spawn_follow(
                     }
                 }
             }
+        }
+    });
+}
+
+/// Numbers committed change-stream events (Postgres, [`sequencer`]): whenever a write waits
+/// for its number, and every poll interval for events a crashed writer left behind.
+fn spawn_sequencer(store: store::Store, shutdown: Shutdown) {
+    let Some(sequencer) = store.sequencer() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = sequencer.run_passes(store.pool()).await {
+                tracing::warn!(error = %e, "numbering change-stream events failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = sequencer.woken() => {}
+                _ = tokio::time::sleep(api::WATCH_POLL) => {}
+            }
+        }
+        // Writes answered during the drain still get their numbers.
+        if let Err(e) = sequencer.run_passes(store.pool()).await {
+            tracing::warn!(error = %e, "numbering change-stream events at shutdown failed");
         }
     });
 }

@@ -3,6 +3,7 @@
 //! commit together or not at all. Only ciphertext and wrapped data keys are stored.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sentia_runtime::audit::Gate;
 use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
@@ -11,6 +12,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::VaultError;
 use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
+use crate::sequencer::Sequencer;
 
 const PG_MIGRATIONS: &[MigrationSource] = &[
     (
@@ -27,6 +29,11 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
         3,
         "path order index",
         include_str!("../migrations/postgres/0003_path_order_index.sql"),
+    ),
+    (
+        4,
+        "events sequenced after commit",
+        include_str!("../migrations/postgres/0004_unsequenced_events.sql"),
     ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
@@ -248,6 +255,9 @@ pub struct Store {
     /// SQLite compares text bytewise; Postgres needs `COLLATE "C"` for the same order
     /// (a locale collation such as en_US ignores '/' and would break prefix ranges).
     sqlite: bool,
+    /// Postgres: numbers change-stream events after their writes commit (ADR 2). `None` on
+    /// SQLite, where each write numbers its own events.
+    sequencer: Option<Arc<Sequencer>>,
 }
 
 fn u64_of(row: &AnyRow, col: &str) -> Result<u64, VaultError> {
@@ -314,10 +324,18 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
+        let sqlite = sentia_runtime::db::is_sqlite(url);
         Ok(Self {
             pool,
-            sqlite: sentia_runtime::db::is_sqlite(url),
+            sqlite,
+            sequencer: (!sqlite).then(|| Arc::new(Sequencer::default())),
         })
+    }
+
+    /// The sequencer that numbers this store's change-stream events after commit (Postgres);
+    /// `None` on SQLite, where each write numbers its own.
+    pub fn sequencer(&self) -> Option<Arc<Sequencer>> {
+        self.sequencer.clone()
     }
 
     /// The pool, for tests that inspect raw rows.
@@ -327,19 +345,24 @@ impl Store {
 
     /// A secret's metadata and labels.
     pub async fn secret(&self, path: &str) -> Result<Option<SecretRow>, VaultError> {
+        let Some(mut s) = self.secret_without_labels(path).await? else {
+            return Ok(None);
+        };
+        s.labels = self.labels(path).await?;
+        Ok(Some(s))
+    }
+
+    /// A secret's metadata with `labels` left empty: what a write needs (one query fewer).
+    pub async fn secret_without_labels(&self, path: &str) -> Result<Option<SecretRow>, VaultError> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE path = $1"
         ));
-        let Some(row) = sqlx::query(sql)
+        sqlx::query(sql)
             .bind(path)
             .fetch_optional(&self.pool)
             .await?
-        else {
-            return Ok(None);
-        };
-        let mut s = secret_from(&row)?;
-        s.labels = self.labels(path).await?;
-        Ok(Some(s))
+            .map(|row| secret_from(&row))
+            .transpose()
     }
 
     async fn labels(&self, path: &str) -> Result<BTreeMap<String, u64>, VaultError> {
@@ -639,7 +662,7 @@ impl Store {
         for label in &nv.labels {
             move_label_tx(&mut tx, &mut events, path, label, nv.version).await?;
         }
-        prune_and_commit(
+        self.prune_and_commit(
             tx,
             events,
             path,
@@ -675,7 +698,7 @@ impl Store {
         let current = u64_of(&row, "current_version")?;
         let mut events = Pending::default();
         events.push(EventKind::MetadataUpdated, path, &[], "");
-        prune_and_commit(
+        self.prune_and_commit(
             tx,
             events,
             path,
@@ -718,7 +741,7 @@ impl Store {
         }
         let mut events = Pending::default();
         move_label_tx(&mut tx, &mut events, path, label, version).await?;
-        let sequence = events.commit(tx, now, gate).await?;
+        let sequence = events.commit(self, tx, now, gate).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -810,7 +833,7 @@ impl Store {
         if !targets.is_empty() {
             events.push(kind, path, &targets, "");
         }
-        let sequence = events.commit(tx, now, gate).await?;
+        let sequence = events.commit(self, tx, now, gate).await?;
         Ok((
             targets.clone(),
             Committed {
@@ -1090,6 +1113,33 @@ impl Store {
             .await?;
         Ok(r.rows_affected() > 0)
     }
+
+    /// The end of a write that may leave versions beyond `max_versions`: prune them (with a
+    /// Destroyed event), write the events, commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn prune_and_commit(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        mut events: Pending,
+        path: &str,
+        current: u64,
+        max_versions: u32,
+        revision: i64,
+        now: i64,
+        gate: Option<&Gate<'_>>,
+    ) -> Result<Committed, VaultError> {
+        let pruned = prune(&mut tx, path, current, max_versions).await?;
+        if !pruned.is_empty() {
+            events.push(EventKind::Destroyed, path, &pruned, "");
+        }
+        let sequence = events.commit(self, tx, now, gate).await?;
+        Ok(Committed {
+            sequence,
+            revision,
+            touched_versions: pruned,
+            time: now,
+        })
+    }
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
@@ -1146,17 +1196,28 @@ async fn move_label_tx(
     version: u64,
 ) -> Result<(), VaultError> {
     if label == CURRENT {
-        let old = sqlx::query("SELECT version FROM secret_labels WHERE path = $1 AND label = $2")
-            .bind(path)
-            .bind(CURRENT)
-            .fetch_optional(&mut **tx)
-            .await?;
+        // CURRENT's old version becomes PREVIOUS, in one statement (the WHERE also keeps
+        // SQLite from reading ON CONFLICT as a join constraint).
+        let old = sqlx::query(
+            "INSERT INTO secret_labels (path, label, version) \
+             SELECT path, $1, version FROM secret_labels \
+             WHERE path = $2 AND label = $3 AND version <> $4 \
+             ON CONFLICT (path, label) DO UPDATE SET version = excluded.version \
+             RETURNING version",
+        )
+        .bind(PREVIOUS)
+        .bind(path)
+        .bind(CURRENT)
+        .bind(i64_of(version)?)
+        .fetch_optional(&mut **tx)
+        .await?;
         if let Some(old) = old {
-            let old = u64_of(&old, "version")?;
-            if old != version {
-                set_label(tx, path, PREVIOUS, old).await?;
-                events.push(EventKind::LabelMoved, path, &[old], PREVIOUS);
-            }
+            events.push(
+                EventKind::LabelMoved,
+                path,
+                &[u64_of(&old, "version")?],
+                PREVIOUS,
+            );
         }
     }
     set_label(tx, path, label, version).await?;
@@ -1214,32 +1275,6 @@ async fn prune(
     Ok(pruned)
 }
 
-/// The end of a write that may leave versions beyond `max_versions`: prune them (with a
-/// Destroyed event), write the events, commit.
-#[allow(clippy::too_many_arguments)]
-async fn prune_and_commit(
-    mut tx: Transaction<'static, Any>,
-    mut events: Pending,
-    path: &str,
-    current: u64,
-    max_versions: u32,
-    revision: i64,
-    now: i64,
-    gate: Option<&Gate<'_>>,
-) -> Result<Committed, VaultError> {
-    let pruned = prune(&mut tx, path, current, max_versions).await?;
-    if !pruned.is_empty() {
-        events.push(EventKind::Destroyed, path, &pruned, "");
-    }
-    let sequence = events.commit(tx, now, gate).await?;
-    Ok(Committed {
-        sequence,
-        revision,
-        touched_versions: pruned,
-        time: now,
-    })
-}
-
 /// Change-stream events of one transaction, written at its very end.
 #[derive(Default)]
 struct Pending(Vec<(EventKind, String, String, String)>);
@@ -1251,15 +1286,17 @@ impl Pending {
             .push((kind, path.to_string(), versions, label.to_string()));
     }
 
-    /// Allocates sequence numbers, writes the events and commits. The sequences come from
-    /// `stream_head` under its row lock, held only from here to commit, so events become
-    /// visible in sequence order and concurrent writers serialize for as short as possible.
-    /// Returns the highest sequence written (0 if none).
-    /// With a `gate`, the change's audit event is recorded first (before the stream lock is
-    /// taken, so an audit round trip never serializes writers of other paths); if it cannot
-    /// be, the transaction is dropped and nothing changes.
+    /// Writes the events and commits; returns the highest sequence number they got (0 if
+    /// none, or if it is not known: see [`crate::sequencer`]).
+    /// With a `gate`, the change's audit event is recorded first; if it cannot be, the
+    /// transaction is dropped and nothing changes.
+    /// On Postgres the events go to `unsequenced_events`; this transaction numbers them if the
+    /// stream head is free, else the sequencer does after commit, so writers never wait for
+    /// each other's commits ([`crate::sequencer`]). On SQLite (one writer at a time anyway) the
+    /// numbers come from `stream_head` in this transaction.
     async fn commit(
         self,
+        store: &Store,
         mut tx: Transaction<'static, Any>,
         now: i64,
         gate: Option<&Gate<'_>>,
@@ -1273,44 +1310,81 @@ impl Pending {
                 .await
                 .map_err(|e| VaultError::AuditUnavailable(e.0))?;
         }
-        let n = self.0.len() as i64;
-        let row = sqlx::query(
-            "UPDATE stream_head SET sequence = sequence + $1 WHERE id = 1 RETURNING sequence",
-        )
-        .bind(n)
-        .fetch_one(&mut *tx)
-        .await?;
-        let last: i64 = row.try_get("sequence")?;
+        let n = self.0.len();
+        let Some(sequencer) = &store.sequencer else {
+            let row = sqlx::query(
+                "UPDATE stream_head SET sequence = sequence + $1 WHERE id = 1 RETURNING sequence",
+            )
+            .bind(n as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            let last: i64 = row.try_get("sequence")?;
+            self.insert(&mut tx, Some(last - n as i64 + 1), now).await?;
+            tx.commit().await?;
+            return Ok(last as u64);
+        };
+        let last_id = self.insert(&mut tx, None, now).await?;
+        let ticket = sequencer.ticket(last_id);
+        let numbered = match sequencer.number_now(&mut tx).await {
+            Ok(n) => n,
+            Err(e) => {
+                ticket.abandon();
+                return Err(e);
+            }
+        };
+        if let Err(e) = tx.commit().await {
+            ticket.abandon();
+            return Err(e.into());
+        }
+        if let Some(n) = &numbered {
+            sequencer.resolve(n);
+        }
+        Ok(ticket.committed().await.unwrap_or(0))
+    }
+
+    /// Inserts the events: into the stream numbered from `first`, or without `first` into
+    /// `unsequenced_events`, returning the largest id generated.
+    async fn insert(
+        self,
+        tx: &mut Transaction<'static, Any>,
+        first: Option<i64>,
+        now: i64,
+    ) -> Result<i64, VaultError> {
+        let (cols, into, returning) = match first {
+            Some(_) => (6, "secret_events (sequence, ", ""),
+            None => (5, "unsequenced_events (", " RETURNING id"),
+        };
         let placeholders: Vec<String> = (0..self.0.len())
             .map(|i| {
-                let b = i * 6;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                )
+                let b = i * cols;
+                let p: Vec<String> = (1..=cols).map(|k| format!("${}", b + k)).collect();
+                format!("({})", p.join(", "))
             })
             .collect();
         let sql = format!(
-            "INSERT INTO secret_events (sequence, kind, path, versions, label, time) VALUES {}",
-            placeholders.join(", ")
+            "INSERT INTO {into}kind, path, versions, label, time) VALUES {}{returning}",
+            placeholders.join(", "),
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (i, (kind, path, versions, label)) in self.0.into_iter().enumerate() {
+            if let Some(first) = first {
+                q = q.bind(first + i as i64);
+            }
             q = q
-                .bind(last - n + 1 + i as i64)
                 .bind(kind as i64)
                 .bind(path)
                 .bind(versions)
                 .bind(label)
                 .bind(now);
         }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(last as u64)
+        if first.is_some() {
+            q.execute(&mut **tx).await?;
+            return Ok(0);
+        }
+        let mut last = 0;
+        for r in q.fetch_all(&mut **tx).await? {
+            last = last.max(r.try_get::<i64, _>("id")?);
+        }
+        Ok(last)
     }
 }

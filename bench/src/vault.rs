@@ -400,6 +400,50 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     .await?;
     row("PutSecret 64 B", &puts, &baseline);
 
+    // Every worker writes one hot path without check-and-set: how many of those writes
+    // succeed (the rest are refused as contended), not just how fast.
+    let (refused, tried) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (sc, v, r, t) = (
+        cached.secrets.clone(),
+        value.clone(),
+        refused.clone(),
+        tried.clone(),
+    );
+    let hot = drive(n, m, s, move |i| {
+        let (mut c, v, r, t) = (sc[i].clone(), v.clone(), r.clone(), t.clone());
+        async move {
+            t.fetch_add(1, Ordering::Relaxed);
+            match c
+                .put_secret(pb::PutSecretRequest {
+                    path: "bench/app/one-hot-path".into(),
+                    value: v,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if matches!(e.code(), tonic::Code::Aborted | tonic::Code::Unavailable) => {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await?;
+    row("PutSecret, all writers on one path", &hot, &baseline);
+    let (refused, tried) = (
+        refused.load(Ordering::Relaxed),
+        tried.load(Ordering::Relaxed),
+    );
+    println!(
+        "  unconditional writes to one path that succeeded: {:.2}% ({} refused of {} \
+         tried, warm-up included)",
+        100.0 * (tried - refused) as f64 / tried.max(1) as f64,
+        refused,
+        tried
+    );
+
     let inserts = plain_inserts(args, &dir, "plain", 64).await?;
     row(&format!("plain INSERT on {backend}"), &inserts, &baseline);
     println!(

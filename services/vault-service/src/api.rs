@@ -657,15 +657,34 @@ impl SecretService for SecretApi {
         req: Request<pb::BatchGetSecretsRequest>,
     ) -> Res<pb::BatchGetSecretsResponse> {
         let info = CallInfo::of(&req);
-        let p = Principal::of(&req)?;
+        let p = Principal::of(&req);
         let r = req.into_inner();
-        if r.requests.is_empty() || r.requests.len() > model::MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "give 1-{} reads (got {})",
-                model::MAX_BATCH,
-                r.requests.len()
-            )));
-        }
+        // A batch refused as a whole is recorded too, as one event with no secret name.
+        let admitted = p.and_then(|p| {
+            if r.requests.is_empty() || r.requests.len() > model::MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "give 1-{} reads (got {})",
+                    model::MAX_BATCH,
+                    r.requests.len()
+                )));
+            }
+            Ok(p)
+        });
+        let p = match admitted {
+            Ok(p) => p,
+            Err(e) => {
+                let refused: Result<Response<pb::BatchGetSecretsResponse>, Status> = Err(e);
+                return audited(
+                    &self.audit,
+                    &info,
+                    "secret_access",
+                    "batch_read",
+                    "",
+                    refused,
+                )
+                .await;
+            }
+        };
         let mut results = Vec::with_capacity(r.requests.len());
         for one in &r.requests {
             let mut detail = Detail::default();

@@ -152,8 +152,13 @@ async fn every_operation_is_recorded_with_its_outcome_and_never_its_value() {
             secret_id: "x".into(),
         })
         .await;
+    let empty_batch = root
+        .batch_get_secrets(pb::BatchGetSecretsRequest { requests: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(empty_batch.code(), Code::InvalidArgument);
 
-    let events = a.wait_for(7).await;
+    let events = a.wait_for(8).await;
     let summary: Vec<(String, String, String, bool, String)> = events
         .iter()
         .map(|e| {
@@ -197,6 +202,10 @@ async fn every_operation_is_recorded_with_its_outcome_and_never_its_value() {
         "{summary:#?}"
     );
     assert!(has("login", "login", "", true, "OK"), "{summary:#?}");
+    assert!(
+        has("secret_access", "batch_read", "", false, "INVALID_ARGUMENT"),
+        "a batch refused as a whole is recorded: {summary:#?}"
+    );
     assert!(
         has("login", "login", "", false, "UNAUTHENTICATED"),
         "{summary:#?}"

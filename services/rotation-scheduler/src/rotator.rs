@@ -207,6 +207,14 @@ pub enum Rotator {
     },
 }
 
+/// The refusal of a rotator name that is not one of ours, listing those that are.
+fn unknown_rotator(name: &str) -> String {
+    format!(
+        "unknown rotator {name:?} (available: random, api_key, postgres_password, redis_acl, \
+         webhook, jwt_signing_key)"
+    )
+}
+
 fn ident_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -223,12 +231,7 @@ impl Rotator {
             "redis_acl" => &["admin_secret", "username"],
             "webhook" => &["url", "signing_secret", "length", "charset", "prefix"],
             "jwt_signing_key" => &["key", "propagation"],
-            _ => {
-                return Err(format!(
-                    "unknown rotator {name:?} (available: random, api_key, postgres_password, \
-                     redis_acl, webhook, jwt_signing_key)"
-                ));
-            }
+            _ => return Err(unknown_rotator(name)),
         };
         if let Some(k) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(format!(
@@ -341,7 +344,7 @@ impl Rotator {
                     value: Box::new(Self::parse("random", &value)?),
                 })
             }
-            _ => {
+            "redis_acl" => {
                 let username = required("username")?;
                 if !ident_ok(&username) {
                     return Err("rotator redis_acl: username must be 1-63 characters \
@@ -353,6 +356,7 @@ impl Rotator {
                     username,
                 })
             }
+            _ => Err(unknown_rotator(name)),
         }
     }
 

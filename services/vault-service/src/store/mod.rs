@@ -1,4 +1,5 @@
-//! Secret persistence (sqlx `Any`: Postgres or SQLite with the same queries). Every change is
+//! Secret persistence (sqlx `Any`: Postgres or SQLite with the same queries); the change
+//! stream's tables are in [`stream`], credentials and tokens in [`credentials`]. Every change is
 //! one transaction: metadata, version row, labels, idempotency record and change-stream event
 //! commit together or not at all. Only ciphertext and wrapped data keys are stored.
 
@@ -10,6 +11,13 @@ use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
+mod credentials;
+mod stream;
+
+pub use credentials::CredentialRow;
+use stream::Pending;
+pub use stream::{Event, EventKind};
+
 use crate::VaultError;
 use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
 use crate::sequencer::Sequencer;
@@ -18,34 +26,34 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
     (
         1,
         "secrets",
-        include_str!("../migrations/postgres/0001_secrets.sql"),
+        include_str!("../../migrations/postgres/0001_secrets.sql"),
     ),
     (
         2,
         "credential lifecycle",
-        include_str!("../migrations/postgres/0002_credential_lifecycle.sql"),
+        include_str!("../../migrations/postgres/0002_credential_lifecycle.sql"),
     ),
     (
         3,
         "path order index",
-        include_str!("../migrations/postgres/0003_path_order_index.sql"),
+        include_str!("../../migrations/postgres/0003_path_order_index.sql"),
     ),
     (
         4,
         "events sequenced after commit",
-        include_str!("../migrations/postgres/0004_unsequenced_events.sql"),
+        include_str!("../../migrations/postgres/0004_unsequenced_events.sql"),
     ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
     (
         1,
         "secrets",
-        include_str!("../migrations/sqlite/0001_secrets.sql"),
+        include_str!("../../migrations/sqlite/0001_secrets.sql"),
     ),
     (
         2,
         "credential lifecycle",
-        include_str!("../migrations/sqlite/0002_credential_lifecycle.sql"),
+        include_str!("../../migrations/sqlite/0002_credential_lifecycle.sql"),
     ),
 ];
 
@@ -69,23 +77,6 @@ impl State {
             _ => Err(VaultError::DataLoss(format!("a version row (state {v})"))),
         }
     }
-}
-
-/// Change-stream event kinds (values match `EventKind` in vault.proto).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// New version.
-    VersionCreated = 1,
-    /// Label moved.
-    LabelMoved = 2,
-    /// Soft-deleted.
-    Deleted = 3,
-    /// Undeleted.
-    Undeleted = 4,
-    /// Destroyed.
-    Destroyed = 5,
-    /// Metadata changed.
-    MetadataUpdated = 6,
 }
 
 /// One secret's metadata row and labels.
@@ -141,23 +132,6 @@ pub struct ReadRow {
     pub tier: i32,
 }
 
-/// One change-stream event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// Position.
-    pub sequence: u64,
-    /// Kind.
-    pub kind: i32,
-    /// Path.
-    pub path: String,
-    /// Versions affected.
-    pub versions: Vec<u64>,
-    /// Label (label moves).
-    pub label: String,
-    /// When (ms).
-    pub time: i64,
-}
-
 /// A version to write, sealed by the caller.
 #[derive(Debug)]
 pub struct NewVersion {
@@ -192,60 +166,6 @@ pub struct Committed {
     pub touched_versions: Vec<u64>,
     /// Time of the change (ms).
     pub time: i64,
-}
-
-/// An app credential row.
-#[derive(Debug, Clone)]
-pub struct CredentialRow {
-    /// Public id.
-    pub role_id: String,
-    /// Display name.
-    pub name: String,
-    /// argon2 PHC string of the secret id.
-    pub secret_hash: String,
-    /// Policies.
-    pub policies: Vec<String>,
-    /// Token lifetime (s).
-    pub token_ttl: i64,
-    /// Who created it.
-    pub created_by: String,
-    /// Created (ms).
-    pub create_time: i64,
-    /// Stops logging in at (ms; 0 = never).
-    pub expire_time: i64,
-    /// Logins allowed (0 = unlimited).
-    pub max_uses: i64,
-    /// Logins so far.
-    pub uses: i64,
-    /// Revoked at (ms; 0 = not revoked).
-    pub revoke_time: i64,
-    /// Secret id last replaced at (ms; 0 = never).
-    pub secret_rotate_time: i64,
-    /// Last login (ms; 0 = never).
-    pub last_login_time: i64,
-}
-
-const CREDENTIAL_COLUMNS: &str = "role_id, name, secret_hash, policies, token_ttl, created_by, \
-     create_time, expire_time, max_uses, uses, revoke_time, secret_rotate_time, last_login_time";
-
-fn credential_from(r: &AnyRow) -> Result<CredentialRow, VaultError> {
-    let policies: String = r.try_get("policies")?;
-    Ok(CredentialRow {
-        role_id: r.try_get("role_id")?,
-        name: r.try_get("name")?,
-        secret_hash: r.try_get("secret_hash")?,
-        policies: serde_json::from_str(&policies)
-            .map_err(|_| VaultError::DataLoss("a credential row".into()))?,
-        token_ttl: r.try_get("token_ttl")?,
-        created_by: r.try_get("created_by")?,
-        create_time: r.try_get("create_time")?,
-        expire_time: r.try_get("expire_time")?,
-        max_uses: r.try_get("max_uses")?,
-        uses: r.try_get("uses")?,
-        revoke_time: r.try_get("revoke_time")?,
-        secret_rotate_time: r.try_get("secret_rotate_time")?,
-        last_login_time: r.try_get("last_login_time")?,
-    })
 }
 
 /// Database access for vault-service.
@@ -845,275 +765,6 @@ impl Store {
         ))
     }
 
-    /// Events after `after`, oldest first.
-    pub async fn events_after(&self, after: u64, limit: i64) -> Result<Vec<Event>, VaultError> {
-        let rows = sqlx::query(
-            "SELECT sequence, kind, path, versions, label, time FROM secret_events \
-             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
-        )
-        .bind(i64_of(after)?)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let versions: String = r.try_get("versions")?;
-                Ok(Event {
-                    sequence: u64_of(r, "sequence")?,
-                    kind: r.try_get::<i64, _>("kind")? as i32,
-                    path: r.try_get("path")?,
-                    versions: serde_json::from_str(&versions)
-                        .map_err(|_| VaultError::DataLoss("an event row".into()))?,
-                    label: r.try_get("label")?,
-                    time: r.try_get("time")?,
-                })
-            })
-            .collect()
-    }
-
-    /// (oldest retained sequence, head sequence). With no retained events oldest = head + 1.
-    pub async fn stream_bounds(&self) -> Result<(u64, u64), VaultError> {
-        let head = sqlx::query("SELECT sequence FROM stream_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        let head = u64_of(&head, "sequence")?;
-        let oldest = sqlx::query("SELECT MIN(sequence) AS m FROM secret_events")
-            .fetch_one(&self.pool)
-            .await?;
-        let oldest: Option<i64> = oldest.try_get("m")?;
-        Ok((oldest.map_or(head + 1, |o| o as u64), head))
-    }
-
-    /// Drops events older than `before_ms`, keeping the newest one so the stream head stays
-    /// visible. Returns how many were dropped.
-    pub async fn trim_events(&self, before_ms: i64) -> Result<u64, VaultError> {
-        let r = sqlx::query(
-            "DELETE FROM secret_events WHERE time < $1 AND sequence < (SELECT sequence FROM stream_head WHERE id = 1)",
-        )
-        .bind(before_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
-    }
-
-    /// Stores a new app credential (its `uses`, times and revocation start at zero).
-    pub async fn create_credential(&self, c: &CredentialRow) -> Result<(), VaultError> {
-        sqlx::query(
-            "INSERT INTO app_credentials (role_id, name, secret_hash, policies, token_ttl, created_by, \
-             create_time, expire_time, max_uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&c.role_id)
-        .bind(&c.name)
-        .bind(&c.secret_hash)
-        .bind(serde_json::to_string(&c.policies).unwrap_or_else(|_| "[]".into()))
-        .bind(c.token_ttl)
-        .bind(&c.created_by)
-        .bind(c.create_time)
-        .bind(c.expire_time)
-        .bind(c.max_uses)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// An app credential by role id.
-    pub async fn credential(&self, role_id: &str) -> Result<Option<CredentialRow>, VaultError> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {CREDENTIAL_COLUMNS} FROM app_credentials WHERE role_id = $1"
-        ));
-        let row = sqlx::query(sql)
-            .bind(role_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(credential_from).transpose()
-    }
-
-    /// Credentials after role id `after`, by role id.
-    pub async fn credentials(
-        &self,
-        after: &str,
-        limit: i64,
-        include_revoked: bool,
-    ) -> Result<Vec<CredentialRow>, VaultError> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {CREDENTIAL_COLUMNS} FROM app_credentials WHERE role_id > $1 \
-             AND (revoke_time = 0 OR $2 = 1) ORDER BY role_id LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(after)
-            .bind(i64::from(include_revoked))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(credential_from).collect()
-    }
-
-    /// Counts a login of `role_id` with the secret hash it was checked against, and records
-    /// the token id it is about to issue (expiring at `token_exp` ms) — in one transaction,
-    /// and only while the credential is live: not revoked, not expired, under its use limit,
-    /// its secret not replaced meanwhile. False when it is not live. Revocation takes the
-    /// same row lock, so a token recorded here is either refused or revoked with the
-    /// credential.
-    pub async fn begin_login(
-        &self,
-        role_id: &str,
-        secret_hash: &str,
-        token_id: &str,
-        token_exp: i64,
-    ) -> Result<bool, VaultError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let counted = sqlx::query(
-            "UPDATE app_credentials SET uses = uses + 1, last_login_time = $1 \
-             WHERE role_id = $2 AND secret_hash = $3 AND revoke_time = 0 \
-             AND (max_uses = 0 OR uses < max_uses) AND (expire_time = 0 OR expire_time > $1)",
-        )
-        .bind(now)
-        .bind(role_id)
-        .bind(secret_hash)
-        .execute(&mut *tx)
-        .await?;
-        if counted.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM credential_tokens WHERE role_id = $1 AND expire_time < $2")
-            .bind(role_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO credential_tokens (token_id, role_id, expire_time) VALUES ($1, $2, $3)",
-        )
-        .bind(token_id)
-        .bind(role_id)
-        .bind(token_exp)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Revokes a credential and every unexpired token it issued. None if there is no such
-    /// credential; revoking twice changes nothing.
-    pub async fn revoke_credential(
-        &self,
-        role_id: &str,
-    ) -> Result<Option<CredentialRow>, VaultError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE app_credentials SET revoke_time = $1 WHERE role_id = $2 AND revoke_time = 0",
-        )
-        .bind(now)
-        .bind(role_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO revoked_tokens (token_id, expire_time, revoke_time) \
-             SELECT token_id, expire_time, $1 FROM credential_tokens \
-             WHERE role_id = $2 AND expire_time > $1 ON CONFLICT (token_id) DO NOTHING",
-        )
-        .bind(now)
-        .bind(role_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.credential(role_id).await
-    }
-
-    /// Replaces a live credential's secret hash. False when there is no live credential
-    /// `role_id` (the caller tells missing from revoked).
-    pub async fn rotate_credential_secret(
-        &self,
-        role_id: &str,
-        secret_hash: &str,
-    ) -> Result<bool, VaultError> {
-        let r = sqlx::query(
-            "UPDATE app_credentials SET secret_hash = $1, secret_rotate_time = $2 \
-             WHERE role_id = $3 AND revoke_time = 0",
-        )
-        .bind(secret_hash)
-        .bind(now_ms())
-        .bind(role_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Records a revoked token id until its expiry.
-    pub async fn revoke(&self, token_id: &str, expire_time: i64) -> Result<(), VaultError> {
-        let r = sqlx::query(
-            "INSERT INTO revoked_tokens (token_id, expire_time, revoke_time) VALUES ($1, $2, $3)",
-        )
-        .bind(token_id)
-        .bind(expire_time)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Revoked token ids that have not expired yet; expired ones are purged.
-    pub async fn revoked(&self) -> Result<Vec<String>, VaultError> {
-        let now = now_ms();
-        sqlx::query("DELETE FROM revoked_tokens WHERE expire_time < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let rows = sqlx::query("SELECT token_id FROM revoked_tokens")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get("token_id")?)).collect()
-    }
-
-    /// Stores a root token hash, unless one exists already. True if stored.
-    pub async fn create_root_token(
-        &self,
-        token_id: &str,
-        hash_hex: &str,
-    ) -> Result<bool, VaultError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("SELECT COUNT(*) AS n FROM root_tokens")
-            .fetch_one(&mut *tx)
-            .await?;
-        if n.try_get::<i64, _>("n")? > 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO root_tokens (token_id, token_hash, create_time) VALUES ($1, $2, $3)",
-        )
-        .bind(token_id)
-        .bind(hash_hex)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Root token (id, SHA-256 hex) pairs.
-    pub async fn root_tokens(&self) -> Result<Vec<(String, String)>, VaultError> {
-        let rows = sqlx::query("SELECT token_id, token_hash FROM root_tokens")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("token_id")?, r.try_get("token_hash")?)))
-            .collect()
-    }
-
-    /// Deletes a root token. True if it existed.
-    pub async fn delete_root_token(&self, token_id: &str) -> Result<bool, VaultError> {
-        let r = sqlx::query("DELETE FROM root_tokens WHERE token_id = $1")
-            .bind(token_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
     /// The end of a write that may leave versions beyond `max_versions`: prune them (with a
     /// Destroyed event), write the events, commit.
     #[allow(clippy::too_many_arguments)]
@@ -1273,118 +924,4 @@ async fn prune(
         .collect::<Result<Vec<_>, _>>()?;
     pruned.sort_unstable();
     Ok(pruned)
-}
-
-/// Change-stream events of one transaction, written at its very end.
-#[derive(Default)]
-struct Pending(Vec<(EventKind, String, String, String)>);
-
-impl Pending {
-    fn push(&mut self, kind: EventKind, path: &str, versions: &[u64], label: &str) {
-        let versions = serde_json::to_string(versions).unwrap_or_else(|_| "[]".into());
-        self.0
-            .push((kind, path.to_string(), versions, label.to_string()));
-    }
-
-    /// Writes the events and commits; returns the highest sequence number they got (0 if
-    /// none, or if it is not known: see [`crate::sequencer`]).
-    /// With a `gate`, the change's audit event is recorded first; if it cannot be, the
-    /// transaction is dropped and nothing changes.
-    /// On Postgres the events go to `unsequenced_events`; this transaction numbers them if the
-    /// stream head is free, else the sequencer does after commit, so writers never wait for
-    /// each other's commits ([`crate::sequencer`]). On SQLite (one writer at a time anyway) the
-    /// numbers come from `stream_head` in this transaction.
-    async fn commit(
-        self,
-        store: &Store,
-        mut tx: Transaction<'static, Any>,
-        now: i64,
-        gate: Option<&Gate<'_>>,
-    ) -> Result<u64, VaultError> {
-        if self.0.is_empty() {
-            tx.commit().await?;
-            return Ok(0);
-        }
-        if let Some(g) = gate {
-            g.record()
-                .await
-                .map_err(|e| VaultError::AuditUnavailable(e.0))?;
-        }
-        let n = self.0.len();
-        let Some(sequencer) = &store.sequencer else {
-            let row = sqlx::query(
-                "UPDATE stream_head SET sequence = sequence + $1 WHERE id = 1 RETURNING sequence",
-            )
-            .bind(n as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-            let last: i64 = row.try_get("sequence")?;
-            self.insert(&mut tx, Some(last - n as i64 + 1), now).await?;
-            tx.commit().await?;
-            return Ok(last as u64);
-        };
-        let last_id = self.insert(&mut tx, None, now).await?;
-        let ticket = sequencer.ticket(last_id);
-        let numbered = match sequencer.number_now(&mut tx).await {
-            Ok(n) => n,
-            Err(e) => {
-                ticket.abandon();
-                return Err(e);
-            }
-        };
-        if let Err(e) = tx.commit().await {
-            ticket.abandon();
-            return Err(e.into());
-        }
-        if let Some(n) = &numbered {
-            sequencer.resolve(n);
-        }
-        Ok(ticket.committed().await.unwrap_or(0))
-    }
-
-    /// Inserts the events: into the stream numbered from `first`, or without `first` into
-    /// `unsequenced_events`, returning the largest id generated.
-    async fn insert(
-        self,
-        tx: &mut Transaction<'static, Any>,
-        first: Option<i64>,
-        now: i64,
-    ) -> Result<i64, VaultError> {
-        let (cols, into, returning) = match first {
-            Some(_) => (6, "secret_events (sequence, ", ""),
-            None => (5, "unsequenced_events (", " RETURNING id"),
-        };
-        let placeholders: Vec<String> = (0..self.0.len())
-            .map(|i| {
-                let b = i * cols;
-                let p: Vec<String> = (1..=cols).map(|k| format!("${}", b + k)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO {into}kind, path, versions, label, time) VALUES {}{returning}",
-            placeholders.join(", "),
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, (kind, path, versions, label)) in self.0.into_iter().enumerate() {
-            if let Some(first) = first {
-                q = q.bind(first + i as i64);
-            }
-            q = q
-                .bind(kind as i64)
-                .bind(path)
-                .bind(versions)
-                .bind(label)
-                .bind(now);
-        }
-        if first.is_some() {
-            q.execute(&mut **tx).await?;
-            return Ok(0);
-        }
-        let mut last = 0;
-        for r in q.fetch_all(&mut **tx).await? {
-            last = last.max(r.try_get::<i64, _>("id")?);
-        }
-        Ok(last)
-    }
 }

@@ -82,7 +82,7 @@ impl Sequencer {
         self.wake.notified().await;
     }
 
-    /// Numbers every committed unsequenced event, in passes of up to [`BATCH`]. Returns the new
+    /// Numbers every committed unsequenced event, in passes of up to `BATCH`. Returns the new
     /// head if any event was numbered.
     pub async fn run_passes(&self, pool: &AnyPool) -> Result<Option<u64>, VaultError> {
         let mut head = None;
@@ -167,7 +167,7 @@ impl Sequencer {
 
 impl Ticket<'_> {
     /// After the write committed: the sequence number of its last event, or `None` if another
-    /// replica numbered it or no number came within [`WAIT`].
+    /// replica numbered it or no number came within `WAIT`.
     pub async fn committed(self) -> Option<u64> {
         let waiting = match self.sequencer.waiting.lock() {
             Ok(mut w) => w
@@ -202,7 +202,7 @@ pub struct Numbered {
     ids: Vec<i64>,
 }
 
-/// With the `stream_head` lock held at `head`: moves up to [`BATCH`] visible unnumbered events
+/// With the `stream_head` lock held at `head`: moves up to `BATCH` visible unnumbered events
 /// into the stream in id order and advances the head, in one statement (taken after the lock,
 /// so its snapshot includes every earlier numbering).
 async fn move_visible(

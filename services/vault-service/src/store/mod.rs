@@ -1,5 +1,5 @@
 //! Secret persistence (sqlx `Any`: Postgres or SQLite with the same queries); the change
-//! stream's tables are in [`stream`], credentials and tokens in [`credentials`]. Every change is
+//! stream's tables are in `stream`, credentials and tokens in `credentials`. Every change is
 //! one transaction: metadata, version row, labels, idempotency record and change-stream event
 //! commit together or not at all. Only ciphertext and wrapped data keys are stored.
 

@@ -116,14 +116,22 @@ impl Proxy {
                     continue; // dropped: the client sees the connection close at once
                 }
                 let target = target.clone();
-                let cut = cut2.clone();
+                let (up, cut) = (up2.clone(), cut2.clone());
                 tokio::spawn(async move {
+                    // Listen for a cut before anything can be forwarded, and then look at the
+                    // flag: a cut while this connection was still being set up is not missed.
+                    let cutting = cut.notified();
+                    tokio::pin!(cutting);
+                    cutting.as_mut().enable();
+                    if !up.load(Ordering::SeqCst) {
+                        return;
+                    }
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.notified() => {}
+                        _ = cutting => {}
                     }
                 });
             }

@@ -667,8 +667,43 @@ pub async fn audited_detail<T, E: Into<tonic::Status>>(
     result
 }
 
+/// Trailer naming why a call failed, set where a service's typed error becomes a `Status`
+/// (its one conversion), so callers and the audit log never have to read message text.
+pub const FAILURE_TRAILER: &str = "sentia-failure";
+
+/// Why a call failed, beyond its status code, as [`FAILURE_TRAILER`] carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A caller's ciphertext failed authentication (wrong key or context, or modified).
+    FailedDecryption,
+}
+
+impl FailureKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::FailedDecryption => "failed-decryption",
+        }
+    }
+
+    /// `status` carrying this kind in its trailers.
+    pub fn mark(self, mut status: tonic::Status) -> tonic::Status {
+        status.metadata_mut().insert(
+            FAILURE_TRAILER,
+            tonic::metadata::MetadataValue::from_static(self.name()),
+        );
+        status
+    }
+
+    /// The kind `status` carries, if any.
+    pub fn of(status: &tonic::Status) -> Option<Self> {
+        let v = status.metadata().get(FAILURE_TRAILER)?.to_str().ok()?;
+        [Self::FailedDecryption].into_iter().find(|k| k.name() == v)
+    }
+}
+
 /// The event recording an outcome: a stored ciphertext failing authentication (DATA_LOSS),
-/// or a caller's ciphertext failing it, becomes `failed_decryption`.
+/// or a caller's ciphertext failing it ([`FailureKind::FailedDecryption`]), becomes
+/// `failed_decryption`.
 fn outcome_event(
     info: &CallInfo,
     event_type: &str,
@@ -679,8 +714,7 @@ fn outcome_event(
 ) -> AuditEvent {
     let failed_decryption = status.is_some_and(|s| {
         s.code() == tonic::Code::DataLoss
-            || (s.code() == tonic::Code::InvalidArgument
-                && s.message().contains("authentication failed"))
+            || FailureKind::of(s) == Some(FailureKind::FailedDecryption)
     });
     let event_type = if failed_decryption {
         "failed_decryption"
@@ -846,6 +880,35 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_decryption_is_known_by_its_mark_not_by_its_message() {
+        let info = CallInfo::default();
+        let kind = |s: &tonic::Status| {
+            outcome_event(
+                &info,
+                "key_operation",
+                "decrypt",
+                "",
+                Some(s),
+                Detail::default(),
+            )
+            .event_type
+        };
+        let marked = FailureKind::FailedDecryption.mark(tonic::Status::invalid_argument("no"));
+        assert_eq!(
+            FailureKind::of(&marked),
+            Some(FailureKind::FailedDecryption)
+        );
+        assert_eq!(kind(&marked), "failed_decryption");
+        let worded = tonic::Status::invalid_argument("authentication failed: a caller's words");
+        assert_eq!(FailureKind::of(&worded), None);
+        assert_eq!(kind(&worded), "key_operation");
+        assert_eq!(
+            kind(&tonic::Status::data_loss("stored")),
+            "failed_decryption"
+        );
+    }
 
     fn event(i: u64) -> AuditEvent {
         AuditEvent {

@@ -1,6 +1,7 @@
 //! key-service errors and their single mapping to gRPC statuses.
 
 use sentia_crypto::CryptoError;
+use sentia_runtime::audit::FailureKind;
 use thiserror::Error;
 use tonic::Status;
 
@@ -59,9 +60,11 @@ impl From<KeyError> for Status {
             KeyError::Sealed => Status::unavailable(KeyError::Sealed.to_string()),
             KeyError::PermissionDenied(m) => Status::permission_denied(m),
             KeyError::Crypto(e) => match e {
+                CryptoError::AuthenticationFailed => {
+                    FailureKind::FailedDecryption.mark(Status::invalid_argument(e.to_string()))
+                }
                 CryptoError::Malformed(_)
                 | CryptoError::UnsupportedFormat(_)
-                | CryptoError::AuthenticationFailed
                 | CryptoError::InvalidInput(_)
                 | CryptoError::InvalidShares(_)
                 | CryptoError::InvalidKey(_) => Status::invalid_argument(e.to_string()),

@@ -548,10 +548,11 @@ impl Store {
         };
         sqlx::query(
             "INSERT INTO secret_versions (path, version, state, ciphertext, wrapped_key, key_version, \
-             created_by, create_time) VALUES ($1, $2, 1, $3, $4, $5, $6, $7)",
+             created_by, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(path)
         .bind(version)
+        .bind(State::Enabled as i64)
         .bind(&nv.ciphertext)
         .bind(&nv.wrapped_key)
         .bind(i64::from(nv.key_version))
@@ -909,13 +910,14 @@ async fn prune(
         return Ok(Vec::new());
     };
     let rows = sqlx::query(
-        "UPDATE secret_versions SET state = 3, ciphertext = NULL, wrapped_key = NULL \
-         WHERE path = $1 AND version <= $2 AND state <> 3 AND NOT EXISTS \
+        "UPDATE secret_versions SET state = $3, ciphertext = NULL, wrapped_key = NULL \
+         WHERE path = $1 AND version <= $2 AND state <> $3 AND NOT EXISTS \
          (SELECT 1 FROM secret_labels l WHERE l.path = secret_versions.path AND l.version = secret_versions.version) \
          RETURNING version",
     )
     .bind(path)
     .bind(i64_of(cutoff)?)
+    .bind(State::Destroyed as i64)
     .fetch_all(&mut **tx)
     .await?;
     let mut pruned = rows

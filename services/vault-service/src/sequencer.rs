@@ -82,19 +82,10 @@ impl Sequencer {
         self.wake.notified().await;
     }
 
-    /// Numbers every committed unsequenced event, in passes of up to `BATCH`. Returns the new
-    /// head if any event was numbered.
-    pub async fn run_passes(&self, pool: &AnyPool) -> Result<Option<u64>, VaultError> {
-        let mut head = None;
-        loop {
-            let (moved, h) = self.pass(pool).await?;
-            if moved > 0 {
-                head = Some(h);
-            }
-            if moved < BATCH as usize {
-                return Ok(head);
-            }
-        }
+    /// Numbers every committed unsequenced event, in passes of up to `BATCH`.
+    pub async fn run_passes(&self, pool: &AnyPool) -> Result<(), VaultError> {
+        while self.pass(pool).await? == BATCH as usize {}
+        Ok(())
     }
 
     /// Inside a write's transaction, after its events were inserted: numbers every event it
@@ -125,7 +116,8 @@ impl Sequencer {
         }
     }
 
-    async fn pass(&self, pool: &AnyPool) -> Result<(usize, u64), VaultError> {
+    /// One transaction under the head lock; returns how many events it numbered.
+    async fn pass(&self, pool: &AnyPool) -> Result<usize, VaultError> {
         // Writes committed before this pass's statements start: their events are visible to it.
         let settled: Vec<i64> = match self.waiting.lock() {
             Ok(w) => w
@@ -155,7 +147,7 @@ impl Sequencer {
                 }
             }
         }
-        Ok((moved, numbered.head + moved as u64))
+        Ok(moved)
     }
 
     fn forget(&self, last_id: i64) {
@@ -169,13 +161,12 @@ impl Ticket<'_> {
     /// After the write committed: the sequence number of its last event, or `None` if another
     /// replica numbered it or no number came within `WAIT`.
     pub async fn committed(self) -> Option<u64> {
-        let waiting = match self.sequencer.waiting.lock() {
-            Ok(mut w) => w
-                .get_mut(&self.last_id)
-                .map(|waiter| waiter.committed = true),
-            Err(_) => None,
-        };
-        if waiting.is_some() {
+        // Still waiting unless this write numbered its events itself: then the sequencer
+        // has work to do.
+        if let Ok(mut w) = self.sequencer.waiting.lock()
+            && let Some(waiter) = w.get_mut(&self.last_id)
+        {
+            waiter.committed = true;
             self.sequencer.wake.notify_one();
         }
         match tokio::time::timeout(WAIT, self.reply).await {

@@ -7,11 +7,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sentia_channel::tls::TlsClientConfig;
+use sentia_channel::{AuthedChannel, CallContext, connect_lazy};
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
-use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_runtime::tls::TlsClientConfig;
 use tokio::sync::watch;
 use tonic::{Code, Status, Streaming};
 use zeroize::Zeroizing;

@@ -9,15 +9,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use sentia_runtime::text::{ECHO_MAX, clip};
-use sentia_runtime::{AuthMethod, Principal, Reader, Role, Shutdown};
+use sentia_config::Reader;
+use sentia_identity::text::{ECHO_MAX, clip};
+use sentia_identity::{AuthMethod, Principal, Role};
 
 /// The default policy file: the seed's four roles.
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.toml");
 
 /// The built-in policy of root tokens and admin identities: everything, independent of the
 /// policy file (so a broken file can always be repaired).
-pub const ROOT_POLICY: &str = sentia_runtime::jwt::ROOT_POLICY;
+pub use sentia_identity::ROOT_POLICY;
 
 /// A refusal, with a message naming the principal, the capability and the path; services map
 /// it to PERMISSION_DENIED.
@@ -377,11 +378,14 @@ pub struct Policies {
 
 impl Policies {
     /// Loads the configured policies and, when they come from a file, watches it until
-    /// `shutdown`.
-    pub fn start(config: &PolicyConfig, shutdown: &Shutdown) -> Result<Self, String> {
+    /// `stop` resolves (a service passes its shutdown).
+    pub fn start(
+        config: &PolicyConfig,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, String> {
         let policies = Self::load(config.file.as_ref(), config.identities.clone())?;
         if let Some(file) = &config.file {
-            policies.watch(file.clone(), config.reload, shutdown.clone());
+            policies.watch(file.clone(), config.reload, stop);
         }
         Ok(policies)
     }
@@ -469,16 +473,22 @@ impl Policies {
     }
 
     /// Re-reads `file` every `interval` while its modification time changes; a broken file
-    /// is logged and the previous policies stay in force.
-    pub fn watch(&self, file: PathBuf, interval: Duration, shutdown: Shutdown) {
+    /// is logged and the previous policies stay in force. Stops when `stop` resolves.
+    pub fn watch(
+        &self,
+        file: PathBuf,
+        interval: Duration,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) {
         let current = self.current.clone();
         tokio::spawn(async move {
+            let mut stop = std::pin::pin!(stop);
             let mut seen = modified(&file);
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = shutdown.wait() => return,
+                    _ = &mut stop => return,
                     _ = tick.tick() => {}
                 }
                 let now = modified(&file);

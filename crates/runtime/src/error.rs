@@ -13,6 +13,9 @@ pub enum RuntimeError {
     /// The listening socket failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// An outgoing channel could not be set up.
+    #[error(transparent)]
+    Channel(#[from] sentia_channel::ChannelError),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -33,9 +33,7 @@ pub const MAX_TOKEN_LIFETIME_SECS: i64 = 86_400;
 /// Most policies a token may carry (as on an app credential).
 pub const MAX_TOKEN_POLICIES: usize = 16;
 
-/// The policy that no token may carry: root is held only by the bootstrap root token and
-/// admin identities, never granted through a JWT.
-pub const ROOT_POLICY: &str = "root";
+pub use sentia_identity::ROOT_POLICY;
 
 /// The claims Sentia puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

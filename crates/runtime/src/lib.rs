@@ -6,7 +6,6 @@
 pub mod audit;
 pub mod auth;
 pub mod binary;
-pub mod client;
 pub mod config;
 pub mod db;
 mod error;
@@ -14,13 +13,14 @@ pub mod identity;
 mod journal;
 pub mod jwt;
 pub mod private_file;
-mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod text;
 pub mod tls;
 pub mod webhook;
+
+pub use sentia_channel as client;
+pub use sentia_identity::text;
 
 pub use auth::{AuthMethod, Authenticator, BearerVerifier, Principal, Role};
 pub use client::UpstreamConfig;

@@ -33,8 +33,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::audit::{CallInfo, Emitter};
 use crate::auth::{Authenticator, BearerVerifier};
-use crate::rpc::{self, BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, status_code};
 use crate::{Principal, Role, RuntimeError, ServerConfig, Shutdown};
+use sentia_channel::rpc::{
+    self, BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, status_code,
+};
 use sentia_proto::audit::v1::AuditEvent;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 

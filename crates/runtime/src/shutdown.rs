@@ -45,6 +45,12 @@ impl Shutdown {
         self.0.cancelled().await;
     }
 
+    /// Resolves when shutdown starts, owning its handle: for a task or a library that takes
+    /// any future as its stop signal.
+    pub fn stopped(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.cancelled_owned()
+    }
+
     /// A child token: cancelled with this one, or on its own.
     pub fn child(&self) -> Self {
         Self(self.0.child_token())

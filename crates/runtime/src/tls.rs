@@ -8,7 +8,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use zeroize::Zeroizing;
 
 use crate::RuntimeError;
@@ -94,65 +94,7 @@ impl TlsServerConfig {
     }
 }
 
-/// What a client needs to call a TLS server: the CA to trust, an optional client identity for
-/// mTLS, and the name to expect in the server's certificate.
-#[derive(Clone)]
-pub struct TlsClientConfig {
-    /// CA bundle (PEM) that signs the server certificate.
-    pub ca_pem: String,
-    /// Client certificate and key (PEM) for mTLS.
-    pub identity: Option<(String, Zeroizing<String>)>,
-    /// Expected server name (SAN); defaults to the endpoint's host.
-    pub domain: Option<String>,
-}
-
-impl fmt::Debug for TlsClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsClientConfig")
-            .field("identity", &self.identity.is_some())
-            .field("domain", &self.domain)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsClientConfig {
-    /// Reads a CA bundle and optionally a client certificate and key from PEM files.
-    pub fn from_files(
-        ca: &str,
-        cert: Option<&str>,
-        key: Option<&str>,
-    ) -> Result<Self, RuntimeError> {
-        let ca_pem = read(ca, "the CA bundle")?;
-        let identity = match (cert, key) {
-            (Some(c), Some(k)) => Some((
-                read(c, "the client certificate")?,
-                Zeroizing::new(read(k, "the client key")?),
-            )),
-            (None, None) => None,
-            _ => {
-                return Err(RuntimeError::Tls(
-                    "give both a client certificate and its key, or neither".into(),
-                ));
-            }
-        };
-        Ok(Self {
-            ca_pem,
-            identity,
-            domain: None,
-        })
-    }
-
-    pub(crate) fn to_tonic(&self) -> ClientTlsConfig {
-        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
-        if let Some((cert, key)) = &self.identity {
-            cfg = cfg.identity(Identity::from_pem(cert, key.as_bytes()));
-        }
-        if let Some(domain) = &self.domain {
-            cfg = cfg.domain_name(domain.clone());
-        }
-        cfg
-    }
-}
+pub use sentia_channel::tls::TlsClientConfig;
 
 /// A throwaway certificate authority for development and tests, like `vault server -dev-tls`.
 /// Certificates it issues are valid for `localhost`, `127.0.0.1` and `::1` and carry the

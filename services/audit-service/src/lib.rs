@@ -36,7 +36,12 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), AuditError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
-    let client = KeyServiceClient::new(config.key_service.channel()?);
+    let client = KeyServiceClient::new(
+        config
+            .key_service
+            .channel()
+            .map_err(sentia_runtime::RuntimeError::from)?,
+    );
     let (head, _) = store.head().await?;
     let head = Arc::new(watch::Sender::new(head));
     let signer = Signer::new(client.clone(), &config.checkpoint_key);
@@ -97,7 +102,8 @@ pub async fn run(
     ));
     let verifier: Arc<dyn BearerVerifier> = match &config.vault_service {
         Some(vault) => Arc::new(VaultIdentity::new(
-            connect_lazy(&vault.addr, vault.tls.as_ref())?,
+            connect_lazy(&vault.addr, vault.tls.as_ref())
+                .map_err(sentia_runtime::RuntimeError::from)?,
             config.identity_cache_ttl,
         )),
         None => {

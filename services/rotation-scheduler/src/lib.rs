@@ -37,15 +37,22 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<Stopped, RotationError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
-    let policies = sentia_policy::Policies::start(&config.policies, &shutdown)
+    let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
         .map_err(RotationError::Startup)?;
     let emitter = sentia_runtime::audit::Emitter::start("rotation-scheduler", &config.audit)
         .map_err(|e| RotationError::Startup(e.to_string()))?;
-    let vault = vault::Vault::new(config.vault_service.channel()?);
+    let vault = vault::Vault::new(
+        config
+            .vault_service
+            .channel()
+            .map_err(sentia_runtime::RuntimeError::from)?,
+    );
     let keys = match &config.key_service {
-        Some(k) => {
-            Some(sentia_proto::keys::v1::key_service_client::KeyServiceClient::new(k.channel()?))
-        }
+        Some(k) => Some(
+            sentia_proto::keys::v1::key_service_client::KeyServiceClient::new(
+                k.channel().map_err(sentia_runtime::RuntimeError::from)?,
+            ),
+        ),
         None => None,
     };
     let engine = engine::Engine {
@@ -66,7 +73,8 @@ pub async fn run(
         sentia_runtime::client::connect_lazy(
             &config.vault_service.addr,
             config.vault_service.tls.as_ref(),
-        )?,
+        )
+        .map_err(sentia_runtime::RuntimeError::from)?,
         config.identity_cache_ttl,
     );
     let server_stop = Shutdown::new();

@@ -40,11 +40,16 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), VaultError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
-    let policies =
-        sentia_policy::Policies::start(&config.policies, &shutdown).map_err(VaultError::Startup)?;
+    let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
+        .map_err(VaultError::Startup)?;
     let emitter = sentia_runtime::audit::Emitter::start("vault-service", &config.audit)
         .map_err(|e| VaultError::Startup(e.to_string()))?;
-    let client = KeyServiceClient::new(config.key_service.channel()?);
+    let client = KeyServiceClient::new(
+        config
+            .key_service
+            .channel()
+            .map_err(sentia_runtime::RuntimeError::from)?,
+    );
     let keys = Arc::new(keys::Keys::new(
         client.clone(),
         config.data_key_name.clone(),

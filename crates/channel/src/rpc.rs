@@ -1,18 +1,20 @@
 //! What the server stack and outgoing channels share to describe a gRPC call the way the
 //! OpenTelemetry semantic conventions for RPC do: its name, its status, the duration metric,
-//! and W3C trace context carried in HTTP/2 headers.
+//! and W3C trace context carried in HTTP/2 headers. Public for the server stack in
+//! `sentia-runtime`; callers of the SDK have no use for it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
 
-pub(crate) type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+/// The future a tower service in this stack returns.
+pub type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// A call's `/package.Service/Method` path split the way span names and attributes use it.
-pub(crate) struct RpcName {
+pub struct RpcName {
     /// `package.Service/Method` (the span name).
     pub path: String,
     /// `package.Service` (`rpc.service`).
@@ -22,7 +24,8 @@ pub(crate) struct RpcName {
 }
 
 impl RpcName {
-    pub(crate) fn of(uri: &http::Uri) -> Self {
+    /// Splits a request URI's path.
+    pub fn of(uri: &http::Uri) -> Self {
         let path = uri.path().trim_start_matches('/').to_string();
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
         let (service, method) = (service.to_string(), method.to_string());
@@ -37,7 +40,7 @@ impl RpcName {
 /// The gRPC status of a response whose headers have arrived: a trailers-only response (every
 /// refusal and handler error) carries it in the headers; otherwise the call succeeded so far
 /// and its trailers say OK.
-pub(crate) fn status_code<B>(response: &http::Response<B>) -> i32 {
+pub fn status_code<B>(response: &http::Response<B>) -> i32 {
     response
         .headers()
         .get("grpc-status")
@@ -48,8 +51,10 @@ pub(crate) fn status_code<B>(response: &http::Response<B>) -> i32 {
 
 /// Which end of the call a span or metric describes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
+pub enum Side {
+    /// The end that answers.
     Server,
+    /// The end that calls.
     Client,
 }
 
@@ -67,7 +72,7 @@ fn is_error(side: Side, code: i32) -> bool {
 /// The span of one call at `side` (semantic conventions: `otel.kind`, `rpc.system`,
 /// `rpc.service`, `rpc.method`; `rpc.grpc.status_code` and `otel.status_code` come with
 /// [`record_status`]; servers also record `server` and `request_id`).
-pub(crate) fn span(name: &RpcName, side: Side) -> tracing::Span {
+pub fn span(name: &RpcName, side: Side) -> tracing::Span {
     let kind = match side {
         Side::Server => "server",
         Side::Client => "client",
@@ -88,7 +93,7 @@ pub(crate) fn span(name: &RpcName, side: Side) -> tracing::Span {
 
 /// Records a call's gRPC status on its span, marking the span failed where the conventions
 /// say so for `side`.
-pub(crate) fn record_status(span: &tracing::Span, side: Side, code: i32) {
+pub fn record_status(span: &tracing::Span, side: Side, code: i32) {
     span.record("rpc.grpc.status_code", code);
     if is_error(side, code) {
         span.record("otel.status_code", "ERROR");
@@ -100,7 +105,7 @@ pub(crate) fn record_status(span: &tracing::Span, side: Side, code: i32) {
 /// `sentia.server` on servers, since `sentia dev` runs every service under one resource).
 /// Their counts are the request counts.
 #[derive(Clone)]
-pub(crate) struct RpcDuration {
+pub struct RpcDuration {
     histogram: opentelemetry::metrics::Histogram<f64>,
 }
 
@@ -111,7 +116,8 @@ impl std::fmt::Debug for RpcDuration {
 }
 
 impl RpcDuration {
-    pub(crate) fn new(side: Side) -> Self {
+    /// The histogram for `side`, from the global meter provider.
+    pub fn new(side: Side) -> Self {
         let (name, description) = match side {
             Side::Server => ("rpc.server.duration", "Duration of inbound RPCs"),
             Side::Client => ("rpc.client.duration", "Duration of outbound RPCs"),
@@ -125,7 +131,8 @@ impl RpcDuration {
         }
     }
 
-    pub(crate) fn record(&self, started: Instant, name: RpcName, code: i32, extra: &[KeyValue]) {
+    /// Records one call that started at `started` and ended with `code`.
+    pub fn record(&self, started: Instant, name: RpcName, code: i32, extra: &[KeyValue]) {
         let mut attributes = vec![
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", name.service),
@@ -139,7 +146,7 @@ impl RpcDuration {
 }
 
 /// Reads trace context from request headers.
-pub(crate) struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -148,20 +155,6 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// Writes trace context into request headers.
-pub(crate) struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::try_from(value),
-        ) {
-            self.0.insert(k, v);
-        }
     }
 }
 

@@ -1,38 +1,58 @@
-//! Outgoing gRPC connections: TLS or plaintext channels, and [`AuthedChannel`], which adds
-//! the bearer token to every call and runs it in a client span whose W3C trace context it
-//! propagates.
+//! Outgoing gRPC connections, shared by the SDK, the CLI and every service that calls
+//! another: TLS or plaintext channels, and [`AuthedChannel`], which adds the bearer token to
+//! every call and runs it in a client span whose W3C trace context it propagates. It depends
+//! on the OpenTelemetry API only; the application decides whether spans and metrics go
+//! anywhere.
+#![forbid(unsafe_code)]
+
+pub mod rpc;
+pub mod tls;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use thiserror::Error;
+
+use opentelemetry::trace::{TraceContextExt, TraceFlags};
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::RuntimeError;
-use crate::rpc::{self, BoxFuture, HeaderInjector, RpcDuration, RpcName, Side, status_code};
+use crate::rpc::{BoxFuture, RpcDuration, RpcName, Side, status_code};
 use crate::tls::TlsClientConfig;
+
+/// Why a channel could not be set up (never a call's failure: that is the call's status).
+#[derive(Debug, Error)]
+pub enum ChannelError {
+    /// Certificates or keys could not be read or used.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A bearer token holds characters that metadata cannot carry.
+    #[error("tls: token contains characters not allowed in metadata")]
+    Token,
+    /// The address or transport settings were refused.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
 
 /// Connects to `address` (`host:port`, or a full `http://`/`https://` URI). With `tls`, the
 /// connection is TLS (mutual when the config has an identity).
 pub async fn connect(
     address: &str,
     tls: Option<&TlsClientConfig>,
-) -> Result<Channel, RuntimeError> {
+) -> Result<Channel, ChannelError> {
     Ok(endpoint(address, tls)?.connect().await?)
 }
 
 /// Like [`connect`], but connects on first use and reconnects after failures: for a service
 /// whose upstream may start after it.
-pub fn connect_lazy(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, RuntimeError> {
+pub fn connect_lazy(address: &str, tls: Option<&TlsClientConfig>) -> Result<Channel, ChannelError> {
     Ok(endpoint(address, tls)?.connect_lazy())
 }
 
-fn endpoint(address: &str, tls: Option<&TlsClientConfig>) -> Result<Endpoint, RuntimeError> {
+fn endpoint(address: &str, tls: Option<&TlsClientConfig>) -> Result<Endpoint, ChannelError> {
     let uri = if address.contains("://") {
         address.to_string()
     } else if tls.is_some() {
@@ -75,7 +95,11 @@ impl std::fmt::Debug for UpstreamConfig {
 impl UpstreamConfig {
     /// Reads `{prefix}_ADDR` (default `default_addr`) and `{prefix}_TOKEN`, plus the shared
     /// client TLS files.
-    pub fn from_source(reader: &mut crate::Reader<'_>, prefix: &str, default_addr: &str) -> Self {
+    pub fn from_source(
+        reader: &mut sentia_config::Reader<'_>,
+        prefix: &str,
+        default_addr: &str,
+    ) -> Self {
         let addr = reader.string_or(&format!("{prefix}_ADDR"), default_addr);
         let token = reader
             .optional(&format!("{prefix}_TOKEN"))
@@ -105,7 +129,7 @@ impl UpstreamConfig {
     }
 
     /// A lazily connecting channel that adds the token and trace context to every call.
-    pub fn channel(&self) -> Result<AuthedChannel, RuntimeError> {
+    pub fn channel(&self) -> Result<AuthedChannel, ChannelError> {
         let channel = connect_lazy(&self.addr, self.tls.as_ref())?;
         Ok(CallContext::with_token(self.token.as_ref().map(|t| t.as_str()))?.wrap(channel))
     }
@@ -128,19 +152,15 @@ impl std::fmt::Debug for CallContext {
 
 impl CallContext {
     /// With a bearer token; invalid tokens (non-ASCII) are refused here rather than per call.
-    pub fn with_token(token: Option<&str>) -> Result<Self, RuntimeError> {
+    pub fn with_token(token: Option<&str>) -> Result<Self, ChannelError> {
         let authorization = token
             .map(|t| {
                 let mut v = http::HeaderValue::try_from(format!("Bearer {t}"))
                     .ok()
                     .filter(|v| v.to_str().is_ok())
-                    .ok_or_else(|| {
-                        RuntimeError::Tls(
-                            "token contains characters not allowed in metadata".into(),
-                        )
-                    })?;
+                    .ok_or(ChannelError::Token)?;
                 v.set_sensitive(true);
-                Ok::<_, RuntimeError>(Arc::new(v))
+                Ok::<_, ChannelError>(Arc::new(v))
             })
             .transpose()?;
         Ok(Self { authorization })
@@ -185,8 +205,7 @@ impl tower::Service<http::Request<Body>> for AuthedChannel {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, (**auth).clone());
         }
-        TraceContextPropagator::new()
-            .inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
+        inject_trace_context(&span, request.headers_mut());
         let response = self.channel.call(request);
         let metrics = self.metrics.clone();
         Box::pin(async move {
@@ -198,5 +217,33 @@ impl tower::Service<http::Request<Body>> for AuthedChannel {
             metrics.record(started, name, code, &[]);
             response
         })
+    }
+}
+
+/// Writes the span's W3C trace context (`traceparent`, and `tracestate` when it has one) so
+/// the server continues the trace. The format is fixed by the W3C recommendation, which is
+/// why the SDK's propagator is not needed here: this crate depends on the OpenTelemetry API
+/// only, and an application that never sets up tracing sends nothing.
+fn inject_trace_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return;
+    }
+    let traceparent = format!(
+        "00-{}-{}-{:02x}",
+        span_context.trace_id(),
+        span_context.span_id(),
+        span_context.trace_flags() & TraceFlags::SAMPLED
+    );
+    if let Ok(value) = http::HeaderValue::try_from(traceparent) {
+        headers.insert("traceparent", value);
+    }
+    let state = span_context.trace_state().header();
+    if !state.is_empty()
+        && let Ok(value) = http::HeaderValue::try_from(state)
+    {
+        headers.insert("tracestate", value);
     }
 }

@@ -154,8 +154,8 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 Some(s) => {
                     let d = sentia_runtime::config::parse_duration(&s)
                         .context("--since must look like 24h or 90d")?;
-                    let now = sentia_runtime::db::now_ms();
-                    Some(sentia_runtime::db::timestamp(now - d.as_millis() as i64))
+                    let now = sentia_proto::wkt::now_ms();
+                    Some(sentia_proto::wkt::timestamp(now - d.as_millis() as i64))
                 }
                 None => None,
             };
@@ -200,7 +200,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
             let d = sentia_runtime::config::parse_duration(&since)
                 .context("--since must look like 30d or 90d")?;
             let start =
-                sentia_runtime::db::timestamp(sentia_runtime::db::now_ms() - d.as_millis() as i64);
+                sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms() - d.as_millis() as i64);
             let mut rows: std::collections::BTreeMap<String, ReportRow> = Default::default();
             let mut token = String::new();
             loop {

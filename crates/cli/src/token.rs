@@ -229,7 +229,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
                     } else if cred
                         .expire_time
                         .as_ref()
-                        .is_some_and(|t| t.seconds <= sentia_runtime::jwt::now_secs())
+                        .is_some_and(|t| t.seconds <= sentia_proto::wkt::now_secs())
                     {
                         "expired"
                     } else {

@@ -1,8 +1,31 @@
-//! Checks of the protobuf well-known types callers send (Timestamp, Duration): values outside
-//! the ranges the types define, or absurd for the field, are refused with a message naming
-//! the field and the accepted range — never clamped or wrapped silently.
+//! Time as Sentia keeps it — Unix milliseconds in storage, Unix seconds in tokens, protobuf
+//! Timestamp/Duration on the wire — and the one place that converts between them. Values
+//! callers send are checked here: outside the ranges the types define, or absurd for the
+//! field, they are refused with a message naming the field and the accepted range — never
+//! clamped or wrapped silently.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Current time in Unix milliseconds: how every service stores timestamps.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Current time in Unix seconds: how tokens (JWT `iat`/`exp`) and webhook signatures count.
+pub fn now_secs() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// A Unix-millisecond time as a protobuf timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
 
 /// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
 pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;

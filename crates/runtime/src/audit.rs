@@ -216,8 +216,8 @@ impl Emitter {
         event.emitter_id.clone_from(&self.emitter_id);
         event.emitter_sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         if event.time.is_none() {
-            let now = crate::db::now_ms();
-            event.time = Some(crate::db::timestamp(now));
+            let now = sentia_proto::wkt::now_ms();
+            event.time = Some(sentia_proto::wkt::timestamp(now));
         }
         let (ack, done) = oneshot::channel();
         queue

@@ -58,7 +58,7 @@ impl VaultIdentity {
     fn remember(&self, key: [u8; 32], p: &Principal) {
         let ttl = match p.expires_at {
             Some(exp) => {
-                let left = exp.saturating_sub(crate::jwt::now_secs()).max(0);
+                let left = exp.saturating_sub(sentia_proto::wkt::now_secs()).max(0);
                 self.ttl.min(Duration::from_secs(left as u64))
             }
             None => self.ttl,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -113,14 +113,6 @@ pub enum JwtError {
     /// Carries a policy that no token may carry.
     #[error("token carries policy {0:?}, which no token may carry")]
     Policy(String),
-}
-
-/// Current Unix time in seconds.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The part of a token that is signed: `base64url(header).base64url(claims)`.
@@ -334,7 +326,7 @@ impl PublicKeySet {
                 })?
             }
         };
-        check(parsed, &key, now_secs())
+        check(parsed, &key, sentia_proto::wkt::now_secs())
     }
 }
 
@@ -368,7 +360,7 @@ mod tests {
     }
 
     fn claims(exp_in: i64) -> Claims {
-        let now = now_secs();
+        let now = sentia_proto::wkt::now_secs();
         Claims {
             iss: ISSUER.into(),
             sub: "app:billing".into(),
@@ -461,13 +453,13 @@ mod tests {
         assert_eq!(keys.verify(&t).await, Err(JwtError::Policy("root".into())));
 
         let mut ten_years = claims(10 * 365 * 86_400);
-        ten_years.iat = now_secs();
+        ten_years.iat = sentia_proto::wkt::now_secs();
         let t = token(&k, "sentia-jwt-v1", &ten_years);
         assert_eq!(keys.verify(&t).await, Err(JwtError::Lifetime));
 
         // Backdating iat does not stretch the window: exp - iat is what is capped.
         let mut backdated = claims(60);
-        backdated.iat = now_secs() - 2 * 86_400;
+        backdated.iat = sentia_proto::wkt::now_secs() - 2 * 86_400;
         let t = token(&k, "sentia-jwt-v1", &backdated);
         assert_eq!(keys.verify(&t).await, Err(JwtError::Lifetime));
 

@@ -7,7 +7,6 @@ pub mod audit;
 pub mod auth;
 pub mod binary;
 pub mod config;
-pub mod db;
 mod error;
 pub mod identity;
 mod journal;

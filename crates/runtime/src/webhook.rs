@@ -98,7 +98,7 @@ impl SignedPost {
             .to_string();
         let https = self.url.scheme_str() == Some("https");
         let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let timestamp = crate::jwt::now_secs();
+        let timestamp = sentia_proto::wkt::now_secs();
         let request = http::Request::post(self.url.path_and_query().map_or("/", |p| p.as_str()))
             .header(http::header::HOST, host.as_str())
             .header(http::header::CONTENT_TYPE, "application/json")

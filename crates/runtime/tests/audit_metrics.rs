@@ -19,7 +19,7 @@ async fn a_spooled_event_shows_in_the_spool_size_gauge_and_the_queue_drains() {
     let spool = std::env::temp_dir().join(format!(
         "sentia_gauge_{}_{}.spool",
         std::process::id(),
-        sentia_runtime::db::now_ms()
+        sentia_proto::wkt::now_ms()
     ));
     let spool_s = spool.display().to_string();
     // Port 1 on loopback: nothing listens, so every batch is spooled.

@@ -349,7 +349,7 @@ impl Engine {
             summary,
             principal: who.clone(),
             secret_name: e.secret_name.clone(),
-            time: Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms())),
+            time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
             sequences: vec![sequence],
             acknowledged: false,
             acknowledged_by: String::new(),

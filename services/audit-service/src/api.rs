@@ -243,7 +243,7 @@ impl AuditApi {
         event.service = OWN_IDENTITY.into();
         event.emitter_id.clone_from(&self.own_emitter.0);
         event.emitter_sequence = self.own_emitter.1.fetch_add(1, Ordering::SeqCst) + 1;
-        event.time = Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms()));
+        event.time = Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms()));
         let mut r = self.store.append(vec![event], OWN_IDENTITY).await?;
         self.appended(&mut r).await;
         allowed
@@ -527,7 +527,7 @@ impl AuditApi {
                     "the audit log does not verify at sequence {}: {}",
                     r.first_bad_sequence, r.problem
                 ),
-                time: Some(sentia_runtime::db::timestamp(sentia_runtime::db::now_ms())),
+                time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
                 sequences: vec![r.first_bad_sequence],
                 ..Default::default()
             };

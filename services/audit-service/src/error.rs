@@ -48,7 +48,7 @@ impl From<AuditError> for Status {
                 ),
                 _ => Status::internal(format!("key-service refused the call: {}", s.message())),
             },
-            AuditError::Storage(e) => sentia_runtime::db::error_status(&e, "audit storage"),
+            AuditError::Storage(e) => sentia_db::error_status(&e, "audit storage"),
             AuditError::Migration(e) => Status::internal(format!("migration: {e}")),
             AuditError::Runtime(e) => Status::internal(e.to_string()),
         }

@@ -192,7 +192,7 @@ async fn purge_old(store: store::Store, retention: Duration, check: Duration, sh
             _ = tokio::time::sleep(check) => {}
         }
         let before =
-            sentia_runtime::db::now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
+            sentia_proto::wkt::now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
         match store.purge(before).await {
             Ok((0, _)) => {}
             Ok((through, n)) => {

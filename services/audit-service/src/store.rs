@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 use sentia_audit::record_hash;
+use sentia_db::{MigrationSource, Migrations};
 use sentia_proto::audit::v1::{Alert, AuditEvent, AuditRecord, Checkpoint};
-use sentia_runtime::db::{MigrationSource, Migrations, now_ms, timestamp};
+use sentia_proto::wkt::{now_ms, timestamp};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
@@ -240,7 +241,7 @@ impl Store {
             postgres: PG_MIGRATIONS,
             sqlite: SQLITE_MIGRATIONS,
         };
-        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
+        let pool = sentia_db::connect(url, max_connections, migrations).await?;
         let owners = Owners::default();
         let (commits, queue) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(group_commit(pool.clone(), owners.clone(), queue));

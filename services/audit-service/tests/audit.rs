@@ -10,7 +10,6 @@ use std::time::Duration;
 use sentia_proto::audit::v1 as pb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_runtime::jwt;
 use sentia_runtime::{MapSource, Shutdown};
 use tonic::Code;
 
@@ -1011,7 +1010,10 @@ async fn alerts_reach_the_webhook_signed_and_retried_after_a_failure() {
     assert_eq!(got.len(), 2, "one refused delivery (503), one retry");
     for (headers, body) in &got {
         let ts: i64 = headers["x-sentia-timestamp"].parse().unwrap();
-        assert!((jwt::now_secs() - ts).abs() < 60, "fresh timestamp");
+        assert!(
+            (sentia_proto::wkt::now_secs() - ts).abs() < 60,
+            "fresh timestamp"
+        );
         let want =
             sentia_runtime::webhook::SignedPost::signature(secret.as_bytes(), ts, body).unwrap();
         assert_eq!(

@@ -101,7 +101,7 @@ impl Config {
             DEFAULT_SERVICE_IDENTITIES,
         );
         let (database_url, max_connections) =
-            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-keys.db?mode=rwc");
+            sentia_db::from_source(&mut r, "sqlite://sentia-keys.db?mode=rwc");
         let seal_type = r.string_or("SENTIA_SEAL_TYPE", "auto");
         let master = match seal_type.as_str() {
             "shamir" => MasterSource::Shamir,

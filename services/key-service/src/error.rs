@@ -75,7 +75,7 @@ impl From<KeyError> for Status {
                     "stored key material for {what} failed authentication"
                 ))
             }
-            KeyError::Storage(e) => sentia_runtime::db::error_status(&e, "key storage"),
+            KeyError::Storage(e) => sentia_db::error_status(&e, "key storage"),
             KeyError::Migration(e) => Status::internal(format!("migration: {e}")),
             KeyError::Runtime(e) => Status::internal(e.to_string()),
             KeyError::Startup(m) => Status::internal(m),

@@ -1,7 +1,7 @@
 //! Keyring persistence through sqlx's `Any` driver, so one set of runtime queries serves
 //! Postgres (production) and SQLite (the embedded default). Only wrapped material is stored.
 
-use sentia_runtime::db::{MigrationSource, Migrations};
+use sentia_db::{MigrationSource, Migrations};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
@@ -100,7 +100,7 @@ pub struct Store {
     pool: AnyPool,
 }
 
-pub use sentia_runtime::db::now_ms;
+pub use sentia_proto::wkt::now_ms;
 
 fn u32_of(row: &AnyRow, col: &str) -> Result<u32, KeyError> {
     let v: i64 = row.try_get(col)?;
@@ -114,7 +114,7 @@ impl Store {
             postgres: PG_MIGRATIONS,
             sqlite: SQLITE_MIGRATIONS,
         };
-        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
+        let pool = sentia_db::connect(url, max_connections, migrations).await?;
         Ok(Self { pool })
     }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use sentia_policy::{Capability, Policies};
 use sentia_proto::rotation::v1 as pb;
 use sentia_proto::rotation::v1::rotation_service_server::RotationService;
+use sentia_proto::wkt::timestamp;
 use sentia_runtime::Principal;
 use sentia_runtime::audit::{CallInfo, Emitter, Gate, audited};
-use sentia_runtime::db::timestamp;
 use tonic::{Request, Response, Status};
 
 use crate::RotationError;

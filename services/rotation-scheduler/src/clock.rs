@@ -18,7 +18,7 @@ impl Clock {
     pub fn now_ms(&self) -> i64 {
         match &self.0 {
             Some(t) => t.load(Ordering::SeqCst),
-            None => sentia_runtime::db::now_ms(),
+            None => sentia_proto::wkt::now_ms(),
         }
     }
 

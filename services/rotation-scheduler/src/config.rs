@@ -75,7 +75,7 @@ impl Config {
             DEFAULT_SERVICE_IDENTITIES,
         );
         let (database_url, max_connections) =
-            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
+            sentia_db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
         let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(&mut r);

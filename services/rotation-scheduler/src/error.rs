@@ -104,7 +104,7 @@ impl From<RotationError> for Status {
                 tracing::error!(problem = %m, "stored rotation data is unreadable");
                 Status::data_loss(format!("stored rotation data is unreadable: {m}"))
             }
-            RotationError::Storage(e) => sentia_runtime::db::error_status(&e, "rotation storage"),
+            RotationError::Storage(e) => sentia_db::error_status(&e, "rotation storage"),
             RotationError::Migration(e) => Status::internal(format!("migration: {e}")),
             RotationError::Startup(m) => Status::internal(m),
             RotationError::Runtime(e) => Status::internal(e.to_string()),

@@ -2,7 +2,7 @@
 //! or SQLite for the embedded default). Every write of a rotation's step is conditional on
 //! the writer's lease fence, so a deposed leader cannot move a rotation.
 
-use sentia_runtime::db::{MigrationSource, Migrations};
+use sentia_db::{MigrationSource, Migrations};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
@@ -104,7 +104,7 @@ pub struct Store {
 impl Store {
     /// Connects and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RotationError> {
-        let pool = sentia_runtime::db::connect(
+        let pool = sentia_db::connect(
             url,
             max_connections,
             Migrations {

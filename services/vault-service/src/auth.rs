@@ -13,8 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sentia_proto::common::v1 as cpb;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_server::AuthService;
+use sentia_proto::wkt::timestamp;
 use sentia_runtime::auth::VerifyFuture;
-use sentia_runtime::db::timestamp;
 use sentia_runtime::jwt::{self, Claims, PublicKeySet};
 use sentia_runtime::{AuthMethod, BearerVerifier, Principal, Role, Shutdown};
 use tonic::{Request, Response, Status};
@@ -417,7 +417,7 @@ impl AuthService for AuthApi {
                 }
             };
             // A token never outlives its credential.
-            let now = jwt::now_secs();
+            let now = sentia_proto::wkt::now_secs();
             let mut exp = now + cred.token_ttl.max(60);
             if cred.expire_time > 0 {
                 exp = exp.min(cred.expire_time / 1000);
@@ -493,7 +493,7 @@ impl AuthService for AuthApi {
                 }
             }
             let ttl = ttl_of(&r.token_ttl).map_err(Status::from)?;
-            let now = sentia_runtime::db::now_ms();
+            let now = sentia_proto::wkt::now_ms();
             let expire_time = match &r.expire_time {
                 None => 0,
                 Some(t) => {
@@ -686,7 +686,7 @@ impl AuthService for AuthApi {
             }
             let expire_ms = match (own, p.expires_at) {
                 (true, Some(exp)) => exp * 1000,
-                _ => sentia_runtime::db::now_ms() + MAX_TOKEN_TTL.as_millis() as i64,
+                _ => sentia_proto::wkt::now_ms() + MAX_TOKEN_TTL.as_millis() as i64,
             };
             let root = self
                 .tokens

@@ -68,7 +68,7 @@ impl Config {
             DEFAULT_SERVICE_IDENTITIES,
         );
         let (database_url, max_connections) =
-            sentia_runtime::db::from_source(&mut r, "sqlite://sentia-vault.db?mode=rwc");
+            sentia_db::from_source(&mut r, "sqlite://sentia-vault.db?mode=rwc");
         let key_service =
             UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
         let data_key_name = r.string_or("SENTIA_VAULT_KEY", "vault");

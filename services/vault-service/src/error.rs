@@ -93,7 +93,7 @@ impl From<VaultError> for Status {
             VaultError::AuditUnavailable(m) => Status::unavailable(format!(
                 "{m}; nothing was changed — retry when the audit log is back"
             )),
-            VaultError::Storage(e) => sentia_runtime::db::error_status(&e, "secret storage"),
+            VaultError::Storage(e) => sentia_db::error_status(&e, "secret storage"),
             VaultError::Migration(e) => Status::internal(format!("migration: {e}")),
             VaultError::Runtime(e) => Status::internal(e.to_string()),
             VaultError::Startup(m) => Status::internal(m),

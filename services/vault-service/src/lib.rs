@@ -222,7 +222,7 @@ fn spawn_trim(store: store::Store, retention: Duration, shutdown: Shutdown) {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tick.tick() => {
-                    let before = sentia_runtime::db::now_ms() - retention.as_millis() as i64;
+                    let before = sentia_proto::wkt::now_ms() - retention.as_millis() as i64;
                     match store.trim_events(before).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(trimmed = n, "old change-stream events trimmed"),

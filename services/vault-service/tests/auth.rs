@@ -44,7 +44,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
     assert!(p.id.starts_with("app:"), "{p:?}");
     assert_eq!(p.auth_method, "jwt");
     assert_eq!(p.roles, vec!["developer".to_string()]);
-    let left = me.expire_time.unwrap().seconds - jwt::now_secs();
+    let left = me.expire_time.unwrap().seconds - sentia_proto::wkt::now_secs();
     assert!(
         (3500..=3600).contains(&left),
         "default lifetime is 1 h, {left} s left"
@@ -92,7 +92,7 @@ async fn login_issues_a_jwt_that_carries_the_credentials_policies(s: &Stack) {
         .await
         .unwrap()
         .into_inner();
-    let left = ok.expire_time.unwrap().seconds - jwt::now_secs();
+    let left = ok.expire_time.unwrap().seconds - sentia_proto::wkt::now_secs();
     assert!(
         (100..=120).contains(&left),
         "credential's 120 s lifetime, {left} s left"
@@ -326,7 +326,7 @@ async fn an_app_credential_stops_logging_in_at_its_expiry(s: &Stack) {
             name: "stale".into(),
             policies: vec!["developer".into()],
             expire_time: Some(prost_types::Timestamp {
-                seconds: jwt::now_secs() - 10,
+                seconds: sentia_proto::wkt::now_secs() - 10,
                 nanos: 0,
             }),
             ..Default::default()
@@ -334,7 +334,7 @@ async fn an_app_credential_stops_logging_in_at_its_expiry(s: &Stack) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let expires = jwt::now_secs() + 120;
+    let expires = sentia_proto::wkt::now_secs() + 120;
     let cred = admin
         .create_app_credential(pb::CreateAppCredentialRequest {
             name: "short-lived".into(),

@@ -167,7 +167,7 @@ fn parse(blob: &[u8]) -> Result<Envelope<'_>, KeyError> {
     Ok(Envelope::parse(blob)?)
 }
 
-use sentia_runtime::db::timestamp;
+use sentia_proto::wkt::timestamp;
 
 fn kid(name: &str, version: u32) -> String {
     format!("{name}-v{version}")

@@ -49,7 +49,7 @@ impl std::io::Write for Capture {
 /// Sentia claims for `sub` with `policies`, valid for `exp_in` seconds (negative = expired).
 pub fn claims(sub: &str, exp_in: i64, policies: &[&str]) -> sentia_runtime::jwt::Claims {
     use sentia_runtime::jwt;
-    let now = jwt::now_secs();
+    let now = sentia_proto::wkt::now_secs();
     jwt::Claims {
         iss: jwt::ISSUER.into(),
         sub: sub.into(),

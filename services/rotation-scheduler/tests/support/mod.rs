@@ -193,7 +193,7 @@ pub async fn alerts(addr: &str) -> Vec<sentia_proto::audit::v1::Alert> {
 
 /// A manual clock at the real time (vault-service stamps versions with the real clock).
 pub fn clock() -> Clock {
-    Clock::manual(sentia_runtime::db::now_ms())
+    Clock::manual(sentia_proto::wkt::now_ms())
 }
 
 /// Hooks with `clock` and nothing else.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
+use sentia_proto::wkt::timestamp;
 use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
-use sentia_runtime::db::timestamp;
 use sentia_runtime::{Principal, Shutdown};
 use tonic::{Request, Response, Status};
 

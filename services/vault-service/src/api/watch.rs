@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sentia_policy::Capability;
 use sentia_proto::vault::v1 as pb;
+use sentia_proto::wkt::timestamp;
 use sentia_runtime::Principal;
-use sentia_runtime::db::timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -65,7 +65,7 @@ impl SecretApi {
             let bookmark = |sequence| pb::SecretEvent {
                 sequence,
                 kind: pb::EventKind::Bookmark as i32,
-                time: Some(timestamp(sentia_runtime::db::now_ms())),
+                time: Some(timestamp(sentia_proto::wkt::now_ms())),
                 ..Default::default()
             };
             if tx.send(Ok(bookmark(last))).await.is_err() {
@@ -74,7 +74,7 @@ impl SecretApi {
             let mut told = last;
             loop {
                 if p.expires_at
-                    .is_some_and(|e| e <= sentia_runtime::jwt::now_secs())
+                    .is_some_and(|e| e <= sentia_proto::wkt::now_secs())
                 {
                     let _ = tx
                         .send(Err(Status::unauthenticated(

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use sentia_policy::Capability;
 use sentia_proto::vault::v1 as pb;
+use sentia_proto::wkt::timestamp;
 use sentia_runtime::Principal;
 use sentia_runtime::audit::{CallInfo, Detail, Gate};
-use sentia_runtime::db::timestamp;
 use tonic::Status;
 
 use super::SecretApi;

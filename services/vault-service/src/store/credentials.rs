@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use sentia_runtime::db::now_ms;
+use sentia_proto::wkt::now_ms;
 
 use super::{Store, is_unique_violation};
 use crate::VaultError;

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sentia_db::{MigrationSource, Migrations};
+use sentia_proto::wkt::now_ms;
 use sentia_runtime::audit::Gate;
-use sentia_runtime::db::{MigrationSource, Migrations, now_ms};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -237,14 +238,14 @@ impl Store {
             postgres: PG_MIGRATIONS,
             sqlite: SQLITE_MIGRATIONS,
         };
-        let pool = sentia_runtime::db::connect(url, max_connections, migrations).await?;
-        if sentia_runtime::db::is_sqlite(url) {
+        let pool = sentia_db::connect(url, max_connections, migrations).await?;
+        if sentia_db::is_sqlite(url) {
             // Destroyed ciphertext is overwritten on disk, not just unlinked from the b-tree.
             sqlx::query("PRAGMA secure_delete=ON")
                 .execute(&pool)
                 .await?;
         }
-        let sqlite = sentia_runtime::db::is_sqlite(url);
+        let sqlite = sentia_db::is_sqlite(url);
         Ok(Self {
             pool,
             sqlite,

@@ -1,6 +1,7 @@
 //! Database connections for every service: sqlx's `Any` driver, so one set of runtime queries
 //! (with `$1` placeholders, which both accept) serves Postgres in production and SQLite for
 //! the embedded default, plus migrations embedded per dialect.
+#![forbid(unsafe_code)]
 
 use std::borrow::Cow;
 
@@ -68,24 +69,8 @@ pub async fn connect(
     Ok(pool)
 }
 
-/// Current time in Unix milliseconds: how every service stores timestamps.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// A Unix-millisecond time as a protobuf timestamp.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 /// Reads `SENTIA_DATABASE_URL` (default `default_url`) and `SENTIA_DATABASE_MAX_CONNECTIONS`.
-pub fn from_source(reader: &mut crate::Reader<'_>, default_url: &str) -> (String, u32) {
+pub fn from_source(reader: &mut sentia_config::Reader<'_>, default_url: &str) -> (String, u32) {
     let url = reader.string_or("SENTIA_DATABASE_URL", default_url);
     if !(url.starts_with("postgres") || is_sqlite(&url)) {
         reader.problem("SENTIA_DATABASE_URL must start with postgres:// or sqlite:");

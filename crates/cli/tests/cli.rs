@@ -2,8 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod shell;
-#[path = "../../../services/vault-service/tests/support/mod.rs"]
-mod support;
+use sentia_testkit as support;
 
 use support::{Backend, Stack};
 use tokio::process::Command;

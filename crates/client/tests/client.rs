@@ -2,8 +2,7 @@
 //! resumable watches and a secret kept fresh across a rotation.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../services/vault-service/tests/support/mod.rs"]
-mod support;
+use sentia_testkit as support;
 
 use std::time::Duration;
 

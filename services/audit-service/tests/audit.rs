@@ -2,8 +2,7 @@
 //! Postgres: append, idempotent replay, query, tail, and verification that names tampering.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../key-service/tests/support/mod.rs"]
-mod keys;
+use sentia_testkit::keys;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! key change whose event cannot be recorded is never made.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use sentia_proto::keys::v1::{CreateKeyRequest, KeyPurpose, RotateKeyRequest};
 use support::Running;

@@ -3,7 +3,7 @@
 //! unknown name gets nothing, and a grants file replaces the defaults.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use sentia_proto::keys::v1::{
     EncryptRequest, GenerateDataKeyRequest, GetPublicKeysRequest, RotateKeyRequest, SignRequest,

@@ -2,7 +2,7 @@
 //! its own fresh database): happy paths and every bad input with its exact status code.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use sentia_crypto::MasterKey;
 use sentia_proto::keys::v1::*;

@@ -3,7 +3,7 @@
 //! it.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use support::Capture;
 

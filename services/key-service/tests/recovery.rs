@@ -4,7 +4,7 @@
 //! master (escrowed again) while the old one stops opening the keyring.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use key_service::{Config, KeyError};
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};

@@ -3,7 +3,7 @@
 //! deadline, and another principal is served throughout.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use sentia_proto::keys::v1::GetPublicKeysRequest;
 use support::Running;

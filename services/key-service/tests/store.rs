@@ -5,7 +5,7 @@
 use key_service::KeyError;
 use key_service::store::{Escrow, KeyRow, MetaRow, Store, now_ms};
 
-mod support;
+use sentia_testkit::keys as support;
 
 async fn sqlite_store() -> Store {
     Store::connect(&support::sqlite_url(), 4).await.unwrap()

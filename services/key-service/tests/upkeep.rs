@@ -1,7 +1,7 @@
 //! Keyring upkeep: auto-rotation by period, and picking up another replica's rotation.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit::keys as support;
 
 use key_service::core::Core;
 use key_service::keyring::Purpose;

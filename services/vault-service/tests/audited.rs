@@ -3,8 +3,8 @@
 //! audit-service nor the spool, operations fail closed.
 #![allow(clippy::unwrap_used)]
 
-mod audit_support;
-mod support;
+use sentia_testkit as support;
+use sentia_testkit::audit as audit_support;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! AuthService, tokens and the RBAC matrix over gRPC against real key-service.
 #![allow(clippy::unwrap_used)]
 
-#[macro_use]
-mod support;
+use sentia_testkit as support;
+use sentia_testkit::on_both_backends;
 
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 //! simulated here: `local` keeps its promise only against a process kill (see ADR 4).
 #![allow(clippy::unwrap_used)]
 
-mod audit_support;
-mod support;
+use sentia_testkit as support;
+use sentia_testkit::audit as audit_support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

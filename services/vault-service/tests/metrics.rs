@@ -3,7 +3,7 @@
 //! version, after a write and two reads.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit as support;
 
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};

@@ -3,7 +3,7 @@
 //! change-stream positions between replicas.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit as support;
 
 use std::time::Duration;
 

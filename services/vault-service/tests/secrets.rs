@@ -1,8 +1,8 @@
 //! SecretService over gRPC against real key-service, on SQLite and on Postgres.
 #![allow(clippy::unwrap_used)]
 
-#[macro_use]
-mod support;
+use sentia_testkit as support;
+use sentia_testkit::on_both_backends;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! database, Redis or the logs.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit as support;
 
 use support::keys::Capture;
 

@@ -1,8 +1,8 @@
 //! WatchSecrets: ordered change events, filtered by prefix, resumable without loss.
 #![allow(clippy::unwrap_used)]
 
-#[macro_use]
-mod support;
+use sentia_testkit as support;
+use sentia_testkit::on_both_backends;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! child of vault-service's client span of the call, itself inside vault-service's GetSecret.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use sentia_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,7 @@
 //! clock, and real Postgres roles and Redis ACL users as rotation targets.
 #![allow(clippy::unwrap_used, dead_code)]
 
-#[path = "../../../vault-service/tests/support/mod.rs"]
-pub mod vault;
+pub use sentia_testkit as vault;
 
 use std::time::Duration;
 

@@ -1,15 +1,14 @@
-//! audit-service in this process, for vault-service suites that read what vault-service
-//! recorded (kept apart from `support`, which suites of crates without audit-service share).
-#![allow(clippy::unwrap_used, dead_code)]
+//! audit-service in this process, for suites that read what the other services recorded.
 
 use sentia_runtime::{MapSource, Shutdown};
 use tokio::net::TcpListener;
 
-use crate::support::{keys, sqlite_url};
+use crate::{keys, sqlite_url};
 
 /// audit-service in this process on a fresh SQLite file, accepting the harness's tokens and
 /// signing checkpoints through the key-service at `keys_addr`.
 pub struct AuditService {
+    /// `host:port` it serves on.
     pub addr: String,
     stop: Shutdown,
     handle: tokio::task::JoinHandle<()>,
@@ -40,6 +39,7 @@ impl AuditService {
         Self { addr, stop, handle }
     }
 
+    /// Shuts down and waits for the server to stop.
     pub async fn stop(self) {
         self.stop.trigger();
         self.handle.await.unwrap();

@@ -1,6 +1,5 @@
-//! Test harness shared by key-service's suites: fresh databases (SQLite file or a new
-//! Postgres database per test) and key-service started in-process on an ephemeral port.
-#![allow(clippy::unwrap_used, dead_code)]
+//! key-service in this process, the identities the other services use at it (one static
+//! token each, with the shipped grants), and helpers that need a running key-service.
 
 use key_service::Config;
 use sentia_crypto::MasterKey;
@@ -9,7 +8,8 @@ use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect};
 use sentia_runtime::tls::TlsClientConfig;
 use sentia_runtime::{MapSource, Role, Shutdown};
-use sqlx::Executor;
+
+pub use crate::{Capture, postgres_database, postgres_url, sqlite_url, unique};
 
 /// vault-service's identity at key-service (the shipped grants: data keys under `vault|…`,
 /// signing tokens).
@@ -20,6 +20,7 @@ pub const AUDIT_TOKEN: &str = "audit-service-token-for-tests";
 pub const SCHEDULER_KEY_TOKEN: &str = "scheduler-key-token-for-tests";
 /// A service identity granted every operation on every key: for tests of the crypto itself.
 pub const CRYPTO_TOKEN: &str = "crypto-token-for-tests";
+/// An operator (admin role).
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// The shipped grants plus `crypto-tester`, which may do anything with any key.
@@ -30,20 +31,6 @@ pub fn test_grants() -> key_service::grants::Grants {
                \"set_key_policy\"] }]\n";
     key_service::grants::Grants::parse(&format!("{}\n{all}", key_service::grants::DEFAULT_GRANTS))
         .unwrap()
-}
-
-/// Collects everything a tracing subscriber writes, to search logs for leaked values.
-#[derive(Clone, Default)]
-pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Sentia claims for `sub` with `policies`, valid for `exp_in` seconds (negative = expired).
@@ -62,98 +49,6 @@ pub fn claims(sub: &str, exp_in: i64, policies: &[&str]) -> sentia_runtime::jwt:
     }
 }
 
-/// A name no other test (or run) uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-/// A new SQLite database file.
-pub fn sqlite_url() -> String {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_ks")));
-    format!("sqlite://{}?mode=rwc", path.display())
-}
-
-/// A brand-new Postgres database, or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not
-/// set outside CI. Under CI=true a missing Postgres fails the test.
-pub async fn postgres_url() -> Option<String> {
-    postgres_database("sentia_ks", "").await
-}
-
-/// A brand-new Postgres database named from `prefix`, created with `options` (e.g. a
-/// locale), or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not set outside CI.
-/// Databases that earlier test processes left behind are dropped first, so runs never pile
-/// them up on the server (a test that panics cannot drop its own).
-pub async fn postgres_database(prefix: &str, options: &str) -> Option<String> {
-    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: postgres test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
-        );
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let db = unique(prefix);
-    let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
-    drop_abandoned_databases(&admin).await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {db} {options}"
-        )))
-        .await
-        .unwrap();
-    admin.close().await;
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
-    Some(format!("{base}/{db}"))
-}
-
-/// Drops the test databases (named by [`unique`]: `sentia_*_{pid}_{nanos}`) whose creating
-/// process has exited, or, where processes cannot be seen, that are more than an hour old.
-/// A database still in use refuses the drop, which is ignored.
-async fn drop_abandoned_databases(admin: &sqlx::AnyPool) {
-    use sqlx::Row;
-    let names: Vec<String> =
-        sqlx::query("SELECT datname::text FROM pg_database WHERE datname LIKE 'sentia\\_%'")
-            .fetch_all(admin)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>(0))
-            .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let procfs = std::path::Path::new("/proc/self").exists();
-    for name in names {
-        let mut parts = name.rsplitn(3, '_');
-        let (Some(Ok(nanos)), Some(Ok(pid))) = (
-            parts.next().map(str::parse::<u128>),
-            parts.next().map(str::parse::<u32>),
-        ) else {
-            continue;
-        };
-        let abandoned = if procfs {
-            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        } else {
-            now.saturating_sub(nanos) > 3_600_000_000_000
-        };
-        if abandoned {
-            let _ = admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name}"
-                )))
-                .await;
-        }
-    }
-}
-
 /// The token table line for the test tokens, one identity each.
 pub fn tokens() -> String {
     sentia_runtime::auth::TokenTable::from_plain([
@@ -168,6 +63,7 @@ pub fn tokens() -> String {
 
 /// A key-service running in this process.
 pub struct Running {
+    /// `host:port` it serves on.
     pub addr: String,
     shutdown: Shutdown,
     handle: tokio::task::JoinHandle<()>,

@@ -1,162 +1,27 @@
-//! Test harness for vault-service suites: key-service and vault-service started in-process on
-//! ephemeral ports over a fresh SQLite file or a new Postgres database, an optional Redis
-//! (behind a proxy the test can cut), and clients with chosen policies.
-#![allow(clippy::unwrap_used, dead_code)]
-
-/// Runs each named `async fn(&Stack)` as a test on SQLite and on Postgres.
-#[allow(unused_macros)]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(stack) = crate::support::Stack::start(crate::support::Backend::Sqlite, &[]).await {
-                    super::$name(&stack).await;
-                    stack.stop().await;
-                }
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(stack) = crate::support::Stack::start(crate::support::Backend::Postgres, &[]).await {
-                    super::$name(&stack).await;
-                    stack.stop().await;
-                }
-            })*
-        }
-    };
-}
-
-#[path = "../../../key-service/tests/support/mod.rs"]
-pub mod keys;
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+//! vault-service in this process on top of a key-service: a [`Stack`], its replicas, and the
+//! request builders its suites share.
 
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext};
 use sentia_runtime::{MapSource, Shutdown};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use vault_service::Config;
 
-pub use keys::{postgres_url, sqlite_url, unique};
-
-/// Which database a test runs on.
-#[derive(Clone, Copy, Debug)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A database URL for `backend`, or None (announced) when Postgres is not available here.
-pub async fn database(backend: Backend) -> Option<String> {
-    match backend {
-        Backend::Sqlite => Some(sqlite_url()),
-        Backend::Postgres => postgres_url().await,
-    }
-}
-
-/// The Redis URL for tests, or None (announced) outside CI when `SENTIA_TEST_REDIS_URL` is
-/// not set. Under CI=true a missing Redis fails the test.
-pub fn redis_url() -> Option<String> {
-    match std::env::var("SENTIA_TEST_REDIS_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but SENTIA_TEST_REDIS_URL is not set"
-            );
-            eprintln!("SKIPPED: redis test (SENTIA_TEST_REDIS_URL not set; run `bash tests/run`)");
-            None
-        }
-    }
-}
-
-/// A TCP proxy a test can cut (and restore), to see a peer disappear: Redis behind
-/// vault-service, or vault-service behind a client.
-pub struct Proxy {
-    pub url: String,
-    pub addr: String,
-    up: Arc<AtomicBool>,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl Proxy {
-    /// A proxy to the Redis at `redis_url`; `url` is the proxied Redis URL.
-    pub async fn start(redis_url: &str) -> Self {
-        let target = redis_url
-            .trim_start_matches("redis://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        let mut p = Self::to(&target).await;
-        p.url = format!("redis://{}", p.addr);
-        p
-    }
-
-    /// A proxy to `target` (`host:port`).
-    pub async fn to(target: &str) -> Self {
-        let target = target.to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let url = format!("http://{addr}");
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close at once
-                }
-                let target = target.clone();
-                let (up, cut) = (up2.clone(), cut2.clone());
-                tokio::spawn(async move {
-                    // Listen for a cut before anything can be forwarded, and then look at the
-                    // flag: a cut while this connection was still being set up is not missed.
-                    let cutting = cut.notified();
-                    tokio::pin!(cutting);
-                    cutting.as_mut().enable();
-                    if !up.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cutting => {}
-                    }
-                });
-            }
-        });
-        Self { url, addr, up, cut }
-    }
-
-    /// Drops every connection and refuses new ones, as if the peer had stopped.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    /// Accepts and forwards connections again.
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
+use crate::{Backend, database, keys, unique};
 
 /// key-service plus vault-service, in this process.
 pub struct Stack {
+    /// The key-service it uses.
     pub keys: keys::Running,
+    /// `host:port` of vault-service.
     pub addr: String,
+    /// vault-service's database.
     pub database_url: String,
+    /// The bootstrap root token it wrote on first start.
     pub root_token: String,
+    /// A private directory of its files (root token file).
     pub dir: std::path::PathBuf,
     shutdown: Shutdown,
     handle: tokio::task::JoinHandle<()>,
@@ -325,6 +190,7 @@ impl Stack {
 
 /// A second vault-service on the same database.
 pub struct Replica {
+    /// `host:port` of the replica.
     pub addr: String,
     shutdown: Shutdown,
     handle: tokio::task::JoinHandle<()>,
@@ -337,6 +203,7 @@ impl Replica {
         SecretServiceClient::new(CallContext::with_token(Some(token)).unwrap().wrap(channel))
     }
 
+    /// Shuts down and waits for the replica to stop.
     pub async fn stop(self) {
         self.shutdown.trigger();
         self.handle.await.unwrap();

@@ -80,7 +80,7 @@ impl Vault {
         dir: &std::path::Path,
         extra: &[(&str, &str)],
         transport: Transport,
-        pki: Option<&sentia_runtime::tls::DevPki>,
+        pki: Option<&sentia_dev_pki::DevPki>,
     ) -> anyhow::Result<Self> {
         let root_file = dir.join(format!("root-{}", uuid::Uuid::new_v4()));
         let root_s = root_file.display().to_string();
@@ -356,7 +356,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
     // Production runs TLS (mTLS between services): the same reads over each transport, as
     // ratios to the plaintext no-op above and to the no-op over the same transport.
-    let pki = sentia_runtime::tls::DevPki::generate()?;
+    let pki = sentia_dev_pki::DevPki::generate()?;
     for (name, transport) in [("TLS", Transport::Tls), ("mTLS", Transport::Mtls)] {
         let v =
             Vault::start_over(args, &ks.addr, &db, &dir, &CACHES_ON, transport, Some(&pki)).await?;

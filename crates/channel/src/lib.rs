@@ -8,7 +8,7 @@
 pub mod rpc;
 pub mod tls;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -136,34 +136,51 @@ impl UpstreamConfig {
 }
 
 /// The credentials an outgoing call carries: `authorization: Bearer <token>` when a token
-/// is set (mTLS callers need none).
+/// is set (mTLS callers need none). Clones share one token, so a client that renews its
+/// login replaces the token of every channel it handed out at once ([`CallContext::set_token`]).
 #[derive(Clone, Default)]
 pub struct CallContext {
-    authorization: Option<Arc<http::HeaderValue>>,
+    authorization: Arc<RwLock<Option<Arc<http::HeaderValue>>>>,
 }
 
 impl std::fmt::Debug for CallContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallContext")
-            .field("token", &self.authorization.is_some())
+            .field("token", &self.current().is_some())
             .finish()
     }
+}
+
+/// `Bearer <token>` as a sensitive header value; tokens metadata cannot carry are refused.
+fn bearer(token: &str) -> Result<Arc<http::HeaderValue>, ChannelError> {
+    let mut v = http::HeaderValue::try_from(format!("Bearer {token}"))
+        .ok()
+        .filter(|v| v.to_str().is_ok())
+        .ok_or(ChannelError::Token)?;
+    v.set_sensitive(true);
+    Ok(Arc::new(v))
 }
 
 impl CallContext {
     /// With a bearer token; invalid tokens (non-ASCII) are refused here rather than per call.
     pub fn with_token(token: Option<&str>) -> Result<Self, ChannelError> {
-        let authorization = token
-            .map(|t| {
-                let mut v = http::HeaderValue::try_from(format!("Bearer {t}"))
-                    .ok()
-                    .filter(|v| v.to_str().is_ok())
-                    .ok_or(ChannelError::Token)?;
-                v.set_sensitive(true);
-                Ok::<_, ChannelError>(Arc::new(v))
-            })
-            .transpose()?;
-        Ok(Self { authorization })
+        let authorization = token.map(bearer).transpose()?;
+        Ok(Self {
+            authorization: Arc::new(RwLock::new(authorization)),
+        })
+    }
+
+    /// Replaces the token for every call made from now on through this context or a clone.
+    pub fn set_token(&self, token: Option<&str>) -> Result<(), ChannelError> {
+        let authorization = token.map(bearer).transpose()?;
+        if let Ok(mut current) = self.authorization.write() {
+            *current = authorization;
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Option<Arc<http::HeaderValue>> {
+        self.authorization.read().ok().and_then(|a| a.clone())
     }
 
     /// Wraps a channel.
@@ -200,10 +217,10 @@ impl tower::Service<http::Request<Body>> for AuthedChannel {
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let name = RpcName::of(request.uri());
         let span = rpc::span(&name, Side::Client);
-        if let Some(auth) = &self.context.authorization {
+        if let Some(auth) = self.context.current() {
             request
                 .headers_mut()
-                .insert(http::header::AUTHORIZATION, (**auth).clone());
+                .insert(http::header::AUTHORIZATION, (*auth).clone());
         }
         inject_trace_context(&span, request.headers_mut());
         let response = self.channel.call(request);

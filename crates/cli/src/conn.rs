@@ -11,8 +11,9 @@ pub struct Common {
     /// Bearer token (root token, JWT from `sentia login`, or a service token).
     #[arg(long, env = "SENTIA_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// CA certificate (PEM) to trust; enables TLS.
-    #[arg(long, env = "SENTIA_CA_CERT", global = true)]
+    /// CA certificate (PEM) to trust; enables TLS. The same variable the services read for
+    /// their calls to each other (`SENTIA_CA_CERT` is still read, with a warning).
+    #[arg(long, env = "SENTIA_CLIENT_CA", global = true)]
     pub ca: Option<String>,
     /// Client certificate (PEM) for mTLS.
     #[arg(long, env = "SENTIA_CLIENT_CERT", global = true)]
@@ -28,9 +29,16 @@ pub struct Common {
 impl Common {
     /// TLS settings when a CA is given.
     pub fn tls(&self) -> anyhow::Result<Option<TlsClientConfig>> {
-        Ok(match &self.ca {
+        let deprecated = || {
+            let ca = std::env::var("SENTIA_CA_CERT")
+                .ok()
+                .filter(|v| !v.is_empty())?;
+            eprintln!("warning: SENTIA_CA_CERT is deprecated; set SENTIA_CLIENT_CA instead");
+            Some(ca)
+        };
+        Ok(match self.ca.clone().or_else(deprecated) {
             Some(ca) => Some(TlsClientConfig::from_files(
-                ca,
+                &ca,
                 self.cert.as_deref(),
                 self.key.as_deref(),
             )?),
@@ -65,9 +73,12 @@ pub struct VaultConn {
 }
 
 impl VaultConn {
-    /// A connected channel to vault-service.
-    pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
-        self.common.channel(&self.addr, "vault-service").await
+    /// The SDK's client for vault-service, connected, carrying the token.
+    pub async fn client(&self) -> anyhow::Result<sentia_client::Client> {
+        let tls = self.common.tls()?;
+        sentia_client::Client::connect(&self.addr, self.common.token.as_deref(), tls.as_ref())
+            .await
+            .with_context(|| format!("connecting to vault-service at {}", self.addr))
     }
 }
 

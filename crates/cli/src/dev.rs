@@ -10,9 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use key_service::{Config, MasterSource};
 use sentia_crypto::MasterKey;
+use sentia_dev_pki::DevPki;
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::private_file;
-use sentia_runtime::{DevPki, MapSource, Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
+use sentia_runtime::{MapSource, Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
 use zeroize::Zeroizing;
 
 /// Options of `sentia dev`.
@@ -163,7 +164,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         write_private(&args.data_dir.join("cli-key.pem"), &key)?;
         let d = args.data_dir.display();
         tls_note = format!(
-            "  mTLS:        export SENTIA_CA_CERT={d}/ca.pem SENTIA_CLIENT_CERT={d}/cli.pem SENTIA_CLIENT_KEY={d}/cli-key.pem\n"
+            "  mTLS:        export SENTIA_CLIENT_CA={d}/ca.pem SENTIA_CLIENT_CERT={d}/cli.pem SENTIA_CLIENT_KEY={d}/cli-key.pem\n"
         );
     }
     let db = private_database(&args.data_dir, "keys.db")?;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_proto::vault::v1::{self as pb, secret_service_client::SecretServiceClient};
+use sentia_proto::vault::v1 as pb;
 use serde_json::json;
 
 use crate::conn::{VaultConn, status_err, utc};
@@ -172,7 +172,8 @@ fn read_value(file: &Option<String>) -> anyhow::Result<Vec<u8>> {
 
 /// Runs a secret subcommand.
 pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
-    let mut c = SecretServiceClient::new(args.conn.channel().await?);
+    let client = args.conn.client().await?;
+    let mut c = client.secrets();
     let as_json = args.conn.common.json;
     match args.command {
         SecretCommand::Put {

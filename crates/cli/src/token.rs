@@ -5,7 +5,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_proto::vault::v1::{self as pb, auth_service_client::AuthServiceClient};
+use sentia_proto::vault::v1 as pb;
 use serde_json::json;
 
 use crate::conn::{VaultConn, status_err};
@@ -103,8 +103,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             zeroize::Zeroizing::new(s.trim().to_string())
         }
     };
-    let channel = args.conn.channel().await?;
-    let r = AuthServiceClient::new(channel)
+    let r = args
+        .conn
+        .client()
+        .await?
+        .auth()
         .login(pb::LoginRequest {
             role_id: args.role_id,
             secret_id: secret_id.to_string(),
@@ -126,8 +129,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
 /// Runs a token subcommand.
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let channel = args.conn.channel().await?;
-    let mut c = AuthServiceClient::new(channel);
+    let client = args.conn.client().await?;
+    let mut c = client.auth();
     match args.command {
         TokenCommand::Whoami => {
             let r = c

@@ -317,7 +317,7 @@ async fn pki_init_issues_certificates_that_a_health_check_over_mutual_tls_uses()
     );
     let (ok, out, err) = shell::sentia(
         &[
-            ("SENTIA_CA_CERT", file("ca.pem").as_str()),
+            ("SENTIA_CLIENT_CA", file("ca.pem").as_str()),
             ("SENTIA_CLIENT_CERT", file("ops.pem").as_str()),
             ("SENTIA_CLIENT_KEY", file("ops-key.pem").as_str()),
         ],
@@ -333,6 +333,10 @@ async fn pki_init_issues_certificates_that_a_health_check_over_mutual_tls_uses()
     )
     .await;
     assert!(!ok, "key-service wants a client certificate: {err}");
+    assert!(
+        err.contains("SENTIA_CA_CERT is deprecated"),
+        "the old variable name is still read, with a warning: {err}"
+    );
     keys.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,8 @@
 //! so a service picks up rotations without a restart.
 #![forbid(unsafe_code)]
 
+mod session;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,9 @@ use tonic::{Code, Status, Streaming};
 use zeroize::Zeroizing;
 
 pub use sentia_proto::vault::v1::EventKind;
+pub use session::{Renewal, SessionState};
+
+use session::Session;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,10 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+fn setup(e: sentia_channel::ChannelError) -> ClientError {
+    ClientError::Setup(e.to_string())
 }
 
 /// Retry policy for calls that are safe to repeat: exponential backoff with jitter on
@@ -189,6 +198,8 @@ pub struct Client {
     secrets: SecretServiceClient<AuthedChannel>,
     auth: AuthServiceClient<AuthedChannel>,
     retry: Retry,
+    /// The renewal of a logged-in client's token; shared by its clones.
+    session: Option<Arc<Session>>,
 }
 
 impl fmt::Debug for Client {
@@ -207,43 +218,84 @@ impl Client {
         token: Option<&str>,
         tls: Option<&TlsClientConfig>,
     ) -> Result<Self, ClientError> {
-        let channel = connect_lazy(addr, tls).map_err(|e| ClientError::Setup(e.to_string()))?;
-        let channel = CallContext::with_token(token)
-            .map_err(|e| ClientError::Setup(e.to_string()))?
-            .wrap(channel);
+        Self::with_context(addr, CallContext::with_token(token), tls)
+    }
+
+    /// Like [`Client::new`], but connects now: for a command-line tool, which should fail at
+    /// once, naming the address, when the server is not there.
+    pub async fn connect(
+        addr: &str,
+        token: Option<&str>,
+        tls: Option<&TlsClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let channel = sentia_channel::connect(addr, tls).await.map_err(setup)?;
+        Self::over(channel, CallContext::with_token(token))
+    }
+
+    fn with_context(
+        addr: &str,
+        context: Result<CallContext, sentia_channel::ChannelError>,
+        tls: Option<&TlsClientConfig>,
+    ) -> Result<Self, ClientError> {
+        Self::over(connect_lazy(addr, tls).map_err(setup)?, context)
+    }
+
+    fn over(
+        channel: tonic::transport::Channel,
+        context: Result<CallContext, sentia_channel::ChannelError>,
+    ) -> Result<Self, ClientError> {
+        let channel = context.map_err(setup)?.wrap(channel);
         Ok(Self {
             secrets: SecretServiceClient::new(channel.clone()),
             auth: AuthServiceClient::new(channel),
             retry: Retry::default(),
+            session: None,
         })
     }
 
-    /// Logs in with an app credential and returns a client carrying the new token.
+    /// Logs in with an app credential and returns a client carrying the new token, which it
+    /// renews (by logging in again) while a third of its lifetime is left; clones share the
+    /// renewed token, and renewal stops when the last clone is dropped.
     pub async fn login(
         addr: &str,
         role_id: &str,
         secret_id: &str,
         tls: Option<&TlsClientConfig>,
     ) -> Result<(Self, Login), ClientError> {
+        Self::login_with(addr, role_id, secret_id, tls, Renewal::default()).await
+    }
+
+    /// [`Client::login`] with a chosen renewal point.
+    pub async fn login_with(
+        addr: &str,
+        role_id: &str,
+        secret_id: &str,
+        tls: Option<&TlsClientConfig>,
+        renewal: Renewal,
+    ) -> Result<(Self, Login), ClientError> {
         let anonymous = Self::new(addr, None, tls)?;
-        let r = anonymous
-            .retry
-            .run(|| {
-                let mut auth = anonymous.auth.clone();
-                let req = pb::LoginRequest {
-                    role_id: role_id.to_string(),
-                    secret_id: secret_id.to_string(),
-                };
-                async move { auth.login(req).await }
-            })
-            .await?
-            .into_inner();
-        let login = Login {
-            token: Zeroizing::new(r.token),
-            token_id: r.token_id,
-            expires_at: r.expire_time.map_or(0, |t| t.seconds),
-        };
-        Ok((Self::new(addr, Some(&login.token), tls)?, login))
+        let login = session::login(&anonymous.auth, &anonymous.retry, role_id, secret_id).await?;
+        let context = CallContext::with_token(Some(&login.token));
+        let shared = context.as_ref().ok().cloned();
+        let mut client = Self::with_context(addr, context, tls)?;
+        if let Some(context) = shared {
+            client.session = Some(Arc::new(Session::start(
+                anonymous.auth,
+                anonymous.retry,
+                context,
+                role_id,
+                secret_id,
+                &login,
+                renewal,
+            )));
+        }
+        Ok((client, login))
+    }
+
+    /// For a client from [`Client::login`]: the current token's id and expiry, which change at
+    /// each renewal (`changed().await` waits for the next one).
+    pub fn session(&self) -> Option<tokio::sync::watch::Receiver<SessionState>> {
+        self.session.as_ref().map(|s| s.state())
     }
 
     /// Replaces the retry policy.

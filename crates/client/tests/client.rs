@@ -149,3 +149,67 @@ async fn keep_fresh_follows_current_through_a_staged_rotation() {
     assert_eq!(fresh.current().version, 2);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_client_renews_its_token_before_expiry_and_its_calls_carry_the_new_one() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    s.put("dev/app/renewed", b"v1").await;
+    let cred = s
+        .auth(&s.root_token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "long-running".into(),
+            policies: vec!["developer".into()],
+            token_ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Renew with 58 s of the 60 s left: the first renewal comes about 2 s after login.
+    let renewal = sentia_client::Renewal {
+        before_expiry: Some(Duration::from_secs(58)),
+    };
+    let (c, first) = Client::login_with(&s.addr, &cred.role_id, &cred.secret_id, None, renewal)
+        .await
+        .unwrap();
+    let clone = c.clone();
+    let mut session = c.session().unwrap();
+    assert_eq!(session.borrow().renewals, 0);
+    let renewed = session
+        .wait_for(|state| state.renewals >= 1)
+        .await
+        .unwrap()
+        .clone();
+    assert_ne!(renewed.token_id, first.token_id);
+    assert!(renewed.expires_at >= first.expires_at);
+
+    // Revoke the first token and wait until vault-service refuses it: the client (and its
+    // clone) still read, so every call now carries the renewed token.
+    s.auth(&s.root_token)
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: first.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    let old = s.auth(&first.token).await;
+    loop {
+        match old.clone().who_am_i(pb::WhoAmIRequest {}).await {
+            Err(e) if e.code() == tonic::Code::Unauthenticated => break,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(c.get("dev/app/renewed").await.unwrap().expose(), b"v1");
+    assert_eq!(clone.get("dev/app/renewed").await.unwrap().expose(), b"v1");
+
+    // The token is never in the session's state or the client's Debug output.
+    let shown = format!("{c:?} {:?} {:?}", session.borrow(), first);
+    assert!(!shown.contains(first.token.as_str()), "{shown}");
+    s.stop().await;
+}

@@ -127,3 +127,18 @@ impl Principal {
         }
     }
 }
+
+/// The request id of the current call (from `x-request-id`, or minted here as a UUIDv7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id attached to a request by the server stack ("" if none).
+    pub fn of<T>(request: &tonic::Request<T>) -> String {
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
+    }
+}

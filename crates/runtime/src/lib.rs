@@ -3,21 +3,20 @@
 //! reflection, request id, trace context, auth, timeout, concurrency limit).
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod auth;
 pub mod binary;
 pub mod config;
 mod error;
 pub mod identity;
-mod journal;
 pub mod jwt;
-pub mod private_file;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;
 
+pub use sentia_audit_emitter as audit;
+pub use sentia_audit_emitter::private_file;
 pub use sentia_channel as client;
 pub use sentia_identity::text;
 
@@ -27,4 +26,4 @@ pub use config::{ConfigError, MapSource, ProcessEnv, Reader, ServerConfig, Sourc
 pub use error::RuntimeError;
 pub use server::{RequestId, Server};
 pub use shutdown::Shutdown;
-pub use tls::{DevPki, TlsFiles, TlsServerConfig};
+pub use tls::{TlsFiles, TlsServerConfig};

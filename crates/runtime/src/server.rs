@@ -37,23 +37,9 @@ use crate::{Principal, Role, RuntimeError, ServerConfig, Shutdown};
 use sentia_channel::rpc::{
     self, BoxFuture, HeaderExtractor, RpcDuration, RpcName, Side, status_code,
 };
+pub use sentia_identity::RequestId;
 use sentia_proto::audit::v1::AuditEvent;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
-/// The request id of the current call (from `x-request-id`, or minted here as a UUIDv7).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    /// The id attached to a request by the server stack ("" if none).
-    pub fn of<T>(request: &tonic::Request<T>) -> String {
-        request
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default()
-    }
-}
 
 const REQUEST_ID: &str = "x-request-id";
 const ALWAYS_PUBLIC: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];

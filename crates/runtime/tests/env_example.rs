@@ -96,3 +96,26 @@ fn every_variable_the_test_harness_reads_is_in_the_readme() {
         .collect();
     assert!(missing.is_empty(), "not in README.md: {missing:?}");
 }
+
+#[test]
+fn a_name_is_mentioned_whole_or_as_a_prefix_never_inside_a_longer_name() {
+    let text = "# aliases: SENTIA_OLD.\nSENTIA_KEY_SERVICE_ADDR=x\nSENTIA_TOKEN_REFRESH=5s\n";
+    assert!(mentions(text, "SENTIA_OLD"));
+    assert!(mentions(text, "SENTIA_KEY_SERVICE"));
+    assert!(
+        mentions(text, "SENTIA_TOKEN"),
+        "a prefix of a documented name"
+    );
+    assert!(!mentions(text, "SENTIA_KEY_SERV"));
+    assert!(!mentions(text, "SENTIA_TOKEN_REFRESHED"));
+}
+
+#[test]
+fn names_are_read_from_string_literals_only_whole() {
+    let found =
+        variables(r#"r.optional("SENTIA_X_Y"); format!("{}", "SENTIA_PREFIX_"); "SENTIA_2FA""#);
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        vec!["SENTIA_2FA".to_string(), "SENTIA_X_Y".to_string()]
+    );
+}

@@ -2,10 +2,11 @@
 //! CA, and every response carries a request id.
 
 #![allow(clippy::unwrap_used)]
+use sentia_dev_pki::DevPki;
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::client::connect;
 use sentia_runtime::tls::TlsClientConfig;
-use sentia_runtime::{DevPki, Server, ServerConfig, Shutdown};
+use sentia_runtime::{Server, ServerConfig, Shutdown};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::pb::HealthCheckRequest;

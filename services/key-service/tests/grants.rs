@@ -5,11 +5,11 @@
 
 use sentia_testkit::keys as support;
 
+use sentia_dev_pki::DevPki;
 use sentia_proto::keys::v1::{
     EncryptRequest, GenerateDataKeyRequest, GetPublicKeysRequest, RotateKeyRequest, SignRequest,
     UnwrapDataKeyRequest,
 };
-use sentia_runtime::DevPki;
 use support::Running;
 use tonic::Code;
 

@@ -42,10 +42,12 @@ pub async fn run(
     let emitter = sentia_runtime::audit::Emitter::start("rotation-scheduler", &config.audit)
         .map_err(|e| RotationError::Startup(e.to_string()))?;
     let vault = vault::Vault::new(
-        config
-            .vault_service
-            .channel()
-            .map_err(sentia_runtime::RuntimeError::from)?,
+        sentia_client::Client::new(
+            &config.vault_service.addr,
+            config.vault_service.token.as_ref().map(|t| t.as_str()),
+            config.vault_service.tls.as_ref(),
+        )
+        .map_err(|e| RotationError::Startup(format!("vault-service client: {e}")))?,
     );
     let keys = match &config.key_service {
         Some(k) => Some(

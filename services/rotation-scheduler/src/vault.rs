@@ -1,5 +1,8 @@
-//! The calls the scheduler makes to vault-service, as its own service identity.
+//! The calls the scheduler makes to vault-service, as its own service identity, through the
+//! SDK every other caller uses. Its own retries are the engine's (a failed step is retried
+//! with backoff and rolled back where it must be), so these calls are made once.
 
+use sentia_client::Client;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
 use sentia_runtime::client::AuthedChannel;
@@ -12,9 +15,9 @@ use crate::rotator::Secret;
 pub struct Vault(SecretServiceClient<AuthedChannel>);
 
 impl Vault {
-    /// Wraps a connected client.
-    pub fn new(channel: AuthedChannel) -> Self {
-        Self(SecretServiceClient::new(channel))
+    /// Wraps the SDK's client.
+    pub fn new(client: Client) -> Self {
+        Self(client.secrets())
     }
 
     /// Metadata and versions; None if the secret does not exist.

@@ -15,7 +15,7 @@ use sentia_runtime::client::AuthedChannel;
 use crate::config::Hooks;
 use crate::metrics::Metrics;
 use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
-use crate::rotator::{Ctx, Progress, Rotator, Secret};
+use crate::rotator::{Ctx, Progress, Rotator, Secret, StepError, is_transient_code};
 use crate::schedule::{Method, State};
 use crate::steps::{Outcome, Rotation, Step};
 use crate::store::{RotationRecord, Store};
@@ -365,7 +365,8 @@ impl Engine {
         let outcome = match self.act(&mut next).await {
             Ok(Progress::Done) => Outcome::Done,
             Ok(Progress::WaitUntil(at)) => Outcome::Wait(at),
-            Err(why) => Outcome::Failed(why),
+            Err(StepError::Transient(why)) => Outcome::Unavailable(why),
+            Err(StepError::Rejected(why)) => Outcome::Failed(why),
         };
         if self.hooks.crash_after == Some(step) {
             tracing::warn!(id = %r.id, step = step_name(step), "test hook: crashing before the step is recorded");
@@ -420,6 +421,14 @@ impl Engine {
                 ));
                 results.push(format!("{}_failed", step_name(step)));
             }
+            Outcome::Unavailable(why) => {
+                tracing::warn!(id = %r.id, path = %r.path, step = step_name(step), error = %why, "rotation step could not reach its target; it runs again after a backoff");
+                events.push((
+                    format!("rotation_{}_failed", step_name(step)),
+                    Some(tonic::Code::Unavailable),
+                ));
+                results.push(format!("{}_unavailable", step_name(step)));
+            }
         }
         if r.state.step == Step::Parked {
             tracing::error!(id = %r.id, path = %r.path, attempts = r.state.attempts, "rotation parked: it needs a person");
@@ -449,33 +458,34 @@ impl Engine {
         }
     }
 
-    async fn admin(&self, rotator: &Rotator) -> Result<Option<Secret>, String> {
+    async fn admin(&self, rotator: &Rotator) -> Result<Option<Secret>, StepError> {
         let Some(path) = rotator.admin_secret() else {
             return Ok(None);
         };
         match self.vault.labelled(path, "CURRENT").await {
             Ok(Some((_, s))) => Ok(Some(s)),
-            Ok(None) => Err(format!("the admin secret {path} does not exist")),
-            Err(e) => Err(format!("reading the admin secret {path}: {e}")),
+            Ok(None) => Err(format!("the admin secret {path} does not exist").into()),
+            Err(e) => Err(step_error(&format!("reading the admin secret {path}"), e)),
         }
     }
 
-    async fn pending(&self, r: &RotationRecord) -> Result<Secret, String> {
+    async fn pending(&self, r: &RotationRecord) -> Result<Secret, StepError> {
         match self.vault.version(&r.path, r.pending_version).await {
             Ok(Some(s)) => Ok(s),
             Ok(None) => Err(format!(
                 "pending version {} of {} is gone",
                 r.pending_version, r.path
-            )),
-            Err(e) => Err(e.to_string()),
+            )
+            .into()),
+            Err(e) => Err(step_error("", e)),
         }
     }
 
     /// The current step's action. Every one is idempotent: after a crash it runs again.
-    async fn act(&self, r: &mut RotationRecord) -> Result<Progress, String> {
+    async fn act(&self, r: &mut RotationRecord) -> Result<Progress, StepError> {
         let step = r.state.step;
         if self.hooks.fail == Some(step) {
-            return Err(format!("test hook: {} fails", step_name(step)));
+            return Err(format!("test hook: {} fails", step_name(step)).into());
         }
         let rotator = if r.policy.rotator.is_empty() {
             None
@@ -486,9 +496,10 @@ impl Engine {
             return Err(format!(
                 "no rotator is configured for {}; set one with SetPolicy",
                 r.path
-            ));
+            )
+            .into());
         };
-        let err = |e: RotationError| e.to_string();
+        let err = |e: RotationError| step_error("", e);
         let admin = match step {
             Step::Set | Step::Test | Step::Cleanup | Step::RolledBack => {
                 self.admin(&rotator).await?
@@ -504,7 +515,7 @@ impl Engine {
             keys: self.keys.as_ref(),
             now_ms: self.clock().now_ms(),
         };
-        let done = |r: Result<(), String>| r.map(|()| Progress::Done);
+        let done = |r: Result<(), StepError>| r.map(|()| Progress::Done);
         match step {
             Step::CreatePending => {
                 let current = self
@@ -600,6 +611,22 @@ impl Engine {
             }
             Step::Completed | Step::Parked => Ok(Progress::Done),
         }
+    }
+}
+
+/// A failure of the scheduler's own calls during a step: vault-service or key-service not
+/// reachable is transient (the step runs again), anything else is a refusal.
+fn step_error(context: &str, e: RotationError) -> StepError {
+    let why = if context.is_empty() {
+        e.to_string()
+    } else {
+        format!("{context}: {e}")
+    };
+    match &e {
+        RotationError::Upstream { status, .. } if is_transient_code(status.code()) => {
+            StepError::Transient(why)
+        }
+        _ => StepError::Rejected(why),
     }
 }
 

@@ -36,7 +36,8 @@ impl Metrics {
         }
     }
 
-    /// One rotation outcome (`result`: completed, rolled_back, parked, `<step>_failed`).
+    /// One rotation outcome (`result`: completed, rolled_back, parked, `<step>_failed`,
+    /// `<step>_unavailable`).
     pub fn outcome(&self, result: &str, rotator: &str) {
         self.rotations.add(
             1,

@@ -155,6 +155,88 @@ pub enum Progress {
     WaitUntil(i64),
 }
 
+/// Why a rotator's step failed, which decides what the engine does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The target or a Sentia service could not be reached (refused, reset, timed out,
+    /// UNAVAILABLE): nothing says the change was refused, so the same step runs again after a
+    /// backoff and nothing is rolled back. Every step is idempotent, so running it again is
+    /// safe whether or not the first try reached the target.
+    #[error("{0}")]
+    Transient(String),
+    /// The target answered and refused (a wrong admin password, a role that does not exist,
+    /// a login with the new password that fails), or the configuration or stored value is
+    /// wrong: a `set` or `test` failing this way is rolled back.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<String> for StepError {
+    fn from(why: String) -> Self {
+        Self::Rejected(why)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(why: &str) -> Self {
+        Self::Rejected(why.into())
+    }
+}
+
+impl StepError {
+    /// True when the step should simply run again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+
+    /// A gRPC call `what` that failed with `status`: transient when the service could not be
+    /// reached or was too busy to answer, rejected otherwise.
+    pub fn status(what: &str, status: &tonic::Status) -> Self {
+        let why = format!("{what}: {}", status.message());
+        if is_transient_code(status.code()) {
+            Self::Transient(why)
+        } else {
+            Self::Rejected(why)
+        }
+    }
+
+    /// A Postgres failure of `what`: the server's own refusals (an error with an SQLSTATE)
+    /// are rejections; failing to reach or keep a connection is transient.
+    fn postgres(what: &str, e: &sqlx::Error) -> Self {
+        let why = format!("{what}: {}", pg_error(e));
+        match e {
+            sqlx::Error::Database(_) | sqlx::Error::Configuration(_) => Self::Rejected(why),
+            _ => Self::Transient(why),
+        }
+    }
+
+    /// A Redis failure of `what`: a connection that could not be made, dropped or timed out
+    /// is transient; the server's refusals (NOPERM, WRONGPASS, ...) are rejections.
+    fn redis(what: &str, e: &redis::RedisError) -> Self {
+        let why = format!("{what}: {}", e.kind_str());
+        if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+        {
+            Self::Transient(why)
+        } else {
+            Self::Rejected(why)
+        }
+    }
+}
+
+/// gRPC codes that mean "not reached or too busy", not "refused".
+pub fn is_transient_code(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Aborted
+    )
+}
+
 /// A configured rotator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotator {
@@ -377,7 +459,7 @@ impl Rotator {
         &self,
         ctx: &Ctx<'_>,
         current: Option<&Secret>,
-    ) -> Result<Secret, String> {
+    ) -> Result<Secret, StepError> {
         match self {
             Self::JwtSigningKey { key, .. } => {
                 let name = match key {
@@ -433,7 +515,7 @@ impl Rotator {
     }
 
     /// Applies `new` to the target. Idempotent.
-    pub async fn set(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+    pub async fn set(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), StepError> {
         let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
@@ -448,7 +530,8 @@ impl Rotator {
                         "key-service staged version {} of {}, expected {} (was the key rotated \
                          meanwhile?)",
                         k.staged_version, want.key, want.version
-                    ))
+                    )
+                    .into())
                 }
             }
             Self::Postgres { .. } => {
@@ -463,9 +546,9 @@ impl Rotator {
     }
 
     /// Proves `new` works against the target.
-    pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<Progress, String> {
+    pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<Progress, StepError> {
         let admin = ctx.admin;
-        let done = |r: Result<(), String>| r.map(|()| Progress::Done);
+        let done = |r: Result<(), StepError>| r.map(|()| Progress::Done);
         match self {
             Self::Webhook { .. } => done(self.notify(ctx, "test").await),
             Self::JwtSigningKey { propagation, .. } => {
@@ -477,13 +560,14 @@ impl Rotator {
                         key_name: want.key.clone(),
                     })
                     .await
-                    .map_err(|s| format!("GetPublicKeys {}: {}", want.key, s.message()))?
+                    .map_err(|s| StepError::status(&format!("GetPublicKeys {}", want.key), &s))?
                     .into_inner();
                 if !published.keys.iter().any(|k| k.version == want.version) {
                     return Err(format!(
                         "version {} of {} is not in the published keys",
                         want.version, want.key
-                    ));
+                    )
+                    .into());
                 }
                 let k = get_key(ctx, &want.key).await?;
                 let created = k
@@ -508,7 +592,8 @@ impl Rotator {
                     Err(format!(
                         "the pending value is {} bytes, expected {want}",
                         new.expose().len()
-                    ))
+                    )
+                    .into())
                 }
             }
             Self::Postgres { .. } => {
@@ -524,7 +609,7 @@ impl Rotator {
 
     /// Just before `finish` labels the new value CURRENT: a signing key becomes the signer.
     /// Idempotent.
-    pub async fn finish(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), String> {
+    pub async fn finish(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), StepError> {
         let Self::JwtSigningKey { .. } = self else {
             return Ok(());
         };
@@ -537,7 +622,8 @@ impl Rotator {
             return Err(format!(
                 "version {} of {} is no longer staged (staged: {}, primary: {})",
                 want.version, want.key, k.staged_version, k.primary_version
-            ));
+            )
+            .into());
         }
         let k = rotate_key(ctx, &want.key, false).await?;
         if k.primary_version == want.version {
@@ -546,7 +632,8 @@ impl Rotator {
             Err(format!(
                 "promoting version {} of {} made version {} primary",
                 want.version, want.key, k.primary_version
-            ))
+            )
+            .into())
         }
     }
 
@@ -557,7 +644,7 @@ impl Rotator {
         ctx: &Ctx<'_>,
         new: &Secret,
         before: &[Secret],
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
@@ -587,7 +674,7 @@ impl Rotator {
         ctx: &Ctx<'_>,
         previous: &Secret,
         current: &Secret,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let admin = ctx.admin;
         match self {
             Self::Random { .. } => Ok(()),
@@ -609,7 +696,7 @@ impl Rotator {
                         }),
                     })
                     .await
-                    .map_err(|s| format!("SetKeyPolicy {}: {}", now.key, s.message()))?;
+                    .map_err(|s| StepError::status(&format!("SetKeyPolicy {}", now.key), &s))?;
                 Ok(())
             }
             Self::Postgres { .. } => {
@@ -633,7 +720,7 @@ impl Rotator {
 
 impl Rotator {
     /// Tells a webhook rotator's endpoint about `step`; 2xx is success.
-    async fn notify(&self, ctx: &Ctx<'_>, step: &str) -> Result<(), String> {
+    async fn notify(&self, ctx: &Ctx<'_>, step: &str) -> Result<(), StepError> {
         let Self::Webhook { url, .. } = self else {
             return Ok(());
         };
@@ -649,10 +736,12 @@ impl Rotator {
             "previous_version": ctx.previous_version,
         })
         .to_string();
+        // No answer (refused, reset, timed out) is transient; an answer other than 2xx is the
+        // endpoint refusing.
         let answer = endpoint
             .post(&body)
             .await
-            .map_err(|e| format!("webhook {step}: {e}"))?;
+            .map_err(|e| StepError::Transient(format!("webhook {step}: {e}")))?;
         if answer.status.is_success() {
             Ok(())
         } else {
@@ -660,7 +749,8 @@ impl Rotator {
                 "webhook {step} answered {}: {}",
                 answer.status,
                 answer.body.chars().take(200).collect::<String>()
-            ))
+            )
+            .into())
         }
     }
 }
@@ -709,16 +799,16 @@ impl KeyVersion {
     }
 }
 
-async fn get_key(ctx: &Ctx<'_>, name: &str) -> Result<kpb::Key, String> {
+async fn get_key(ctx: &Ctx<'_>, name: &str) -> Result<kpb::Key, StepError> {
     let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
     keys.clone()
         .get_key(kpb::GetKeyRequest { name: name.into() })
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| format!("GetKey {name}: {}", s.message()))
+        .map_err(|s| StepError::status(&format!("GetKey {name}"), &s))
 }
 
-async fn rotate_key(ctx: &Ctx<'_>, name: &str, stage: bool) -> Result<kpb::Key, String> {
+async fn rotate_key(ctx: &Ctx<'_>, name: &str, stage: bool) -> Result<kpb::Key, StepError> {
     let keys = ctx.keys.ok_or(NO_KEY_SERVICE)?;
     keys.clone()
         .rotate_key(kpb::RotateKeyRequest {
@@ -727,7 +817,7 @@ async fn rotate_key(ctx: &Ctx<'_>, name: &str, stage: bool) -> Result<kpb::Key, 
         })
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| format!("RotateKey {name}: {}", s.message()))
+        .map_err(|s| StepError::status(&format!("RotateKey {name}"), &s))
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -744,7 +834,7 @@ fn admin_url(admin: Option<&Secret>) -> Result<Zeroizing<String>, String> {
 
 const TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn pg_admin(admin: Option<&Secret>) -> Result<sqlx::PgConnection, String> {
+async fn pg_admin(admin: Option<&Secret>) -> Result<sqlx::PgConnection, StepError> {
     let url = admin_url(admin)?;
     let opts: PgConnectOptions = url
         .parse()
@@ -753,8 +843,8 @@ async fn pg_admin(admin: Option<&Secret>) -> Result<sqlx::PgConnection, String> 
     let opts = opts.disable_statement_logging();
     tokio::time::timeout(TARGET_TIMEOUT, opts.connect())
         .await
-        .map_err(|_| "connecting to Postgres as admin timed out".to_string())?
-        .map_err(|e| format!("connecting to Postgres as admin: {}", pg_error(&e)))
+        .map_err(|_| StepError::Transient("connecting to Postgres as admin timed out".into()))?
+        .map_err(|e| StepError::postgres("connecting to Postgres as admin", &e))
 }
 
 /// A database error without anything the server echoed back from the statement.
@@ -775,7 +865,7 @@ async fn pg_set_password(
     admin: Option<&Secret>,
     role: &str,
     password: Option<&[u8]>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let throwaway;
     let password = match password {
         Some(p) => p,
@@ -794,14 +884,14 @@ async fn pg_set_password(
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&mut conn)
         .await
-        .map_err(|e| format!("ALTER ROLE {role}: {}", pg_error(&e)))?;
+        .map_err(|e| StepError::postgres(&format!("ALTER ROLE {role}"), &e))?;
     Ok(())
 }
 
 /// Logs in as the role with the new password; where the admin may read `pg_authid` the stored
 /// verifier is checked too — which proves the password even on servers that trust every
 /// local login.
-async fn pg_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> {
+async fn pg_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), StepError> {
     let url = admin_url(admin)?;
     let opts: PgConnectOptions = url
         .parse()
@@ -814,14 +904,14 @@ async fn pg_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> 
             .connect(),
     )
     .await
-    .map_err(|_| format!("logging in as {} timed out", l.username))?
-    .map_err(|e| format!("logging in as {} failed: {}", l.username, pg_error(&e)))?;
+    .map_err(|_| StepError::Transient(format!("logging in as {} timed out", l.username)))?
+    .map_err(|e| StepError::postgres(&format!("logging in as {} failed", l.username), &e))?;
     let who: String = sqlx::query_scalar("SELECT current_user::text")
         .fetch_one(&mut conn)
         .await
-        .map_err(|e| format!("query as {}: {}", l.username, pg_error(&e)))?;
+        .map_err(|e| StepError::postgres(&format!("query as {}", l.username), &e))?;
     if who != l.username {
-        return Err(format!("logged in as {who}, expected {}", l.username));
+        return Err(format!("logged in as {who}, expected {}", l.username).into());
     }
     let mut admin_conn = pg_admin(admin).await?;
     let stored: Result<Option<String>, _> =
@@ -834,18 +924,19 @@ async fn pg_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> 
         Ok(_) => Err(format!(
             "role {} does not have the new password (its stored verifier differs)",
             l.username
-        )),
+        )
+        .into()),
         // Not a superuser: the login above is the proof.
         Err(_) => Ok(()),
     }
 }
 
-async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection, StepError> {
     let client = redis::Client::open(url).map_err(|_| "not a redis:// URL".to_string())?;
     tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
         .await
-        .map_err(|_| "connecting to Redis timed out".to_string())?
-        .map_err(|e| format!("connecting to Redis: {}", e.kind_str()))
+        .map_err(|_| StepError::Transient("connecting to Redis timed out".into()))?
+        .map_err(|e| StepError::redis("connecting to Redis", &e))
 }
 
 trait KindStr {
@@ -859,7 +950,7 @@ impl KindStr for redis::RedisError {
     }
 }
 
-async fn redis_acl(admin: Option<&Secret>, user: &str, rule: &str) -> Result<(), String> {
+async fn redis_acl(admin: Option<&Secret>, user: &str, rule: &str) -> Result<(), StepError> {
     let url = admin_url(admin)?;
     let mut conn = redis_conn(&url).await?;
     let _: () = redis::cmd("ACL")
@@ -869,11 +960,11 @@ async fn redis_acl(admin: Option<&Secret>, user: &str, rule: &str) -> Result<(),
         .arg(rule)
         .query_async(&mut conn)
         .await
-        .map_err(|e| format!("ACL SETUSER {user}: {}", e.kind_str()))?;
+        .map_err(|e| StepError::redis(&format!("ACL SETUSER {user}"), &e))?;
     Ok(())
 }
 
-async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), String> {
+async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), StepError> {
     let url = admin_url(admin)?;
     let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
         .map_err(|_| "the admin secret is not a redis:// URL".to_string())?;
@@ -888,13 +979,11 @@ async fn redis_test_login(admin: Option<&Secret>, l: &Login) -> Result<(), Strin
     // accepts them. Nothing else is asked, since the user may hold no command rights.
     tokio::time::timeout(TARGET_TIMEOUT, client.get_multiplexed_async_connection())
         .await
-        .map_err(|_| format!("logging in to Redis as {} timed out", l.username))?
+        .map_err(|_| {
+            StepError::Transient(format!("logging in to Redis as {} timed out", l.username))
+        })?
         .map_err(|e| {
-            format!(
-                "logging in to Redis as {} failed: {}",
-                l.username,
-                e.kind_str()
-            )
+            StepError::redis(&format!("logging in to Redis as {} failed", l.username), &e)
         })?;
     Ok(())
 }
@@ -926,6 +1015,34 @@ mod tests {
             .unwrap()
             .block_on(r.generate(&ctx(), current))
             .unwrap()
+    }
+
+    #[test]
+    fn an_unreachable_target_is_transient_and_a_refusal_is_rejected() {
+        let unavailable = tonic::Status::unavailable("connection refused");
+        assert!(StepError::status("GetKey k", &unavailable).is_transient());
+        let denied = tonic::Status::permission_denied("not granted");
+        assert!(!StepError::status("GetKey k", &denied).is_transient());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Nothing listens on port 1.
+        let down = Secret::new(b"postgres://postgres@127.0.0.1:1/postgres".to_vec());
+        let e = rt.block_on(pg_admin(Some(&down))).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let redis_down = Secret::new(b"redis://127.0.0.1:1".to_vec());
+        let e = rt
+            .block_on(redis_acl(Some(&redis_down), "app", "on"))
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        // A configuration no retry can fix.
+        let wrong = Secret::new(b"not a connection url".to_vec());
+        let e = rt.block_on(pg_admin(Some(&wrong))).unwrap_err();
+        assert!(!e.is_transient(), "{e}");
+        let e = rt.block_on(pg_admin(None)).unwrap_err();
+        assert!(!e.is_transient(), "{e}");
     }
 
     #[test]

@@ -55,8 +55,12 @@ pub struct Rotation {
 pub enum Outcome {
     /// It did what it should.
     Done,
-    /// It failed, with a reason a person can act on.
+    /// It failed, with a reason a person can act on: the target (or the configuration)
+    /// refused. A `set` or `test` failing so is rolled back.
     Failed(String),
+    /// The target or a service it needs could not be reached: the same step runs again after
+    /// a backoff, nothing is rolled back and no attempt is counted (every step is idempotent).
+    Unavailable(String),
     /// Not yet: run the same step again at this time (Unix ms); not a failure.
     Wait(i64),
 }
@@ -120,6 +124,13 @@ impl Rotation {
             }
             Outcome::Wait(until_ms) => {
                 next.not_before_ms = until_ms.max(now_ms);
+            }
+            Outcome::Unavailable(why) => {
+                next.last_error = Some(why);
+                if !self.step.is_terminal() {
+                    let n = self.attempts.max(1);
+                    next.not_before_ms = now_ms.saturating_add(ms(backoff(n)));
+                }
             }
             Outcome::Failed(why) => {
                 next.last_error = Some(why);
@@ -189,6 +200,44 @@ mod tests {
                 Step::Completed
             ]
         );
+    }
+
+    #[test]
+    fn an_unreachable_target_repeats_the_step_after_a_backoff_without_rolling_back() {
+        let p = policy();
+        for step in [
+            Step::CreatePending,
+            Step::Set,
+            Step::Test,
+            Step::Finish,
+            Step::Cleanup,
+            Step::RolledBack,
+        ] {
+            let r = Rotation {
+                step,
+                ..Rotation::start(0)
+            };
+            let next = r.advance(Outcome::Unavailable("refused".into()), &p, 1_000);
+            assert_eq!(next.step, step, "{step:?} stays where it was");
+            assert_eq!(
+                next.attempts, r.attempts,
+                "{step:?}: not counted as an attempt"
+            );
+            assert_eq!(next.last_error.as_deref(), Some("refused"));
+            assert_eq!(
+                next.not_before_ms,
+                1_000 + 30_000,
+                "{step:?}: after the backoff"
+            );
+            assert!(!next.runnable(1_000 + 29_999));
+        }
+        // The same failure as a refusal rolls a set back.
+        let r = Rotation {
+            step: Step::Set,
+            ..Rotation::start(0)
+        };
+        let next = r.advance(Outcome::Failed("refused".into()), &p, 1_000);
+        assert_eq!(next.step, Step::RolledBack);
     }
 
     #[test]

@@ -10,6 +10,12 @@ use crate::RotationError;
 use crate::policy::RotationPolicy;
 use crate::steps::{Rotation, Step};
 
+/// This service's migrations for each dialect (the schema-parity test compares what they make).
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: PG,
+    sqlite: SQLITE,
+};
+
 const PG: &[MigrationSource] = &[(
     1,
     "rotation",
@@ -104,15 +110,7 @@ pub struct Store {
 impl Store {
     /// Connects and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RotationError> {
-        let pool = sentia_db::connect(
-            url,
-            max_connections,
-            Migrations {
-                postgres: PG,
-                sqlite: SQLITE,
-            },
-        )
-        .await?;
+        let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;
         Ok(Self { pool })
     }
 

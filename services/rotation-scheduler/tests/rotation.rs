@@ -165,6 +165,84 @@ async fn a_postgres_role_password_rotates_and_only_the_new_one_is_stored_on_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_holds_its_step_without_rollback_and_the_rotation_completes_once_it_is_back()
+ {
+    let Some(pg_admin) = postgres_admin() else {
+        return;
+    };
+    let Some(s) = stack(Backend::Postgres).await else {
+        return;
+    };
+    let clock = clock();
+    let db = vault::database(Backend::Postgres).await.unwrap();
+    let sched = Scheduler::start(&s, &db, hooks(&clock)).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let role = create_role(&pg_admin, "initial-password").await;
+    // The admin secret points at a port nothing listens on: the target is "down".
+    s.put(
+        "prod/admin/pg-down",
+        b"postgres://postgres@127.0.0.1:1/postgres",
+    )
+    .await;
+    s.put("prod/db/flaky", &login(&role, "initial-password"))
+        .await;
+    set_policy(
+        &sched,
+        &admin,
+        policy(
+            "prod/db/flaky",
+            "postgres_password",
+            json!({"admin_secret": "prod/admin/pg-down", "roles": [role.clone()]}),
+        ),
+    )
+    .await;
+    rotate_now(&sched, &admin, "prod/db/flaky").await;
+    let held = wait_until(
+        &sched.client(&admin),
+        "prod/db/flaky",
+        "a failed set",
+        |r| !r.last_error.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        held.step,
+        Step::Set as i32,
+        "held at set, not rolled back: {held:?}"
+    );
+    assert_eq!(
+        held.attempts, 0,
+        "an unreachable target is not a failed attempt"
+    );
+    assert!(
+        held.last_error.contains("connecting to Postgres"),
+        "{held:?}"
+    );
+    assert!(role_has_password(&pg_admin, &role, "initial-password").await);
+
+    // The target comes back (its admin URL is corrected) and the backoff passes.
+    s.put("prod/admin/pg-down", pg_admin.as_bytes()).await;
+    clock.advance(31_000);
+    wait_for(&sched.client(&admin), "prod/db/flaky", Step::Cleanup).await;
+    let (user, password) = parse_login(&current(&s, "prod/db/flaky").await.1);
+    assert_eq!(user, role);
+    assert!(role_has_password(&pg_admin, &role, &password).await);
+    let history = sched
+        .client(&admin)
+        .get_rotation_history(pb::GetRotationHistoryRequest {
+            path: "prod/db/flaky".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.rotations.len(), 1, "one rotation, never restarted");
+    sched.stop().await;
+    s.stop().await;
+    drop_role(&pg_admin, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_postgres_roles_alternate_and_the_idle_one_is_locked_after_grace() {
     let Some(pg_admin) = postgres_admin() else {
         return;

@@ -4,10 +4,11 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, SqlSafeStr};
+use sqlx::{AnyPool, Row, SqlSafeStr};
 
 /// One migration: version, description, SQL.
 pub type MigrationSource = (i64, &'static str, &'static str);
@@ -67,6 +68,55 @@ pub async fn connect(
     };
     migrator.run(&pool).await?;
     Ok(pool)
+}
+
+/// A database's tables as the schema-parity check compares them: table → column → type
+/// family (`integer`, `text`, `bytes`, `real`, `bool`), so Postgres's `BIGINT`/`BYTEA` and
+/// SQLite's `INTEGER`/`BLOB` compare equal while a missing column or a text-for-bytes
+/// mistake does not. sqlx's migration bookkeeping table is left out.
+pub type Schema = BTreeMap<String, BTreeMap<String, &'static str>>;
+
+/// The schema of the database `pool` is connected to.
+pub async fn schema(pool: &AnyPool, sqlite: bool) -> Result<Schema, sqlx::Error> {
+    let sql = if sqlite {
+        "SELECT m.name, p.name, p.type FROM sqlite_master m, pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'"
+    } else {
+        "SELECT table_name::text, column_name::text, data_type::text \
+         FROM information_schema.columns WHERE table_schema = current_schema()"
+    };
+    let mut schema = Schema::new();
+    for row in sqlx::query(sql).fetch_all(pool).await? {
+        let (table, column, declared): (String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if table == "_sqlx_migrations" {
+            continue;
+        }
+        schema
+            .entry(table)
+            .or_default()
+            .insert(column, type_family(&declared));
+    }
+    Ok(schema)
+}
+
+/// The family of a declared column type, by SQLite's affinity rules extended with the
+/// Postgres names this project uses.
+fn type_family(declared: &str) -> &'static str {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("BOOL") {
+        "bool"
+    } else if t.contains("INT") {
+        "integer"
+    } else if t.contains("CHAR") || t.contains("TEXT") || t.contains("CLOB") {
+        "text"
+    } else if t.contains("BLOB") || t.contains("BYTEA") || t.is_empty() {
+        "bytes"
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        "real"
+    } else {
+        "other"
+    }
 }
 
 /// Reads `SENTIA_DATABASE_URL` (default `default_url`) and `SENTIA_DATABASE_MAX_CONNECTIONS`.

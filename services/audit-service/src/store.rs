@@ -14,6 +14,12 @@ use sqlx::{AnyPool, Row};
 
 use crate::AuditError;
 
+/// This service's migrations for each dialect (the schema-parity test compares what they make).
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: PG_MIGRATIONS,
+    sqlite: SQLITE_MIGRATIONS,
+};
+
 const PG_MIGRATIONS: &[MigrationSource] = &[
     (
         1,
@@ -237,11 +243,7 @@ const RECORD_COLUMNS: &str = "sequence, event, prev_hash, hash, receive_time, ap
 impl Store {
     /// Connects and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, AuditError> {
-        let migrations = Migrations {
-            postgres: PG_MIGRATIONS,
-            sqlite: SQLITE_MIGRATIONS,
-        };
-        let pool = sentia_db::connect(url, max_connections, migrations).await?;
+        let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;
         let owners = Owners::default();
         let (commits, queue) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(group_commit(pool.clone(), owners.clone(), queue));

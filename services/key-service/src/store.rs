@@ -7,6 +7,12 @@ use sqlx::{AnyPool, Row};
 
 use crate::KeyError;
 
+/// This service's migrations for each dialect (the schema-parity test compares what they make).
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: PG_MIGRATIONS,
+    sqlite: SQLITE_MIGRATIONS,
+};
+
 const PG_MIGRATIONS: &[MigrationSource] = &[
     (
         1,
@@ -110,11 +116,7 @@ fn u32_of(row: &AnyRow, col: &str) -> Result<u32, KeyError> {
 impl Store {
     /// Connects and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, KeyError> {
-        let migrations = Migrations {
-            postgres: PG_MIGRATIONS,
-            sqlite: SQLITE_MIGRATIONS,
-        };
-        let pool = sentia_db::connect(url, max_connections, migrations).await?;
+        let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;
         Ok(Self { pool })
     }
 

@@ -23,6 +23,12 @@ use crate::VaultError;
 use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
 use crate::sequencer::Sequencer;
 
+/// This service's migrations for each dialect (the schema-parity test compares what they make).
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: PG_MIGRATIONS,
+    sqlite: SQLITE_MIGRATIONS,
+};
+
 const PG_MIGRATIONS: &[MigrationSource] = &[
     (
         1,
@@ -234,11 +240,7 @@ const SECRET_COLUMNS: &str = "path, tier, owner, description, content_type, tags
 impl Store {
     /// Connects and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, VaultError> {
-        let migrations = Migrations {
-            postgres: PG_MIGRATIONS,
-            sqlite: SQLITE_MIGRATIONS,
-        };
-        let pool = sentia_db::connect(url, max_connections, migrations).await?;
+        let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;
         if sentia_db::is_sqlite(url) {
             // Destroyed ciphertext is overwritten on disk, not just unlinked from the b-tree.
             sqlx::query("PRAGMA secure_delete=ON")

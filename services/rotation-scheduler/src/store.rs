@@ -101,6 +101,11 @@ const COLUMNS: &str = "id, path, CAST(step AS BIGINT) AS step, CAST(attempts AS 
     not_before_ms, grace_until_ms, last_error, pending_version, previous_version, policy, reason, \
     CAST(emergency AS BIGINT) AS emergency, started_by, start_ms, update_ms, finish_ms";
 
+/// The steps a rotation ends in ([`Step::Completed`], [`Step::Parked`]) as SQL. Written out
+/// rather than bound so that queries match the predicate of the partial unique index
+/// `rotations_one_active` in the migrations (a test checks both against [`Step`]).
+const TERMINAL_STEPS: &str = "(6, 8)";
+
 /// The scheduler's database.
 #[derive(Clone)]
 pub struct Store {
@@ -221,7 +226,7 @@ impl Store {
     /// The unfinished rotation of a secret, if any.
     pub async fn active(&self, path: &str) -> Result<Option<RotationRecord>, RotationError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rotations WHERE path = $1 AND step NOT IN (6, 8)"
+            "SELECT {COLUMNS} FROM rotations WHERE path = $1 AND step NOT IN {TERMINAL_STEPS}"
         )))
         .bind(path)
         .fetch_optional(&self.pool)
@@ -232,7 +237,7 @@ impl Store {
     /// Every unfinished rotation, oldest first.
     pub async fn unfinished(&self) -> Result<Vec<RotationRecord>, RotationError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rotations WHERE step NOT IN (6, 8) ORDER BY start_ms, id"
+            "SELECT {COLUMNS} FROM rotations WHERE step NOT IN {TERMINAL_STEPS} ORDER BY start_ms, id"
         )))
         .fetch_all(&self.pool)
         .await?;
@@ -395,5 +400,29 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_terminal_steps_in_sql_are_the_enum_s_and_the_index_s() {
+        assert_eq!(
+            TERMINAL_STEPS,
+            format!("({}, {})", Step::Completed as i32, Step::Parked as i32)
+        );
+        assert!(Step::Completed.is_terminal() && Step::Parked.is_terminal());
+        let predicate = format!("WHERE step NOT IN {TERMINAL_STEPS}");
+        let indexes: Vec<_> = PG
+            .iter()
+            .chain(SQLITE)
+            .filter(|(_, _, sql)| sql.contains("rotations_one_active"))
+            .collect();
+        assert_eq!(indexes.len(), 2, "one index per dialect");
+        for (_, _, sql) in indexes {
+            assert!(sql.contains(&predicate), "{sql}");
+        }
     }
 }

@@ -770,9 +770,21 @@ async fn retention_purges_up_to_a_checkpoint_and_the_rest_still_verifies() {
     let v = a.verify().await;
     assert!(v.valid, "{v:?}");
     assert!(v.records_checked >= 3, "{v:?}");
-    // Deleting the oldest remaining record is not a purge: nothing anchors what is left.
-    a.sql("DELETE FROM audit_records WHERE sequence = (SELECT MIN(sequence) FROM audit_records)")
-        .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_oldest_records_is_not_a_purge_and_verify_names_it() {
+    // No retention here: a purge racing the deletion could legitimately remove the evidence.
+    let Some(a) = Audit::start(false).await else {
+        return;
+    };
+    a.append(1..=7).await;
+    a.wait_for_checkpoint(7).await;
+    a.append(8..=10).await;
+    assert!(a.verify().await.valid);
+    // Nothing anchors what is left: no signed checkpoint at the record before the new start.
+    a.sql("DELETE FROM audit_records WHERE sequence <= 2").await;
     let v = a.verify().await;
     assert!(!v.valid, "{v:?}");
     assert!(v.problem.contains("no signed checkpoint"), "{v:?}");

@@ -47,22 +47,9 @@ impl Stack {
         std::fs::create_dir_all(&dir).unwrap();
         let root_file = dir.join("root-token");
         let root_file_s = root_file.display().to_string();
-        let mut pairs = vec![
-            ("SENTIA_ALLOW_PLAINTEXT", "true"),
-            ("SENTIA_DATABASE_URL", database_url.as_str()),
-            ("SENTIA_KEY_SERVICE_ADDR", keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
-            ("SENTIA_ROOT_TOKEN_FILE", root_file_s.as_str()),
-            ("SENTIA_AUDIT_DISABLED", "true"),
-        ];
+        let mut pairs = vec![("SENTIA_ROOT_TOKEN_FILE", root_file_s.as_str())];
         pairs.extend_from_slice(extra);
-        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = Shutdown::new();
-        let stop = shutdown.clone();
-        let handle =
-            tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
+        let (addr, shutdown, handle) = serve(&database_url, &keys.addr, &pairs).await;
         let mut stack = Self {
             keys,
             addr,
@@ -152,21 +139,7 @@ impl Stack {
 
     /// Another vault-service replica on the same database and key-service.
     pub async fn replica(&self, extra: &[(&str, &str)]) -> Replica {
-        let mut pairs = vec![
-            ("SENTIA_ALLOW_PLAINTEXT", "true"),
-            ("SENTIA_DATABASE_URL", self.database_url.as_str()),
-            ("SENTIA_KEY_SERVICE_ADDR", self.keys.addr.as_str()),
-            ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
-            ("SENTIA_AUDIT_DISABLED", "true"),
-        ];
-        pairs.extend_from_slice(extra);
-        let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = Shutdown::new();
-        let stop = shutdown.clone();
-        let handle =
-            tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
+        let (addr, shutdown, handle) = serve(&self.database_url, &self.keys.addr, extra).await;
         Replica {
             addr,
             shutdown,
@@ -186,6 +159,32 @@ impl Stack {
         let keys = self.stop_vault().await;
         keys.stop().await;
     }
+}
+
+/// Runs vault-service on `database_url` with the key-service at `keys_addr`, plaintext on
+/// loopback, audit off, and `extra` settings (later pairs win): its address, its shutdown,
+/// and the task to join.
+async fn serve(
+    database_url: &str,
+    keys_addr: &str,
+    extra: &[(&str, &str)],
+) -> (String, Shutdown, tokio::task::JoinHandle<()>) {
+    let mut pairs = vec![
+        ("SENTIA_ALLOW_PLAINTEXT", "true"),
+        ("SENTIA_DATABASE_URL", database_url),
+        ("SENTIA_KEY_SERVICE_ADDR", keys_addr),
+        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
+        ("SENTIA_AUDIT_DISABLED", "true"),
+    ];
+    pairs.extend_from_slice(extra);
+    let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle =
+        tokio::spawn(async move { vault_service::run(config, listener, stop).await.unwrap() });
+    (addr, shutdown, handle)
 }
 
 /// A second vault-service on the same database.

@@ -51,6 +51,19 @@ async fn set_policy(sched: &Scheduler, token: &str, p: pb::RotationPolicy) {
         .unwrap();
 }
 
+/// Sets a `postgres_password` policy on `path` rotating `roles`, with the admin connection
+/// URL in the secret `admin_secret`.
+async fn set_postgres_policy(
+    sched: &Scheduler,
+    token: &str,
+    path: &str,
+    admin_secret: &str,
+    roles: &[&str],
+) {
+    let params = json!({"admin_secret": admin_secret, "roles": roles});
+    set_policy(sched, token, policy(path, "postgres_password", params)).await;
+}
+
 async fn rotate_now(sched: &Scheduler, token: &str, path: &str) -> pb::Rotation {
     sched
         .client(token)
@@ -142,14 +155,12 @@ async fn a_postgres_role_password_rotates_and_only_the_new_one_is_stored_on_the_
     s.put("prod/admin/pg", pg_admin.as_bytes()).await;
     s.put("prod/db/app", &login(&role, "initial-password"))
         .await;
-    set_policy(
+    set_postgres_policy(
         &sched,
         &admin,
-        policy(
-            "prod/db/app",
-            "postgres_password",
-            json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
-        ),
+        "prod/db/app",
+        "prod/admin/pg",
+        &[role.as_str()],
     )
     .await;
     rotate_now(&sched, &admin, "prod/db/app").await;
@@ -186,14 +197,12 @@ async fn an_unreachable_target_holds_its_step_without_rollback_and_the_rotation_
     .await;
     s.put("prod/db/flaky", &login(&role, "initial-password"))
         .await;
-    set_policy(
+    set_postgres_policy(
         &sched,
         &admin,
-        policy(
-            "prod/db/flaky",
-            "postgres_password",
-            json!({"admin_secret": "prod/admin/pg-down", "roles": [role.clone()]}),
-        ),
+        "prod/db/flaky",
+        "prod/admin/pg-down",
+        &[role.as_str()],
     )
     .await;
     rotate_now(&sched, &admin, "prod/db/flaky").await;
@@ -257,14 +266,12 @@ async fn two_postgres_roles_alternate_and_the_idle_one_is_locked_after_grace() {
     let b = create_role(&pg_admin, "b-password").await;
     s.put("prod/admin/pg", pg_admin.as_bytes()).await;
     s.put("prod/db/app", &login(&a, "a-password")).await;
-    set_policy(
+    set_postgres_policy(
         &sched,
         &admin,
-        policy(
-            "prod/db/app",
-            "postgres_password",
-            json!({"admin_secret": "prod/admin/pg", "roles": [a.clone(), b.clone()]}),
-        ),
+        "prod/db/app",
+        "prod/admin/pg",
+        &[a.as_str(), b.as_str()],
     )
     .await;
     let client = sched.client(&admin);
@@ -390,16 +397,7 @@ async fn killed_between_any_two_steps_a_rotation_completes_exactly_once_on_anoth
             },
         )
         .await;
-        set_policy(
-            &first,
-            &admin,
-            policy(
-                &path,
-                "postgres_password",
-                json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
-            ),
-        )
-        .await;
+        set_postgres_policy(&first, &admin, &path, "prod/admin/pg", &[role.as_str()]).await;
         rotate_now(&first, &admin, &path).await;
         if crash == Step::Cleanup {
             wait_for(&first.client(&admin), &path, Step::Cleanup).await;
@@ -878,14 +876,12 @@ async fn killed_mid_rollback_the_next_leader_restores_the_role_and_the_retry_suc
         },
     )
     .await;
-    set_policy(
+    set_postgres_policy(
         &first,
         &admin,
-        policy(
-            "prod/db/app",
-            "postgres_password",
-            json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]}),
-        ),
+        "prod/db/app",
+        "prod/admin/pg",
+        &[role.as_str()],
     )
     .await;
     rotate_now(&first, &admin, "prod/db/app").await;

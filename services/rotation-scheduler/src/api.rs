@@ -187,7 +187,7 @@ impl RotationApi {
             )));
         }
         let policy = self.policy_for(&req.path).await?;
-        if policy.rotator.is_empty() {
+        if policy.rotator.is_none() {
             return Err(RotationError::Precondition(format!(
                 "the policy for {} ({}) has no rotator; write a new version yourself, or set \
                  a policy with a rotator",

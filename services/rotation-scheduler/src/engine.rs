@@ -223,7 +223,7 @@ impl Engine {
             // meanwhile the secret is reminded about like a manual one.
             let parked = latest.is_some_and(|r| r.state.step == Step::Parked && r.start_ms >= last);
             let automatic =
-                policy.timing.method != Method::Manual && !policy.rotator.is_empty() && !parked;
+                policy.timing.method != Method::Manual && policy.rotator.is_some() && !parked;
             match (standing.state, automatic) {
                 (State::Scheduled, _) => {}
                 (State::Overdue, true) => {
@@ -436,7 +436,7 @@ impl Engine {
             results.push("parked".into());
         }
         for result in &results {
-            self.metrics.outcome(result, &r.policy.rotator);
+            self.metrics.outcome(result, r.policy.rotator_name());
         }
         for (op, code) in events {
             self.event(&op, &r.path, &r.id, code).await;
@@ -487,12 +487,7 @@ impl Engine {
         if self.hooks.fail == Some(step) {
             return Err(format!("test hook: {} fails", step_name(step)).into());
         }
-        let rotator = if r.policy.rotator.is_empty() {
-            None
-        } else {
-            Some(Rotator::parse(&r.policy.rotator, &r.policy.params)?)
-        };
-        let Some(rotator) = rotator else {
+        let Some(rotator) = r.policy.rotator.clone() else {
             return Err(format!(
                 "no rotator is configured for {}; set one with SetPolicy",
                 r.path

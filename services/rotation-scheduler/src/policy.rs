@@ -22,10 +22,17 @@ pub struct RotationPolicy {
     pub pattern: String,
     /// Schedule.
     pub timing: Policy,
-    /// Rotator name ("" for manual policies without one).
-    pub rotator: String,
-    /// Rotator parameters (a JSON object; never secrets).
-    pub params: Map<String, Value>,
+    /// The parsed rotator (none for manual policies without one); its parameters are a JSON
+    /// object and never secrets.
+    pub rotator: Option<Rotator>,
+}
+
+/// The rotator `name` with `params`, none when the name is empty.
+fn rotator(name: &str, params: &Map<String, Value>) -> Result<Option<Rotator>, String> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    Rotator::parse(name, params).map(Some)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -44,7 +51,7 @@ fn method_from(n: i64) -> Option<Method> {
 impl RotationPolicy {
     /// The seed's default for a secret class, with the rotator that class uses.
     pub fn default_for(class: SecretClass, path: &str) -> Self {
-        let rotator = match class {
+        let rotator_name = match class {
             SecretClass::ApiKey => "api_key",
             SecretClass::JwtSigningKey => "jwt_signing_key",
             // Manual by default (a person rotates); certificates need a CA: a webhook
@@ -56,8 +63,8 @@ impl RotationPolicy {
         Self {
             pattern: path.to_string(),
             timing: Policy::default_for(class),
-            rotator: rotator.into(),
-            params: Map::new(),
+            // The defaults take no parameters, so they always parse.
+            rotator: rotator(rotator_name, &Map::new()).ok().flatten(),
         }
     }
 
@@ -109,15 +116,12 @@ impl RotationPolicy {
         self.timing
             .validate()
             .map_err(|e| RotationError::Invalid(e.to_string()))?;
-        if self.timing.method != Method::Manual && self.rotator.is_empty() {
+        if self.timing.method != Method::Manual && self.rotator.is_none() {
             return Err(RotationError::Invalid(
                 "automated and rolling policies need a rotator (random, api_key, \
                  postgres_password, redis_acl, webhook)"
                     .into(),
             ));
-        }
-        if !self.rotator.is_empty() {
-            Rotator::parse(&self.rotator, &self.params).map_err(RotationError::Invalid)?;
         }
         Ok(())
     }
@@ -149,11 +153,15 @@ impl RotationPolicy {
                     p.max_attempts
                 },
             },
-            rotator: p.rotator,
-            params,
+            rotator: rotator(&p.rotator, &params).map_err(RotationError::Invalid)?,
         };
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// The rotator's name, "" when there is none.
+    pub fn rotator_name(&self) -> &str {
+        self.rotator.as_ref().map_or("", Rotator::name)
     }
 
     /// To the contract.
@@ -168,8 +176,13 @@ impl RotationPolicy {
             method: self.timing.method as i32,
             notify_before: Some(dur(self.timing.notify_before)),
             grace_period: Some(dur(self.timing.grace_period)),
-            rotator: self.rotator.clone(),
-            rotator_params: Some(json_to_struct(&self.params)),
+            rotator: self.rotator_name().into(),
+            rotator_params: Some(json_to_struct(
+                self.rotator
+                    .as_ref()
+                    .map(Rotator::params)
+                    .unwrap_or(&Map::new()),
+            )),
             max_attempts: self.timing.max_attempts,
         }
     }
@@ -183,8 +196,8 @@ impl RotationPolicy {
             "notify_before_ms": ms(self.timing.notify_before),
             "grace_ms": ms(self.timing.grace_period),
             "max_attempts": self.timing.max_attempts,
-            "rotator": self.rotator,
-            "params": self.params,
+            "rotator": self.rotator_name(),
+            "params": self.rotator.as_ref().map(Rotator::params),
         })
         .to_string()
     }
@@ -208,16 +221,13 @@ impl RotationPolicy {
                 grace_period: dur("grace_ms")?,
                 max_attempts: u32::try_from(int("max_attempts")?).map_err(|_| bad())?,
             },
-            rotator: v
-                .get("rotator")
-                .and_then(Value::as_str)
-                .ok_or_else(bad)?
-                .into(),
-            params: v
-                .get("params")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
+            rotator: rotator(
+                v.get("rotator").and_then(Value::as_str).ok_or_else(bad)?,
+                v.get("params")
+                    .and_then(Value::as_object)
+                    .unwrap_or(&Map::new()),
+            )
+            .map_err(|e| RotationError::Corrupt(format!("a stored rotator: {e}")))?,
         })
     }
 }
@@ -284,11 +294,32 @@ mod tests {
     #[test]
     fn a_policy_survives_the_contract_and_its_stored_snapshot() {
         let mut p = policy("prod/app/**");
-        p.rotator = "random".into();
-        p.params.insert("length".into(), Value::from(48));
-        p.params.insert("charset".into(), Value::from("hex"));
+        let params = json!({"length": 48, "charset": "hex"});
+        p.rotator = Some(Rotator::parse("random", params.as_object().unwrap()).unwrap());
         assert_eq!(RotationPolicy::from_json(&p.to_json()).unwrap(), p);
         assert_eq!(RotationPolicy::from_proto(p.to_proto()).unwrap(), p);
+    }
+
+    #[test]
+    fn a_policy_holds_its_rotator_parsed_and_the_class_defaults_parse() {
+        let name = |c| {
+            RotationPolicy::default_for(c, "p")
+                .rotator_name()
+                .to_string()
+        };
+        assert_eq!(name(SecretClass::ApiKey), "api_key");
+        assert_eq!(name(SecretClass::JwtSigningKey), "jwt_signing_key");
+        assert_eq!(name(SecretClass::DatabasePassword), "");
+        assert!(
+            RotationPolicy::default_for(SecretClass::ApiKey, "p")
+                .rotator
+                .is_some_and(|r| r.admin_secret().is_none())
+        );
+        // A stored snapshot whose rotator no longer parses is named as damaged data.
+        let mut v: Value = serde_json::from_str(&policy("p").to_json()).unwrap();
+        v["rotator"] = Value::from("magic");
+        let e = RotationPolicy::from_json(&v.to_string()).unwrap_err();
+        assert!(matches!(e, RotationError::Corrupt(_)), "{e}");
     }
 
     #[test]

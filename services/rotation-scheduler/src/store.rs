@@ -142,8 +142,16 @@ impl Store {
         .bind(p.timing.method as i32)
         .bind(ms(p.timing.notify_before))
         .bind(ms(p.timing.grace_period))
-        .bind(&p.rotator)
-        .bind(serde_json::Value::Object(p.params.clone()).to_string())
+        .bind(p.rotator_name())
+        .bind(
+            serde_json::Value::Object(
+                p.rotator
+                    .as_ref()
+                    .map(|r| r.params().clone())
+                    .unwrap_or_default(),
+            )
+            .to_string(),
+        )
         .bind(p.timing.max_attempts as i32)
         .bind(by)
         .bind(now_ms)

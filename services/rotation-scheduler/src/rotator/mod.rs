@@ -278,9 +278,21 @@ pub trait Target: fmt::Debug + Send + Sync {
     }
 }
 
-/// A configured rotator: a parsed [`Target`], cheap to clone.
+/// A configured rotator: its name and parameters as the policy states them, and the parsed
+/// [`Target`] that runs the steps. Cheap to clone; parsed once, where the policy is read.
 #[derive(Debug, Clone)]
-pub struct Rotator(Arc<dyn Target>);
+pub struct Rotator {
+    name: String,
+    params: Map<String, Value>,
+    target: Arc<dyn Target>,
+}
+
+/// Two rotators are the same when their policy says the same.
+impl PartialEq for Rotator {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.params == other.params
+    }
+}
 
 /// A rotator's parameters, read by name with refusals that name the rotator.
 pub(crate) struct Params<'a> {
@@ -349,12 +361,26 @@ impl Rotator {
             "jwt_signing_key" => Arc::new(jwt_signing_key::JwtSigningKey::parse(&p)?),
             _ => return Err(unknown_rotator(name)),
         };
-        Ok(Self(target))
+        Ok(Self {
+            name: name.to_string(),
+            params: params.clone(),
+            target,
+        })
+    }
+
+    /// The rotator's name (`random`, `postgres_password`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its parameters, as the policy states them.
+    pub fn params(&self) -> &Map<String, Value> {
+        &self.params
     }
 
     /// The secret holding the admin credential this rotator needs, if any.
     pub fn admin_secret(&self) -> Option<&str> {
-        self.0.admin_secret()
+        self.target.admin_secret()
     }
 
     /// A new value. With two Postgres roles it is for the role not in `current`; for a
@@ -364,23 +390,23 @@ impl Rotator {
         ctx: &Ctx<'_>,
         current: Option<&Secret>,
     ) -> Result<Secret, StepError> {
-        self.0.generate(ctx, current).await
+        self.target.generate(ctx, current).await
     }
 
     /// Applies `new` to the target. Idempotent.
     pub async fn set(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), StepError> {
-        self.0.set(ctx, new).await
+        self.target.set(ctx, new).await
     }
 
     /// Proves `new` works against the target.
     pub async fn test(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<Progress, StepError> {
-        self.0.test(ctx, new).await
+        self.target.test(ctx, new).await
     }
 
     /// Just before `finish` labels the new value CURRENT: a signing key becomes the signer.
     /// Idempotent.
     pub async fn finish(&self, ctx: &Ctx<'_>, new: &Secret) -> Result<(), StepError> {
-        self.0.finish(ctx, new).await
+        self.target.finish(ctx, new).await
     }
 
     /// Undoes `set`: the credential `new` changed gets back the value it had (`before`, the
@@ -391,7 +417,7 @@ impl Rotator {
         new: &Secret,
         before: &[Secret],
     ) -> Result<(), StepError> {
-        self.0.restore(ctx, new, before).await
+        self.target.restore(ctx, new, before).await
     }
 
     /// After the grace period: the old credential stops working on the target.
@@ -401,7 +427,7 @@ impl Rotator {
         previous: &Secret,
         current: &Secret,
     ) -> Result<(), StepError> {
-        self.0.revoke(ctx, previous, current).await
+        self.target.revoke(ctx, previous, current).await
     }
 }
 

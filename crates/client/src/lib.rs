@@ -218,7 +218,8 @@ impl Client {
         token: Option<&str>,
         tls: Option<&TlsClientConfig>,
     ) -> Result<Self, ClientError> {
-        Self::with_context(addr, CallContext::with_token(token), tls)
+        let context = CallContext::with_token(token).map_err(setup)?;
+        Self::over(connect_lazy(addr, tls).map_err(setup)?, context)
     }
 
     /// Like [`Client::new`], but connects now: for a command-line tool, which should fail at
@@ -228,23 +229,13 @@ impl Client {
         token: Option<&str>,
         tls: Option<&TlsClientConfig>,
     ) -> Result<Self, ClientError> {
+        let context = CallContext::with_token(token).map_err(setup)?;
         let channel = sentia_channel::connect(addr, tls).await.map_err(setup)?;
-        Self::over(channel, CallContext::with_token(token))
+        Self::over(channel, context)
     }
 
-    fn with_context(
-        addr: &str,
-        context: Result<CallContext, sentia_channel::ChannelError>,
-        tls: Option<&TlsClientConfig>,
-    ) -> Result<Self, ClientError> {
-        Self::over(connect_lazy(addr, tls).map_err(setup)?, context)
-    }
-
-    fn over(
-        channel: tonic::transport::Channel,
-        context: Result<CallContext, sentia_channel::ChannelError>,
-    ) -> Result<Self, ClientError> {
-        let channel = context.map_err(setup)?.wrap(channel);
+    fn over(channel: tonic::transport::Channel, context: CallContext) -> Result<Self, ClientError> {
+        let channel = context.wrap(channel);
         Ok(Self {
             secrets: SecretServiceClient::new(channel.clone()),
             auth: AuthServiceClient::new(channel),
@@ -275,20 +266,18 @@ impl Client {
     ) -> Result<(Self, Login), ClientError> {
         let anonymous = Self::new(addr, None, tls)?;
         let login = session::login(&anonymous.auth, &anonymous.retry, role_id, secret_id).await?;
-        let context = CallContext::with_token(Some(&login.token));
-        let shared = context.as_ref().ok().cloned();
-        let mut client = Self::with_context(addr, context, tls)?;
-        if let Some(context) = shared {
-            client.session = Some(Arc::new(Session::start(
-                anonymous.auth,
-                anonymous.retry,
-                context,
-                role_id,
-                secret_id,
-                &login,
-                renewal,
-            )));
-        }
+        // Every channel of the client shares this context, so a renewal reaches them all.
+        let context = CallContext::with_token(Some(&login.token)).map_err(setup)?;
+        let mut client = Self::over(connect_lazy(addr, tls).map_err(setup)?, context.clone())?;
+        client.session = Some(Arc::new(Session::start(
+            anonymous.auth,
+            anonymous.retry,
+            context,
+            role_id,
+            secret_id,
+            &login,
+            renewal,
+        )));
         Ok((client, login))
     }
 

@@ -15,7 +15,7 @@ pub mod keys;
 mod vault;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sqlx::Executor;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,10 +63,20 @@ impl std::io::Write for Capture {
 
 /// A name no other test (or run) uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
+    // Tests run on parallel threads: two asking within one tick of the clock must still get
+    // different names (two stacks on one SQLite file race each other's migrations), so the
+    // time part only ever moves forward. It stays the creation time (to the nanosecond) that
+    // `drop_abandoned_databases` reads back.
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos();
+        .as_nanos() as u64;
+    let nanos = match LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+        Some(now.max(last + 1))
+    }) {
+        Ok(last) | Err(last) => now.max(last + 1),
+    };
     format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
@@ -87,16 +97,7 @@ pub async fn postgres_url() -> Option<String> {
 /// Databases that earlier test processes left behind are dropped first, so runs never pile
 /// them up on the server (a test that panics cannot drop its own).
 pub async fn postgres_database(prefix: &str, options: &str) -> Option<String> {
-    let Ok(admin_url) = std::env::var("SENTIA_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-        );
-        eprintln!(
-            "SKIPPED: postgres test (SENTIA_TEST_POSTGRES_URL not set; run `bash tests/run`)"
-        );
-        return None;
-    };
+    let admin_url = postgres_admin_url()?;
     sqlx::any::install_default_drivers();
     let db = unique(prefix);
     let admin = sqlx::AnyPool::connect(&admin_url).await.unwrap();
@@ -170,20 +171,31 @@ pub async fn database(backend: Backend) -> Option<String> {
     }
 }
 
-/// The Redis URL for tests, or None (announced) outside CI when `SENTIA_TEST_REDIS_URL` is
-/// not set. Under CI=true a missing Redis fails the test.
-pub fn redis_url() -> Option<String> {
-    match std::env::var("SENTIA_TEST_REDIS_URL") {
+/// The URL of a server the suites need, from `variable`, or None (announced) outside CI when
+/// it is not set. Under CI=true a missing server fails the test.
+fn server_url(variable: &str, what: &str) -> Option<String> {
+    match std::env::var(variable) {
         Ok(u) => Some(u),
         Err(_) => {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but SENTIA_TEST_REDIS_URL is not set"
+                "CI=true but {variable} is not set"
             );
-            eprintln!("SKIPPED: redis test (SENTIA_TEST_REDIS_URL not set; run `bash tests/run`)");
+            eprintln!("SKIPPED: {what} test ({variable} not set; run `bash tests/run`)");
             None
         }
     }
+}
+
+/// The Redis URL for tests (`SENTIA_TEST_REDIS_URL`), or None (announced) outside CI.
+pub fn redis_url() -> Option<String> {
+    server_url("SENTIA_TEST_REDIS_URL", "redis")
+}
+
+/// The Postgres admin URL (`SENTIA_TEST_POSTGRES_URL`: a superuser, which creates the test
+/// databases and serves as the rotation suites' target), or None (announced) outside CI.
+pub fn postgres_admin_url() -> Option<String> {
+    server_url("SENTIA_TEST_POSTGRES_URL", "postgres")
 }
 
 /// A TCP proxy a test can cut (and restore), to see a peer disappear: Redis behind

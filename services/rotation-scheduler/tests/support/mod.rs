@@ -287,17 +287,7 @@ pub fn policy(pattern: &str, rotator: &str, params: serde_json::Value) -> pb::Ro
 
 /// The Postgres admin URL for rotation targets (the suite's superuser), or None (announced).
 pub fn postgres_admin() -> Option<String> {
-    match std::env::var("SENTIA_TEST_POSTGRES_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but SENTIA_TEST_POSTGRES_URL is not set"
-            );
-            eprintln!("SKIPPED: postgres rotation target (SENTIA_TEST_POSTGRES_URL not set)");
-            None
-        }
-    }
+    sentia_testkit::postgres_admin_url()
 }
 
 /// A login role of its own, with `password`; dropped by [`drop_role`].

@@ -12,7 +12,7 @@ mod outcome;
 pub mod private_file;
 
 pub use outcome::{
-    CallInfo, Detail, FAILURE_TRAILER, FailureKind, Gate, audited, audited_detail, code_name,
+    Call, CallInfo, Detail, Emitting, FAILURE_TRAILER, FailureKind, Sink, code_name,
 };
 
 use std::io::{Read, Seek, SeekFrom, Write};

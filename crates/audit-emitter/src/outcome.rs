@@ -1,12 +1,36 @@
-//! Recording a call's outcome: who made it ([`CallInfo`]), the event each handler records
-//! ([`audited`], or a [`Gate`] for changes recorded inside their transaction), and the typed
-//! failure marks ([`FailureKind`]) that decide an event's type without reading messages.
+//! Recording a call's outcome: who made it ([`CallInfo`]), the record every handler answers
+//! through ([`Call`]), and the typed failure kinds ([`FailureKind`]) that decide an event's
+//! type without reading messages.
 
 use std::sync::atomic::Ordering;
 
 use sentia_proto::audit::v1::AuditEvent;
 
 use crate::{AuditUnavailable, Emitter};
+
+/// Where a [`Call`] records its event: the [`Emitter`] in every service, audit-service's own
+/// log for reads of that log.
+pub trait Sink: Send + Sync {
+    /// Records `event`; an error means it can be neither sent nor kept, and the operation it
+    /// describes must not be confirmed.
+    fn emit(&self, event: AuditEvent) -> Emitting<'_>;
+}
+
+/// What [`Sink::emit`] returns.
+pub type Emitting<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send + 'a>>;
+
+impl Sink for Emitter {
+    fn emit(&self, event: AuditEvent) -> Emitting<'_> {
+        Box::pin(Emitter::emit(self, event))
+    }
+}
+
+impl<T: Sink + ?Sized> Sink for std::sync::Arc<T> {
+    fn emit(&self, event: AuditEvent) -> Emitting<'_> {
+        (**self).emit(event)
+    }
+}
 
 /// Who made a call, from where, in which trace: the parts of an audit event every RPC
 /// shares, taken from the request before the handler consumes it.
@@ -81,31 +105,6 @@ impl CallInfo {
     }
 }
 
-/// Records the outcome of `operation` on `name` before the caller sees it, and passes the
-/// result on. If the event can be neither sent nor spooled the caller gets UNAVAILABLE
-/// instead: a read returns nothing; a change that already happened is reported as not
-/// confirmed (and logged). A stored ciphertext failing authentication (DATA_LOSS), or a
-/// caller's ciphertext failing it, is recorded as `failed_decryption`.
-pub async fn audited<T, E: Into<tonic::Status>>(
-    emitter: &Emitter,
-    info: &CallInfo,
-    event_type: &str,
-    operation: &str,
-    name: &str,
-    result: Result<T, E>,
-) -> Result<T, tonic::Status> {
-    audited_detail(
-        emitter,
-        info,
-        event_type,
-        operation,
-        name,
-        result,
-        Detail::default(),
-    )
-    .await
-}
-
 /// What a handler knows about the secret or key it touched, for its audit event.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Detail {
@@ -115,49 +114,32 @@ pub struct Detail {
     pub tier: u32,
 }
 
-/// [`audited`] with the key version and tier filled in.
-pub async fn audited_detail<T, E: Into<tonic::Status>>(
-    emitter: &Emitter,
-    info: &CallInfo,
-    event_type: &str,
-    operation: &str,
-    name: &str,
-    result: Result<T, E>,
-    detail: Detail,
-) -> Result<T, tonic::Status> {
-    let result = result.map_err(Into::into);
-    let event = outcome_event(
-        info,
-        event_type,
-        operation,
-        name,
-        result.as_ref().err(),
-        detail,
-    );
-    if let Err(e) = emitter.emit(event).await {
-        tracing::error!(operation, name, error = %e, "operation not confirmed: its audit event could not be recorded");
-        return Err(tonic::Status::unavailable(format!(
-            "{e}; the {operation} was not confirmed — retry when the audit log is back"
-        )));
-    }
-    result
-}
-
 /// Trailer naming why a call failed, set where a service's typed error becomes a `Status`
 /// (its one conversion), so callers and the audit log never have to read message text.
 pub const FAILURE_TRAILER: &str = "sentia-failure";
 
-/// Why a call failed, beyond its status code, as [`FAILURE_TRAILER`] carries it.
+/// Why a call failed, beyond its status code: what the audit log records and alert rules
+/// count. Read from [`FAILURE_TRAILER`] when a service marked the status, else from its code;
+/// never from its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// A caller's ciphertext failed authentication (wrong key or context, or modified).
+    /// A ciphertext failed authentication: a caller's (wrong key or context, or modified;
+    /// marked by key-service) or a stored one (DATA_LOSS).
     FailedDecryption,
+    /// The caller is unknown or may not do this (UNAUTHENTICATED, PERMISSION_DENIED).
+    Denied,
+    /// The request itself is wrong (INVALID_ARGUMENT, OUT_OF_RANGE).
+    BadInput,
 }
 
 impl FailureKind {
+    const ALL: [Self; 3] = [Self::FailedDecryption, Self::Denied, Self::BadInput];
+
     fn name(self) -> &'static str {
         match self {
             Self::FailedDecryption => "failed-decryption",
+            Self::Denied => "denied",
+            Self::BadInput => "bad-input",
         }
     }
 
@@ -170,16 +152,30 @@ impl FailureKind {
         status
     }
 
-    /// The kind `status` carries, if any.
+    /// The kind `status` carries: its mark, else what its code says.
     pub fn of(status: &tonic::Status) -> Option<Self> {
-        let v = status.metadata().get(FAILURE_TRAILER)?.to_str().ok()?;
-        [Self::FailedDecryption].into_iter().find(|k| k.name() == v)
+        let marked = status
+            .metadata()
+            .get(FAILURE_TRAILER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Self::ALL.into_iter().find(|k| k.name() == v));
+        marked.or_else(|| Self::of_code(status.code()))
+    }
+
+    /// The kind a status code alone says (stored events keep only the code).
+    pub fn of_code(code: tonic::Code) -> Option<Self> {
+        use tonic::Code;
+        match code {
+            Code::DataLoss => Some(Self::FailedDecryption),
+            Code::Unauthenticated | Code::PermissionDenied => Some(Self::Denied),
+            Code::InvalidArgument | Code::OutOfRange => Some(Self::BadInput),
+            _ => None,
+        }
     }
 }
 
-/// The event recording an outcome: a stored ciphertext failing authentication (DATA_LOSS),
-/// or a caller's ciphertext failing it ([`FailureKind::FailedDecryption`]), becomes
-/// `failed_decryption`.
+/// The event recording an outcome: a failed decryption ([`FailureKind::FailedDecryption`])
+/// is recorded as `failed_decryption`, whatever the operation.
 fn outcome_event(
     info: &CallInfo,
     event_type: &str,
@@ -188,14 +184,9 @@ fn outcome_event(
     status: Option<&tonic::Status>,
     detail: Detail,
 ) -> AuditEvent {
-    let failed_decryption = status.is_some_and(|s| {
-        s.code() == tonic::Code::DataLoss
-            || FailureKind::of(s) == Some(FailureKind::FailedDecryption)
-    });
-    let event_type = if failed_decryption {
-        "failed_decryption"
-    } else {
-        event_type
+    let event_type = match status.and_then(FailureKind::of) {
+        Some(FailureKind::FailedDecryption) => "failed_decryption",
+        _ => event_type,
     };
     let mut event = info.event(event_type, operation, name, status.map(tonic::Status::code));
     event.encryption_key_version = detail
@@ -206,18 +197,20 @@ fn outcome_event(
     event
 }
 
-const GATE_OPEN: u8 = 0;
-const GATE_RECORDED: u8 = 1;
-const GATE_REFUSED: u8 = 2;
+const OPEN: u8 = 0;
+const RECORDED: u8 = 1;
+const REFUSED: u8 = 2;
 
-/// The audit event of a change, recorded while the change's transaction is still open: the
-/// store calls [`Gate::record`] just before it commits, so a change whose event can be
-/// neither sent nor spooled is rolled back and never happens (fail closed before the
-/// effect), and a change that commits was recorded first. [`Gate::finish`] then answers the
-/// caller, recording failures the usual way.
-pub struct Gate<'a> {
-    emitter: &'a Emitter,
-    info: &'a CallInfo,
+/// One RPC's audit record. Every handler of every service makes one from its request before
+/// doing anything else and answers through [`Call::finish`], so every outcome is recorded —
+/// early refusals (no principal, denied, bad input) as much as successes — before the caller
+/// sees it. A change records itself first, inside its transaction ([`Call::record`], called
+/// by the store just before commit) or just before it is made ([`Call::admit`]): a change
+/// whose event can be neither sent nor spooled never happens (fail closed before the effect).
+/// A read whose event cannot be recorded returns nothing.
+pub struct Call<'a> {
+    emitter: &'a dyn Sink,
+    info: CallInfo,
     event_type: &'static str,
     operation: &'static str,
     name: String,
@@ -225,20 +218,33 @@ pub struct Gate<'a> {
     state: std::sync::atomic::AtomicU8,
 }
 
-impl std::fmt::Debug for Gate<'_> {
+impl std::fmt::Debug for Call<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate")
+        f.debug_struct("Call")
             .field("operation", &self.operation)
             .field("name", &self.name)
             .finish()
     }
 }
 
-impl<'a> Gate<'a> {
-    /// A gate for `operation` on `name` by the caller described by `info`.
-    pub fn new(
-        emitter: &'a Emitter,
-        info: &'a CallInfo,
+impl<'a> Call<'a> {
+    /// The record of `operation` on `name` (a secret path, key name or "") by the caller of
+    /// `req`, as an event of `event_type`.
+    pub fn new<T>(
+        emitter: &'a dyn Sink,
+        req: &tonic::Request<T>,
+        event_type: &'static str,
+        operation: &'static str,
+        name: &str,
+    ) -> Self {
+        Self::with_info(emitter, CallInfo::of(req), event_type, operation, name)
+    }
+
+    /// [`Call::new`] for a caller described by `info` (a caller not yet authenticated, whose
+    /// claimed identity is all there is).
+    pub fn with_info(
+        emitter: &'a dyn Sink,
+        info: CallInfo,
         event_type: &'static str,
         operation: &'static str,
         name: &str,
@@ -250,8 +256,34 @@ impl<'a> Gate<'a> {
             operation,
             name: name.to_string(),
             detail: std::sync::Mutex::new(Detail::default()),
-            state: std::sync::atomic::AtomicU8::new(GATE_OPEN),
+            state: std::sync::atomic::AtomicU8::new(OPEN),
         }
+    }
+
+    /// The same caller and operation on another name: one item of a batch, recorded on its own.
+    pub fn item(&self, name: &str) -> Call<'a> {
+        Self::with_info(
+            self.emitter,
+            self.info.clone(),
+            self.event_type,
+            self.operation,
+            name,
+        )
+    }
+
+    /// Who made the call.
+    pub fn info(&self) -> &CallInfo {
+        &self.info
+    }
+
+    /// The operation recorded.
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The secret or key the call is about ("" when none).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Key version and tier, once the handler knows them (before the commit).
@@ -265,11 +297,17 @@ impl<'a> Gate<'a> {
         self.detail.lock().map(|d| *d).unwrap_or_default()
     }
 
+    /// Marks a call whose success is its own record (an append to the audit log itself):
+    /// only its failures are recorded.
+    pub fn self_recording(&self) {
+        self.state.store(RECORDED, Ordering::SeqCst);
+    }
+
     /// Records the change as done; called inside the transaction, before commit. An error
     /// means the transaction must be rolled back.
     pub async fn record(&self) -> Result<(), AuditUnavailable> {
         let event = outcome_event(
-            self.info,
+            &self.info,
             self.event_type,
             self.operation,
             &self.name,
@@ -277,11 +315,7 @@ impl<'a> Gate<'a> {
             self.detail(),
         );
         let result = self.emitter.emit(event).await;
-        let state = if result.is_ok() {
-            GATE_RECORDED
-        } else {
-            GATE_REFUSED
-        };
+        let state = if result.is_ok() { RECORDED } else { REFUSED };
         self.state.store(state, Ordering::SeqCst);
         if let Err(e) = &result {
             tracing::error!(operation = self.operation, name = %self.name, error = %e, "change rolled back: its audit event could not be recorded");
@@ -289,9 +323,9 @@ impl<'a> Gate<'a> {
         result
     }
 
-    /// [`Gate::record`] for a change made outside a transaction the gate can join: called
+    /// [`Call::record`] for a change made outside a transaction the call can join: called
     /// just before the change, so a change whose event cannot be recorded is never made (if
-    /// the change then fails, [`Gate::finish`] records the failure after the success).
+    /// the change then fails, [`Call::finish`] records the failure after the success).
     pub async fn admit(&self) -> Result<(), tonic::Status> {
         self.record().await.map_err(|e| {
             tonic::Status::unavailable(format!(
@@ -301,31 +335,39 @@ impl<'a> Gate<'a> {
         })
     }
 
-    /// The caller's answer. A success recorded by [`Gate::record`] is passed on; a success
-    /// that committed nothing (an idempotent replay) and every failure are recorded now; a
-    /// failure that is the gate's own refusal is passed on as it is (nothing changed, and
-    /// the audit log is known to be unavailable). A failure after a recorded success (the
-    /// commit itself failed) is recorded too, so the log shows the change did not stick.
+    /// The caller's answer, recorded. A success already recorded by [`Call::record`] is
+    /// passed on; a failure that is the call's own refusal to record is passed on as it is
+    /// (nothing changed, and the audit log is known to be unavailable); anything else is
+    /// recorded now — a read, a refusal, a success that committed nothing (an idempotent
+    /// replay), a failure after a recorded success (the commit itself failed, so the log
+    /// shows the change did not stick). If that event can be neither sent nor spooled the
+    /// caller gets UNAVAILABLE instead: a read returns nothing; a change is reported as not
+    /// confirmed (and logged).
     pub async fn finish<T, E: Into<tonic::Status>>(
         &self,
         result: Result<T, E>,
     ) -> Result<T, tonic::Status> {
         let result = result.map_err(Into::into);
-        match (self.state.load(Ordering::SeqCst), &result) {
-            (GATE_RECORDED, Ok(_)) | (GATE_REFUSED, Err(_)) => result,
-            _ => {
-                audited_detail(
-                    self.emitter,
-                    self.info,
-                    self.event_type,
-                    self.operation,
-                    &self.name,
-                    result,
-                    self.detail(),
-                )
-                .await
-            }
+        if let (RECORDED, Ok(_)) | (REFUSED, Err(_)) = (self.state.load(Ordering::SeqCst), &result)
+        {
+            return result;
         }
+        let event = outcome_event(
+            &self.info,
+            self.event_type,
+            self.operation,
+            &self.name,
+            result.as_ref().err(),
+            self.detail(),
+        );
+        if let Err(e) = self.emitter.emit(event).await {
+            let operation = self.operation;
+            tracing::error!(operation, name = %self.name, error = %e, "operation not confirmed: its audit event could not be recorded");
+            return Err(tonic::Status::unavailable(format!(
+                "{e}; the {operation} was not confirmed — retry when the audit log is back"
+            )));
+        }
+        result
     }
 }
 
@@ -378,11 +420,40 @@ mod tests {
         );
         assert_eq!(kind(&marked), "failed_decryption");
         let worded = tonic::Status::invalid_argument("authentication failed: a caller's words");
-        assert_eq!(FailureKind::of(&worded), None);
+        assert_eq!(FailureKind::of(&worded), Some(FailureKind::BadInput));
         assert_eq!(kind(&worded), "key_operation");
         assert_eq!(
             kind(&tonic::Status::data_loss("stored")),
             "failed_decryption"
         );
+    }
+
+    #[test]
+    fn denied_and_bad_input_are_read_from_the_code_unless_a_mark_says_more() {
+        use tonic::Status;
+        assert_eq!(
+            FailureKind::of(&Status::permission_denied("failed decryption")),
+            Some(FailureKind::Denied)
+        );
+        assert_eq!(
+            FailureKind::of(&Status::unauthenticated("")),
+            Some(FailureKind::Denied)
+        );
+        assert_eq!(
+            FailureKind::of(&Status::out_of_range("")),
+            Some(FailureKind::BadInput)
+        );
+        assert_eq!(FailureKind::of(&Status::not_found("denied")), None);
+        let marked = FailureKind::Denied.mark(Status::failed_precondition("sealed"));
+        assert_eq!(FailureKind::of(&marked), Some(FailureKind::Denied));
+        let unknown_mark = {
+            let mut s = Status::internal("");
+            s.metadata_mut().insert(
+                FAILURE_TRAILER,
+                tonic::metadata::MetadataValue::from_static("made-up"),
+            );
+            s
+        };
+        assert_eq!(FailureKind::of(&unknown_mark), None);
     }
 }

@@ -1,18 +1,20 @@
 //! The AuditService implementation. Appending is for service identities (static service
-//! tokens or certificates); reading is for admin identities and JWTs carrying one of
-//! `SENTIA_AUDIT_READ_POLICIES`.
+//! tokens or certificates); reading is for holders of the `audit-read` capability on every
+//! path (sentia-policy, the same policy file as vault-service). Every call's outcome is
+//! recorded in the log itself through [`Call`], as `audit-service`.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sentia_policy::{Capability, Policies};
 use sentia_proto::audit::v1 as pb;
 use sentia_proto::audit::v1::Checkpoint;
 use sentia_proto::audit::v1::audit_service_server::AuditService;
-use sentia_runtime::audit::CallInfo;
+use sentia_runtime::audit::{Call, Emitting, Sink};
 use sentia_runtime::jwt::PublicKeySet;
-use sentia_runtime::{AuthMethod, Principal, Role, Shutdown};
+use sentia_runtime::{AuthMethod, Principal, Shutdown};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -68,10 +70,29 @@ pub struct Parts {
     pub signer: crate::Signer,
     /// What this process has seen.
     pub witness: Arc<Witness>,
-    /// JWT policies that may read.
-    pub read_policies: Vec<String>,
+    /// Who holds `audit-read`.
+    pub policies: Policies,
     /// Stops tails.
     pub shutdown: Shutdown,
+}
+
+/// audit-service's own events (calls to it) go straight into the log it keeps.
+impl Sink for AuditApi {
+    fn emit(&self, mut event: pb::AuditEvent) -> Emitting<'_> {
+        Box::pin(async move {
+            event.service = OWN_IDENTITY.into();
+            event.emitter_id.clone_from(&self.own_emitter.0);
+            event.emitter_sequence = self.own_emitter.1.fetch_add(1, Ordering::SeqCst) + 1;
+            event.time = Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms()));
+            let mut r = self
+                .store
+                .append(vec![event], OWN_IDENTITY)
+                .await
+                .map_err(|e| sentia_runtime::audit::AuditUnavailable(e.to_string()))?;
+            self.appended(&mut r).await;
+            Ok(())
+        })
+    }
 }
 
 /// Shared state of the AuditService.
@@ -83,7 +104,7 @@ pub struct AuditApi {
     checkpoint_keys: Arc<PublicKeySet>,
     signer: crate::Signer,
     witness: Arc<Witness>,
-    read_policies: Arc<Vec<String>>,
+    policies: Policies,
     shutdown: Shutdown,
     own_emitter: Arc<(String, AtomicU64)>,
 }
@@ -197,7 +218,7 @@ impl AuditApi {
             checkpoint_keys: parts.checkpoint_keys,
             signer: parts.signer,
             witness: parts.witness,
-            read_policies: Arc::new(parts.read_policies),
+            policies: parts.policies,
             shutdown: parts.shutdown,
             own_emitter: Arc::new((uuid::Uuid::new_v4().to_string(), AtomicU64::new(0))),
         }
@@ -220,53 +241,21 @@ impl AuditApi {
         }
     }
 
-    /// Checks that the caller may read the log and records the access (allowed or refused)
-    /// in the log itself before anything is read: reading the audit log leaves a trace.
-    async fn reading<T>(
-        &self,
-        req: &Request<T>,
-        operation: &str,
-        name: &str,
-    ) -> Result<Principal, Status> {
-        let allowed = self.may_read(req);
-        let info = CallInfo::of(req);
-        let event_type = if operation == "acknowledge_alert" {
-            "admin"
-        } else {
-            "audit_read"
-        };
-        let mut event = info.event(
-            event_type,
-            operation,
-            name,
-            allowed.as_ref().err().map(Status::code),
-        );
-        event.service = OWN_IDENTITY.into();
-        event.emitter_id.clone_from(&self.own_emitter.0);
-        event.emitter_sequence = self.own_emitter.1.fetch_add(1, Ordering::SeqCst) + 1;
-        event.time = Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms()));
-        let mut r = self.store.append(vec![event], OWN_IDENTITY).await?;
-        self.appended(&mut r).await;
-        allowed
+    /// Admits the caller of `req` to read the log: it must hold `audit-read`, and its access
+    /// is recorded in the log before anything is read, so the read is in the log it reads
+    /// (a read that then fails is recorded again, with its failure).
+    async fn reader<T>(&self, req: &Request<T>, call: &Call<'_>) -> Result<Principal, Status> {
+        let p = self.may_read(req)?;
+        call.admit().await?;
+        Ok(p)
     }
 
+    /// The caller of `req`, if it holds `audit-read` on every path.
     fn may_read<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         let p = Principal::of(req)?;
-        let allowed = match p.method {
-            AuthMethod::Jwt => p.policies.iter().any(|x| self.read_policies.contains(x)),
-            // vault-service's root token (checked there, when SENTIA_VAULT_SERVICE_ADDR is set).
-            AuthMethod::Root => true,
-            _ => p.role == Role::Admin,
-        };
-        if allowed {
-            Ok(p)
-        } else {
-            Err(AuditError::Denied(format!(
-                "reading the audit log needs the audit-read capability; '{}' does not have it",
-                p.id
-            ))
-            .into())
-        }
+        self.policies
+            .check_everywhere(&p, Capability::AuditRead, "reading the audit log")?;
+        Ok(p)
     }
 
     /// Range bounds: 0 = oldest retained / head.
@@ -580,29 +569,36 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::AppendEventsRequest>,
     ) -> Res<pb::AppendEventsResponse> {
-        let p = Principal::of(&req)?;
-        if p.method == AuthMethod::Jwt || p.method == AuthMethod::Root {
-            return Err(Status::permission_denied(
-                "only service identities (service tokens or certificates) may append audit events",
-            ));
+        let call = Call::new(self, &req, "audit_write", "append", "");
+        // A stored batch is its own record; refusals and failures are recorded here.
+        call.self_recording();
+        let result: Res<pb::AppendEventsResponse> = async {
+            let p = Principal::of(&req)?;
+            if p.method == AuthMethod::Jwt || p.method == AuthMethod::Root {
+                return Err(Status::permission_denied(
+                    "only service identities (service tokens or certificates) may append audit events",
+                ));
+            }
+            let events = req.into_inner().events;
+            if events.is_empty() || events.len() > MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds 1-{MAX_BATCH} events (got {})",
+                    events.len()
+                )));
+            }
+            for (i, e) in events.iter().enumerate() {
+                validate(i, e)?;
+            }
+            // Stored under the caller's own identity: its emitter ids are its alone.
+            let mut r = self.store.append(events, &p.id).await?;
+            self.appended(&mut r).await;
+            Ok(Response::new(pb::AppendEventsResponse {
+                last_sequence: r.last_sequence,
+                duplicates: r.duplicates,
+            }))
         }
-        let events = req.into_inner().events;
-        if events.is_empty() || events.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "a batch holds 1-{MAX_BATCH} events (got {})",
-                events.len()
-            )));
-        }
-        for (i, e) in events.iter().enumerate() {
-            validate(i, e)?;
-        }
-        // Stored under the caller's own identity: its emitter ids are its alone.
-        let mut r = self.store.append(events, &p.id).await?;
-        self.appended(&mut r).await;
-        Ok(Response::new(pb::AppendEventsResponse {
-            last_sequence: r.last_sequence,
-            duplicates: r.duplicates,
-        }))
+        .await;
+        call.finish(result).await
     }
 
     async fn query_events(
@@ -614,33 +610,38 @@ impl AuditService for AuditApi {
         } else {
             req.get_ref().secret_name.clone()
         };
-        self.reading(&req, "query", &filter_name).await?;
-        let r = req.into_inner();
-        let limit = page_size(r.page_size)?;
-        let nonempty = |s: String| (!s.is_empty()).then_some(s);
-        let filter = Filter {
-            start_ms: ms("start_time", &r.start_time)?,
-            end_ms: ms("end_time", &r.end_time)?,
-            principal: nonempty(r.principal),
-            secret_name: nonempty(r.secret_name),
-            event_type: nonempty(r.event_type),
-            success: r.success,
-        };
-        let scope = format!("{filter:?}");
-        let after = page_position(&r.page_token, "audit.QueryEvents", &scope)?;
-        let mut records = self.store.query(&filter, after, limit + 1).await?;
-        let next_page_token = if records.len() as i64 > limit {
-            records.truncate(limit as usize);
-            records.last().map_or(String::new(), |r| {
-                sentia_proto::page::encode("audit.QueryEvents", &scope, &r.sequence.to_string())
-            })
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::QueryEventsResponse {
-            records,
-            next_page_token,
-        }))
+        let call = Call::new(self, &req, "audit_read", "query", &filter_name);
+        let result: Res<pb::QueryEventsResponse> = async {
+            self.reader(&req, &call).await?;
+            let r = req.into_inner();
+            let limit = page_size(r.page_size)?;
+            let nonempty = |s: String| (!s.is_empty()).then_some(s);
+            let filter = Filter {
+                start_ms: ms("start_time", &r.start_time)?,
+                end_ms: ms("end_time", &r.end_time)?,
+                principal: nonempty(r.principal),
+                secret_name: nonempty(r.secret_name),
+                event_type: nonempty(r.event_type),
+                success: r.success,
+            };
+            let scope = format!("{filter:?}");
+            let after = page_position(&r.page_token, "audit.QueryEvents", &scope)?;
+            let mut records = self.store.query(&filter, after, limit + 1).await?;
+            let next_page_token = if records.len() as i64 > limit {
+                records.truncate(limit as usize);
+                records.last().map_or(String::new(), |r| {
+                    sentia_proto::page::encode("audit.QueryEvents", &scope, &r.sequence.to_string())
+                })
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::QueryEventsResponse {
+                records,
+                next_page_token,
+            }))
+        }
+        .await;
+        call.finish(result).await
     }
 
     type TailEventsStream = BoxStream<pb::AuditRecord>;
@@ -649,41 +650,48 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::TailEventsRequest>,
     ) -> Res<Self::TailEventsStream> {
-        self.reading(&req, "tail", "").await?;
-        let after = req.into_inner().after_sequence;
-        let (head, _) = self.store.head().await?;
-        let mut last = if after == 0 { head } else { after };
-        let (tx, rx) = mpsc::channel(256);
-        let this = self.clone();
-        let mut moved = self.head.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let batch = match this.store.records(last, u64::MAX >> 1, BATCH).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
+        let call = Call::new(self, &req, "audit_read", "tail", "");
+        let result: Res<Self::TailEventsStream> = async {
+            self.reader(&req, &call).await?;
+            let after = req.into_inner().after_sequence;
+            let (head, _) = self.store.head().await?;
+            let mut last = if after == 0 { head } else { after };
+            let (tx, rx) = mpsc::channel(256);
+            let this = self.clone();
+            let mut moved = self.head.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    let batch = match this.store.records(last, u64::MAX >> 1, BATCH).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    let full = batch.len() as i64 == BATCH;
+                    for r in batch {
+                        last = r.sequence;
+                        if tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
                     }
-                };
-                let full = batch.len() as i64 == BATCH;
-                for r in batch {
-                    last = r.sequence;
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
+                    if full {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = moved.changed() => {}
+                        _ = tokio::time::sleep(TAIL_POLL) => {}
+                        _ = tx.closed() => return,
+                        _ = this.shutdown.wait() => return,
                     }
                 }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    _ = moved.changed() => {}
-                    _ = tokio::time::sleep(TAIL_POLL) => {}
-                    _ = tx.closed() => return,
-                    _ = this.shutdown.wait() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            Ok(Response::new(
+                Box::pin(ReceiverStream::new(rx)) as Self::TailEventsStream
+            ))
+        }
+        .await;
+        call.finish(result).await
     }
 
     type ExportEventsStream = BoxStream<pb::ExportItem>;
@@ -692,7 +700,9 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::ExportEventsRequest>,
     ) -> Res<Self::ExportEventsStream> {
-        self.reading(&req, "export", "").await?;
+        let call = Call::new(self, &req, "audit_read", "export", "");
+        let result: Res<Self::ExportEventsStream> = async {
+        self.reader(&req, &call).await?;
         let r = req.into_inner();
         let (from, to) = self.range(r.from_sequence, r.to_sequence).await?;
         // Purged records cannot be exported: start at the oldest retained one.
@@ -772,93 +782,117 @@ impl AuditService for AuditApi {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::ExportEventsStream))
+        }
+        .await;
+        call.finish(result).await
     }
 
     async fn verify_chain(
         &self,
         req: Request<pb::VerifyChainRequest>,
     ) -> Res<pb::VerifyChainResponse> {
-        self.reading(&req, "verify", "").await?;
-        let r = req.into_inner();
-        Ok(Response::new(
-            self.verify(r.from_sequence, r.to_sequence).await?,
-        ))
+        let call = Call::new(self, &req, "audit_read", "verify", "");
+        let result: Res<pb::VerifyChainResponse> = async {
+            self.reader(&req, &call).await?;
+            let r = req.into_inner();
+            Ok(Response::new(
+                self.verify(r.from_sequence, r.to_sequence).await?,
+            ))
+        }
+        .await;
+        call.finish(result).await
     }
 
     async fn list_checkpoints(
         &self,
         req: Request<pb::ListCheckpointsRequest>,
     ) -> Res<pb::ListCheckpointsResponse> {
-        self.reading(&req, "list_checkpoints", "").await?;
-        let r = req.into_inner();
-        let limit = page_size(r.page_size)?;
-        let before = page_position(&r.page_token, "audit.ListCheckpoints", "")?;
-        let mut checkpoints = self.store.checkpoints_desc(before, limit + 1).await?;
-        let next_page_token = if checkpoints.len() as i64 > limit {
-            checkpoints.truncate(limit as usize);
-            checkpoints.last().map_or(String::new(), |c| {
-                sentia_proto::page::encode("audit.ListCheckpoints", "", &c.sequence.to_string())
-            })
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListCheckpointsResponse {
-            checkpoints,
-            next_page_token,
-        }))
+        let call = Call::new(self, &req, "audit_read", "list_checkpoints", "");
+        let result: Res<pb::ListCheckpointsResponse> = async {
+            self.reader(&req, &call).await?;
+            let r = req.into_inner();
+            let limit = page_size(r.page_size)?;
+            let before = page_position(&r.page_token, "audit.ListCheckpoints", "")?;
+            let mut checkpoints = self.store.checkpoints_desc(before, limit + 1).await?;
+            let next_page_token = if checkpoints.len() as i64 > limit {
+                checkpoints.truncate(limit as usize);
+                checkpoints.last().map_or(String::new(), |c| {
+                    sentia_proto::page::encode("audit.ListCheckpoints", "", &c.sequence.to_string())
+                })
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListCheckpointsResponse {
+                checkpoints,
+                next_page_token,
+            }))
+        }
+        .await;
+        call.finish(result).await
     }
 
     async fn list_alerts(
         &self,
         req: Request<pb::ListAlertsRequest>,
     ) -> Res<pb::ListAlertsResponse> {
-        self.reading(&req, "list_alerts", "").await?;
-        let r = req.into_inner();
-        let limit = page_size(r.page_size)?;
-        let scope = format!("include_acknowledged={}", r.include_acknowledged);
-        let before = sentia_proto::page::decode(&r.page_token, "audit.ListAlerts", &scope)
-            .map_err(AuditError::Invalid)?
-            .unwrap_or_default();
-        let mut alerts = self
-            .store
-            .alerts(r.include_acknowledged, &before, limit + 1)
-            .await?;
-        let next_page_token = if alerts.len() as i64 > limit {
-            alerts.truncate(limit as usize);
-            alerts.last().map_or(String::new(), |a| {
-                sentia_proto::page::encode("audit.ListAlerts", &scope, &a.id)
-            })
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListAlertsResponse {
-            alerts,
-            next_page_token,
-        }))
+        let call = Call::new(self, &req, "audit_read", "list_alerts", "");
+        let result: Res<pb::ListAlertsResponse> = async {
+            self.reader(&req, &call).await?;
+            let r = req.into_inner();
+            let limit = page_size(r.page_size)?;
+            let scope = format!("include_acknowledged={}", r.include_acknowledged);
+            let before = sentia_proto::page::decode(&r.page_token, "audit.ListAlerts", &scope)
+                .map_err(AuditError::Invalid)?
+                .unwrap_or_default();
+            let mut alerts = self
+                .store
+                .alerts(r.include_acknowledged, &before, limit + 1)
+                .await?;
+            let next_page_token = if alerts.len() as i64 > limit {
+                alerts.truncate(limit as usize);
+                alerts.last().map_or(String::new(), |a| {
+                    sentia_proto::page::encode("audit.ListAlerts", &scope, &a.id)
+                })
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListAlertsResponse {
+                alerts,
+                next_page_token,
+            }))
+        }
+        .await;
+        call.finish(result).await
     }
 
     async fn acknowledge_alert(&self, req: Request<pb::AcknowledgeAlertRequest>) -> Res<pb::Alert> {
         let id = req.get_ref().id.clone();
-        let p = self
-            .reading(
-                &req,
-                "acknowledge_alert",
-                sentia_runtime::text::clip(&id, 64).as_ref(),
-            )
-            .await?;
-        if id.is_empty() || id.len() > 64 {
-            return Err(Status::invalid_argument(
-                "id must be an alert id (1-64 characters)",
-            ));
-        }
-        match self.store.acknowledge(&id, &p.id).await? {
-            Some(a) => {
-                tracing::info!(alert = %id, by = %p.id, "alert acknowledged");
-                Ok(Response::new(a))
+        let call = Call::new(
+            self,
+            &req,
+            "admin",
+            "acknowledge_alert",
+            sentia_runtime::text::clip(&id, 64).as_ref(),
+        );
+        let result: Res<pb::Alert> = async {
+            let p = self.may_read(&req)?;
+            if id.is_empty() || id.len() > 64 {
+                return Err(Status::invalid_argument(
+                    "id must be an alert id (1-64 characters)",
+                ));
             }
-            None => Err(Status::not_found(format!("no alert {id}"))),
+            call.admit().await?;
+            match self.store.acknowledge(&id, &p.id).await? {
+                Some(a) => {
+                    tracing::info!(alert = %id, by = %p.id, "alert acknowledged");
+                    Ok(Response::new(a))
+                }
+                None => Err(Status::not_found(format!("no alert {id}"))),
+            }
         }
+        .await;
+        call.finish(result).await
     }
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
+use sentia_policy::PolicyConfig;
+
 use crate::alerts::Rules;
 use crate::webhook::Webhook;
 
@@ -34,9 +36,10 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// `SENTIA_CHECKPOINT_INTERVAL`: ... or this long after the last one, if anything changed.
     pub checkpoint_interval: Duration,
-    /// `SENTIA_AUDIT_READ_POLICIES`: JWT policies that may read the log (the seed's
-    /// system_admin holds `audit-read`); static admin identities always may.
-    pub read_policies: Vec<String>,
+    /// `SENTIA_POLICY_FILE` and friends: who may read the log is whoever holds the
+    /// `audit-read` capability on every path (the seed's system_admin does; static admin
+    /// identities and root tokens always do).
+    pub policies: PolicyConfig,
     /// `SENTIA_AUDIT_VERIFY_INTERVAL`: how often the chain is checked from the last verified
     /// record (a break raises the `AuditChainBroken` alert).
     pub verify_interval: Duration,
@@ -57,6 +60,10 @@ pub struct Config {
     /// `SENTIA_ALERT_WEBHOOK_URL` / `_SECRET`: where alerts are POSTed, HMAC-signed.
     pub webhook: Option<Webhook>,
 }
+
+/// The variable that once listed the JWT policies that may read the log; set, it stops the
+/// start, so a deployment relying on it learns it now grants nothing.
+const RETIRED_READ_POLICIES: &str = "SENTIA_AUDIT_READ_POLICIES";
 
 /// The services that append audit events in every shipped deployment: the certificate names
 /// that hold the service role when `SENTIA_SERVICE_IDENTITIES` is unset.
@@ -91,12 +98,15 @@ impl Config {
         }
         let checkpoint_interval =
             r.duration_or("SENTIA_CHECKPOINT_INTERVAL", Duration::from_secs(60));
-        let read_policies = r
-            .string_or("SENTIA_AUDIT_READ_POLICIES", "system_admin")
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let policies = PolicyConfig::from_source(&mut r);
+        if r.optional(RETIRED_READ_POLICIES).is_some() {
+            r.problem(format!(
+                "{RETIRED_READ_POLICIES} is no longer read: readers of the audit log need the \
+                 audit-read capability in the policy file (SENTIA_POLICY_FILE, shared with \
+                 vault-service; the built-in system_admin has it). Unset it and grant \
+                 audit-read to the policies that should read the log"
+            ));
+        }
         let verify_interval =
             r.duration_or("SENTIA_AUDIT_VERIFY_INTERVAL", Duration::from_secs(60));
         let full_verify_interval = r.duration_or(
@@ -126,7 +136,7 @@ impl Config {
             identity_cache_ttl,
             checkpoint_every,
             checkpoint_interval,
-            read_policies,
+            policies,
             verify_interval,
             full_verify_interval,
             retention,
@@ -136,5 +146,29 @@ impl Config {
             redis_prefix,
             webhook,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentia_runtime::MapSource;
+
+    #[test]
+    fn the_retired_reader_list_stops_the_start_and_says_what_replaced_it() {
+        let err = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_READ_POLICIES", "system_admin"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SENTIA_AUDIT_READ_POLICIES") && err.contains("audit-read"),
+            "{err}"
+        );
+        assert!(
+            Config::from_source(&MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]))
+                .is_ok()
+        );
     }
 }

@@ -92,7 +92,8 @@ pub async fn run(
         checkpoint_keys: PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
         signer,
         witness,
-        read_policies: config.read_policies.clone(),
+        policies: sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
+            .map_err(AuditError::Invalid)?,
         shutdown: shutdown.clone(),
     });
     tokio::spawn(api.clone().watch_chain(

@@ -709,6 +709,72 @@ async fn concurrent_appends_committed_together_each_get_their_own_outcome(a: &Au
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_need_audit_read_on_every_path_from_the_shared_policy_file() {
+    let file = std::env::temp_dir().join(format!("{}.toml", sentia_testkit::unique("policies")));
+    std::fs::write(
+        &file,
+        r#"
+[auditor]
+rules = [{ paths = ["**"], capabilities = ["audit-read"] }]
+[prod_auditor]
+rules = [{ paths = ["prod/**"], capabilities = ["audit-read"] }]
+[reader]
+rules = [{ paths = ["**"], capabilities = ["read", "list"] }]
+"#,
+    )
+    .unwrap();
+    let policy_file = file.display().to_string();
+    let Some(a) = Audit::start_with(false, &[("SENTIA_POLICY_FILE", policy_file.as_str())]).await
+    else {
+        return;
+    };
+    let at = &a;
+    let query = |token: String| async move {
+        at.client(&token)
+            .query_events(pb::QueryEventsRequest::default())
+            .await
+    };
+    query(a.jwt(&["auditor"]).await).await.unwrap();
+    for policies in [&["prod_auditor"][..], &["reader"], &["system_admin"]] {
+        let err = query(a.jwt(policies).await).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{policies:?}: {err:?}");
+        assert!(err.message().contains("audit-read"), "{err:?}");
+    }
+    // The static admin identity still reads; a JWT may not append, and that refusal is in
+    // the log too.
+    let err = a
+        .client(&a.jwt(&["auditor"]).await)
+        .append_events(pb::AppendEventsRequest {
+            events: vec![event(1)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let outcomes: Vec<String> = a
+        .all(keys::ADMIN_TOKEN)
+        .await
+        .iter()
+        .filter_map(|r| r.event.clone())
+        .filter(|e| e.service == "audit-service")
+        .map(|e| format!("{} {} {}", e.event_type, e.operation, e.status_code))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "audit_read query OK",
+            "audit_read query PERMISSION_DENIED",
+            "audit_read query PERMISSION_DENIED",
+            "audit_read query PERMISSION_DENIED",
+            "audit_write append PERMISSION_DENIED",
+            "audit_read query OK",
+        ],
+        "every call, refused or not, in the order made"
+    );
+    a.stop().await;
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_chain_raises_an_alert_from_the_continuous_check() {
     let Some(a) = Audit::start_with(
         false,

@@ -9,7 +9,7 @@ use sentia_proto::rotation::v1 as pb;
 use sentia_proto::rotation::v1::rotation_service_server::RotationService;
 use sentia_proto::wkt::timestamp;
 use sentia_runtime::Principal;
-use sentia_runtime::audit::{CallInfo, Emitter, Gate, audited};
+use sentia_runtime::audit::{Call, Emitter};
 use tonic::{Request, Response, Status};
 
 use crate::RotationError;
@@ -91,7 +91,7 @@ impl RotationApi {
         &self,
         p: &Principal,
         req: pb::SetPolicyRequest,
-        gate: &Gate<'_>,
+        call: &Call<'_>,
     ) -> Result<pb::RotationPolicy, RotationError> {
         let raw = req
             .policy
@@ -99,7 +99,7 @@ impl RotationApi {
         self.policies
             .check(p, Capability::Rotate, &raw.path_pattern)?;
         let policy = RotationPolicy::from_proto(raw)?;
-        gate.admit()
+        call.admit()
             .await
             .map_err(RotationError::AuditUnavailable)?;
         self.engine
@@ -170,7 +170,7 @@ impl RotationApi {
         &self,
         p: &Principal,
         req: pb::RotateNowRequest,
-        gate: &Gate<'_>,
+        call: &Call<'_>,
     ) -> Result<pb::Rotation, RotationError> {
         self.policies.check(p, Capability::Rotate, &req.path)?;
         let reason = req.reason.trim();
@@ -195,7 +195,7 @@ impl RotationApi {
             )));
         }
         let now = self.engine.hooks.clock.now_ms();
-        gate.admit()
+        call.admit()
             .await
             .map_err(RotationError::AuditUnavailable)?;
         let r = self
@@ -242,75 +242,88 @@ impl RotationApi {
 #[tonic::async_trait]
 impl RotationService for RotationApi {
     async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Res<pb::RotationPolicy> {
-        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
-        let req = req.into_inner();
         let name = req
+            .get_ref()
             .policy
             .as_ref()
-            .map(|x| x.path_pattern.clone())
-            .unwrap_or_default();
-        let gate = Gate::new(&self.emitter, &info, "rotation", "set_policy", &name);
-        let r = self.set_policy(&p, req, &gate).await;
-        gate.finish(r).await.map(Response::new)
+            .map_or("", |x| x.path_pattern.as_str());
+        let call = Call::new(&self.emitter, &req, "rotation", "set_policy", name);
+        let r = async {
+            let p = Principal::of(&req)?;
+            Ok::<_, Status>(self.set_policy(&p, req.into_inner(), &call).await?)
+        }
+        .await;
+        call.finish(r).await.map(Response::new)
     }
 
     async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Res<pb::RotationPolicy> {
-        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
-        let path = req.into_inner().path;
+        let call = Call::new(
+            &self.emitter,
+            &req,
+            "rotation",
+            "get_policy",
+            &req.get_ref().path,
+        );
         let r = async {
-            self.may_read(&p, &path)?;
-            Ok::<_, RotationError>(self.policy_for(&path).await?.to_proto())
+            let p = Principal::of(&req)?;
+            let path = &req.get_ref().path;
+            self.may_read(&p, path)?;
+            Ok::<_, Status>(self.policy_for(path).await?.to_proto())
         }
         .await;
-        audited(&self.emitter, &info, "rotation", "get_policy", &path, r)
-            .await
-            .map(Response::new)
+        call.finish(r).await.map(Response::new)
     }
 
     async fn list_rotations(
         &self,
         req: Request<pb::ListRotationsRequest>,
     ) -> Res<pb::ListRotationsResponse> {
-        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
-        let req = req.into_inner();
-        let prefix = req.prefix.clone();
-        let r = self.list(&p, req).await;
-        audited(
+        let call = Call::new(
             &self.emitter,
-            &info,
+            &req,
             "rotation",
             "list_rotations",
-            &prefix,
-            r,
-        )
-        .await
-        .map(Response::new)
+            &req.get_ref().prefix,
+        );
+        let r = async {
+            let p = Principal::of(&req)?;
+            Ok::<_, Status>(self.list(&p, req.into_inner()).await?)
+        }
+        .await;
+        call.finish(r).await.map(Response::new)
     }
 
     async fn rotate_now(&self, req: Request<pb::RotateNowRequest>) -> Res<pb::Rotation> {
-        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
-        let req = req.into_inner();
-        let path = req.path.clone();
-        let op = if req.emergency {
+        let op = if req.get_ref().emergency {
             "rotate_now_emergency"
         } else {
             "rotate_now"
         };
-        let gate = Gate::new(&self.emitter, &info, "rotation", op, &path);
-        let r = self.rotate_now(&p, req, &gate).await;
-        gate.finish(r).await.map(Response::new)
+        let call = Call::new(&self.emitter, &req, "rotation", op, &req.get_ref().path);
+        let r = async {
+            let p = Principal::of(&req)?;
+            Ok::<_, Status>(self.rotate_now(&p, req.into_inner(), &call).await?)
+        }
+        .await;
+        call.finish(r).await.map(Response::new)
     }
 
     async fn get_rotation_history(
         &self,
         req: Request<pb::GetRotationHistoryRequest>,
     ) -> Res<pb::GetRotationHistoryResponse> {
-        let (p, info) = (Principal::of(&req)?, CallInfo::of(&req));
-        let req = req.into_inner();
-        let path = req.path.clone();
-        let r = self.history(&p, req).await;
-        audited(&self.emitter, &info, "rotation", "history", &path, r)
-            .await
-            .map(Response::new)
+        let call = Call::new(
+            &self.emitter,
+            &req,
+            "rotation",
+            "history",
+            &req.get_ref().path,
+        );
+        let r = async {
+            let p = Principal::of(&req)?;
+            Ok::<_, Status>(self.history(&p, req.into_inner()).await?)
+        }
+        .await;
+        call.finish(r).await.map(Response::new)
     }
 }

@@ -24,7 +24,7 @@ use crate::VaultError;
 use crate::keys::Keys;
 use crate::store::{CredentialRow, Store};
 use sentia_policy::{Capability, Policies, ROOT_POLICY};
-use sentia_runtime::audit::{CallInfo, Emitter, Gate, audited};
+use sentia_runtime::audit::{Call, CallInfo, Emitter};
 
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
@@ -379,9 +379,15 @@ fn ttl_of(d: &Option<prost_types::Duration>) -> Result<Duration, VaultError> {
 #[tonic::async_trait]
 impl AuthService for AuthApi {
     async fn login(&self, req: Request<pb::LoginRequest>) -> Res<pb::LoginResponse> {
-        let mut info = CallInfo::of(&req);
-        info.principal = format!("role:{}", req.get_ref().role_id);
-        let name = String::new();
+        // Not yet authenticated: the role id it claims is who it is.
+        let info = CallInfo {
+            principal: format!(
+                "role:{}",
+                sentia_runtime::text::clip(&req.get_ref().role_id, 64)
+            ),
+            ..CallInfo::of(&req)
+        };
+        let call = Call::with_info(&self.audit, info, "login", "login", "");
         let result: Res<pb::LoginResponse> = async move {
             let r = req.into_inner();
             let refuse = || Status::unauthenticated("unknown role id or wrong secret id");
@@ -449,17 +455,16 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        audited(&self.audit, &info, "login", "login", &name, result).await
+        call.finish(result).await
     }
 
     async fn create_app_credential(
         &self,
         req: Request<pb::CreateAppCredentialRequest>,
     ) -> Res<pb::CreateAppCredentialResponse> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "admin",
             "create_credential",
             &req.get_ref().name,
@@ -531,7 +536,7 @@ impl AuthService for AuthApi {
                 secret_rotate_time: 0,
                 last_login_time: 0,
             };
-            gate.admit().await?;
+            call.admit().await?;
             self.tokens
                 .store
                 .create_credential(&row)
@@ -544,14 +549,14 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn list_app_credentials(
         &self,
         req: Request<pb::ListAppCredentialsRequest>,
     ) -> Res<pb::ListAppCredentialsResponse> {
-        let info = CallInfo::of(&req);
+        let call = Call::new(&self.audit, &req, "admin", "list_credentials", "");
         let result: Res<pb::ListAppCredentialsResponse> = async {
             self.admin(&req, "ListAppCredentials")?;
             let r = req.into_inner();
@@ -582,21 +587,20 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        audited(&self.audit, &info, "admin", "list_credentials", "", result).await
+        call.finish(result).await
     }
 
     async fn revoke_app_credential(
         &self,
         req: Request<pb::RevokeAppCredentialRequest>,
     ) -> Res<pb::AppCredential> {
-        let info = CallInfo::of(&req);
         let role_id = req.get_ref().role_id.clone();
-        let gate = Gate::new(&self.audit, &info, "admin", "revoke_credential", &role_id);
+        let call = Call::new(&self.audit, &req, "admin", "revoke_credential", &role_id);
         let result: Res<pb::AppCredential> = async {
             let p = self.admin(&req, "RevokeAppCredential")?;
             let role_id = self.existing_credential(&role_id).await?.role_id;
             let role_id = role_id.as_str();
-            gate.admit().await?;
+            call.admit().await?;
             let row = self
                 .tokens
                 .store
@@ -610,16 +614,15 @@ impl AuthService for AuthApi {
             Ok(Response::new(credential_pb(&row)))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn rotate_app_credential_secret(
         &self,
         req: Request<pb::RotateAppCredentialSecretRequest>,
     ) -> Res<pb::CreateAppCredentialResponse> {
-        let info = CallInfo::of(&req);
         let role_id = req.get_ref().role_id.clone();
-        let gate = Gate::new(&self.audit, &info, "admin", "rotate_credential", &role_id);
+        let call = Call::new(&self.audit, &req, "admin", "rotate_credential", &role_id);
         let result: Res<pb::CreateAppCredentialResponse> = async {
             let p = self.admin(&req, "RotateAppCredentialSecret")?;
             let existing = self.existing_credential(&role_id).await?;
@@ -630,7 +633,7 @@ impl AuthService for AuthApi {
                 )));
             }
             let (secret_id, secret_hash) = new_secret_id().await?;
-            gate.admit().await?;
+            call.admit().await?;
             if !self
                 .tokens
                 .store
@@ -649,15 +652,20 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn revoke_token(
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Res<pb::RevokeTokenResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().token_id.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "admin",
+            "revoke_token",
+            &req.get_ref().token_id,
+        );
         let result: Res<pb::RevokeTokenResponse> = async move {
             let p = Principal::of(&req)?;
             let id = match req.into_inner().token_id {
@@ -697,12 +705,11 @@ impl AuthService for AuthApi {
             Ok(Response::new(pb::RevokeTokenResponse {}))
         }
         .await;
-        audited(&self.audit, &info, "admin", "revoke_token", &name, result).await
+        call.finish(result).await
     }
 
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Res<pb::WhoAmIResponse> {
-        let info = CallInfo::of(&req);
-        let name = String::new();
+        let call = Call::new(&self.audit, &req, "auth", "whoami", "");
         let result: Res<pb::WhoAmIResponse> = async move {
             let p = Principal::of(&req)?;
             Ok(Response::new(pb::WhoAmIResponse {
@@ -715,6 +722,6 @@ impl AuthService for AuthApi {
             }))
         }
         .await;
-        audited(&self.audit, &info, "auth", "whoami", &name, result).await
+        call.finish(result).await
     }
 }

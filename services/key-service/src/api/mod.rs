@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sentia_crypto::{Envelope, MAX_CONTEXT_LEN};
 use sentia_proto::keys::v1::{self as pb, key_service_server::KeyService};
-use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
+use sentia_runtime::audit::{Call, Detail, Emitter};
 use sentia_runtime::{Principal, Role};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -76,31 +76,15 @@ key_versioned!(
     pb::SignResponse
 );
 
-impl Api {
-    /// Records a crypto operation's outcome with the key version it used.
-    async fn crypto_audited<T: KeyVersioned>(
-        &self,
-        info: &CallInfo,
-        operation: &str,
-        key: &str,
-        result: Res<T>,
-    ) -> Res<T> {
-        let detail = Detail {
-            key_version: result.as_ref().ok().map(|r| r.get_ref().key_version()),
-            tier: 0,
-        };
-        count_operation(operation, key, detail.key_version);
-        audited_detail(
-            &self.audit,
-            info,
-            "key_operation",
-            operation,
-            key,
-            result,
-            detail,
-        )
-        .await
-    }
+/// Records a crypto operation's outcome with the key version it used.
+async fn crypto_audited<T: KeyVersioned>(call: &Call<'_>, result: Res<T>) -> Res<T> {
+    let detail = Detail {
+        key_version: result.as_ref().ok().map(|r| r.get_ref().key_version()),
+        tier: 0,
+    };
+    count_operation(call.operation(), call.name(), detail.key_version);
+    call.set_detail(detail);
+    call.finish(result).await
 }
 
 /// Counts a crypto operation as the OpenTelemetry counter `sentia.keys.operations` by
@@ -276,8 +260,13 @@ impl KeyService for Api {
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> Res<pb::GenerateDataKeyResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "generate_data_key",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::GenerateDataKeyResponse> = async move {
             let p = caller(&req, Role::Service, "GenerateDataKey")?;
             let r = req.into_inner();
@@ -298,16 +287,14 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "generate_data_key", &subject, result)
-            .await
+        crypto_audited(&call, result).await
     }
 
     async fn unwrap_data_key(
         &self,
         req: Request<pb::UnwrapDataKeyRequest>,
     ) -> Res<pb::UnwrapDataKeyResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "key_operation", "unwrap_data_key", "");
         let result: Res<pb::UnwrapDataKeyResponse> = async move {
             let p = caller(&req, Role::Service, "UnwrapDataKey")?;
             let r = req.into_inner();
@@ -326,16 +313,14 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "unwrap_data_key", &subject, result)
-            .await
+        crypto_audited(&call, result).await
     }
 
     async fn rewrap_data_key(
         &self,
         req: Request<pb::RewrapDataKeyRequest>,
     ) -> Res<pb::RewrapDataKeyResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "key_operation", "rewrap_data_key", "");
         let result: Res<pb::RewrapDataKeyResponse> = async move {
             let p = caller(&req, Role::Service, "RewrapDataKey")?;
             let r = req.into_inner();
@@ -352,13 +337,17 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "rewrap_data_key", &subject, result)
-            .await
+        crypto_audited(&call, result).await
     }
 
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Res<pb::EncryptResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "encrypt",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::EncryptResponse> = async move {
             let p = caller(&req, Role::Service, "Encrypt")?;
             let r = req.into_inner();
@@ -378,13 +367,11 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "encrypt", &subject, result)
-            .await
+        crypto_audited(&call, result).await
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Res<pb::DecryptResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "key_operation", "decrypt", "");
         let result: Res<pb::DecryptResponse> = async move {
             let p = caller(&req, Role::Service, "Decrypt")?;
             let r = req.into_inner();
@@ -398,13 +385,17 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "decrypt", &subject, result)
-            .await
+        crypto_audited(&call, result).await
     }
 
     async fn hmac(&self, req: Request<pb::HmacRequest>) -> Res<pb::HmacResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "hmac",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::HmacResponse> = async move {
             let p = caller(&req, Role::Service, "Hmac")?;
             let r = req.into_inner();
@@ -420,15 +411,20 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "hmac", &subject, result).await
+        crypto_audited(&call, result).await
     }
 
     async fn verify_hmac(
         &self,
         req: Request<pb::VerifyHmacRequest>,
     ) -> Res<pb::VerifyHmacResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "verify_hmac",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::VerifyHmacResponse> = async move {
             let p = caller(&req, Role::Service, "VerifyHmac")?;
             let r = req.into_inner();
@@ -452,20 +448,17 @@ impl KeyService for Api {
             Ok(Response::new(pb::VerifyHmacResponse { valid }))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "key_operation",
-            "verify_hmac",
-            &subject,
-            result,
-        )
-        .await
+        call.finish(result).await
     }
 
     async fn sign(&self, req: Request<pb::SignRequest>) -> Res<pb::SignResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "sign",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::SignResponse> = async move {
             let p = caller(&req, Role::Service, "Sign")?;
             let r = req.into_inner();
@@ -487,15 +480,20 @@ impl KeyService for Api {
             }))
         }
         .await;
-        self.crypto_audited(&info, "sign", &subject, result).await
+        crypto_audited(&call, result).await
     }
 
     async fn get_public_keys(
         &self,
         req: Request<pb::GetPublicKeysRequest>,
     ) -> Res<pb::GetPublicKeysResponse> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().key_name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_operation",
+            "get_public_keys",
+            &req.get_ref().key_name,
+        );
         let result: Res<pb::GetPublicKeysResponse> = async move {
             caller(&req, Role::Service, "GetPublicKeys")?;
             let r = req.into_inner();
@@ -523,27 +521,18 @@ impl KeyService for Api {
             Ok(Response::new(pb::GetPublicKeysResponse { keys, jwks_json }))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "key_operation",
-            "get_public_keys",
-            &subject,
-            result,
-        )
-        .await
+        call.finish(result).await
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Res<pb::Key> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "admin",
             "create_key",
             &req.get_ref().name,
         );
-        let g = &gate;
+        let g = &call;
         let result: Res<pb::Key> = async move {
             caller(&req, Role::Admin, "CreateKey")?;
             let r = req.into_inner();
@@ -565,19 +554,18 @@ impl KeyService for Api {
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Res<pb::Key> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "admin",
             "rotate_key",
             &req.get_ref().name,
         );
-        let g = &gate;
+        let g = &call;
         let result: Res<pb::Key> = async move {
             let p = caller(&req, Role::Service, "RotateKey")?;
             let key = name(&req.get_ref().name)?;
@@ -591,12 +579,17 @@ impl KeyService for Api {
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Res<pb::Key> {
-        let info = CallInfo::of(&req);
-        let subject = req.get_ref().name.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "key_read",
+            "get_key",
+            &req.get_ref().name,
+        );
         let result: Res<pb::Key> = async move {
             let p = caller(&req, Role::Service, "GetKey")?;
             let key = name(&req.get_ref().name)?;
@@ -605,12 +598,11 @@ impl KeyService for Api {
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        audited(&self.audit, &info, "key_read", "get_key", &subject, result).await
+        call.finish(result).await
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Res<pb::ListKeysResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "key_read", "list_keys", "");
         let result: Res<pb::ListKeysResponse> = async move {
             let p = caller(&req, Role::Service, "ListKeys")?;
             let r = req.into_inner();
@@ -642,27 +634,18 @@ impl KeyService for Api {
             }))
         }
         .await;
-        audited(
-            &self.audit,
-            &info,
-            "key_read",
-            "list_keys",
-            &subject,
-            result,
-        )
-        .await
+        call.finish(result).await
     }
 
     async fn set_key_policy(&self, req: Request<pb::SetKeyPolicyRequest>) -> Res<pb::Key> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "admin",
             "set_key_policy",
             &req.get_ref().name,
         );
-        let g = &gate;
+        let g = &call;
         let result: Res<pb::Key> = async move {
             let p = caller(&req, Role::Service, "SetKeyPolicy")?;
             let r = req.into_inner();
@@ -691,7 +674,7 @@ impl KeyService for Api {
             Ok(Response::new(self.to_pb(&entry).await))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 }
 

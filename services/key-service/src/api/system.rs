@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::{self as pb, system_service_server::SystemService};
 use sentia_runtime::Role;
-use sentia_runtime::audit::{CallInfo, Gate, audited};
+use sentia_runtime::audit::Call;
 use tonic::{Request, Response};
 use zeroize::Zeroizing;
 
@@ -49,8 +49,7 @@ impl SystemService for Api {
     }
 
     async fn init(&self, req: Request<pb::InitRequest>) -> Res<pb::InitResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "admin", "init", "");
         let result: Res<pb::InitResponse> = async move {
             caller(&req, Role::Admin, "Init")?;
             if self.core.seal_type() != "shamir" {
@@ -73,12 +72,11 @@ impl SystemService for Api {
             }))
         }
         .await;
-        audited(&self.audit, &info, "admin", "init", &subject, result).await
+        call.finish(result).await
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Res<pb::SealResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
+        let call = Call::new(&self.audit, &req, "admin", "seal", "");
         let result: Res<pb::SealResponse> = async move {
             caller(&req, Role::Admin, "Seal")?;
             self.core.seal();
@@ -86,17 +84,16 @@ impl SystemService for Api {
             Ok(Response::new(pb::SealResponse { sealed: true }))
         }
         .await;
-        audited(&self.audit, &info, "admin", "seal", &subject, result).await
+        call.finish(result).await
     }
 
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Res<pb::UnsealResponse> {
-        let info = CallInfo::of(&req);
-        let subject = String::new();
         // Recovering from a lost master key stands out in the audit log.
         let operation = match req.get_ref().material {
             Some(pb::unseal_request::Material::RecoveryKey(_)) => "unseal_recovery",
             _ => "unseal",
         };
+        let call = Call::new(&self.audit, &req, "admin", operation, "");
         let result: Res<pb::UnsealResponse> = async move {
             let r = req.into_inner();
             let mut shares = self.shares.lock().await;
@@ -178,16 +175,15 @@ impl SystemService for Api {
             }))
         }
         .await;
-        audited(&self.audit, &info, "admin", operation, &subject, result).await
+        call.finish(result).await
     }
 
     async fn rotate_master_key(
         &self,
         req: Request<pb::RotateMasterKeyRequest>,
     ) -> Res<pb::RotateMasterKeyResponse> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(&self.audit, &info, "admin", "rotate_master_key", "");
-        let g = &gate;
+        let call = Call::new(&self.audit, &req, "admin", "rotate_master_key", "");
+        let g = &call;
         let result: Res<pb::RotateMasterKeyResponse> = async move {
             caller(&req, Role::Admin, "RotateMasterKey")?;
             let r = req.into_inner();
@@ -233,7 +229,7 @@ impl SystemService for Api {
             }))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 }
 

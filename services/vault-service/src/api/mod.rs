@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::secret_service_server::SecretService;
 use sentia_proto::wkt::timestamp;
-use sentia_runtime::audit::{CallInfo, Detail, Emitter, Gate, audited, audited_detail};
+use sentia_runtime::audit::{Call, Detail, Emitter};
 use sentia_runtime::{Principal, Shutdown};
 use tonic::{Request, Response, Status};
 
@@ -80,25 +80,29 @@ fn not_found(path: &SecretPath) -> VaultError {
 #[tonic::async_trait]
 impl SecretService for SecretApi {
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Res<pb::PutSecretResponse> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "secret_write",
             "write",
             &req.get_ref().path,
         );
         let result: Res<pb::PutSecretResponse> = async {
             let p = Principal::of(&req)?;
-            Ok(Response::new(self.put(&p, req.into_inner(), &gate).await?))
+            Ok(Response::new(self.put(&p, req.into_inner(), &call).await?))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn get_secret(&self, req: Request<pb::GetSecretRequest>) -> Res<pb::GetSecretResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_access",
+            "read",
+            &req.get_ref().path,
+        );
         let mut detail = Detail::default();
         let result: Res<pb::GetSecretResponse> = async {
             let p = Principal::of(&req)?;
@@ -107,23 +111,15 @@ impl SecretService for SecretApi {
             ))
         }
         .await;
-        audited_detail(
-            &self.audit,
-            &info,
-            "secret_access",
-            "read",
-            &name,
-            result,
-            detail,
-        )
-        .await
+        call.set_detail(detail);
+        call.finish(result).await
     }
 
     async fn batch_get_secrets(
         &self,
         req: Request<pb::BatchGetSecretsRequest>,
     ) -> Res<pb::BatchGetSecretsResponse> {
-        let info = CallInfo::of(&req);
+        let call = Call::new(&self.audit, &req, "secret_access", "batch_read", "");
         let p = Principal::of(&req);
         let r = req.into_inner();
         // A batch refused as a whole is recorded too, as one event with no secret name.
@@ -141,32 +137,16 @@ impl SecretService for SecretApi {
             Ok(p) => p,
             Err(e) => {
                 let refused: Result<Response<pb::BatchGetSecretsResponse>, Status> = Err(e);
-                return audited(
-                    &self.audit,
-                    &info,
-                    "secret_access",
-                    "batch_read",
-                    "",
-                    refused,
-                )
-                .await;
+                return call.finish(refused).await;
             }
         };
         let mut results = Vec::with_capacity(r.requests.len());
         for one in &r.requests {
             let mut detail = Detail::default();
             let outcome = self.read(&p, one, &mut detail).await;
-            let result = match audited_detail(
-                &self.audit,
-                &info,
-                "secret_access",
-                "batch_read",
-                &one.path,
-                outcome,
-                detail,
-            )
-            .await
-            {
+            let item = call.item(&one.path);
+            item.set_detail(detail);
+            let result = match item.finish(outcome).await {
                 Ok(s) => pb::batch_get_result::Result::Secret(s),
                 Err(s) if s.code() == tonic::Code::Unavailable => return Err(s),
                 Err(s) => pb::batch_get_result::Result::Error(pb::BatchError {
@@ -185,8 +165,13 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::ListSecretsRequest>,
     ) -> Res<pb::ListSecretsResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().prefix.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_list",
+            "list",
+            &req.get_ref().prefix,
+        );
         let result: Res<pb::ListSecretsResponse> = async move {
             let p = Principal::of(&req)?;
             let r = req.into_inner();
@@ -239,15 +224,20 @@ impl SecretService for SecretApi {
             }))
         }
         .await;
-        audited(&self.audit, &info, "secret_list", "list", &name, result).await
+        call.finish(result).await
     }
 
     async fn describe_secret(
         &self,
         req: Request<pb::DescribeSecretRequest>,
     ) -> Res<pb::DescribeSecretResponse> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().path.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_list",
+            "describe",
+            &req.get_ref().path,
+        );
         let result: Res<pb::DescribeSecretResponse> = async move {
             let p = Principal::of(&req)?;
             let path = SecretPath::parse(&req.get_ref().path)?;
@@ -277,21 +267,19 @@ impl SecretService for SecretApi {
             }))
         }
         .await;
-        audited(&self.audit, &info, "secret_list", "describe", &name, result).await
+        call.finish(result).await
     }
 
     async fn update_secret_metadata(
         &self,
         req: Request<pb::UpdateSecretMetadataRequest>,
     ) -> Res<pb::SecretMetadata> {
-        let info = CallInfo::of(&req);
         let name = req
             .get_ref()
             .metadata
             .as_ref()
-            .map(|m| m.path.clone())
-            .unwrap_or_default();
-        let gate = Gate::new(&self.audit, &info, "secret_write", "update_metadata", &name);
+            .map_or("", |m| m.path.as_str());
+        let call = Call::new(&self.audit, &req, "secret_write", "update_metadata", name);
         let result: Res<pb::SecretMetadata> = async {
             let p = Principal::of(&req)?;
             let r = req.into_inner();
@@ -315,7 +303,7 @@ impl SecretService for SecretApi {
             meta.apply(&m, Some(&mask))?;
             let c = self
                 .store
-                .update_metadata(path.as_str(), &meta, Some(&gate))
+                .update_metadata(path.as_str(), &meta, Some(&call))
                 .await?;
             self.committed(&path, &c, &c.touched_versions).await;
             let s = self
@@ -326,14 +314,13 @@ impl SecretService for SecretApi {
             Ok(Response::new(metadata_pb(&s)))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn move_label(&self, req: Request<pb::MoveLabelRequest>) -> Res<pb::SecretMetadata> {
-        let info = CallInfo::of(&req);
-        let gate = Gate::new(
+        let call = Call::new(
             &self.audit,
-            &info,
+            &req,
             "secret_write",
             "move_label",
             &req.get_ref().path,
@@ -349,7 +336,7 @@ impl SecretService for SecretApi {
             }
             let c = self
                 .store
-                .move_label(path.as_str(), &label, r.version, Some(&gate))
+                .move_label(path.as_str(), &label, r.version, Some(&call))
                 .await?;
             self.committed(&path, &c, &[]).await;
             tracing::info!(path = %path, label = %label, version = r.version, by = %p.id, "label moved");
@@ -361,17 +348,24 @@ impl SecretService for SecretApi {
             Ok(Response::new(metadata_pb(&s)))
         }
         .await;
-        gate.finish(result).await
+        call.finish(result).await
     }
 
     async fn delete_secret(
         &self,
         req: Request<pb::DeleteSecretRequest>,
     ) -> Res<pb::DeleteSecretResponse> {
-        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_delete",
+            "delete",
+            &req.get_ref().path,
+        );
+        let p = Principal::of(&req);
         let r = req.into_inner();
         let versions = self
-            .state_rpc(&info, p, &r.path, &r.versions, State::Deleted, "delete")
+            .state_rpc(&call, p, &r.path, &r.versions, State::Deleted)
             .await?;
         Ok(Response::new(pb::DeleteSecretResponse { versions }))
     }
@@ -380,10 +374,17 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::UndeleteSecretRequest>,
     ) -> Res<pb::UndeleteSecretResponse> {
-        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_delete",
+            "undelete",
+            &req.get_ref().path,
+        );
+        let p = Principal::of(&req);
         let r = req.into_inner();
         let versions = self
-            .state_rpc(&info, p, &r.path, &r.versions, State::Enabled, "undelete")
+            .state_rpc(&call, p, &r.path, &r.versions, State::Enabled)
             .await?;
         Ok(Response::new(pb::UndeleteSecretResponse { versions }))
     }
@@ -392,10 +393,17 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::DestroySecretVersionsRequest>,
     ) -> Res<pb::DestroySecretVersionsResponse> {
-        let (info, p) = (CallInfo::of(&req), Principal::of(&req));
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_delete",
+            "destroy",
+            &req.get_ref().path,
+        );
+        let p = Principal::of(&req);
         let r = req.into_inner();
         let versions = self
-            .state_rpc(&info, p, &r.path, &r.versions, State::Destroyed, "destroy")
+            .state_rpc(&call, p, &r.path, &r.versions, State::Destroyed)
             .await?;
         Ok(Response::new(pb::DestroySecretVersionsResponse {
             versions,
@@ -408,14 +416,19 @@ impl SecretService for SecretApi {
         &self,
         req: Request<pb::WatchSecretsRequest>,
     ) -> Res<Self::WatchSecretsStream> {
-        let info = CallInfo::of(&req);
-        let name = req.get_ref().prefix.clone();
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_list",
+            "watch",
+            &req.get_ref().prefix,
+        );
         let result: Res<Self::WatchSecretsStream> = async move {
             let p = Principal::of(&req)?;
             let stream: EventStream = Box::pin(self.watch(p, req.into_inner())?);
             Ok(Response::new(stream))
         }
         .await;
-        audited(&self.audit, &info, "secret_list", "watch", &name, result).await
+        call.finish(result).await
     }
 }

@@ -7,7 +7,7 @@ use sentia_policy::Capability;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::wkt::timestamp;
 use sentia_runtime::Principal;
-use sentia_runtime::audit::{CallInfo, Detail, Gate};
+use sentia_runtime::audit::{Call, Detail};
 use tonic::Status;
 
 use super::SecretApi;
@@ -68,7 +68,7 @@ impl SecretApi {
         &self,
         p: &Principal,
         r: pb::PutSecretRequest,
-        gate: &Gate<'_>,
+        call: &Call<'_>,
     ) -> Result<pb::PutSecretResponse, VaultError> {
         let path = SecretPath::parse(&r.path)?;
         self.policies.check(p, Capability::Write, path.as_str())?;
@@ -151,7 +151,7 @@ impl SecretApi {
                     version,
                 )
                 .await?;
-            gate.set_detail(Detail {
+            call.set_detail(Detail {
                 key_version: Some(sealed.key_version),
                 tier,
             });
@@ -166,7 +166,7 @@ impl SecretApi {
                 request_id: request_id.clone(),
                 meta,
             };
-            match self.store.put_version(&nv, Some(gate)).await {
+            match self.store.put_version(&nv, Some(call)).await {
                 Ok(c) => {
                     self.committed(&path, &c, &c.touched_versions).await;
                     tracing::info!(path = %path, version, by = %p.id, "secret version written");
@@ -212,7 +212,7 @@ impl SecretApi {
         path: &str,
         versions: &[u64],
         to: State,
-        gate: &Gate<'_>,
+        call: &Call<'_>,
     ) -> Result<Vec<u64>, VaultError> {
         let path = SecretPath::parse(path)?;
         self.policies.check(p, Capability::Delete, path.as_str())?;
@@ -224,7 +224,7 @@ impl SecretApi {
         }
         let (changed, c) = self
             .store
-            .set_state(path.as_str(), &versions, to, Some(gate))
+            .set_state(path.as_str(), &versions, to, Some(call))
             .await?;
         let destroyed = if to == State::Destroyed {
             changed.clone()
@@ -240,21 +240,19 @@ impl SecretApi {
     /// before it commits.
     pub(super) async fn state_rpc(
         &self,
-        info: &CallInfo,
+        call: &Call<'_>,
         principal: Result<Principal, Status>,
         path: &str,
         versions: &[u64],
         to: State,
-        operation: &'static str,
     ) -> Result<Vec<u64>, Status> {
-        let gate = Gate::new(&self.audit, info, "secret_delete", operation, path);
         let result = match principal {
             Ok(p) => self
-                .change_state(&p, path, versions, to, &gate)
+                .change_state(&p, path, versions, to, call)
                 .await
                 .map_err(Status::from),
             Err(s) => Err(s),
         };
-        gate.finish(result).await
+        call.finish(result).await
     }
 }

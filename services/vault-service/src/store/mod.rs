@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sentia_db::{MigrationSource, Migrations};
 use sentia_proto::wkt::now_ms;
-use sentia_runtime::audit::Gate;
+use sentia_runtime::audit::Call;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -511,7 +511,7 @@ impl Store {
     pub async fn put_version(
         &self,
         nv: &NewVersion,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let path = nv.path.as_str();
@@ -594,7 +594,7 @@ impl Store {
             nv.meta.max_versions,
             revision,
             now,
-            gate,
+            audit,
         )
         .await
     }
@@ -604,7 +604,7 @@ impl Store {
         &self,
         path: &str,
         meta: &Metadata,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -630,7 +630,7 @@ impl Store {
             meta.max_versions,
             revision,
             now,
-            gate,
+            audit,
         )
         .await
     }
@@ -642,7 +642,7 @@ impl Store {
         path: &str,
         label: &str,
         version: u64,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<Committed, VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -665,7 +665,7 @@ impl Store {
         }
         let mut events = Pending::default();
         move_label_tx(&mut tx, &mut events, path, label, version).await?;
-        let sequence = events.commit(self, tx, now, gate).await?;
+        let sequence = events.commit(self, tx, now, audit).await?;
         Ok(Committed {
             sequence,
             revision,
@@ -681,7 +681,7 @@ impl Store {
         path: &str,
         versions: &[u64],
         to: State,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<(Vec<u64>, Committed), VaultError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -757,7 +757,7 @@ impl Store {
         if !targets.is_empty() {
             events.push(kind, path, &targets, "");
         }
-        let sequence = events.commit(self, tx, now, gate).await?;
+        let sequence = events.commit(self, tx, now, audit).await?;
         Ok((
             targets.clone(),
             Committed {
@@ -781,13 +781,13 @@ impl Store {
         max_versions: u32,
         revision: i64,
         now: i64,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<Committed, VaultError> {
         let pruned = prune(&mut tx, path, current, max_versions).await?;
         if !pruned.is_empty() {
             events.push(EventKind::Destroyed, path, &pruned, "");
         }
-        let sequence = events.commit(self, tx, now, gate).await?;
+        let sequence = events.commit(self, tx, now, audit).await?;
         Ok(Committed {
             sequence,
             revision,

@@ -2,7 +2,7 @@
 //! writing a transaction's events at its very end (numbered here on SQLite, by the
 //! [`crate::sequencer`] on Postgres).
 
-use sentia_runtime::audit::Gate;
+use sentia_runtime::audit::Call;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Store, i64_of, u64_of};
@@ -108,7 +108,7 @@ impl Pending {
 
     /// Writes the events and commits; returns the highest sequence number they got (0 if
     /// none, or if it is not known: see [`crate::sequencer`]).
-    /// With a `gate`, the change's audit event is recorded first; if it cannot be, the
+    /// With an `audit` call, the change's audit event is recorded first; if it cannot be, the
     /// transaction is dropped and nothing changes.
     /// On Postgres the events go to `unsequenced_events`; this transaction numbers them if the
     /// stream head is free, else the sequencer does after commit, so writers never wait for
@@ -119,13 +119,13 @@ impl Pending {
         store: &Store,
         mut tx: Transaction<'static, Any>,
         now: i64,
-        gate: Option<&Gate<'_>>,
+        audit: Option<&Call<'_>>,
     ) -> Result<u64, VaultError> {
         if self.0.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
-        if let Some(g) = gate {
+        if let Some(g) = audit {
             g.record()
                 .await
                 .map_err(|e| VaultError::AuditUnavailable(e.0))?;

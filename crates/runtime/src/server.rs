@@ -31,7 +31,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::audit::{CallInfo, Emitter};
+use crate::audit::{CallInfo, Sink};
 use crate::auth::{Authenticator, BearerVerifier};
 use crate::{Principal, Role, RuntimeError, ServerConfig, Shutdown};
 use sentia_channel::rpc::{
@@ -50,7 +50,7 @@ pub struct Server {
     public_methods: Vec<&'static str>,
     health: HealthReporter,
     verifier: Option<Arc<dyn BearerVerifier>>,
-    audit: Option<Arc<Emitter>>,
+    audit: Option<Arc<dyn Sink>>,
 }
 
 impl Server {
@@ -67,7 +67,7 @@ impl Server {
 
     /// Records calls refused by authentication (bad or missing credentials) as
     /// `auth_decision` events, so brute force shows up in the audit log and its alerts.
-    pub fn audit_refusals(mut self, emitter: Arc<Emitter>) -> Self {
+    pub fn audit_refusals(mut self, emitter: Arc<dyn Sink>) -> Self {
         self.audit = Some(emitter);
         self
     }
@@ -302,7 +302,7 @@ fn undecodable_request_is_invalid_argument(headers: &mut http::HeaderMap) {
 struct AuthLayer {
     authenticator: Authenticator,
     public: Arc<Vec<&'static str>>,
-    audit: Option<Arc<Emitter>>,
+    audit: Option<Arc<dyn Sink>>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -323,7 +323,7 @@ struct Auth<S> {
     inner: S,
     authenticator: Authenticator,
     public: Arc<Vec<&'static str>>,
-    audit: Option<Arc<Emitter>>,
+    audit: Option<Arc<dyn Sink>>,
 }
 
 /// The audit event of a call refused by authentication (no handler ever sees it).

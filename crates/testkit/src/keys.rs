@@ -18,6 +18,8 @@ pub const SERVICE_TOKEN: &str = "service-token-for-tests";
 pub const AUDIT_TOKEN: &str = "audit-service-token-for-tests";
 /// rotation-scheduler's identity (rolls the token signing key).
 pub const SCHEDULER_KEY_TOKEN: &str = "scheduler-key-token-for-tests";
+/// key-service's own identity (at audit-service, where it records its events).
+pub const KEY_TOKEN: &str = "key-service-token-for-tests";
 /// A service identity granted every operation on every key: for tests of the crypto itself.
 pub const CRYPTO_TOKEN: &str = "crypto-token-for-tests";
 /// An operator (admin role).
@@ -53,6 +55,7 @@ pub fn claims(sub: &str, exp_in: i64, policies: &[&str]) -> sentia_runtime::jwt:
 pub fn tokens() -> String {
     sentia_runtime::auth::TokenTable::from_plain([
         ("vault-service", Role::Service, SERVICE_TOKEN),
+        ("key-service", Role::Service, KEY_TOKEN),
         ("audit-service", Role::Service, AUDIT_TOKEN),
         ("rotation-scheduler", Role::Service, SCHEDULER_KEY_TOKEN),
         ("crypto-tester", Role::Service, CRYPTO_TOKEN),

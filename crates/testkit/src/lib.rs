@@ -6,12 +6,15 @@
 //!
 //! Layout: [`keys`] (key-service, the test identities and their tokens), the vault stack at the
 //! root ([`Stack`]: key-service + vault-service, replicas, request builders and
-//! [`on_both_backends!`]), [`audit`] (audit-service).
+//! [`on_both_backends!`]), [`audit`] (audit-service), [`rotation`] (rotation-scheduler), and
+//! [`Sandbox`]: any set of the four, wired to each other, stopped by joining every task.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 pub mod audit;
 pub mod keys;
+pub mod rotation;
+mod sandbox;
 mod vault;
 
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use sqlx::Executor;
 use tokio::net::{TcpListener, TcpStream};
 
+pub use sandbox::{Sandbox, SandboxBuilder};
 pub use vault::{Replica, Stack, get, get_label, get_version, put};
 
 /// Runs each named `async fn(&Stack)` as a test on SQLite and on Postgres.
@@ -45,6 +49,23 @@ macro_rules! on_both_backends {
             })*
         }
     };
+}
+
+/// Waits until the server at `addr` answers gRPC health checks (10 s at most).
+pub async fn wait_for_health(addr: &str) {
+    let channel = sentia_runtime::client::connect_lazy(addr, None).unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..500 {
+        if health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{addr} never answered a health check");
 }
 
 /// Collects everything a tracing subscriber writes, to search logs for leaked values.

@@ -116,6 +116,7 @@ pub async fn run(
     };
     Server::new(config.server)
         .bearer_verifier(verifier)
+        .audit_refusals(Arc::new(api.clone()))
         .serve(
             Routes::new(AuditServiceServer::new(api)),
             listener,

@@ -7,6 +7,7 @@ use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
 use crate::clock::Clock;
+#[cfg(feature = "test-hooks")]
 use crate::steps::Step;
 
 /// Everything rotation-scheduler needs to run.
@@ -45,18 +46,23 @@ pub struct Config {
     /// `SENTIA_EMERGENCY_GRACE`: grace period of emergency rotations (when shorter than the
     /// policy's).
     pub emergency_grace: Duration,
-    /// Test hooks and the clock; not read from the environment.
+    /// The clock, and (built with the `test-hooks` feature only) injected failures; not
+    /// read from the environment.
     pub hooks: Hooks,
 }
 
-/// What tests inject: the clock, and where to stop as if the process had been killed.
+/// What a test injects: the clock and, only in a build with the `test-hooks` feature (the
+/// test sandbox's; never a shipped binary), where to fail or stop as if the process had been
+/// killed.
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
     /// The time source (the system clock unless a test sets one).
     pub clock: Clock,
     /// Die right after this step's action ran, before its completion is persisted.
+    #[cfg(feature = "test-hooks")]
     pub crash_after: Option<Step>,
-    /// Report this step as failed instead of running it (set and test only).
+    /// Report this step as failed instead of running it.
+    #[cfg(feature = "test-hooks")]
     pub fail: Option<Step>,
 }
 

@@ -368,6 +368,7 @@ impl Engine {
             Err(StepError::Transient(why)) => Outcome::Unavailable(why),
             Err(StepError::Rejected(why)) => Outcome::Failed(why),
         };
+        #[cfg(feature = "test-hooks")]
         if self.hooks.crash_after == Some(step) {
             tracing::warn!(id = %r.id, step = step_name(step), "test hook: crashing before the step is recorded");
             return Err(Crash);
@@ -484,6 +485,7 @@ impl Engine {
     /// The current step's action. Every one is idempotent: after a crash it runs again.
     async fn act(&self, r: &mut RotationRecord) -> Result<Progress, StepError> {
         let step = r.state.step;
+        #[cfg(feature = "test-hooks")]
         if self.hooks.fail == Some(step) {
             return Err(format!("test hook: {} fails", step_name(step)).into());
         }

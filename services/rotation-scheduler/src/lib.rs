@@ -36,6 +36,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Stopped, RotationError> {
+    #[cfg(feature = "test-hooks")]
+    tracing::warn!(
+        "built with the test-hooks feature: injected failures are possible; not for production"
+    );
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
     let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
         .map_err(RotationError::Startup)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sentia_proto::rotation::v1 as pb;
 use sentia_proto::vault::v1 as vpb;
+use sentia_testkit::Sandbox;
 use serde_json::json;
 use support::vault::keys::sqlite_url;
 use support::*;
@@ -391,31 +392,19 @@ async fn status_shows_next_due_and_overdue_on_the_injected_clock_and_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue_in_the_audit_log()
 {
-    let Some(s) = stack(Backend::Sqlite).await else {
+    let clock = clock();
+    let Some(sandbox) = Sandbox::builder()
+        .audit()
+        .scheduler(hooks(&clock))
+        .start()
+        .await
+    else {
         return;
     };
-    let audit = audit_service(&s).await;
-    let clock = clock();
-    let spool = std::env::temp_dir().join(unique("rot_spool"));
-    let spool = spool.display().to_string();
-    let sched = Scheduler::start_with(
-        &s,
-        &sqlite_url(),
-        hooks(&clock),
-        &[
-            ("SENTIA_AUDIT_DISABLED", "false"),
-            ("SENTIA_AUDIT_SERVICE_ADDR", audit.as_str()),
-            (
-                "SENTIA_AUDIT_SERVICE_TOKEN",
-                support::vault::keys::SERVICE_TOKEN,
-            ),
-            ("SENTIA_AUDIT_SPOOL", spool.as_str()),
-        ],
-    )
-    .await;
-    put_tagged(&s, "prod/db/main", "database_password", b"v1").await;
+    let (s, audit) = (sandbox.vault(), &sandbox.audit().addr);
+    put_tagged(s, "prod/db/main", "database_password", b"v1").await;
     let reminders = || async {
-        rotation_events(&audit)
+        rotation_events(audit)
             .await
             .into_iter()
             .filter(|e| e.secret_name == "prod/db/main")
@@ -455,7 +444,7 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
     // ... and through the alert sinks (stored alerts; the webhook gets the same).
     let mut rules = Vec::new();
     for _ in 0..100 {
-        rules = alerts(&audit)
+        rules = alerts(audit)
             .await
             .into_iter()
             .filter(|a| a.secret_name == "prod/db/main")
@@ -489,7 +478,8 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         .unwrap()
         .seconds;
     let (admin, _) = s.login_as(&["system_admin"]).await;
-    let status = sched
+    let status = sandbox
+        .scheduler()
         .client(&admin)
         .list_rotations(pb::ListRotationsRequest {
             prefix: "prod/db".into(),
@@ -501,6 +491,5 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
     let st = &status.rotations[0];
     assert_eq!(st.last_rotation_time.unwrap().seconds, written);
     assert_eq!(st.next_due_time.unwrap().seconds, written + 180 * 86_400);
-    sched.stop().await;
-    s.stop().await;
+    sandbox.stop().await;
 }

@@ -10,6 +10,7 @@ use rotation_scheduler::Hooks;
 use rotation_scheduler::steps::Step;
 use sentia_proto::rotation::v1 as pb;
 use sentia_proto::vault::v1 as vpb;
+use sentia_testkit::Sandbox;
 use serde_json::json;
 use support::vault::keys::Capture;
 use support::*;
@@ -26,26 +27,17 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
     let Some(pg_admin) = postgres_admin() else {
         return;
     };
-    let Some(s) = stack(Backend::Sqlite).await else {
+    let clock = clock();
+    let Some(mut sandbox) = Sandbox::builder()
+        .audit()
+        .scheduler(hooks(&clock))
+        .start()
+        .await
+    else {
         return;
     };
-    let audit = audit_service(&s).await;
-    let clock = clock();
-    let db_file = std::env::temp_dir().join(format!("{}.db", unique("rot_hygiene")));
-    let db = format!("sqlite://{}?mode=rwc", db_file.display());
-    let spool = std::env::temp_dir()
-        .join(unique("rot_spool"))
-        .display()
-        .to_string();
-    let audit_settings = [
-        ("SENTIA_AUDIT_DISABLED", "false"),
-        ("SENTIA_AUDIT_SERVICE_ADDR", audit.as_str()),
-        (
-            "SENTIA_AUDIT_SERVICE_TOKEN",
-            support::vault::keys::SERVICE_TOKEN,
-        ),
-        ("SENTIA_AUDIT_SPOOL", spool.as_str()),
-    ];
+    let s = sandbox.vault();
+    let audit = sandbox.audit().addr.clone();
     let (admin, _) = s.login_as(&["system_admin"]).await;
     let role = create_role(&pg_admin, "OLD-PASSWORD-CANARY-7f3a").await;
     s.put("prod/admin/pg", pg_admin.as_bytes()).await;
@@ -54,7 +46,7 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
     let params = json!({"admin_secret": "prod/admin/pg", "roles": [role.clone()]});
 
     // A rotation that succeeds, through cleanup.
-    let sched = Scheduler::start_with(&s, &db, hooks(&clock), &audit_settings).await;
+    let sched = sandbox.scheduler();
     let mut p = policy("prod/db/app", "postgres_password", params);
     p.max_attempts = 1;
     sched
@@ -74,26 +66,28 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
             .unwrap()
         }
     };
-    rotate(&sched).await;
+    rotate(sched).await;
     wait_for(&sched.client(&admin), "prod/db/app", Step::Cleanup).await;
     clock.advance(DAY + 1);
     wait_for(&sched.client(&admin), "prod/db/app", Step::Completed).await;
-    sched.stop().await;
 
     // A rotation whose test fails: rolled back, and parked at once (max_attempts 1).
-    let failing = Scheduler::start_with(
-        &s,
-        &db,
-        Hooks {
+    let failing = sandbox
+        .restart_scheduler(Hooks {
             fail: Some(Step::Test),
             ..hooks(&clock)
-        },
-        &audit_settings,
-    )
-    .await;
-    rotate(&failing).await;
+        })
+        .await;
+    rotate(failing).await;
     wait_for(&failing.client(&admin), "prod/db/app", Step::Parked).await;
-    failing.stop().await;
+    let db_file = failing
+        .database_url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let s = sandbox.vault();
 
     // Every value the secret ever had, including the discarded PENDING one.
     let mut passwords = vec!["OLD-PASSWORD-CANARY-7f3a".to_string()];
@@ -146,7 +140,7 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("rotation step done"), "logging was captured");
     let mut db_bytes = std::fs::read(&db_file).unwrap();
-    if let Ok(wal) = std::fs::read(format!("{}-wal", db_file.display())) {
+    if let Ok(wal) = std::fs::read(format!("{db_file}-wal")) {
         db_bytes.extend(wal);
     }
     let db_text = String::from_utf8_lossy(&db_bytes);
@@ -163,6 +157,6 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
             "the role's verifier is in the {what}"
         );
     }
-    s.stop().await;
+    sandbox.stop().await;
     drop_role(&pg_admin, &role).await;
 }

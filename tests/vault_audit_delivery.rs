@@ -12,8 +12,8 @@ use audit_support::AuditService;
 use sentia_proto::audit::v1 as apb;
 use sentia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use sentia_proto::vault::v1 as pb;
+use sentia_runtime::MapSource;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_runtime::{MapSource, Shutdown};
 use support::{Proxy, Stack, get, keys};
 use tonic::Code;
 
@@ -557,20 +557,16 @@ async fn audit_readers_are_checked_with_vault_service_so_root_works_and_revocati
     let stack = Stack::start(support::Backend::Sqlite, &[]).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let audit_addr = listener.local_addr().unwrap().to_string();
-    let audit_db = keys::sqlite_url();
-    let config = audit_service::Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_DATABASE_URL", audit_db.as_str()),
-        ("SENTIA_KEY_SERVICE_ADDR", stack.keys.addr.as_str()),
-        ("SENTIA_KEY_SERVICE_TOKEN", keys::SERVICE_TOKEN),
-        ("SENTIA_VAULT_SERVICE_ADDR", stack.addr.as_str()),
-        ("SENTIA_IDENTITY_CACHE_TTL", "0s"),
-    ]))
-    .unwrap();
-    let audit_stop = Shutdown::new();
-    let stop = audit_stop.clone();
-    let audit =
-        tokio::spawn(async move { audit_service::run(config, listener, stop).await.unwrap() });
+    let audit = AuditService::start_on(
+        listener,
+        &stack.keys.addr,
+        &keys::sqlite_url(),
+        &[
+            ("SENTIA_VAULT_SERVICE_ADDR", stack.addr.as_str()),
+            ("SENTIA_IDENTITY_CACHE_TTL", "0s"),
+        ],
+    )
+    .await;
     let query = |token: String| {
         let addr = audit_addr.clone();
         async move {
@@ -617,7 +613,6 @@ async fn audit_readers_are_checked_with_vault_service_so_root_works_and_revocati
         Code::Unauthenticated
     );
 
-    audit_stop.trigger();
-    audit.await.unwrap();
+    audit.stop().await;
     stack.stop().await;
 }

@@ -9,7 +9,7 @@ use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
 use sentia_proto::keys::v1::*;
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect};
-use sentia_runtime::{MapSource, Role, ServerConfig, Shutdown};
+use sentia_runtime::{Role, ServerConfig, Shutdown};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -165,12 +165,7 @@ impl KeyServiceUnderTest {
     /// Starts it and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
         let db = std::env::temp_dir().join(format!("sentia_bench_keys_{}.db", std::process::id()));
-        let mut config = Config::from_source(&MapSource::from_pairs([
-            ("SENTIA_ALLOW_PLAINTEXT", "true"),
-            ("SENTIA_SEAL_TYPE", "shamir"),
-            ("SENTIA_AUDIT_DISABLED", "true"),
-        ]))?;
-        config.server = ServerConfig::dev(
+        let server = ServerConfig::dev(
             "key-service",
             TokenTable::from_plain([
                 ("vault-service", Role::Service, SERVICE_TOKEN),
@@ -178,6 +173,11 @@ impl KeyServiceUnderTest {
                 ("bench", Role::Service, CRYPTO_TOKEN),
             ]),
         );
+        let mut config = Config::in_process(
+            server,
+            sentia_runtime::audit::AuditConfig::disabled(),
+            MasterSource::Key(MasterKey::generate()),
+        )?;
         config.grants = key_service::grants::Grants::parse(&format!(
             "{}\n[bench]\ngrants = [{{ keys = [\"*\"], operations = [\"generate_data_key\", \
              \"unwrap_data_key\", \"encrypt\", \"decrypt\"] }}]\n",
@@ -185,7 +185,6 @@ impl KeyServiceUnderTest {
         ))
         .map_err(anyhow::Error::msg)?;
         config.database_url = format!("sqlite://{}?mode=rwc", db.display());
-        config.master = MasterSource::Key(MasterKey::generate());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let shutdown = Shutdown::new();

@@ -100,6 +100,12 @@ impl AuditConfig {
         let spool = PathBuf::from(
             reader.string_or("SENTIA_AUDIT_SPOOL", &format!("{service}-audit.spool")),
         );
+        Self::tuned(reader, upstream, spool)
+    }
+
+    /// The delivery settings (timeout, queue, durability) from `reader`, around `upstream`
+    /// and `spool`.
+    fn tuned(reader: &mut Reader<'_>, upstream: Option<UpstreamConfig>, spool: PathBuf) -> Self {
         let timeout = reader.duration_or("SENTIA_AUDIT_TIMEOUT", Duration::from_secs(2));
         let queue = reader.parse_or("SENTIA_AUDIT_QUEUE", 10_000usize, "a positive integer");
         let durability = match reader
@@ -123,6 +129,14 @@ impl AuditConfig {
             queue: queue.max(1),
             durability,
         }
+    }
+
+    /// Events to `upstream`, spooled at `spool` while it is away, every other setting at its
+    /// default: how an in-process caller (`sentia dev`, the bench, the test sandbox) turns
+    /// auditing on without variables.
+    pub fn to(upstream: UpstreamConfig, spool: PathBuf) -> Self {
+        let defaults = sentia_config::MapSource::default();
+        Self::tuned(&mut Reader::new(&defaults), Some(upstream), spool)
     }
 
     /// Auditing off (tests of other features, `SENTIA_AUDIT_DISABLED=true`).

@@ -11,9 +11,10 @@ use clap::Args;
 use key_service::{Config, MasterSource};
 use sentia_crypto::MasterKey;
 use sentia_dev_pki::DevPki;
+use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::private_file;
-use sentia_runtime::{MapSource, Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
+use sentia_runtime::{Role, ServerConfig, Shutdown, UpstreamConfig, telemetry};
 use zeroize::Zeroizing;
 
 /// Options of `sentia dev`.
@@ -167,24 +168,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "  mTLS:        export SENTIA_CLIENT_CA={d}/ca.pem SENTIA_CLIENT_CERT={d}/cli.pem SENTIA_CLIENT_KEY={d}/cli-key.pem\n"
         );
     }
-    let db = private_database(&args.data_dir, "keys.db")?;
-    let mut config = Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_SEAL_TYPE", "shamir"),
-        ("SENTIA_AUDIT_DISABLED", "true"),
-    ]))?;
-    config.server = server;
-    config.database_url = format!("sqlite://{}?mode=rwc", db.display());
-    config.master = MasterSource::Key(master);
-    // `sentia key rotate-master` rewrites the dev master key file, so the next start opens.
-    config.master_key_file = Some(key_file.clone());
-
-    let listener = tokio::net::TcpListener::bind(config.server.listen_addr)
+    let listener = tokio::net::TcpListener::bind(server.listen_addr)
         .await
         .with_context(|| {
             format!(
                 "binding {} (use --key-port 0 for any free port)",
-                config.server.listen_addr
+                server.listen_addr
             )
         })?;
     let addr = listener.local_addr()?;
@@ -237,15 +226,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let audit_listener = bind(args.audit_port, "--audit-port").await?;
     let audit_addr = audit_listener.local_addr()?;
-    let mut audit = audit_service::Config::from_source(&MapSource::from_pairs([(
-        "SENTIA_ALLOW_PLAINTEXT",
-        "true",
-    )]))?;
-    audit.server = server_for(
+    // Every service records into audit-service, spooling in the data directory meanwhile.
+    let audited = |identity: &str, spool: &str| -> anyhow::Result<AuditConfig> {
+        Ok(AuditConfig::to(
+            upstream(audit_addr, identity)?,
+            args.data_dir.join(spool),
+        ))
+    };
+    let mut config = Config::in_process(
+        server,
+        audited("key-service", "key-audit.spool")?,
+        MasterSource::Key(master),
+    )?;
+    config.database_url = sqlite("keys.db")?;
+    // `sentia key rotate-master` rewrites the dev master key file, so the next start opens.
+    config.master_key_file = Some(key_file.clone());
+
+    let mut audit = audit_service::Config::in_process(server_for(
         "audit-service",
         audit_service::config::DEFAULT_SERVICE_IDENTITIES,
         &audit_listener,
-    )?;
+    )?)?;
     audit.database_url = sqlite("audit.db")?;
     audit.key_service = upstream(addr, "audit-service")?;
 
@@ -253,14 +254,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let root_existed = root_file.exists();
     let vault_listener = bind(args.vault_port, "--vault-port").await?;
     let vault_addr = vault_listener.local_addr()?;
-    let mut vault = vault_service::Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
-    ]))?;
-    vault.server = server_for(
-        "vault-service",
-        vault_service::config::DEFAULT_SERVICE_IDENTITIES,
-        &vault_listener,
+    let mut vault = vault_service::Config::in_process(
+        server_for(
+            "vault-service",
+            vault_service::config::DEFAULT_SERVICE_IDENTITIES,
+            &vault_listener,
+        )?,
+        audited("vault-service", "vault-audit.spool")?,
     )?;
     // Readers' tokens at audit-service are checked with vault-service: the root token works
     // there and revocations count.
@@ -280,21 +280,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     vault.database_url = sqlite("vault.db")?;
     vault.root_token_file = Some(root_file.clone());
     vault.key_service = upstream(addr, "vault-service")?;
-    vault.audit.upstream = Some(upstream(audit_addr, "vault-service")?);
-    vault.audit.spool = args.data_dir.join("vault-audit.spool");
-    config.audit.upstream = Some(upstream(audit_addr, "key-service")?);
-    config.audit.spool = args.data_dir.join("key-audit.spool");
 
     let rotation_listener = bind(args.rotation_port, "--rotation-port").await?;
     let rotation_addr = rotation_listener.local_addr()?;
-    let mut rotation = rotation_scheduler::Config::from_source(&MapSource::from_pairs([
-        ("SENTIA_ALLOW_PLAINTEXT", "true"),
-        ("SENTIA_AUDIT_SERVICE_ADDR", "127.0.0.1:8202"),
-    ]))?;
-    rotation.server = server_for(
-        "rotation-scheduler",
-        rotation_scheduler::config::DEFAULT_SERVICE_IDENTITIES,
-        &rotation_listener,
+    let mut rotation = rotation_scheduler::Config::in_process(
+        server_for(
+            "rotation-scheduler",
+            rotation_scheduler::config::DEFAULT_SERVICE_IDENTITIES,
+            &rotation_listener,
+        )?,
+        audited("rotation-scheduler", "rotation-audit.spool")?,
     )?;
     rotation.database_url = sqlite("rotation.db")?;
     // Quick feedback locally: look for due secrets every second.
@@ -304,8 +299,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Its own identity at key-service (token, or certificate under --tls): the shipped grants
     // let the jwt_signing_key rotator stage, promote and retire token key versions.
     rotation.key_service = Some(upstream(addr, "rotation-scheduler")?);
-    rotation.audit.upstream = Some(upstream(audit_addr, "rotation-scheduler")?);
-    rotation.audit.spool = args.data_dir.join("rotation-audit.spool");
 
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(

@@ -81,24 +81,41 @@ impl Config {
             false,
             DEFAULT_SERVICE_IDENTITIES,
         );
+        let config = Self::read(&mut r, server);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// Every other setting at its default around a typed `server`: how `sentia dev`, the
+    /// bench and the test sandbox configure an audit-service they run in-process, instead
+    /// of making up variables to parse.
+    pub fn in_process(server: ServerConfig) -> Result<Self, ConfigError> {
+        let defaults = sentia_runtime::MapSource::default();
+        let mut r = Reader::new(&defaults);
+        let config = Self::read(&mut r, server);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// The settings besides `server`, from `r`.
+    fn read(r: &mut Reader<'_>, server: ServerConfig) -> Self {
         let (database_url, max_connections) =
-            sentia_db::from_source(&mut r, "sqlite://sentia-audit.db?mode=rwc");
-        let key_service =
-            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
+            sentia_db::from_source(r, "sqlite://sentia-audit.db?mode=rwc");
+        let key_service = UpstreamConfig::from_source(r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
         let checkpoint_key = r.string_or("SENTIA_CHECKPOINT_KEY", "audit-checkpoint");
         let jwt_key = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
         let vault_service = r
             .optional("SENTIA_VAULT_SERVICE_ADDR")
             .is_some()
-            .then(|| UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", ""));
-        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(&mut r);
+            .then(|| UpstreamConfig::from_source(r, "SENTIA_VAULT_SERVICE", ""));
+        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(r);
         let checkpoint_every = r.parse_or("SENTIA_CHECKPOINT_EVERY", 1000u64, "a positive integer");
         if checkpoint_every == 0 {
             r.problem("SENTIA_CHECKPOINT_EVERY must be at least 1");
         }
         let checkpoint_interval =
             r.duration_or("SENTIA_CHECKPOINT_INTERVAL", Duration::from_secs(60));
-        let policies = PolicyConfig::from_source(&mut r);
+        let policies = PolicyConfig::from_source(r);
         if r.optional(RETIRED_READ_POLICIES).is_some() {
             r.problem(format!(
                 "{RETIRED_READ_POLICIES} is no longer read: readers of the audit log need the \
@@ -120,12 +137,11 @@ impl Config {
         }
         let retention = r.duration_or("SENTIA_AUDIT_RETENTION", Duration::from_secs(2555 * 86_400));
         let retention_check = r.duration_or("SENTIA_RETENTION_CHECK", Duration::from_secs(3600));
-        let rules = Rules::from_source(&mut r);
+        let rules = Rules::from_source(r);
         let redis_url = r.optional("SENTIA_REDIS_URL");
         let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
-        let webhook = Webhook::from_source(&mut r);
-        r.finish()?;
-        Ok(Self {
+        let webhook = Webhook::from_source(r);
+        Self {
             server,
             database_url,
             max_connections,
@@ -145,7 +161,7 @@ impl Config {
             redis_url,
             redis_prefix,
             webhook,
-        })
+        }
     }
 }
 
@@ -153,6 +169,15 @@ impl Config {
 mod tests {
     use super::*;
     use sentia_runtime::MapSource;
+
+    #[test]
+    fn in_process_gets_the_same_defaults_as_an_environment_that_sets_nothing_else() {
+        let parsed =
+            Config::from_source(&MapSource::from_pairs([("SENTIA_ALLOW_PLAINTEXT", "true")]))
+                .unwrap();
+        let built = Config::in_process(parsed.server.clone()).unwrap();
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
 
     #[test]
     fn the_retired_reader_list_stops_the_start_and_says_what_replaced_it() {

@@ -100,8 +100,6 @@ impl Config {
             true,
             DEFAULT_SERVICE_IDENTITIES,
         );
-        let (database_url, max_connections) =
-            sentia_db::from_source(&mut r, "sqlite://sentia-keys.db?mode=rwc");
         let seal_type = r.string_or("SENTIA_SEAL_TYPE", "auto");
         let master = match seal_type.as_str() {
             "shamir" => MasterSource::Shamir,
@@ -114,6 +112,36 @@ impl Config {
                 MasterSource::Shamir
             }
         };
+        let audit = AuditConfig::from_source(&mut r, "key-service");
+        let config = Self::read(&mut r, server, audit, master);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// Every other setting at its default around a typed `server`, `audit` and `master`:
+    /// how `sentia dev`, the bench and the test sandbox configure a key-service they run
+    /// in-process, instead of making up variables to parse.
+    pub fn in_process(
+        server: ServerConfig,
+        audit: AuditConfig,
+        master: MasterSource,
+    ) -> Result<Self, ConfigError> {
+        let defaults = sentia_runtime::MapSource::default();
+        let mut r = Reader::new(&defaults);
+        let config = Self::read(&mut r, server, audit, master);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// The settings besides `server`, `audit` and `master`, from `r`.
+    fn read(
+        r: &mut Reader<'_>,
+        server: ServerConfig,
+        audit: AuditConfig,
+        master: MasterSource,
+    ) -> Self {
+        let (database_url, max_connections) =
+            sentia_db::from_source(r, "sqlite://sentia-keys.db?mode=rwc");
         let recovery_public_key = r.optional("SENTIA_RECOVERY_PUBLIC_KEY").and_then(|k| {
             RecoveryPublicKey::from_base64(&k)
                 .map_err(|e| {
@@ -123,7 +151,7 @@ impl Config {
                 })
                 .ok()
         });
-        let default_keys = parse_default_keys(&mut r);
+        let default_keys = parse_default_keys(r);
         let max_encryptions_per_version = r.parse_or(
             "SENTIA_MAX_ENCRYPTIONS_PER_VERSION",
             1u64 << 32,
@@ -133,7 +161,6 @@ impl Config {
             r.problem("SENTIA_MAX_ENCRYPTIONS_PER_VERSION must be between 16 and 4294967296");
         }
         let refresh_interval = r.duration_or("SENTIA_KEYRING_REFRESH", Duration::from_secs(30));
-        let audit = AuditConfig::from_source(&mut r, "key-service");
         let grants = match r.optional("SENTIA_KEY_GRANTS_FILE") {
             None => Grants::default_set(),
             Some(path) => std::fs::read_to_string(&path)
@@ -144,8 +171,7 @@ impl Config {
                     Grants::default()
                 }),
         };
-        r.finish()?;
-        Ok(Self {
+        Self {
             server,
             database_url,
             max_connections,
@@ -157,7 +183,7 @@ impl Config {
             audit,
             grants,
             master_key_file: None,
-        })
+        }
     }
 }
 

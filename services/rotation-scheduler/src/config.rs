@@ -80,17 +80,35 @@ impl Config {
             false,
             DEFAULT_SERVICE_IDENTITIES,
         );
+        let audit = AuditConfig::from_source(&mut r, "rotation-scheduler");
+        let config = Self::read(&mut r, server, audit);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// Every other setting at its default around a typed `server` and `audit`: how `sentia
+    /// dev`, the bench and the test sandbox configure a service they run in-process, instead
+    /// of making up variables to parse.
+    pub fn in_process(server: ServerConfig, audit: AuditConfig) -> Result<Self, ConfigError> {
+        let defaults = sentia_runtime::MapSource::default();
+        let mut r = Reader::new(&defaults);
+        let config = Self::read(&mut r, server, audit);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// The settings besides `server` and `audit`, from `r`.
+    fn read(r: &mut Reader<'_>, server: ServerConfig, audit: AuditConfig) -> Self {
         let (database_url, max_connections) =
-            sentia_db::from_source(&mut r, "sqlite://sentia-rotation.db?mode=rwc");
+            sentia_db::from_source(r, "sqlite://sentia-rotation.db?mode=rwc");
         let vault_service =
-            UpstreamConfig::from_source(&mut r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
-        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(&mut r);
+            UpstreamConfig::from_source(r, "SENTIA_VAULT_SERVICE", "127.0.0.1:8200");
+        let identity_cache_ttl = sentia_runtime::identity::cache_ttl_from(r);
         let key_service = r
             .optional("SENTIA_KEY_SERVICE_ADDR")
             .is_some()
-            .then(|| UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", ""));
-        let policies = PolicyConfig::from_source(&mut r);
-        let audit = AuditConfig::from_source(&mut r, "rotation-scheduler");
+            .then(|| UpstreamConfig::from_source(r, "SENTIA_KEY_SERVICE", ""));
+        let policies = PolicyConfig::from_source(r);
         let tick = r.duration_or("SENTIA_ROTATION_TICK", Duration::from_secs(10));
         let lease = r.duration_or("SENTIA_LEADER_LEASE", Duration::from_secs(15));
         if lease <= tick {
@@ -100,8 +118,7 @@ impl Config {
             .optional("SENTIA_REPLICA_ID")
             .unwrap_or_else(|| format!("scheduler-{}", uuid::Uuid::new_v4().simple()));
         let emergency_grace = r.duration_or("SENTIA_EMERGENCY_GRACE", Duration::from_secs(600));
-        r.finish()?;
-        Ok(Self {
+        Self {
             server,
             database_url,
             max_connections,
@@ -115,7 +132,7 @@ impl Config {
             replica_id,
             emergency_grace,
             hooks: Hooks::default(),
-        })
+        }
     }
 }
 

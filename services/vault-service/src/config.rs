@@ -60,17 +60,35 @@ impl Config {
     /// Reads and validates the configuration; every problem is reported at once.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
-        let mut server = ServerConfig::from_source(
+        let server = ServerConfig::from_source(
             &mut r,
             "vault-service",
             "127.0.0.1:8200",
             false,
             DEFAULT_SERVICE_IDENTITIES,
         );
+        let audit = AuditConfig::from_source(&mut r, "vault-service");
+        let config = Self::read(&mut r, server, audit);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// Every other setting at its default around a typed `server` and `audit`: how `sentia
+    /// dev`, the bench and the test sandbox configure a service they run in-process, instead
+    /// of making up variables to parse.
+    pub fn in_process(server: ServerConfig, audit: AuditConfig) -> Result<Self, ConfigError> {
+        let defaults = sentia_runtime::MapSource::default();
+        let mut r = Reader::new(&defaults);
+        let config = Self::read(&mut r, server, audit);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// The settings besides `server` and `audit`, from `r`.
+    fn read(r: &mut Reader<'_>, mut server: ServerConfig, audit: AuditConfig) -> Self {
         let (database_url, max_connections) =
-            sentia_db::from_source(&mut r, "sqlite://sentia-vault.db?mode=rwc");
-        let key_service =
-            UpstreamConfig::from_source(&mut r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
+            sentia_db::from_source(r, "sqlite://sentia-vault.db?mode=rwc");
+        let key_service = UpstreamConfig::from_source(r, "SENTIA_KEY_SERVICE", "127.0.0.1:8201");
         let data_key_name = r.string_or("SENTIA_VAULT_KEY", "vault");
         let jwt_key_name = r.string_or("SENTIA_JWT_KEY", "sentia-jwt");
         let dek_cache_ttl = r.duration_or("SENTIA_DEK_CACHE_TTL", Duration::from_secs(60));
@@ -86,7 +104,7 @@ impl Config {
         let local_cache_ttl = r.duration_or("SENTIA_LOCAL_CACHE_TTL", Duration::from_secs(30));
         let local_cache_max =
             r.parse_or("SENTIA_LOCAL_CACHE_MAX", 10_000usize, "a positive integer");
-        let policies = PolicyConfig::from_source(&mut r);
+        let policies = PolicyConfig::from_source(r);
         // A certificate mapped to policies is an identity here by that mapping alone.
         for id in policies.identities.keys() {
             if !server.service_identities.contains(id) {
@@ -99,9 +117,7 @@ impl Config {
         if event_retention < Duration::from_secs(3600) {
             r.problem("SENTIA_EVENT_RETENTION must be at least 1h (watchers resume from it)");
         }
-        let audit = AuditConfig::from_source(&mut r, "vault-service");
-        r.finish()?;
-        Ok(Self {
+        Self {
             server,
             database_url,
             max_connections,
@@ -120,7 +136,7 @@ impl Config {
             token_refresh,
             event_retention,
             audit,
-        })
+        }
     }
 }
 
@@ -128,6 +144,17 @@ impl Config {
 mod tests {
     use super::*;
     use sentia_runtime::MapSource;
+
+    #[test]
+    fn in_process_gets_the_same_defaults_as_an_environment_that_sets_nothing_else() {
+        let parsed = Config::from_source(&MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+        ]))
+        .unwrap();
+        let built = Config::in_process(parsed.server.clone(), parsed.audit.clone()).unwrap();
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
 
     #[test]
     fn without_an_audit_service_it_refuses_to_start_unless_auditing_is_disabled() {

@@ -161,6 +161,17 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What `read` makes of a source that sets nothing — every setting at its default — or the
+/// problems it found: how a configuration built in-process shares the defaults (and their
+/// checks) of the one read from the environment.
+pub fn defaults<T>(read: impl FnOnce(&mut Reader<'_>) -> T) -> Result<T, ConfigError> {
+    let empty = MapSource::default();
+    let mut r = Reader::new(&empty);
+    let value = read(&mut r);
+    r.finish()?;
+    Ok(value)
+}
+
 /// Parses `30s`, `5m`, `12h`, `90d`, `250ms` or plain seconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use sentia_config::{ConfigError, MapSource, ProcessEnv, Reader, Source, parse_duration};
+pub use sentia_config::{
+    ConfigError, MapSource, ProcessEnv, Reader, Source, defaults, parse_duration,
+};
 
 use crate::auth::TokenTable;
 use crate::tls::{TlsFiles, TlsServerConfig};

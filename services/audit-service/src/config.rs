@@ -90,11 +90,7 @@ impl Config {
     /// bench and the test sandbox configure an audit-service they run in-process, instead
     /// of making up variables to parse.
     pub fn in_process(server: ServerConfig) -> Result<Self, ConfigError> {
-        let defaults = sentia_runtime::MapSource::default();
-        let mut r = Reader::new(&defaults);
-        let config = Self::read(&mut r, server);
-        r.finish()?;
-        Ok(config)
+        sentia_runtime::config::defaults(|r| Self::read(r, server))
     }
 
     /// The settings besides `server`, from `r`.

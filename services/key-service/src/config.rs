@@ -126,11 +126,7 @@ impl Config {
         audit: AuditConfig,
         master: MasterSource,
     ) -> Result<Self, ConfigError> {
-        let defaults = sentia_runtime::MapSource::default();
-        let mut r = Reader::new(&defaults);
-        let config = Self::read(&mut r, server, audit, master);
-        r.finish()?;
-        Ok(config)
+        sentia_runtime::config::defaults(|r| Self::read(r, server, audit, master))
     }
 
     /// The settings besides `server`, `audit` and `master`, from `r`.

@@ -90,11 +90,7 @@ impl Config {
     /// dev`, the bench and the test sandbox configure a service they run in-process, instead
     /// of making up variables to parse.
     pub fn in_process(server: ServerConfig, audit: AuditConfig) -> Result<Self, ConfigError> {
-        let defaults = sentia_runtime::MapSource::default();
-        let mut r = Reader::new(&defaults);
-        let config = Self::read(&mut r, server, audit);
-        r.finish()?;
-        Ok(config)
+        sentia_runtime::config::defaults(|r| Self::read(r, server, audit))
     }
 
     /// The settings besides `server` and `audit`, from `r`.

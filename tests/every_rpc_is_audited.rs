@@ -3,7 +3,8 @@
 //! is added), each is called with an empty request — once with no credential (refused by
 //! the authentication layer) and once as an identity that may not do it (refused or turned
 //! away as bad input by the handler) — and each call's request id must come back in the
-//! log. The one exception is key-service's Status, the public readiness probe.
+//! log. The one exception is key-service's Status, the public readiness probe. The services
+//! run as deployed: on Postgres, with Redis.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
-use sentia_testkit::{Sandbox, keys};
+use sentia_testkit::{Backend, Sandbox, keys};
 
 /// Methods that are not recorded, by design.
 const UNAUDITED: &[&str] = &["/sentia.keys.v1.SystemService/Status"];
@@ -71,6 +72,8 @@ async fn call(channel: AuthedChannel, method: &Method, request_id: &str) -> toni
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_of_every_service_records_its_outcome_including_refusals() {
     let Some(sandbox) = Sandbox::builder()
+        .backend(Backend::Postgres)
+        .redis()
         .audit()
         .scheduler(Default::default())
         .start()

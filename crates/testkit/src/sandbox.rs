@@ -15,6 +15,7 @@ use crate::{Backend, Stack, database, keys, unique};
 #[derive(Default)]
 pub struct SandboxBuilder {
     postgres: bool,
+    redis: bool,
     audit: bool,
     vault: bool,
     scheduler: Option<Hooks>,
@@ -26,6 +27,13 @@ impl SandboxBuilder {
     /// Every database on `backend` (SQLite files by default).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.postgres = matches!(backend, Backend::Postgres);
+        self
+    }
+
+    /// Redis for the services that use it (vault-service's caches and change fan-out,
+    /// audit-service's alert windows), under a key prefix of this sandbox's own.
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
         self
     }
 
@@ -62,8 +70,20 @@ impl SandboxBuilder {
         self
     }
 
-    /// Starts the services; None (announced) when the backend is not available here.
+    /// Starts the services; None (announced) when the backend or Redis is not available
+    /// here.
     pub async fn start(self) -> Option<Sandbox> {
+        let redis: Vec<(String, String)> = if self.redis {
+            vec![
+                ("SENTIA_REDIS_URL".into(), crate::redis_url()?),
+                (
+                    "SENTIA_REDIS_PREFIX".into(),
+                    format!("{}:", unique("sandbox")),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
         let backend = if self.postgres {
             Backend::Postgres
         } else {
@@ -71,9 +91,10 @@ impl SandboxBuilder {
         };
         // audit-service's address first: the others record into it, and it signs its
         // checkpoints with key-service, which must be running before it starts.
-        let audit_listener = match self.audit {
-            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            false => None,
+        let audit_listener = if self.audit {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
         };
         let audit_addr = audit_listener
             .as_ref()
@@ -106,6 +127,7 @@ impl SandboxBuilder {
         };
         let (keys, vault) = if self.vault {
             let mut settings = vault_emitting;
+            settings.extend(redis.iter().cloned());
             if self.scheduler.is_some() {
                 settings.extend(
                     rotation::vault_settings()

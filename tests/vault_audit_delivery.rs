@@ -152,13 +152,22 @@ async fn every_operation_is_recorded_with_its_outcome_and_never_its_value() {
             secret_id: "x".into(),
         })
         .await;
+    s.put("prod/app/key", b"second").await;
+    root.restore_secret_version(pb::RestoreSecretVersionRequest {
+        path: "prod/app/key".into(),
+        version: 1,
+        expected_version: None,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
     let empty_batch = root
         .batch_get_secrets(pb::BatchGetSecretsRequest { requests: vec![] })
         .await
         .unwrap_err();
     assert_eq!(empty_batch.code(), Code::InvalidArgument);
 
-    let events = a.wait_for(8).await;
+    let events = a.wait_for(10).await;
     let summary: Vec<(String, String, String, bool, String)> = events
         .iter()
         .map(|e| {
@@ -202,6 +211,10 @@ async fn every_operation_is_recorded_with_its_outcome_and_never_its_value() {
         "{summary:#?}"
     );
     assert!(has("login", "login", "", true, "OK"), "{summary:#?}");
+    assert!(
+        has("secret_write", "restore", "prod/app/key", true, "OK"),
+        "a restore is one write event of its own: {summary:#?}"
+    );
     assert!(
         has("secret_access", "batch_read", "", false, "INVALID_ARGUMENT"),
         "a batch refused as a whole is recorded: {summary:#?}"

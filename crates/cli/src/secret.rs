@@ -101,6 +101,18 @@ enum SecretCommand {
         #[arg(long = "version")]
         versions: Vec<u64>,
     },
+    /// Write an earlier version's value as a new CURRENT version (after a bad rotation or a
+    /// mistaken put); the value is copied inside vault-service and never printed.
+    Restore {
+        /// Secret path.
+        path: String,
+        /// The version whose value to restore.
+        #[arg(long)]
+        version: u64,
+        /// Check-and-set: restore only if the current version is this.
+        #[arg(long)]
+        cas: Option<u64>,
+    },
     /// Crypto-shred versions: irreversible.
     Destroy {
         /// Secret path.
@@ -391,6 +403,24 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             report(as_json, &path, "undeleted", &r.versions);
+        }
+        SecretCommand::Restore { path, version, cas } => {
+            let written =
+                client
+                    .restore_version(&path, version, cas)
+                    .await
+                    .map_err(|e| match e {
+                        sentia_client::ClientError::Status(s) => status_err(s),
+                        other => anyhow::anyhow!(other),
+                    })?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"path": path, "restored_from": version, "version": written})
+                );
+            } else {
+                println!("{path}: version {written} (the value of version {version})");
+            }
         }
         SecretCommand::Destroy { path, versions } => {
             let r = c

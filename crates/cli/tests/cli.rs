@@ -34,6 +34,30 @@ async fn an_operator_writes_reads_and_hands_out_a_credential_from_the_shell() {
     let (ok, out, _) = sentia(&s, &root, &["secret", "get", "dev/app/db"], b"").await;
     assert!(ok);
     assert_eq!(out, "pa55word", "stdin's trailing newline is not stored");
+    // A mistaken put, undone: version 1's value comes back as version 3.
+    let (ok, _, err) = sentia(&s, &root, &["secret", "put", "dev/app/db"], b"typo").await;
+    assert!(ok, "{err}");
+    let restore = [
+        "secret",
+        "restore",
+        "dev/app/db",
+        "--version",
+        "1",
+        "--cas",
+        "2",
+    ];
+    let (ok, out, err) = sentia(&s, &root, &restore, b"").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "dev/app/db: version 3 (the value of version 1)");
+    assert!(
+        !out.contains("pa55word"),
+        "a restore never prints the value"
+    );
+    let (ok, out, _) = sentia(&s, &root, &["secret", "get", "dev/app/db"], b"").await;
+    assert!(ok);
+    assert_eq!(out, "pa55word");
+    let (ok, _, err) = sentia(&s, &root, &restore, b"").await;
+    assert!(!ok && err.contains("check-and-set"), "{err}");
     let (ok, out, _) = sentia(&s, &root, &["secret", "list", "--json"], b"").await;
     assert!(ok && out.contains("\"path\":\"dev/app/db\""), "{out}");
 

@@ -369,6 +369,33 @@ impl Client {
         Ok(r.into_inner().version)
     }
 
+    /// Writes the value of `version` as a new version labelled CURRENT (undoing a bad
+    /// rotation or a mistaken write; the value never comes to this client); with
+    /// `expected_version`, only if the secret is still at that version. Retries are safe, as
+    /// for [`Client::put`]. Returns the version written.
+    pub async fn restore_version(
+        &self,
+        path: &str,
+        version: u64,
+        expected_version: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let req = pb::RestoreSecretVersionRequest {
+            path: path.into(),
+            version,
+            expected_version,
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let r = self
+            .retry
+            .run(|| {
+                let mut c = self.secrets.clone();
+                let req = req.clone();
+                async move { c.restore_secret_version(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().version)
+    }
+
     /// Watches changes under `prefix` starting after `after_sequence` (0 = from now). The
     /// watch reconnects by itself and resumes where it stopped.
     pub fn watch(&self, prefix: &str, after_sequence: u64) -> Watch {

@@ -11,6 +11,7 @@ use support::{Stack, get, get_label, get_version, put};
 use tonic::Code;
 
 on_both_backends!(
+    an_earlier_version_is_restored_as_a_new_current_version,
     versions_labels_and_describe_follow_each_write,
     bad_input_gets_invalid_argument_with_a_reason,
     concurrent_check_and_set_writers_exactly_one_wins,
@@ -314,6 +315,79 @@ async fn a_retried_put_with_the_same_request_id_writes_once(s: &Stack) {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("prod/app/idem"));
+}
+
+fn restore(path: &str, version: u64, cas: Option<u64>) -> pb::RestoreSecretVersionRequest {
+    pb::RestoreSecretVersionRequest {
+        path: path.into(),
+        version,
+        expected_version: cas,
+        request_id: String::new(),
+    }
+}
+
+async fn an_earlier_version_is_restored_as_a_new_current_version(s: &Stack) {
+    let mut c = s.secrets(&s.root_token).await;
+    let path = "test/app/restored";
+    for v in [b"good", b"oops"] {
+        s.put(path, v).await;
+    }
+    let r = c.restore_secret_version(restore(path, 1, Some(2))).await;
+    assert_eq!(r.unwrap().into_inner().version, 3);
+    let now = c.get_secret(get(path)).await.unwrap().into_inner();
+    assert_eq!((now.version, now.value.as_slice()), (3, &b"good"[..]));
+    let previous = c.get_secret(get_label(path, "PREVIOUS")).await.unwrap();
+    assert_eq!(
+        previous.into_inner().version,
+        2,
+        "the mistaken value is kept"
+    );
+
+    // A restore that fails changes nothing, and says why.
+    let refused = [
+        (
+            restore(path, 2, Some(2)),
+            Code::FailedPrecondition,
+            "check-and-set",
+        ),
+        (restore(path, 9, None), Code::NotFound, "9"),
+        (restore(path, 0, None), Code::InvalidArgument, "version"),
+        (
+            restore("test/app/none", 1, None),
+            Code::NotFound,
+            "test/app/none",
+        ),
+    ];
+    for (req, code, hint) in refused {
+        let err = c.restore_secret_version(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(hint), "{hint}: {err:?}");
+    }
+    c.destroy_secret_versions(pb::DestroySecretVersionsRequest {
+        path: path.into(),
+        versions: vec![2],
+    })
+    .await
+    .unwrap();
+    let err = c
+        .restore_secret_version(restore(path, 2, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Read alone is not enough: a restore writes.
+    let (reader, _) = s.login_as(&["deployment_engineer"]).await;
+    let err = s
+        .secrets(&reader)
+        .await
+        .restore_secret_version(restore(path, 1, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        c.get_secret(get(path)).await.unwrap().into_inner().version,
+        3,
+        "no refused restore wrote a version"
+    );
 }
 
 async fn delete_undelete_and_destroy_change_what_reads_return(s: &Stack) {

@@ -410,6 +410,27 @@ impl SecretService for SecretApi {
         }))
     }
 
+    async fn restore_secret_version(
+        &self,
+        req: Request<pb::RestoreSecretVersionRequest>,
+    ) -> Res<pb::PutSecretResponse> {
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "secret_write",
+            "restore",
+            &req.get_ref().path,
+        );
+        let result: Res<pb::PutSecretResponse> = async {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(
+                self.restore(&p, req.into_inner(), &call).await?,
+            ))
+        }
+        .await;
+        call.finish(result).await
+    }
+
     type WatchSecretsStream = EventStream;
 
     async fn watch_secrets(

@@ -193,6 +193,44 @@ impl SecretApi {
         )))
     }
 
+    /// RestoreSecretVersion: the value of `r.version`, read as the caller (read on the path),
+    /// written as a new version labelled CURRENT (write on the path). The value never leaves
+    /// the service; the one audit event is the write's (`restore`).
+    pub(super) async fn restore(
+        &self,
+        p: &Principal,
+        r: pb::RestoreSecretVersionRequest,
+        call: &Call<'_>,
+    ) -> Result<pb::PutSecretResponse, VaultError> {
+        let path = SecretPath::parse(&r.path)?;
+        self.policies.check(p, Capability::Write, path.as_str())?;
+        if r.version == 0 {
+            return Err(VaultError::Invalid(
+                "version must be 1 or more (the version whose value to restore)".into(),
+            ));
+        }
+        let source = pb::GetSecretRequest {
+            path: r.path.clone(),
+            selector: Some(pb::get_secret_request::Selector::Version(r.version)),
+        };
+        let old = self.read(p, &source, &mut Detail::default()).await?;
+        let written = self
+            .put(
+                p,
+                pb::PutSecretRequest {
+                    path: r.path,
+                    value: old.value,
+                    expected_version: r.expected_version,
+                    request_id: r.request_id,
+                    ..Default::default()
+                },
+                call,
+            )
+            .await?;
+        tracing::info!(path = %path, from = r.version, version = written.version, by = %p.id, "secret version restored");
+        Ok(written)
+    }
+
     pub(super) fn versions_arg(versions: &[u64]) -> Result<Vec<u64>, VaultError> {
         if versions.len() > model::MAX_MAX_VERSIONS as usize {
             return Err(VaultError::Invalid(format!(

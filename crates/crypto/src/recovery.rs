@@ -101,7 +101,7 @@ impl fmt::Debug for RecoveryPrivateKey {
 
 /// The AES key both sides derive: HKDF-SHA256 over the X25519 shared secret, salted with the
 /// ephemeral and recipient public keys so the key is bound to both.
-fn escrow_key(
+fn escrow_key_for(
     secret: &StaticSecret,
     their: &PublicKey,
     ephemeral: &[u8; KEY_LEN],
@@ -128,10 +128,20 @@ pub fn escrow_master(
     to: &RecoveryPublicKey,
     context: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    escrow_key(master.key(), to, context)
+}
+
+/// Seals any 256-bit key to `to` the way [`escrow_master`] seals the master (a backup's key,
+/// for one).
+pub fn escrow_key(
+    secret: &SecretKey,
+    to: &RecoveryPublicKey,
+    context: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let ephemeral = StaticSecret::from(*SecretKey::generate().expose());
     let ephemeral_public = PublicKey::from(&ephemeral).to_bytes();
-    let key = escrow_key(&ephemeral, &PublicKey::from(to.0), &ephemeral_public, &to.0)?;
-    let sealed = seal(&key, "recovery", 1, context, master.key().expose())?;
+    let key = escrow_key_for(&ephemeral, &PublicKey::from(to.0), &ephemeral_public, &to.0)?;
+    let sealed = seal(&key, "recovery", 1, context, secret.expose())?;
     let mut out = Vec::with_capacity(MAGIC.len() + KEY_LEN + sealed.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&ephemeral_public);
@@ -146,6 +156,16 @@ pub fn open_escrow(
     with: &RecoveryPrivateKey,
     context: &[u8],
 ) -> Result<MasterKey, CryptoError> {
+    let key = open_escrowed_key(blob, with, context)?;
+    MasterKey::from_bytes(key.expose())
+}
+
+/// Opens an escrow made by [`escrow_key`] (or [`escrow_master`]).
+pub fn open_escrowed_key(
+    blob: &[u8],
+    with: &RecoveryPrivateKey,
+    context: &[u8],
+) -> Result<SecretKey, CryptoError> {
     let rest = blob
         .strip_prefix(MAGIC)
         .ok_or(CryptoError::Malformed("not a recovery escrow"))?;
@@ -157,15 +177,15 @@ pub fn open_escrow(
         .try_into()
         .map_err(|_| CryptoError::Malformed("recovery escrow is truncated"))?;
     let secret = StaticSecret::from(*with.0.expose());
-    let key = escrow_key(
+    let key = escrow_key_for(
         &secret,
         &PublicKey::from(ephemeral),
         &ephemeral,
         &with.public().0,
     )?;
     let envelope = Envelope::parse(sealed)?;
-    let master = open(&key, &envelope, context)?;
-    MasterKey::from_bytes(&master)
+    let opened = open(&key, &envelope, context)?;
+    SecretKey::from_slice(&opened)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+pub mod snapshot;
+
 /// One migration: version, description, SQL.
 pub type MigrationSource = (i64, &'static str, &'static str);
 
@@ -20,6 +22,9 @@ pub struct Migrations {
     pub postgres: &'static [MigrationSource],
     /// For `sqlite:` URLs.
     pub sqlite: &'static [MigrationSource],
+    /// Tables the migrations fill with their starting rows (singleton heads): a fresh
+    /// database holds these and nothing else, and a snapshot load replaces them.
+    pub seeded: &'static [&'static str],
 }
 
 /// True for a SQLite URL.
@@ -78,6 +83,14 @@ pub type Schema = BTreeMap<String, BTreeMap<String, &'static str>>;
 
 /// The schema of the database `pool` is connected to.
 pub async fn schema(pool: &AnyPool, sqlite: bool) -> Result<Schema, sqlx::Error> {
+    schema_of(&mut *pool.acquire().await?, sqlite).await
+}
+
+/// [`schema`] as seen by one connection (inside its transaction, if it has one).
+pub(crate) async fn schema_of(
+    conn: &mut sqlx::AnyConnection,
+    sqlite: bool,
+) -> Result<Schema, sqlx::Error> {
     let sql = if sqlite {
         "SELECT m.name, p.name, p.type FROM sqlite_master m, pragma_table_info(m.name) p \
          WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'"
@@ -86,7 +99,7 @@ pub async fn schema(pool: &AnyPool, sqlite: bool) -> Result<Schema, sqlx::Error>
          FROM information_schema.columns WHERE table_schema = current_schema()"
     };
     let mut schema = Schema::new();
-    for row in sqlx::query(sql).fetch_all(pool).await? {
+    for row in sqlx::query(sql).fetch_all(&mut *conn).await? {
         let (table, column, declared): (String, String, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if table == "_sqlx_migrations" {

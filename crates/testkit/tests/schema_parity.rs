@@ -18,6 +18,23 @@ async fn built(url: &str, migrations: Migrations) -> Schema {
     let schema = sentia_db::schema(&pool, sentia_db::is_sqlite(url))
         .await
         .unwrap();
+    // What a fresh database holds is what `seeded` says (a snapshot load relies on it).
+    let mut filled = Vec::new();
+    for table in schema.keys() {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM \"{table}\""
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if rows > 0 {
+            filled.push(table.as_str());
+        }
+    }
+    assert_eq!(
+        filled, migrations.seeded,
+        "{url}: tables a fresh database fills"
+    );
     pool.close().await;
     schema
 }

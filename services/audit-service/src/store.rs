@@ -18,6 +18,7 @@ use crate::AuditError;
 pub const MIGRATIONS: Migrations = Migrations {
     postgres: PG_MIGRATIONS,
     sqlite: SQLITE_MIGRATIONS,
+    seeded: &["chain_head"],
 };
 
 const PG_MIGRATIONS: &[MigrationSource] = &[

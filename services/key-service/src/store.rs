@@ -11,6 +11,7 @@ use crate::KeyError;
 pub const MIGRATIONS: Migrations = Migrations {
     postgres: PG_MIGRATIONS,
     sqlite: SQLITE_MIGRATIONS,
+    seeded: &[],
 };
 
 const PG_MIGRATIONS: &[MigrationSource] = &[

@@ -14,6 +14,7 @@ use crate::steps::{Rotation, Step};
 pub const MIGRATIONS: Migrations = Migrations {
     postgres: PG,
     sqlite: SQLITE,
+    seeded: &[],
 };
 
 const PG: &[MigrationSource] = &[(

@@ -27,6 +27,7 @@ use crate::sequencer::Sequencer;
 pub const MIGRATIONS: Migrations = Migrations {
     postgres: PG_MIGRATIONS,
     sqlite: SQLITE_MIGRATIONS,
+    seeded: &["stream_head"],
 };
 
 const PG_MIGRATIONS: &[MigrationSource] = &[

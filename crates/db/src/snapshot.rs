@@ -1,0 +1,422 @@
+//! A database's rows as lines of JSON, and back: how each service's snapshot is taken for a
+//! backup and loaded into an empty database (ADR 8). Tables and column types come from the
+//! live schema, so one piece of code serves every service, on either dialect, and a snapshot
+//! taken on SQLite loads into Postgres and the other way round.
+//!
+//! Format, one JSON value per line: `{"snapshot":1,"dialect":D,"schema_version":N,"release":R}`,
+//! then per table (referenced tables before the tables referring to them) a
+//! header `{"table":T,"columns":[..],"types":[..]}`, its rows as arrays (bytes in base64,
+//! integers as numbers, text as strings, null as null) and `{"end":T,"rows":N}`; last
+//! `{"tables":N}`. What is stored is what the database holds: sealed values stay sealed.
+
+use std::future::Future;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::TryStreamExt;
+use serde_json::{Value, json};
+use sqlx::{AnyPool, Row};
+
+use crate::{Schema, schema_of};
+
+/// Bytes of lines handed to the sink at once.
+const BATCH: usize = 64 * 1024;
+
+/// Why a snapshot could not be taken or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The snapshot does not fit the target (another schema version, an unknown table or
+    /// column), or is malformed.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The target already holds rows.
+    #[error(
+        "table {0} is not empty: a snapshot loads into an empty database only (nothing was \
+         written)"
+    )]
+    NotEmpty(String),
+    /// The receiver of the lines went away.
+    #[error("the snapshot's reader went away")]
+    Cancelled,
+}
+
+/// What a snapshot held: rows per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// The newest migration applied to the database.
+    pub schema_version: i64,
+    /// Rows per table, by name.
+    pub rows: std::collections::BTreeMap<String, u64>,
+}
+
+async fn schema_version(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Streams every row of every table of `pool` to `sink` as lines of JSON, from one read
+/// transaction (a state the database was in; on Postgres repeatable read, on SQLite the
+/// snapshot WAL mode gives a reader). `sink` gets batches of whole lines and returns false
+/// to stop.
+pub async fn dump<F, Fut>(
+    pool: &AnyPool,
+    sqlite: bool,
+    mut sink: F,
+) -> Result<Counts, SnapshotError>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut tx = pool.begin().await?;
+    if !sqlite {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let tables = schema_in(&mut tx, sqlite).await?;
+    let mut counts = Counts {
+        schema_version: schema_version(&mut tx).await?,
+        ..Counts::default()
+    };
+    let mut out = Vec::with_capacity(BATCH);
+    line(
+        &mut out,
+        &json!({
+            "snapshot": 1,
+            "dialect": dialect(sqlite),
+            "schema_version": counts.schema_version,
+            "release": env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    let order = referenced_first(&tables, &foreign_keys(&mut tx, sqlite).await?);
+    for table in &order {
+        let columns = &tables[table];
+        let names: Vec<&String> = columns.keys().collect();
+        let types: Vec<&str> = columns.values().copied().collect();
+        line(
+            &mut out,
+            &json!({"table": table, "columns": names, "types": types}),
+        );
+        let select = format!(
+            "SELECT {} FROM {} ORDER BY 1",
+            names
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote(table)
+        );
+        let mut n = 0u64;
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            let values = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| read_value(&row, i, t))
+                .collect::<Result<Vec<Value>, _>>()?;
+            line(&mut out, &Value::Array(values));
+            n += 1;
+            if out.len() >= BATCH && !sink(std::mem::take(&mut out)).await {
+                return Err(SnapshotError::Cancelled);
+            }
+        }
+        drop(rows);
+        line(&mut out, &json!({"end": table, "rows": n}));
+        counts.rows.insert(table.clone(), n);
+    }
+    line(&mut out, &json!({"tables": order.len()}));
+    if !sink(out).await {
+        return Err(SnapshotError::Cancelled);
+    }
+    tx.rollback().await?;
+    Ok(counts)
+}
+
+/// (table, table it references) for every foreign key.
+async fn foreign_keys(
+    conn: &mut sqlx::AnyConnection,
+    sqlite: bool,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let sql = if sqlite {
+        "SELECT m.name, f.\"table\" FROM sqlite_master m, pragma_foreign_key_list(m.name) f \
+         WHERE m.type = 'table'"
+    } else {
+        "SELECT tc.table_name::text, ccu.table_name::text \
+         FROM information_schema.table_constraints tc \
+         JOIN information_schema.constraint_column_usage ccu \
+           ON tc.constraint_name = ccu.constraint_name AND tc.table_schema = ccu.table_schema \
+         WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema()"
+    };
+    sqlx::query_as(sql).fetch_all(&mut *conn).await
+}
+
+/// The tables in an order that loads every referenced row before the rows referring to it
+/// (by name among equals, so a snapshot's order is stable).
+fn referenced_first(tables: &Schema, references: &[(String, String)]) -> Vec<String> {
+    let mut waiting: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = tables
+        .keys()
+        .map(|t| (t.as_str(), std::collections::BTreeSet::new()))
+        .collect();
+    for (from, to) in references {
+        if from != to
+            && tables.contains_key(to)
+            && let Some(needs) = waiting.get_mut(from.as_str())
+        {
+            needs.insert(to.as_str());
+        }
+    }
+    let mut order = Vec::with_capacity(waiting.len());
+    while !waiting.is_empty() {
+        let ready: Vec<&str> = waiting
+            .iter()
+            .filter(|(_, needs)| needs.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        // A cycle (none in Sentia's schemas) would leave nothing ready: take the rest by name.
+        let next = if ready.is_empty() {
+            waiting.keys().copied().collect()
+        } else {
+            ready
+        };
+        for t in next {
+            waiting.remove(t);
+            for needs in waiting.values_mut() {
+                needs.remove(t);
+            }
+            order.push(t.to_string());
+        }
+    }
+    order
+}
+
+async fn schema_in(conn: &mut sqlx::AnyConnection, sqlite: bool) -> Result<Schema, sqlx::Error> {
+    schema_of(conn, sqlite).await
+}
+
+fn dialect(sqlite: bool) -> &'static str {
+    if sqlite { "sqlite" } else { "postgres" }
+}
+
+fn line(out: &mut Vec<u8>, v: &Value) {
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.push(b'\n');
+}
+
+/// An identifier quoted for both dialects (table and column names come from the schema).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn read_value(row: &sqlx::any::AnyRow, i: usize, family: &str) -> Result<Value, sqlx::Error> {
+    Ok(match family {
+        "integer" | "bool" => row
+            .try_get::<Option<i64>, _>(i)?
+            .map_or(Value::Null, Value::from),
+        "real" => row
+            .try_get::<Option<f64>, _>(i)?
+            .map_or(Value::Null, Value::from),
+        "text" => row
+            .try_get::<Option<String>, _>(i)?
+            .map_or(Value::Null, Value::from),
+        _ => row
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map_or(Value::Null, |b| Value::from(STANDARD.encode(b))),
+    })
+}
+
+/// Loads a snapshot made by [`dump`] into the freshly migrated database `pool`, in one
+/// transaction: the schema versions must match, every table the snapshot fills must exist here
+/// with the same columns, and the database must hold nothing but the starting rows of the
+/// `seeded` tables (which the snapshot's rows replace); otherwise nothing is written.
+pub async fn load(
+    pool: &AnyPool,
+    sqlite: bool,
+    seeded: &[&str],
+    snapshot: &[u8],
+) -> Result<Counts, SnapshotError> {
+    let bad = |m: String| SnapshotError::Mismatch(m);
+    let mut tx = pool.begin().await?;
+    let here = schema_in(&mut tx, sqlite).await?;
+    for table in here.keys() {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            quote(table)
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if rows > 0 && !seeded.contains(&table.as_str()) {
+            return Err(SnapshotError::NotEmpty(table.clone()));
+        }
+    }
+    for table in seeded.iter().filter(|t| here.contains_key(**t)) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", quote(table))))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut counts = Counts {
+        schema_version: schema_version(&mut tx).await?,
+        ..Counts::default()
+    };
+    let mut lines = snapshot
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate();
+    let parse = |(n, l): (usize, &[u8])| -> Result<Value, SnapshotError> {
+        serde_json::from_slice(l).map_err(|e| bad(format!("snapshot line {}: {e}", n + 1)))
+    };
+    let first = lines
+        .next()
+        .map(parse)
+        .transpose()?
+        .ok_or_else(|| bad("the snapshot is empty".into()))?;
+    let version = first["schema_version"].as_i64();
+    if first["snapshot"] != json!(1) || version.is_none() {
+        return Err(bad("not a database snapshot (format 1)".into()));
+    }
+    // Migrations are numbered per dialect; across dialects the tables' columns are compared
+    // one by one instead.
+    let same_dialect = first["dialect"].as_str() == Some(dialect(sqlite));
+    if same_dialect && version != Some(counts.schema_version) {
+        return Err(bad(format!(
+            "the snapshot is of schema version {}, this database is at {}: restore with the \
+             release that took it",
+            version.unwrap_or_default(),
+            counts.schema_version
+        )));
+    }
+    let mut finished = false;
+    while let Some(next) = lines.next() {
+        let v = parse(next)?;
+        if v.get("tables").is_some() {
+            finished = true;
+            break;
+        }
+        let table = v["table"]
+            .as_str()
+            .ok_or_else(|| bad(format!("expected a table header, got {v}")))?
+            .to_string();
+        let columns: Vec<String> = serde_json::from_value(v["columns"].clone())
+            .map_err(|e| bad(format!("table {table}: columns: {e}")))?;
+        let types: Vec<String> = serde_json::from_value(v["types"].clone())
+            .map_err(|e| bad(format!("table {table}: types: {e}")))?;
+        let mut rows = 0u64;
+        let target = here.get(&table);
+        if let Some(target) = target {
+            let wanted: Vec<&String> = target.keys().collect();
+            if wanted != columns.iter().collect::<Vec<_>>() {
+                return Err(bad(format!(
+                    "table {table} has columns {wanted:?} here, {columns:?} in the snapshot"
+                )));
+            }
+        }
+        let insert = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote(&table),
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (1..=columns.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        loop {
+            let v = parse(
+                lines
+                    .next()
+                    .ok_or_else(|| bad(format!("the snapshot ends inside table {table}")))?,
+            )?;
+            if let Some(end) = v.get("end") {
+                if end.as_str() != Some(table.as_str()) || v["rows"].as_u64() != Some(rows) {
+                    return Err(bad(format!(
+                        "table {table}: the end line says {v}, {rows} rows were read"
+                    )));
+                }
+                break;
+            }
+            let Value::Array(values) = v else {
+                return Err(bad(format!("table {table}: a row is not an array")));
+            };
+            if target.is_none() {
+                return Err(bad(format!(
+                    "the snapshot has rows in table {table}, which this database does not have"
+                )));
+            }
+            if values.len() != columns.len() {
+                return Err(bad(format!(
+                    "table {table}: a row has {} values",
+                    values.len()
+                )));
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
+            for (value, family) in values.iter().zip(&types) {
+                q = bind(q, value, family).map_err(|m| bad(format!("table {table}: {m}")))?;
+            }
+            q.execute(&mut *tx).await?;
+            rows += 1;
+        }
+        counts.rows.insert(table, rows);
+    }
+    if !finished {
+        return Err(bad("the snapshot ends before its last line".into()));
+    }
+    if !sqlite {
+        advance_sequences(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind<'q>(q: Query<'q>, v: &Value, family: &str) -> Result<Query<'q>, String> {
+    Ok(match (family, v) {
+        ("integer" | "bool", Value::Null) => q.bind(None::<i64>),
+        ("integer" | "bool", v) => {
+            q.bind(v.as_i64().ok_or_else(|| format!("{v} is not an integer"))?)
+        }
+        ("real", Value::Null) => q.bind(None::<f64>),
+        ("real", v) => q.bind(v.as_f64().ok_or_else(|| format!("{v} is not a number"))?),
+        ("text", Value::Null) => q.bind(None::<String>),
+        ("text", v) => q.bind(
+            v.as_str()
+                .ok_or_else(|| format!("{v} is not text"))?
+                .to_string(),
+        ),
+        (_, Value::Null) => q.bind(None::<Vec<u8>>),
+        (_, v) => q.bind(
+            v.as_str()
+                .and_then(|s| STANDARD.decode(s).ok())
+                .ok_or_else(|| "a bytes value is not base64".to_string())?,
+        ),
+    })
+}
+
+/// Moves Postgres sequences (BIGSERIAL columns) past the ids just loaded.
+async fn advance_sequences(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    let serial: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND column_default LIKE 'nextval(%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (table, column) in serial {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT setval(pg_get_serial_sequence('{t}', '{c}'), COALESCE((SELECT MAX({qc}) FROM {qt}), 0) + 1, false)",
+            t = table.replace('\'', "''"),
+            c = column.replace('\'', "''"),
+            qc = quote(&column),
+            qt = quote(&table),
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -83,18 +83,29 @@ async fn every_rpc_of_every_service_records_its_outcome_including_refusals() {
     };
     let vault = sandbox.vault();
     let (developer, _) = vault.login_as(&["developer"]).await;
-    let addr_of = |service: &str| -> String {
-        match service.split('.').nth(1) {
-            Some("keys") => sandbox.keys().addr.clone(),
-            Some("vault") => vault.addr.clone(),
-            Some("audit") => sandbox.audit().addr.clone(),
-            Some("rotation") => sandbox.scheduler().addr.clone(),
-            _ => panic!("a service the sandbox does not run: {service}"),
-        }
+    let all = [
+        ("keys", sandbox.keys().addr.clone()),
+        ("vault", vault.addr.clone()),
+        ("audit", sandbox.audit().addr.clone()),
+        ("rotation", sandbox.scheduler().addr.clone()),
+    ];
+    // Where a contract is served: its own service, or (backup snapshots) every service.
+    let served_at = |service: &str| -> Vec<(&'static str, String)> {
+        let package = service.split('.').nth(1).unwrap_or_default();
+        let at: Vec<_> = all
+            .iter()
+            .filter(|(name, _)| package == "backup" || *name == package)
+            .cloned()
+            .collect();
+        assert!(
+            !at.is_empty(),
+            "a service the sandbox does not run: {service}"
+        );
+        at
     };
     // key-service takes service identities only; vault-service's has no admin role there.
-    let unprivileged = |service: &str| match service.split('.').nth(1) {
-        Some("keys") => keys::SERVICE_TOKEN.to_string(),
+    let unprivileged = |at: &str| match at {
+        "keys" => keys::SERVICE_TOKEN.to_string(),
         _ => developer.clone(),
     };
 
@@ -105,12 +116,14 @@ async fn every_rpc_of_every_service_records_its_outcome_including_refusals() {
     );
     // request id -> (method, whether the handler itself must have recorded it, status)
     let mut calls = BTreeMap::new();
-    for m in methods
+    let audited = methods
         .iter()
-        .filter(|m| !UNAUDITED.contains(&m.path.as_str()))
+        .filter(|m| !UNAUDITED.contains(&m.path.as_str()));
+    for (m, (at, addr)) in
+        audited.flat_map(|m| served_at(&m.service).into_iter().map(move |a| (m, a)))
     {
-        let channel = connect_lazy(&addr_of(&m.service), None).unwrap();
-        for token in [None, Some(unprivileged(&m.service))] {
+        let channel = connect_lazy(&addr, None).unwrap();
+        for token in [None, Some(unprivileged(at))] {
             // RevokeToken with no token id revokes the caller's own: give it a token to lose.
             let token = match token {
                 Some(_) if m.path.ends_with("/RevokeToken") => {
@@ -121,7 +134,7 @@ async fn every_rpc_of_every_service_records_its_outcome_including_refusals() {
             let id = sentia_testkit::unique("rpc");
             let ctx = CallContext::with_token(token.as_deref()).unwrap();
             let code = call(ctx.wrap(channel.clone()), m, &id).await;
-            calls.insert(id, (m.path.clone(), token.is_some(), code));
+            calls.insert(id, (format!("{} at {at}", m.path), token.is_some(), code));
         }
     }
 
@@ -161,7 +174,7 @@ async fn every_rpc_of_every_service_records_its_outcome_including_refusals() {
         .collect();
     assert_eq!(
         served,
-        ["/sentia.keys.v1.SystemService/Unseal"],
+        ["/sentia.keys.v1.SystemService/Unseal at keys"],
         "only the public unseal answers without a credential (the service is unsealed)"
     );
     sandbox.stop().await;

@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "sentia/vault/v1/vault.proto",
     "sentia/rotation/v1/rotation.proto",
     "sentia/audit/v1/audit.proto",
+    "sentia/backup/v1/backup.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -48,3 +48,10 @@ pub mod audit {
         tonic::include_proto!("sentia.audit.v1");
     }
 }
+
+/// Database snapshots for backups, served by every service.
+pub mod backup {
+    pub mod v1 {
+        tonic::include_proto!("sentia.backup.v1");
+    }
+}

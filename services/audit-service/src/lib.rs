@@ -22,6 +22,7 @@ use sentia_runtime::client::{AuthedChannel, connect_lazy};
 use sentia_runtime::identity::VaultIdentity;
 use sentia_runtime::jwt::{JwtVerifier, PublicKeySet};
 use sentia_runtime::{BearerVerifier, Server, Shutdown};
+use sentia_snapshot::Snapshots;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -36,6 +37,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), AuditError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let pool = store.pool().clone();
     let client = KeyServiceClient::new(
         config
             .key_service
@@ -85,6 +87,8 @@ pub async fn run(
         config.webhook.clone(),
         shutdown.clone(),
     );
+    let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
+        .map_err(AuditError::Invalid)?;
     let api = api::AuditApi::new(api::Parts {
         store,
         head,
@@ -92,8 +96,7 @@ pub async fn run(
         checkpoint_keys: PublicKeySet::from_key_service(client.clone(), &config.checkpoint_key),
         signer,
         witness,
-        policies: sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
-            .map_err(AuditError::Invalid)?,
+        policies: policies.clone(),
         shutdown: shutdown.clone(),
     });
     tokio::spawn(api.clone().watch_chain(
@@ -118,7 +121,8 @@ pub async fn run(
         .bearer_verifier(verifier)
         .audit_refusals(Arc::new(api.clone()))
         .serve(
-            Routes::new(AuditServiceServer::new(api)),
+            Routes::new(AuditServiceServer::new(api.clone()))
+                .add_service(Snapshots::new(pool, &config.database_url, Arc::new(api)).server()),
             listener,
             shutdown.clone(),
         )

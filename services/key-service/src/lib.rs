@@ -16,6 +16,7 @@ use std::sync::Arc;
 use sentia_proto::keys::v1::key_service_server::KeyServiceServer;
 use sentia_proto::keys::v1::system_service_server::SystemServiceServer;
 use sentia_runtime::{Server, Shutdown};
+use sentia_snapshot::Snapshots;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -31,6 +32,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), KeyError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let pool = store.pool().clone();
     let core = Arc::new(core::Core::new(
         store,
         config.master.seal_type(),
@@ -77,8 +79,9 @@ pub async fn run(
         .map_err(|e| KeyError::Startup(e.to_string()))?;
     let api = api::Api::new(core, config.grants, emitter.clone())
         .with_master_key_file(config.master_key_file);
-    let routes =
-        Routes::new(KeyServiceServer::new(api.clone())).add_service(SystemServiceServer::new(api));
+    let routes = Routes::new(KeyServiceServer::new(api.clone()))
+        .add_service(SystemServiceServer::new(api))
+        .add_service(Snapshots::new(pool, &config.database_url, emitter.clone()).server());
     Server::new(config.server)
         .audit_refusals(emitter)
         .public_method("/sentia.keys.v1.SystemService/Status")

@@ -115,6 +115,11 @@ fn u32_of(row: &AnyRow, col: &str) -> Result<u32, KeyError> {
 }
 
 impl Store {
+    /// The pool, for the database's snapshot (backups).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Connects and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, KeyError> {
         let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;

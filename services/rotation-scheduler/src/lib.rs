@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use sentia_proto::rotation::v1::rotation_service_server::RotationServiceServer;
 use sentia_runtime::{Server, Shutdown};
+use sentia_snapshot::Snapshots;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -41,6 +42,7 @@ pub async fn run(
         "built with the test-hooks feature: injected failures are possible; not for production"
     );
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let pool = store.pool().clone();
     let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
         .map_err(RotationError::Startup)?;
     let emitter = sentia_runtime::audit::Emitter::start("rotation-scheduler", &config.audit)
@@ -74,7 +76,7 @@ pub async fn run(
         metrics: metrics::Metrics::new(),
         current_times: engine::CurrentTimes::default(),
     };
-    let api = api::RotationApi::new(engine.clone(), policies, emitter.clone());
+    let api = api::RotationApi::new(engine.clone(), policies.clone(), emitter.clone());
     let callers = sentia_runtime::identity::VaultIdentity::new(
         sentia_runtime::client::connect_lazy(
             &config.vault_service.addr,
@@ -87,9 +89,13 @@ pub async fn run(
     let server = tokio::spawn(
         Server::new(config.server)
             .bearer_verifier(Arc::new(callers))
-            .audit_refusals(emitter)
+            .audit_refusals(emitter.clone())
             .serve(
-                Routes::new(RotationServiceServer::new(api)),
+                Routes::new(RotationServiceServer::new(api)).add_service(
+                    Snapshots::new(pool, &config.database_url, emitter)
+                        .admitting(sentia_snapshot::by_policy(policies.clone()))
+                        .server(),
+                ),
                 listener,
                 server_stop.clone(),
             ),

@@ -114,6 +114,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The pool, for the database's snapshot (backups).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Connects and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RotationError> {
         let pool = sentia_db::connect(url, max_connections, MIGRATIONS).await?;

@@ -22,6 +22,7 @@ use sentia_proto::vault::v1::auth_service_server::AuthServiceServer;
 use sentia_proto::vault::v1::secret_service_server::SecretServiceServer;
 use sentia_runtime::jwt::PublicKeySet;
 use sentia_runtime::{Server, Shutdown};
+use sentia_snapshot::Snapshots;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use zeroize::Zeroizing;
@@ -40,6 +41,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), VaultError> {
     let store = store::Store::connect(&config.database_url, config.max_connections).await?;
+    let pool = store.pool().clone();
     let policies = sentia_policy::Policies::start(&config.policies, shutdown.clone().stopped())
         .map_err(VaultError::Startup)?;
     let emitter = sentia_runtime::audit::Emitter::start("vault-service", &config.audit)
@@ -107,7 +109,12 @@ pub async fn run(
     };
     let auth_api = auth::AuthApi::new(tokens.clone(), policies.clone(), emitter.clone());
     let routes = Routes::new(SecretServiceServer::new(secrets))
-        .add_service(AuthServiceServer::new(auth_api));
+        .add_service(AuthServiceServer::new(auth_api))
+        .add_service(
+            Snapshots::new(pool, &config.database_url, emitter.clone())
+                .admitting(sentia_snapshot::by_policy(policies.clone()))
+                .server(),
+        );
     Server::new(config.server)
         .audit_refusals(emitter)
         .public_method("/sentia.vault.v1.AuthService/Login")

@@ -231,14 +231,49 @@ impl ArchiveKey {
     }
 }
 
-/// Writes an archive: entries in, encrypted chunks out.
-pub struct Writer<W: Write> {
-    out: W,
+/// One archive's chunk cipher, shared by the writer and the reader: chunk `index` is sealed
+/// at its position, and chunk 0 also authenticates the encoded header.
+struct Chunks {
     key: ArchiveKey,
     archive_id: [u8; 16],
     header: Vec<u8>,
-    chunk: usize,
     index: u64,
+}
+
+impl Chunks {
+    fn extra(&self) -> &[u8] {
+        if self.index == 0 { &self.header } else { &[] }
+    }
+
+    fn position(&self, last: bool) -> ChunkPosition<'_> {
+        ChunkPosition {
+            stream_id: &self.archive_id,
+            index: self.index,
+            last,
+        }
+    }
+
+    /// Seals the next chunk.
+    fn seal(&mut self, plain: &[u8], last: bool) -> Vec<u8> {
+        let sealed = seal_chunk(&self.key.0, self.position(last), self.extra(), plain);
+        self.index += 1;
+        sealed
+    }
+
+    /// Opens the next chunk, or names it.
+    fn open(&mut self, sealed: &[u8], last: bool) -> Result<Zeroizing<Vec<u8>>, ArchiveError> {
+        let plain = open_chunk(&self.key.0, self.position(last), self.extra(), sealed)
+            .map_err(|_| ArchiveError::Chunk(self.index))?;
+        self.index += 1;
+        Ok(plain)
+    }
+}
+
+/// Writes an archive: entries in, encrypted chunks out.
+pub struct Writer<W: Write> {
+    out: W,
+    chunks: Chunks,
+    chunk: usize,
     buf: Zeroizing<Vec<u8>>,
     in_entry: bool,
 }
@@ -261,11 +296,13 @@ impl<W: Write> Writer<W> {
         out.write_all(&encoded)?;
         Ok(Self {
             out,
-            key,
-            archive_id: header.archive_id,
-            header: encoded,
+            chunks: Chunks {
+                key,
+                archive_id: header.archive_id,
+                header: encoded,
+                index: 0,
+            },
             chunk,
-            index: 0,
             buf: Zeroizing::new(Vec::with_capacity(chunk)),
             in_entry: false,
         })
@@ -344,17 +381,10 @@ impl<W: Write> Writer<W> {
     }
 
     fn emit(&mut self, plain: &[u8], last: bool) -> Result<(), ArchiveError> {
-        let at = ChunkPosition {
-            stream_id: &self.archive_id,
-            index: self.index,
-            last,
-        };
-        let extra: &[u8] = if self.index == 0 { &self.header } else { &[] };
-        let sealed = seal_chunk(&self.key.0, at, extra, plain);
+        let sealed = self.chunks.seal(plain, last);
         self.out.write_all(&[u8::from(last)])?;
         self.out.write_all(&(sealed.len() as u32).to_be_bytes())?;
         self.out.write_all(&sealed)?;
-        self.index += 1;
         Ok(())
     }
 }
@@ -391,11 +421,8 @@ pub type Entry = (String, Zeroizing<Vec<u8>>);
 /// Reads an archive's entries, authenticating every chunk before any of its bytes is used.
 pub struct Reader<R: Read> {
     input: R,
-    key: ArchiveKey,
-    archive_id: [u8; 16],
-    header: Vec<u8>,
+    chunks: Chunks,
     chunk: usize,
-    index: u64,
     plain: Zeroizing<Vec<u8>>,
     at: usize,
     ended: bool,
@@ -412,11 +439,13 @@ impl<R: Read> Reader<R> {
         let key = open(&header)?;
         let reader = Self {
             input,
-            key,
-            archive_id: header.archive_id,
-            header: encoded,
+            chunks: Chunks {
+                key,
+                archive_id: header.archive_id,
+                header: encoded,
+                index: 0,
+            },
             chunk: CHUNK,
-            index: 0,
             plain: Zeroizing::new(Vec::new()),
             at: 0,
             ended: false,
@@ -490,31 +519,23 @@ impl<R: Read> Reader<R> {
     fn next_chunk(&mut self) -> Result<(), ArchiveError> {
         let mut frame = [0u8; 5];
         if !read_full(&mut self.input, &mut frame)? {
-            return Err(ArchiveError::Truncated(self.index));
+            return Err(ArchiveError::Truncated(self.chunks.index));
         }
         let last = match frame[0] {
             0 => false,
             1 => true,
-            _ => return Err(ArchiveError::Chunk(self.index)),
+            _ => return Err(ArchiveError::Chunk(self.chunks.index)),
         };
         let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
         if !(TAG..=self.chunk + TAG).contains(&len) {
-            return Err(ArchiveError::Chunk(self.index));
+            return Err(ArchiveError::Chunk(self.chunks.index));
         }
         let mut sealed = vec![0u8; len];
         if !read_full(&mut self.input, &mut sealed)? {
-            return Err(ArchiveError::Truncated(self.index));
+            return Err(ArchiveError::Truncated(self.chunks.index));
         }
-        let at = ChunkPosition {
-            stream_id: &self.archive_id,
-            index: self.index,
-            last,
-        };
-        let extra: &[u8] = if self.index == 0 { &self.header } else { &[] };
-        self.plain = open_chunk(&self.key.0, at, extra, &sealed)
-            .map_err(|_| ArchiveError::Chunk(self.index))?;
+        self.plain = self.chunks.open(&sealed, last)?;
         self.at = 0;
-        self.index += 1;
         self.ended = last;
         Ok(())
     }

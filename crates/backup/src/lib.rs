@@ -93,11 +93,23 @@ impl Header {
         master_version: u32,
         recovery: Option<&RecoveryPublicKey>,
     ) -> Result<Self, CryptoError> {
+        let wrapping = wrapping_key(master, master_version);
+        Self::under(key, created_ms, &wrapping, master_version, recovery)
+    }
+
+    /// As [`Header::new`], given the master-derived [`wrapping_key`] instead of the master:
+    /// how key-service makes headers without keeping the master itself in memory.
+    pub fn under(
+        key: &ArchiveKey,
+        created_ms: i64,
+        wrapping: &SecretKey,
+        master_version: u32,
+        recovery: Option<&RecoveryPublicKey>,
+    ) -> Result<Self, CryptoError> {
         let mut archive_id = [0u8; 16];
         archive_id.copy_from_slice(&sentia_crypto::random_bytes(16));
-        let wrapping = derive_secret_key(master.key(), MASTER_PURPOSE, master_version);
         let under_master = seal(
-            &wrapping,
+            wrapping,
             MASTER_PURPOSE,
             master_version.max(1),
             &archive_id,
@@ -113,6 +125,21 @@ impl Header {
             under_master,
             to_recovery,
         })
+    }
+
+    /// The header as it is stored (and handed from key-service to the writer).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+
+    /// A header from [`Header::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ArchiveError> {
+        Self::decode(bytes)
+    }
+
+    /// The archive id in hex, as names and reports show it.
+    pub fn id_hex(&self) -> String {
+        self.archive_id.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -176,6 +203,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The key that wraps archive keys for master version `version`: `HKDF(master,
+/// MASTER_PURPOSE, version)`, the same in key-service and in an offline restore.
+pub fn wrapping_key(master: &MasterKey, version: u32) -> SecretKey {
+    derive_secret_key(master.key(), MASTER_PURPOSE, version)
+}
+
 /// The key of one archive. Never stored in clear: the header keeps it wrapped.
 pub struct ArchiveKey(SecretKey);
 
@@ -191,9 +224,27 @@ impl ArchiveKey {
         Self(SecretKey::generate())
     }
 
+    /// A key made elsewhere (key-service's BeginBackup), 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ArchiveError> {
+        SecretKey::from_slice(bytes)
+            .map(Self)
+            .map_err(|e| ArchiveError::Key(e.to_string()))
+    }
+
+    /// The raw key, for key-service to hand to the admin making the backup.
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose()
+    }
+
+    /// A key for `purpose` derived from this archive's key (HKDF), e.g. to MAC a manifest's
+    /// digests so they are no oracle for anyone without the archive key.
+    pub fn derive(&self, purpose: &str) -> SecretKey {
+        derive_secret_key(&self.0, purpose, 1)
+    }
+
     /// Opens `header`'s key with the master that was in force when the backup began.
     pub fn with_master(header: &Header, master: &MasterKey) -> Result<Self, ArchiveError> {
-        let wrapping = derive_secret_key(master.key(), MASTER_PURPOSE, header.master_version);
+        let wrapping = wrapping_key(master, header.master_version);
         let envelope = Envelope::parse(&header.under_master)
             .map_err(|e| ArchiveError::Header(format!("master wrap: {e}")))?;
         let key = open(&wrapping, &envelope, &header.archive_id).map_err(|_| {

@@ -82,7 +82,8 @@ pub struct Config {
 
 /// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
 /// signing key.
-pub const DEFAULT_KEYS: &str = "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing";
+pub const DEFAULT_KEYS: &str =
+    "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing,backup-manifest:signing";
 
 /// Who calls key-service in every shipped deployment: the certificate names that hold the
 /// service role when `SENTIA_SERVICE_IDENTITIES` is unset (what each may do is in the grants).

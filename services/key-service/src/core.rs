@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::KeyError;
 use crate::keyring::Purpose;
-use crate::store::{Escrow, KeyRow, MetaRow, Store, now_ms};
+pub(crate) use crate::store::now_ms;
+use crate::store::{Escrow, KeyRow, MetaRow, Store};
 
 const KEYRING_PURPOSE: &str = "sentia/keyring";
 const CHECK_CONTEXT: &[u8] = b"sentia/keyring-check";
@@ -85,6 +86,8 @@ impl KeyEntry {
 struct Unsealed {
     master_version: u32,
     wrapping: SecretKey,
+    /// Wraps backup archive keys for this master version (ADR 8).
+    backup_wrapping: SecretKey,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
 }
 
@@ -271,6 +274,7 @@ impl Core {
         let unsealed = Arc::new(Unsealed {
             master_version: meta.master_version,
             wrapping,
+            backup_wrapping: sentia_backup::wrapping_key(master, meta.master_version),
             keys: RwLock::new(HashMap::new()),
         });
         for row in self.store.keys().await? {
@@ -577,6 +581,7 @@ impl Core {
         let swapped = Arc::new(Unsealed {
             master_version: new_version,
             wrapping: new_wrapping,
+            backup_wrapping: sentia_backup::wrapping_key(&new_master, new_version),
             keys: RwLock::new(keys),
         });
         *self
@@ -588,6 +593,36 @@ impl Core {
             "master key rotated; the previous master no longer opens the keyring"
         );
         Ok((new_version, new_master))
+    }
+}
+
+impl Core {
+    /// A fresh archive key and the header that keeps it: wrapped under the backup key of the
+    /// master in force, and escrowed to the recovery public key when one is configured (ADR
+    /// 8). Refused while another replica has rotated the master and this one has not caught
+    /// up, so a header never names a master that no longer opens the keyring.
+    pub async fn begin_backup(
+        &self,
+        created_ms: i64,
+    ) -> Result<(sentia_backup::ArchiveKey, sentia_backup::Header, String), KeyError> {
+        let u = self.unsealed()?;
+        let stored = self.store.meta().await?.map(|m| m.master_version);
+        if stored != Some(u.master_version) {
+            return Err(KeyError::Unavailable(
+                "the master key was rotated by another replica; retry once it has caught up".into(),
+            ));
+        }
+        let key = sentia_backup::ArchiveKey::generate();
+        let recovery = self.recovery_key();
+        let header = sentia_backup::Header::under(
+            &key,
+            created_ms,
+            &u.backup_wrapping,
+            u.master_version,
+            recovery.as_ref(),
+        )?;
+        let fingerprint = recovery.map(|r| r.fingerprint()).unwrap_or_default();
+        Ok((key, header, fingerprint))
     }
 }
 

@@ -26,6 +26,9 @@ pub enum KeyError {
         "key-service is sealed: unseal it with `sentia key unseal` (Shamir shares) or restart with SENTIA_MASTER_KEY"
     )]
     Sealed,
+    /// Worth retrying shortly (another replica changed the keyring under this one).
+    #[error("{0}")]
+    Unavailable(String),
     /// Unseal material does not open the keyring.
     #[error("{0}")]
     PermissionDenied(String),
@@ -58,6 +61,7 @@ impl From<KeyError> for Status {
             KeyError::AlreadyExists(m) => Status::already_exists(m),
             KeyError::FailedPrecondition(m) => Status::failed_precondition(m),
             KeyError::Sealed => Status::unavailable(KeyError::Sealed.to_string()),
+            KeyError::Unavailable(m) => Status::unavailable(m),
             KeyError::PermissionDenied(m) => Status::permission_denied(m),
             KeyError::Crypto(e) => match e {
                 CryptoError::AuthenticationFailed => {

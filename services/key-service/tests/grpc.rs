@@ -280,27 +280,32 @@ async fn signatures_verify_against_the_published_jwks_and_hmacs_check(url: Strin
         .unwrap()
         .into_inner();
     assert!(!bad.valid);
-    let listed = c
-        .list_keys(ListKeysRequest {
-            page_size: 2,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.keys.len(), 2);
-    let rest = c
-        .list_keys(ListKeysRequest {
-            page_size: 2,
-            page_token: listed.next_page_token,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut names, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .list_keys(ListKeysRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.keys.len() <= 2, "a page holds at most page_size keys");
+        names.extend(page.keys.into_iter().map(|k| k.name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
     assert_eq!(
-        listed.keys.len() + rest.keys.len(),
-        4,
-        "audit-checkpoint, sentia-jwt, vault, webhooks"
+        names,
+        [
+            "audit-checkpoint",
+            "backup-manifest",
+            "sentia-jwt",
+            "vault",
+            "webhooks"
+        ]
     );
     ks.stop().await;
 }
@@ -557,6 +562,80 @@ async fn a_staged_signing_key_is_published_before_it_signs_and_promoted_later(ur
     ks.stop().await;
 }
 
+async fn a_backup_key_opens_with_the_master_and_with_the_recovery_key_only(url: String) {
+    let master = MasterKey::generate();
+    let master_b64 = master.to_base64().to_string();
+    let recovery = sentia_crypto::RecoveryPrivateKey::generate();
+    let recovery_public = recovery.public().to_base64();
+    let ks = start(
+        &url,
+        &[
+            ("SENTIA_MASTER_KEY", master_b64.as_str()),
+            ("SENTIA_RECOVERY_PUBLIC_KEY", recovery_public.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        code(
+            ks.system(Some(CRYPTO_TOKEN))
+                .await
+                .begin_backup(BeginBackupRequest {})
+                .await
+        ),
+        Code::PermissionDenied,
+        "only an administrator starts a backup"
+    );
+    let mut sys = ks.system(Some(ADMIN_TOKEN)).await;
+    let begun = sys
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(begun.master_version, 1);
+    assert_eq!(begun.recovery_fingerprint, recovery.public().fingerprint());
+    let header = sentia_backup::Header::from_bytes(&begun.header).unwrap();
+    let by_master = sentia_backup::ArchiveKey::with_master(&header, &master).unwrap();
+    let by_recovery = sentia_backup::ArchiveKey::with_recovery(&header, &recovery).unwrap();
+    assert_eq!(by_master.expose().as_slice(), begun.archive_key.as_slice());
+    assert_eq!(
+        by_recovery.expose().as_slice(),
+        begun.archive_key.as_slice()
+    );
+    assert!(
+        sentia_backup::ArchiveKey::with_master(&header, &MasterKey::generate()).is_err(),
+        "another master does not open it"
+    );
+    let again = sys
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        again.archive_key, begun.archive_key,
+        "a fresh key per archive"
+    );
+
+    // After a master rotation the header names the new master version, which the new master opens.
+    let rotated = ks.rotate_master().await;
+    let later = sys
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(later.master_version, rotated.master_version);
+    let new_master = MasterKey::from_base64(&rotated.master_key).unwrap();
+    let header = sentia_backup::Header::from_bytes(&later.header).unwrap();
+    assert_eq!(
+        sentia_backup::ArchiveKey::with_master(&header, &new_master)
+            .unwrap()
+            .expose()
+            .as_slice(),
+        later.archive_key.as_slice()
+    );
+    assert!(sentia_backup::ArchiveKey::with_master(&header, &master).is_err());
+    ks.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -580,4 +659,5 @@ on_both_databases!(
     a_shamir_keyring_unseals_only_with_enough_shares,
     the_encryption_budget_rotates_the_key_before_it_runs_out,
     a_staged_signing_key_is_published_before_it_signs_and_promoted_later,
+    a_backup_key_opens_with_the_master_and_with_the_recovery_key_only,
 );

@@ -231,6 +231,28 @@ impl SystemService for Api {
         .await;
         call.finish(result).await
     }
+
+    async fn begin_backup(
+        &self,
+        req: Request<pb::BeginBackupRequest>,
+    ) -> Res<pb::BeginBackupResponse> {
+        let call = Call::new(&self.audit, &req, "admin", "backup_begin", "");
+        let g = &call;
+        let result: Res<pb::BeginBackupResponse> = async move {
+            caller(&req, Role::Admin, "BeginBackup")?;
+            g.admit().await?;
+            let (key, header, recovery_fingerprint) =
+                self.core.begin_backup(crate::core::now_ms()).await?;
+            Ok(Response::new(pb::BeginBackupResponse {
+                archive_key: key.expose().to_vec(),
+                header: header.to_bytes(),
+                master_version: header.master_version,
+                recovery_fingerprint,
+            }))
+        }
+        .await;
+        call.finish(result).await
+    }
 }
 
 /// Writes `contents` to `path` owner-only (0600 from creation) through a temporary file and a

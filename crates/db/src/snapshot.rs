@@ -229,148 +229,282 @@ fn read_value(row: &sqlx::any::AnyRow, i: usize, family: &str) -> Result<Value, 
     })
 }
 
-/// Loads a snapshot made by [`dump`] into the freshly migrated database `pool`, in one
-/// transaction: the schema versions must match, every table the snapshot fills must exist here
-/// with the same columns, and the database must hold nothing but the starting rows of the
-/// `seeded` tables (which the snapshot's rows replace); otherwise nothing is written.
+/// What [`load`] may find in the target database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Freshly migrated: any other row is refused, naming its table.
+    Empty,
+    /// Holding data that the snapshot replaces: every row is deleted first, in the same
+    /// transaction as the load, so a failed load leaves the old data in place.
+    Replace,
+}
+
+/// One piece of a snapshot, in order: a table's header, then its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// The start of a table.
+    Table {
+        /// Its name.
+        name: String,
+        /// Its columns, in the order of every row's values.
+        columns: Vec<String>,
+        /// Each column's type family (`integer`, `bool`, `real`, `text`, `bytes`).
+        types: Vec<String>,
+    },
+    /// One row of the current table: bytes as base64 strings, integers as numbers.
+    Row(Vec<Value>),
+}
+
+/// Reads a snapshot made by [`dump`] without a database, checking its structure as it goes:
+/// the first line, every table's header, each row's width, each table's end count and the
+/// closing line. What [`load`] and a backup's verification both read it with.
+pub struct Parser<'a> {
+    lines: std::iter::Enumerate<std::slice::Split<'a, u8, fn(&u8) -> bool>>,
+    dialect: String,
+    counts: Counts,
+    current: Option<(String, usize, u64)>,
+    tables: u64,
+    finished: bool,
+}
+
+fn newline(b: &u8) -> bool {
+    *b == b'\n'
+}
+
+impl<'a> Parser<'a> {
+    /// Reads the first line.
+    pub fn new(snapshot: &'a [u8]) -> Result<Self, SnapshotError> {
+        let mut parser = Self {
+            lines: snapshot.split(newline as fn(&u8) -> bool).enumerate(),
+            dialect: String::new(),
+            counts: Counts::default(),
+            current: None,
+            tables: 0,
+            finished: false,
+        };
+        let first = parser
+            .line()?
+            .ok_or_else(|| mismatch("the snapshot is empty".into()))?;
+        let version = first["schema_version"].as_i64();
+        let (Some(version), Some(dialect)) = (version, first["dialect"].as_str()) else {
+            return Err(mismatch("not a database snapshot (format 1)".into()));
+        };
+        if first["snapshot"] != json!(1) {
+            return Err(mismatch("not a database snapshot (format 1)".into()));
+        }
+        parser.dialect = dialect.to_string();
+        parser.counts.schema_version = version;
+        Ok(parser)
+    }
+
+    /// The dialect of the database it was taken from (`sqlite`, `postgres`).
+    pub fn dialect(&self) -> &str {
+        &self.dialect
+    }
+
+    /// The schema version it was taken at, and (once read to the end) its rows per table.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// The next table header or row; `None` after the closing line.
+    pub fn next_item(&mut self) -> Result<Option<Item>, SnapshotError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let v = match (self.line()?, &self.current) {
+            (Some(v), _) => v,
+            (None, Some((table, ..))) => {
+                return Err(mismatch(format!("the snapshot ends inside table {table}")));
+            }
+            (None, None) => {
+                return Err(mismatch("the snapshot ends before its last line".into()));
+            }
+        };
+        if let Some((table, width, rows)) = &mut self.current {
+            if let Some(end) = v.get("end") {
+                if end.as_str() != Some(table.as_str()) || v["rows"].as_u64() != Some(*rows) {
+                    return Err(mismatch(format!(
+                        "table {table}: the end line says {v}, {rows} rows were read"
+                    )));
+                }
+                self.counts.rows.insert(table.clone(), *rows);
+                self.current = None;
+                return self.next_item();
+            }
+            let Value::Array(values) = v else {
+                return Err(mismatch(format!("table {table}: a row is not an array")));
+            };
+            if values.len() != *width {
+                return Err(mismatch(format!(
+                    "table {table}: a row has {} values, the table {width} columns",
+                    values.len()
+                )));
+            }
+            *rows += 1;
+            return Ok(Some(Item::Row(values)));
+        }
+        if let Some(n) = v.get("tables") {
+            if n.as_u64() != Some(self.tables) {
+                return Err(mismatch(format!(
+                    "the last line says {n} tables, {} were read",
+                    self.tables
+                )));
+            }
+            if self.line()?.is_some() {
+                return Err(mismatch("lines follow the snapshot's last line".into()));
+            }
+            self.finished = true;
+            return Ok(None);
+        }
+        let name = v["table"]
+            .as_str()
+            .ok_or_else(|| mismatch(format!("expected a table header, got {v}")))?
+            .to_string();
+        let columns: Vec<String> = serde_json::from_value(v["columns"].clone())
+            .map_err(|e| mismatch(format!("table {name}: columns: {e}")))?;
+        let types: Vec<String> = serde_json::from_value(v["types"].clone())
+            .map_err(|e| mismatch(format!("table {name}: types: {e}")))?;
+        if columns.len() != types.len() || self.counts.rows.contains_key(&name) {
+            return Err(mismatch(format!(
+                "table {name}: a malformed or repeated header"
+            )));
+        }
+        self.tables += 1;
+        self.current = Some((name.clone(), columns.len(), 0));
+        Ok(Some(Item::Table {
+            name,
+            columns,
+            types,
+        }))
+    }
+
+    /// Reads to the end, checking everything, and returns the counts.
+    pub fn finish(mut self) -> Result<Counts, SnapshotError> {
+        while self.next_item()?.is_some() {}
+        Ok(self.counts)
+    }
+
+    fn line(&mut self) -> Result<Option<Value>, SnapshotError> {
+        for (n, l) in self.lines.by_ref() {
+            if l.is_empty() {
+                continue;
+            }
+            return serde_json::from_slice(l)
+                .map(Some)
+                .map_err(|e| mismatch(format!("snapshot line {}: {e}", n + 1)));
+        }
+        Ok(None)
+    }
+}
+
+fn mismatch(m: String) -> SnapshotError {
+    SnapshotError::Mismatch(m)
+}
+
+/// Loads a snapshot made by [`dump`] into the migrated database `pool`, in one transaction:
+/// the schema versions must match, every table the snapshot fills must exist here with the
+/// same columns, and (for [`Target::Empty`]) the database must hold nothing but the starting
+/// rows of the `seeded` tables (which the snapshot's rows replace); otherwise nothing is
+/// written.
 pub async fn load(
     pool: &AnyPool,
     sqlite: bool,
     seeded: &[&str],
     snapshot: &[u8],
+    target: Target,
 ) -> Result<Counts, SnapshotError> {
-    let bad = |m: String| SnapshotError::Mismatch(m);
+    let mut parser = Parser::new(snapshot)?;
     let mut tx = pool.begin().await?;
     let here = schema_in(&mut tx, sqlite).await?;
-    for table in here.keys() {
-        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM {}",
-            quote(table)
-        )))
-        .fetch_one(&mut *tx)
-        .await?;
-        if rows > 0 && !seeded.contains(&table.as_str()) {
-            return Err(SnapshotError::NotEmpty(table.clone()));
+    let order = referenced_first(&here, &foreign_keys(&mut tx, sqlite).await?);
+    for table in order.iter().rev() {
+        let clear = match target {
+            Target::Replace => true,
+            Target::Empty => {
+                let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {}",
+                    quote(table)
+                )))
+                .fetch_one(&mut *tx)
+                .await?;
+                if rows > 0 && !seeded.contains(&table.as_str()) {
+                    return Err(SnapshotError::NotEmpty(table.clone()));
+                }
+                rows > 0
+            }
+        };
+        if clear {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", quote(table))))
+                .execute(&mut *tx)
+                .await?;
         }
     }
-    for table in seeded.iter().filter(|t| here.contains_key(**t)) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", quote(table))))
-            .execute(&mut *tx)
-            .await?;
-    }
-    let mut counts = Counts {
-        schema_version: schema_version(&mut tx).await?,
-        ..Counts::default()
-    };
-    let mut lines = snapshot
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate();
-    let parse = |(n, l): (usize, &[u8])| -> Result<Value, SnapshotError> {
-        serde_json::from_slice(l).map_err(|e| bad(format!("snapshot line {}: {e}", n + 1)))
-    };
-    let first = lines
-        .next()
-        .map(parse)
-        .transpose()?
-        .ok_or_else(|| bad("the snapshot is empty".into()))?;
-    let version = first["schema_version"].as_i64();
-    if first["snapshot"] != json!(1) || version.is_none() {
-        return Err(bad("not a database snapshot (format 1)".into()));
-    }
+    let schema_version = schema_version(&mut tx).await?;
     // Migrations are numbered per dialect; across dialects the tables' columns are compared
     // one by one instead.
-    let same_dialect = first["dialect"].as_str() == Some(dialect(sqlite));
-    if same_dialect && version != Some(counts.schema_version) {
-        return Err(bad(format!(
-            "the snapshot is of schema version {}, this database is at {}: restore with the \
-             release that took it",
-            version.unwrap_or_default(),
-            counts.schema_version
+    if parser.dialect() == dialect(sqlite) && parser.counts().schema_version != schema_version {
+        return Err(mismatch(format!(
+            "the snapshot is of schema version {}, this database is at {schema_version}: \
+             restore with the release that took it",
+            parser.counts().schema_version
         )));
     }
-    let mut finished = false;
-    while let Some(next) = lines.next() {
-        let v = parse(next)?;
-        if v.get("tables").is_some() {
-            finished = true;
-            break;
-        }
-        let table = v["table"]
-            .as_str()
-            .ok_or_else(|| bad(format!("expected a table header, got {v}")))?
-            .to_string();
-        let columns: Vec<String> = serde_json::from_value(v["columns"].clone())
-            .map_err(|e| bad(format!("table {table}: columns: {e}")))?;
-        let types: Vec<String> = serde_json::from_value(v["types"].clone())
-            .map_err(|e| bad(format!("table {table}: types: {e}")))?;
-        let mut rows = 0u64;
-        let target = here.get(&table);
-        if let Some(target) = target {
-            let wanted: Vec<&String> = target.keys().collect();
-            if wanted != columns.iter().collect::<Vec<_>>() {
-                return Err(bad(format!(
-                    "table {table} has columns {wanted:?} here, {columns:?} in the snapshot"
-                )));
+    let mut insert: Option<(String, String, Vec<String>)> = None;
+    while let Some(item) = parser.next_item()? {
+        match item {
+            Item::Table {
+                name,
+                columns,
+                types,
+            } => {
+                if let Some(target) = here.get(&name) {
+                    let wanted: Vec<&String> = target.keys().collect();
+                    if wanted != columns.iter().collect::<Vec<_>>() {
+                        return Err(mismatch(format!(
+                            "table {name} has columns {wanted:?} here, {columns:?} in the snapshot"
+                        )));
+                    }
+                }
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    quote(&name),
+                    columns
+                        .iter()
+                        .map(|c| quote(c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    (1..=columns.len())
+                        .map(|i| format!("${i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                insert = Some((name, sql, types));
             }
-        }
-        let insert = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            quote(&table),
-            columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", "),
-            (1..=columns.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        loop {
-            let v = parse(
-                lines
-                    .next()
-                    .ok_or_else(|| bad(format!("the snapshot ends inside table {table}")))?,
-            )?;
-            if let Some(end) = v.get("end") {
-                if end.as_str() != Some(table.as_str()) || v["rows"].as_u64() != Some(rows) {
-                    return Err(bad(format!(
-                        "table {table}: the end line says {v}, {rows} rows were read"
+            Item::Row(values) => {
+                let Some((table, sql, types)) = &insert else {
+                    return Err(mismatch("a row before any table".into()));
+                };
+                if !here.contains_key(table) {
+                    return Err(mismatch(format!(
+                        "the snapshot has rows in table {table}, which this database does not have"
                     )));
                 }
-                break;
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for (value, family) in values.iter().zip(types) {
+                    q = bind(q, value, family)
+                        .map_err(|m| mismatch(format!("table {table}: {m}")))?;
+                }
+                q.execute(&mut *tx).await?;
             }
-            let Value::Array(values) = v else {
-                return Err(bad(format!("table {table}: a row is not an array")));
-            };
-            if target.is_none() {
-                return Err(bad(format!(
-                    "the snapshot has rows in table {table}, which this database does not have"
-                )));
-            }
-            if values.len() != columns.len() {
-                return Err(bad(format!(
-                    "table {table}: a row has {} values",
-                    values.len()
-                )));
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
-            for (value, family) in values.iter().zip(&types) {
-                q = bind(q, value, family).map_err(|m| bad(format!("table {table}: {m}")))?;
-            }
-            q.execute(&mut *tx).await?;
-            rows += 1;
         }
-        counts.rows.insert(table, rows);
-    }
-    if !finished {
-        return Err(bad("the snapshot ends before its last line".into()));
     }
     if !sqlite {
         advance_sequences(&mut tx).await?;
     }
     tx.commit().await?;
+    let mut counts = parser.counts().clone();
+    counts.schema_version = schema_version;
     Ok(counts)
 }
 
@@ -419,4 +553,71 @@ async fn advance_sequences(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::E
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"snapshot":1,"dialect":"sqlite","schema_version":3,"release":"x"}
+{"table":"a","columns":["id","v"],"types":["integer","bytes"]}
+[1,"AA=="]
+[2,null]
+{"end":"a","rows":2}
+{"table":"b","columns":["id"],"types":["integer"]}
+{"end":"b","rows":0}
+{"tables":2}
+"#;
+
+    fn read(text: &str) -> Result<(Vec<Item>, Counts), SnapshotError> {
+        let mut p = Parser::new(text.as_bytes())?;
+        let mut items = Vec::new();
+        while let Some(i) = p.next_item()? {
+            items.push(i);
+        }
+        Ok((items, p.finish()?))
+    }
+
+    #[test]
+    fn a_snapshot_parses_into_tables_rows_and_counts() {
+        let (items, counts) = read(GOOD).unwrap();
+        assert_eq!(items.len(), 4, "two headers, two rows");
+        assert_eq!(items[1], Item::Row(vec![json!(1), json!("AA==")]));
+        assert_eq!(counts.schema_version, 3);
+        assert_eq!(
+            counts.rows.into_iter().collect::<Vec<_>>(),
+            [("a".to_string(), 2), ("b".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused_saying_where() {
+        let cases = [
+            (GOOD.replace("[2,null]", "[2]"), "a row has 1 values"),
+            (GOOD.replace("\"rows\":2", "\"rows\":3"), "2 rows were read"),
+            (
+                GOOD.replace("{\"tables\":2}", "{\"tables\":1}"),
+                "2 were read",
+            ),
+            (format!("{GOOD}[3]\n"), "lines follow"),
+            (
+                GOOD.replace("{\"tables\":2}\n", ""),
+                "ends before its last line",
+            ),
+            (
+                GOOD.replace("{\"end\":\"b\",\"rows\":0}\n{\"tables\":2}\n", ""),
+                "ends inside table b",
+            ),
+            (
+                GOOD.replace("\"table\":\"b\"", "\"table\":\"a\""),
+                "repeated header",
+            ),
+            (GOOD.replace("\"snapshot\":1", "\"snapshot\":2"), "format 1"),
+            (GOOD.replace("[1,\"AA==\"]", "[1,"), "snapshot line 3"),
+        ];
+        for (text, wanted) in cases {
+            let err = read(&text).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{wanted:?} not in {err:?}");
+        }
+    }
 }

@@ -44,12 +44,22 @@ async fn load(
     migrations: sentia_db::Migrations,
     snapshot: &[u8],
 ) -> Result<snapshot::Counts, SnapshotError> {
+    load_into(url, migrations, snapshot, snapshot::Target::Empty).await
+}
+
+async fn load_into(
+    url: &str,
+    migrations: sentia_db::Migrations,
+    snapshot: &[u8],
+    target: snapshot::Target,
+) -> Result<snapshot::Counts, SnapshotError> {
     let pool = sentia_db::connect(url, 2, migrations).await.unwrap();
     let r = snapshot::load(
         &pool,
         sentia_db::is_sqlite(url),
         migrations.seeded,
         snapshot,
+        target,
     )
     .await;
     pool.close().await;
@@ -183,6 +193,18 @@ async fn round_trip(from: Backend, to: Backend) {
     .unwrap_err();
     assert!(matches!(err, SnapshotError::NotEmpty(_)), "{err}");
     restored.stop().await;
+    // Replacing what is there instead is one transaction: the same rows again.
+    let replaced = load_into(
+        &vault_copy,
+        vault_service::store::MIGRATIONS,
+        &vault_snapshot,
+        snapshot::Target::Replace,
+    )
+    .await
+    .unwrap();
+    assert_eq!(replaced.rows, loaded.rows);
+    let (third, _) = dump(&vault_copy, vault_service::store::MIGRATIONS).await;
+    assert_eq!(strip(canonical(&third)), strip(canonical(&again)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

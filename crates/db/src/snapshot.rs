@@ -259,13 +259,16 @@ pub enum Item {
 /// the first line, every table's header, each row's width, each table's end count and the
 /// closing line. What [`load`] and a backup's verification both read it with.
 pub struct Parser<'a> {
-    lines: std::iter::Enumerate<std::slice::Split<'a, u8, fn(&u8) -> bool>>,
+    lines: Lines<'a>,
     dialect: String,
     counts: Counts,
     current: Option<(String, usize, u64)>,
     tables: u64,
     finished: bool,
 }
+
+/// A snapshot's lines, numbered.
+type Lines<'a> = std::iter::Enumerate<std::slice::Split<'a, u8, fn(&u8) -> bool>>;
 
 fn newline(b: &u8) -> bool {
     *b == b'\n'

@@ -334,7 +334,7 @@ async fn verify_file(
     )
 }
 
-async fn public_keys(
+pub(crate) async fn public_keys(
     common: &Common,
     addr: &str,
     token: Option<&str>,

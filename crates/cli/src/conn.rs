@@ -89,24 +89,8 @@ pub fn status_err(s: tonic::Status) -> anyhow::Error {
 
 /// A protobuf timestamp as `YYYY-MM-DDTHH:MM:SSZ` (empty when unset).
 pub fn utc(t: &Option<prost_types::Timestamp>) -> String {
-    let Some(t) = t else { return String::new() };
-    let (days, secs) = (t.seconds.div_euclid(86_400), t.seconds.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    t.as_ref()
+        .map_or_else(String::new, |t| sentia_proto::wkt::utc(t.seconds))
 }
 
 #[cfg(test)]

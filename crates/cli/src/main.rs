@@ -3,6 +3,7 @@
 //! (`sentia rotation`).
 
 mod audit;
+mod backup;
 mod conn;
 mod dev;
 mod key;
@@ -40,6 +41,8 @@ enum Command {
     Key(key::KeyArgs),
     /// Rotation policies, status, on-demand rotation and history.
     Rotation(rotation::RotationArgs),
+    /// Back up, check and restore the whole deployment.
+    Backup(backup::BackupArgs),
     /// Check a server's gRPC health (for container health checks).
     Health(ops::HealthArgs),
     /// Make a CA and service certificates for a first deployment.
@@ -87,6 +90,7 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(args) => audit::run(args).await,
         Command::Key(args) => key::run(args).await,
         Command::Rotation(args) => rotation::run(args).await,
+        Command::Backup(args) => backup::run(args).await,
         Command::Health(args) => ops::health(args).await,
         Command::Pki(PkiCommand::Init(args)) => ops::pki_init(args).await,
     };

@@ -239,6 +239,39 @@ pub enum Target {
     Replace,
 }
 
+/// What a database holds before a load: its schema version and the first table, other than
+/// the `seeded` ones, that has rows — so a restore of several databases can refuse before it
+/// loads any of them.
+pub async fn occupancy(
+    pool: &AnyPool,
+    sqlite: bool,
+    seeded: &[&str],
+) -> Result<(i64, Option<String>), SnapshotError> {
+    let mut conn = pool.acquire().await?;
+    let here = schema_in(&mut conn, sqlite).await?;
+    let occupied = first_occupied(&mut conn, &here, seeded).await?;
+    Ok((schema_version(&mut conn).await?, occupied))
+}
+
+async fn first_occupied(
+    conn: &mut sqlx::AnyConnection,
+    tables: &Schema,
+    seeded: &[&str],
+) -> Result<Option<String>, sqlx::Error> {
+    for table in tables.keys().filter(|t| !seeded.contains(&t.as_str())) {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {}",
+            quote(table)
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        if rows > 0 {
+            return Ok(Some(table.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// One piece of a snapshot, in order: a table's header, then its rows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
@@ -421,27 +454,15 @@ pub async fn load(
     let mut tx = pool.begin().await?;
     let here = schema_in(&mut tx, sqlite).await?;
     let order = referenced_first(&here, &foreign_keys(&mut tx, sqlite).await?);
+    if target == Target::Empty
+        && let Some(table) = first_occupied(&mut tx, &here, seeded).await?
+    {
+        return Err(SnapshotError::NotEmpty(table));
+    }
     for table in order.iter().rev() {
-        let clear = match target {
-            Target::Replace => true,
-            Target::Empty => {
-                let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM {}",
-                    quote(table)
-                )))
-                .fetch_one(&mut *tx)
-                .await?;
-                if rows > 0 && !seeded.contains(&table.as_str()) {
-                    return Err(SnapshotError::NotEmpty(table.clone()));
-                }
-                rows > 0
-            }
-        };
-        if clear {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", quote(table))))
-                .execute(&mut *tx)
-                .await?;
-        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", quote(table))))
+            .execute(&mut *tx)
+            .await?;
     }
     let schema_version = schema_version(&mut tx).await?;
     // Migrations are numbered per dialect; across dialects the tables' columns are compared

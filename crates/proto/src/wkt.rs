@@ -27,6 +27,30 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A Unix time in seconds as `YYYY-MM-DDTHH:MM:SSZ`: how reports and file names show time.
+pub fn utc(unix_seconds: i64) -> String {
+    let (days, secs) = (
+        unix_seconds.div_euclid(86_400),
+        unix_seconds.rem_euclid(86_400),
+    );
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
 pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 

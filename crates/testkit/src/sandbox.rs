@@ -19,6 +19,7 @@ pub struct SandboxBuilder {
     audit: bool,
     vault: bool,
     scheduler: Option<Hooks>,
+    key_settings: Vec<(String, String)>,
     vault_settings: Vec<(String, String)>,
     scheduler_settings: Vec<(String, String)>,
 }
@@ -47,6 +48,13 @@ impl SandboxBuilder {
     /// vault-service too.
     pub fn vault(mut self) -> Self {
         self.vault = true;
+        self
+    }
+
+    /// key-service settings beyond the sandbox's (later pairs win): a known master key, a
+    /// recovery public key.
+    pub fn key_setting(mut self, key: &str, value: &str) -> Self {
+        self.key_settings.push((key.into(), value.into()));
         self
     }
 
@@ -114,7 +122,8 @@ impl SandboxBuilder {
             spools.push(spool);
             settings
         };
-        let key_settings = emitting(keys::KEY_TOKEN);
+        let mut key_settings = emitting(keys::KEY_TOKEN);
+        key_settings.extend(self.key_settings);
         let vault_emitting = emitting(keys::SERVICE_TOKEN);
         let scheduler_emitting = emitting(keys::SCHEDULER_KEY_TOKEN);
 

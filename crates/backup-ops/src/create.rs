@@ -1,0 +1,210 @@
+//! Making an archive: key-service begins it, each service streams its snapshot into it, and
+//! key-service signs its manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sentia_backup::{ArchiveKey, Header, Writer};
+use sentia_channel::AuthedChannel;
+use sentia_proto::backup::v1::SnapshotRequest;
+use sentia_proto::backup::v1::snapshot_service_client::SnapshotServiceClient;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
+use sentia_proto::keys::v1::{BeginBackupRequest, GetPublicKeysRequest, SignRequest};
+use zeroize::Zeroizing;
+
+use crate::manifest::{self, Manifest, ServiceSnapshot};
+use crate::{
+    BackupError, CHECKPOINT_KEY, MANIFEST, MANIFEST_KEY, SERVICES, SIGNATURE, file_name,
+    signed_message, snapshot_entry,
+};
+
+/// The four services, each reached with an administrator's credentials: key-service's and
+/// audit-service's admin identity, vault-service's and rotation-scheduler's root or
+/// `system_admin` token.
+#[derive(Clone)]
+pub struct Sources {
+    /// key-service.
+    pub keys: AuthedChannel,
+    /// vault-service.
+    pub vault: AuthedChannel,
+    /// audit-service.
+    pub audit: AuthedChannel,
+    /// rotation-scheduler.
+    pub scheduler: AuthedChannel,
+}
+
+impl Sources {
+    fn of(&self, service: &str) -> AuthedChannel {
+        match service {
+            "key-service" => self.keys.clone(),
+            "vault-service" => self.vault.clone(),
+            "audit-service" => self.audit.clone(),
+            _ => self.scheduler.clone(),
+        }
+    }
+}
+
+/// Makes an archive in `dir` and returns its path and manifest. The file appears under its
+/// final name only once complete and synced; a failure leaves nothing behind.
+pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest), BackupError> {
+    let begun = SystemServiceClient::new(sources.keys.clone())
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .map_err(BackupError::service("key-service"))?
+        .into_inner();
+    let raw_key = Zeroizing::new(begun.archive_key);
+    let key = ArchiveKey::from_bytes(&raw_key)?;
+    let header = Header::from_bytes(&begun.header)?;
+    let archive_id = header.id_hex();
+    let path = dir.join(file_name(header.created_ms, &archive_id));
+    let mut partial = Partial {
+        path: path.with_extension("sbk.partial"),
+        done: false,
+    };
+    let mut writer = Writer::new(BufWriter::new(create_private(&partial.path)?), &header, key)?;
+
+    let mut keys = KeyServiceClient::new(sources.keys.clone());
+    let mut public_keys = HashMap::new();
+    for name in [CHECKPOINT_KEY, MANIFEST_KEY] {
+        let listed = keys
+            .get_public_keys(GetPublicKeysRequest {
+                key_name: name.into(),
+            })
+            .await
+            .map_err(BackupError::service("key-service"))?
+            .into_inner();
+        public_keys.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
+    }
+
+    let mut services = BTreeMap::new();
+    let mut kept: HashMap<&str, Zeroizing<Vec<u8>>> = HashMap::new();
+    for service in SERVICES {
+        let snapshot = snapshot(sources.of(service), service).await?;
+        let (dialect, counts) =
+            manifest::rows(&snapshot, |_, _, _| Ok(())).map_err(BackupError::snapshot(service))?;
+        let entry = snapshot_entry(service);
+        writer.entry(&entry, &snapshot)?;
+        services.insert(
+            service.to_string(),
+            ServiceSnapshot {
+                entry,
+                dialect,
+                schema_version: counts.schema_version,
+                sha256: hex::encode(sentia_crypto::sha256(&snapshot)),
+                rows: counts.rows,
+            },
+        );
+        kept.insert(service, snapshot);
+    }
+    let keyring = manifest::keyring_master_version(&kept["key-service"])
+        .map_err(BackupError::snapshot("key-service"))?;
+    if keyring != Some(i64::from(header.master_version)) {
+        return Err(BackupError::Refused(format!(
+            "the master key was rotated while the backup ran (the archive is keyed to master \
+             version {}, the keyring copied is at {}); run the backup again",
+            header.master_version,
+            keyring.map_or("none".into(), |v| v.to_string())
+        )));
+    }
+    let audit = manifest::audit_chain(&kept["audit-service"])
+        .map_err(BackupError::snapshot("audit-service"))?
+        .check(&public_keys);
+    if let Some(problem) = &audit.problem {
+        tracing::warn!(%problem, "the audit chain copied into the backup does not verify");
+    }
+    let manifest = Manifest {
+        format: 1,
+        archive_id: archive_id.clone(),
+        created: manifest::utc(header.created_ms),
+        created_ms: header.created_ms,
+        release: env!("CARGO_PKG_VERSION").into(),
+        master_version: header.master_version,
+        recovery_fingerprint: begun.recovery_fingerprint,
+        services,
+        secret_versions: manifest::version_digests(&kept["vault-service"])
+            .map_err(BackupError::snapshot("vault-service"))?,
+        audit,
+        public_keys: public_keys
+            .iter()
+            .map(|(kid, k)| (kid.clone(), STANDARD.encode(k)))
+            .collect(),
+    };
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| BackupError::Invalid(format!("manifest: {e}")))?;
+    let signed = keys
+        .sign(SignRequest {
+            key_name: MANIFEST_KEY.into(),
+            message: signed_message(&archive_id, &body).into_bytes(),
+        })
+        .await
+        .map_err(BackupError::service("key-service"))?
+        .into_inner();
+    writer.entry(MANIFEST, &body)?;
+    writer.entry(
+        SIGNATURE,
+        serde_json::json!({"kid": signed.kid, "signature": STANDARD.encode(&signed.signature)})
+            .to_string()
+            .as_bytes(),
+    )?;
+    let file = writer
+        .finish()?
+        .into_inner()
+        .map_err(|e| BackupError::Io(e.into_error()))?;
+    file.sync_all()?;
+    std::fs::rename(&partial.path, &path)?;
+    partial.done = true;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    tracing::info!(archive = %path.display(), %archive_id, "backup written");
+    Ok((path, manifest))
+}
+
+/// One service's snapshot, whole.
+async fn snapshot(
+    channel: AuthedChannel,
+    service: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    let mut stream = SnapshotServiceClient::new(channel)
+        .snapshot(SnapshotRequest {})
+        .await
+        .map_err(BackupError::service(service))?
+        .into_inner();
+    let mut out = Zeroizing::new(Vec::new());
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(BackupError::service(service))?
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}
+
+/// An archive being written: removed unless it was completed.
+struct Partial {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A new file only its owner can read (0600 from creation on Unix).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    Ok(file)
+}

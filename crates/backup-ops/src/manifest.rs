@@ -1,0 +1,289 @@
+//! The manifest an archive carries, and what it is computed from: the services' snapshots,
+//! read with the snapshot parser (no database needed).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use prost::Message;
+use sentia_db::snapshot::{Counts, Item, Parser, SnapshotError};
+use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What an archive holds, signed by key-service's `backup-manifest` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format: 1.
+    pub format: u32,
+    /// The archive's id (hex), the same as its header's.
+    pub archive_id: String,
+    /// When the backup began, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub created: String,
+    /// The same, in Unix milliseconds.
+    pub created_ms: i64,
+    /// The release that made it.
+    pub release: String,
+    /// The master version whose derived key wraps the archive key: the master that opens it,
+    /// and that unseals the restored keyring.
+    pub master_version: u32,
+    /// The recovery public key the archive key is escrowed to (empty: none).
+    pub recovery_fingerprint: String,
+    /// Per service, its snapshot.
+    pub services: BTreeMap<String, ServiceSnapshot>,
+    /// Per secret version, a digest of its sealed fields.
+    pub secret_versions: Vec<VersionDigest>,
+    /// The audit chain in the archive.
+    pub audit: AuditHead,
+    /// Public keys (kid → base64 Ed25519) of `audit-checkpoint` and `backup-manifest` when the
+    /// backup was made: what an offline check trusts, with a warning.
+    pub public_keys: BTreeMap<String, String>,
+}
+
+/// One service's snapshot in the archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    /// Its entry name.
+    pub entry: String,
+    /// The database it came from: `sqlite` or `postgres`.
+    pub dialect: String,
+    /// Its newest migration.
+    pub schema_version: i64,
+    /// SHA-256 (hex) of the entry.
+    pub sha256: String,
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// One secret version: SHA-256 over its path, version, ciphertext, wrapped data key and key
+/// version as the snapshot holds them. Sealed fields only: it proves the bytes arrived
+/// intact, and says nothing about the value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VersionDigest {
+    /// Secret path.
+    pub path: String,
+    /// Version number.
+    pub version: i64,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// The audit chain as copied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Records in the copy.
+    pub records: u64,
+    /// The first record's sequence (after retention purges, not 1).
+    pub first_sequence: u64,
+    /// The head's sequence.
+    pub head_sequence: u64,
+    /// The head's hash (hex).
+    pub head_hash: String,
+    /// The newest signed checkpoint's sequence (0: none yet).
+    pub checkpoint_sequence: u64,
+    /// What was wrong with the chain when it was copied (its first bad sequence), if
+    /// anything: a backup is still made during an audit incident, and says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// `created_ms` as `YYYY-MM-DDTHH:MM:SSZ`.
+pub(crate) fn utc(created_ms: i64) -> String {
+    sentia_proto::wkt::utc(created_ms.div_euclid(1000))
+}
+
+/// Walks a snapshot's rows: `visit(table, columns, row)`; returns its counts once the whole
+/// snapshot has been checked.
+pub(crate) fn rows(
+    snapshot: &[u8],
+    mut visit: impl FnMut(&str, &[String], &[Value]) -> Result<(), String>,
+) -> Result<(String, Counts), SnapshotError> {
+    let mut parser = Parser::new(snapshot)?;
+    let dialect = parser.dialect().to_string();
+    let mut current: Option<(String, Vec<String>)> = None;
+    while let Some(item) = parser.next_item()? {
+        match item {
+            Item::Table { name, columns, .. } => current = Some((name, columns)),
+            Item::Row(values) => {
+                if let Some((table, columns)) = &current {
+                    visit(table, columns, &values)
+                        .map_err(|m| SnapshotError::Mismatch(format!("table {table}: {m}")))?;
+                }
+            }
+        }
+    }
+    Ok((dialect, parser.finish()?))
+}
+
+/// The value of `column` in `row`.
+fn field<'a>(columns: &[String], row: &'a [Value], column: &str) -> Result<&'a Value, String> {
+    columns
+        .iter()
+        .position(|c| c == column)
+        .and_then(|i| row.get(i))
+        .ok_or_else(|| format!("no column {column}"))
+}
+
+fn int(columns: &[String], row: &[Value], column: &str) -> Result<i64, String> {
+    field(columns, row, column)?
+        .as_i64()
+        .ok_or_else(|| format!("{column} is not an integer"))
+}
+
+fn bytes(columns: &[String], row: &[Value], column: &str) -> Result<Vec<u8>, String> {
+    match field(columns, row, column)? {
+        Value::Null => Ok(Vec::new()),
+        v => v
+            .as_str()
+            .and_then(|s| STANDARD.decode(s).ok())
+            .ok_or_else(|| format!("{column} is not base64")),
+    }
+}
+
+/// The digests of every secret version in vault-service's snapshot, sorted.
+pub(crate) fn version_digests(vault: &[u8]) -> Result<Vec<VersionDigest>, SnapshotError> {
+    let mut out = Vec::new();
+    rows(vault, |table, columns, row| {
+        if table != "secret_versions" {
+            return Ok(());
+        }
+        let path = field(columns, row, "path")?
+            .as_str()
+            .ok_or("path is not text")?
+            .to_string();
+        let version = int(columns, row, "version")?;
+        let sealed: Vec<&Value> = [
+            "path",
+            "version",
+            "ciphertext",
+            "wrapped_key",
+            "key_version",
+        ]
+        .iter()
+        .map(|c| field(columns, row, c))
+        .collect::<Result<_, _>>()?;
+        let canonical = serde_json::to_vec(&sealed).map_err(|e| e.to_string())?;
+        out.push(VersionDigest {
+            path,
+            version,
+            sha256: hex::encode(sentia_crypto::sha256(&canonical)),
+        });
+        Ok(())
+    })?;
+    out.sort();
+    Ok(out)
+}
+
+/// The keyring's master version in key-service's snapshot.
+pub(crate) fn keyring_master_version(keys: &[u8]) -> Result<Option<i64>, SnapshotError> {
+    let mut version = None;
+    rows(keys, |table, columns, row| {
+        if table == "keyring_meta" {
+            version = Some(int(columns, row, "master_version")?);
+        }
+        Ok(())
+    })?;
+    Ok(version)
+}
+
+/// The audit chain in audit-service's snapshot: its records in order, checkpoints, and the
+/// head the log claims.
+pub(crate) struct Chain {
+    pub records: Vec<AuditRecord>,
+    pub checkpoints: Vec<Checkpoint>,
+    pub head: Option<(u64, Vec<u8>)>,
+}
+
+pub(crate) fn audit_chain(audit: &[u8]) -> Result<Chain, SnapshotError> {
+    let mut chain = Chain {
+        records: Vec::new(),
+        checkpoints: Vec::new(),
+        head: None,
+    };
+    let seq = |columns: &[String], row: &[Value]| -> Result<u64, String> {
+        u64::try_from(int(columns, row, "sequence")?).map_err(|_| "a negative sequence".into())
+    };
+    rows(audit, |table, columns, row| {
+        match table {
+            "audit_records" => {
+                let event = AuditEvent::decode(bytes(columns, row, "event")?.as_slice())
+                    .map_err(|e| format!("an event does not decode: {e}"))?;
+                let appender = match field(columns, row, "appender")? {
+                    Value::Null => String::new(),
+                    v => v.as_str().ok_or("appender is not text")?.to_string(),
+                };
+                chain.records.push(AuditRecord {
+                    sequence: seq(columns, row)?,
+                    event: Some(event),
+                    prev_hash: bytes(columns, row, "prev_hash")?,
+                    hash: bytes(columns, row, "hash")?,
+                    receive_time: None,
+                    appender,
+                });
+            }
+            "checkpoints" => chain.checkpoints.push(Checkpoint {
+                sequence: seq(columns, row)?,
+                head_hash: bytes(columns, row, "head_hash")?,
+                signature: bytes(columns, row, "signature")?,
+                kid: field(columns, row, "kid")?
+                    .as_str()
+                    .ok_or("kid is not text")?
+                    .to_string(),
+                time: None,
+            }),
+            "chain_head" => chain.head = Some((seq(columns, row)?, bytes(columns, row, "hash")?)),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    chain.records.sort_by_key(|r| r.sequence);
+    chain.checkpoints.sort_by_key(|c| c.sequence);
+    Ok(chain)
+}
+
+impl Chain {
+    /// Checks the chain against checkpoints signed by `keys` (kid → Ed25519 public key) and
+    /// describes it; `problem` names the first bad sequence.
+    pub(crate) fn check(&self, keys: &std::collections::HashMap<String, Vec<u8>>) -> AuditHead {
+        let first = self.records.first().map_or(0, |r| r.sequence);
+        // A chain purged by retention starts after a checkpoint, which anchors it.
+        let anchor = if first <= 1 {
+            Some(sentia_audit::GENESIS)
+        } else {
+            self.checkpoints
+                .iter()
+                .find(|c| c.sequence + 1 == first)
+                .and_then(|c| <[u8; 32]>::try_from(c.head_hash.as_slice()).ok())
+        };
+        let (head_sequence, head_hash) = self.head.clone().unwrap_or_default();
+        let verdict = sentia_audit::verify(
+            &self.records,
+            &self.checkpoints,
+            keys,
+            anchor,
+            Some(head_sequence),
+        );
+        let last = self.records.last();
+        let problem = verdict
+            .problem
+            .map(|(sequence, what)| format!("sequence {sequence}: {what}"))
+            .or_else(|| {
+                (last.map_or(0, |r| r.sequence) != head_sequence
+                    || last.is_some_and(|r| r.hash != head_hash))
+                .then(|| {
+                    format!(
+                        "the head says sequence {head_sequence}, the last record is {}",
+                        last.map_or(0, |r| r.sequence)
+                    )
+                })
+            });
+        AuditHead {
+            records: self.records.len() as u64,
+            first_sequence: first,
+            head_sequence,
+            head_hash: hex::encode(&head_hash),
+            checkpoint_sequence: self.checkpoints.last().map_or(0, |c| c.sequence),
+            problem,
+        }
+    }
+}

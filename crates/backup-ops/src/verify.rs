@@ -1,0 +1,205 @@
+//! Checking an archive: every chunk authenticated, the manifest's signature, each snapshot
+//! against the manifest's digest and counts, every secret version's digest, and the audit
+//! chain against its signed checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sentia_backup::{ArchiveKey, Reader};
+use sentia_crypto::{MasterKey, RecoveryPrivateKey};
+use zeroize::Zeroizing;
+
+use crate::manifest::{self, Manifest};
+use crate::{BackupError, MANIFEST, SERVICES, SIGNATURE, signed_message, snapshot_entry};
+
+/// What opens an archive.
+pub enum Opener {
+    /// The master key of the version the archive names.
+    Master(MasterKey),
+    /// The offline recovery private key the archive key is escrowed to.
+    Recovery(RecoveryPrivateKey),
+}
+
+/// Which public keys the manifest's signature and the audit checkpoints are checked with.
+pub enum Trust {
+    /// Keys fetched from a running key-service (kid → Ed25519 public key): a forged archive
+    /// cannot bring its own.
+    Keys(HashMap<String, Vec<u8>>),
+    /// The keys the manifest itself carries: for a machine with no key-service. It proves the
+    /// archive is whole and unaltered since signing, not who signed it.
+    Embedded,
+}
+
+/// A checked archive: its manifest and the services' snapshots, ready to restore.
+pub struct Verified {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The kid that signed it.
+    pub signed_by: String,
+    /// True when the signature was checked against the archive's own keys only.
+    pub self_attested: bool,
+    /// Snapshots by service.
+    pub snapshots: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+/// Opens the archive at `path` with `opener` and checks all of it; the error says what is
+/// wrong and where.
+pub fn verify(path: &Path, opener: &Opener, trust: &Trust) -> Result<Verified, BackupError> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let (header, mut reader) = Reader::open(file, |h| match opener {
+        Opener::Master(m) => ArchiveKey::with_master(h, m),
+        Opener::Recovery(r) => ArchiveKey::with_recovery(h, r),
+    })?;
+    let invalid = |m: String| BackupError::Invalid(m);
+    let mut entries: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();
+    let expected: Vec<String> = SERVICES
+        .iter()
+        .map(|s| snapshot_entry(s))
+        .chain([MANIFEST.to_string(), SIGNATURE.to_string()])
+        .collect();
+    while let Some((name, data)) = reader.next_entry()? {
+        if !expected.contains(&name) {
+            return Err(invalid(format!("an unexpected entry {name:?}")));
+        }
+        if entries.insert(name.clone(), data).is_some() {
+            return Err(invalid(format!("entry {name:?} appears twice")));
+        }
+    }
+    if let Some(missing) = expected.iter().find(|e| !entries.contains_key(*e)) {
+        return Err(invalid(format!("entry {missing:?} is missing")));
+    }
+    let body = &entries[MANIFEST];
+    let manifest: Manifest = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("the manifest does not parse: {e}")))?;
+    let signature: serde_json::Value = serde_json::from_slice(&entries[SIGNATURE])
+        .map_err(|e| invalid(format!("the signature entry does not parse: {e}")))?;
+    let kid = signature["kid"].as_str().unwrap_or_default().to_string();
+    let sig = signature["signature"]
+        .as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .ok_or_else(|| invalid("the signature entry holds no signature".into()))?;
+    let embedded;
+    let keys = match trust {
+        Trust::Keys(keys) => keys,
+        Trust::Embedded => {
+            embedded = manifest
+                .public_keys
+                .iter()
+                .map(|(kid, k)| Ok((kid.clone(), STANDARD.decode(k)?)))
+                .collect::<Result<HashMap<_, _>, base64::DecodeError>>()
+                .map_err(|e| invalid(format!("a public key in the manifest: {e}")))?;
+            &embedded
+        }
+    };
+    sentia_audit::check_signature(keys, &kid, &signed_message(&header.id_hex(), body), &sig)
+        .map_err(|why| invalid(format!("the manifest's signature: {why}")))?;
+    if manifest.format != 1 {
+        return Err(invalid(format!(
+            "manifest format {} (this release reads 1)",
+            manifest.format
+        )));
+    }
+    if manifest.archive_id != header.id_hex() || manifest.master_version != header.master_version {
+        return Err(invalid(
+            "the manifest belongs to another archive (its id or master version differs from \
+             the header's)"
+                .into(),
+        ));
+    }
+    let mut snapshots = BTreeMap::new();
+    for service in SERVICES {
+        let listed = manifest
+            .services
+            .get(service)
+            .ok_or_else(|| invalid(format!("the manifest does not list {service}")))?;
+        let data = entries
+            .remove(&snapshot_entry(service))
+            .ok_or_else(|| invalid(format!("{service}'s snapshot is missing")))?;
+        if hex::encode(sentia_crypto::sha256(&data)) != listed.sha256 {
+            return Err(invalid(format!(
+                "{service}'s snapshot differs from the manifest's digest"
+            )));
+        }
+        let (dialect, counts) =
+            manifest::rows(&data, |_, _, _| Ok(())).map_err(BackupError::snapshot(service))?;
+        if dialect != listed.dialect
+            || counts.schema_version != listed.schema_version
+            || counts.rows != listed.rows
+        {
+            return Err(invalid(format!(
+                "{service}'s snapshot holds {:?} at schema {}, the manifest says {:?} at {}",
+                counts.rows, counts.schema_version, listed.rows, listed.schema_version
+            )));
+        }
+        snapshots.insert(service.to_string(), data);
+    }
+    let digests = manifest::version_digests(&snapshots["vault-service"])
+        .map_err(BackupError::snapshot("vault-service"))?;
+    check_versions(&manifest.secret_versions, &digests)?;
+    let audit = manifest::audit_chain(&snapshots["audit-service"])
+        .map_err(BackupError::snapshot("audit-service"))?
+        .check(keys);
+    if audit != manifest.audit {
+        return Err(invalid(format!(
+            "the audit chain in the archive ({}) is not the one the manifest describes ({})",
+            describe(&audit),
+            describe(&manifest.audit)
+        )));
+    }
+    Ok(Verified {
+        manifest,
+        signed_by: kid,
+        self_attested: matches!(trust, Trust::Embedded),
+        snapshots,
+    })
+}
+
+/// Compares secret version digests, naming the first version that differs.
+pub(crate) fn check_versions(
+    listed: &[manifest::VersionDigest],
+    found: &[manifest::VersionDigest],
+) -> Result<(), BackupError> {
+    let by_key = |v: &[manifest::VersionDigest]| -> BTreeMap<(String, i64), String> {
+        v.iter()
+            .map(|d| ((d.path.clone(), d.version), d.sha256.clone()))
+            .collect()
+    };
+    let (listed, found) = (by_key(listed), by_key(found));
+    for ((path, version), digest) in &listed {
+        match found.get(&(path.clone(), *version)) {
+            None => {
+                return Err(BackupError::Invalid(format!(
+                    "secret {path} version {version} is missing"
+                )));
+            }
+            Some(d) if d != digest => {
+                return Err(BackupError::Invalid(format!(
+                    "secret {path} version {version} differs from the manifest's digest"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((path, version)) = found.keys().find(|k| !listed.contains_key(*k)) {
+        return Err(BackupError::Invalid(format!(
+            "secret {path} version {version} is not in the manifest"
+        )));
+    }
+    Ok(())
+}
+
+fn describe(a: &manifest::AuditHead) -> String {
+    format!(
+        "records {}-{}, head {}, checkpoint {}{}",
+        a.first_sequence,
+        a.head_sequence,
+        a.head_hash.get(..12).unwrap_or_default(),
+        a.checkpoint_sequence,
+        a.problem
+            .as_ref()
+            .map(|p| format!(", broken at {p}"))
+            .unwrap_or_default()
+    )
+}

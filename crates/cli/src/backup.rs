@@ -1,0 +1,376 @@
+//! `sentia backup`: make, list, check and restore archives of the whole deployment (ADR 8).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sentia_backup_ops::{Opener, Sources, Targets, Trust, Verified};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::conn::Common;
+
+/// The backup subcommand and the options every one of them shares.
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: BackupCommand,
+}
+
+/// Where the services are. `--token` (vault-service's root or a system_admin token) reaches
+/// vault-service and rotation-scheduler; `--key-token` (key-service's admin token) reaches
+/// key-service and audit-service.
+#[derive(Args)]
+struct Services {
+    /// vault-service address.
+    #[arg(long, env = "SENTIA_ADDR", default_value = "127.0.0.1:8200")]
+    addr: String,
+    /// key-service address.
+    #[arg(long, env = "SENTIA_KEY_ADDR", default_value = "127.0.0.1:8201")]
+    key_addr: String,
+    /// audit-service address.
+    #[arg(long, env = "SENTIA_AUDIT_ADDR", default_value = "127.0.0.1:8202")]
+    audit_addr: String,
+    /// rotation-scheduler address.
+    #[arg(long, env = "SENTIA_ROTATION_ADDR", default_value = "127.0.0.1:8203")]
+    rotation_addr: String,
+    /// key-service's admin token (for key-service and audit-service; defaults to --token).
+    #[arg(long, env = "SENTIA_KEY_TOKEN", hide_env_values = true)]
+    key_token: Option<String>,
+}
+
+/// What opens an archive: one of the two.
+#[derive(Args)]
+struct Key {
+    /// A file holding the master key (base64) of the version the archive names.
+    #[arg(long, conflicts_with = "recovery_key_file")]
+    master_key_file: Option<PathBuf>,
+    /// A file holding the offline recovery private key, when the master is lost.
+    #[arg(long)]
+    recovery_key_file: Option<PathBuf>,
+}
+
+/// Which public keys the signatures are checked with.
+#[derive(Args)]
+struct TrustArgs {
+    /// Trust the public keys the archive carries (no key-service needed): proves the archive
+    /// is whole and unaltered, not who made it.
+    #[arg(long)]
+    offline: bool,
+    /// key-service address, for the public keys (unless --offline).
+    #[arg(long, env = "SENTIA_KEY_ADDR", default_value = "127.0.0.1:8201")]
+    key_addr: String,
+    /// Token for key-service (defaults to --token).
+    #[arg(long, env = "SENTIA_KEY_TOKEN", hide_env_values = true)]
+    key_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Back up every service into one encrypted, signed archive in a directory.
+    Create {
+        /// Directory the archive is written to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[command(flatten)]
+        services: Services,
+    },
+    /// Archives in a directory, newest first (what the headers say; no key needed).
+    List {
+        /// Directory to look in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Open an archive and check every byte of it against its signed manifest.
+    Verify {
+        /// The archive.
+        archive: PathBuf,
+        #[command(flatten)]
+        key: Key,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Check an archive, then load it into the four services' databases (stopped services;
+    /// start them afterwards and unseal key-service with the archive's master version).
+    Restore {
+        /// The archive.
+        archive: PathBuf,
+        #[command(flatten)]
+        key: Key,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// key-service's database URL.
+        #[arg(long)]
+        keys_db: String,
+        /// vault-service's database URL.
+        #[arg(long)]
+        vault_db: String,
+        /// audit-service's database URL.
+        #[arg(long)]
+        audit_db: String,
+        /// rotation-scheduler's database URL.
+        #[arg(long)]
+        rotation_db: String,
+        /// Replace what the databases hold (each in one transaction) instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a backup subcommand.
+pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    match args.command {
+        BackupCommand::Create { out, services } => create(common, &out, &services).await,
+        BackupCommand::List { dir } => list(common, &dir),
+        BackupCommand::Verify {
+            archive,
+            key,
+            trust,
+        } => {
+            let checked = open(common, &archive, &key, &trust).await?;
+            let m = &checked.manifest;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "archive": archive.display().to_string(),
+                        "archive_id": m.archive_id, "created": m.created,
+                        "signed_by": checked.signed_by, "self_attested": checked.self_attested,
+                        "services": m.services, "secret_versions": m.secret_versions.len(),
+                        "audit": m.audit})
+                );
+            } else {
+                println!("{}: valid", archive.display());
+                describe(&checked);
+            }
+            Ok(())
+        }
+        BackupCommand::Restore {
+            archive,
+            key,
+            trust,
+            keys_db,
+            vault_db,
+            audit_db,
+            rotation_db,
+            force,
+        } => {
+            let checked = open(common, &archive, &key, &trust).await?;
+            let targets = Targets {
+                keys: keys_db,
+                vault: vault_db,
+                audit: audit_db,
+                scheduler: rotation_db,
+            };
+            let restored = sentia_backup_ops::restore(&checked, &targets, force).await?;
+            let m = &checked.manifest;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"restored": true, "archive_id": m.archive_id, "rows": restored.rows,
+                        "secret_versions_checked": restored.versions_checked,
+                        "master_version": m.master_version})
+                );
+            } else {
+                println!("restored {} (made {})", m.archive_id, m.created);
+                for (service, rows) in &restored.rows {
+                    println!("  {service:<20} {rows} rows");
+                }
+                println!(
+                    "  {} secret versions read back and matched",
+                    restored.versions_checked
+                );
+                println!(
+                    "start the services and unseal key-service with master version {} (or \
+                     recover with the recovery key)",
+                    m.master_version
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()> {
+    let admin = Common {
+        token: s.key_token.clone().or(common.token.clone()),
+        ..common.clone()
+    };
+    let sources = Sources {
+        keys: admin.channel(&s.key_addr, "key-service").await?,
+        audit: admin.channel(&s.audit_addr, "audit-service").await?,
+        vault: common.channel(&s.addr, "vault-service").await?,
+        scheduler: common
+            .channel(&s.rotation_addr, "rotation-scheduler")
+            .await?,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (path, m) = sentia_backup_ops::create(&sources, out).await?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if common.json {
+        println!(
+            "{}",
+            json!({"archive": path.display().to_string(), "archive_id": m.archive_id,
+                "created": m.created, "bytes": size, "master_version": m.master_version,
+                "recovery_fingerprint": m.recovery_fingerprint, "services": m.services,
+                "secret_versions": m.secret_versions.len(), "audit": m.audit})
+        );
+    } else {
+        println!("{} ({size} bytes)", path.display());
+        for (service, snap) in &m.services {
+            println!(
+                "  {service:<20} {} rows, schema {}",
+                snap.rows.values().sum::<u64>(),
+                snap.schema_version
+            );
+        }
+        if let Some(problem) = &m.audit.problem {
+            eprintln!("warning: the audit chain copied does not verify: {problem}");
+        }
+        if m.recovery_fingerprint.is_empty() {
+            eprintln!(
+                "warning: no recovery key is configured: only master version {} opens this \
+                 archive",
+                m.master_version
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list(common: &Common, dir: &Path) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("sbk") {
+            continue;
+        }
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let header = std::fs::File::open(&path)
+            .map_err(sentia_backup::ArchiveError::from)
+            .and_then(|mut f| sentia_backup::read_header(&mut f));
+        found.push((path, size, header));
+    }
+    found.sort_by_key(|(_, _, h)| std::cmp::Reverse(h.as_ref().map_or(0, |(h, _)| h.created_ms)));
+    let rows: Vec<_> = found
+        .iter()
+        .map(|(path, size, header)| match header {
+            Ok((h, _)) => json!({"archive": path.display().to_string(), "bytes": size,
+                "archive_id": h.id_hex(), "created": sentia_proto::wkt::utc(h.created_ms / 1000),
+                "master_version": h.master_version, "recovery_escrow": h.to_recovery.is_some()}),
+            Err(e) => json!({"archive": path.display().to_string(), "bytes": size,
+                "error": e.to_string()}),
+        })
+        .collect();
+    if common.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for r in &rows {
+        match r.get("error") {
+            Some(e) => println!("{}  unreadable: {}", r["archive"].as_str().unwrap_or(""), e),
+            None => println!(
+                "{}  {}  {} bytes  master v{}{}",
+                r["created"].as_str().unwrap_or(""),
+                r["archive"].as_str().unwrap_or(""),
+                r["bytes"],
+                r["master_version"],
+                if r["recovery_escrow"] == json!(true) {
+                    "  +recovery"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Opens and checks `archive`, with the key-service public keys unless `--offline`.
+async fn open(
+    common: &Common,
+    archive: &Path,
+    key: &Key,
+    trust: &TrustArgs,
+) -> anyhow::Result<Verified> {
+    let read = |path: &Path, what: &str| -> anyhow::Result<Zeroizing<String>> {
+        Ok(Zeroizing::new(std::fs::read_to_string(path).with_context(
+            || format!("reading the {what} from {}", path.display()),
+        )?))
+    };
+    let opener = match (&key.master_key_file, &key.recovery_key_file) {
+        (Some(path), None) => Opener::Master(sentia_crypto::MasterKey::from_base64(
+            read(path, "master key")?.trim(),
+        )?),
+        (None, Some(path)) => Opener::Recovery(sentia_crypto::RecoveryPrivateKey::from_base64(
+            read(path, "recovery key")?.trim(),
+        )?),
+        _ => anyhow::bail!("give --master-key-file or --recovery-key-file to open the archive"),
+    };
+    let trusted = if trust.offline {
+        eprintln!(
+            "warning: --offline: the signatures are checked with the keys the archive carries; \
+             this proves it is whole and unaltered, not that Sentia made it"
+        );
+        Trust::Embedded
+    } else {
+        let token = trust.key_token.as_deref();
+        let mut keys = crate::audit::public_keys(
+            common,
+            &trust.key_addr,
+            token,
+            sentia_backup_ops::MANIFEST_KEY,
+        )
+        .await?;
+        keys.extend(
+            crate::audit::public_keys(
+                common,
+                &trust.key_addr,
+                token,
+                sentia_backup_ops::CHECKPOINT_KEY,
+            )
+            .await?,
+        );
+        Trust::Keys(keys)
+    };
+    let path = archive.to_path_buf();
+    let checked =
+        tokio::task::spawn_blocking(move || sentia_backup_ops::verify(&path, &opener, &trusted))
+            .await??;
+    Ok(checked)
+}
+
+fn describe(v: &Verified) {
+    let m = &v.manifest;
+    println!(
+        "  archive {}  made {}  release {}",
+        m.archive_id, m.created, m.release
+    );
+    println!(
+        "  signed by {}{}",
+        v.signed_by,
+        if v.self_attested {
+            " (checked with the archive's own keys)"
+        } else {
+            ""
+        }
+    );
+    for (service, snap) in &m.services {
+        println!(
+            "  {service:<20} {} rows, schema {} ({})",
+            snap.rows.values().sum::<u64>(),
+            snap.schema_version,
+            snap.dialect
+        );
+    }
+    println!("  {} secret versions", m.secret_versions.len());
+    println!(
+        "  audit records {}-{}, last checkpoint {}",
+        m.audit.first_sequence, m.audit.head_sequence, m.audit.checkpoint_sequence
+    );
+    if let Some(problem) = &m.audit.problem {
+        println!("  warning: the audit chain was broken when copied: {problem}");
+    }
+}

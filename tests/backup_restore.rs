@@ -1,0 +1,230 @@
+//! A whole deployment backed up into one archive and restored into empty databases (ADR 8):
+//! the archive opens with the master or the recovery key and nothing else, every byte of it is
+//! checked against a manifest signed by key-service, a changed byte is refused naming where,
+//! a restore refuses databases that hold data unless told to replace it, and services started
+//! on the restored databases serve every version that was there.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use sentia_backup_ops::{BackupError, Opener, Sources, Targets, Trust};
+use sentia_crypto::{MasterKey, RecoveryPrivateKey};
+use sentia_proto::keys::v1::GetPublicKeysRequest;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::vault::v1 as pb;
+use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
+use sentia_testkit::{Backend, Sandbox, Stack, database, get_version, keys};
+
+fn channel(addr: &str, token: &str) -> AuthedChannel {
+    CallContext::with_token(Some(token))
+        .unwrap()
+        .wrap(connect_lazy(addr, None).unwrap())
+}
+
+async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
+    let mut client = KeyServiceClient::new(channel(addr, keys::ADMIN_TOKEN));
+    let mut out = HashMap::new();
+    for name in [
+        sentia_backup_ops::MANIFEST_KEY,
+        sentia_backup_ops::CHECKPOINT_KEY,
+    ] {
+        let listed = client
+            .get_public_keys(GetPublicKeysRequest {
+                key_name: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
+    }
+    out
+}
+
+fn refused(r: Result<impl Sized, BackupError>) -> String {
+    match r {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
+    let master = MasterKey::generate();
+    let master_b64 = master.to_base64().to_string();
+    let recovery = RecoveryPrivateKey::generate();
+    let recovery_public = recovery.public().to_base64();
+    let Some(sandbox) = Sandbox::builder()
+        .backend(backend)
+        .audit()
+        .scheduler(Default::default())
+        .key_setting("SENTIA_MASTER_KEY", &master_b64)
+        .key_setting("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let vault = sandbox.vault();
+    for v in [b"first".as_slice(), b"second", b"third"] {
+        vault.put("prod/app/db", v).await;
+    }
+    vault.put("prod/app/api", b"PLAINTEXT-CANARY-backup").await;
+    let mut secrets = vault.secrets(&vault.root_token).await;
+    secrets
+        .destroy_secret_versions(pb::DestroySecretVersionsRequest {
+            path: "prod/app/db".into(),
+            versions: vec![1],
+        })
+        .await
+        .unwrap();
+    let root = vault.root_token.clone();
+    let by_master = || Opener::Master(MasterKey::from_base64(&master_b64).unwrap());
+    let sources = Sources {
+        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
+        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
+        vault: channel(&vault.addr, &root),
+        scheduler: channel(&sandbox.scheduler().addr, &root),
+    };
+    let dir = std::env::temp_dir().join(sentia_testkit::unique("sentia_backups"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, manifest) = sentia_backup_ops::create(&sources, &dir).await.unwrap();
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("sentia-backup-"),
+        "{path:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "only the finished archive is left"
+    );
+    assert_eq!(manifest.master_version, 1);
+    assert_eq!(
+        manifest.recovery_fingerprint,
+        recovery.public().fingerprint()
+    );
+    assert_eq!(manifest.secret_versions.len(), 4, "{manifest:?}");
+    assert!(manifest.audit.head_sequence > 0 && manifest.audit.problem.is_none());
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        !bytes
+            .windows(b"PLAINTEXT-CANARY".len())
+            .any(|w| w == b"PLAINTEXT-CANARY")
+            && !bytes.windows(b"prod/app".len()).any(|w| w == b"prod/app"),
+        "the archive is encrypted: no value and no path in clear"
+    );
+    let trust = Trust::Keys(trusted_keys(&sandbox.keys().addr).await);
+    let events = sandbox.audit().events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.service == "key-service" && e.operation == "backup_begin" && e.success),
+        "beginning a backup is audited"
+    );
+    sandbox.stop().await;
+
+    // It opens with the master and with the recovery key, with nothing else.
+    let checked = sentia_backup_ops::verify(&path, &by_master(), &trust).unwrap();
+    assert_eq!(checked.manifest, manifest);
+    assert!(!checked.self_attested);
+    sentia_backup_ops::verify(
+        &path,
+        &Opener::Recovery(RecoveryPrivateKey::from_base64(&recovery.to_base64()).unwrap()),
+        &Trust::Embedded,
+    )
+    .unwrap();
+    let wrong = refused(sentia_backup_ops::verify(
+        &path,
+        &Opener::Master(MasterKey::generate()),
+        &trust,
+    ));
+    assert!(wrong.contains("master"), "{wrong}");
+    // Keys of another deployment do not vouch for it.
+    let other = Trust::Keys(HashMap::from([(
+        "backup-manifest-v1".to_string(),
+        vec![7u8; 32],
+    )]));
+    let why = refused(sentia_backup_ops::verify(&path, &by_master(), &other));
+    assert!(why.contains("manifest's signature"), "{why}");
+    // A changed byte anywhere after the header is refused, naming the chunk.
+    let tampered = dir.join("tampered.sbk");
+    let mut copy = bytes.clone();
+    let at = copy.len() / 2;
+    copy[at] ^= 0x20;
+    std::fs::write(&tampered, &copy).unwrap();
+    let why = refused(sentia_backup_ops::verify(&tampered, &by_master(), &trust));
+    assert!(why.contains("chunk"), "{why}");
+    std::fs::write(&tampered, &bytes[..bytes.len() - 7]).unwrap();
+    let why = refused(sentia_backup_ops::verify(&tampered, &by_master(), &trust));
+    assert!(why.starts_with("archive:"), "{why}");
+
+    // Restored into empty databases.
+    let targets = Targets {
+        keys: database(backend).await.unwrap(),
+        vault: database(backend).await.unwrap(),
+        audit: database(backend).await.unwrap(),
+        scheduler: database(backend).await.unwrap(),
+    };
+    let restored = sentia_backup_ops::restore(&checked, &targets, false)
+        .await
+        .unwrap();
+    assert_eq!(restored.versions_checked, 4);
+    for (service, listed) in &manifest.services {
+        assert_eq!(
+            restored.rows[service],
+            listed.rows.values().sum::<u64>(),
+            "{service}"
+        );
+    }
+    // Again: refused before anything is written, unless told to replace.
+    let why = refused(sentia_backup_ops::restore(&checked, &targets, false).await);
+    assert!(
+        why.contains("not empty") && why.contains("nothing was written"),
+        "{why}"
+    );
+    sentia_backup_ops::restore(&checked, &targets, true)
+        .await
+        .unwrap();
+
+    // Services on the restored databases, with the backup's master, serve what was there.
+    let keys =
+        keys::Running::start(&targets.keys, &[("SENTIA_MASTER_KEY", master_b64.as_str())]).await;
+    let restored = Stack::start_vault(keys, targets.vault.clone(), &[]).await;
+    let mut c = restored.secrets(&root).await;
+    for (version, value) in [(2, b"second".as_slice()), (3, b"third")] {
+        let got = c
+            .get_secret(get_version("prod/app/db", version))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, value);
+    }
+    assert_eq!(
+        c.get_secret(get_version("prod/app/db", 1))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::FailedPrecondition,
+        "a destroyed version stays destroyed"
+    );
+    let got = c
+        .get_secret(get_version("prod/app/api", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value, b"PLAINTEXT-CANARY-backup");
+    restored.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_deployment_is_backed_up_checked_and_restored() {
+    a_deployment_is_backed_up_checked_and_restored(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_deployment_is_backed_up_checked_and_restored() {
+    a_deployment_is_backed_up_checked_and_restored(Backend::Postgres).await;
+}

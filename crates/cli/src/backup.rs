@@ -209,6 +209,15 @@ async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()>
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (path, m) = sentia_backup_ops::create(&sources, out).await?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if let Some(problem) = &m.audit.problem {
+        eprintln!("warning: the audit chain copied does not verify: {problem}");
+    }
+    if m.recovery_fingerprint.is_empty() {
+        eprintln!(
+            "warning: no recovery key is configured: only master version {} opens this archive",
+            m.master_version
+        );
+    }
     if common.json {
         println!(
             "{}",
@@ -224,16 +233,6 @@ async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()>
                 "  {service:<20} {} rows, schema {}",
                 snap.rows.values().sum::<u64>(),
                 snap.schema_version
-            );
-        }
-        if let Some(problem) = &m.audit.problem {
-            eprintln!("warning: the audit chain copied does not verify: {problem}");
-        }
-        if m.recovery_fingerprint.is_empty() {
-            eprintln!(
-                "warning: no recovery key is configured: only master version {} opens this \
-                 archive",
-                m.master_version
             );
         }
     }

@@ -25,6 +25,7 @@ struct Dev {
     child: tokio::process::Child,
     vault: String,
     keys: String,
+    audit: String,
     rotation: String,
     admin: String,
     /// The root token, when this start minted it and showed it.
@@ -64,7 +65,8 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
             .unwrap()
             .to_string()
     };
-    let (mut vault, mut keys, mut rotation, mut admin, mut root) = (
+    let (mut vault, mut keys, mut audit, mut rotation, mut admin, mut root) = (
+        String::new(),
         String::new(),
         String::new(),
         String::new(),
@@ -88,6 +90,8 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
                 .unwrap()
                 .trim_end_matches(')')
                 .to_string();
+        } else if line.contains("audit-service:") && line.contains("http://") {
+            audit = addr_of(&line);
         } else if line.contains("rotation:") && line.contains("http://") {
             rotation = addr_of(&line);
         } else if let Some(t) = line.trim().strip_prefix("vault root token: ") {
@@ -108,6 +112,7 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
         child,
         vault,
         keys,
+        audit,
         rotation,
         admin,
         root,
@@ -282,5 +287,122 @@ async fn dev_files_are_owner_only_the_root_token_shows_once_and_a_master_rotatio
     .await;
     assert!(ok, "{err}");
     let _ = second.child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev() {
+    let dir = data_dir();
+    let mut dev = start_dev(&dir).await;
+    let root = dev
+        .root
+        .clone()
+        .expect("a first start shows the root token");
+    let backups = dir.join("backups");
+    let b = backups.display().to_string();
+    let env = [
+        ("SENTIA_ADDR", dev.vault.as_str()),
+        ("SENTIA_KEY_ADDR", dev.keys.as_str()),
+        ("SENTIA_AUDIT_ADDR", dev.audit.as_str()),
+        ("SENTIA_ROTATION_ADDR", dev.rotation.as_str()),
+        ("SENTIA_TOKEN", root.as_str()),
+        ("SENTIA_KEY_TOKEN", dev.admin.as_str()),
+    ];
+    let (ok, _, err) = sentia(&env, &["secret", "put", "dev/app/db"], b"hunter2").await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = sentia(&env, &["backup", "create", "--out", &b, "--json"], b"").await;
+    assert!(ok, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let archive = made["archive"].as_str().unwrap().to_string();
+    assert_eq!(made["secret_versions"], 1, "{out}");
+    assert!(
+        err.contains("no recovery key is configured"),
+        "an archive only the master opens is said so: {err}"
+    );
+
+    let (ok, out, err) = sentia(&env, &["backup", "list", &b, "--json"], b"").await;
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed[0]["archive"].as_str(),
+        Some(archive.as_str()),
+        "{out}"
+    );
+    assert_eq!(listed[0]["archive_id"], made["archive_id"]);
+
+    let key_file = dir.join("dev-master.key").display().to_string();
+    let (ok, out, err) = sentia(
+        &env,
+        &["backup", "verify", &archive, "--master-key-file", &key_file],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(": valid") && out.contains("1 secret versions"),
+        "{out}"
+    );
+    let wrong = dir.join("wrong.key");
+    std::fs::write(
+        &wrong,
+        sentia_crypto::MasterKey::generate().to_base64().as_bytes(),
+    )
+    .unwrap();
+    let (ok, _, err) = sentia(
+        &env,
+        &[
+            "backup",
+            "verify",
+            &archive,
+            "--master-key-file",
+            &wrong.display().to_string(),
+            "--offline",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok && err.contains("master"), "{err}");
+    let _ = dev.child.kill().await;
+    let _ = dev.child.wait().await;
+
+    let db = |name: &str| format!("sqlite://{}?mode=rwc", dir.join(name).display());
+    let restore = |force: bool| {
+        let mut args: Vec<String> = [
+            "backup",
+            "restore",
+            &archive,
+            "--master-key-file",
+            &key_file,
+            "--offline",
+            "--json",
+            "--keys-db",
+            &db("r-keys.db"),
+            "--vault-db",
+            &db("r-vault.db"),
+            "--audit-db",
+            &db("r-audit.db"),
+            "--rotation-db",
+            &db("r-rotation.db"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if force {
+            args.push("--force".into());
+        }
+        args
+    };
+    let args = restore(false);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = sentia(&[], &argv, b"").await;
+    assert!(ok, "{err}");
+    let restored: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(restored["secret_versions_checked"], 1, "{out}");
+    let (ok, _, err) = sentia(&[], &argv, b"").await;
+    assert!(!ok && err.contains("not empty"), "{err}");
+    let args = restore(true);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = sentia(&[], &argv, b"").await;
+    assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

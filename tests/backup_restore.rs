@@ -9,10 +9,12 @@ use std::collections::HashMap;
 
 use sentia_backup_ops::{BackupError, Opener, Sources, Targets, Trust};
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
-use sentia_proto::keys::v1::GetPublicKeysRequest;
+use sentia_proto::audit::v1::VerifyChainRequest;
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::{GetPublicKeysRequest, UnsealRequest, unseal_request};
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
+use sentia_testkit::audit::AuditService;
 use sentia_testkit::{Backend, Sandbox, Stack, database, get_version, keys};
 
 fn channel(addr: &str, token: &str) -> AuthedChannel {
@@ -217,6 +219,117 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
     assert_eq!(got.value, b"PLAINTEXT-CANARY-backup");
     restored.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every server and the master are lost after a master rotation: the backup taken before it
+/// opens with the recovery key alone, and the restored keyring unseals with it too.
+async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backend: Backend) {
+    let recovery = RecoveryPrivateKey::generate();
+    let recovery_public = recovery.public().to_base64();
+    let Some(sandbox) = Sandbox::builder()
+        .backend(backend)
+        .audit()
+        .scheduler(Default::default())
+        .key_setting("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let vault = sandbox.vault();
+    vault.put("prod/payroll/db", b"before-the-incident").await;
+    let root = vault.root_token.clone();
+    let sources = Sources {
+        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
+        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
+        vault: channel(&vault.addr, &root),
+        scheduler: channel(&sandbox.scheduler().addr, &root),
+    };
+    let dir = std::env::temp_dir().join(sentia_testkit::unique("sentia_backups"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, manifest) = sentia_backup_ops::create(&sources, &dir).await.unwrap();
+    let rotated = sandbox.keys().rotate_master().await;
+    assert_eq!((manifest.master_version, rotated.master_version), (1, 2));
+    vault.put("prod/payroll/db", b"after-the-rotation").await;
+    sandbox.stop().await;
+
+    // The master in force now does not open the archive; the recovery key does, offline.
+    let new_master = MasterKey::from_base64(&rotated.master_key).unwrap();
+    let why = refused(sentia_backup_ops::verify(
+        &path,
+        &Opener::Master(new_master),
+        &Trust::Embedded,
+    ));
+    assert!(why.contains("master"), "{why}");
+    let recovery_b64 = recovery.to_base64().to_string();
+    let checked =
+        sentia_backup_ops::verify(&path, &Opener::Recovery(recovery), &Trust::Embedded).unwrap();
+    assert!(checked.self_attested);
+    let targets = Targets {
+        keys: database(backend).await.unwrap(),
+        vault: database(backend).await.unwrap(),
+        audit: database(backend).await.unwrap(),
+        scheduler: database(backend).await.unwrap(),
+    };
+    sentia_backup_ops::restore(&checked, &targets, false)
+        .await
+        .unwrap();
+
+    let keys = keys::Running::start(&targets.keys, &[("SENTIA_SEAL_TYPE", "recovery")]).await;
+    let unsealed = keys
+        .system(None)
+        .await
+        .unseal(UnsealRequest {
+            material: Some(unseal_request::Material::RecoveryKey(recovery_b64)),
+            reset: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unsealed.sealed);
+    // The restored audit log verifies, its checkpoints against the restored keyring's keys.
+    let audit = AuditService::start_on(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        &keys.addr,
+        &targets.audit,
+        &[],
+    )
+    .await;
+    let verdict = audit
+        .client(keys::ADMIN_TOKEN)
+        .verify_chain(VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{verdict:?}");
+    // Every record of the backup, and the restored log's own record of this check after them.
+    assert!(
+        verdict.records_checked > manifest.audit.records,
+        "{verdict:?} {:?}",
+        manifest.audit
+    );
+    audit.stop().await;
+    let restored = Stack::start_vault(keys, targets.vault.clone(), &[]).await;
+    let got = restored
+        .secrets(&root)
+        .await
+        .get_secret(get_version("prod/payroll/db", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value, b"before-the-incident");
+    restored.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_backup_from_before_rotate_master_restores_with_the_recovery_key() {
+    a_backup_from_before_rotate_master_restores_with_the_recovery_key(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_backup_from_before_rotate_master_restores_with_the_recovery_key() {
+    a_backup_from_before_rotate_master_restores_with_the_recovery_key(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use sentia_proto::vault::v1 as pb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
 use sentia_testkit::audit::AuditService;
 use sentia_testkit::{Backend, Sandbox, Stack, database, get_version, keys};
+use zeroize::Zeroizing;
 
 fn channel(addr: &str, token: &str) -> AuthedChannel {
     CallContext::with_token(Some(token))
@@ -40,6 +41,28 @@ async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
         out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
     }
     out
+}
+
+/// The snapshot of a brand-new key-service's database under `master`: the same key names, other
+/// key material.
+async fn another_keyring(backend: Backend, master: &str) -> Zeroizing<Vec<u8>> {
+    let url = database(backend).await.unwrap();
+    keys::Running::start(&url, &[("SENTIA_MASTER_KEY", master)])
+        .await
+        .stop()
+        .await;
+    let pool = sentia_db::connect(&url, 1, key_service::store::MIGRATIONS)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    sentia_db::snapshot::dump(&pool, sentia_db::is_sqlite(&url), |batch| {
+        out.extend_from_slice(&batch);
+        async { true }
+    })
+    .await
+    .unwrap();
+    pool.close().await;
+    Zeroizing::new(out)
 }
 
 fn refused(r: Result<impl Sized, BackupError>) -> String {
@@ -162,6 +185,33 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
     let why = refused(sentia_backup_ops::verify(&tampered, &by_master(), &trust));
     assert!(why.starts_with("archive:"), "{why}");
 
+    // The drill: restored into scratch databases and exercised through the four services.
+    let scratch = dir.join("drill");
+    let report = sentia_backup_ops::drill(&checked, &by_master(), &scratch)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.versions_read,
+            report.versions_deleted,
+            report.versions_destroyed
+        ),
+        (3, 0, 1),
+        "{report:?}"
+    );
+    assert!(report.audit_records_checked >= manifest.audit.records);
+    assert!(!scratch.exists(), "the scratch system is torn down");
+    // A keyring that does not open the data (another key-service's, same master) passes
+    // every digest it is not covered by, and the drill fails loudly reading the secrets.
+    let mut forged = sentia_backup_ops::verify(&path, &by_master(), &trust).unwrap();
+    forged.snapshots.insert(
+        "key-service".into(),
+        another_keyring(backend, &master_b64).await,
+    );
+    let why = refused(sentia_backup_ops::drill(&forged, &by_master(), &scratch).await);
+    assert!(why.contains("drill failed at read secrets"), "{why}");
+    assert!(!scratch.exists(), "torn down after a failure too");
+
     // Restored into empty databases.
     let targets = Targets {
         keys: database(backend).await.unwrap(),
@@ -265,6 +315,14 @@ async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backe
     let checked =
         sentia_backup_ops::verify(&path, &Opener::Recovery(recovery), &Trust::Embedded).unwrap();
     assert!(checked.self_attested);
+    let report = sentia_backup_ops::drill(
+        &checked,
+        &Opener::Recovery(RecoveryPrivateKey::from_base64(&recovery_b64).unwrap()),
+        &dir.join("drill"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.versions_read, 1, "{report:?}");
     let targets = Targets {
         keys: database(backend).await.unwrap(),
         vault: database(backend).await.unwrap(),

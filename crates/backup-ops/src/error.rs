@@ -33,6 +33,14 @@ pub enum BackupError {
     /// A target database refused the restore before anything was written.
     #[error("{0}")]
     Refused(String),
+    /// A restore drill step failed: the restored system does not work as the backup promised.
+    #[error("drill failed at {step}: {detail}")]
+    Drill {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Reading or writing a file.
     #[error("{0}")]
     Io(#[from] std::io::Error),

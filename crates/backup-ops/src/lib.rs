@@ -12,12 +12,14 @@
 #![forbid(unsafe_code)]
 
 mod create;
+mod drill;
 mod error;
 mod manifest;
 mod restore;
 mod verify;
 
 pub use create::{Sources, create};
+pub use drill::{DrillReport, drill};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
 pub use restore::{Restored, Targets, restore};

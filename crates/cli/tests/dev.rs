@@ -362,6 +362,42 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
     )
     .await;
     assert!(!ok && err.contains("master"), "{err}");
+    // The drill, on the newest archive of the directory; then on a corrupted copy.
+    let (ok, out, err) = sentia(
+        &env,
+        &[
+            "backup",
+            "drill",
+            &b,
+            "--master-key-file",
+            &key_file,
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let drilled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(drilled["passed"], true, "{out}");
+    assert_eq!(drilled["versions_read"], 1, "{out}");
+    let corrupted = dir.join("corrupted.sbk");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 1;
+    std::fs::write(&corrupted, bytes).unwrap();
+    let (ok, _, err) = sentia(
+        &env,
+        &[
+            "backup",
+            "drill",
+            &corrupted.display().to_string(),
+            "--master-key-file",
+            &key_file,
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok && err.contains("chunk"), "{err}");
     let _ = dev.child.kill().await;
     let _ = dev.child.wait().await;
 

@@ -46,6 +46,10 @@ pub struct Config {
     /// `SENTIA_EMERGENCY_GRACE`: grace period of emergency rotations (when shorter than the
     /// policy's).
     pub emergency_grace: Duration,
+    /// `SENTIA_ROTATION_PAUSED`: serve policies, status and history but run no rotation step
+    /// and never take the leader lease — a restored system before its operator lets it touch
+    /// the credentials outside, and the restore drill's scratch copy.
+    pub paused: bool,
     /// The clock, and (built with the `test-hooks` feature only) injected failures; not
     /// read from the environment.
     pub hooks: Hooks,
@@ -114,6 +118,7 @@ impl Config {
             .optional("SENTIA_REPLICA_ID")
             .unwrap_or_else(|| format!("scheduler-{}", uuid::Uuid::new_v4().simple()));
         let emergency_grace = r.duration_or("SENTIA_EMERGENCY_GRACE", Duration::from_secs(600));
+        let paused = r.bool_or("SENTIA_ROTATION_PAUSED", false);
         Self {
             server,
             database_url,
@@ -127,6 +132,7 @@ impl Config {
             lease,
             replica_id,
             emergency_grace,
+            paused,
             hooks: Hooks::default(),
         }
     }
@@ -156,5 +162,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen_addr.port(), 8203);
         assert!(c.replica_id.starts_with("scheduler-"));
+        assert!(!c.paused, "rotation runs unless paused");
+    }
+
+    #[test]
+    fn rotation_can_be_paused_and_a_bad_value_is_named() {
+        let with = |v: &str| {
+            Config::from_source(&MapSource::from_pairs([
+                ("SENTIA_ALLOW_PLAINTEXT", "true"),
+                ("SENTIA_AUDIT_DISABLED", "true"),
+                ("SENTIA_ROTATION_PAUSED", v),
+            ]))
+        };
+        assert!(with("true").unwrap().paused);
+        let err = with("sometimes").unwrap_err().to_string();
+        assert!(err.contains("SENTIA_ROTATION_PAUSED"), "{err}");
     }
 }

@@ -100,7 +100,15 @@ pub async fn run(
                 server_stop.clone(),
             ),
     );
-    let stopped = engine.run(shutdown.clone()).await;
+    let stopped = if config.paused {
+        tracing::warn!(
+            "rotation is paused (SENTIA_ROTATION_PAUSED): no rotation runs until it is unset"
+        );
+        shutdown.clone().stopped().await;
+        Stopped::Shutdown
+    } else {
+        engine.run(shutdown.clone()).await
+    };
     server_stop.trigger();
     if stopped == Stopped::Crashed {
         server.abort();

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use sentia_backup_ops::{BackupError, Opener, Sources, Targets, Trust};
+use sentia_backup_ops::{BackupError, Destination, Opener, Sources, Targets, Trust};
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::audit::v1::VerifyChainRequest;
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
@@ -377,6 +377,87 @@ async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backe
         .into_inner();
     assert_eq!(got.value, b"before-the-incident");
     restored.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A directory and an S3 bucket (the moto server the test command starts) keep archives:
+/// uploaded whole, listed newest first, downloaded intact (the copy verifies), and pruned past
+/// retention except the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_are_kept_in_a_directory_and_a_bucket_and_pruned_past_retention() {
+    let Some((bucket, options)) = sentia_testkit::s3_destination() else {
+        return;
+    };
+    let master_b64 = MasterKey::generate().to_base64().to_string();
+    let sandbox = Sandbox::builder()
+        .audit()
+        .scheduler(Default::default())
+        .key_setting("SENTIA_MASTER_KEY", &master_b64)
+        .start()
+        .await
+        .unwrap();
+    let vault = sandbox.vault();
+    vault.put("prod/app/db", b"kept-offsite").await;
+    let root = vault.root_token.clone();
+    let sources = Sources {
+        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
+        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
+        vault: channel(&vault.addr, &root),
+        scheduler: channel(&sandbox.scheduler().addr, &root),
+    };
+    let staging = std::env::temp_dir().join(sentia_testkit::unique("sentia_staging"));
+    std::fs::create_dir_all(&staging).unwrap();
+    let (path, manifest) = sentia_backup_ops::create(&sources, &staging).await.unwrap();
+    sandbox.stop().await;
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    // An archive from 100 days earlier (a copy under an older name).
+    let day = 86_400_000;
+    let old_name = sentia_backup_ops::file_name(manifest.created_ms - 100 * day, "0ld0ld0ld0");
+    let old = staging.join(&old_name);
+    std::fs::copy(&path, &old).unwrap();
+
+    let dir = std::env::temp_dir().join(sentia_testkit::unique("sentia_backups"));
+    let destinations = [
+        Destination::parse(dir.to_str().unwrap()).unwrap(),
+        Destination::parse_with(&bucket, &options).unwrap(),
+    ];
+    for dest in &destinations {
+        dest.upload(&old).await.unwrap();
+        dest.upload(&path).await.unwrap();
+        let listed = dest.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            [name.as_str(), old_name.as_str()],
+            "{}",
+            dest.label()
+        );
+        assert_eq!(listed[0].bytes, std::fs::metadata(&path).unwrap().len());
+        let copy = staging.join(format!("copy-{}", dest.label().len()));
+        dest.download(&name, &copy).await.unwrap();
+        let opener = Opener::Master(MasterKey::from_base64(&master_b64).unwrap());
+        let checked = sentia_backup_ops::verify(&copy, &opener, &Trust::Embedded).unwrap();
+        assert_eq!(checked.manifest, manifest, "{}", dest.label());
+        let pruned = dest
+            .prune(
+                std::time::Duration::from_secs(90 * 86_400),
+                manifest.created_ms + day,
+            )
+            .await
+            .unwrap();
+        assert_eq!(pruned, std::slice::from_ref(&old_name), "{}", dest.label());
+        // Long after, everything is past retention: the newest stays.
+        let pruned = dest
+            .prune(
+                std::time::Duration::from_secs(90 * 86_400),
+                manifest.created_ms + 1000 * day,
+            )
+            .await
+            .unwrap();
+        assert!(pruned.is_empty(), "{}: {pruned:?}", dest.label());
+        assert_eq!(dest.list().await.unwrap().len(), 1);
+        dest.delete(&name).await.unwrap();
+    }
+    std::fs::remove_dir_all(&staging).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,4 +1,4 @@
-# Sourced by tests/interop/run and deploy/check: makes (or reuses) target/py-venv with the
+# Sourced by tests/run, tests/interop/run and deploy/check: makes (or reuses) target/py-venv with the
 # pinned tests/requirements.txt and sets $venv. Needs python3 and PyPI on the first run.
 venv=$(pwd)/target/py-venv
 if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/requirements.txt "$venv/requirements.txt"; then

@@ -17,6 +17,7 @@ use sentia_proto::keys::v1::{BeginBackupRequest, GetPublicKeysRequest, SignReque
 use zeroize::Zeroizing;
 
 use crate::manifest::{self, Manifest, ServiceSnapshot};
+use crate::verify::{Opener, Trust, verify};
 use crate::{
     BackupError, CHECKPOINT_KEY, MANIFEST, MANIFEST_KEY, SERVICES, SIGNATURE, file_name,
     signed_message, snapshot_entry,
@@ -155,6 +156,14 @@ pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest)
         .into_inner()
         .map_err(|e| BackupError::Io(e.into_error()))?;
     file.sync_all()?;
+    drop(file);
+    // Read it all back before it gets its name: an archive that does not verify with its own
+    // key is never kept or copied anywhere.
+    let (check_path, check_key) = (partial.path.clone(), ArchiveKey::from_bytes(&raw_key)?);
+    let trust = Trust::Keys(public_keys);
+    tokio::task::spawn_blocking(move || verify(&check_path, &Opener::Archive(check_key), &trust))
+        .await
+        .map_err(|e| BackupError::Invalid(format!("the check of the written archive: {e}")))??;
     std::fs::rename(&partial.path, &path)?;
     partial.done = true;
     if let Ok(d) = std::fs::File::open(dir) {

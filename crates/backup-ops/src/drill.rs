@@ -169,6 +169,12 @@ impl System {
                     .map_err(|e| failed("start", format!("key-service: {e}")))?,
             ),
             Opener::Recovery(_) => key_service::MasterSource::Recovery,
+            Opener::Archive(_) => {
+                return Err(failed(
+                    "start",
+                    "a drill unseals key-service: give the master or the recovery key",
+                ));
+            }
         };
         let mut kc = key_service::Config::in_process(
             dev("key-service", tokens.clone(), &keys),

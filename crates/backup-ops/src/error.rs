@@ -41,6 +41,9 @@ pub enum BackupError {
         /// What went wrong.
         detail: String,
     },
+    /// A destination (directory or bucket) failed.
+    #[error("storage: {0}")]
+    Storage(String),
     /// Reading or writing a file.
     #[error("{0}")]
     Io(#[from] std::io::Error),

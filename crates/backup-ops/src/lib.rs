@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod create;
+mod destination;
 mod drill;
 mod error;
 mod manifest;
@@ -19,6 +20,7 @@ mod restore;
 mod verify;
 
 pub use create::{Sources, create};
+pub use destination::{Destination, Stored, created_ms, expired};
 pub use drill::{DrillReport, drill};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};

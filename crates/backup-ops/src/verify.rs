@@ -20,6 +20,8 @@ pub enum Opener {
     Master(MasterKey),
     /// The offline recovery private key the archive key is escrowed to.
     Recovery(RecoveryPrivateKey),
+    /// The archive's own key, as its maker holds it right after writing it.
+    Archive(ArchiveKey),
 }
 
 /// Which public keys the manifest's signature and the audit checkpoints are checked with.
@@ -51,6 +53,7 @@ pub fn verify(path: &Path, opener: &Opener, trust: &Trust) -> Result<Verified, B
     let (header, mut reader) = Reader::open(file, |h| match opener {
         Opener::Master(m) => ArchiveKey::with_master(h, m),
         Opener::Recovery(r) => ArchiveKey::with_recovery(h, r),
+        Opener::Archive(k) => ArchiveKey::from_bytes(k.expose()),
     })?;
     let invalid = |m: String| BackupError::Invalid(m);
     let mut entries: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();

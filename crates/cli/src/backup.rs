@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_backup_ops::{Opener, Sources, Targets, Trust, Verified};
+use sentia_backup_ops::{Destination, Opener, Sources, Targets, Trust, Verified};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -69,24 +69,34 @@ struct TrustArgs {
 
 #[derive(Subcommand)]
 enum BackupCommand {
-    /// Back up every service into one encrypted, signed archive in a directory.
+    /// Back up every service into one encrypted, signed archive, checked once written and
+    /// then copied to every destination.
     Create {
-        /// Directory the archive is written to.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
+        /// Where it goes: a directory or `s3://BUCKET/PREFIX` (credentials, region and
+        /// endpoint from the AWS_* variables). Repeat for more copies.
+        #[arg(long = "to", default_value = ".")]
+        to: Vec<String>,
         #[command(flatten)]
         services: Services,
     },
-    /// Archives in a directory, newest first (what the headers say; no key needed).
+    /// Archives at a destination, newest first.
     List {
-        /// Directory to look in.
+        /// A directory or `s3://BUCKET/PREFIX`.
         #[arg(default_value = ".")]
-        dir: PathBuf,
+        destination: String,
+    },
+    /// Delete archives older than the retention at a destination, never the newest one.
+    Prune {
+        /// A directory or `s3://BUCKET/PREFIX`.
+        destination: String,
+        /// How long archives are kept.
+        #[arg(long, value_parser = crate::rotation::duration, default_value = "90d")]
+        retention: std::time::Duration,
     },
     /// Open an archive and check every byte of it against its signed manifest.
     Verify {
-        /// The archive.
-        archive: PathBuf,
+        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
+        archive: String,
         #[command(flatten)]
         key: Key,
         #[command(flatten)]
@@ -96,8 +106,8 @@ enum BackupCommand {
     /// scratch databases, run the four services on them, read back every secret version,
     /// verify the audit chain, issue and check a token, then tear it all down.
     Drill {
-        /// An archive, or a directory whose newest archive is drilled.
-        archive: PathBuf,
+        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
+        archive: String,
         #[command(flatten)]
         key: Key,
         #[command(flatten)]
@@ -110,8 +120,8 @@ enum BackupCommand {
     /// Check an archive, then load it into the four services' databases (stopped services;
     /// start them afterwards and unseal key-service with the archive's master version).
     Restore {
-        /// The archive.
-        archive: PathBuf,
+        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
+        archive: String,
         #[command(flatten)]
         key: Key,
         #[command(flatten)]
@@ -138,26 +148,46 @@ enum BackupCommand {
 pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     let common = &args.common;
     match args.command {
-        BackupCommand::Create { out, services } => create(common, &out, &services).await,
-        BackupCommand::List { dir } => list(common, &dir),
+        BackupCommand::Create { to, services } => create(common, &to, &services).await,
+        BackupCommand::List { destination } => list(common, &destination).await,
+        BackupCommand::Prune {
+            destination,
+            retention,
+        } => {
+            let dest = Destination::parse(&destination)?;
+            let deleted = dest.prune(retention, sentia_proto::wkt::now_ms()).await?;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"destination": destination, "deleted": deleted})
+                );
+            } else {
+                for name in &deleted {
+                    println!("deleted {name}");
+                }
+                println!("{} archives deleted from {destination}", deleted.len());
+            }
+            Ok(())
+        }
         BackupCommand::Verify {
             archive,
             key,
             trust,
         } => {
-            let (checked, _) = open(common, &archive, &key, &trust).await?;
+            let local = fetch(&archive).await?;
+            let (checked, _) = open(common, local.path(), &key, &trust).await?;
             let m = &checked.manifest;
             if common.json {
                 println!(
                     "{}",
-                    json!({"valid": true, "archive": archive.display().to_string(),
+                    json!({"valid": true, "archive": archive,
                         "archive_id": m.archive_id, "created": m.created,
                         "signed_by": checked.signed_by, "self_attested": checked.self_attested,
                         "services": m.services, "secret_versions": m.secret_versions.len(),
                         "audit": m.audit})
                 );
             } else {
-                println!("{}: valid", archive.display());
+                println!("{archive}: valid");
                 describe(&checked);
             }
             Ok(())
@@ -178,7 +208,8 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             rotation_db,
             force,
         } => {
-            let (checked, _) = open(common, &archive, &key, &trust).await?;
+            let local = fetch(&archive).await?;
+            let (checked, _) = open(common, local.path(), &key, &trust).await?;
             let targets = Targets {
                 keys: keys_db,
                 vault: vault_db,
@@ -216,17 +247,14 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
 
 async fn drill(
     common: &Common,
-    archive: &Path,
+    archive: &str,
     key: &Key,
     trust: &TrustArgs,
     scratch: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let archive = if archive.is_dir() {
-        newest(archive)?
-    } else {
-        archive.to_path_buf()
-    };
-    let (checked, opener) = open(common, &archive, key, trust).await?;
+    let local = fetch(archive).await?;
+    let archive = local.name.clone();
+    let (checked, opener) = open(common, local.path(), key, trust).await?;
     let scratch = scratch.unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "sentia-drill-{}",
@@ -238,7 +266,7 @@ async fn drill(
     match (&report, common.json) {
         (Ok(r), true) => println!(
             "{}",
-            json!({"passed": true, "archive": archive.display().to_string(),
+            json!({"passed": true, "archive": archive,
                 "archive_id": r.archive_id, "created": m.created, "rows": r.restored.rows,
                 "versions_read": r.versions_read, "versions_deleted": r.versions_deleted,
                 "versions_destroyed": r.versions_destroyed,
@@ -246,7 +274,7 @@ async fn drill(
                 "rotations_listed": r.rotations_listed})
         ),
         (Ok(r), false) => {
-            println!("drill passed: {} (made {})", archive.display(), m.created);
+            println!("drill passed: {archive} (made {})", m.created);
             for (service, rows) in &r.restored.rows {
                 println!("  restored {service:<20} {rows} rows");
             }
@@ -265,52 +293,82 @@ async fn drill(
         }
         (Err(e), true) => println!(
             "{}",
-            json!({"passed": false, "archive": archive.display().to_string(),
+            json!({"passed": false, "archive": archive,
                 "archive_id": m.archive_id, "error": e.to_string()})
         ),
         (Err(_), false) => {}
     }
     report
         .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("restore drill of {}: {e}", archive.display()))
+        .map_err(|e| anyhow::anyhow!("restore drill of {archive}: {e}"))
 }
 
-/// The newest archive in `dir` by the time its header gives.
-fn newest(dir: &Path) -> anyhow::Result<PathBuf> {
-    archives(dir)?
-        .into_iter()
-        .find_map(|(path, _, header)| header.ok().map(|_| path))
-        .ok_or_else(|| anyhow::anyhow!("no readable archive in {}", dir.display()))
+/// An archive on this machine: the file given, or a downloaded copy (removed when dropped).
+struct Local {
+    path: PathBuf,
+    name: String,
+    downloaded: bool,
 }
 
-/// The `.sbk` files in `dir`, newest first, with their sizes and headers.
-#[allow(clippy::type_complexity)]
-fn archives(
-    dir: &Path,
-) -> anyhow::Result<
-    Vec<(
-        PathBuf,
-        u64,
-        Result<(sentia_backup::Header, Vec<u8>), sentia_backup::ArchiveError>,
-    )>,
-> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("sbk") {
-            continue;
-        }
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let header = std::fs::File::open(&path)
-            .map_err(sentia_backup::ArchiveError::from)
-            .and_then(|mut f| sentia_backup::read_header(&mut f));
-        found.push((path, size, header));
+impl Local {
+    fn path(&self) -> &Path {
+        &self.path
     }
-    found.sort_by_key(|(_, _, h)| std::cmp::Reverse(h.as_ref().map_or(0, |(h, _)| h.created_ms)));
-    Ok(found)
 }
 
-async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()> {
+impl Drop for Local {
+    fn drop(&mut self) {
+        if self.downloaded {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `spec` as a local file: a file as is; `s3://…/NAME.sbk` downloaded; a directory or bucket
+/// prefix: its newest archive.
+async fn fetch(spec: &str) -> anyhow::Result<Local> {
+    let remote = spec.starts_with("s3://");
+    let (dest, name) = if spec.ends_with(".sbk") {
+        if !remote {
+            return Ok(Local {
+                path: PathBuf::from(spec),
+                name: spec.to_string(),
+                downloaded: false,
+            });
+        }
+        let (dir, name) = spec.rsplit_once('/').unwrap_or(("", spec));
+        (Destination::parse(dir)?, name.to_string())
+    } else {
+        let dest = Destination::parse(spec)?;
+        let newest = dest
+            .list()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no archive at {spec}"))?;
+        (dest, newest.name)
+    };
+    let full = format!("{}/{name}", dest.label().trim_end_matches('/'));
+    if !remote {
+        return Ok(Local {
+            path: PathBuf::from(&full),
+            name: full,
+            downloaded: false,
+        });
+    }
+    let local = Local {
+        path: std::env::temp_dir().join(format!(
+            "sentia-fetch-{}-{name}",
+            hex::encode(sentia_crypto::random_bytes(6))
+        )),
+        name: full,
+        downloaded: true,
+    };
+    dest.download(&name, &local.path).await?;
+    Ok(local)
+}
+
+async fn create(common: &Common, to: &[String], s: &Services) -> anyhow::Result<()> {
     let admin = Common {
         token: s.key_token.clone().or(common.token.clone()),
         ..common.clone()
@@ -323,8 +381,43 @@ async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()>
             .channel(&s.rotation_addr, "rotation-scheduler")
             .await?,
     };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (path, m) = sentia_backup_ops::create(&sources, out).await?;
+    let destinations = to
+        .iter()
+        .map(|d| Destination::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Written (and checked) in the first destination when it is a directory, else in a
+    // staging directory removed afterwards; then copied to the others.
+    let first_local = to.first().filter(|d| !d.starts_with("s3://"));
+    let staging = match first_local {
+        Some(d) => PathBuf::from(d.strip_prefix("file://").unwrap_or(d)),
+        None => std::env::temp_dir().join(format!(
+            "sentia-backup-staging-{}",
+            hex::encode(sentia_crypto::random_bytes(6))
+        )),
+    };
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let made = sentia_backup_ops::create(&sources, &staging).await;
+    let mut copies = Vec::new();
+    let result = async {
+        let (path, m) = made?;
+        copies.push(path.display().to_string());
+        for dest in destinations.iter().skip(usize::from(first_local.is_some())) {
+            dest.upload(&path).await?;
+            copies.push(format!(
+                "{}/{}",
+                dest.label().trim_end_matches('/'),
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+            ));
+        }
+        anyhow::Ok((path, m))
+    }
+    .await;
+    if first_local.is_none() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let (path, m) = result?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     if let Some(problem) = &m.audit.problem {
         eprintln!("warning: the audit chain copied does not verify: {problem}");
@@ -338,13 +431,16 @@ async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()>
     if common.json {
         println!(
             "{}",
-            json!({"archive": path.display().to_string(), "archive_id": m.archive_id,
+            json!({"archive": copies.first(), "copies": copies, "archive_id": m.archive_id,
                 "created": m.created, "bytes": size, "master_version": m.master_version,
                 "recovery_fingerprint": m.recovery_fingerprint, "services": m.services,
                 "secret_versions": m.secret_versions.len(), "audit": m.audit})
         );
     } else {
         println!("{} ({size} bytes)", path.display());
+        for copy in copies.iter().skip(1) {
+            println!("  copied to {copy}");
+        }
         for (service, snap) in &m.services {
             println!(
                 "  {service:<20} {} rows, schema {}",
@@ -356,16 +452,16 @@ async fn create(common: &Common, out: &Path, s: &Services) -> anyhow::Result<()>
     Ok(())
 }
 
-fn list(common: &Common, dir: &Path) -> anyhow::Result<()> {
-    let found = archives(dir)?;
-    let rows: Vec<_> = found
-        .iter()
-        .map(|(path, size, header)| match header {
-            Ok((h, _)) => json!({"archive": path.display().to_string(), "bytes": size,
-                "archive_id": h.id_hex(), "created": sentia_proto::wkt::utc(h.created_ms / 1000),
-                "master_version": h.master_version, "recovery_escrow": h.to_recovery.is_some()}),
-            Err(e) => json!({"archive": path.display().to_string(), "bytes": size,
-                "error": e.to_string()}),
+async fn list(common: &Common, destination: &str) -> anyhow::Result<()> {
+    let dest = Destination::parse(destination)?;
+    let at = dest.label().trim_end_matches('/').to_string();
+    let rows: Vec<_> = dest
+        .list()
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({"name": a.name, "archive": format!("{at}/{}", a.name), "bytes": a.bytes,
+                "created": a.created_ms.map(|t| sentia_proto::wkt::utc(t / 1000))})
         })
         .collect();
     if common.json {
@@ -373,21 +469,12 @@ fn list(common: &Common, dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     for r in &rows {
-        match r.get("error") {
-            Some(e) => println!("{}  unreadable: {}", r["archive"].as_str().unwrap_or(""), e),
-            None => println!(
-                "{}  {}  {} bytes  master v{}{}",
-                r["created"].as_str().unwrap_or(""),
-                r["archive"].as_str().unwrap_or(""),
-                r["bytes"],
-                r["master_version"],
-                if r["recovery_escrow"] == json!(true) {
-                    "  +recovery"
-                } else {
-                    ""
-                }
-            ),
-        }
+        println!(
+            "{}  {}  {} bytes",
+            r["created"].as_str().unwrap_or("(no time in the name)"),
+            r["archive"].as_str().unwrap_or(""),
+            r["bytes"]
+        );
     }
     Ok(())
 }

@@ -97,7 +97,7 @@ enum MethodArg {
     Manual,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     sentia_runtime::config::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 90d, 12h, 30m"))
 }

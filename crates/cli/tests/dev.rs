@@ -310,7 +310,20 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
     ];
     let (ok, _, err) = sentia(&env, &["secret", "put", "dev/app/db"], b"hunter2").await;
     assert!(ok, "{err}");
-    let (ok, out, err) = sentia(&env, &["backup", "create", "--out", &b, "--json"], b"").await;
+    // A copy in a bucket too when the test command's S3 server is here (always under CI).
+    let s3 = sentia_testkit::s3_destination();
+    let mut env: Vec<(&str, &str)> = env.to_vec();
+    let mut create = vec!["backup", "create", "--to", &b, "--json"];
+    let s3_env: Vec<(String, String)> = s3
+        .iter()
+        .flat_map(|(_, options)| options.iter())
+        .map(|(k, v)| (k.to_ascii_uppercase(), v.clone()))
+        .collect();
+    if let Some((bucket, _)) = &s3 {
+        create.extend(["--to", bucket.as_str()]);
+        env.extend(s3_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    let (ok, out, err) = sentia(&env, &create, b"").await;
     assert!(ok, "{err}");
     let made: serde_json::Value = serde_json::from_str(&out).unwrap();
     let archive = made["archive"].as_str().unwrap().to_string();
@@ -328,7 +341,7 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
         Some(archive.as_str()),
         "{out}"
     );
-    assert_eq!(listed[0]["archive_id"], made["archive_id"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{out}");
 
     let key_file = dir.join("dev-master.key").display().to_string();
     let (ok, out, err) = sentia(
@@ -398,6 +411,47 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
     )
     .await;
     assert!(!ok && err.contains("chunk"), "{err}");
+    if let Some((bucket, _)) = &s3 {
+        assert_eq!(made["copies"].as_array().unwrap().len(), 2, "{made}");
+        let (ok, out, err) = sentia(&env, &["backup", "list", bucket, "--json"], b"").await;
+        assert!(ok, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            listed[0]["name"],
+            made["archive"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+        );
+        // The bucket's newest archive, downloaded and drilled.
+        let (ok, out, err) = sentia(
+            &env,
+            &[
+                "backup",
+                "drill",
+                bucket,
+                "--master-key-file",
+                &key_file,
+                "--json",
+            ],
+            b"",
+        )
+        .await;
+        assert!(ok, "{err}");
+        assert!(out.contains("\"passed\":true"), "{out}");
+        let (ok, out, err) = sentia(
+            &env,
+            &["backup", "prune", bucket, "--retention", "1d", "--json"],
+            b"",
+        )
+        .await;
+        assert!(
+            ok && out.contains("\"deleted\":[]"),
+            "the newest is kept: {out}{err}"
+        );
+    }
     let _ = dev.child.kill().await;
     let _ = dev.child.wait().await;
 

@@ -213,6 +213,27 @@ pub fn redis_url() -> Option<String> {
     server_url("SENTIA_TEST_REDIS_URL", "redis")
 }
 
+/// A bucket prefix of this test's own on the S3-protocol server the test command starts
+/// (`SENTIA_TEST_S3_URL`, `http://HOST:PORT/BUCKET`): the destination (`s3://BUCKET/PREFIX`)
+/// and the options that reach it. None (announced) outside CI when it is not set.
+pub fn s3_destination() -> Option<(String, Vec<(String, String)>)> {
+    let url = server_url("SENTIA_TEST_S3_URL", "S3 (moto)")?;
+    let (endpoint, bucket) = url
+        .rsplit_once('/')
+        .expect("SENTIA_TEST_S3_URL is http://HOST:PORT/BUCKET");
+    let options = [
+        ("aws_endpoint", endpoint),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "sentia-test"),
+        ("aws_secret_access_key", "sentia-test"),
+        ("aws_region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Some((format!("s3://{bucket}/{}", unique("backups")), options))
+}
+
 /// The Postgres admin URL (`SENTIA_TEST_POSTGRES_URL`: a superuser, which creates the test
 /// databases and serves as the rotation suites' target), or None (announced) outside CI.
 pub fn postgres_admin_url() -> Option<String> {

@@ -4,6 +4,7 @@
 //! RPC's throughput as a ratio to the baseline measured in the same run.
 
 mod audit;
+mod backup;
 mod harness;
 mod keys;
 mod soak;
@@ -24,6 +25,9 @@ enum Suite {
     Audit,
     /// Sustained audited reads for `--minutes`, with memory use (not part of `all`).
     Soak,
+    /// Backup create, verify, restore and drill of `--versions` secret versions (not part of
+    /// `all`).
+    Backup,
 }
 
 #[derive(Parser, Clone)]
@@ -51,6 +55,9 @@ struct Args {
     /// Audited writes the soak suite makes before its reads.
     #[arg(long, default_value_t = 100_000)]
     writes: u64,
+    /// Secret versions the backup suite writes before it backs them up.
+    #[arg(long, default_value_t = 100_000)]
+    versions: u64,
     /// Redis for an extra GetSecret row through the sealed-record cache.
     #[arg(long, env = "SENTIA_BENCH_REDIS_URL")]
     redis: Option<String>,
@@ -72,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite == Suite::Soak {
         soak::run(&args).await?;
+    }
+    if args.suite == Suite::Backup {
+        backup::run(&args).await?;
     }
     Ok(())
 }

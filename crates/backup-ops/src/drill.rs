@@ -64,7 +64,7 @@ pub async fn drill(
         scheduler: url("rotation.db"),
     };
     let restored = restore(archive, &targets, false).await?;
-    let system = System::start(&targets, opener).await?;
+    let system = InProcess::start(&targets, opener, scratch).await?;
     let result = system.exercise(archive).await;
     system.stop().await;
     let (versions, audit_records_checked, rotations_listed) = result?;
@@ -107,12 +107,19 @@ impl Drop for Scratch {
     }
 }
 
-/// The restored system, running.
-struct System {
-    keys: String,
-    vault: String,
-    audit: String,
-    scheduler: String,
+/// The four services running in this process on given databases, each on port 0 with a
+/// fresh token of its own and rotation paused: the drill's restored system, and the
+/// benchmark's. Auditing is off (its audit-service holds the log it was given, and nothing
+/// else); the one administrator token reaches every service.
+pub struct InProcess {
+    /// key-service's address.
+    pub keys: String,
+    /// vault-service's address.
+    pub vault: String,
+    /// audit-service's address.
+    pub audit: String,
+    /// rotation-scheduler's address.
+    pub scheduler: String,
     admin: Zeroizing<String>,
     shutdown: Shutdown,
     tasks: tokio::task::JoinSet<(&'static str, Result<(), String>)>,
@@ -142,11 +149,16 @@ fn config_err(
     move |e| failed("start", format!("{service}: {e}"))
 }
 
-impl System {
-    /// Each service with a fresh token of its own, as deployed; the drill's own identity is
-    /// an administrator. Auditing is off in the scratch system: its audit-service holds the
-    /// restored log, which the drill verifies, and nothing else.
-    async fn start(targets: &Targets, opener: &Opener) -> Result<Self, BackupError> {
+impl InProcess {
+    /// Starts the four on `targets` (migrating them; an empty keyring is created under the
+    /// master), key-service unsealed with `opener`'s master or recovery key, and waits until
+    /// each answers. A root token minted for an empty vault database goes to a private file
+    /// in `work`, never to the console.
+    pub async fn start(
+        targets: &Targets,
+        opener: &Opener,
+        work: &Path,
+    ) -> Result<Self, BackupError> {
         let (admin, vault_t, audit_t, sched_t) = (token(), token(), token(), token());
         let tokens = TokenTable::from_plain([
             ("drill", Role::Admin, admin.as_str()),
@@ -234,6 +246,7 @@ impl System {
         )]
         .into();
         vc.database_url = targets.vault.clone();
+        vc.root_token_file = Some(work.join("root-token"));
         vc.key_service = upstream(&keys, &vault_t);
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -259,7 +272,7 @@ impl System {
             )
         });
 
-        Ok(Self {
+        let running = Self {
             keys,
             vault,
             audit,
@@ -267,7 +280,66 @@ impl System {
             admin,
             shutdown,
             tasks,
+        };
+        running.ready().await?;
+        Ok(running)
+    }
+
+    /// The administrator token every service accepts.
+    pub fn admin_token(&self) -> &str {
+        &self.admin
+    }
+
+    /// Channels to the four with the administrator token: what a backup is made from.
+    pub fn sources(&self) -> Result<crate::Sources, BackupError> {
+        let admin = Some(self.admin.as_str());
+        Ok(crate::Sources {
+            keys: channel(&self.keys, admin)?,
+            vault: channel(&self.vault, admin)?,
+            audit: channel(&self.audit, admin)?,
+            scheduler: channel(&self.scheduler, admin)?,
         })
+    }
+
+    /// Waits until vault-service, audit-service and rotation-scheduler answer.
+    async fn ready(&self) -> Result<(), BackupError> {
+        let admin = Some(self.admin.as_str());
+        let secrets = SecretServiceClient::new(channel(&self.vault, admin)?);
+        ready("vault-service", || {
+            let mut c = secrets.clone();
+            async move {
+                c.list_secrets(pb::ListSecretsRequest::default())
+                    .await
+                    .is_ok()
+            }
+        })
+        .await?;
+        let audit = AuditServiceClient::new(channel(&self.audit, admin)?);
+        ready("audit-service", || {
+            let mut c = audit.clone();
+            async move {
+                c.list_checkpoints(sentia_proto::audit::v1::ListCheckpointsRequest::default())
+                    .await
+                    .is_ok()
+            }
+        })
+        .await?;
+        let rotations = RotationServiceClient::new(channel(&self.scheduler, admin)?);
+        ready("rotation-scheduler", || {
+            let mut c = rotations.clone();
+            async move {
+                c.list_rotations(ListRotationsRequest::default())
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    }
+
+    /// Stops the four and waits for each.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        while self.tasks.join_next().await.is_some() {}
     }
 
     async fn exercise(&self, archive: &Verified) -> Result<([usize; 3], u64, usize), BackupError> {
@@ -289,29 +361,9 @@ impl System {
         }
         let admin = Some(self.admin.as_str());
         let mut secrets = SecretServiceClient::new(channel(&self.vault, admin)?);
-        let probe = secrets.clone();
-        ready("vault-service", || {
-            let mut c = probe.clone();
-            async move {
-                c.list_secrets(pb::ListSecretsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
         let versions = read_every_version(&mut secrets, archive).await?;
 
         let mut audit = AuditServiceClient::new(channel(&self.audit, admin)?);
-        let probe = audit.clone();
-        ready("audit-service", || {
-            let mut c = probe.clone();
-            async move {
-                c.list_checkpoints(sentia_proto::audit::v1::ListCheckpointsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
         let verdict = audit
             .verify_chain(VerifyChainRequest::default())
             .await
@@ -363,16 +415,6 @@ impl System {
         }
 
         let mut rotations = RotationServiceClient::new(channel(&self.scheduler, admin)?);
-        let probe = rotations.clone();
-        ready("rotation-scheduler", || {
-            let mut c = probe.clone();
-            async move {
-                c.list_rotations(ListRotationsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
         let listed = rotations
             .list_rotations(ListRotationsRequest {
                 page_size: 1000,
@@ -382,11 +424,6 @@ impl System {
             .map_err(|s| failed("list rotations", s.message()))?
             .into_inner();
         Ok((versions, verdict.records_checked, listed.rotations.len()))
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.trigger();
-        while self.tasks.join_next().await.is_some() {}
     }
 }
 

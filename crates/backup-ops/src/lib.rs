@@ -21,7 +21,7 @@ mod verify;
 
 pub use create::{Sources, create};
 pub use destination::{Destination, Stored, created_ms, expired};
-pub use drill::{DrillReport, drill};
+pub use drill::{DrillReport, InProcess, drill};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
 pub use restore::{Restored, Targets, restore};

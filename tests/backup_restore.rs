@@ -65,6 +65,21 @@ async fn another_keyring(backend: Backend, master: &str) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(out)
 }
 
+/// Every stage a long operation reported: (what, total, units advanced).
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
+
+impl sentia_backup_ops::Progress for Recorded {
+    fn stage(&self, what: &str, total: Option<u64>) {
+        self.0.lock().unwrap().push((what.to_string(), total, 0));
+    }
+    fn advance(&self, n: u64) {
+        if let Some(last) = self.0.lock().unwrap().last_mut() {
+            last.2 += n;
+        }
+    }
+}
+
 fn refused(r: Result<impl Sized, BackupError>) -> String {
     match r {
         Ok(_) => panic!("accepted"),
@@ -187,9 +202,23 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
 
     // The drill: restored into scratch databases and exercised through the four services.
     let scratch = dir.join("drill");
-    let report = sentia_backup_ops::drill(&checked, &by_master(), &scratch)
+    let progress = Recorded::default();
+    let report = sentia_backup_ops::drill_with(&checked, &by_master(), &scratch, &progress)
         .await
         .unwrap();
+    let stages = progress.0.lock().unwrap().clone();
+    assert!(
+        stages.contains(&("reading every secret version".to_string(), Some(4), 4)),
+        "{stages:?}"
+    );
+    assert!(
+        stages.contains(&(
+            "loading vault-service".to_string(),
+            Some(manifest.services["vault-service"].rows.values().sum()),
+            manifest.services["vault-service"].rows.values().sum()
+        )),
+        "{stages:?}"
+    );
     assert_eq!(
         (
             report.versions_read,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +18,8 @@ use sentia_proto::keys::v1::{BeginBackupRequest, GetPublicKeysRequest, SignReque
 use zeroize::Zeroizing;
 
 use crate::manifest::{self, Manifest, ServiceSnapshot};
-use crate::verify::{Opener, Trust, verify};
+use crate::progress::{Progress, Quiet};
+use crate::verify::{Opener, Trust, verify_with};
 use crate::{
     BackupError, CHECKPOINT_KEY, MANIFEST, MANIFEST_KEY, SERVICES, SIGNATURE, file_name,
     signed_message, snapshot_entry,
@@ -50,8 +52,17 @@ impl Sources {
 }
 
 /// Makes an archive in `dir` and returns its path and manifest. The file appears under its
-/// final name only once complete and synced; a failure leaves nothing behind.
+/// final name only once complete, synced and read back; a failure leaves nothing behind.
 pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest), BackupError> {
+    create_with(sources, dir, Arc::new(Quiet)).await
+}
+
+/// [`create`], reporting each snapshot's bytes and the read-back to `progress`.
+pub async fn create_with(
+    sources: &Sources,
+    dir: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<(PathBuf, Manifest), BackupError> {
     let begun = SystemServiceClient::new(sources.keys.clone())
         .begin_backup(BeginBackupRequest {})
         .await
@@ -84,7 +95,8 @@ pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest)
     let mut services = BTreeMap::new();
     let mut kept: HashMap<&str, Zeroizing<Vec<u8>>> = HashMap::new();
     for service in SERVICES {
-        let snapshot = snapshot(sources.of(service), service).await?;
+        progress.stage(&format!("snapshot of {service}"), None);
+        let snapshot = snapshot(sources.of(service), service, progress.as_ref()).await?;
         let (dialect, counts) =
             manifest::rows(&snapshot, |_, _, _| Ok(())).map_err(BackupError::snapshot(service))?;
         let entry = snapshot_entry(service);
@@ -161,9 +173,17 @@ pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest)
     // key is never kept or copied anywhere.
     let (check_path, check_key) = (partial.path.clone(), ArchiveKey::from_bytes(&raw_key)?);
     let trust = Trust::Keys(public_keys);
-    tokio::task::spawn_blocking(move || verify(&check_path, &Opener::Archive(check_key), &trust))
-        .await
-        .map_err(|e| BackupError::Invalid(format!("the check of the written archive: {e}")))??;
+    let reporting = progress.clone();
+    tokio::task::spawn_blocking(move || {
+        verify_with(
+            &check_path,
+            &Opener::Archive(check_key),
+            &trust,
+            reporting.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| BackupError::Invalid(format!("the check of the written archive: {e}")))??;
     std::fs::rename(&partial.path, &path)?;
     partial.done = true;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -177,6 +197,7 @@ pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest)
 async fn snapshot(
     channel: AuthedChannel,
     service: &'static str,
+    progress: &dyn Progress,
 ) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let mut stream = SnapshotServiceClient::new(channel)
         .snapshot(SnapshotRequest {})
@@ -190,6 +211,7 @@ async fn snapshot(
         .map_err(BackupError::service(service))?
     {
         out.extend_from_slice(&chunk.data);
+        progress.advance(chunk.data.len() as u64);
     }
     Ok(out)
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use sentia_channel::{AuthedChannel, CallContext, connect_lazy};
 use sentia_crypto::MasterKey;
 use sentia_proto::audit::v1::VerifyChainRequest;
@@ -22,7 +24,8 @@ use sentia_runtime::{Role, ServerConfig, Shutdown, UpstreamConfig};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::restore::{Restored, Targets, restore};
+use crate::progress::{Progress, Quiet};
+use crate::restore::{Restored, Targets, restore_with};
 use crate::verify::{Opener, Verified};
 use crate::{BackupError, manifest};
 
@@ -55,6 +58,16 @@ pub async fn drill(
     opener: &Opener,
     scratch: &Path,
 ) -> Result<DrillReport, BackupError> {
+    drill_with(archive, opener, scratch, &Quiet).await
+}
+
+/// [`drill`], reporting its stages and the versions read to `progress`.
+pub async fn drill_with(
+    archive: &Verified,
+    opener: &Opener,
+    scratch: &Path,
+    progress: &dyn Progress,
+) -> Result<DrillReport, BackupError> {
     let _cleanup = Scratch::create(scratch)?;
     let url = |name: &str| format!("sqlite://{}?mode=rwc", scratch.join(name).display());
     let targets = Targets {
@@ -63,9 +76,10 @@ pub async fn drill(
         audit: url("audit.db"),
         scheduler: url("rotation.db"),
     };
-    let restored = restore(archive, &targets, false).await?;
+    let restored = restore_with(archive, &targets, false, progress).await?;
+    progress.stage("starting the restored services", None);
     let system = InProcess::start(&targets, opener, scratch).await?;
-    let result = system.exercise(archive).await;
+    let result = system.exercise(archive, progress).await;
     system.stop().await;
     let (versions, audit_records_checked, rotations_listed) = result?;
     Ok(DrillReport {
@@ -342,7 +356,11 @@ impl InProcess {
         while self.tasks.join_next().await.is_some() {}
     }
 
-    async fn exercise(&self, archive: &Verified) -> Result<([usize; 3], u64, usize), BackupError> {
+    async fn exercise(
+        &self,
+        archive: &Verified,
+        progress: &dyn Progress,
+    ) -> Result<([usize; 3], u64, usize), BackupError> {
         let status = SystemServiceClient::new(channel(&self.keys, None)?)
             .status(StatusRequest {})
             .await
@@ -360,8 +378,9 @@ impl InProcess {
             ));
         }
         let admin = Some(self.admin.as_str());
-        let mut secrets = SecretServiceClient::new(channel(&self.vault, admin)?);
-        let versions = read_every_version(&mut secrets, archive).await?;
+        let secrets = SecretServiceClient::new(channel(&self.vault, admin)?);
+        let versions = read_every_version(&secrets, archive, progress).await?;
+        progress.stage("verifying the audit chain", None);
 
         let mut audit = AuditServiceClient::new(channel(&self.audit, admin)?);
         let verdict = audit
@@ -428,9 +447,13 @@ impl InProcess {
 }
 
 /// Reads every version the vault snapshot holds; returns [read, deleted, destroyed].
+/// Reads the drill keeps in flight.
+const READS_IN_FLIGHT: usize = 8;
+
 async fn read_every_version(
-    secrets: &mut SecretServiceClient<AuthedChannel>,
+    secrets: &SecretServiceClient<AuthedChannel>,
     archive: &Verified,
+    progress: &dyn Progress,
 ) -> Result<[usize; 3], BackupError> {
     let mut rows = Vec::new();
     manifest::rows(
@@ -451,45 +474,51 @@ async fn read_every_version(
         },
     )
     .map_err(BackupError::snapshot("vault-service"))?;
-    let mut counts = [0usize; 3];
-    for (path, version, state) in rows {
-        let (Some(path), Some(version), Some(state)) =
-            (path.as_str(), version.as_u64(), state.as_i64())
-        else {
-            return Err(failed(
-                "read secrets",
-                "a version row without path, number or state",
-            ));
-        };
-        let got = secrets
-            .get_secret(pb::GetSecretRequest {
-                path: path.to_string(),
-                selector: Some(pb::get_secret_request::Selector::Version(version)),
-            })
-            .await;
-        let enabled = state == vault_service::store::State::Enabled as i64;
-        let destroyed = state == vault_service::store::State::Destroyed as i64;
-        match got {
-            Ok(r) if enabled => {
-                drop(Zeroizing::new(r.into_inner().value));
-                counts[0] += 1;
-            }
-            Err(s) if !enabled && s.code() == tonic::Code::FailedPrecondition => {
-                counts[if destroyed { 2 } else { 1 }] += 1;
-            }
-            Ok(_) => {
+    progress.stage("reading every secret version", Some(rows.len() as u64));
+    // A few reads in flight, as the services' users would make them.
+    let mut reads = futures_util::stream::iter(rows.into_iter().map(|(path, version, state)| {
+        let mut c = secrets.clone();
+        async move {
+            let (Some(path), Some(version), Some(state)) =
+                (path.as_str(), version.as_u64(), state.as_i64())
+            else {
                 return Err(failed(
+                    "read secrets",
+                    "a version row without path, number or state",
+                ));
+            };
+            let got = c
+                .get_secret(pb::GetSecretRequest {
+                    path: path.to_string(),
+                    selector: Some(pb::get_secret_request::Selector::Version(version)),
+                })
+                .await;
+            let enabled = state == vault_service::store::State::Enabled as i64;
+            let destroyed = state == vault_service::store::State::Destroyed as i64;
+            match got {
+                Ok(r) if enabled => {
+                    drop(Zeroizing::new(r.into_inner().value));
+                    Ok(0)
+                }
+                Err(s) if !enabled && s.code() == tonic::Code::FailedPrecondition => {
+                    Ok(if destroyed { 2 } else { 1 })
+                }
+                Ok(_) => Err(failed(
                     "read secrets",
                     format!("{path} version {version} was readable, but was not before"),
-                ));
-            }
-            Err(s) => {
-                return Err(failed(
+                )),
+                Err(s) => Err(failed(
                     "read secrets",
                     format!("{path} version {version}: {:?}: {}", s.code(), s.message()),
-                ));
+                )),
             }
         }
+    }))
+    .buffer_unordered(READS_IN_FLIGHT);
+    let mut counts = [0usize; 3];
+    while let Some(outcome) = reads.next().await {
+        counts[outcome?] += 1;
+        progress.advance(1);
     }
     Ok(counts)
 }

@@ -16,16 +16,18 @@ mod destination;
 mod drill;
 mod error;
 mod manifest;
+mod progress;
 mod restore;
 mod verify;
 
-pub use create::{Sources, create};
+pub use create::{Sources, create, create_with};
 pub use destination::{Destination, Stored, created_ms, expired};
-pub use drill::{DrillReport, InProcess, drill};
+pub use drill::{DrillReport, InProcess, drill, drill_with};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
-pub use restore::{Restored, Targets, restore};
-pub use verify::{Opener, Trust, Verified, verify};
+pub use progress::{Progress, Quiet};
+pub use restore::{Restored, Targets, restore, restore_with};
+pub use verify::{Opener, Trust, Verified, verify, verify_with};
 
 /// The services in the order they are snapshotted: audit-service first, so every other
 /// snapshot's own audit record lands after the copy of the log; key-service last, so the

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use sentia_db::Migrations;
 use sentia_db::snapshot::{self, Target};
 
+use crate::progress::{Progress, Quiet};
 use crate::verify::{Verified, check_versions};
 use crate::{BackupError, SERVICES, manifest};
 
@@ -49,6 +50,16 @@ pub async fn restore(
     targets: &Targets,
     replace: bool,
 ) -> Result<Restored, BackupError> {
+    restore_with(archive, targets, replace, &Quiet).await
+}
+
+/// [`restore`], reporting the rows each database took to `progress`.
+pub async fn restore_with(
+    archive: &Verified,
+    targets: &Targets,
+    replace: bool,
+    progress: &dyn Progress,
+) -> Result<Restored, BackupError> {
     let mut pools = Vec::new();
     for service in SERVICES {
         let (url, migrations) = targets.of(service);
@@ -84,6 +95,8 @@ pub async fn restore(
     let mut rows = BTreeMap::new();
     let mut done: Vec<&str> = Vec::new();
     for (service, pool, sqlite, migrations) in &pools {
+        let listed: u64 = archive.manifest.services[*service].rows.values().sum();
+        progress.stage(&format!("loading {service}"), Some(listed));
         let counts = snapshot::load(
             pool,
             *sqlite,
@@ -109,12 +122,14 @@ pub async fn restore(
             )));
         }
         rows.insert(service.to_string(), counts.rows.values().sum());
+        progress.advance(listed);
         done.push(service);
     }
     let (_, vault, sqlite, _) = &pools[SERVICES
         .iter()
         .position(|s| *s == "vault-service")
         .unwrap_or_default()];
+    progress.stage("reading vault-service back", None);
     let mut again = Vec::new();
     snapshot::dump(vault, *sqlite, |batch| {
         again.extend_from_slice(&batch);

@@ -12,6 +12,7 @@ use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use zeroize::Zeroizing;
 
 use crate::manifest::{self, Manifest};
+use crate::progress::{Counting, Progress, Quiet};
 use crate::{BackupError, MANIFEST, SERVICES, SIGNATURE, signed_message, snapshot_entry};
 
 /// What opens an archive.
@@ -49,7 +50,25 @@ pub struct Verified {
 /// Opens the archive at `path` with `opener` and checks all of it; the error says what is
 /// wrong and where.
 pub fn verify(path: &Path, opener: &Opener, trust: &Trust) -> Result<Verified, BackupError> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    verify_with(path, opener, trust, &Quiet)
+}
+
+/// [`verify`], reporting the bytes read to `progress`.
+pub fn verify_with(
+    path: &Path,
+    opener: &Opener,
+    trust: &Trust,
+    progress: &dyn Progress,
+) -> Result<Verified, BackupError> {
+    let file = std::fs::File::open(path)?;
+    progress.stage(
+        &format!("checking {}", path.display()),
+        file.metadata().ok().map(|m| m.len()),
+    );
+    let file = std::io::BufReader::new(Counting {
+        inner: file,
+        progress,
+    });
     let (header, mut reader) = Reader::open(file, |h| match opener {
         Opener::Master(m) => ArchiveKey::with_master(h, m),
         Opener::Recovery(r) => ArchiveKey::with_recovery(h, r),

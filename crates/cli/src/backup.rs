@@ -216,7 +216,11 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
                 audit: audit_db,
                 scheduler: rotation_db,
             };
-            let restored = sentia_backup_ops::restore(&checked, &targets, force).await?;
+            let bars = Bars::new(common);
+            let restored =
+                sentia_backup_ops::restore_with(&checked, &targets, force, bars.as_ref()).await;
+            bars.finish();
+            let restored = restored?;
             let m = &checked.manifest;
             if common.json {
                 println!(
@@ -261,7 +265,9 @@ async fn drill(
             hex::encode(sentia_crypto::random_bytes(6))
         ))
     });
-    let report = sentia_backup_ops::drill(&checked, &opener, &scratch).await;
+    let bars = Bars::new(common);
+    let report = sentia_backup_ops::drill_with(&checked, &opener, &scratch, bars.as_ref()).await;
+    bars.finish();
     let m = &checked.manifest;
     match (&report, common.json) {
         (Ok(r), true) => println!(
@@ -396,7 +402,9 @@ async fn create(common: &Common, to: &[String], s: &Services) -> anyhow::Result<
         )),
     };
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let made = sentia_backup_ops::create(&sources, &staging).await;
+    let bars = Bars::new(common);
+    let made = sentia_backup_ops::create_with(&sources, &staging, bars.clone()).await;
+    bars.finish();
     let mut copies = Vec::new();
     let result = async {
         let (path, m) = made?;
@@ -527,10 +535,15 @@ async fn open(
         Trust::Keys(keys)
     };
     let path = archive.to_path_buf();
-    let (checked, opener) = tokio::task::spawn_blocking(move || {
-        sentia_backup_ops::verify(&path, &opener, &trusted).map(|v| (v, opener))
+    let bars = Bars::new(common);
+    let reporting = bars.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        sentia_backup_ops::verify_with(&path, &opener, &trusted, reporting.as_ref())
+            .map(|v| (v, opener))
     })
-    .await??;
+    .await;
+    bars.finish();
+    let (checked, opener) = checked??;
     Ok((checked, opener))
 }
 
@@ -564,5 +577,70 @@ fn describe(v: &Verified) {
     );
     if let Some(problem) = &m.audit.problem {
         println!("  warning: the audit chain was broken when copied: {problem}");
+    }
+}
+
+/// Progress bars on standard error for an operator at a terminal; nothing otherwise (pipes,
+/// `--json`, schedulers).
+struct Bars {
+    shown: bool,
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    fn new(common: &Common) -> std::sync::Arc<Self> {
+        use std::io::IsTerminal;
+        std::sync::Arc::new(Self {
+            shown: !common.json && std::io::stderr().is_terminal(),
+            bar: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn finish(&self) {
+        if let Ok(mut bar) = self.bar.lock()
+            && let Some(b) = bar.take()
+        {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl sentia_backup_ops::Progress for Bars {
+    fn stage(&self, what: &str, total: Option<u64>) {
+        self.finish();
+        if !self.shown {
+            return;
+        }
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:32} [{wide_bar}] {human_pos}/{human_len} ({per_sec}, {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            ),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg:32} {human_pos}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        if let Ok(mut slot) = self.bar.lock() {
+            *slot = Some(bar);
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        if let Ok(bar) = self.bar.lock()
+            && let Some(b) = bar.as_ref()
+        {
+            b.inc(n);
+        }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

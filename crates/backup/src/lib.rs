@@ -127,6 +127,24 @@ impl Header {
         })
     }
 
+    /// A header whose key only `recipient`'s private key opens (no master wrap, master
+    /// version 0): how secrets are exported to another store without its master.
+    pub fn for_recipient(
+        key: &ArchiveKey,
+        created_ms: i64,
+        recipient: &RecoveryPublicKey,
+    ) -> Result<Self, CryptoError> {
+        let mut archive_id = [0u8; 16];
+        archive_id.copy_from_slice(&sentia_crypto::random_bytes(16));
+        Ok(Self {
+            archive_id,
+            created_ms,
+            master_version: 0,
+            under_master: Vec::new(),
+            to_recovery: Some(escrow_key(&key.0, recipient, &archive_id)?),
+        })
+    }
+
     /// The header as it is stored (and handed from key-service to the writer).
     pub fn to_bytes(&self) -> Vec<u8> {
         self.encode()
@@ -244,6 +262,11 @@ impl ArchiveKey {
 
     /// Opens `header`'s key with the master that was in force when the backup began.
     pub fn with_master(header: &Header, master: &MasterKey) -> Result<Self, ArchiveError> {
+        if header.under_master.is_empty() {
+            return Err(ArchiveError::Key(
+                "this archive is sealed to a recipient key only; give its private key".into(),
+            ));
+        }
         let wrapping = wrapping_key(master, header.master_version);
         let envelope = Envelope::parse(&header.under_master)
             .map_err(|e| ArchiveError::Header(format!("master wrap: {e}")))?;

@@ -217,3 +217,31 @@ fn no_key_material_appears_in_the_archive_or_in_debug_output() {
     assert!(!find(master.key().expose()), "the master is in the archive");
     assert!(!find(b"PLAINTEXT-CANARY"), "an entry is in clear");
 }
+
+#[test]
+fn an_archive_for_a_recipient_opens_with_its_private_key_only() {
+    let recipient = RecoveryPrivateKey::generate();
+    let key = ArchiveKey::generate();
+    let header = Header::for_recipient(&key, 1_700_000_000_000, &recipient.public()).unwrap();
+    let mut w = Writer::new(Vec::new(), &header, key).unwrap();
+    w.entry("export.jsonl", b"{}").unwrap();
+    let bytes = w.finish().unwrap();
+    let (_, mut r) = Reader::open(bytes.as_slice(), |h| {
+        ArchiveKey::with_recovery(h, &recipient)
+    })
+    .unwrap();
+    assert_eq!(r.next_entry().unwrap().unwrap().0, "export.jsonl");
+    let err = Reader::open(bytes.as_slice(), |h| {
+        ArchiveKey::with_master(h, &MasterKey::generate())
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("recipient key only"), "{err}");
+    let stranger = RecoveryPrivateKey::generate();
+    assert!(
+        Reader::open(bytes.as_slice(), |h| ArchiveKey::with_recovery(
+            h, &stranger
+        ))
+        .is_err()
+    );
+}

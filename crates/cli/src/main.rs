@@ -6,6 +6,7 @@ mod audit;
 mod backup;
 mod conn;
 mod dev;
+mod export;
 mod key;
 mod ops;
 mod rotation;

@@ -113,6 +113,32 @@ enum SecretCommand {
         #[arg(long)]
         cas: Option<u64>,
     },
+    /// Write the current version of every secret under a prefix to a file sealed to a
+    /// recipient's public key, to move them to another store.
+    Export {
+        /// Only secrets under this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// The file to write (never overwritten).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// The recipient's public key (base64 X25519; make a pair with `sentia key
+        /// recovery-keygen --out FILE` on the receiving side).
+        #[arg(long)]
+        recipient: String,
+    },
+    /// Read an export and say what importing it would create, update or leave; with
+    /// --apply, write it, each write check-and-set against the version seen.
+    Import {
+        /// The export file.
+        file: std::path::PathBuf,
+        /// The recipient's private key file.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// Write (without it, a dry run).
+        #[arg(long)]
+        apply: bool,
+    },
     /// Crypto-shred versions: irreversible.
     Destroy {
         /// Secret path.
@@ -422,6 +448,16 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                 println!("{path}: version {written} (the value of version {version})");
             }
         }
+        SecretCommand::Export {
+            prefix,
+            to,
+            recipient,
+        } => crate::export::export(&mut c, &prefix, &to, &recipient, as_json).await?,
+        SecretCommand::Import {
+            file,
+            key_file,
+            apply,
+        } => crate::export::import(&mut c, &file, &key_file, apply, as_json).await?,
         SecretCommand::Destroy { path, versions } => {
             let r = c
                 .destroy_secret_versions(pb::DestroySecretVersionsRequest {

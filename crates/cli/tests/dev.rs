@@ -496,3 +496,135 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
     assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_move_between_stores_in_an_export_sealed_to_a_recipient() {
+    let (from_dir, to_dir) = (data_dir(), data_dir());
+    let mut from = start_dev(&from_dir).await;
+    let root = from.root.clone().unwrap();
+    let env = [
+        ("SENTIA_ADDR", from.vault.as_str()),
+        ("SENTIA_TOKEN", root.as_str()),
+    ];
+    for (path, value) in [
+        ("dev/app/a", "alpha-value"),
+        ("dev/app/b", "beta-value"),
+        ("ops/x", "outside"),
+    ] {
+        let (ok, _, err) = sentia(&env, &["secret", "put", path], value.as_bytes()).await;
+        assert!(ok, "{err}");
+    }
+    let key = from_dir.join("recipient.key").display().to_string();
+    let (ok, out, err) = sentia(
+        &[],
+        &["key", "recovery-keygen", "--out", &key, "--json"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let recipient = serde_json::from_str::<serde_json::Value>(&out).unwrap()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = from_dir.join("app.export").display().to_string();
+    let (ok, out, err) = sentia(
+        &env,
+        &[
+            "secret",
+            "export",
+            "--prefix",
+            "dev/app",
+            "--to",
+            &file,
+            "--recipient",
+            &recipient,
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"secrets\":2"), "{out}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        !bytes.windows(5).any(|w| w == b"alpha" || w == b"dev/a"),
+        "values and paths are sealed"
+    );
+    let (ok, _, err) = sentia(
+        &env,
+        &[
+            "secret",
+            "export",
+            "--prefix",
+            "dev/app",
+            "--to",
+            &file,
+            "--recipient",
+            &recipient,
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok && err.contains("never overwrites"), "{err}");
+
+    // Into the same store after a change: a dry run first, then the write.
+    let (ok, _, err) = sentia(&env, &["secret", "put", "dev/app/a"], b"changed").await;
+    assert!(ok, "{err}");
+    let import = |apply: bool| {
+        let mut args = vec![
+            "secret",
+            "import",
+            file.as_str(),
+            "--key-file",
+            key.as_str(),
+            "--json",
+        ];
+        if apply {
+            args.push("--apply");
+        }
+        args
+    };
+    let (ok, out, err) = sentia(&env, &import(false), b"").await;
+    assert!(ok, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (plan["update"].as_u64(), plan["unchanged"].as_u64()),
+        (Some(1), Some(1)),
+        "{out}"
+    );
+    let (_, value, _) = sentia(&env, &["secret", "get", "dev/app/a"], b"").await;
+    assert_eq!(value.trim(), "changed", "a dry run writes nothing");
+    let (ok, out, err) = sentia(&env, &import(true), b"").await;
+    assert!(ok && out.contains("updated: version 3"), "{out}{err}");
+    let (_, value, _) = sentia(&env, &["secret", "get", "dev/app/a"], b"").await;
+    assert_eq!(value.trim(), "alpha-value");
+    let wrong = from_dir.join("wrong.key").display().to_string();
+    let (ok, _, _) = sentia(&[], &["key", "recovery-keygen", "--out", &wrong], b"").await;
+    assert!(ok);
+    let (ok, _, err) = sentia(
+        &env,
+        &["secret", "import", &file, "--key-file", &wrong],
+        b"",
+    )
+    .await;
+    assert!(!ok && err.contains("recovery private key"), "{err}");
+    let _ = from.child.kill().await;
+
+    // Into another store: created there.
+    let mut to = start_dev(&to_dir).await;
+    let root = to.root.clone().unwrap();
+    let env = [
+        ("SENTIA_ADDR", to.vault.as_str()),
+        ("SENTIA_TOKEN", root.as_str()),
+    ];
+    let (ok, out, err) = sentia(&env, &import(true), b"").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"create\":2"), "{out}");
+    let (_, value, _) = sentia(&env, &["secret", "get", "dev/app/b"], b"").await;
+    assert_eq!(value.trim(), "beta-value");
+    let (ok, _, _) = sentia(&env, &["secret", "get", "ops/x"], b"").await;
+    assert!(!ok, "only the prefix was exported");
+    let _ = to.child.kill().await;
+    let _ = std::fs::remove_dir_all(&from_dir);
+    let _ = std::fs::remove_dir_all(&to_dir);
+}

@@ -80,6 +80,29 @@ impl sentia_backup_ops::Progress for Recorded {
     }
 }
 
+/// All four services on `backend`, key-service with `key_settings`.
+async fn deployment(backend: Backend, key_settings: &[(&str, &str)]) -> Option<Sandbox> {
+    let mut builder = Sandbox::builder()
+        .backend(backend)
+        .audit()
+        .scheduler(Default::default());
+    for (k, v) in key_settings {
+        builder = builder.key_setting(k, v);
+    }
+    builder.start().await
+}
+
+/// The four services as a backup's sources, each with its administrator's credential.
+fn sources(sandbox: &Sandbox) -> Sources {
+    let root = &sandbox.vault().root_token;
+    Sources {
+        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
+        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
+        vault: channel(&sandbox.vault().addr, root),
+        scheduler: channel(&sandbox.scheduler().addr, root),
+    }
+}
+
 fn refused(r: Result<impl Sized, BackupError>) -> String {
     match r {
         Ok(_) => panic!("accepted"),
@@ -92,14 +115,14 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
     let master_b64 = master.to_base64().to_string();
     let recovery = RecoveryPrivateKey::generate();
     let recovery_public = recovery.public().to_base64();
-    let Some(sandbox) = Sandbox::builder()
-        .backend(backend)
-        .audit()
-        .scheduler(Default::default())
-        .key_setting("SENTIA_MASTER_KEY", &master_b64)
-        .key_setting("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public)
-        .start()
-        .await
+    let Some(sandbox) = deployment(
+        backend,
+        &[
+            ("SENTIA_MASTER_KEY", &master_b64),
+            ("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public),
+        ],
+    )
+    .await
     else {
         return;
     };
@@ -118,12 +141,7 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
         .unwrap();
     let root = vault.root_token.clone();
     let by_master = || Opener::Master(MasterKey::from_base64(&master_b64).unwrap());
-    let sources = Sources {
-        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
-        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
-        vault: channel(&vault.addr, &root),
-        scheduler: channel(&sandbox.scheduler().addr, &root),
-    };
+    let sources = sources(&sandbox);
     let dir = std::env::temp_dir().join(sentia_testkit::unique("sentia_backups"));
     std::fs::create_dir_all(&dir).unwrap();
     let (path, manifest) = sentia_backup_ops::create(&sources, &dir).await.unwrap();
@@ -305,25 +323,15 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
 async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backend: Backend) {
     let recovery = RecoveryPrivateKey::generate();
     let recovery_public = recovery.public().to_base64();
-    let Some(sandbox) = Sandbox::builder()
-        .backend(backend)
-        .audit()
-        .scheduler(Default::default())
-        .key_setting("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public)
-        .start()
-        .await
+    let Some(sandbox) =
+        deployment(backend, &[("SENTIA_RECOVERY_PUBLIC_KEY", &recovery_public)]).await
     else {
         return;
     };
     let vault = sandbox.vault();
     vault.put("prod/payroll/db", b"before-the-incident").await;
     let root = vault.root_token.clone();
-    let sources = Sources {
-        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
-        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
-        vault: channel(&vault.addr, &root),
-        scheduler: channel(&sandbox.scheduler().addr, &root),
-    };
+    let sources = sources(&sandbox);
     let dir = std::env::temp_dir().join(sentia_testkit::unique("sentia_backups"));
     std::fs::create_dir_all(&dir).unwrap();
     let (path, manifest) = sentia_backup_ops::create(&sources, &dir).await.unwrap();
@@ -418,22 +426,12 @@ async fn archives_are_kept_in_a_directory_and_a_bucket_and_pruned_past_retention
         return;
     };
     let master_b64 = MasterKey::generate().to_base64().to_string();
-    let sandbox = Sandbox::builder()
-        .audit()
-        .scheduler(Default::default())
-        .key_setting("SENTIA_MASTER_KEY", &master_b64)
-        .start()
+    let sandbox = deployment(Backend::Sqlite, &[("SENTIA_MASTER_KEY", &master_b64)])
         .await
         .unwrap();
     let vault = sandbox.vault();
     vault.put("prod/app/db", b"kept-offsite").await;
-    let root = vault.root_token.clone();
-    let sources = Sources {
-        keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
-        audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
-        vault: channel(&vault.addr, &root),
-        scheduler: channel(&sandbox.scheduler().addr, &root),
-    };
+    let sources = sources(&sandbox);
     let staging = std::env::temp_dir().join(sentia_testkit::unique("sentia_staging"));
     std::fs::create_dir_all(&staging).unwrap();
     let (path, manifest) = sentia_backup_ops::create(&sources, &staging).await.unwrap();

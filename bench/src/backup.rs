@@ -18,15 +18,7 @@ use crate::Args;
 
 /// Peak resident set size of this process, from /proc (0 where there is none).
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::soak::status_mb("VmHWM:")
 }
 
 async fn targets(args: &Args, dir: &std::path::Path, tag: &str) -> anyhow::Result<Targets> {

@@ -106,8 +106,7 @@ impl Header {
         master_version: u32,
         recovery: Option<&RecoveryPublicKey>,
     ) -> Result<Self, CryptoError> {
-        let mut archive_id = [0u8; 16];
-        archive_id.copy_from_slice(&sentia_crypto::random_bytes(16));
+        let archive_id = new_archive_id();
         let under_master = seal(
             wrapping,
             MASTER_PURPOSE,
@@ -134,8 +133,7 @@ impl Header {
         created_ms: i64,
         recipient: &RecoveryPublicKey,
     ) -> Result<Self, CryptoError> {
-        let mut archive_id = [0u8; 16];
-        archive_id.copy_from_slice(&sentia_crypto::random_bytes(16));
+        let archive_id = new_archive_id();
         Ok(Self {
             archive_id,
             created_ms,
@@ -219,6 +217,12 @@ impl<'a> Cursor<'a> {
         let n = u32::from_be_bytes(self.array::<4>(what)?) as usize;
         self.take(n, what)
     }
+}
+
+fn new_archive_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&sentia_crypto::random_bytes(16));
+    id
 }
 
 /// The key that wraps archive keys for master version `version`: `HKDF(master,

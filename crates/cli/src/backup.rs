@@ -41,6 +41,17 @@ struct Services {
     key_token: Option<String>,
 }
 
+/// An archive to open, what opens it and which keys vouch for it.
+#[derive(Args)]
+struct Archive {
+    /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
+    archive: String,
+    #[command(flatten)]
+    key: Key,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
 /// What opens an archive: one of the two.
 #[derive(Args)]
 struct Key {
@@ -95,23 +106,15 @@ enum BackupCommand {
     },
     /// Open an archive and check every byte of it against its signed manifest.
     Verify {
-        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
-        archive: String,
         #[command(flatten)]
-        key: Key,
-        #[command(flatten)]
-        trust: TrustArgs,
+        archive: Archive,
     },
     /// The restore drill: check an archive (or the newest in a directory), restore it into
     /// scratch databases, run the four services on them, read back every secret version,
     /// verify the audit chain, issue and check a token, then tear it all down.
     Drill {
-        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
-        archive: String,
         #[command(flatten)]
-        key: Key,
-        #[command(flatten)]
-        trust: TrustArgs,
+        archive: Archive,
         /// Where the scratch databases go (removed afterwards); default: a new directory in
         /// the system's temporary directory.
         #[arg(long)]
@@ -120,12 +123,8 @@ enum BackupCommand {
     /// Check an archive, then load it into the four services' databases (stopped services;
     /// start them afterwards and unseal key-service with the archive's master version).
     Restore {
-        /// The archive: a file, `s3://BUCKET/PREFIX/NAME.sbk`, or a destination (its newest).
-        archive: String,
         #[command(flatten)]
-        key: Key,
-        #[command(flatten)]
-        trust: TrustArgs,
+        archive: Archive,
         /// key-service's database URL.
         #[arg(long)]
         keys_db: String,
@@ -169,13 +168,9 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BackupCommand::Verify {
-            archive,
-            key,
-            trust,
-        } => {
-            let local = fetch(&archive).await?;
-            let (checked, _) = open(common, local.path(), &key, &trust).await?;
+        BackupCommand::Verify { archive } => {
+            let (_, checked, _) = checked(common, &archive).await?;
+            let archive = &archive.archive;
             let m = &checked.manifest;
             if common.json {
                 println!(
@@ -192,24 +187,16 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BackupCommand::Drill {
-            archive,
-            key,
-            trust,
-            scratch,
-        } => drill(common, &archive, &key, &trust, scratch).await,
+        BackupCommand::Drill { archive, scratch } => drill(common, &archive, scratch).await,
         BackupCommand::Restore {
             archive,
-            key,
-            trust,
             keys_db,
             vault_db,
             audit_db,
             rotation_db,
             force,
         } => {
-            let local = fetch(&archive).await?;
-            let (checked, _) = open(common, local.path(), &key, &trust).await?;
+            let (_, checked, _) = checked(common, &archive).await?;
             let targets = Targets {
                 keys: keys_db,
                 vault: vault_db,
@@ -249,16 +236,16 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn drill(
-    common: &Common,
-    archive: &str,
-    key: &Key,
-    trust: &TrustArgs,
-    scratch: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let local = fetch(archive).await?;
+/// The archive `a` names, on this machine (downloaded if need be), opened and checked.
+async fn checked(common: &Common, a: &Archive) -> anyhow::Result<(Local, Verified, Opener)> {
+    let local = fetch(&a.archive).await?;
+    let (checked, opener) = open(common, local.path(), &a.key, &a.trust).await?;
+    Ok((local, checked, opener))
+}
+
+async fn drill(common: &Common, archive: &Archive, scratch: Option<PathBuf>) -> anyhow::Result<()> {
+    let (local, checked, opener) = checked(common, archive).await?;
     let archive = local.name.clone();
-    let (checked, opener) = open(common, local.path(), key, trust).await?;
     let scratch = scratch.unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "sentia-drill-{}",

@@ -35,24 +35,11 @@ pub async fn export(
 ) -> anyhow::Result<()> {
     let recipient = RecoveryPublicKey::from_base64(recipient)
         .context("--recipient: the recipient's public key (base64 X25519)")?;
-    let mut paths = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = c
-            .list_secrets(pb::ListSecretsRequest {
-                prefix: prefix.to_string(),
-                page_size: 1000,
-                page_token,
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-        paths.extend(page.secrets.into_iter().map(|m| m.path));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let paths: Vec<String> = crate::secret::list_all(c, prefix)
+        .await?
+        .into_iter()
+        .map(|m| m.path)
+        .collect();
     let mut body = Zeroizing::new(Vec::new());
     let created_ms = sentia_proto::wkt::now_ms();
     body.extend_from_slice(

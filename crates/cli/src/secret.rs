@@ -10,6 +10,33 @@ use serde_json::json;
 
 use crate::conn::{VaultConn, status_err, utc};
 
+/// Every secret's metadata under `prefix`, all pages.
+pub(crate) async fn list_all(
+    c: &mut sentia_proto::vault::v1::secret_service_client::SecretServiceClient<
+        sentia_runtime::client::AuthedChannel,
+    >,
+    prefix: &str,
+) -> anyhow::Result<Vec<pb::SecretMetadata>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_secrets(pb::ListSecretsRequest {
+                prefix: prefix.to_string(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        all.extend(page.secrets);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Connection options and the secret subcommand.
 #[derive(Args)]
 pub struct SecretArgs {
@@ -304,24 +331,7 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             }
         }
         SecretCommand::List { prefix } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = c
-                    .list_secrets(pb::ListSecretsRequest {
-                        prefix: prefix.clone(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                all.extend(page.secrets);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let all = list_all(&mut c, &prefix).await?;
             if as_json {
                 println!(
                     "{}",

@@ -307,6 +307,7 @@ async fn an_export_verifies_offline_and_an_edited_line_is_named() {
     );
     shutdown.trigger();
     keys.stop().await;
+    let _ = std::fs::remove_file(&file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

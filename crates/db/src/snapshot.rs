@@ -474,7 +474,7 @@ pub async fn load(
             parser.counts().schema_version
         )));
     }
-    let mut insert: Option<(String, String, Vec<String>)> = None;
+    let mut batch: Option<Batch> = None;
     while let Some(item) = parser.next_item()? {
         match item {
             Item::Table {
@@ -490,38 +490,35 @@ pub async fn load(
                         )));
                     }
                 }
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
-                    quote(&name),
-                    columns
-                        .iter()
-                        .map(|c| quote(c))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    (1..=columns.len())
-                        .map(|i| format!("${i}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                insert = Some((name, sql, types));
+                if let Some(done) = batch.take() {
+                    done.flush(&mut tx).await?;
+                }
+                batch = Some(Batch {
+                    table: name,
+                    columns,
+                    types,
+                    rows: Vec::new(),
+                });
             }
             Item::Row(values) => {
-                let Some((table, sql, types)) = &insert else {
+                let Some(b) = batch.as_mut() else {
                     return Err(mismatch("a row before any table".into()));
                 };
-                if !here.contains_key(table) {
+                if !here.contains_key(&b.table) {
                     return Err(mismatch(format!(
-                        "the snapshot has rows in table {table}, which this database does not have"
+                        "the snapshot has rows in table {}, which this database does not have",
+                        b.table
                     )));
                 }
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for (value, family) in values.iter().zip(types) {
-                    q = bind(q, value, family)
-                        .map_err(|m| mismatch(format!("table {table}: {m}")))?;
+                b.rows.push(values);
+                if b.rows.len() * b.columns.len().max(1) >= BINDS_PER_INSERT {
+                    b.flush_rows(&mut tx).await?;
                 }
-                q.execute(&mut *tx).await?;
             }
         }
+    }
+    if let Some(done) = batch.take() {
+        done.flush(&mut tx).await?;
     }
     if !sqlite {
         advance_sequences(&mut tx).await?;
@@ -530,6 +527,58 @@ pub async fn load(
     let mut counts = parser.counts().clone();
     counts.schema_version = schema_version;
     Ok(counts)
+}
+
+/// Values bound in one multi-row INSERT at most (SQLite allows 32,766, Postgres 65,535).
+const BINDS_PER_INSERT: usize = 8_000;
+
+/// Rows of one table waiting to be inserted together.
+struct Batch {
+    table: String,
+    columns: Vec<String>,
+    types: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Batch {
+    async fn flush(mut self, conn: &mut sqlx::AnyConnection) -> Result<(), SnapshotError> {
+        self.flush_rows(conn).await
+    }
+
+    /// Inserts the waiting rows in one statement.
+    async fn flush_rows(&mut self, conn: &mut sqlx::AnyConnection) -> Result<(), SnapshotError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let width = self.columns.len();
+        let tuples: Vec<String> = (0..self.rows.len())
+            .map(|r| {
+                let marks: Vec<String> =
+                    (1..=width).map(|c| format!("${}", r * width + c)).collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            quote(&self.table),
+            self.columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            tuples.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in &self.rows {
+            for (value, family) in row.iter().zip(&self.types) {
+                q = bind(q, value, family)
+                    .map_err(|m| mismatch(format!("table {}: {m}", self.table)))?;
+            }
+        }
+        q.execute(&mut *conn).await?;
+        self.rows.clear();
+        Ok(())
+    }
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;

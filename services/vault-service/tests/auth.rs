@@ -769,4 +769,5 @@ async fn the_policy_file_reloads_without_a_restart_and_a_broken_edit_is_ignored(
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.put_secret(put("prod/x/a", b"w2")).await.unwrap();
     s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

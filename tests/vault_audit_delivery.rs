@@ -115,8 +115,7 @@ impl Audited {
 }
 
 fn spool_path() -> String {
-    std::env::temp_dir()
-        .join(format!("{}.spool", support::unique("vault")))
+    sentia_testkit::scratch_path(&format!("{}.spool", support::unique("vault")))
         .display()
         .to_string()
 }

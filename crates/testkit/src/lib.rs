@@ -103,8 +103,46 @@ pub fn unique(prefix: &str) -> String {
 
 /// A new SQLite database file.
 pub fn sqlite_url() -> String {
-    let path = std::env::temp_dir().join(format!("{}.db", unique("sentia_ks")));
+    let path = scratch_path(&format!("{}.db", unique("sentia_ks")));
     format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// A path for a test's file (a database, a spool) in this process's own directory under the
+/// system's temporary directory. The first call removes the directories of test processes that
+/// are gone, so files a run leaves behind do not pile up (as `drop_abandoned_databases` does
+/// for Postgres).
+pub fn scratch_path(name: &str) -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join("sentia-tests");
+        remove_abandoned(&root);
+        let mine = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&mine).unwrap();
+        mine
+    })
+    .join(name)
+}
+
+/// Removes the per-process directories under `root` whose process no longer runs (where
+/// /proc says so; elsewhere nothing is removed).
+fn remove_abandoned(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let gone = entry
+            .file_name()
+            .to_str()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id()
+                    && std::path::Path::new("/proc/self").exists()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A brand-new Postgres database, or None (announced) when `SENTIA_TEST_POSTGRES_URL` is not
@@ -315,5 +353,33 @@ impl Proxy {
     /// Accepts and forwards connections again.
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_test_processes_that_are_gone_are_removed_and_live_ones_kept() {
+        let root = std::env::temp_dir().join(unique("sentia_scratch_root"));
+        let (gone, live, other) = (
+            root.join("4294967290"),
+            root.join(std::process::id().to_string()),
+            root.join("not-a-pid"),
+        );
+        for dir in [&gone, &live, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("a.db"), b"x").unwrap();
+        }
+        remove_abandoned(&root);
+        assert_eq!(
+            !gone.exists(),
+            std::path::Path::new("/proc/self").exists(),
+            "a dead process's directory goes where /proc tells"
+        );
+        assert!(live.join("a.db").exists() && other.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(scratch_path("x.db").starts_with(std::env::temp_dir().join("sentia-tests")));
     }
 }

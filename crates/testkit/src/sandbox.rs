@@ -112,7 +112,7 @@ impl SandboxBuilder {
             let Some(addr) = &audit_addr else {
                 return Vec::new();
             };
-            let spool = std::env::temp_dir().join(format!("{}.spool", unique("sentia_spool")));
+            let spool = crate::scratch_path(&format!("{}.spool", unique("sentia_spool")));
             let settings = vec![
                 ("SENTIA_AUDIT_DISABLED".into(), "false".into()),
                 ("SENTIA_AUDIT_SERVICE_ADDR".into(), addr.clone()),

@@ -43,7 +43,7 @@ impl Stack {
         database_url: String,
         extra: &[(&str, &str)],
     ) -> Self {
-        let dir = std::env::temp_dir().join(unique("sentia_vault"));
+        let dir = crate::scratch_path(&unique("sentia_vault"));
         std::fs::create_dir_all(&dir).unwrap();
         let root_file = dir.join("root-token");
         let root_file_s = root_file.display().to_string();

@@ -109,8 +109,7 @@ async fn one_get_secret_is_one_trace_across_vault_and_key_service() {
             .await
             .unwrap()
     });
-    let spool = std::env::temp_dir()
-        .join(support::unique("trace_spool"))
+    let spool = sentia_testkit::scratch_path(&support::unique("trace_spool"))
         .display()
         .to_string();
     // No data-key cache: the read must ask key-service to unwrap.

@@ -93,28 +93,26 @@ pub async fn create_with(
     }
 
     let mut services = BTreeMap::new();
-    let mut kept: HashMap<&str, Zeroizing<Vec<u8>>> = HashMap::new();
+    let mut reads: HashMap<&str, manifest::Read> = HashMap::new();
     for service in SERVICES {
         progress.stage(&format!("snapshot of {service}"), None);
         let snapshot = snapshot(sources.of(service), service, progress.as_ref()).await?;
-        let (dialect, counts) =
-            manifest::rows(&snapshot, |_, _, _| Ok(())).map_err(BackupError::snapshot(service))?;
+        let mut read = manifest::read(&snapshot).map_err(BackupError::snapshot(service))?;
         let entry = snapshot_entry(service);
         writer.entry(&entry, &snapshot)?;
         services.insert(
             service.to_string(),
             ServiceSnapshot {
                 entry,
-                dialect,
-                schema_version: counts.schema_version,
+                dialect: std::mem::take(&mut read.dialect),
+                schema_version: read.counts.schema_version,
                 sha256: hex::encode(sentia_crypto::sha256(&snapshot)),
-                rows: counts.rows,
+                rows: std::mem::take(&mut read.counts.rows),
             },
         );
-        kept.insert(service, snapshot);
+        reads.insert(service, read);
     }
-    let keyring = manifest::keyring_master_version(&kept["key-service"])
-        .map_err(BackupError::snapshot("key-service"))?;
+    let keyring = reads["key-service"].master_version;
     if keyring != Some(i64::from(header.master_version)) {
         return Err(BackupError::Refused(format!(
             "the master key was rotated while the backup ran (the archive is keyed to master \
@@ -123,9 +121,7 @@ pub async fn create_with(
             keyring.map_or("none".into(), |v| v.to_string())
         )));
     }
-    let audit = manifest::audit_chain(&kept["audit-service"])
-        .map_err(BackupError::snapshot("audit-service"))?
-        .check(&public_keys);
+    let audit = reads["audit-service"].chain.check(&public_keys);
     if let Some(problem) = &audit.problem {
         tracing::warn!(%problem, "the audit chain copied into the backup does not verify");
     }
@@ -138,8 +134,10 @@ pub async fn create_with(
         master_version: header.master_version,
         recovery_fingerprint: begun.recovery_fingerprint,
         services,
-        secret_versions: manifest::version_digests(&kept["vault-service"])
-            .map_err(BackupError::snapshot("vault-service"))?,
+        secret_versions: reads
+            .remove("vault-service")
+            .map(|r| r.versions)
+            .unwrap_or_default(),
         audit,
         public_keys: public_keys
             .iter()

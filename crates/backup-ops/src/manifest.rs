@@ -140,50 +140,77 @@ fn bytes(columns: &[String], row: &[Value], column: &str) -> Result<Vec<u8>, Str
     }
 }
 
-/// The digests of every secret version in vault-service's snapshot, sorted.
-pub(crate) fn version_digests(vault: &[u8]) -> Result<Vec<VersionDigest>, SnapshotError> {
-    let mut out = Vec::new();
-    rows(vault, |table, columns, row| {
-        if table != "secret_versions" {
-            return Ok(());
-        }
-        let path = field(columns, row, "path")?
-            .as_str()
-            .ok_or("path is not text")?
-            .to_string();
-        let version = int(columns, row, "version")?;
-        let sealed: Vec<&Value> = [
-            "path",
-            "version",
-            "ciphertext",
-            "wrapped_key",
-            "key_version",
-        ]
-        .iter()
-        .map(|c| field(columns, row, c))
-        .collect::<Result<_, _>>()?;
-        let canonical = serde_json::to_vec(&sealed).map_err(|e| e.to_string())?;
-        out.push(VersionDigest {
-            path,
-            version,
-            sha256: hex::encode(sentia_crypto::sha256(&canonical)),
-        });
-        Ok(())
-    })?;
-    out.sort();
-    Ok(out)
+/// What a backup needs from one service's snapshot, read in one pass: its dialect and
+/// counts, and whatever of the following it holds.
+pub(crate) struct Read {
+    pub dialect: String,
+    pub counts: Counts,
+    /// vault-service: every secret version's digest, sorted.
+    pub versions: Vec<VersionDigest>,
+    /// key-service: the keyring's master version.
+    pub master_version: Option<i64>,
+    /// audit-service: the chain.
+    pub chain: Chain,
 }
 
-/// The keyring's master version in key-service's snapshot.
-pub(crate) fn keyring_master_version(keys: &[u8]) -> Result<Option<i64>, SnapshotError> {
-    let mut version = None;
-    rows(keys, |table, columns, row| {
-        if table == "keyring_meta" {
-            version = Some(int(columns, row, "master_version")?);
+/// Reads `snapshot` once, checking its structure and picking out the version digests, the
+/// keyring's master version and the audit chain where its tables hold them.
+pub(crate) fn read(snapshot: &[u8]) -> Result<Read, SnapshotError> {
+    let mut versions = Vec::new();
+    let mut master_version = None;
+    let mut chain = Chain {
+        records: Vec::new(),
+        checkpoints: Vec::new(),
+        head: None,
+    };
+    let (dialect, counts) = rows(snapshot, |table, columns, row| {
+        match table {
+            "secret_versions" => versions.push(version_digest(columns, row)?),
+            "keyring_meta" => master_version = Some(int(columns, row, "master_version")?),
+            "audit_records" => chain.records.push(audit_record(columns, row)?),
+            "checkpoints" => chain.checkpoints.push(checkpoint(columns, row)?),
+            "chain_head" => {
+                chain.head = Some((sequence(columns, row)?, bytes(columns, row, "hash")?))
+            }
+            _ => {}
         }
         Ok(())
     })?;
-    Ok(version)
+    versions.sort();
+    chain.records.sort_by_key(|r| r.sequence);
+    chain.checkpoints.sort_by_key(|c| c.sequence);
+    Ok(Read {
+        dialect,
+        counts,
+        versions,
+        master_version,
+        chain,
+    })
+}
+
+/// A secret version's digest over its sealed fields.
+fn version_digest(columns: &[String], row: &[Value]) -> Result<VersionDigest, String> {
+    let path = field(columns, row, "path")?
+        .as_str()
+        .ok_or("path is not text")?
+        .to_string();
+    let version = int(columns, row, "version")?;
+    let sealed: Vec<&Value> = [
+        "path",
+        "version",
+        "ciphertext",
+        "wrapped_key",
+        "key_version",
+    ]
+    .iter()
+    .map(|c| field(columns, row, c))
+    .collect::<Result<_, _>>()?;
+    let canonical = serde_json::to_vec(&sealed).map_err(|e| e.to_string())?;
+    Ok(VersionDigest {
+        path,
+        version,
+        sha256: hex::encode(sentia_crypto::sha256(&canonical)),
+    })
 }
 
 /// The audit chain in audit-service's snapshot: its records in order, checkpoints, and the
@@ -194,51 +221,38 @@ pub(crate) struct Chain {
     pub head: Option<(u64, Vec<u8>)>,
 }
 
-pub(crate) fn audit_chain(audit: &[u8]) -> Result<Chain, SnapshotError> {
-    let mut chain = Chain {
-        records: Vec::new(),
-        checkpoints: Vec::new(),
-        head: None,
+fn sequence(columns: &[String], row: &[Value]) -> Result<u64, String> {
+    u64::try_from(int(columns, row, "sequence")?).map_err(|_| "a negative sequence".into())
+}
+
+fn audit_record(columns: &[String], row: &[Value]) -> Result<AuditRecord, String> {
+    let event = AuditEvent::decode(bytes(columns, row, "event")?.as_slice())
+        .map_err(|e| format!("an event does not decode: {e}"))?;
+    let appender = match field(columns, row, "appender")? {
+        Value::Null => String::new(),
+        v => v.as_str().ok_or("appender is not text")?.to_string(),
     };
-    let seq = |columns: &[String], row: &[Value]| -> Result<u64, String> {
-        u64::try_from(int(columns, row, "sequence")?).map_err(|_| "a negative sequence".into())
-    };
-    rows(audit, |table, columns, row| {
-        match table {
-            "audit_records" => {
-                let event = AuditEvent::decode(bytes(columns, row, "event")?.as_slice())
-                    .map_err(|e| format!("an event does not decode: {e}"))?;
-                let appender = match field(columns, row, "appender")? {
-                    Value::Null => String::new(),
-                    v => v.as_str().ok_or("appender is not text")?.to_string(),
-                };
-                chain.records.push(AuditRecord {
-                    sequence: seq(columns, row)?,
-                    event: Some(event),
-                    prev_hash: bytes(columns, row, "prev_hash")?,
-                    hash: bytes(columns, row, "hash")?,
-                    receive_time: None,
-                    appender,
-                });
-            }
-            "checkpoints" => chain.checkpoints.push(Checkpoint {
-                sequence: seq(columns, row)?,
-                head_hash: bytes(columns, row, "head_hash")?,
-                signature: bytes(columns, row, "signature")?,
-                kid: field(columns, row, "kid")?
-                    .as_str()
-                    .ok_or("kid is not text")?
-                    .to_string(),
-                time: None,
-            }),
-            "chain_head" => chain.head = Some((seq(columns, row)?, bytes(columns, row, "hash")?)),
-            _ => {}
-        }
-        Ok(())
-    })?;
-    chain.records.sort_by_key(|r| r.sequence);
-    chain.checkpoints.sort_by_key(|c| c.sequence);
-    Ok(chain)
+    Ok(AuditRecord {
+        sequence: sequence(columns, row)?,
+        event: Some(event),
+        prev_hash: bytes(columns, row, "prev_hash")?,
+        hash: bytes(columns, row, "hash")?,
+        receive_time: None,
+        appender,
+    })
+}
+
+fn checkpoint(columns: &[String], row: &[Value]) -> Result<Checkpoint, String> {
+    Ok(Checkpoint {
+        sequence: sequence(columns, row)?,
+        head_hash: bytes(columns, row, "head_hash")?,
+        signature: bytes(columns, row, "signature")?,
+        kid: field(columns, row, "kid")?
+            .as_str()
+            .ok_or("kid is not text")?
+            .to_string(),
+        time: None,
+    })
 }
 
 impl Chain {

@@ -137,8 +137,9 @@ pub async fn restore_with(
     })
     .await
     .map_err(BackupError::snapshot("vault-service"))?;
-    let digests =
-        manifest::version_digests(&again).map_err(BackupError::snapshot("vault-service"))?;
+    let digests = manifest::read(&again)
+        .map_err(BackupError::snapshot("vault-service"))?
+        .versions;
     check_versions(&archive.manifest.secret_versions, &digests)?;
     for (_, pool, ..) in pools {
         pool.close().await;

@@ -131,6 +131,7 @@ pub fn verify_with(
         ));
     }
     let mut snapshots = BTreeMap::new();
+    let mut reads = HashMap::new();
     for service in SERVICES {
         let listed = manifest
             .services
@@ -144,9 +145,9 @@ pub fn verify_with(
                 "{service}'s snapshot differs from the manifest's digest"
             )));
         }
-        let (dialect, counts) =
-            manifest::rows(&data, |_, _, _| Ok(())).map_err(BackupError::snapshot(service))?;
-        if dialect != listed.dialect
+        let read = manifest::read(&data).map_err(BackupError::snapshot(service))?;
+        let counts = &read.counts;
+        if read.dialect != listed.dialect
             || counts.schema_version != listed.schema_version
             || counts.rows != listed.rows
         {
@@ -156,13 +157,10 @@ pub fn verify_with(
             )));
         }
         snapshots.insert(service.to_string(), data);
+        reads.insert(service, read);
     }
-    let digests = manifest::version_digests(&snapshots["vault-service"])
-        .map_err(BackupError::snapshot("vault-service"))?;
-    check_versions(&manifest.secret_versions, &digests)?;
-    let audit = manifest::audit_chain(&snapshots["audit-service"])
-        .map_err(BackupError::snapshot("audit-service"))?
-        .check(keys);
+    check_versions(&manifest.secret_versions, &reads["vault-service"].versions)?;
+    let audit = reads["audit-service"].chain.check(keys);
     if audit != manifest.audit {
         return Err(invalid(format!(
             "the audit chain in the archive ({}) is not the one the manifest describes ({})",

@@ -22,6 +22,8 @@ use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::auth::TokenTable;
 use sentia_runtime::{Role, ServerConfig, Shutdown, UpstreamConfig};
 use serde_json::Value;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use zeroize::Zeroizing;
 
 use crate::progress::{Progress, Quiet};
@@ -315,39 +317,21 @@ impl InProcess {
         })
     }
 
-    /// Waits until vault-service, audit-service and rotation-scheduler answer.
+    /// Waits until vault-service, audit-service and rotation-scheduler answer health checks.
     async fn ready(&self) -> Result<(), BackupError> {
-        let admin = Some(self.admin.as_str());
-        let secrets = SecretServiceClient::new(channel(&self.vault, admin)?);
-        ready("vault-service", || {
-            let mut c = secrets.clone();
-            async move {
-                c.list_secrets(pb::ListSecretsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
-        let audit = AuditServiceClient::new(channel(&self.audit, admin)?);
-        ready("audit-service", || {
-            let mut c = audit.clone();
-            async move {
-                c.list_checkpoints(sentia_proto::audit::v1::ListCheckpointsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
-        let rotations = RotationServiceClient::new(channel(&self.scheduler, admin)?);
-        ready("rotation-scheduler", || {
-            let mut c = rotations.clone();
-            async move {
-                c.list_rotations(ListRotationsRequest::default())
-                    .await
-                    .is_ok()
-            }
-        })
-        .await
+        for (service, addr) in [
+            ("vault-service", &self.vault),
+            ("audit-service", &self.audit),
+            ("rotation-scheduler", &self.scheduler),
+        ] {
+            let health = HealthClient::new(channel(addr, None)?);
+            ready(service, || {
+                let mut c = health.clone();
+                async move { c.check(HealthCheckRequest::default()).await.is_ok() }
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Stops the four and waits for each.

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use sentia_backup_ops::{BackupError, Destination, Opener, Sources, Targets, Trust};
+use sentia_backup_ops::{BackupError, Destination, Opener, Sources, Trust};
+use sentia_backup_restore::Targets;
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::audit::v1::VerifyChainRequest;
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
@@ -99,7 +100,7 @@ fn sources(sandbox: &Sandbox) -> Sources {
         keys: channel(&sandbox.keys().addr, keys::ADMIN_TOKEN),
         audit: channel(&sandbox.audit().addr, keys::ADMIN_TOKEN),
         vault: channel(&sandbox.vault().addr, root),
-        scheduler: channel(&sandbox.scheduler().addr, root),
+        scheduler: channel(&sandbox.scheduler().addr, root).into(),
     }
 }
 
@@ -221,7 +222,7 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
     // The drill: restored into scratch databases and exercised through the four services.
     let scratch = dir.join("drill");
     let progress = Recorded::default();
-    let report = sentia_backup_ops::drill_with(&checked, &by_master(), &scratch, &progress)
+    let report = sentia_backup_restore::drill_with(&checked, &by_master(), &scratch, &progress)
         .await
         .unwrap();
     let stages = progress.0.lock().unwrap().clone();
@@ -255,7 +256,7 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
         "key-service".into(),
         another_keyring(backend, &master_b64).await,
     );
-    let why = refused(sentia_backup_ops::drill(&forged, &by_master(), &scratch).await);
+    let why = refused(sentia_backup_restore::drill(&forged, &by_master(), &scratch).await);
     assert!(why.contains("drill failed at read secrets"), "{why}");
     assert!(!scratch.exists(), "torn down after a failure too");
 
@@ -266,7 +267,7 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
         audit: database(backend).await.unwrap(),
         scheduler: database(backend).await.unwrap(),
     };
-    let restored = sentia_backup_ops::restore(&checked, &targets, false)
+    let restored = sentia_backup_restore::restore(&checked, &targets, false)
         .await
         .unwrap();
     assert_eq!(restored.versions_checked, 4);
@@ -278,12 +279,12 @@ async fn a_deployment_is_backed_up_checked_and_restored(backend: Backend) {
         );
     }
     // Again: refused before anything is written, unless told to replace.
-    let why = refused(sentia_backup_ops::restore(&checked, &targets, false).await);
+    let why = refused(sentia_backup_restore::restore(&checked, &targets, false).await);
     assert!(
         why.contains("not empty") && why.contains("nothing was written"),
         "{why}"
     );
-    sentia_backup_ops::restore(&checked, &targets, true)
+    sentia_backup_restore::restore(&checked, &targets, true)
         .await
         .unwrap();
 
@@ -352,7 +353,7 @@ async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backe
     let checked =
         sentia_backup_ops::verify(&path, &Opener::Recovery(recovery), &Trust::Embedded).unwrap();
     assert!(checked.self_attested);
-    let report = sentia_backup_ops::drill(
+    let report = sentia_backup_restore::drill(
         &checked,
         &Opener::Recovery(RecoveryPrivateKey::from_base64(&recovery_b64).unwrap()),
         &dir.join("drill"),
@@ -366,7 +367,7 @@ async fn a_backup_from_before_rotate_master_restores_with_the_recovery_key(backe
         audit: database(backend).await.unwrap(),
         scheduler: database(backend).await.unwrap(),
     };
-    sentia_backup_ops::restore(&checked, &targets, false)
+    sentia_backup_restore::restore(&checked, &targets, false)
         .await
         .unwrap();
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use sentia_backup_ops::{InProcess, Opener, Targets, Trust};
+use sentia_backup_ops::{Opener, Trust};
+use sentia_backup_restore::{InProcess, Targets};
 use sentia_crypto::MasterKey;
 use sentia_db::snapshot;
 use sentia_proto::vault::v1 as pb;
@@ -133,11 +134,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
     let target = targets(args, &dir, "bk_restored").await?;
     let t = Instant::now();
-    sentia_backup_ops::restore(&checked, &target, false).await?;
+    sentia_backup_restore::restore(&checked, &target, false).await?;
     let restore = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let report = sentia_backup_ops::drill(&checked, &opener()?, &dir.join("drill")).await?;
+    let report = sentia_backup_restore::drill(&checked, &opener()?, &dir.join("drill")).await?;
     let drill = t.elapsed().as_secs_f64();
     anyhow::ensure!(
         report.versions_read as u64 == versions,

@@ -17,6 +17,7 @@ use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_proto::keys::v1::{BeginBackupRequest, GetPublicKeysRequest, SignRequest};
 use zeroize::Zeroizing;
 
+use crate::destination::Destination;
 use crate::manifest::{self, Manifest, ServiceSnapshot};
 use crate::progress::{Progress, Quiet};
 use crate::verify::{Opener, Trust, verify_with};
@@ -25,9 +26,10 @@ use crate::{
     signed_message, snapshot_entry,
 };
 
-/// The four services, each reached with an administrator's credentials: key-service's and
-/// audit-service's admin identity, vault-service's and rotation-scheduler's root or
-/// `system_admin` token.
+/// The four services, each reached with an administrator's credentials (key-service's and
+/// audit-service's admin identity or one in their `SENTIA_BACKUP_IDENTITIES`, vault-service's
+/// and rotation-scheduler's root or `system_admin` token) — or, for rotation-scheduler making
+/// its own scheduled backup, its database directly.
 #[derive(Clone)]
 pub struct Sources {
     /// key-service.
@@ -37,15 +39,35 @@ pub struct Sources {
     /// audit-service.
     pub audit: AuthedChannel,
     /// rotation-scheduler.
-    pub scheduler: AuthedChannel,
+    pub scheduler: Source,
+}
+
+/// Where one service's snapshot comes from.
+#[derive(Clone)]
+pub enum Source {
+    /// Its SnapshotService.
+    Remote(AuthedChannel),
+    /// Its database, read here: the service making the backup is this one.
+    Local {
+        /// The pool.
+        pool: sqlx::AnyPool,
+        /// True for SQLite.
+        sqlite: bool,
+    },
+}
+
+impl From<AuthedChannel> for Source {
+    fn from(channel: AuthedChannel) -> Self {
+        Self::Remote(channel)
+    }
 }
 
 impl Sources {
-    fn of(&self, service: &str) -> AuthedChannel {
+    fn of(&self, service: &str) -> Source {
         match service {
-            "key-service" => self.keys.clone(),
-            "vault-service" => self.vault.clone(),
-            "audit-service" => self.audit.clone(),
+            "key-service" => self.keys.clone().into(),
+            "vault-service" => self.vault.clone().into(),
+            "audit-service" => self.audit.clone().into(),
             _ => self.scheduler.clone(),
         }
     }
@@ -191,12 +213,102 @@ pub async fn create_with(
     Ok((path, manifest))
 }
 
+/// An archive made by [`create_in`] and copied to its destinations.
+pub struct Made {
+    /// The archive's file name.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Each destination, in order: where the copy is, or why it could not be made there.
+    pub copies: Vec<(String, Result<String, BackupError>)>,
+}
+
+impl Made {
+    /// The destinations that hold no copy, and why.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &BackupError)> {
+        self.copies
+            .iter()
+            .filter_map(|(label, r)| r.as_ref().err().map(|e| (label.as_str(), e)))
+    }
+}
+
+/// Makes an archive and copies it to every destination: written (and read back) in the first
+/// one when it is a directory, else in a directory of its own under `staging` that is removed
+/// afterwards. A destination that fails does not stop the copies to the others; the archive
+/// itself failing is the error.
+pub async fn create_in(
+    sources: &Sources,
+    destinations: &[Destination],
+    staging: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<Made, BackupError> {
+    let first_dir = destinations.first().and_then(Destination::dir);
+    let dir = match first_dir {
+        Some(d) => d.to_path_buf(),
+        None => staging.join(format!(
+            "sentia-backup-staging-{}",
+            hex::encode(sentia_crypto::random_bytes(6))
+        )),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let made = create_with(sources, &dir, progress).await;
+    let result = async {
+        let (path, manifest) = made?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = std::fs::metadata(&path)?.len();
+        let mut copies = Vec::new();
+        for (i, dest) in destinations.iter().enumerate() {
+            let copy = if i == 0 && first_dir.is_some() {
+                Ok(path.display().to_string())
+            } else {
+                dest.upload(&path).await.map(|()| dest.place_of(&name))
+            };
+            if let Err(e) = &copy {
+                tracing::error!(destination = dest.label(), error = %e, "a backup copy failed");
+            }
+            copies.push((dest.label().to_string(), copy));
+        }
+        Ok(Made {
+            name,
+            bytes,
+            manifest,
+            copies,
+        })
+    }
+    .await;
+    if first_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
 /// One service's snapshot, whole.
 async fn snapshot(
-    channel: AuthedChannel,
+    source: Source,
     service: &'static str,
     progress: &dyn Progress,
 ) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    let channel = match source {
+        Source::Remote(channel) => channel,
+        Source::Local { pool, sqlite } => {
+            let mut out = Zeroizing::new(Vec::new());
+            sentia_db::snapshot::dump(&pool, sqlite, |chunk: Vec<u8>| {
+                let chunk = Zeroizing::new(chunk);
+                out.extend_from_slice(&chunk);
+                progress.advance(chunk.len() as u64);
+                std::future::ready(true)
+            })
+            .await
+            .map_err(BackupError::snapshot(service))?;
+            return Ok(out);
+        }
+    };
     let mut stream = SnapshotServiceClient::new(channel)
         .snapshot(SnapshotRequest {})
         .await

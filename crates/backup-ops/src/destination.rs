@@ -23,6 +23,8 @@ pub struct Destination {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     label: String,
+    /// The directory, for a local destination: an archive can be written in it directly.
+    dir: Option<std::path::PathBuf>,
 }
 
 /// One archive a destination holds.
@@ -74,6 +76,7 @@ impl Destination {
                 store: Arc::new(store),
                 prefix: ObjectPath::from(prefix.trim_matches('/')),
                 label: spec.to_string(),
+                dir: None,
             });
         }
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
@@ -84,12 +87,23 @@ impl Destination {
             store: Arc::new(store),
             prefix: ObjectPath::default(),
             label: dir.to_string(),
+            dir: Some(dir.into()),
         })
     }
 
     /// How it was given, for messages.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The directory, when this is a local destination.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Where an archive called `name` is kept here, for messages and listings.
+    pub fn place_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.label.trim_end_matches('/'))
     }
 
     fn location(&self, name: &str) -> ObjectPath {

@@ -50,7 +50,8 @@ pub enum BackupError {
 }
 
 impl BackupError {
-    pub(crate) fn service(service: &'static str) -> impl FnOnce(tonic::Status) -> Self {
+    /// A refused or failed call to `service`, as a [`BackupError::Service`].
+    pub fn service(service: &'static str) -> impl FnOnce(tonic::Status) -> Self {
         move |s| Self::Service {
             service,
             code: s.code(),
@@ -58,7 +59,8 @@ impl BackupError {
         }
     }
 
-    pub(crate) fn snapshot(service: &str) -> impl FnOnce(SnapshotError) -> Self + '_ {
+    /// A malformed or misfitting snapshot of `service`, as a [`BackupError::Snapshot`].
+    pub fn snapshot(service: &str) -> impl FnOnce(SnapshotError) -> Self + '_ {
         move |source| Self::Snapshot {
             service: service.to_string(),
             source,

@@ -1,7 +1,9 @@
 //! Backups of a whole deployment (ADR 8): [`create`] streams every service's snapshot into
 //! one encrypted archive with a signed manifest, [`verify`] opens one with the master or the
 //! recovery key and checks every byte of it against that manifest (and the audit chain in it
-//! against its checkpoints), and [`restore`] loads a checked archive into the four databases.
+//! against its checkpoints), and [`Destination`] keeps copies in directories and S3 buckets.
+//! Restoring and the drill need the services themselves and live in `sentia-backup-restore`;
+//! this crate needs none of them, so rotation-scheduler can make scheduled backups with it.
 //!
 //! An archive is a `sentia-backup` file whose entries are the services' snapshots
 //! (`{service}.snapshot`), `manifest.json` and `manifest.sig`. The manifest holds what a
@@ -13,21 +15,17 @@
 
 mod create;
 mod destination;
-mod drill;
 mod error;
-mod manifest;
+pub mod manifest;
 mod progress;
-mod restore;
 mod verify;
 
-pub use create::{Sources, create, create_with};
+pub use create::{Made, Source, Sources, create, create_in, create_with};
 pub use destination::{Destination, Stored, created_ms, expired};
-pub use drill::{DrillReport, InProcess, drill, drill_with};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
 pub use progress::{Progress, Quiet};
-pub use restore::{Restored, Targets, restore, restore_with};
-pub use verify::{Opener, Trust, Verified, verify, verify_with};
+pub use verify::{Opener, Trust, Verified, check_versions, verify, verify_with};
 
 /// The services in the order they are snapshotted: audit-service first, so every other
 /// snapshot's own audit record lands after the copy of the log; key-service last, so the

@@ -88,13 +88,13 @@ pub struct AuditHead {
 }
 
 /// `created_ms` as `YYYY-MM-DDTHH:MM:SSZ`.
-pub(crate) fn utc(created_ms: i64) -> String {
+pub fn utc(created_ms: i64) -> String {
     sentia_proto::wkt::utc(created_ms.div_euclid(1000))
 }
 
 /// Walks a snapshot's rows: `visit(table, columns, row)`; returns its counts once the whole
 /// snapshot has been checked.
-pub(crate) fn rows(
+pub fn rows(
     snapshot: &[u8],
     mut visit: impl FnMut(&str, &[String], &[Value]) -> Result<(), String>,
 ) -> Result<(String, Counts), SnapshotError> {
@@ -142,8 +142,10 @@ fn bytes(columns: &[String], row: &[Value], column: &str) -> Result<Vec<u8>, Str
 
 /// What a backup needs from one service's snapshot, read in one pass: its dialect and
 /// counts, and whatever of the following it holds.
-pub(crate) struct Read {
+pub struct Read {
+    /// The dialect of the database it came from.
     pub dialect: String,
+    /// Schema version and rows per table.
     pub counts: Counts,
     /// vault-service: every secret version's digest, sorted.
     pub versions: Vec<VersionDigest>,
@@ -155,7 +157,7 @@ pub(crate) struct Read {
 
 /// Reads `snapshot` once, checking its structure and picking out the version digests, the
 /// keyring's master version and the audit chain where its tables hold them.
-pub(crate) fn read(snapshot: &[u8]) -> Result<Read, SnapshotError> {
+pub fn read(snapshot: &[u8]) -> Result<Read, SnapshotError> {
     let mut versions = Vec::new();
     let mut master_version = None;
     let mut chain = Chain {
@@ -215,9 +217,12 @@ fn version_digest(columns: &[String], row: &[Value]) -> Result<VersionDigest, St
 
 /// The audit chain in audit-service's snapshot: its records in order, checkpoints, and the
 /// head the log claims.
-pub(crate) struct Chain {
+pub struct Chain {
+    /// The records, in sequence order.
     pub records: Vec<AuditRecord>,
+    /// The signed checkpoints.
     pub checkpoints: Vec<Checkpoint>,
+    /// The head (sequence, hash) the log's own head row claims.
     pub head: Option<(u64, Vec<u8>)>,
 }
 
@@ -258,7 +263,7 @@ fn checkpoint(columns: &[String], row: &[Value]) -> Result<Checkpoint, String> {
 impl Chain {
     /// Checks the chain against checkpoints signed by `keys` (kid → Ed25519 public key) and
     /// describes it; `problem` names the first bad sequence.
-    pub(crate) fn check(&self, keys: &std::collections::HashMap<String, Vec<u8>>) -> AuditHead {
+    pub fn check(&self, keys: &std::collections::HashMap<String, Vec<u8>>) -> AuditHead {
         let first = self.records.first().map_or(0, |r| r.sequence);
         // A chain purged by retention starts after a checkpoint, which anchors it.
         let anchor = if first <= 1 {

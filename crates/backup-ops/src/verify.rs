@@ -177,7 +177,7 @@ pub fn verify_with(
 }
 
 /// Compares secret version digests, naming the first version that differs.
-pub(crate) fn check_versions(
+pub fn check_versions(
     listed: &[manifest::VersionDigest],
     found: &[manifest::VersionDigest],
 ) -> Result<(), BackupError> {

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_backup_ops::{Destination, Opener, Sources, Targets, Trust, Verified};
+use sentia_backup_ops::{Destination, Opener, Sources, Trust, Verified};
+use sentia_backup_restore::Targets;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -205,7 +206,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             };
             let bars = Bars::new(common);
             let restored =
-                sentia_backup_ops::restore_with(&checked, &targets, force, bars.as_ref()).await;
+                sentia_backup_restore::restore_with(&checked, &targets, force, bars.as_ref()).await;
             bars.finish();
             let restored = restored?;
             let m = &checked.manifest;
@@ -253,7 +254,8 @@ async fn drill(common: &Common, archive: &Archive, scratch: Option<PathBuf>) -> 
         ))
     });
     let bars = Bars::new(common);
-    let report = sentia_backup_ops::drill_with(&checked, &opener, &scratch, bars.as_ref()).await;
+    let report =
+        sentia_backup_restore::drill_with(&checked, &opener, &scratch, bars.as_ref()).await;
     bars.finish();
     let m = &checked.manifest;
     match (&report, common.json) {
@@ -372,48 +374,27 @@ async fn create(common: &Common, to: &[String], s: &Services) -> anyhow::Result<
         vault: common.channel(&s.addr, "vault-service").await?,
         scheduler: common
             .channel(&s.rotation_addr, "rotation-scheduler")
-            .await?,
+            .await?
+            .into(),
     };
     let destinations = to
         .iter()
         .map(|d| Destination::parse(d))
         .collect::<Result<Vec<_>, _>>()?;
-    // Written (and checked) in the first destination when it is a directory, else in a
-    // staging directory removed afterwards; then copied to the others.
-    let first_local = to.first().filter(|d| !d.starts_with("s3://"));
-    let staging = match first_local {
-        Some(d) => PathBuf::from(d.strip_prefix("file://").unwrap_or(d)),
-        None => std::env::temp_dir().join(format!(
-            "sentia-backup-staging-{}",
-            hex::encode(sentia_crypto::random_bytes(6))
-        )),
-    };
-    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let bars = Bars::new(common);
-    let made = sentia_backup_ops::create_with(&sources, &staging, bars.clone()).await;
+    let made =
+        sentia_backup_ops::create_in(&sources, &destinations, &std::env::temp_dir(), bars.clone())
+            .await;
     bars.finish();
+    let made = made?;
     let mut copies = Vec::new();
-    let result = async {
-        let (path, m) = made?;
-        copies.push(path.display().to_string());
-        for dest in destinations.iter().skip(usize::from(first_local.is_some())) {
-            dest.upload(&path).await?;
-            copies.push(format!(
-                "{}/{}",
-                dest.label().trim_end_matches('/'),
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-            ));
+    for (label, copy) in &made.copies {
+        match copy {
+            Ok(at) => copies.push(at.clone()),
+            Err(e) => eprintln!("error: no copy in {label}: {e}"),
         }
-        anyhow::Ok((path, m))
     }
-    .await;
-    if first_local.is_none() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    let (path, m) = result?;
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let (m, size) = (&made.manifest, made.bytes);
     if let Some(problem) = &m.audit.problem {
         eprintln!("warning: the audit chain copied does not verify: {problem}");
     }
@@ -432,7 +413,10 @@ async fn create(common: &Common, to: &[String], s: &Services) -> anyhow::Result<
                 "secret_versions": m.secret_versions.len(), "audit": m.audit})
         );
     } else {
-        println!("{} ({size} bytes)", path.display());
+        println!(
+            "{} ({size} bytes)",
+            copies.first().map_or("", String::as_str)
+        );
         for copy in copies.iter().skip(1) {
             println!("  copied to {copy}");
         }
@@ -443,6 +427,10 @@ async fn create(common: &Common, to: &[String], s: &Services) -> anyhow::Result<
                 snap.schema_version
             );
         }
+    }
+    let failed = made.failures().count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} copies failed (above)", made.copies.len());
     }
     Ok(())
 }

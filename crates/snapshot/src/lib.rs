@@ -1,6 +1,10 @@
 //! The SnapshotService every service mounts over its own database (ADR 8): an admin streams
 //! the database as `sentia_db::snapshot` lines, read in one transaction, for `sentia backup`.
 //! The call is recorded in the audit log before the first byte leaves.
+//!
+//! Besides administrators, the service identities named in `SENTIA_BACKUP_IDENTITIES`
+//! ([`BackupMakers`]) may take one: rotation-scheduler makes the scheduled backups, and that
+//! is all it is given — not the admin role.
 #![forbid(unsafe_code)]
 
 use std::pin::Pin;
@@ -64,6 +68,51 @@ pub fn by_policy(policies: sentia_policy::Policies) -> Admits {
     })
 }
 
+/// The service identities that may make backups without being administrators
+/// (`SENTIA_BACKUP_IDENTITIES`, default none): at key-service BeginBackup and its Snapshot, at
+/// audit-service its Snapshot. A backup's snapshots hold only sealed data, hashes and the
+/// audit log, so this is the least a scheduled backup's maker can be given.
+#[derive(Debug, Clone, Default)]
+pub struct BackupMakers(Arc<[String]>);
+
+impl BackupMakers {
+    /// The names in a comma-separated list.
+    pub fn parse(raw: &str) -> Self {
+        Self(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    /// `SENTIA_BACKUP_IDENTITIES`.
+    pub fn from_source(r: &sentia_config::Reader<'_>) -> Self {
+        Self::parse(&r.string_or("SENTIA_BACKUP_IDENTITIES", ""))
+    }
+
+    /// `Ok` for an administrator or a service identity named here; otherwise
+    /// PERMISSION_DENIED saying what would let the caller in.
+    pub fn admit(&self, p: &Principal, action: &str) -> Result<(), Status> {
+        let named = p.role == Role::Service && self.0.contains(&p.id);
+        if p.role == Role::Admin || named {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{action} needs the admin role or a service identity named in \
+             SENTIA_BACKUP_IDENTITIES; caller '{}' has the {} role",
+            p.id,
+            p.role.as_str()
+        )))
+    }
+
+    /// [`BackupMakers::admit`] as a snapshot admission.
+    pub fn admits(self) -> Admits {
+        Arc::new(move |p: &Principal| self.admit(p, "Snapshot"))
+    }
+}
+
 type Chunks = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -107,5 +156,40 @@ impl SnapshotService for Snapshots {
         }
         .await;
         call.finish(result).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentia_identity::AuthMethod;
+
+    #[test]
+    fn only_administrators_and_named_service_identities_may_make_backups() {
+        let makers = BackupMakers::parse(" rotation-scheduler, ,");
+        let who = |id: &str, role| Principal::new(id, role, AuthMethod::Mtls);
+        assert!(makers.admit(&who("operator", Role::Admin), "x").is_ok());
+        assert!(
+            makers
+                .admit(&who("rotation-scheduler", Role::Service), "x")
+                .is_ok()
+        );
+        let denied = makers
+            .admit(&who("vault-service", Role::Service), "BeginBackup")
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(denied.message().contains("SENTIA_BACKUP_IDENTITIES"));
+        assert!(denied.message().contains("BeginBackup"));
+        // A user token carrying a listed name is still a user.
+        assert!(
+            makers
+                .admit(&who("rotation-scheduler", Role::User), "x")
+                .is_err()
+        );
+        assert!(
+            BackupMakers::default()
+                .admit(&who("rotation-scheduler", Role::Service), "x")
+                .is_err()
+        );
     }
 }

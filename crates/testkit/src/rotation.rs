@@ -59,6 +59,18 @@ impl Scheduler {
         hooks: Hooks,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::start_configured(stack, database_url, hooks, extra, |_| {}).await
+    }
+
+    /// [`Scheduler::start_with`], then `tweak` on the parsed config (what no variable sets:
+    /// S3 options for a test's server).
+    pub async fn start_configured(
+        stack: &Stack,
+        database_url: &str,
+        hooks: Hooks,
+        extra: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let replica = unique("replica");
         let mut pairs = vec![
             ("SENTIA_ALLOW_PLAINTEXT", "true"),
@@ -72,7 +84,8 @@ impl Scheduler {
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
-        let config = Config { hooks, ..config };
+        let mut config = Config { hooks, ..config };
+        tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = Shutdown::new();

@@ -22,6 +22,8 @@ pub struct SandboxBuilder {
     key_settings: Vec<(String, String)>,
     vault_settings: Vec<(String, String)>,
     scheduler_settings: Vec<(String, String)>,
+    audit_settings: Vec<(String, String)>,
+    backups: Option<Vec<(String, String)>>,
 }
 
 impl SandboxBuilder {
@@ -78,6 +80,29 @@ impl SandboxBuilder {
         self
     }
 
+    /// audit-service settings beyond the sandbox's (later pairs win).
+    pub fn audit_setting(mut self, key: &str, value: &str) -> Self {
+        self.audit_settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// All four services, the scheduler making scheduled backups into `destinations`
+    /// (`SENTIA_BACKUP_DESTINATIONS`) with `s3_options` for buckets, given exactly what a
+    /// deployment gives it: its key-service token, and `rotation-scheduler` in
+    /// `SENTIA_BACKUP_IDENTITIES` at key-service and audit-service.
+    pub fn scheduled_backups(self, destinations: &str, s3_options: Vec<(String, String)>) -> Self {
+        let mut b = self
+            .audit()
+            .key_setting("SENTIA_BACKUP_IDENTITIES", "rotation-scheduler")
+            .audit_setting("SENTIA_BACKUP_IDENTITIES", "rotation-scheduler")
+            .scheduler_setting("SENTIA_BACKUP_DESTINATIONS", destinations);
+        if b.scheduler.is_none() {
+            b = b.scheduler(Default::default());
+        }
+        b.backups = Some(s3_options);
+        b
+    }
+
     /// Starts the services; None (announced) when the backend or Redis is not available
     /// here.
     pub async fn start(self) -> Option<Sandbox> {
@@ -130,7 +155,13 @@ impl SandboxBuilder {
         let keys = keys::Running::start(&database(backend).await?, &pairs(&key_settings)).await;
         let audit = match audit_listener {
             Some(listener) => Some(
-                AuditService::start_on(listener, &keys.addr, &database(backend).await?, &[]).await,
+                AuditService::start_on(
+                    listener,
+                    &keys.addr,
+                    &database(backend).await?,
+                    &pairs(&self.audit_settings),
+                )
+                .await,
             ),
             None => None,
         };
@@ -151,6 +182,16 @@ impl SandboxBuilder {
             (Some(keys), None)
         };
         let mut scheduler_settings = scheduler_emitting;
+        if self.backups.is_some() {
+            let at = vault
+                .as_ref()
+                .map_or(String::new(), |v| v.keys.addr.clone());
+            scheduler_settings.push(("SENTIA_KEY_SERVICE_ADDR".into(), at));
+            scheduler_settings.push((
+                "SENTIA_KEY_SERVICE_TOKEN".into(),
+                keys::SCHEDULER_KEY_TOKEN.into(),
+            ));
+        }
         scheduler_settings.extend(self.scheduler_settings);
         let mut sandbox = Sandbox {
             keys,
@@ -158,6 +199,7 @@ impl SandboxBuilder {
             audit,
             scheduler: None,
             scheduler_settings,
+            s3_options: self.backups.unwrap_or_default(),
             spools,
         };
         if let Some(hooks) = self.scheduler {
@@ -182,16 +224,23 @@ pub struct Sandbox {
     audit: Option<AuditService>,
     scheduler: Option<Scheduler>,
     scheduler_settings: Vec<(String, String)>,
+    s3_options: Vec<(String, String)>,
     spools: Vec<std::path::PathBuf>,
 }
 
 impl Sandbox {
     async fn launch_scheduler(&self, database_url: &str, hooks: Hooks) -> Scheduler {
-        let s = Scheduler::start_with(
+        let s3_options = self.s3_options.clone();
+        let s = Scheduler::start_configured(
             self.vault(),
             database_url,
             hooks,
             &pairs(&self.scheduler_settings),
+            move |c| {
+                if let Some(b) = &mut c.backups {
+                    b.s3_options = s3_options;
+                }
+            },
         )
         .await;
         crate::wait_for_health(&s.addr).await;

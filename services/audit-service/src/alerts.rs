@@ -4,7 +4,7 @@
 //! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
 //! administrative operations (PrivilegeEscalationAttempt); and rotation-scheduler's reminders
 //! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
-//! RotationCompleted). Sliding windows live in Redis when
+//! RotationCompleted), and its scheduled backups' failures (BackupFailed, BackupPruneFailed). Sliding windows live in Redis when
 //! it is configured (replicas share counts), in process otherwise; time is the event's time.
 //! Raised alerts are stored (ListAlerts / AcknowledgeAlert) and logged.
 
@@ -306,6 +306,34 @@ fn rotation_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
     })
 }
 
+/// The notice a scheduled backup's failure carries to the alert sinks (the event's
+/// `secret_name` is the destination for a copy or a prune, empty for the backup itself).
+fn backup_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
+    let at = &e.secret_name;
+    Some(match e.operation.as_str() {
+        "backup_failed" => (
+            "BackupFailed",
+            Severity::Critical,
+            format!(
+                "the scheduled backup failed ({}): no archive was made; rotation-scheduler's log \
+                 says why, and it tries again after SENTIA_BACKUP_RETRY",
+                e.status_code
+            ),
+        ),
+        "backup_copy_failed" => (
+            "BackupFailed",
+            Severity::Critical,
+            format!("a scheduled backup could not be copied to {at}; the other copies were made"),
+        ),
+        "backup_prune_failed" => (
+            "BackupPruneFailed",
+            Severity::Warning,
+            format!("backups past retention could not be deleted from {at}"),
+        ),
+        _ => return None,
+    })
+}
+
 /// Evaluates rules over events and raises alerts.
 pub struct Engine {
     rules: Rules,
@@ -408,6 +436,12 @@ impl Engine {
         if e.event_type == "rotation"
             && e.service == "rotation-scheduler"
             && let Some((rule, severity, summary)) = rotation_notice(e)
+        {
+            out.push(alert(rule, severity, summary));
+        }
+        if e.event_type == "backup"
+            && e.service == "rotation-scheduler"
+            && let Some((rule, severity, summary)) = backup_notice(e)
         {
             out.push(alert(rule, severity, summary));
         }
@@ -626,6 +660,51 @@ mod tests {
                     .is_empty()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_scheduled_backup_or_copy_raises_a_critical_alert_from_the_scheduler_only() {
+        let e = engine(rules());
+        let ev = |service: &str, op: &str, at: &str| AuditEvent {
+            event_type: "backup".into(),
+            service: service.into(),
+            operation: op.into(),
+            secret_name: at.into(),
+            status_code: "UNAVAILABLE".into(),
+            ..Default::default()
+        };
+        let failed = e
+            .evaluate(1, &ev("rotation-scheduler", "backup_failed", ""))
+            .await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].rule, "BackupFailed");
+        assert_eq!(failed[0].severity, Severity::Critical as i32);
+        assert!(failed[0].summary.contains("UNAVAILABLE"), "{:?}", failed[0]);
+        let copy = e
+            .evaluate(
+                1,
+                &ev("rotation-scheduler", "backup_copy_failed", "s3://b/sentia"),
+            )
+            .await;
+        assert_eq!(copy[0].rule, "BackupFailed");
+        assert!(copy[0].summary.contains("s3://b/sentia"));
+        let prune = e
+            .evaluate(1, &ev("rotation-scheduler", "backup_prune_failed", "/b"))
+            .await;
+        assert_eq!(prune[0].rule, "BackupPruneFailed");
+        assert_eq!(prune[0].severity, Severity::Warning as i32);
+        for quiet in ["backup_created", "backup_pruned"] {
+            assert!(
+                e.evaluate(1, &ev("rotation-scheduler", quiet, "x"))
+                    .await
+                    .is_empty()
+            );
+        }
+        assert!(
+            e.evaluate(1, &ev("vault-service", "backup_failed", ""))
+                .await
+                .is_empty()
+        );
     }
 
     #[test]

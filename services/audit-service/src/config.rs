@@ -53,6 +53,9 @@ pub struct Config {
     pub retention_check: Duration,
     /// Alert rule settings (`SENTIA_ALERT_*`).
     pub rules: Rules,
+    /// `SENTIA_BACKUP_IDENTITIES`: service identities that may snapshot the log for a backup
+    /// without the admin role (rotation-scheduler, where it makes the scheduled backups).
+    pub backup_makers: sentia_snapshot::BackupMakers,
     /// `SENTIA_REDIS_URL`: shared sliding windows for alert rules (in process when unset).
     pub redis_url: Option<String>,
     /// `SENTIA_REDIS_PREFIX`: key prefix in Redis.
@@ -137,6 +140,7 @@ impl Config {
         let redis_url = r.optional("SENTIA_REDIS_URL");
         let redis_prefix = r.string_or("SENTIA_REDIS_PREFIX", "sentia:");
         let webhook = Webhook::from_source(r);
+        let backup_makers = sentia_snapshot::BackupMakers::from_source(r);
         Self {
             server,
             database_url,
@@ -154,6 +158,7 @@ impl Config {
             retention,
             retention_check,
             rules,
+            backup_makers,
             redis_url,
             redis_prefix,
             webhook,

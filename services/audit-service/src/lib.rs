@@ -121,8 +121,11 @@ pub async fn run(
         .bearer_verifier(verifier)
         .audit_refusals(Arc::new(api.clone()))
         .serve(
-            Routes::new(AuditServiceServer::new(api.clone()))
-                .add_service(Snapshots::new(pool, &config.database_url, Arc::new(api)).server()),
+            Routes::new(AuditServiceServer::new(api.clone())).add_service(
+                Snapshots::new(pool, &config.database_url, Arc::new(api))
+                    .admitting(config.backup_makers.admits())
+                    .server(),
+            ),
             listener,
             shutdown.clone(),
         )

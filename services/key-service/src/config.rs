@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::grants::Grants;
 use crate::keyring::Purpose;
+use sentia_snapshot::BackupMakers;
 
 /// Where the master key comes from.
 pub enum MasterSource {
@@ -76,6 +77,10 @@ pub struct Config {
     /// `SENTIA_KEY_GRANTS_FILE`: which service identity may use which key for what (the
     /// shipped `grants/default.toml` when unset).
     pub grants: Grants,
+    /// `SENTIA_BACKUP_IDENTITIES`: service identities that may begin backups and snapshot the
+    /// keyring (sealed under the master) without the admin role — rotation-scheduler, where
+    /// it makes the scheduled backups.
+    pub backup_makers: BackupMakers,
     /// `sentia dev` only: the file its master key lives in, rewritten by a master rotation.
     pub master_key_file: Option<std::path::PathBuf>,
 }
@@ -168,6 +173,7 @@ impl Config {
                     Grants::default()
                 }),
         };
+        let backup_makers = BackupMakers::from_source(r);
         Self {
             server,
             database_url,
@@ -179,6 +185,7 @@ impl Config {
             refresh_interval,
             audit,
             grants,
+            backup_makers,
             master_key_file: None,
         }
     }

@@ -257,6 +257,9 @@ mod tests {
         assert!(g.allows(&scheduler, Operation::RotateKey, "sentia-jwt", None));
         assert!(g.allows(&scheduler, Operation::SetKeyPolicy, "sentia-jwt", None));
         assert!(!g.allows(&scheduler, Operation::Sign, "sentia-jwt", None));
+        assert!(g.allows(&scheduler, Operation::Sign, "backup-manifest", None));
+        assert!(!g.allows(&scheduler, Operation::Sign, "audit-checkpoint", None));
+        assert!(!g.allows(&vault, Operation::Sign, "backup-manifest", None));
         assert!(!g.allows(&scheduler, Operation::RotateKey, "vault", None));
 
         assert!(!g.allows(&service("stranger"), Operation::GetKey, "vault", None));

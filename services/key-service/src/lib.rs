@@ -78,10 +78,15 @@ pub async fn run(
     let emitter = sentia_runtime::audit::Emitter::start("key-service", &config.audit)
         .map_err(|e| KeyError::Startup(e.to_string()))?;
     let api = api::Api::new(core, config.grants, emitter.clone())
-        .with_master_key_file(config.master_key_file);
+        .with_master_key_file(config.master_key_file)
+        .with_backup_makers(config.backup_makers.clone());
     let routes = Routes::new(KeyServiceServer::new(api.clone()))
         .add_service(SystemServiceServer::new(api))
-        .add_service(Snapshots::new(pool, &config.database_url, emitter.clone()).server());
+        .add_service(
+            Snapshots::new(pool, &config.database_url, emitter.clone())
+                .admitting(config.backup_makers.admits())
+                .server(),
+        );
     Server::new(config.server)
         .audit_refusals(emitter)
         .public_method("/sentia.keys.v1.SystemService/Status")

@@ -6,6 +6,7 @@ use sentia_policy::PolicyConfig;
 use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
+use crate::backups::BackupConfig;
 use crate::clock::Clock;
 #[cfg(feature = "test-hooks")]
 use crate::steps::Step;
@@ -29,8 +30,8 @@ pub struct Config {
     /// revoked token still works here).
     pub identity_cache_ttl: Duration,
     /// `SENTIA_KEY_SERVICE_ADDR` / `_TOKEN`: key-service, for `jwt_signing_key` rotations
-    /// (RotateKey and SetKeyPolicy need an admin identity there). Unset: that rotator fails
-    /// with a message saying so.
+    /// (the grants give `rotation-scheduler` RotateKey and SetKeyPolicy on the signing key)
+    /// and scheduled backups. Unset: that rotator fails with a message saying so.
     pub key_service: Option<UpstreamConfig>,
     /// Who may do what (`SENTIA_POLICY_FILE`, `SENTIA_IDENTITY_POLICIES`).
     pub policies: PolicyConfig,
@@ -50,6 +51,10 @@ pub struct Config {
     /// and never take the leader lease — a restored system before its operator lets it touch
     /// the credentials outside, and the restore drill's scratch copy.
     pub paused: bool,
+    /// `SENTIA_BACKUP_*`: scheduled backups made by the leader; None unless
+    /// `SENTIA_BACKUP_DESTINATIONS` names somewhere to keep them. They need key-service
+    /// (`SENTIA_KEY_SERVICE_ADDR`) and audit-service.
+    pub backups: Option<BackupConfig>,
     /// The clock, and (built with the `test-hooks` feature only) injected failures; not
     /// read from the environment.
     pub hooks: Hooks,
@@ -119,6 +124,19 @@ impl Config {
             .unwrap_or_else(|| format!("scheduler-{}", uuid::Uuid::new_v4().simple()));
         let emergency_grace = r.duration_or("SENTIA_EMERGENCY_GRACE", Duration::from_secs(600));
         let paused = r.bool_or("SENTIA_ROTATION_PAUSED", false);
+        let backups = BackupConfig::from_source(r);
+        if backups.is_some() && key_service.is_none() {
+            r.problem(
+                "SENTIA_BACKUP_DESTINATIONS needs SENTIA_KEY_SERVICE_ADDR: key-service begins \
+                 each backup and signs its manifest",
+            );
+        }
+        if backups.is_some() && audit.upstream.is_none() {
+            r.problem(
+                "SENTIA_BACKUP_DESTINATIONS needs audit-service (SENTIA_AUDIT_SERVICE_ADDR): a \
+                 backup holds the audit log",
+            );
+        }
         Self {
             server,
             database_url,
@@ -133,6 +151,7 @@ impl Config {
             replica_id,
             emergency_grace,
             paused,
+            backups,
             hooks: Hooks::default(),
         }
     }

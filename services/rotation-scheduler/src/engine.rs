@@ -59,6 +59,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// When CURRENT versions were written, as last described.
     pub current_times: CurrentTimes,
+    /// Scheduled backups, when configured: the leader starts them.
+    pub backups: Option<crate::backups::Backups>,
 }
 
 /// Most entries [`CurrentTimes`] keeps; it is emptied when it would grow past this.
@@ -144,6 +146,9 @@ impl Engine {
                     }
                     Err(Crash) => return Stopped::Crashed,
                 }
+            }
+            if let (Some(f), Some(backups)) = (fence, &self.backups) {
+                backups.tick(f).await;
             }
             tokio::select! {
                 _ = shutdown.wait() => {

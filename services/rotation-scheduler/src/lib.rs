@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backups;
 pub mod clock;
 pub mod config;
 pub mod engine;
@@ -63,6 +64,28 @@ pub async fn run(
         ),
         None => None,
     };
+    let metrics = metrics::Metrics::new();
+    let backups = match config.backups.clone() {
+        Some(settings) => Some(scheduled_backups(
+            settings,
+            &config,
+            backups::Wiring {
+                sources: sentia_backup_ops::Sources {
+                    keys: upstream(config.key_service.as_ref(), "SENTIA_KEY_SERVICE_ADDR")?,
+                    vault: upstream(Some(&config.vault_service), "SENTIA_VAULT_SERVICE_ADDR")?,
+                    audit: upstream(config.audit.upstream.as_ref(), "SENTIA_AUDIT_SERVICE_ADDR")?,
+                    scheduler: backups::local_source(pool.clone(), &config.database_url),
+                },
+                store: store.clone(),
+                emitter: emitter.clone(),
+                metrics: metrics.clone(),
+                clock: config.hooks.clock.clone(),
+                replica: config.replica_id.clone(),
+                shutdown: shutdown.clone(),
+            },
+        )?),
+        None => None,
+    };
     let engine = engine::Engine {
         store,
         vault,
@@ -73,8 +96,9 @@ pub async fn run(
         lease: config.lease,
         emergency_grace: config.emergency_grace,
         hooks: config.hooks.clone(),
-        metrics: metrics::Metrics::new(),
+        metrics,
         current_times: engine::CurrentTimes::default(),
+        backups,
     };
     let api = api::RotationApi::new(engine.clone(), policies.clone(), emitter.clone());
     let callers = sentia_runtime::identity::VaultIdentity::new(
@@ -118,4 +142,30 @@ pub async fn run(
         .await
         .map_err(|e| RotationError::Startup(format!("server task: {e}")))??;
     Ok(stopped)
+}
+
+/// The backup maker for `settings`, its destinations checked now so a bad one stops the start.
+fn scheduled_backups(
+    settings: backups::BackupConfig,
+    config: &Config,
+    wiring: backups::Wiring,
+) -> Result<backups::Backups, RotationError> {
+    let every = settings.interval;
+    let made = backups::Backups::new(settings, wiring)
+        .map_err(|e| RotationError::Startup(format!("SENTIA_BACKUP_DESTINATIONS: {e}")))?;
+    if !config.paused {
+        tracing::info!(every = ?every, "scheduled backups on: the leader makes them");
+    }
+    Ok(made)
+}
+
+/// A channel to an upstream the backups need; `variable` names the setting when it is absent.
+fn upstream(
+    upstream: Option<&sentia_runtime::UpstreamConfig>,
+    variable: &str,
+) -> Result<sentia_channel::AuthedChannel, RotationError> {
+    upstream
+        .ok_or_else(|| RotationError::Startup(format!("scheduled backups need {variable}")))?
+        .channel()
+        .map_err(|e| RotationError::Startup(format!("{variable}: {e}")))
 }

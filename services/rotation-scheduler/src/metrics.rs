@@ -1,5 +1,6 @@
 //! OpenTelemetry metrics of the leader: rotations by result, how many secrets are overdue,
-//! and how long since each secret last rotated. Exported over OTLP when the runtime's
+//! and how long since each secret last rotated; scheduled backups by outcome, when the last
+//! good one ended and its size. Exported over OTLP when the runtime's
 //! telemetry sets a meter provider (`OTEL_EXPORTER_OTLP_ENDPOINT`); no-ops otherwise.
 
 use opentelemetry::KeyValue;
@@ -11,6 +12,9 @@ pub struct Metrics {
     rotations: Counter<u64>,
     overdue: Gauge<u64>,
     since_last: Gauge<f64>,
+    backups: Counter<u64>,
+    last_backup: Gauge<f64>,
+    backup_bytes: Gauge<u64>,
 }
 
 impl Metrics {
@@ -33,7 +37,37 @@ impl Metrics {
                 .with_description("Time since each secret last rotated")
                 .with_unit("s")
                 .build(),
+            backups: meter
+                .u64_counter("sentia.backup.runs")
+                .with_description(
+                    "Scheduled backups by outcome: created, partial (a copy failed), failed",
+                )
+                .build(),
+            last_backup: meter
+                .f64_gauge("sentia.backup.last_success")
+                .with_description("When the newest scheduled backup that made an archive ended")
+                .with_unit("s")
+                .build(),
+            backup_bytes: meter
+                .u64_gauge("sentia.backup.size")
+                .with_description("Size of the newest scheduled backup's archive")
+                .with_unit("By")
+                .build(),
         }
+    }
+
+    /// A scheduled backup's outcome; one that made an archive moves `last_success`.
+    pub fn backup(&self, run: &crate::store::BackupOutcome) {
+        self.backups.add(1, &[KeyValue::new("result", run.outcome)]);
+        if run.archive.is_some() {
+            self.last_backup
+                .record(run.finished_ms.max(0) as f64 / 1000.0, &[]);
+        }
+    }
+
+    /// The size of the archive a scheduled backup made.
+    pub fn backup_size(&self, bytes: u64) {
+        self.backup_bytes.record(bytes, &[]);
     }
 
     /// One rotation outcome (`result`: completed, rolled_back, parked, `<step>_failed`,

@@ -17,19 +17,48 @@ pub const MIGRATIONS: Migrations = Migrations {
     seeded: &[],
 };
 
-const PG: &[MigrationSource] = &[(
-    1,
-    "rotation",
-    include_str!("../migrations/postgres/0001_rotation.sql"),
-)];
-const SQLITE: &[MigrationSource] = &[(
-    1,
-    "rotation",
-    include_str!("../migrations/sqlite/0001_rotation.sql"),
-)];
+const PG: &[MigrationSource] = &[
+    (
+        1,
+        "rotation",
+        include_str!("../migrations/postgres/0001_rotation.sql"),
+    ),
+    (
+        2,
+        "backups",
+        include_str!("../migrations/postgres/0002_backups.sql"),
+    ),
+];
+const SQLITE: &[MigrationSource] = &[
+    (
+        1,
+        "rotation",
+        include_str!("../migrations/sqlite/0001_rotation.sql"),
+    ),
+    (
+        2,
+        "backups",
+        include_str!("../migrations/sqlite/0002_backups.sql"),
+    ),
+];
 
 /// The one lease every replica competes for.
 const LEASE: &str = "leader";
+
+/// How a scheduled backup ended, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupOutcome {
+    /// When it ended (ms since the epoch).
+    pub finished_ms: i64,
+    /// `created` (every copy made), `partial` (some copies failed) or `failed` (no archive).
+    pub outcome: &'static str,
+    /// The archive's file name, when one was made.
+    pub archive: Option<String>,
+    /// Copies made.
+    pub copies: u32,
+    /// What failed, if anything.
+    pub detail: Option<String>,
+}
 
 /// One rotation as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,6 +422,60 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records that a scheduled backup `id` starts, if `holder` still leads with `fence`;
+    /// false when it does not (another replica took over).
+    pub async fn begin_backup(
+        &self,
+        id: &str,
+        holder: &str,
+        fence: i64,
+        now_ms: i64,
+    ) -> Result<bool, RotationError> {
+        let done = sqlx::query(
+            "INSERT INTO backup_runs (id, replica, started_ms) SELECT $1, $2, $3 \
+             WHERE EXISTS (SELECT 1 FROM scheduler_lease \
+             WHERE name = $4 AND holder = $2 AND fence = $5)",
+        )
+        .bind(id)
+        .bind(holder)
+        .bind(now_ms)
+        .bind(LEASE)
+        .bind(fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how scheduled backup `id` ended.
+    pub async fn finish_backup(&self, id: &str, run: &BackupOutcome) -> Result<(), RotationError> {
+        sqlx::query(
+            "UPDATE backup_runs SET finished_ms = $1, outcome = $2, archive = $3, copies = $4, \
+             detail = $5 WHERE id = $6",
+        )
+        .bind(run.finished_ms)
+        .bind(run.outcome)
+        .bind(run.archive.clone())
+        .bind(i64::from(run.copies))
+        .bind(run.detail.clone())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When the newest scheduled backup attempt started, and the newest that made an archive
+    /// (`created` or `partial`).
+    pub async fn backup_times(&self) -> Result<(Option<i64>, Option<i64>), RotationError> {
+        let row = sqlx::query(
+            "SELECT MAX(started_ms) AS attempt, \
+             MAX(CASE WHEN outcome IN ('created', 'partial') THEN started_ms END) AS made \
+             FROM backup_runs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("attempt")?, row.try_get("made")?))
     }
 
     /// Records a reminder; false if it was already sent.

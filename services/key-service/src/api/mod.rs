@@ -20,6 +20,7 @@ use crate::KeyError;
 use crate::core::{Core, KeyEntry};
 use crate::grants::{Grants, Operation};
 use crate::keyring::{Purpose, validate_key_name};
+use sentia_snapshot::BackupMakers;
 
 /// Largest payload for Encrypt, Hmac and Sign.
 pub const MAX_PAYLOAD: usize = 65_536;
@@ -29,6 +30,7 @@ pub const MAX_PAYLOAD: usize = 65_536;
 pub struct Api {
     core: Arc<Core>,
     grants: Arc<Grants>,
+    backup_makers: BackupMakers,
     master_key_file: Option<Arc<std::path::PathBuf>>,
     shares: Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>,
     audit: Arc<Emitter>,
@@ -41,6 +43,7 @@ impl Api {
         Self {
             core,
             grants: Arc::new(grants),
+            backup_makers: BackupMakers::default(),
             master_key_file: None,
             shares: Arc::new(Mutex::new(Vec::new())),
             audit,
@@ -53,6 +56,13 @@ impl Api {
     /// rewrites it before answering, so the next start opens the keyring.
     pub fn with_master_key_file(mut self, file: Option<std::path::PathBuf>) -> Self {
         self.master_key_file = file.map(Arc::new);
+        self
+    }
+
+    /// Lets the service identities in `makers` begin backups (BeginBackup), as administrators
+    /// may.
+    pub fn with_backup_makers(mut self, makers: BackupMakers) -> Self {
+        self.backup_makers = makers;
         self
     }
 }

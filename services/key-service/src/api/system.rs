@@ -5,8 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::keys::v1::{self as pb, system_service_server::SystemService};
-use sentia_runtime::Role;
 use sentia_runtime::audit::Call;
+use sentia_runtime::{Principal, Role};
 use tonic::{Request, Response};
 use zeroize::Zeroizing;
 
@@ -239,7 +239,8 @@ impl SystemService for Api {
         let call = Call::new(&self.audit, &req, "admin", "backup_begin", "");
         let g = &call;
         let result: Res<pb::BeginBackupResponse> = async move {
-            caller(&req, Role::Admin, "BeginBackup")?;
+            self.backup_makers
+                .admit(&Principal::of(&req)?, "BeginBackup")?;
             g.admit().await?;
             let (key, header, recovery_fingerprint) =
                 self.core.begin_backup(crate::core::now_ms()).await?;

@@ -26,10 +26,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use zeroize::Zeroizing;
 
-use crate::progress::{Progress, Quiet};
+use sentia_backup_ops::{BackupError, Opener, Progress, Quiet, Sources, Verified, manifest};
+
 use crate::restore::{Restored, Targets, restore_with};
-use crate::verify::{Opener, Verified};
-use crate::{BackupError, manifest};
 
 /// What a passed drill saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,13 +306,13 @@ impl InProcess {
     }
 
     /// Channels to the four with the administrator token: what a backup is made from.
-    pub fn sources(&self) -> Result<crate::Sources, BackupError> {
+    pub fn sources(&self) -> Result<Sources, BackupError> {
         let admin = Some(self.admin.as_str());
-        Ok(crate::Sources {
+        Ok(Sources {
             keys: channel(&self.keys, admin)?,
             vault: channel(&self.vault, admin)?,
             audit: channel(&self.audit, admin)?,
-            scheduler: channel(&self.scheduler, admin)?,
+            scheduler: channel(&self.scheduler, admin)?.into(),
         })
     }
 

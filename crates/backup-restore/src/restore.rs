@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use sentia_db::Migrations;
 use sentia_db::snapshot::{self, Target};
 
-use crate::progress::{Progress, Quiet};
-use crate::verify::{Verified, check_versions};
-use crate::{BackupError, SERVICES, manifest};
+use sentia_backup_ops::{
+    BackupError, Progress, Quiet, SERVICES, Verified, check_versions, manifest,
+};
 
 /// The database URL of each service to restore into (`SENTIA_DATABASE_URL` of each).
 pub struct Targets {

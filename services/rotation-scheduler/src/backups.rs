@@ -1,0 +1,401 @@
+//! Scheduled backups (ADR 8; the strategy document's daily backup with 90 days' retention):
+//! the leader makes an archive of all four services every `SENTIA_BACKUP_INTERVAL`, copies it
+//! to every destination, prunes what is past retention (never the newest archive), and records
+//! each outcome in its database, as an audit event (`backup_created`, `backup_copy_failed`,
+//! `backup_failed`, `backup_pruned`; audit-service alerts on the failures) and as metrics.
+//!
+//! The scheduler is given only what this needs: `SENTIA_BACKUP_IDENTITIES` at key-service
+//! (BeginBackup, the keyring's snapshot — sealed under the master) and audit-service (the
+//! log's snapshot), Sign on `backup-manifest` in key-service's grants, and the snapshot of
+//! vault-service its system_admin policy already allows. Its own database it reads directly.
+//! The archive key it is handed opens only this archive, whose contents stay sealed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sentia_backup_ops::{BackupError, Destination, Made, Quiet, Source, Sources};
+use sentia_runtime::audit::{CallInfo, Emitter};
+use sentia_runtime::{Reader, Shutdown};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::store::{BackupOutcome, Store};
+
+/// How the principal of the scheduler's own audit events reads.
+const SCHEDULER: &str = "rotation-scheduler";
+
+/// The `SENTIA_BACKUP_*` settings.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// `SENTIA_BACKUP_DESTINATIONS`: comma-separated directories and `s3://BUCKET/PREFIX`
+    /// buckets (credentials, region and endpoint from the `AWS_*` variables). The archive is
+    /// written in the first when it is a directory, then copied to the others.
+    pub destinations: Vec<String>,
+    /// `SENTIA_BACKUP_INTERVAL` (default 24h): how long after one backup the next is made.
+    pub interval: Duration,
+    /// `SENTIA_BACKUP_RETENTION` (default 90d): archives older than this are deleted from
+    /// each destination after a backup, except the newest.
+    pub retention: Duration,
+    /// `SENTIA_BACKUP_RETRY` (default 1h, at most the interval): how soon a failed backup is
+    /// tried again.
+    pub retry: Duration,
+    /// `SENTIA_BACKUP_STAGING_DIR` (default the temporary directory): where an archive is
+    /// written when the first destination is a bucket.
+    pub staging: PathBuf,
+    /// S3 options (`aws_endpoint`, ...) that win over the `AWS_*` variables; not read from
+    /// the environment (a test's server, an embedding program's bucket).
+    pub s3_options: Vec<(String, String)>,
+}
+
+impl BackupConfig {
+    /// The settings, or None when `SENTIA_BACKUP_DESTINATIONS` is unset or empty (no
+    /// scheduled backups).
+    pub fn from_source(r: &mut Reader<'_>) -> Option<Self> {
+        let destinations: Vec<String> = r
+            .string_or("SENTIA_BACKUP_DESTINATIONS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let interval = r.duration_or("SENTIA_BACKUP_INTERVAL", Duration::from_secs(86_400));
+        let retention = r.duration_or("SENTIA_BACKUP_RETENTION", Duration::from_secs(90 * 86_400));
+        let retry = r.duration_or("SENTIA_BACKUP_RETRY", Duration::from_secs(3600));
+        let staging = r
+            .optional("SENTIA_BACKUP_STAGING_DIR")
+            .map_or_else(std::env::temp_dir, PathBuf::from);
+        if destinations.is_empty() {
+            return None;
+        }
+        if interval < Duration::from_secs(60) {
+            r.problem("SENTIA_BACKUP_INTERVAL must be at least 1m");
+        }
+        if retention < interval {
+            r.problem(
+                "SENTIA_BACKUP_RETENTION must be at least SENTIA_BACKUP_INTERVAL: every \
+                 backup would be pruned before the next is made",
+            );
+        }
+        if retry.is_zero() {
+            r.problem("SENTIA_BACKUP_RETRY must be positive");
+        }
+        for d in &destinations {
+            if let Some(rest) = d.strip_prefix("s3://")
+                && rest.split('/').next().is_none_or(str::is_empty)
+            {
+                r.problem(format!(
+                    "SENTIA_BACKUP_DESTINATIONS: {d:?} names no bucket (s3://BUCKET/PREFIX)"
+                ));
+            }
+        }
+        Some(Self {
+            destinations,
+            interval,
+            retention,
+            retry: retry.min(interval),
+            staging,
+            s3_options: Vec::new(),
+        })
+    }
+}
+
+/// The leader's backup maker: at most one backup at a time, in a task of its own so the
+/// lease keeps being renewed while it runs.
+#[derive(Clone)]
+pub struct Backups {
+    config: Arc<BackupConfig>,
+    destinations: Arc<Vec<Destination>>,
+    sources: Sources,
+    store: Store,
+    emitter: Arc<Emitter>,
+    metrics: Metrics,
+    clock: Clock,
+    replica: String,
+    running: Arc<AtomicBool>,
+    shutdown: Shutdown,
+}
+
+/// Everything [`Backups::new`] needs besides the settings.
+pub struct Wiring {
+    /// key-service, vault-service and audit-service channels, and this service's database.
+    pub sources: Sources,
+    /// The scheduler's store (backup runs, the lease).
+    pub store: Store,
+    /// Where outcomes are audited.
+    pub emitter: Arc<Emitter>,
+    /// Where outcomes are counted.
+    pub metrics: Metrics,
+    /// The time source.
+    pub clock: Clock,
+    /// This replica's lease name.
+    pub replica: String,
+    /// Stops a backup in progress (its partial files are removed).
+    pub shutdown: Shutdown,
+}
+
+impl Backups {
+    /// The backup maker for `config`; an unusable destination is an error naming it.
+    pub fn new(config: BackupConfig, wiring: Wiring) -> Result<Self, BackupError> {
+        let destinations = config
+            .destinations
+            .iter()
+            .map(|d| Destination::parse_with(d, &config.s3_options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            config: Arc::new(config),
+            destinations: Arc::new(destinations),
+            sources: wiring.sources,
+            store: wiring.store,
+            emitter: wiring.emitter,
+            metrics: wiring.metrics,
+            clock: wiring.clock,
+            replica: wiring.replica,
+            running: Arc::new(AtomicBool::new(false)),
+            shutdown: wiring.shutdown,
+        })
+    }
+
+    /// The leader's check, once a tick: starts a backup in the background when one is due
+    /// (none made within the interval, and no attempt within the retry delay) and none runs.
+    pub async fn tick(&self, fence: i64) {
+        if self.running.load(Ordering::Acquire) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let due = match self.store.backup_times().await {
+            Ok((attempt, made)) => {
+                let since = |t: Option<i64>, d: Duration| {
+                    t.is_none_or(|t| now.saturating_sub(t) >= millis(d))
+                };
+                since(made, self.config.interval) && since(attempt, self.config.retry)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read when the last backup ran; retrying");
+                false
+            }
+        };
+        if !due || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        match self
+            .store
+            .begin_backup(&id, &self.replica, fence, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.running.store(false, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record a backup's start; retrying");
+                self.running.store(false, Ordering::Release);
+                return;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let span = tracing::info_span!("scheduled_backup", %id);
+            tokio::select! {
+                _ = tracing::Instrument::instrument(this.run(&id), span) => {}
+                _ = this.shutdown.wait() => {
+                    tracing::warn!(%id, "a scheduled backup was stopped by shutdown; it runs again after the retry delay");
+                }
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
+
+    /// One backup: make, copy, prune, record.
+    async fn run(&self, id: &str) {
+        tracing::info!("scheduled backup starts");
+        let made = sentia_backup_ops::create_in(
+            &self.sources,
+            &self.destinations,
+            &self.config.staging,
+            Arc::new(Quiet),
+        )
+        .await;
+        let outcome = match made {
+            Ok(made) => self.made(made).await,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled backup failed: no archive was made");
+                self.event("backup_failed", "", Some(code_of(&e))).await;
+                BackupOutcome {
+                    finished_ms: self.clock.now_ms(),
+                    outcome: "failed",
+                    archive: None,
+                    copies: 0,
+                    detail: Some(e.to_string()),
+                }
+            }
+        };
+        self.metrics.backup(&outcome);
+        if let Err(e) = self.store.finish_backup(id, &outcome).await {
+            tracing::error!(error = %e, "could not record how a backup ended");
+        }
+    }
+
+    /// Audits the copies of an archive made, prunes every destination that holds one, and
+    /// says how it went.
+    async fn made(&self, made: Made) -> BackupOutcome {
+        let copies = made.copies.iter().filter(|(_, r)| r.is_ok()).count();
+        for (label, copy) in &made.copies {
+            if copy.is_err() {
+                self.event("backup_copy_failed", label, Some(tonic::Code::Unavailable))
+                    .await;
+            }
+        }
+        self.event("backup_created", &made.name, None).await;
+        let now = self.clock.now_ms();
+        for (dest, (_, copy)) in self.destinations.iter().zip(&made.copies) {
+            // Only where this backup landed: a destination that is failing keeps what it has.
+            if copy.is_err() {
+                continue;
+            }
+            match dest.prune(self.config.retention, now).await {
+                Ok(pruned) => {
+                    for name in pruned {
+                        tracing::info!(archive = %dest.place_of(&name), "backup past retention deleted");
+                        self.event("backup_pruned", &dest.place_of(&name), None)
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(destination = dest.label(), error = %e, "pruning old backups failed");
+                    self.event(
+                        "backup_prune_failed",
+                        dest.label(),
+                        Some(tonic::Code::Unavailable),
+                    )
+                    .await;
+                }
+            }
+        }
+        let failures: Vec<String> = made
+            .failures()
+            .map(|(label, e)| format!("{label}: {e}"))
+            .collect();
+        tracing::info!(archive = %made.name, bytes = made.bytes, copies, failed = failures.len(), "scheduled backup made");
+        self.metrics.backup_size(made.bytes);
+        BackupOutcome {
+            finished_ms: self.clock.now_ms(),
+            outcome: if failures.is_empty() {
+                "created"
+            } else {
+                "partial"
+            },
+            archive: Some(made.name),
+            copies: u32::try_from(copies).unwrap_or(u32::MAX),
+            detail: (!failures.is_empty()).then(|| failures.join("; ")),
+        }
+    }
+
+    async fn event(&self, op: &str, name: &str, code: Option<tonic::Code>) {
+        let info = CallInfo {
+            principal: SCHEDULER.into(),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .emitter
+            .emit(info.event("backup", op, name, code))
+            .await
+        {
+            tracing::error!(op, error = %e, "a backup event could not be audited");
+        }
+    }
+}
+
+/// The status code a failed backup is audited with: the failing service's own, else
+/// UNAVAILABLE for storage and INTERNAL for an archive that did not check out.
+fn code_of(e: &BackupError) -> tonic::Code {
+    match e {
+        BackupError::Service { code, .. } => *code,
+        BackupError::Storage(_) | BackupError::Io(_) => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This service's own database as a backup source.
+pub fn local_source(pool: sqlx::AnyPool, database_url: &str) -> Source {
+    Source::Local {
+        pool,
+        sqlite: sentia_db::is_sqlite(database_url),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sentia_runtime::MapSource;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Option<BackupConfig>, String> {
+        let source = MapSource::from_pairs(pairs.iter().copied());
+        let mut r = Reader::new(&source);
+        let c = BackupConfig::from_source(&mut r);
+        r.finish().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn backups_are_off_without_destinations_and_daily_for_ninety_days_with_them() {
+        assert!(read(&[]).unwrap().is_none());
+        assert!(
+            read(&[("SENTIA_BACKUP_DESTINATIONS", " , ")])
+                .unwrap()
+                .is_none()
+        );
+        let c = read(&[(
+            "SENTIA_BACKUP_DESTINATIONS",
+            "/var/lib/sentia/backups, s3://bucket/sentia",
+        )])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.destinations,
+            ["/var/lib/sentia/backups", "s3://bucket/sentia"]
+        );
+        assert_eq!(c.interval, Duration::from_secs(86_400));
+        assert_eq!(c.retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.retry, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_schedule_that_would_prune_everything_or_names_no_bucket_is_refused_by_name() {
+        let err = read(&[
+            ("SENTIA_BACKUP_DESTINATIONS", "/b"),
+            ("SENTIA_BACKUP_INTERVAL", "2d"),
+            ("SENTIA_BACKUP_RETENTION", "1d"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("SENTIA_BACKUP_RETENTION"), "{err}");
+        let err = read(&[("SENTIA_BACKUP_DESTINATIONS", "s3:///x")]).unwrap_err();
+        assert!(err.contains("names no bucket"), "{err}");
+        let err = read(&[
+            ("SENTIA_BACKUP_DESTINATIONS", "/b"),
+            ("SENTIA_BACKUP_INTERVAL", "5s"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("SENTIA_BACKUP_INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn a_retry_delay_longer_than_the_interval_is_the_interval() {
+        let c = read(&[
+            ("SENTIA_BACKUP_DESTINATIONS", "/b"),
+            ("SENTIA_BACKUP_INTERVAL", "30m"),
+            ("SENTIA_BACKUP_RETRY", "2h"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.retry, Duration::from_secs(1800));
+    }
+}

@@ -1,0 +1,289 @@
+//! Scheduled backups (ADR 8): rotation-scheduler's leader makes an archive of the whole
+//! deployment with only the grants a backup needs, copies it to every destination, prunes what
+//! is past retention, and records each outcome in the audit log — where a failure raises an
+//! alert.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sentia_backup_ops::{Destination, Opener, Trust};
+use sentia_crypto::MasterKey;
+use sentia_proto::audit::v1 as apb;
+use sentia_proto::backup::v1::SnapshotRequest;
+use sentia_proto::backup::v1::snapshot_service_client::SnapshotServiceClient;
+use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::{
+    BeginBackupRequest, GetPublicKeysRequest, RotateMasterKeyRequest, SignRequest,
+};
+use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
+use sentia_testkit::{Sandbox, keys, unique};
+
+fn channel(addr: &str, token: &str) -> AuthedChannel {
+    CallContext::with_token(Some(token))
+        .unwrap()
+        .wrap(connect_lazy(addr, None).unwrap())
+}
+
+/// Waits until the audit log holds a `backup` event for which `pick` says Some, and returns
+/// that; fails after two minutes naming the backup events seen.
+async fn backup_event<T>(
+    sandbox: &Sandbox,
+    mut pick: impl FnMut(&[apb::AuditEvent]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let events: Vec<_> = sandbox
+            .audit()
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.event_type == "backup")
+            .collect();
+        if let Some(found) = pick(&events) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such backup event; seen: {:?}",
+            events
+                .iter()
+                .map(|e| (&e.operation, &e.secret_name, &e.status_code))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn alerts(sandbox: &Sandbox) -> Vec<apb::Alert> {
+    sandbox
+        .audit()
+        .client(keys::ADMIN_TOKEN)
+        .list_alerts(apb::ListAlertsRequest {
+            include_acknowledged: true,
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+}
+
+async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
+    let mut client = KeyServiceClient::new(channel(addr, keys::ADMIN_TOKEN));
+    let mut out = HashMap::new();
+    for name in [
+        sentia_backup_ops::MANIFEST_KEY,
+        sentia_backup_ops::CHECKPOINT_KEY,
+    ] {
+        let listed = client
+            .get_public_keys(GetPublicKeysRequest {
+                key_name: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_alerts_on_a_failed_copy()
+ {
+    let Some((bucket, options)) = sentia_testkit::s3_destination() else {
+        return;
+    };
+    // A bucket the server does not have: the copy there fails, the others are made.
+    let missing = format!("s3://{}/x", unique("no-such-bucket").replace('_', "-"));
+    let dir = sentia_testkit::scratch_path(&unique("sentia_scheduled"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An archive made 100 days ago, past the 90-day retention.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let old = sentia_backup_ops::file_name(now_ms - 100 * 86_400_000, "0ld0ld0ld0");
+    std::fs::write(dir.join(&old), b"an archive from long ago").unwrap();
+    let master = MasterKey::generate().to_base64().to_string();
+    let sandbox = Sandbox::builder()
+        .key_setting("SENTIA_MASTER_KEY", &master)
+        .scheduled_backups(
+            &format!("{},{bucket},{missing}", dir.display()),
+            options.clone(),
+        )
+        .start()
+        .await
+        .unwrap();
+
+    let name = backup_event(&sandbox, |events| {
+        events
+            .iter()
+            .find(|e| e.operation == "backup_created")
+            .map(|e| e.secret_name.clone())
+    })
+    .await;
+    let created = backup_event(&sandbox, |events| {
+        let pruned = events
+            .iter()
+            .any(|e| e.operation == "backup_pruned" && e.secret_name.ends_with(&format!("/{old}")));
+        let copy_failed = events
+            .iter()
+            .find(|e| e.operation == "backup_copy_failed")?;
+        pruned.then(|| copy_failed.clone())
+    })
+    .await;
+    assert_eq!(created.secret_name, missing);
+    assert_eq!(created.principal, "rotation-scheduler");
+    assert!(!created.success);
+    let alert = alerts(&sandbox)
+        .await
+        .into_iter()
+        .find(|a| a.rule == "BackupFailed")
+        .expect("a failed copy raises BackupFailed");
+    assert!(alert.summary.contains(&missing), "{}", alert.summary);
+
+    // The directory holds the new archive and not the old one; the bucket holds the same bytes.
+    let local = Destination::parse(dir.to_str().unwrap()).unwrap();
+    let listed: Vec<String> = local
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(listed, [name.as_str()]);
+    let remote = Destination::parse_with(&bucket, &options).unwrap();
+    let copy = dir.join("downloaded");
+    remote.download(&name, &copy).await.unwrap();
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(dir.join(&name)).unwrap()
+    );
+    // It opens with the master, its manifest is signed by this key-service, and its audit
+    // chain verifies.
+    let trust = Trust::Keys(trusted_keys(&sandbox.keys().addr).await);
+    let opener = Opener::Master(MasterKey::from_base64(&master).unwrap());
+    let checked = sentia_backup_ops::verify(&dir.join(&name), &opener, &trust).unwrap();
+    assert_eq!(checked.manifest.services.len(), 4);
+    assert_eq!(checked.manifest.audit.problem, None);
+    remote.delete(&name).await.unwrap();
+    sandbox.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_backup_the_audit_log_refuses_to_snapshot_fails_and_raises_an_alert() {
+    let dir = sentia_testkit::scratch_path(&unique("sentia_refused"));
+    // audit-service does not name the scheduler in SENTIA_BACKUP_IDENTITIES (later pairs win).
+    let sandbox = Sandbox::builder()
+        .scheduled_backups(dir.to_str().unwrap(), Vec::new())
+        .audit_setting("SENTIA_BACKUP_IDENTITIES", "")
+        .start()
+        .await
+        .unwrap();
+    let failed = backup_event(&sandbox, |events| {
+        events
+            .iter()
+            .find(|e| e.operation == "backup_failed")
+            .cloned()
+    })
+    .await;
+    assert_eq!(failed.status_code, "PERMISSION_DENIED");
+    assert!(!failed.success);
+    let alert = alerts(&sandbox)
+        .await
+        .into_iter()
+        .find(|a| a.rule == "BackupFailed")
+        .expect("a failed backup raises BackupFailed");
+    assert!(
+        alert.summary.contains("PERMISSION_DENIED"),
+        "{}",
+        alert.summary
+    );
+    // Nothing was left behind: no archive, no partial file.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    sandbox.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_identity_may_begin_backups_and_snapshot_the_keyring_and_nothing_more() {
+    let sandbox = Sandbox::builder()
+        .key_setting("SENTIA_BACKUP_IDENTITIES", "rotation-scheduler")
+        .start()
+        .await
+        .unwrap();
+    let keys = sandbox.keys();
+    let scheduler = keys.system(Some(keys::SCHEDULER_KEY_TOKEN)).await;
+    let begun = scheduler
+        .clone()
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(begun.archive_key.len(), 32);
+    let mut stream = SnapshotServiceClient::new(channel(&keys.addr, keys::SCHEDULER_KEY_TOKEN))
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stream.message().await.unwrap().unwrap().data.is_empty());
+    let signed = keys
+        .client(Some(keys::SCHEDULER_KEY_TOKEN))
+        .await
+        .sign(SignRequest {
+            key_name: sentia_backup_ops::MANIFEST_KEY.into(),
+            message: b"m".to_vec(),
+        })
+        .await;
+    assert!(signed.is_ok(), "{signed:?}");
+
+    // Not an administrator: no master rotation, no other signing key.
+    let denied = scheduler
+        .clone()
+        .rotate_master_key(RotateMasterKeyRequest {
+            secret_shares: 0,
+            secret_threshold: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let denied = keys
+        .client(Some(keys::SCHEDULER_KEY_TOKEN))
+        .await
+        .sign(SignRequest {
+            key_name: sentia_backup_ops::CHECKPOINT_KEY.into(),
+            message: b"m".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // Another service identity is not a backup maker.
+    let denied = keys
+        .system(Some(keys::SERVICE_TOKEN))
+        .await
+        .begin_backup(BeginBackupRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied.message().contains("SENTIA_BACKUP_IDENTITIES"),
+        "{}",
+        denied.message()
+    );
+    let denied = SnapshotServiceClient::new(channel(&keys.addr, keys::SERVICE_TOKEN))
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}

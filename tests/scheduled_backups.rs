@@ -1,7 +1,7 @@
 //! Scheduled backups (ADR 8): rotation-scheduler's leader makes an archive of the whole
 //! deployment with only the grants a backup needs, copies it to every destination, prunes what
 //! is past retention, and records each outcome in the audit log — where a failure raises an
-//! alert.
+//! alert; and the monthly drill job's outcome, recorded the same way.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -68,6 +68,26 @@ async fn alerts(sandbox: &Sandbox) -> Vec<apb::Alert> {
         .unwrap()
         .into_inner()
         .alerts
+}
+
+/// Waits (up to a minute) for an alert of `rule` whose summary mentions `about`: alerts are
+/// evaluated after the events are stored.
+async fn alert(sandbox: &Sandbox, rule: &str, about: &str) -> apb::Alert {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = alerts(sandbox).await;
+        if let Some(a) = all
+            .iter()
+            .find(|a| a.rule == rule && a.summary.contains(about))
+        {
+            return a.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {rule} alert about {about:?}; raised: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
@@ -140,12 +160,7 @@ async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_al
     assert_eq!(created.secret_name, missing);
     assert_eq!(created.principal, "rotation-scheduler");
     assert!(!created.success);
-    let alert = alerts(&sandbox)
-        .await
-        .into_iter()
-        .find(|a| a.rule == "BackupFailed")
-        .expect("a failed copy raises BackupFailed");
-    assert!(alert.summary.contains(&missing), "{}", alert.summary);
+    alert(&sandbox, "BackupFailed", &missing).await;
 
     // The directory holds the new archive and not the old one; the bucket holds the same bytes.
     let local = Destination::parse(dir.to_str().unwrap()).unwrap();
@@ -195,16 +210,7 @@ async fn a_scheduled_backup_the_audit_log_refuses_to_snapshot_fails_and_raises_a
     .await;
     assert_eq!(failed.status_code, "PERMISSION_DENIED");
     assert!(!failed.success);
-    let alert = alerts(&sandbox)
-        .await
-        .into_iter()
-        .find(|a| a.rule == "BackupFailed")
-        .expect("a failed backup raises BackupFailed");
-    assert!(
-        alert.summary.contains("PERMISSION_DENIED"),
-        "{}",
-        alert.summary
-    );
+    alert(&sandbox, "BackupFailed", "PERMISSION_DENIED").await;
     // Nothing was left behind: no archive, no partial file.
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -285,5 +291,56 @@ async fn the_backup_identity_may_begin_backups_and_snapshot_the_keyring_and_noth
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_s_outcome_is_recorded_as_the_drill_identity_and_a_failed_one_raises_an_alert() {
+    let sandbox = Sandbox::builder().audit().start().await.unwrap();
+    let drill = || channel(&sandbox.audit().addr, keys::DRILL_TOKEN);
+    let passed = sentia_backup_restore::DrillReport {
+        archive_id: "0123456789abcdef".into(),
+        restored: sentia_backup_restore::Restored {
+            rows: Default::default(),
+            versions_checked: 0,
+        },
+        versions_read: 0,
+        versions_deleted: 0,
+        versions_destroyed: 0,
+        audit_records_checked: 0,
+        rotations_listed: 0,
+    };
+    sentia_backup_restore::record(drill(), "sentia-backup-good.sbk", &Ok(passed))
+        .await
+        .unwrap();
+    let failure = sentia_backup_ops::BackupError::Drill {
+        step: "read secrets".into(),
+        detail: "version 3 of prod/db does not decrypt".into(),
+    };
+    sentia_backup_restore::record(drill(), "sentia-backup-bad.sbk", &Err(failure))
+        .await
+        .unwrap();
+    let (good, bad) = backup_event(&sandbox, |events| {
+        let find = |op: &str| events.iter().find(|e| e.operation == op).cloned();
+        Some((find("backup_drill_passed")?, find("backup_drill_failed")?))
+    })
+    .await;
+    assert_eq!(
+        (good.service.as_str(), good.principal.as_str()),
+        ("backup-drill", "backup-drill")
+    );
+    assert!(good.success);
+    assert_eq!(good.secret_name, "sentia-backup-good.sbk");
+    assert!(!bad.success);
+    assert_eq!(bad.status_code, "DATA_LOSS");
+    alert(&sandbox, "BackupDrillFailed", "sentia-backup-bad.sbk").await;
+    // Alerts are evaluated in log order: the passed drill's event came first.
+    assert!(
+        !alerts(&sandbox)
+            .await
+            .iter()
+            .any(|a| a.summary.contains("sentia-backup-good.sbk")),
+        "a passed drill raises nothing"
+    );
     sandbox.stop().await;
 }

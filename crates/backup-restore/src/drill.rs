@@ -94,6 +94,48 @@ pub async fn drill_with(
     })
 }
 
+/// The identity (certificate name or service token id) and `service` a drill's report is
+/// recorded under; audit-service raises BackupDrillFailed for its failures.
+pub const DRILL_IDENTITY: &str = "backup-drill";
+
+/// Records a drill's outcome in the live audit log (`backup_drill_passed` or
+/// `backup_drill_failed`, the archive's name as its subject), through `audit` reached with a
+/// service identity — [`DRILL_IDENTITY`] in the shipped deployments. One event, appended
+/// directly: a scheduled drill whose report cannot be recorded fails, rather than spooling it
+/// somewhere the job's end removes.
+pub async fn record(
+    audit: AuthedChannel,
+    archive: &str,
+    outcome: &Result<DrillReport, BackupError>,
+) -> Result<(), BackupError> {
+    let (operation, status) = match outcome {
+        Ok(_) => ("backup_drill_passed", tonic::Code::Ok),
+        Err(BackupError::Service { code, .. }) => ("backup_drill_failed", *code),
+        Err(_) => ("backup_drill_failed", tonic::Code::DataLoss),
+    };
+    let now = sentia_proto::wkt::now_ms();
+    let event = sentia_proto::audit::v1::AuditEvent {
+        time: Some(sentia_proto::wkt::timestamp(now)),
+        event_type: "backup".into(),
+        principal: DRILL_IDENTITY.into(),
+        secret_name: archive.chars().take(512).collect(),
+        operation: operation.into(),
+        success: outcome.is_ok(),
+        service: DRILL_IDENTITY.into(),
+        status_code: sentia_runtime::audit::code_name(status).into(),
+        emitter_id: hex::encode(sentia_crypto::random_bytes(16)),
+        emitter_sequence: 1,
+        ..Default::default()
+    };
+    AuditServiceClient::new(audit)
+        .append_events(sentia_proto::audit::v1::AppendEventsRequest {
+            events: vec![event],
+        })
+        .await
+        .map_err(BackupError::service("audit-service"))?;
+    Ok(())
+}
+
 fn failed(step: &str, detail: impl std::fmt::Display) -> BackupError {
     BackupError::Drill {
         step: step.to_string(),

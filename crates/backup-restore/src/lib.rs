@@ -10,5 +10,5 @@
 mod drill;
 mod restore;
 
-pub use drill::{DrillReport, InProcess, drill, drill_with};
+pub use drill::{DRILL_IDENTITY, DrillReport, InProcess, drill, drill_with, record};
 pub use restore::{Restored, Targets, restore, restore_with};

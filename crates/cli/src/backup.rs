@@ -79,6 +79,20 @@ struct TrustArgs {
     key_token: Option<String>,
 }
 
+/// Where a drill's outcome is recorded: the live audit log, where a failed drill raises
+/// BackupDrillFailed — what the monthly drill job sets.
+#[derive(Args)]
+struct Record {
+    /// audit-service address to record the outcome at, as a service identity (`backup-drill`
+    /// in the shipped deployments: its certificate through SENTIA_CLIENT_CERT/_KEY, or
+    /// --record-token). A report that cannot be recorded fails the command.
+    #[arg(long, env = "SENTIA_DRILL_RECORD_ADDR")]
+    record_to: Option<String>,
+    /// A service token audit-service knows (defaults to --token).
+    #[arg(long, env = "SENTIA_DRILL_RECORD_TOKEN", hide_env_values = true)]
+    record_token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum BackupCommand {
     /// Back up every service into one encrypted, signed archive, checked once written and
@@ -120,6 +134,8 @@ enum BackupCommand {
         /// the system's temporary directory.
         #[arg(long)]
         scratch: Option<PathBuf>,
+        #[command(flatten)]
+        record: Record,
     },
     /// Check an archive, then load it into the four services' databases (stopped services;
     /// start them afterwards and unseal key-service with the archive's master version).
@@ -188,7 +204,11 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BackupCommand::Drill { archive, scratch } => drill(common, &archive, scratch).await,
+        BackupCommand::Drill {
+            archive,
+            scratch,
+            record,
+        } => drill(common, &archive, scratch, &record).await,
         BackupCommand::Restore {
             archive,
             keys_db,
@@ -244,7 +264,12 @@ async fn checked(common: &Common, a: &Archive) -> anyhow::Result<(Local, Verifie
     Ok((local, checked, opener))
 }
 
-async fn drill(common: &Common, archive: &Archive, scratch: Option<PathBuf>) -> anyhow::Result<()> {
+async fn drill(
+    common: &Common,
+    archive: &Archive,
+    scratch: Option<PathBuf>,
+    record: &Record,
+) -> anyhow::Result<()> {
     let (local, checked, opener) = checked(common, archive).await?;
     let archive = local.name.clone();
     let scratch = scratch.unwrap_or_else(|| {
@@ -292,6 +317,19 @@ async fn drill(common: &Common, archive: &Archive, scratch: Option<PathBuf>) -> 
                 "archive_id": m.archive_id, "error": e.to_string()})
         ),
         (Err(_), false) => {}
+    }
+    if let Some(addr) = &record.record_to {
+        let recorder = Common {
+            token: record.record_token.clone().or(common.token.clone()),
+            ..common.clone()
+        };
+        let channel = recorder.channel(addr, "audit-service").await?;
+        sentia_backup_restore::record(channel, &archive, &report)
+            .await
+            .with_context(|| format!("recording the drill's outcome at {addr}"))?;
+        if !common.json {
+            println!("  outcome recorded in the audit log at {addr}");
+        }
     }
     report
         .map(|_| ())

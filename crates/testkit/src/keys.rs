@@ -24,6 +24,9 @@ pub const KEY_TOKEN: &str = "key-service-token-for-tests";
 pub const CRYPTO_TOKEN: &str = "crypto-token-for-tests";
 /// An operator (admin role).
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// The restore drill job's identity (`backup-drill`): records drill outcomes at audit-service,
+/// holds no key grant.
+pub const DRILL_TOKEN: &str = "backup-drill-token-for-tests";
 
 /// The shipped grants plus `crypto-tester`, which may do anything with any key.
 pub fn test_grants() -> key_service::grants::Grants {
@@ -60,6 +63,7 @@ pub fn tokens() -> String {
         ("rotation-scheduler", Role::Service, SCHEDULER_KEY_TOKEN),
         ("crypto-tester", Role::Service, CRYPTO_TOKEN),
         ("operator", Role::Admin, ADMIN_TOKEN),
+        ("backup-drill", Role::Service, DRILL_TOKEN),
     ])
     .to_config()
 }

@@ -4,7 +4,8 @@
 //! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
 //! administrative operations (PrivilegeEscalationAttempt); and rotation-scheduler's reminders
 //! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
-//! RotationCompleted), and its scheduled backups' failures (BackupFailed, BackupPruneFailed). Sliding windows live in Redis when
+//! RotationCompleted), its scheduled backups' failures (BackupFailed, BackupPruneFailed), and
+//! failed restore drills (BackupDrillFailed). Sliding windows live in Redis when
 //! it is configured (replicas share counts), in process otherwise; time is the event's time.
 //! Raised alerts are stored (ListAlerts / AcknowledgeAlert) and logged.
 
@@ -306,10 +307,27 @@ fn rotation_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
     })
 }
 
-/// The notice a scheduled backup's failure carries to the alert sinks (the event's
-/// `secret_name` is the destination for a copy or a prune, empty for the backup itself).
+/// The notice a failed scheduled backup (from rotation-scheduler) or restore drill (from the
+/// `backup-drill` job) carries to the alert sinks. The event's `secret_name` is the
+/// destination for a copy or a prune, the archive for a drill, empty for a backup itself.
 fn backup_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
     let at = &e.secret_name;
+    if e.service == "backup-drill" {
+        return (e.operation == "backup_drill_failed").then(|| {
+            (
+                "BackupDrillFailed",
+                Severity::Critical,
+                format!(
+                    "the restore drill of {at} failed ({}): that backup may not restore; the \
+                     drill job's output says which step",
+                    e.status_code
+                ),
+            )
+        });
+    }
+    if e.service != "rotation-scheduler" {
+        return None;
+    }
     Some(match e.operation.as_str() {
         "backup_failed" => (
             "BackupFailed",
@@ -440,7 +458,6 @@ impl Engine {
             out.push(alert(rule, severity, summary));
         }
         if e.event_type == "backup"
-            && e.service == "rotation-scheduler"
             && let Some((rule, severity, summary)) = backup_notice(e)
         {
             out.push(alert(rule, severity, summary));
@@ -663,7 +680,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_scheduled_backup_or_copy_raises_a_critical_alert_from_the_scheduler_only() {
+    async fn a_failed_backup_copy_or_drill_raises_a_critical_alert_from_its_maker_only() {
         let e = engine(rules());
         let ev = |service: &str, op: &str, at: &str| AuditEvent {
             event_type: "backup".into(),
@@ -705,6 +722,22 @@ mod tests {
                 .await
                 .is_empty()
         );
+        let drill = e
+            .evaluate(
+                1,
+                &ev("backup-drill", "backup_drill_failed", "sentia-backup-x.sbk"),
+            )
+            .await;
+        assert_eq!(drill[0].rule, "BackupDrillFailed");
+        assert_eq!(drill[0].severity, Severity::Critical as i32);
+        assert!(drill[0].summary.contains("sentia-backup-x.sbk"));
+        for quiet in [
+            ev("backup-drill", "backup_drill_passed", "a.sbk"),
+            ev("backup-drill", "backup_failed", ""),
+            ev("rotation-scheduler", "backup_drill_failed", "a.sbk"),
+        ] {
+            assert!(e.evaluate(1, &quiet).await.is_empty(), "{quiet:?}");
+        }
     }
 
     #[test]

@@ -69,9 +69,14 @@ pub struct Config {
 const RETIRED_READ_POLICIES: &str = "SENTIA_AUDIT_READ_POLICIES";
 
 /// The services that append audit events in every shipped deployment: the certificate names
-/// that hold the service role when `SENTIA_SERVICE_IDENTITIES` is unset.
-pub const DEFAULT_SERVICE_IDENTITIES: &[&str] =
-    &["key-service", "vault-service", "rotation-scheduler"];
+/// that hold the service role when `SENTIA_SERVICE_IDENTITIES` is unset. `backup-drill` is the
+/// monthly restore drill job, which records its outcome.
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] = &[
+    "key-service",
+    "vault-service",
+    "rotation-scheduler",
+    "backup-drill",
+];
 
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.

@@ -91,9 +91,14 @@ pub const DEFAULT_KEYS: &str =
     "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing,backup-manifest:signing";
 
 /// Who calls key-service in every shipped deployment: the certificate names that hold the
-/// service role when `SENTIA_SERVICE_IDENTITIES` is unset (what each may do is in the grants).
-pub const DEFAULT_SERVICE_IDENTITIES: &[&str] =
-    &["vault-service", "audit-service", "rotation-scheduler"];
+/// service role when `SENTIA_SERVICE_IDENTITIES` is unset (what each may do is in the grants;
+/// `backup-drill`, the monthly restore drill job, has none: it reads public keys only).
+pub const DEFAULT_SERVICE_IDENTITIES: &[&str] = &[
+    "vault-service",
+    "audit-service",
+    "rotation-scheduler",
+    "backup-drill",
+];
 
 impl Config {
     /// Reads and validates the configuration; every problem is reported at once.

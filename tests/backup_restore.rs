@@ -11,8 +11,7 @@ use sentia_backup_ops::{BackupError, Destination, Opener, Sources, Trust};
 use sentia_backup_restore::Targets;
 use sentia_crypto::{MasterKey, RecoveryPrivateKey};
 use sentia_proto::audit::v1::VerifyChainRequest;
-use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
-use sentia_proto::keys::v1::{GetPublicKeysRequest, UnsealRequest, unseal_request};
+use sentia_proto::keys::v1::{UnsealRequest, unseal_request};
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
 use sentia_testkit::audit::AuditService;
@@ -26,22 +25,9 @@ fn channel(addr: &str, token: &str) -> AuthedChannel {
 }
 
 async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
-    let mut client = KeyServiceClient::new(channel(addr, keys::ADMIN_TOKEN));
-    let mut out = HashMap::new();
-    for name in [
-        sentia_backup_ops::MANIFEST_KEY,
-        sentia_backup_ops::CHECKPOINT_KEY,
-    ] {
-        let listed = client
-            .get_public_keys(GetPublicKeysRequest {
-                key_name: name.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
-    }
-    out
+    sentia_backup_ops::trusted_keys(channel(addr, keys::ADMIN_TOKEN))
+        .await
+        .unwrap()
 }
 
 /// The snapshot of a brand-new key-service's database under `master`: the same key names, other

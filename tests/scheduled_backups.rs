@@ -12,10 +12,7 @@ use sentia_crypto::MasterKey;
 use sentia_proto::audit::v1 as apb;
 use sentia_proto::backup::v1::SnapshotRequest;
 use sentia_proto::backup::v1::snapshot_service_client::SnapshotServiceClient;
-use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
-use sentia_proto::keys::v1::{
-    BeginBackupRequest, GetPublicKeysRequest, RotateMasterKeyRequest, SignRequest,
-};
+use sentia_proto::keys::v1::{BeginBackupRequest, RotateMasterKeyRequest, SignRequest};
 use sentia_runtime::client::{AuthedChannel, CallContext, connect_lazy};
 use sentia_testkit::{Sandbox, keys, unique};
 
@@ -91,22 +88,9 @@ async fn alert(sandbox: &Sandbox, rule: &str, about: &str) -> apb::Alert {
 }
 
 async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
-    let mut client = KeyServiceClient::new(channel(addr, keys::ADMIN_TOKEN));
-    let mut out = HashMap::new();
-    for name in [
-        sentia_backup_ops::MANIFEST_KEY,
-        sentia_backup_ops::CHECKPOINT_KEY,
-    ] {
-        let listed = client
-            .get_public_keys(GetPublicKeysRequest {
-                key_name: name.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
-    }
-    out
+    sentia_backup_ops::trusted_keys(channel(addr, keys::ADMIN_TOKEN))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

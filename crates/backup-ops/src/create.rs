@@ -73,6 +73,25 @@ impl Sources {
     }
 }
 
+/// The public keys an archive is checked against (kid → Ed25519 public key): every published
+/// version of key-service's `backup-manifest` and `audit-checkpoint` keys. Any identity
+/// key-service admits may read them.
+pub async fn trusted_keys(keys: AuthedChannel) -> Result<HashMap<String, Vec<u8>>, BackupError> {
+    let mut client = KeyServiceClient::new(keys);
+    let mut out = HashMap::new();
+    for name in [CHECKPOINT_KEY, MANIFEST_KEY] {
+        let listed = client
+            .get_public_keys(GetPublicKeysRequest {
+                key_name: name.into(),
+            })
+            .await
+            .map_err(BackupError::service("key-service"))?
+            .into_inner();
+        out.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
+    }
+    Ok(out)
+}
+
 /// Makes an archive in `dir` and returns its path and manifest. The file appears under its
 /// final name only once complete, synced and read back; a failure leaves nothing behind.
 pub async fn create(sources: &Sources, dir: &Path) -> Result<(PathBuf, Manifest), BackupError> {
@@ -101,18 +120,7 @@ pub async fn create_with(
     };
     let mut writer = Writer::new(BufWriter::new(create_private(&partial.path)?), &header, key)?;
 
-    let mut keys = KeyServiceClient::new(sources.keys.clone());
-    let mut public_keys = HashMap::new();
-    for name in [CHECKPOINT_KEY, MANIFEST_KEY] {
-        let listed = keys
-            .get_public_keys(GetPublicKeysRequest {
-                key_name: name.into(),
-            })
-            .await
-            .map_err(BackupError::service("key-service"))?
-            .into_inner();
-        public_keys.extend(listed.keys.into_iter().map(|k| (k.kid, k.public_key)));
-    }
+    let public_keys = trusted_keys(sources.keys.clone()).await?;
 
     let mut services = BTreeMap::new();
     let mut reads: HashMap<&str, manifest::Read> = HashMap::new();
@@ -168,7 +176,7 @@ pub async fn create_with(
     };
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::Invalid(format!("manifest: {e}")))?;
-    let signed = keys
+    let signed = KeyServiceClient::new(sources.keys.clone())
         .sign(SignRequest {
             key_name: MANIFEST_KEY.into(),
             message: signed_message(&archive_id, &body).into_bytes(),

@@ -20,7 +20,7 @@ pub mod manifest;
 mod progress;
 mod verify;
 
-pub use create::{Made, Source, Sources, create, create_in, create_with};
+pub use create::{Made, Source, Sources, create, create_in, create_with, trusted_keys};
 pub use destination::{Destination, Stored, created_ms, expired};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};

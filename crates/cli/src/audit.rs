@@ -334,7 +334,7 @@ async fn verify_file(
     )
 }
 
-pub(crate) async fn public_keys(
+async fn public_keys(
     common: &Common,
     addr: &str,
     token: Option<&str>,

@@ -528,23 +528,14 @@ async fn open(
         );
         Trust::Embedded
     } else {
-        let token = trust.key_token.as_deref();
-        let mut keys = crate::audit::public_keys(
-            common,
-            &trust.key_addr,
-            token,
-            sentia_backup_ops::MANIFEST_KEY,
+        let key_admin = Common {
+            token: trust.key_token.clone().or(common.token.clone()),
+            ..common.clone()
+        };
+        let keys = sentia_backup_ops::trusted_keys(
+            key_admin.channel(&trust.key_addr, "key-service").await?,
         )
         .await?;
-        keys.extend(
-            crate::audit::public_keys(
-                common,
-                &trust.key_addr,
-                token,
-                sentia_backup_ops::CHECKPOINT_KEY,
-            )
-            .await?,
-        );
         Trust::Keys(keys)
     };
     let path = archive.to_path_buf();

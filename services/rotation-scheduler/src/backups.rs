@@ -16,15 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sentia_backup_ops::{BackupError, Destination, Made, Quiet, Source, Sources};
-use sentia_runtime::audit::{CallInfo, Emitter};
+use sentia_runtime::audit::Emitter;
 use sentia_runtime::{Reader, Shutdown};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{BackupOutcome, Store};
-
-/// How the principal of the scheduler's own audit events reads.
-const SCHEDULER: &str = "rotation-scheduler";
 
 /// The `SENTIA_BACKUP_*` settings.
 #[derive(Debug, Clone)]
@@ -220,10 +217,10 @@ impl Backups {
         )
         .await;
         let outcome = match made {
-            Ok(made) => self.made(made).await,
+            Ok(made) => self.made(id, made).await,
             Err(e) => {
                 tracing::error!(error = %e, "scheduled backup failed: no archive was made");
-                self.event("backup_failed", "", Some(code_of(&e))).await;
+                self.event(id, "backup_failed", "", Some(code_of(&e))).await;
                 BackupOutcome {
                     finished_ms: self.clock.now_ms(),
                     outcome: "failed",
@@ -241,15 +238,20 @@ impl Backups {
 
     /// Audits the copies of an archive made, prunes every destination that holds one, and
     /// says how it went.
-    async fn made(&self, made: Made) -> BackupOutcome {
+    async fn made(&self, id: &str, made: Made) -> BackupOutcome {
         let copies = made.copies.iter().filter(|(_, r)| r.is_ok()).count();
         for (label, copy) in &made.copies {
             if copy.is_err() {
-                self.event("backup_copy_failed", label, Some(tonic::Code::Unavailable))
-                    .await;
+                self.event(
+                    id,
+                    "backup_copy_failed",
+                    label,
+                    Some(tonic::Code::Unavailable),
+                )
+                .await;
             }
         }
-        self.event("backup_created", &made.name, None).await;
+        self.event(id, "backup_created", &made.name, None).await;
         let now = self.clock.now_ms();
         for (dest, (_, copy)) in self.destinations.iter().zip(&made.copies) {
             // Only where this backup landed: a destination that is failing keeps what it has.
@@ -260,13 +262,14 @@ impl Backups {
                 Ok(pruned) => {
                     for name in pruned {
                         tracing::info!(archive = %dest.place_of(&name), "backup past retention deleted");
-                        self.event("backup_pruned", &dest.place_of(&name), None)
+                        self.event(id, "backup_pruned", &dest.place_of(&name), None)
                             .await;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(destination = dest.label(), error = %e, "pruning old backups failed");
                     self.event(
+                        id,
                         "backup_prune_failed",
                         dest.label(),
                         Some(tonic::Code::Unavailable),
@@ -294,18 +297,9 @@ impl Backups {
         }
     }
 
-    async fn event(&self, op: &str, name: &str, code: Option<tonic::Code>) {
-        let info = CallInfo {
-            principal: SCHEDULER.into(),
-            ..Default::default()
-        };
-        if let Err(e) = self
-            .emitter
-            .emit(info.event("backup", op, name, code))
-            .await
-        {
-            tracing::error!(op, error = %e, "a backup event could not be audited");
-        }
+    /// Audits one outcome of run `id` (its request id, so a run's events can be found together).
+    async fn event(&self, id: &str, op: &str, subject: &str, code: Option<tonic::Code>) {
+        crate::engine::record(&self.emitter, "backup", op, subject, id, code).await;
     }
 }
 

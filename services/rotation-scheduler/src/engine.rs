@@ -450,18 +450,7 @@ impl Engine {
     }
 
     async fn event(&self, op: &str, path: &str, id: &str, code: Option<tonic::Code>) {
-        let info = CallInfo {
-            principal: SCHEDULER.into(),
-            request_id: id.into(),
-            ..Default::default()
-        };
-        if let Err(e) = self
-            .emitter
-            .emit(info.event("rotation", op, path, code))
-            .await
-        {
-            tracing::error!(path, op, error = %e, "a rotation event could not be audited");
-        }
+        record(&self.emitter, "rotation", op, path, id, code).await;
     }
 
     async fn admin(&self, rotator: &Rotator) -> Result<Option<Secret>, StepError> {
@@ -670,4 +659,27 @@ fn current_version_time(d: &pb::DescribeSecretResponse) -> Option<i64> {
         .find(|v| v.version == *current)
         .and_then(|v| v.create_time.as_ref())
         .map(ts_ms)
+}
+
+/// Records one of the scheduler's own actions (`event_type` rotation or backup) as
+/// rotation-scheduler, about `subject`, under `request_id`; a failure to record is logged.
+pub(crate) async fn record(
+    emitter: &Emitter,
+    event_type: &str,
+    op: &str,
+    subject: &str,
+    request_id: &str,
+    code: Option<tonic::Code>,
+) {
+    let info = CallInfo {
+        principal: SCHEDULER.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    if let Err(e) = emitter
+        .emit(info.event(event_type, op, subject, code))
+        .await
+    {
+        tracing::error!(subject, op, error = %e, "a {event_type} event could not be audited");
+    }
 }

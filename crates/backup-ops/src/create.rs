@@ -260,7 +260,7 @@ pub async fn create_in(
             hex::encode(sentia_crypto::random_bytes(6))
         )),
     };
-    std::fs::create_dir_all(&dir)?;
+    crate::destination::create_private_dir(&dir)?;
     let made = create_with(sources, &dir, progress).await;
     let result = async {
         let (path, manifest) = made?;

@@ -80,7 +80,7 @@ impl Destination {
             });
         }
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(Path::new(dir))?;
         let store =
             object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(storage(spec))?;
         Ok(Self {
@@ -203,6 +203,17 @@ impl Destination {
     }
 }
 
+/// Creates `dir` (and missing parents) if it does not exist, owner-only (0700 on Unix) from
+/// creation: archives are sealed, but their names and sizes are nobody else's business. An
+/// existing directory keeps its mode.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Which of `stored` (newest first) are past `retention`: all but the newest archive.
 pub fn expired(stored: &[Stored], retention: Duration, now_ms: i64) -> Vec<String> {
     let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
@@ -245,6 +256,24 @@ pub fn created_ms(name: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_missing_directory_destination_is_created_owner_only_and_an_existing_one_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = std::env::temp_dir().join(format!(
+            "sentia-destination-{}",
+            hex::encode(sentia_crypto::random_bytes(6))
+        ));
+        let dir = root.join("a").join("backups");
+        Destination::parse(dir.to_str().unwrap()).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        Destination::parse(dir.to_str().unwrap()).unwrap();
+        assert_eq!(mode(&dir), 0o750, "an operator's choice is kept");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     fn stored(name: &str) -> Stored {
         Stored {

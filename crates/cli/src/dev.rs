@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// Serve mutual TLS with a throwaway CA written to the data directory.
     #[arg(long)]
     tls: bool,
+    /// No daily backups (by default rotation-scheduler makes one a day into `backups/` in the
+    /// data directory and keeps 90 days of them).
+    #[arg(long)]
+    no_backups: bool,
 }
 
 fn random_token() -> Zeroizing<String> {
@@ -299,6 +303,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Its own identity at key-service (token, or certificate under --tls): the shipped grants
     // let the jwt_signing_key rotator stage, promote and retire token key versions.
     rotation.key_service = Some(upstream(addr, "rotation-scheduler")?);
+    // Daily backups into the data directory, made by the scheduler as in a deployment: admitted
+    // for snapshots at key-service and audit-service by name, not as an administrator.
+    let backups_dir = args.data_dir.join("backups");
+    if !args.no_backups {
+        rotation.backups = Some(rotation_scheduler::backups::BackupConfig::daily(
+            vec![backups_dir.display().to_string()],
+            args.data_dir.clone(),
+        ));
+        let makers = sentia_snapshot::BackupMakers::parse("rotation-scheduler");
+        config.backup_makers = makers.clone();
+        audit.backup_makers = makers;
+    }
 
     eprintln!("\n==================== SENTIA DEV MODE ====================");
     eprintln!(
@@ -331,6 +347,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  try:  export SENTIA_ADDR={vault_addr} SENTIA_TOKEN=$(cat {})",
         root_file.display()
     );
+    if !args.no_backups {
+        eprintln!(
+            "  backups:       daily into {} (sentia backup list {0}; --no-backups to stop)",
+            backups_dir.display()
+        );
+    }
     eprint!("{tls_note}");
     eprintln!("        echo -n s3cr3t | sentia secret put dev/app/db-password");
     eprintln!("        sentia secret get dev/app/db-password");

@@ -298,7 +298,23 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
         .root
         .clone()
         .expect("a first start shows the root token");
-    let backups = dir.join("backups");
+    // sentia dev backs itself up daily into its data directory: the first one at the start.
+    let scheduled = dir.join("backups").display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = sentia(&[], &["backup", "list", &scheduled, "--json"], b"").await;
+        assert!(ok, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if listed.as_array().is_some_and(|a| a.len() == 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled backup in {scheduled}: {out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let backups = dir.join("manual-backups");
     let b = backups.display().to_string();
     let env = [
         ("SENTIA_ADDR", dev.vault.as_str()),

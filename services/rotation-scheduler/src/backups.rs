@@ -46,7 +46,27 @@ pub struct BackupConfig {
     pub s3_options: Vec<(String, String)>,
 }
 
+/// `SENTIA_BACKUP_INTERVAL`'s default: the strategy document's daily backup.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(86_400);
+/// `SENTIA_BACKUP_RETENTION`'s default: the strategy document's 90 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// `SENTIA_BACKUP_RETRY`'s default.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(3600);
+
 impl BackupConfig {
+    /// Daily backups into `destinations`, kept 90 days, retried hourly, staged in `staging`:
+    /// the defaults, for a caller that configures in code (`sentia dev`).
+    pub fn daily(destinations: Vec<String>, staging: PathBuf) -> Self {
+        Self {
+            destinations,
+            interval: DEFAULT_INTERVAL,
+            retention: DEFAULT_RETENTION,
+            retry: DEFAULT_RETRY,
+            staging,
+            s3_options: Vec::new(),
+        }
+    }
+
     /// The settings, or None when `SENTIA_BACKUP_DESTINATIONS` is unset or empty (no
     /// scheduled backups).
     pub fn from_source(r: &mut Reader<'_>) -> Option<Self> {
@@ -88,12 +108,10 @@ impl BackupConfig {
             }
         }
         Some(Self {
-            destinations,
             interval,
             retention,
             retry: retry.min(interval),
-            staging,
-            s3_options: Vec::new(),
+            ..Self::daily(destinations, staging)
         })
     }
 }

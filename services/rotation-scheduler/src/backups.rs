@@ -180,12 +180,7 @@ impl Backups {
         }
         let now = self.clock.now_ms();
         let due = match self.store.backup_times().await {
-            Ok((attempt, made)) => {
-                let since = |t: Option<i64>, d: Duration| {
-                    t.is_none_or(|t| now.saturating_sub(t) >= millis(d))
-                };
-                since(made, self.config.interval) && since(attempt, self.config.retry)
-            }
+            Ok((attempt, made)) => due(&self.config, now, attempt, made),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read when the last backup ran; retrying");
                 false
@@ -331,6 +326,13 @@ fn code_of(e: &BackupError) -> tonic::Code {
     }
 }
 
+/// True when a backup is due at `now`: none made within the interval, and no attempt (a
+/// failed one, or one a crash or shutdown cut short) within the retry delay.
+fn due(config: &BackupConfig, now: i64, attempt: Option<i64>, made: Option<i64>) -> bool {
+    let since = |t: Option<i64>, d: Duration| t.is_none_or(|t| now.saturating_sub(t) >= millis(d));
+    since(made, config.interval) && since(attempt, config.retry)
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -397,6 +399,22 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("SENTIA_BACKUP_INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_is_due_a_day_after_the_last_one_made_and_an_hour_after_a_failed_attempt() {
+        let c = BackupConfig::daily(vec!["/b".into()], "/tmp".into());
+        let (h, d) = (3_600_000, 86_400_000);
+        let t = 100 * d;
+        assert!(due(&c, t, None, None), "the first one at once");
+        assert!(!due(&c, t + d - 1, Some(t), Some(t)));
+        assert!(due(&c, t + d, Some(t), Some(t)));
+        // The last attempt failed (or was cut short) half an hour ago: wait for the retry.
+        assert!(!due(&c, t + d, Some(t + d - h / 2), Some(t)));
+        assert!(due(&c, t + d + h / 2, Some(t + d - h / 2), Some(t)));
+        // Never one made, failing since: retried hourly.
+        assert!(!due(&c, t + h - 1, Some(t), None));
+        assert!(due(&c, t + h, Some(t), None));
     }
 
     #[test]

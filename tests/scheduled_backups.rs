@@ -328,3 +328,43 @@ async fn a_drill_s_outcome_is_recorded_as_the_drill_identity_and_a_failed_one_ra
     );
     sandbox.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_scheduler_itself_can_raise_a_backup_alert() {
+    let sandbox = Sandbox::builder().audit().start().await.unwrap();
+    let append = |token: &'static str, destination: &'static str| {
+        let audit = sandbox.audit().client(token);
+        async move {
+            let mut audit = audit;
+            audit
+                .append_events(apb::AppendEventsRequest {
+                    events: vec![apb::AuditEvent {
+                        time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
+                        event_type: "backup".into(),
+                        service: "rotation-scheduler".into(),
+                        principal: "rotation-scheduler".into(),
+                        operation: "backup_copy_failed".into(),
+                        secret_name: destination.into(),
+                        status_code: "UNAVAILABLE".into(),
+                        emitter_id: unique("emitter"),
+                        emitter_sequence: 1,
+                        ..Default::default()
+                    }],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    // vault-service's identity claims to be the scheduler; then the scheduler reports.
+    append(keys::SERVICE_TOKEN, "s3://spoofed/x").await;
+    append(keys::SCHEDULER_KEY_TOKEN, "s3://genuine/x").await;
+    alert(&sandbox, "BackupFailed", "s3://genuine/x").await;
+    // Alerts are evaluated in log order: the claim came first and raised nothing.
+    assert!(
+        !alerts(&sandbox)
+            .await
+            .iter()
+            .any(|a| a.summary.contains("s3://spoofed/x"))
+    );
+    sandbox.stop().await;
+}

@@ -591,6 +591,12 @@ impl AuditService for AuditApi {
             }
             // Stored under the caller's own identity: its emitter ids are its alone.
             let mut r = self.store.append(events, &p.id).await?;
+            // Alert rules that act on one service's own reports (rotation outcomes, backups,
+            // drills) see who appended the event, not who it claims to come from: another
+            // service identity cannot raise (or imitate) them.
+            for (_, e) in &mut r.new_records {
+                e.service.clone_from(&p.id);
+            }
             self.appended(&mut r).await;
             Ok(Response::new(pb::AppendEventsResponse {
                 last_sequence: r.last_sequence,

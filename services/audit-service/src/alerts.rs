@@ -6,8 +6,9 @@
 //! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
 //! RotationCompleted), its scheduled backups' failures (BackupFailed, BackupPruneFailed), and
 //! failed restore drills (BackupDrillFailed). An appended event reaches the rules with the
-//! appending identity as its `service`, so those reports count only from their maker. Sliding windows live in Redis when
-//! it is configured (replicas share counts), in process otherwise; time is the event's time.
+//! appending identity as its `service`, so those reports count only from their maker. Sliding
+//! windows live in Redis when it is configured (replicas share counts), in process otherwise;
+//! time is the event's time.
 //! Raised alerts are stored (ListAlerts / AcknowledgeAlert) and logged.
 
 use std::collections::{HashMap, VecDeque};

@@ -170,6 +170,36 @@ async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_al
     let checked = sentia_backup_ops::verify(&dir.join(&name), &opener, &trust).unwrap();
     assert_eq!(checked.manifest.services.len(), 4);
     assert_eq!(checked.manifest.audit.problem, None);
+    // The scheduler can check a stored copy without the master: key-service opens it.
+    let stored = dir.join(&name);
+    let key = sentia_backup_ops::archive_key_from(
+        channel(&sandbox.keys().addr, keys::SCHEDULER_KEY_TOKEN),
+        &stored,
+    )
+    .await
+    .unwrap();
+    sentia_backup_ops::verify(&stored, &Opener::Archive(key), &trust).unwrap();
+    let denied = sentia_backup_ops::archive_key_from(
+        channel(&sandbox.keys().addr, keys::SERVICE_TOKEN),
+        &stored,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(denied.contains("PermissionDenied"), "{denied}");
+    // After a master rotation only the old master or the recovery key opens it.
+    sandbox.keys().rotate_master().await;
+    let refused = sentia_backup_ops::archive_key_from(
+        channel(&sandbox.keys().addr, keys::SCHEDULER_KEY_TOKEN),
+        &stored,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("FailedPrecondition") && refused.contains("master version 1"),
+        "{refused}"
+    );
     remote.delete(&name).await.unwrap();
     sandbox.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();

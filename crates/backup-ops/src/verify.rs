@@ -47,6 +47,25 @@ pub struct Verified {
     pub snapshots: BTreeMap<String, Zeroizing<Vec<u8>>>,
 }
 
+/// The key of the archive at `path`, opened by the key-service at `keys` with the master it
+/// holds (OpenBackup: an administrator, or an identity in its `SENTIA_BACKUP_IDENTITIES`) —
+/// to check a stored archive where neither the master nor the recovery key is at hand. Only
+/// archives keyed to the master version in force there open this way.
+pub async fn archive_key_from(
+    keys: sentia_channel::AuthedChannel,
+    path: &Path,
+) -> Result<ArchiveKey, BackupError> {
+    let mut file = std::fs::File::open(path)?;
+    let (_, header) = sentia_backup::read_header(&mut file)?;
+    let opened = sentia_proto::keys::v1::system_service_client::SystemServiceClient::new(keys)
+        .open_backup(sentia_proto::keys::v1::OpenBackupRequest { header })
+        .await
+        .map_err(BackupError::service("key-service"))?
+        .into_inner();
+    let raw = Zeroizing::new(opened.archive_key);
+    Ok(ArchiveKey::from_bytes(&raw)?)
+}
+
 /// Opens the archive at `path` with `opener` and checks all of it; the error says what is
 /// wrong and where.
 pub fn verify(path: &Path, opener: &Opener, trust: &Trust) -> Result<Verified, BackupError> {

@@ -266,15 +266,20 @@ impl ArchiveKey {
 
     /// Opens `header`'s key with the master that was in force when the backup began.
     pub fn with_master(header: &Header, master: &MasterKey) -> Result<Self, ArchiveError> {
+        Self::with_wrapping_key(header, &wrapping_key(master, header.master_version))
+    }
+
+    /// Opens `header`'s key with the [`wrapping_key`] of its master version (key-service
+    /// keeps that key, not the master, at hand).
+    pub fn with_wrapping_key(header: &Header, wrapping: &SecretKey) -> Result<Self, ArchiveError> {
         if header.under_master.is_empty() {
             return Err(ArchiveError::Key(
                 "this archive is sealed to a recipient key only; give its private key".into(),
             ));
         }
-        let wrapping = wrapping_key(master, header.master_version);
         let envelope = Envelope::parse(&header.under_master)
             .map_err(|e| ArchiveError::Header(format!("master wrap: {e}")))?;
-        let key = open(&wrapping, &envelope, &header.archive_id).map_err(|_| {
+        let key = open(wrapping, &envelope, &header.archive_id).map_err(|_| {
             ArchiveError::Key(format!(
                 "this is not master version {} (the one in force when the backup began); \
                  give that master, or the recovery private key",

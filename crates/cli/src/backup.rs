@@ -56,7 +56,9 @@ struct Archive {
 /// What opens an archive: one of the two.
 #[derive(Args)]
 struct Key {
-    /// A file holding the master key (base64) of the version the archive names.
+    /// A file holding the master key (base64) of the version the archive names. With neither
+    /// file (and without --offline), key-service opens the archive with the master it holds
+    /// (verify and restore only; a drill needs one of the two).
     #[arg(long, conflicts_with = "recovery_key_file")]
     master_key_file: Option<PathBuf>,
     /// A file holding the offline recovery private key, when the master is lost.
@@ -270,6 +272,12 @@ async fn drill(
     scratch: Option<PathBuf>,
     record: &Record,
 ) -> anyhow::Result<()> {
+    if archive.key.master_key_file.is_none() && archive.key.recovery_key_file.is_none() {
+        anyhow::bail!(
+            "a drill unseals the restored key-service: give --master-key-file or \
+             --recovery-key-file"
+        );
+    }
     let (local, checked, opener) = checked(common, archive).await?;
     let archive = local.name.clone();
     let scratch = scratch.unwrap_or_else(|| {
@@ -512,6 +520,12 @@ async fn open(
             || format!("reading the {what} from {}", path.display()),
         )?))
     };
+    // key-service, with its admin token: for the public keys, and to open an archive when no
+    // key is given.
+    let key_admin = Common {
+        token: trust.key_token.clone().or(common.token.clone()),
+        ..common.clone()
+    };
     let opener = match (&key.master_key_file, &key.recovery_key_file) {
         (Some(path), None) => Opener::Master(sentia_crypto::MasterKey::from_base64(
             read(path, "master key")?.trim(),
@@ -519,7 +533,23 @@ async fn open(
         (None, Some(path)) => Opener::Recovery(sentia_crypto::RecoveryPrivateKey::from_base64(
             read(path, "recovery key")?.trim(),
         )?),
-        _ => anyhow::bail!("give --master-key-file or --recovery-key-file to open the archive"),
+        (None, None) if !trust.offline => {
+            // key-service opens it with the master it holds (OpenBackup, for its admins and
+            // backup identities): a check without holding the master.
+            let keys = key_admin.channel(&trust.key_addr, "key-service").await?;
+            Opener::Archive(
+                sentia_backup_ops::archive_key_from(keys, archive)
+                    .await
+                    .context(
+                        "asking key-service to open the archive (or give --master-key-file or \
+                         --recovery-key-file)",
+                    )?,
+            )
+        }
+        _ => anyhow::bail!(
+            "give --master-key-file or --recovery-key-file to open the archive (without \
+             --offline, key-service can open one keyed to its current master)"
+        ),
     };
     let trusted = if trust.offline {
         eprintln!(
@@ -528,10 +558,6 @@ async fn open(
         );
         Trust::Embedded
     } else {
-        let key_admin = Common {
-            token: trust.key_token.clone().or(common.token.clone()),
-            ..common.clone()
-        };
         let keys = sentia_backup_ops::trusted_keys(
             key_admin.channel(&trust.key_addr, "key-service").await?,
         )

@@ -371,6 +371,9 @@ async fn sentia_backup_makes_lists_checks_and_restores_an_archive_of_sentia_dev(
         out.contains(": valid") && out.contains("1 secret versions"),
         "{out}"
     );
+    // Without a key file, key-service opens it (the operator's admin token is in the env).
+    let (ok, out, err) = sentia(&env, &["backup", "verify", &archive], b"").await;
+    assert!(ok && out.contains(": valid"), "{out}{err}");
     let wrong = dir.join("wrong.key");
     std::fs::write(
         &wrong,

@@ -624,6 +624,24 @@ impl Core {
         let fingerprint = recovery.map(|r| r.fingerprint()).unwrap_or_default();
         Ok((key, header, fingerprint))
     }
+
+    /// The key of the archive whose header is `header`, when it is keyed to the master
+    /// version in force here.
+    pub fn open_backup(
+        &self,
+        header: &sentia_backup::Header,
+    ) -> Result<sentia_backup::ArchiveKey, KeyError> {
+        let u = self.unsealed()?;
+        if header.master_version != u.master_version {
+            return Err(KeyError::FailedPrecondition(format!(
+                "the archive is keyed to master version {}; this key-service holds version {}: \
+                 open it with that master or the recovery private key",
+                header.master_version, u.master_version
+            )));
+        }
+        sentia_backup::ArchiveKey::with_wrapping_key(header, &u.backup_wrapping)
+            .map_err(|e| KeyError::InvalidArgument(e.to_string()))
+    }
 }
 
 impl Core {

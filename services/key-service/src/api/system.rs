@@ -254,7 +254,39 @@ impl SystemService for Api {
         .await;
         call.finish(result).await
     }
+
+    async fn open_backup(
+        &self,
+        req: Request<pb::OpenBackupRequest>,
+    ) -> Res<pb::OpenBackupResponse> {
+        let call = Call::new(&self.audit, &req, "admin", "backup_open", "");
+        let g = &call;
+        let result: Res<pb::OpenBackupResponse> = async move {
+            self.backup_makers
+                .admit(&Principal::of(&req)?, "OpenBackup")?;
+            let raw = &req.get_ref().header;
+            if raw.is_empty() || raw.len() > MAX_BACKUP_HEADER {
+                return Err(KeyError::InvalidArgument(format!(
+                    "header is {} bytes; give an archive's header (1-{MAX_BACKUP_HEADER} bytes)",
+                    raw.len()
+                ))
+                .into());
+            }
+            let header = sentia_backup::Header::from_bytes(raw)
+                .map_err(|e| KeyError::InvalidArgument(format!("not an archive header: {e}")))?;
+            g.admit().await?;
+            let key = self.core.open_backup(&header)?;
+            Ok(Response::new(pb::OpenBackupResponse {
+                archive_key: key.expose().to_vec(),
+            }))
+        }
+        .await;
+        call.finish(result).await
+    }
 }
+
+/// The largest archive header OpenBackup reads (a real one is a few hundred bytes).
+const MAX_BACKUP_HEADER: usize = 64 * 1024;
 
 /// Writes `contents` to `path` owner-only (0600 from creation) through a temporary file and a
 /// rename, so the file holds the old or the new key, never half of one.

@@ -141,6 +141,29 @@ async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_al
         pruned.then(|| copy_failed.clone())
     })
     .await;
+    // The check of the stored copies that follows the first backup: both good copies verify;
+    // the missing bucket cannot even be listed.
+    backup_event(&sandbox, |events| {
+        let checked = |at: &str| {
+            events
+                .iter()
+                .any(|e| e.operation == "backup_checked" && e.secret_name == at)
+        };
+        let unlisted = events
+            .iter()
+            .any(|e| e.operation == "backup_check_failed" && e.secret_name == missing);
+        (checked(dir.to_str().unwrap()) && checked(&bucket) && unlisted).then_some(())
+    })
+    .await;
+    assert!(
+        !sandbox
+            .audit()
+            .events()
+            .await
+            .iter()
+            .any(|e| e.operation == "backup_check_failed" && e.secret_name.ends_with(&name)),
+        "the new archive verifies everywhere it was copied"
+    );
     assert_eq!(created.secret_name, missing);
     assert_eq!(created.principal, "rotation-scheduler");
     assert!(!created.success);
@@ -397,4 +420,59 @@ async fn only_the_scheduler_itself_can_raise_a_backup_alert() {
             .any(|a| a.summary.contains("s3://spoofed/x"))
     );
     sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_check_reads_every_stored_copy_back_and_raises_an_alert_for_an_altered_one() {
+    let dir = sentia_testkit::scratch_path(&unique("sentia_checked"));
+    let day = 86_400_000;
+    let clock = rotation_scheduler::Clock::manual(sentia_proto::wkt::now_ms());
+    let sandbox = Sandbox::builder()
+        .scheduler(rotation_scheduler::Hooks {
+            clock: clock.clone(),
+            ..Default::default()
+        })
+        .scheduled_backups(dir.to_str().unwrap(), Vec::new())
+        .start()
+        .await
+        .unwrap();
+    // The first backup, then the first check of it.
+    let first = backup_event(&sandbox, |events| {
+        let made = events.iter().find(|e| e.operation == "backup_created")?;
+        events
+            .iter()
+            .any(|e| e.operation == "backup_checked")
+            .then(|| made.secret_name.clone())
+    })
+    .await;
+    // A byte of the stored copy changes; a month later the next check reads it back.
+    let stored = dir.join(&first);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&stored, &bytes).unwrap();
+    clock.advance(31 * day);
+    let failed = backup_event(&sandbox, |events| {
+        events
+            .iter()
+            .find(|e| e.operation == "backup_check_failed")
+            .cloned()
+    })
+    .await;
+    assert_eq!(failed.secret_name, format!("{}/{first}", dir.display()));
+    assert!(!failed.success);
+    alert(&sandbox, "BackupCheckFailed", &first).await;
+    // The month's new backup was made first, and checked good.
+    let events = sandbox.audit().events().await;
+    let made: Vec<_> = events
+        .iter()
+        .filter(|e| e.operation == "backup_created")
+        .collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(
+        !events.iter().any(|e| e.operation == "backup_check_failed"
+            && e.secret_name.ends_with(&made[1].secret_name))
+    );
+    sandbox.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

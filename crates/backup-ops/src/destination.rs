@@ -206,7 +206,7 @@ impl Destination {
 /// Creates `dir` (and missing parents) if it does not exist, owner-only (0700 on Unix) from
 /// creation: archives are sealed, but their names and sizes are nobody else's business. An
 /// existing directory keeps its mode.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -21,7 +21,7 @@ mod progress;
 mod verify;
 
 pub use create::{Made, Source, Sources, create, create_in, create_with, trusted_keys};
-pub use destination::{Destination, Stored, created_ms, expired};
+pub use destination::{Destination, Stored, create_private_dir, created_ms, expired};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
 pub use progress::{Progress, Quiet};

@@ -4,7 +4,7 @@
 //! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
 //! administrative operations (PrivilegeEscalationAttempt); and rotation-scheduler's reminders
 //! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
-//! RotationCompleted), its scheduled backups' failures (BackupFailed, BackupPruneFailed), and
+//! RotationCompleted), its scheduled backups' failures (BackupFailed, BackupCheckFailed, BackupPruneFailed), and
 //! failed restore drills (BackupDrillFailed). An appended event reaches the rules with the
 //! appending identity as its `service`, so those reports count only from their maker. Sliding
 //! windows live in Redis when it is configured (replicas share counts), in process otherwise;
@@ -344,6 +344,19 @@ fn backup_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
             "BackupFailed",
             Severity::Critical,
             format!("a scheduled backup could not be copied to {at}; the other copies were made"),
+        ),
+        "backup_check_failed" => (
+            "BackupCheckFailed",
+            Severity::Critical,
+            format!(
+                "a stored backup does not verify ({}): {}; make a new one and replace that copy",
+                e.status_code,
+                if at.is_empty() {
+                    "the check could not run"
+                } else {
+                    at.as_str()
+                }
+            ),
         ),
         "backup_prune_failed" => (
             "BackupPruneFailed",
@@ -707,12 +720,25 @@ mod tests {
             .await;
         assert_eq!(copy[0].rule, "BackupFailed");
         assert!(copy[0].summary.contains("s3://b/sentia"));
+        let check = e
+            .evaluate(
+                1,
+                &ev(
+                    "rotation-scheduler",
+                    "backup_check_failed",
+                    "/b/sentia-backup-x.sbk",
+                ),
+            )
+            .await;
+        assert_eq!(check[0].rule, "BackupCheckFailed");
+        assert_eq!(check[0].severity, Severity::Critical as i32);
+        assert!(check[0].summary.contains("/b/sentia-backup-x.sbk"));
         let prune = e
             .evaluate(1, &ev("rotation-scheduler", "backup_prune_failed", "/b"))
             .await;
         assert_eq!(prune[0].rule, "BackupPruneFailed");
         assert_eq!(prune[0].severity, Severity::Warning as i32);
-        for quiet in ["backup_created", "backup_pruned"] {
+        for quiet in ["backup_created", "backup_pruned", "backup_checked"] {
             assert!(
                 e.evaluate(1, &ev("rotation-scheduler", quiet, "x"))
                     .await

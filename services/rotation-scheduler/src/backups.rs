@@ -10,12 +10,12 @@
 //! vault-service its system_admin policy already allows. Its own database it reads directly.
 //! The archive key it is handed opens only this archive, whose contents stay sealed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sentia_backup_ops::{BackupError, Destination, Made, Quiet, Source, Sources};
+use sentia_backup_ops::{BackupError, Destination, Made, Opener, Quiet, Source, Sources, Trust};
 use sentia_runtime::audit::Emitter;
 use sentia_runtime::{Reader, Shutdown};
 
@@ -38,8 +38,12 @@ pub struct BackupConfig {
     /// `SENTIA_BACKUP_RETRY` (default 1h, at most the interval): how soon a failed backup is
     /// tried again.
     pub retry: Duration,
+    /// `SENTIA_BACKUP_CHECK_INTERVAL` (default 30d): how often every stored archive in every
+    /// destination is read back and verified (its key opened by key-service), so a copy that
+    /// rotted or was altered is found before a restore needs it.
+    pub check_interval: Duration,
     /// `SENTIA_BACKUP_STAGING_DIR` (default the temporary directory): where an archive is
-    /// written when the first destination is a bucket.
+    /// written when the first destination is a bucket, and bucket copies are checked.
     pub staging: PathBuf,
     /// S3 options (`aws_endpoint`, ...) that win over the `AWS_*` variables; not read from
     /// the environment (a test's server, an embedding program's bucket).
@@ -52,6 +56,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// `SENTIA_BACKUP_RETRY`'s default.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(3600);
+/// `SENTIA_BACKUP_CHECK_INTERVAL`'s default: the strategy document's monthly recovery test.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
 
 impl BackupConfig {
     /// Daily backups into `destinations`, kept 90 days, retried hourly, staged in `staging`:
@@ -62,6 +68,7 @@ impl BackupConfig {
             interval: DEFAULT_INTERVAL,
             retention: DEFAULT_RETENTION,
             retry: DEFAULT_RETRY,
+            check_interval: DEFAULT_CHECK_INTERVAL,
             staging,
             s3_options: Vec::new(),
         }
@@ -77,9 +84,10 @@ impl BackupConfig {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
-        let interval = r.duration_or("SENTIA_BACKUP_INTERVAL", Duration::from_secs(86_400));
-        let retention = r.duration_or("SENTIA_BACKUP_RETENTION", Duration::from_secs(90 * 86_400));
-        let retry = r.duration_or("SENTIA_BACKUP_RETRY", Duration::from_secs(3600));
+        let interval = r.duration_or("SENTIA_BACKUP_INTERVAL", DEFAULT_INTERVAL);
+        let retention = r.duration_or("SENTIA_BACKUP_RETENTION", DEFAULT_RETENTION);
+        let retry = r.duration_or("SENTIA_BACKUP_RETRY", DEFAULT_RETRY);
+        let check_interval = r.duration_or("SENTIA_BACKUP_CHECK_INTERVAL", DEFAULT_CHECK_INTERVAL);
         let staging = r
             .optional("SENTIA_BACKUP_STAGING_DIR")
             .map_or_else(std::env::temp_dir, PathBuf::from);
@@ -95,8 +103,8 @@ impl BackupConfig {
                  backup would be pruned before the next is made",
             );
         }
-        if retry.is_zero() {
-            r.problem("SENTIA_BACKUP_RETRY must be positive");
+        if retry.is_zero() || check_interval.is_zero() {
+            r.problem("SENTIA_BACKUP_RETRY and SENTIA_BACKUP_CHECK_INTERVAL must be positive");
         }
         for d in &destinations {
             if let Some(rest) = d.strip_prefix("s3://")
@@ -111,6 +119,7 @@ impl BackupConfig {
             interval,
             retention,
             retry: retry.min(interval),
+            check_interval,
             ..Self::daily(destinations, staging)
         })
     }
@@ -179,20 +188,30 @@ impl Backups {
             return;
         }
         let now = self.clock.now_ms();
-        let due = match self.store.backup_times().await {
-            Ok((attempt, made)) => due(&self.config, now, attempt, made),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read when the last backup ran; retrying");
-                false
+        let is_due = |kind: &'static str, every: Duration| async move {
+            match self.store.backup_times(kind).await {
+                Ok((attempt, done)) => due(every, self.config.retry, now, attempt, done),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind, "could not read when backups last ran; retrying");
+                    false
+                }
             }
         };
-        if !due || self.running.swap(true, Ordering::AcqRel) {
+        // A due backup first: the check that follows then covers it too.
+        let kind = if is_due("backup", self.config.interval).await {
+            "backup"
+        } else if is_due("check", self.config.check_interval).await {
+            "check"
+        } else {
+            return;
+        };
+        if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
         let id = uuid::Uuid::now_v7().to_string();
         match self
             .store
-            .begin_backup(&id, &self.replica, fence, now)
+            .begin_backup(&id, kind, &self.replica, fence, now)
             .await
         {
             Ok(true) => {}
@@ -201,26 +220,39 @@ impl Backups {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not record a backup's start; retrying");
+                tracing::warn!(error = %e, kind, "could not record a backup run's start; retrying");
                 self.running.store(false, Ordering::Release);
                 return;
             }
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let span = tracing::info_span!("scheduled_backup", %id);
+            let span = tracing::info_span!("scheduled_backup", %id, kind);
+            let work = async {
+                let outcome = if kind == "backup" {
+                    this.run(&id).await
+                } else {
+                    this.check(&id).await
+                };
+                if kind == "backup" {
+                    this.metrics.backup(&outcome);
+                }
+                if let Err(e) = this.store.finish_backup(&id, &outcome).await {
+                    tracing::error!(error = %e, "could not record how a backup run ended");
+                }
+            };
             tokio::select! {
-                _ = tracing::Instrument::instrument(this.run(&id), span) => {}
+                _ = tracing::Instrument::instrument(work, span) => {}
                 _ = this.shutdown.wait() => {
-                    tracing::warn!(%id, "a scheduled backup was stopped by shutdown; it runs again after the retry delay");
+                    tracing::warn!(%id, kind, "a scheduled backup run was stopped by shutdown; it runs again after the retry delay");
                 }
             }
             this.running.store(false, Ordering::Release);
         });
     }
 
-    /// One backup: make, copy, prune, record.
-    async fn run(&self, id: &str) {
+    /// One backup: make, copy, prune; says how it went.
+    async fn run(&self, id: &str) -> BackupOutcome {
         tracing::info!("scheduled backup starts");
         let made = sentia_backup_ops::create_in(
             &self.sources,
@@ -229,7 +261,7 @@ impl Backups {
             Arc::new(Quiet),
         )
         .await;
-        let outcome = match made {
+        match made {
             Ok(made) => self.made(id, made).await,
             Err(e) => {
                 tracing::error!(error = %e, "scheduled backup failed: no archive was made");
@@ -242,11 +274,116 @@ impl Backups {
                     detail: Some(e.to_string()),
                 }
             }
-        };
-        self.metrics.backup(&outcome);
-        if let Err(e) = self.store.finish_backup(id, &outcome).await {
-            tracing::error!(error = %e, "could not record how a backup ended");
         }
+    }
+
+    /// Reads back every archive in every destination and verifies it, its key opened by
+    /// key-service (archives of an earlier master version are skipped: only that master or
+    /// the recovery key opens them). Each destination checked is audited as `backup_checked`;
+    /// each copy that fails, or a destination that cannot be listed, as `backup_check_failed`.
+    async fn check(&self, id: &str) -> BackupOutcome {
+        tracing::info!("check of the stored backups starts");
+        let (mut verified, mut skipped, mut failures) = (0u32, 0u32, Vec::new());
+        let trust = match sentia_backup_ops::trusted_keys(self.sources.keys.clone()).await {
+            Ok(keys) => Arc::new(Trust::Keys(keys)),
+            Err(e) => {
+                tracing::error!(error = %e, "checking the stored backups failed: no public keys");
+                self.event(id, "backup_check_failed", "", Some(code_of(&e)))
+                    .await;
+                return BackupOutcome {
+                    finished_ms: self.clock.now_ms(),
+                    outcome: "failed",
+                    archive: None,
+                    copies: 0,
+                    detail: Some(e.to_string()),
+                };
+            }
+        };
+        let scratch = self
+            .config
+            .staging
+            .join(format!("sentia-backup-check-{id}"));
+        for dest in self.destinations.iter() {
+            let stored = match dest.list().await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(destination = dest.label(), error = %e, "listing stored backups failed");
+                    self.event(id, "backup_check_failed", dest.label(), Some(code_of(&e)))
+                        .await;
+                    failures.push(format!("{}: {e}", dest.label()));
+                    continue;
+                }
+            };
+            for archive in stored.iter().filter(|a| a.created_ms.is_some()) {
+                let place = dest.place_of(&archive.name);
+                match self.check_one(dest, &archive.name, &scratch, &trust).await {
+                    Ok(()) => verified += 1,
+                    Err(BackupError::Service {
+                        code: tonic::Code::FailedPrecondition,
+                        ..
+                    }) => {
+                        tracing::info!(archive = %place, "not checked: keyed to an earlier master version");
+                        skipped += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(archive = %place, error = %e, "a stored backup does not verify");
+                        self.event(id, "backup_check_failed", &place, Some(code_of(&e)))
+                            .await;
+                        failures.push(format!("{place}: {e}"));
+                    }
+                }
+            }
+            self.event(id, "backup_checked", dest.label(), None).await;
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        tracing::info!(
+            verified,
+            skipped,
+            failed = failures.len(),
+            "stored backups checked"
+        );
+        BackupOutcome {
+            finished_ms: self.clock.now_ms(),
+            outcome: "checked",
+            archive: None,
+            copies: verified,
+            detail: (!failures.is_empty()).then(|| failures.join("; ")),
+        }
+    }
+
+    /// Verifies one stored archive: in place in a directory, downloaded from a bucket.
+    async fn check_one(
+        &self,
+        dest: &Destination,
+        name: &str,
+        scratch: &Path,
+        trust: &Arc<Trust>,
+    ) -> Result<(), BackupError> {
+        let path = match dest.dir() {
+            Some(dir) => dir.join(name),
+            None => {
+                sentia_backup_ops::create_private_dir(scratch)?;
+                let to = scratch.join(name);
+                dest.download(name, &to).await?;
+                to
+            }
+        };
+        let key = sentia_backup_ops::archive_key_from(self.sources.keys.clone(), &path).await;
+        let result = match key {
+            Ok(key) => {
+                let (at, trust) = (path.clone(), trust.clone());
+                tokio::task::spawn_blocking(move || {
+                    sentia_backup_ops::verify(&at, &Opener::Archive(key), &trust).map(|_| ())
+                })
+                .await
+                .map_err(|e| BackupError::Invalid(format!("the check stopped: {e}")))?
+            }
+            Err(e) => Err(e),
+        };
+        if dest.dir().is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        result
     }
 
     /// Audits the copies of an archive made, prunes every destination that holds one, and
@@ -326,11 +463,17 @@ fn code_of(e: &BackupError) -> tonic::Code {
     }
 }
 
-/// True when a backup is due at `now`: none made within the interval, and no attempt (a
-/// failed one, or one a crash or shutdown cut short) within the retry delay.
-fn due(config: &BackupConfig, now: i64, attempt: Option<i64>, made: Option<i64>) -> bool {
+/// True when a run is due at `now`: none succeeded within `every`, and no attempt (a failed
+/// one, or one a crash or shutdown cut short) within `retry`.
+fn due(
+    every: Duration,
+    retry: Duration,
+    now: i64,
+    attempt: Option<i64>,
+    done: Option<i64>,
+) -> bool {
     let since = |t: Option<i64>, d: Duration| t.is_none_or(|t| now.saturating_sub(t) >= millis(d));
-    since(made, config.interval) && since(attempt, config.retry)
+    since(done, every) && since(attempt, retry)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -404,17 +547,18 @@ mod tests {
     #[test]
     fn a_backup_is_due_a_day_after_the_last_one_made_and_an_hour_after_a_failed_attempt() {
         let c = BackupConfig::daily(vec!["/b".into()], "/tmp".into());
+        let due = |now, attempt, made| due(c.interval, c.retry, now, attempt, made);
         let (h, d) = (3_600_000, 86_400_000);
         let t = 100 * d;
-        assert!(due(&c, t, None, None), "the first one at once");
-        assert!(!due(&c, t + d - 1, Some(t), Some(t)));
-        assert!(due(&c, t + d, Some(t), Some(t)));
+        assert!(due(t, None, None), "the first one at once");
+        assert!(!due(t + d - 1, Some(t), Some(t)));
+        assert!(due(t + d, Some(t), Some(t)));
         // The last attempt failed (or was cut short) half an hour ago: wait for the retry.
-        assert!(!due(&c, t + d, Some(t + d - h / 2), Some(t)));
-        assert!(due(&c, t + d + h / 2, Some(t + d - h / 2), Some(t)));
+        assert!(!due(t + d, Some(t + d - h / 2), Some(t)));
+        assert!(due(t + d + h / 2, Some(t + d - h / 2), Some(t)));
         // Never one made, failing since: retried hourly.
-        assert!(!due(&c, t + h - 1, Some(t), None));
-        assert!(due(&c, t + h, Some(t), None));
+        assert!(!due(t + h - 1, Some(t), None));
+        assert!(due(t + h, Some(t), None));
     }
 
     #[test]

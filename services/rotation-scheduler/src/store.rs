@@ -50,11 +50,12 @@ const LEASE: &str = "leader";
 pub struct BackupOutcome {
     /// When it ended (ms since the epoch).
     pub finished_ms: i64,
-    /// `created` (every copy made), `partial` (some copies failed) or `failed` (no archive).
+    /// A backup: `created` (every copy made), `partial` (some copies failed) or `failed` (no
+    /// archive). A check: `checked` (it ran; `detail` names copies that failed) or `failed`.
     pub outcome: &'static str,
     /// The archive's file name, when one was made.
     pub archive: Option<String>,
-    /// Copies made.
+    /// Copies made (a check: copies that verified).
     pub copies: u32,
     /// What failed, if anything.
     pub detail: Option<String>,
@@ -424,21 +425,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a scheduled backup `id` starts, if `holder` still leads with `fence`;
-    /// false when it does not (another replica took over).
+    /// Records that a scheduled backup (`kind` backup) or check of the stored copies (`kind`
+    /// check) `id` starts, if `holder` still leads with `fence`; false when it does not
+    /// (another replica took over).
     pub async fn begin_backup(
         &self,
         id: &str,
+        kind: &str,
         holder: &str,
         fence: i64,
         now_ms: i64,
     ) -> Result<bool, RotationError> {
         let done = sqlx::query(
-            "INSERT INTO backup_runs (id, replica, started_ms) SELECT $1, $2, $3 \
+            "INSERT INTO backup_runs (id, kind, replica, started_ms) SELECT $1, $2, $3, $4 \
              WHERE EXISTS (SELECT 1 FROM scheduler_lease \
-             WHERE name = $4 AND holder = $2 AND fence = $5)",
+             WHERE name = $5 AND holder = $3 AND fence = $6)",
         )
         .bind(id)
+        .bind(kind)
         .bind(holder)
         .bind(now_ms)
         .bind(LEASE)
@@ -465,14 +469,19 @@ impl Store {
         Ok(())
     }
 
-    /// When the newest scheduled backup attempt started, and the newest that made an archive
-    /// (`created` or `partial`).
-    pub async fn backup_times(&self) -> Result<(Option<i64>, Option<i64>), RotationError> {
+    /// When the newest attempt of `kind` (backup or check) started, and the newest that
+    /// succeeded (a backup that made an archive, `created` or `partial`; a check that ran,
+    /// whatever it found).
+    pub async fn backup_times(
+        &self,
+        kind: &str,
+    ) -> Result<(Option<i64>, Option<i64>), RotationError> {
         let row = sqlx::query(
             "SELECT MAX(started_ms) AS attempt, \
-             MAX(CASE WHEN outcome IN ('created', 'partial') THEN started_ms END) AS made \
-             FROM backup_runs",
+             MAX(CASE WHEN outcome IN ('created', 'partial', 'checked') THEN started_ms END) \
+             AS made FROM backup_runs WHERE kind = $1",
         )
+        .bind(kind)
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("attempt")?, row.try_get("made")?))

@@ -373,7 +373,7 @@ async fn pki_init_issues_certificates_that_a_health_check_over_mutual_tls_uses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lost_master_key_runbook_works_from_the_shell() {
     use sentia_proto::keys::v1::{DecryptRequest, EncryptRequest};
-    let dir = std::env::temp_dir().join(support::unique("sentia_recovery"));
+    let dir = support::scratch_path(&support::unique("sentia_recovery"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("recovery.key");
     let file_s = file.display().to_string();
@@ -457,4 +457,5 @@ async fn the_lost_master_key_runbook_works_from_the_shell() {
         .plaintext;
     assert_eq!(opened, b"before");
     ks.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -230,13 +230,12 @@ impl Backups {
             let span = tracing::info_span!("scheduled_backup", %id, kind);
             let work = async {
                 let outcome = if kind == "backup" {
-                    this.run(&id).await
+                    let made = this.run(&id).await;
+                    this.metrics.backup(&made);
+                    made
                 } else {
                     this.check(&id).await
                 };
-                if kind == "backup" {
-                    this.metrics.backup(&outcome);
-                }
                 if let Err(e) = this.store.finish_backup(&id, &outcome).await {
                     tracing::error!(error = %e, "could not record how a backup run ended");
                 }
@@ -266,13 +265,7 @@ impl Backups {
             Err(e) => {
                 tracing::error!(error = %e, "scheduled backup failed: no archive was made");
                 self.event(id, "backup_failed", "", Some(code_of(&e))).await;
-                BackupOutcome {
-                    finished_ms: self.clock.now_ms(),
-                    outcome: "failed",
-                    archive: None,
-                    copies: 0,
-                    detail: Some(e.to_string()),
-                }
+                self.failed(&e)
             }
         }
     }
@@ -290,13 +283,7 @@ impl Backups {
                 tracing::error!(error = %e, "checking the stored backups failed: no public keys");
                 self.event(id, "backup_check_failed", "", Some(code_of(&e)))
                     .await;
-                return BackupOutcome {
-                    finished_ms: self.clock.now_ms(),
-                    outcome: "failed",
-                    archive: None,
-                    copies: 0,
-                    detail: Some(e.to_string()),
-                };
+                return self.failed(&e);
             }
         };
         let scratch = self
@@ -444,6 +431,17 @@ impl Backups {
             archive: Some(made.name),
             copies: u32::try_from(copies).unwrap_or(u32::MAX),
             detail: (!failures.is_empty()).then(|| failures.join("; ")),
+        }
+    }
+
+    /// A run that stopped at `e` before it made or checked anything.
+    fn failed(&self, e: &BackupError) -> BackupOutcome {
+        BackupOutcome {
+            finished_ms: self.clock.now_ms(),
+            outcome: "failed",
+            archive: None,
+            copies: 0,
+            detail: Some(e.to_string()),
         }
     }
 

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::destination::Destination;
 use crate::manifest::{self, Manifest, ServiceSnapshot};
 use crate::progress::{Progress, Quiet};
-use crate::verify::{Opener, Trust, verify_with};
+use crate::verify::{Opener, Trust, check};
 use crate::{
     BackupError, CHECKPOINT_KEY, MANIFEST, MANIFEST_KEY, SERVICES, SIGNATURE, file_name,
     signed_message, snapshot_entry,
@@ -126,17 +126,23 @@ pub async fn create_with(
     let mut reads: HashMap<&str, manifest::Read> = HashMap::new();
     for service in SERVICES {
         progress.stage(&format!("snapshot of {service}"), None);
-        let snapshot = snapshot(sources.of(service), service, progress.as_ref()).await?;
-        let mut read = manifest::read(&snapshot).map_err(BackupError::snapshot(service))?;
         let entry = snapshot_entry(service);
-        writer.entry(&entry, &snapshot)?;
+        writer.begin(&entry)?;
+        let mut reading = manifest::Reading::default();
+        snapshot(sources.of(service), service, progress.as_ref(), |piece| {
+            writer.write(piece)?;
+            reading.push(piece).map_err(BackupError::snapshot(service))
+        })
+        .await?;
+        writer.end()?;
+        let mut read = reading.finish().map_err(BackupError::snapshot(service))?;
         services.insert(
             service.to_string(),
             ServiceSnapshot {
                 entry,
                 dialect: std::mem::take(&mut read.dialect),
                 schema_version: read.counts.schema_version,
-                sha256: hex::encode(sentia_crypto::sha256(&snapshot)),
+                sha256: std::mem::take(&mut read.sha256),
                 rows: std::mem::take(&mut read.counts.rows),
             },
         );
@@ -203,7 +209,7 @@ pub async fn create_with(
     let trust = Trust::Keys(public_keys);
     let reporting = progress.clone();
     tokio::task::spawn_blocking(move || {
-        verify_with(
+        check(
             &check_path,
             &Opener::Archive(check_key),
             &trust,
@@ -296,25 +302,29 @@ pub async fn create_in(
     result
 }
 
-/// One service's snapshot, whole.
+/// Streams one service's snapshot into `sink`, piece by piece as it arrives; the first error
+/// (the service's, or the sink's) ends it.
 async fn snapshot(
     source: Source,
     service: &'static str,
     progress: &dyn Progress,
-) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    mut sink: impl FnMut(&[u8]) -> Result<(), BackupError>,
+) -> Result<(), BackupError> {
     let channel = match source {
         Source::Remote(channel) => channel,
         Source::Local { pool, sqlite } => {
-            let mut out = Zeroizing::new(Vec::new());
-            sentia_db::snapshot::dump(&pool, sqlite, |chunk: Vec<u8>| {
+            let mut failed = None;
+            let dumped = sentia_db::snapshot::dump(&pool, sqlite, |chunk: Vec<u8>| {
                 let chunk = Zeroizing::new(chunk);
-                out.extend_from_slice(&chunk);
                 progress.advance(chunk.len() as u64);
-                std::future::ready(true)
+                let kept = sink(&chunk).map_err(|e| failed = Some(e)).is_ok();
+                std::future::ready(kept)
             })
-            .await
-            .map_err(BackupError::snapshot(service))?;
-            return Ok(out);
+            .await;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            return dumped.map(|_| ()).map_err(BackupError::snapshot(service));
         }
     };
     let mut stream = SnapshotServiceClient::new(channel)
@@ -322,16 +332,16 @@ async fn snapshot(
         .await
         .map_err(BackupError::service(service))?
         .into_inner();
-    let mut out = Zeroizing::new(Vec::new());
     while let Some(chunk) = stream
         .message()
         .await
         .map_err(BackupError::service(service))?
     {
-        out.extend_from_slice(&chunk.data);
-        progress.advance(chunk.data.len() as u64);
+        let data = Zeroizing::new(chunk.data);
+        progress.advance(data.len() as u64);
+        sink(&data)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// An archive being written: removed unless it was completed.

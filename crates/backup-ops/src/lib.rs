@@ -25,7 +25,9 @@ pub use destination::{Destination, Stored, create_private_dir, created_ms, expir
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};
 pub use progress::{Progress, Quiet};
-pub use verify::{Opener, Trust, Verified, archive_key_from, check_versions, verify, verify_with};
+pub use verify::{
+    Checked, Opener, Trust, Verified, archive_key_from, check, check_versions, verify, verify_with,
+};
 
 /// The services in the order they are snapshotted: audit-service first, so every other
 /// snapshot's own audit record lands after the copy of the log; key-service last, so the

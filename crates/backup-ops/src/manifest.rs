@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use prost::Message;
-use sentia_db::snapshot::{Counts, Item, Parser, SnapshotError};
+use sentia_db::snapshot::{Counts, Feed, Item, Parser, SnapshotError};
 use sentia_proto::audit::v1::{AuditEvent, AuditRecord, Checkpoint};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// What an archive holds, signed by key-service's `backup-manifest` key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,11 +141,13 @@ fn bytes(columns: &[String], row: &[Value], column: &str) -> Result<Vec<u8>, Str
     }
 }
 
-/// What a backup needs from one service's snapshot, read in one pass: its dialect and
+/// What a backup needs from one service's snapshot, read in one pass: its dialect, digest and
 /// counts, and whatever of the following it holds.
 pub struct Read {
     /// The dialect of the database it came from.
     pub dialect: String,
+    /// SHA-256 of the snapshot's bytes, hex.
+    pub sha256: String,
     /// Schema version and rows per table.
     pub counts: Counts,
     /// vault-service: every secret version's digest, sorted.
@@ -158,36 +161,104 @@ pub struct Read {
 /// Reads `snapshot` once, checking its structure and picking out the version digests, the
 /// keyring's master version and the audit chain where its tables hold them.
 pub fn read(snapshot: &[u8]) -> Result<Read, SnapshotError> {
-    let mut versions = Vec::new();
-    let mut master_version = None;
-    let mut chain = Chain {
-        records: Vec::new(),
-        checkpoints: Vec::new(),
-        head: None,
-    };
-    let (dialect, counts) = rows(snapshot, |table, columns, row| {
-        match table {
-            "secret_versions" => versions.push(version_digest(columns, row)?),
-            "keyring_meta" => master_version = Some(int(columns, row, "master_version")?),
-            "audit_records" => chain.records.push(audit_record(columns, row)?),
-            "checkpoints" => chain.checkpoints.push(checkpoint(columns, row)?),
-            "chain_head" => {
-                chain.head = Some((sequence(columns, row)?, bytes(columns, row, "hash")?))
-            }
-            _ => {}
+    let mut reading = Reading::default();
+    reading.push(snapshot)?;
+    reading.finish()
+}
+
+/// [`read`] for a snapshot arriving in pieces: what it keeps is the digest, the counts and
+/// what the manifest lists, never the snapshot, so making or checking an archive holds one
+/// line of a snapshot at a time.
+#[derive(Default)]
+pub struct Reading {
+    feed: Feed,
+    hash: Sha256,
+    table: Option<(String, Vec<String>)>,
+    versions: Vec<VersionDigest>,
+    master_version: Option<i64>,
+    chain: Chain,
+}
+
+impl Reading {
+    /// Reads the next piece of the snapshot.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        self.hash.update(bytes);
+        let Self {
+            feed,
+            table,
+            versions,
+            master_version,
+            chain,
+            ..
+        } = self;
+        feed.push(bytes, |item| {
+            pick(item, table, versions, master_version, chain)
+        })
+    }
+
+    /// Ends the snapshot and returns what was read of it, once it is whole and well formed.
+    pub fn finish(self) -> Result<Read, SnapshotError> {
+        let Self {
+            feed,
+            hash,
+            mut table,
+            mut versions,
+            mut master_version,
+            mut chain,
+        } = self;
+        let (dialect, counts) = feed.finish(|item| {
+            pick(
+                item,
+                &mut table,
+                &mut versions,
+                &mut master_version,
+                &mut chain,
+            )
+        })?;
+        versions.sort();
+        chain.records.sort_by_key(|r| r.sequence);
+        chain.checkpoints.sort_by_key(|c| c.sequence);
+        Ok(Read {
+            dialect,
+            sha256: hex::encode(hash.finalize()),
+            counts,
+            versions,
+            master_version,
+            chain,
+        })
+    }
+}
+
+/// Keeps what the manifest needs of one table header or row.
+fn pick(
+    item: Item,
+    table: &mut Option<(String, Vec<String>)>,
+    versions: &mut Vec<VersionDigest>,
+    master_version: &mut Option<i64>,
+    chain: &mut Chain,
+) -> Result<(), SnapshotError> {
+    let values = match item {
+        Item::Table { name, columns, .. } => {
+            *table = Some((name, columns));
+            return Ok(());
         }
-        Ok(())
-    })?;
-    versions.sort();
-    chain.records.sort_by_key(|r| r.sequence);
-    chain.checkpoints.sort_by_key(|c| c.sequence);
-    Ok(Read {
-        dialect,
-        counts,
-        versions,
-        master_version,
-        chain,
-    })
+        Item::Row(values) => values,
+    };
+    let Some((name, columns)) = table.as_ref() else {
+        return Ok(());
+    };
+    let row = values.as_slice();
+    match name.as_str() {
+        "secret_versions" => version_digest(columns, row).map(|d| versions.push(d)),
+        "keyring_meta" => int(columns, row, "master_version").map(|v| *master_version = Some(v)),
+        "audit_records" => audit_record(columns, row).map(|r| chain.records.push(r)),
+        "checkpoints" => checkpoint(columns, row).map(|c| chain.checkpoints.push(c)),
+        "chain_head" => sequence(columns, row)
+            .and_then(|s| Ok((s, bytes(columns, row, "hash")?)))
+            .map(|h| chain.head = Some(h)),
+        _ => Ok(()),
+    }
+    .map_err(|m| SnapshotError::Mismatch(format!("table {name}: {m}")))
 }
 
 /// A secret version's digest over its sealed fields.
@@ -217,6 +288,7 @@ fn version_digest(columns: &[String], row: &[Value]) -> Result<VersionDigest, St
 
 /// The audit chain in audit-service's snapshot: its records in order, checkpoints, and the
 /// head the log claims.
+#[derive(Default)]
 pub struct Chain {
     /// The records, in sequence order.
     pub records: Vec<AuditRecord>,

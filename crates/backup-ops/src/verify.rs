@@ -2,7 +2,7 @@
 //! against the manifest's digest and counts, every secret version's digest, and the audit
 //! chain against its signed checkpoints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use base64::Engine;
@@ -35,16 +35,30 @@ pub enum Trust {
     Embedded,
 }
 
-/// A checked archive: its manifest and the services' snapshots, ready to restore.
-pub struct Verified {
+/// What checking an archive established.
+pub struct Checked {
     /// The manifest.
     pub manifest: Manifest,
     /// The kid that signed it.
     pub signed_by: String,
     /// True when the signature was checked against the archive's own keys only.
     pub self_attested: bool,
+}
+
+/// A checked archive with the services' snapshots, ready to restore.
+pub struct Verified {
+    /// What the check established.
+    pub checked: Checked,
     /// Snapshots by service.
     pub snapshots: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+impl std::ops::Deref for Verified {
+    type Target = Checked;
+
+    fn deref(&self) -> &Checked {
+        &self.checked
+    }
 }
 
 /// The key of the archive at `path`, opened by the key-service at `keys` with the master it
@@ -66,8 +80,8 @@ pub async fn archive_key_from(
     Ok(ArchiveKey::from_bytes(&raw)?)
 }
 
-/// Opens the archive at `path` with `opener` and checks all of it; the error says what is
-/// wrong and where.
+/// Opens the archive at `path` with `opener`, checks all of it and keeps the snapshots for a
+/// restore; the error says what is wrong and where.
 pub fn verify(path: &Path, opener: &Opener, trust: &Trust) -> Result<Verified, BackupError> {
     verify_with(path, opener, trust, &Quiet)
 }
@@ -79,6 +93,31 @@ pub fn verify_with(
     trust: &Trust,
     progress: &dyn Progress,
 ) -> Result<Verified, BackupError> {
+    let mut snapshots = BTreeMap::new();
+    let checked = read_archive(path, opener, trust, progress, Some(&mut snapshots))?;
+    Ok(Verified { checked, snapshots })
+}
+
+/// Checks all of the archive at `path` as [`verify`] does, holding one chunk and one
+/// snapshot line at a time instead of the snapshots: how a stored copy or an archive just
+/// written is checked.
+pub fn check(
+    path: &Path,
+    opener: &Opener,
+    trust: &Trust,
+    progress: &dyn Progress,
+) -> Result<Checked, BackupError> {
+    read_archive(path, opener, trust, progress, None)
+}
+
+/// Reads and checks the archive, keeping the snapshots in `keep` when given.
+fn read_archive(
+    path: &Path,
+    opener: &Opener,
+    trust: &Trust,
+    progress: &dyn Progress,
+    mut keep: Option<&mut BTreeMap<String, Zeroizing<Vec<u8>>>>,
+) -> Result<Checked, BackupError> {
     let file = std::fs::File::open(path)?;
     progress.stage(
         &format!("checking {}", path.display()),
@@ -94,21 +133,45 @@ pub fn verify_with(
         Opener::Archive(k) => ArchiveKey::from_bytes(k.expose()),
     })?;
     let invalid = |m: String| BackupError::Invalid(m);
+    let mut seen = BTreeSet::new();
     let mut entries: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();
-    let expected: Vec<String> = SERVICES
-        .iter()
-        .map(|s| snapshot_entry(s))
-        .chain([MANIFEST.to_string(), SIGNATURE.to_string()])
-        .collect();
-    while let Some((name, data)) = reader.next_entry()? {
-        if !expected.contains(&name) {
-            return Err(invalid(format!("an unexpected entry {name:?}")));
-        }
-        if entries.insert(name.clone(), data).is_some() {
+    let mut reads = HashMap::new();
+    while let Some(name) = reader.next_name()? {
+        if !seen.insert(name.clone()) {
             return Err(invalid(format!("entry {name:?} appears twice")));
         }
+        if let Some(service) = SERVICES.iter().find(|s| snapshot_entry(s) == name) {
+            let mut reading = manifest::Reading::default();
+            let mut kept = keep.is_some().then(|| Zeroizing::new(Vec::new()));
+            reader.read_entry(|piece| {
+                if let Some(k) = kept.as_mut() {
+                    k.extend_from_slice(piece);
+                }
+                reading.push(piece).map_err(BackupError::snapshot(service))
+            })?;
+            reads.insert(
+                *service,
+                reading.finish().map_err(BackupError::snapshot(service))?,
+            );
+            if let (Some(keep), Some(kept)) = (keep.as_mut(), kept) {
+                keep.insert(service.to_string(), kept);
+            }
+        } else if name == MANIFEST || name == SIGNATURE {
+            let mut data = Zeroizing::new(Vec::new());
+            reader.read_entry(|piece| {
+                data.extend_from_slice(piece);
+                Ok::<_, BackupError>(())
+            })?;
+            entries.insert(name, data);
+        } else {
+            return Err(invalid(format!("an unexpected entry {name:?}")));
+        }
     }
-    if let Some(missing) = expected.iter().find(|e| !entries.contains_key(*e)) {
+    let expected = SERVICES
+        .iter()
+        .map(|s| snapshot_entry(s))
+        .chain([MANIFEST.to_string(), SIGNATURE.to_string()]);
+    if let Some(missing) = expected.into_iter().find(|e| !seen.contains(e)) {
         return Err(invalid(format!("entry {missing:?} is missing")));
     }
     let body = &entries[MANIFEST];
@@ -149,22 +212,17 @@ pub fn verify_with(
                 .into(),
         ));
     }
-    let mut snapshots = BTreeMap::new();
-    let mut reads = HashMap::new();
     for service in SERVICES {
         let listed = manifest
             .services
             .get(service)
             .ok_or_else(|| invalid(format!("the manifest does not list {service}")))?;
-        let data = entries
-            .remove(&snapshot_entry(service))
-            .ok_or_else(|| invalid(format!("{service}'s snapshot is missing")))?;
-        if hex::encode(sentia_crypto::sha256(&data)) != listed.sha256 {
+        let read = &reads[service];
+        if read.sha256 != listed.sha256 {
             return Err(invalid(format!(
                 "{service}'s snapshot differs from the manifest's digest"
             )));
         }
-        let read = manifest::read(&data).map_err(BackupError::snapshot(service))?;
         let counts = &read.counts;
         if read.dialect != listed.dialect
             || counts.schema_version != listed.schema_version
@@ -175,8 +233,6 @@ pub fn verify_with(
                 counts.rows, counts.schema_version, listed.rows, listed.schema_version
             )));
         }
-        snapshots.insert(service.to_string(), data);
-        reads.insert(service, read);
     }
     check_versions(&manifest.secret_versions, &reads["vault-service"].versions)?;
     let audit = reads["audit-service"].chain.check(keys);
@@ -187,11 +243,10 @@ pub fn verify_with(
             describe(&manifest.audit)
         )));
     }
-    Ok(Verified {
+    Ok(Checked {
         manifest,
         signed_by: kid,
         self_attested: matches!(trust, Trust::Embedded),
-        snapshots,
     })
 }
 

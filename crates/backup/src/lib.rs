@@ -509,6 +509,7 @@ pub struct Reader<R: Read> {
     plain: Zeroizing<Vec<u8>>,
     at: usize,
     ended: bool,
+    in_entry: bool,
 }
 
 impl<R: Read> Reader<R> {
@@ -532,12 +533,30 @@ impl<R: Read> Reader<R> {
             plain: Zeroizing::new(Vec::new()),
             at: 0,
             ended: false,
+            in_entry: false,
         };
         Ok((header, reader))
     }
 
     /// The next entry, whole (`None` after the last); checks that nothing follows the end.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, ArchiveError> {
+        let Some(name) = self.next_name()? else {
+            return Ok(None);
+        };
+        let mut data = Zeroizing::new(Vec::new());
+        self.read_entry(|piece| {
+            data.extend_from_slice(piece);
+            Ok::<_, ArchiveError>(())
+        })?;
+        Ok(Some((name, data)))
+    }
+
+    /// The name of the next entry (`None` after the last, once nothing follows the end); its
+    /// bytes come through [`Reader::read_entry`], and are skipped if they are not asked for.
+    pub fn next_name(&mut self) -> Result<Option<String>, ArchiveError> {
+        if self.in_entry {
+            self.read_entry(|_| Ok::<_, ArchiveError>(()))?;
+        }
         match self.byte()? {
             b'Z' => {
                 if !self.ended || self.at != self.plain.len() {
@@ -553,21 +572,48 @@ impl<R: Read> Reader<R> {
                 let n = u16::from_be_bytes(self.array::<2>()?) as usize;
                 let name = String::from_utf8(self.take(n)?.to_vec())
                     .map_err(|_| ArchiveError::Content("an entry name is not UTF-8".into()))?;
-                let mut data = Zeroizing::new(Vec::new());
-                loop {
-                    let len = u32::from_be_bytes(self.array::<4>()?) as usize;
-                    if len == 0 {
-                        break;
-                    }
-                    let piece = self.take(len)?;
-                    data.extend_from_slice(&piece);
-                }
-                Ok(Some((name, data)))
+                self.in_entry = true;
+                Ok(Some(name))
             }
             other => Err(ArchiveError::Content(format!(
                 "unexpected frame byte {other:#04x}"
             ))),
         }
+    }
+
+    /// Hands the current entry's bytes to `sink` as each chunk is authenticated and
+    /// decrypted, at most a chunk at a time: how an entry larger than memory is checked.
+    pub fn read_entry<E: From<ArchiveError>>(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !self.in_entry {
+            return Err(ArchiveError::Content("read_entry before next_name".into()).into());
+        }
+        loop {
+            let mut left = u32::from_be_bytes(self.array::<4>()?) as usize;
+            if left == 0 {
+                break;
+            }
+            while left > 0 {
+                if self.at == self.plain.len() {
+                    if self.ended {
+                        return Err(ArchiveError::Content(
+                            "an entry runs past the end of the archive".into(),
+                        )
+                        .into());
+                    }
+                    self.next_chunk()?;
+                    continue;
+                }
+                let want = left.min(self.plain.len() - self.at);
+                sink(&self.plain[self.at..self.at + want])?;
+                self.at += want;
+                left -= want;
+            }
+        }
+        self.in_entry = false;
+        Ok(())
     }
 
     fn byte(&mut self) -> Result<u8, ArchiveError> {

@@ -67,6 +67,31 @@ fn entries_come_back_in_order_across_many_chunks() {
 }
 
 #[test]
+fn an_entry_streams_out_a_chunk_at_a_time_and_one_not_asked_for_is_skipped() {
+    let made = archive(&entries(), 64);
+    let (_, mut r) = Reader::open(made.bytes.as_slice(), |h| {
+        ArchiveKey::with_master(h, &made.master)
+    })
+    .unwrap();
+    assert_eq!(r.next_name().unwrap().as_deref(), Some("manifest.json"));
+    assert_eq!(r.next_name().unwrap().as_deref(), Some("vault.snapshot"));
+    let (mut data, mut largest, mut pieces) = (Vec::new(), 0, 0);
+    r.read_entry(|piece| {
+        data.extend_from_slice(piece);
+        largest = largest.max(piece.len());
+        pieces += 1;
+        Ok::<_, ArchiveError>(())
+    })
+    .unwrap();
+    assert_eq!(data, entries()[1].1);
+    assert!(largest <= 64, "no piece is larger than a chunk ({largest})");
+    assert!(pieces > 300, "the entry came in many pieces ({pieces})");
+    assert_eq!(r.next_name().unwrap().as_deref(), Some("empty"));
+    assert_eq!(r.next_name().unwrap().as_deref(), Some("keys.snapshot"));
+    assert_eq!(r.next_name().unwrap(), None);
+}
+
+#[test]
 fn the_archive_key_opens_with_the_master_or_the_recovery_key_and_nothing_else() {
     let made = archive(&entries(), 1024);
     let (_, mut r) = Reader::open(made.bytes.as_slice(), |h| {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_backup_ops::{Destination, Opener, Sources, Trust, Verified};
+use sentia_backup_ops::{Checked, Destination, Opener, Progress, Sources, Trust, Verified};
 use sentia_backup_restore::Targets;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -188,7 +188,15 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BackupCommand::Verify { archive } => {
-            let (_, checked, _) = checked(common, &archive).await?;
+            let local = fetch(&archive.archive).await?;
+            let (checked, _) = open(
+                common,
+                local.path(),
+                &archive.key,
+                &archive.trust,
+                sentia_backup_ops::check,
+            )
+            .await?;
             let archive = &archive.archive;
             let m = &checked.manifest;
             if common.json {
@@ -259,10 +267,23 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The archive `a` names, on this machine (downloaded if need be), opened and checked.
+/// How an opened archive is read: checked whole with its snapshots kept
+/// (`sentia_backup_ops::verify_with`), or checked holding nothing (`sentia_backup_ops::check`).
+type ReadWith<T> =
+    fn(&Path, &Opener, &Trust, &dyn Progress) -> Result<T, sentia_backup_ops::BackupError>;
+
+/// The archive `a` names, on this machine (downloaded if need be), opened, checked and its
+/// snapshots kept for a restore or a drill.
 async fn checked(common: &Common, a: &Archive) -> anyhow::Result<(Local, Verified, Opener)> {
     let local = fetch(&a.archive).await?;
-    let (checked, opener) = open(common, local.path(), &a.key, &a.trust).await?;
+    let (checked, opener) = open(
+        common,
+        local.path(),
+        &a.key,
+        &a.trust,
+        sentia_backup_ops::verify_with,
+    )
+    .await?;
     Ok((local, checked, opener))
 }
 
@@ -509,12 +530,13 @@ async fn list(common: &Common, destination: &str) -> anyhow::Result<()> {
 }
 
 /// Opens and checks `archive`, with the key-service public keys unless `--offline`.
-async fn open(
+async fn open<T: Send + 'static>(
     common: &Common,
     archive: &Path,
     key: &Key,
     trust: &TrustArgs,
-) -> anyhow::Result<(Verified, Opener)> {
+    read_with: ReadWith<T>,
+) -> anyhow::Result<(T, Opener)> {
     let read = |path: &Path, what: &str| -> anyhow::Result<Zeroizing<String>> {
         Ok(Zeroizing::new(std::fs::read_to_string(path).with_context(
             || format!("reading the {what} from {}", path.display()),
@@ -568,8 +590,7 @@ async fn open(
     let bars = Bars::new(common);
     let reporting = bars.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        sentia_backup_ops::verify_with(&path, &opener, &trusted, reporting.as_ref())
-            .map(|v| (v, opener))
+        read_with(&path, &opener, &trusted, reporting.as_ref()).map(|v| (v, opener))
     })
     .await;
     bars.finish();
@@ -577,7 +598,7 @@ async fn open(
     Ok((checked, opener))
 }
 
-fn describe(v: &Verified) {
+fn describe(v: &Checked) {
     let m = &v.manifest;
     println!(
         "  archive {}  made {}  release {}",
@@ -635,7 +656,7 @@ impl Bars {
     }
 }
 
-impl sentia_backup_ops::Progress for Bars {
+impl Progress for Bars {
     fn stage(&self, what: &str, total: Option<u64>) {
         self.finish();
         if !self.shown {

@@ -293,11 +293,7 @@ pub enum Item {
 /// closing line. What [`load`] and a backup's verification both read it with.
 pub struct Parser<'a> {
     lines: Lines<'a>,
-    dialect: String,
-    counts: Counts,
-    current: Option<(String, usize, u64)>,
-    tables: u64,
-    finished: bool,
+    walker: Walker,
 }
 
 /// A snapshot's lines, numbered.
@@ -312,51 +308,151 @@ impl<'a> Parser<'a> {
     pub fn new(snapshot: &'a [u8]) -> Result<Self, SnapshotError> {
         let mut parser = Self {
             lines: snapshot.split(newline as fn(&u8) -> bool).enumerate(),
-            dialect: String::new(),
-            counts: Counts::default(),
-            current: None,
-            tables: 0,
-            finished: false,
+            walker: Walker::default(),
         };
-        let first = parser
-            .line()?
-            .ok_or_else(|| mismatch("the snapshot is empty".into()))?;
-        let version = first["schema_version"].as_i64();
-        let (Some(version), Some(dialect)) = (version, first["dialect"].as_str()) else {
-            return Err(mismatch("not a database snapshot (format 1)".into()));
-        };
-        if first["snapshot"] != json!(1) {
-            return Err(mismatch("not a database snapshot (format 1)".into()));
+        while !parser.walker.started {
+            let Some((n, line)) = parser.lines.next() else {
+                return Err(parser.walker.unfinished());
+            };
+            parser.walker.line(n + 1, line)?;
         }
-        parser.dialect = dialect.to_string();
-        parser.counts.schema_version = version;
         Ok(parser)
     }
 
     /// The dialect of the database it was taken from (`sqlite`, `postgres`).
     pub fn dialect(&self) -> &str {
-        &self.dialect
+        &self.walker.dialect
     }
 
     /// The schema version it was taken at, and (once read to the end) its rows per table.
     pub fn counts(&self) -> &Counts {
-        &self.counts
+        &self.walker.counts
     }
 
-    /// The next table header or row; `None` after the closing line.
+    /// The next table header or row; `None` after the closing line (and only blank lines
+    /// after it).
     pub fn next_item(&mut self) -> Result<Option<Item>, SnapshotError> {
-        if self.finished {
+        for (n, line) in self.lines.by_ref() {
+            if let Some(item) = self.walker.line(n + 1, line)? {
+                return Ok(Some(item));
+            }
+        }
+        if self.walker.finished {
+            Ok(None)
+        } else {
+            Err(self.walker.unfinished())
+        }
+    }
+
+    /// Reads to the end, checking everything, and returns the counts.
+    pub fn finish(mut self) -> Result<Counts, SnapshotError> {
+        while self.next_item()?.is_some() {}
+        Ok(self.walker.counts)
+    }
+}
+
+/// Longest snapshot line [`Feed`] accepts: far above any row (a secret value is at most
+/// 64 KiB), low enough that a stream without newlines cannot take all memory.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Reads a snapshot as it arrives, in pieces that may split lines anywhere, with the checks
+/// of [`Parser`]; holds one line at a time, so a backup never needs a whole snapshot in
+/// memory to describe it.
+#[derive(Default)]
+pub struct Feed {
+    walker: Walker,
+    partial: Vec<u8>,
+    line: usize,
+}
+
+impl Feed {
+    /// A feed expecting a snapshot's first line.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads `bytes`, handing each table header and row they complete to `visit`.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        mut visit: impl FnMut(Item) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        while let Some(at) = bytes.iter().position(|b| *b == b'\n') {
+            let (head, rest) = (&bytes[..at], &bytes[at + 1..]);
+            self.line += 1;
+            let item = if self.partial.is_empty() {
+                self.walker.line(self.line, head)?
+            } else {
+                self.partial.extend_from_slice(head);
+                let line = std::mem::take(&mut self.partial);
+                self.walker.line(self.line, &line)?
+            };
+            if let Some(item) = item {
+                visit(item)?;
+            }
+            bytes = rest;
+        }
+        if self.partial.len() + bytes.len() > MAX_LINE {
+            return Err(mismatch(format!(
+                "snapshot line {} is longer than {MAX_LINE} bytes",
+                self.line + 1
+            )));
+        }
+        self.partial.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Ends the snapshot: its dialect and counts once it is whole and well formed.
+    pub fn finish(
+        mut self,
+        visit: impl FnMut(Item) -> Result<(), SnapshotError>,
+    ) -> Result<(String, Counts), SnapshotError> {
+        if !self.partial.is_empty() {
+            self.push(b"\n", visit)?;
+        }
+        if !self.walker.finished {
+            return Err(self.walker.unfinished());
+        }
+        Ok((self.walker.dialect, self.walker.counts))
+    }
+}
+
+/// The structural checks of a snapshot, one line at a time: the state both [`Parser`] (a
+/// whole snapshot) and [`Feed`] (one arriving in pieces) keep.
+#[derive(Default)]
+struct Walker {
+    dialect: String,
+    counts: Counts,
+    current: Option<(String, usize, u64)>,
+    tables: u64,
+    started: bool,
+    finished: bool,
+}
+
+impl Walker {
+    /// Checks line `n` (1-based); a table header or row it holds comes back.
+    fn line(&mut self, n: usize, line: &[u8]) -> Result<Option<Item>, SnapshotError> {
+        if line.is_empty() {
             return Ok(None);
         }
-        let v = match (self.line()?, &self.current) {
-            (Some(v), _) => v,
-            (None, Some((table, ..))) => {
-                return Err(mismatch(format!("the snapshot ends inside table {table}")));
+        if self.finished {
+            return Err(mismatch("lines follow the snapshot's last line".into()));
+        }
+        let v: Value = serde_json::from_slice(line)
+            .map_err(|e| mismatch(format!("snapshot line {n}: {e}")))?;
+        if !self.started {
+            let version = v["schema_version"].as_i64();
+            let (Some(version), Some(dialect)) = (version, v["dialect"].as_str()) else {
+                return Err(mismatch("not a database snapshot (format 1)".into()));
+            };
+            if v["snapshot"] != json!(1) {
+                return Err(mismatch("not a database snapshot (format 1)".into()));
             }
-            (None, None) => {
-                return Err(mismatch("the snapshot ends before its last line".into()));
-            }
-        };
+            self.dialect = dialect.to_string();
+            self.counts.schema_version = version;
+            self.started = true;
+            return Ok(None);
+        }
         if let Some((table, width, rows)) = &mut self.current {
             if let Some(end) = v.get("end") {
                 if end.as_str() != Some(table.as_str()) || v["rows"].as_u64() != Some(*rows) {
@@ -366,7 +462,7 @@ impl<'a> Parser<'a> {
                 }
                 self.counts.rows.insert(table.clone(), *rows);
                 self.current = None;
-                return self.next_item();
+                return Ok(None);
             }
             let Value::Array(values) = v else {
                 return Err(mismatch(format!("table {table}: a row is not an array")));
@@ -380,15 +476,12 @@ impl<'a> Parser<'a> {
             *rows += 1;
             return Ok(Some(Item::Row(values)));
         }
-        if let Some(n) = v.get("tables") {
-            if n.as_u64() != Some(self.tables) {
+        if let Some(count) = v.get("tables") {
+            if count.as_u64() != Some(self.tables) {
                 return Err(mismatch(format!(
-                    "the last line says {n} tables, {} were read",
+                    "the last line says {count} tables, {} were read",
                     self.tables
                 )));
-            }
-            if self.line()?.is_some() {
-                return Err(mismatch("lines follow the snapshot's last line".into()));
             }
             self.finished = true;
             return Ok(None);
@@ -415,22 +508,13 @@ impl<'a> Parser<'a> {
         }))
     }
 
-    /// Reads to the end, checking everything, and returns the counts.
-    pub fn finish(mut self) -> Result<Counts, SnapshotError> {
-        while self.next_item()?.is_some() {}
-        Ok(self.counts)
-    }
-
-    fn line(&mut self) -> Result<Option<Value>, SnapshotError> {
-        for (n, l) in self.lines.by_ref() {
-            if l.is_empty() {
-                continue;
-            }
-            return serde_json::from_slice(l)
-                .map(Some)
-                .map_err(|e| mismatch(format!("snapshot line {}: {e}", n + 1)));
+    /// Why a snapshot that stopped here is incomplete.
+    fn unfinished(&self) -> SnapshotError {
+        match (&self.current, self.started) {
+            (_, false) => mismatch("the snapshot is empty".into()),
+            (Some((table, ..)), _) => mismatch(format!("the snapshot ends inside table {table}")),
+            (None, true) => mismatch("the snapshot ends before its last line".into()),
         }
-        Ok(None)
     }
 }
 
@@ -642,13 +726,40 @@ mod tests {
 {"tables":2}
 "#;
 
+    /// Reads `text` whole with [`Parser`] and fed in pieces of every size from 1 to 9 bytes
+    /// with [`Feed`]; all must agree, errors included.
     fn read(text: &str) -> Result<(Vec<Item>, Counts), SnapshotError> {
-        let mut p = Parser::new(text.as_bytes())?;
-        let mut items = Vec::new();
-        while let Some(i) = p.next_item()? {
-            items.push(i);
+        let whole: Result<_, SnapshotError> = (|| {
+            let mut p = Parser::new(text.as_bytes())?;
+            let mut items = Vec::new();
+            while let Some(i) = p.next_item()? {
+                items.push(i);
+            }
+            Ok((items, p.finish()?))
+        })();
+        for size in 1..10 {
+            let fed: Result<_, SnapshotError> = (|| {
+                let mut feed = Feed::new();
+                let mut items = Vec::new();
+                for piece in text.as_bytes().chunks(size) {
+                    feed.push(piece, |i| {
+                        items.push(i);
+                        Ok(())
+                    })?;
+                }
+                let (_, counts) = feed.finish(|i| {
+                    items.push(i);
+                    Ok(())
+                })?;
+                Ok((items, counts))
+            })();
+            match (&whole, &fed) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "pieces of {size}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "pieces of {size}"),
+                _ => panic!("pieces of {size}: {fed:?} where the whole gives {whole:?}"),
+            }
         }
-        Ok((items, p.finish()?))
+        whole
     }
 
     #[test]
@@ -661,6 +772,14 @@ mod tests {
             counts.rows.into_iter().collect::<Vec<_>>(),
             [("a".to_string(), 2), ("b".to_string(), 0)]
         );
+    }
+
+    #[test]
+    fn a_fed_line_longer_than_the_bound_is_refused() {
+        let mut feed = Feed::new();
+        let long = vec![b'x'; MAX_LINE + 1];
+        let err = feed.push(&long, |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("line 1 is longer than"), "{err}");
     }
 
     #[test]
@@ -687,6 +806,8 @@ mod tests {
             ),
             (GOOD.replace("\"snapshot\":1", "\"snapshot\":2"), "format 1"),
             (GOOD.replace("[1,\"AA==\"]", "[1,"), "snapshot line 3"),
+            (String::new(), "is empty"),
+            (format!("{GOOD}[3]"), "lines follow"),
         ];
         for (text, wanted) in cases {
             let err = read(&text).unwrap_err().to_string();

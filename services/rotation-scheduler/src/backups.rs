@@ -360,7 +360,13 @@ impl Backups {
             Ok(key) => {
                 let (at, trust) = (path.clone(), trust.clone());
                 tokio::task::spawn_blocking(move || {
-                    sentia_backup_ops::verify(&at, &Opener::Archive(key), &trust).map(|_| ())
+                    sentia_backup_ops::check(
+                        &at,
+                        &Opener::Archive(key),
+                        &trust,
+                        &sentia_backup_ops::Quiet,
+                    )
+                    .map(|_| ())
                 })
                 .await
                 .map_err(|e| BackupError::Invalid(format!("the check stopped: {e}")))?

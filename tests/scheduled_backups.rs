@@ -87,6 +87,22 @@ async fn alert(sandbox: &Sandbox, rule: &str, about: &str) -> apb::Alert {
     }
 }
 
+/// The report of a drill that passed (of an empty archive).
+fn passed() -> sentia_backup_restore::DrillReport {
+    sentia_backup_restore::DrillReport {
+        archive_id: "0123456789abcdef".into(),
+        restored: sentia_backup_restore::Restored {
+            rows: Default::default(),
+            versions_checked: 0,
+        },
+        versions_read: 0,
+        versions_deleted: 0,
+        versions_destroyed: 0,
+        audit_records_checked: 0,
+        rotations_listed: 0,
+    }
+}
+
 async fn trusted_keys(addr: &str) -> HashMap<String, Vec<u8>> {
     sentia_backup_ops::trusted_keys(channel(addr, keys::ADMIN_TOKEN))
         .await
@@ -113,6 +129,16 @@ async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_al
     .unwrap();
     let old = sentia_backup_ops::file_name(now_ms - 100 * 86_400_000, "0ld0ld0ld0");
     std::fs::write(dir.join(&old), b"an archive from long ago").unwrap();
+    // What a backup killed two hours ago left, and one being written right now by someone.
+    let (stale, fresh) = (
+        dir.join("killed.sbk.partial"),
+        dir.join("writing.sbk.partial"),
+    );
+    std::fs::File::create(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    std::fs::write(&fresh, b"in progress").unwrap();
     let master = MasterKey::generate().to_base64().to_string();
     let sandbox = Sandbox::builder()
         .key_setting("SENTIA_MASTER_KEY", &master)
@@ -131,6 +157,11 @@ async fn the_leader_backs_up_into_every_destination_prunes_past_retention_and_al
             .map(|e| e.secret_name.clone())
     })
     .await;
+    assert!(
+        !stale.exists() && fresh.exists(),
+        "the run swept the stale leftover and nothing being written"
+    );
+    std::fs::remove_file(&fresh).unwrap();
     let created = backup_event(&sandbox, |events| {
         let pruned = events
             .iter()
@@ -335,19 +366,7 @@ async fn the_backup_identity_may_begin_backups_and_snapshot_the_keyring_and_noth
 async fn a_drill_s_outcome_is_recorded_as_the_drill_identity_and_a_failed_one_raises_an_alert() {
     let sandbox = Sandbox::builder().audit().start().await.unwrap();
     let drill = || channel(&sandbox.audit().addr, keys::DRILL_TOKEN);
-    let passed = sentia_backup_restore::DrillReport {
-        archive_id: "0123456789abcdef".into(),
-        restored: sentia_backup_restore::Restored {
-            rows: Default::default(),
-            versions_checked: 0,
-        },
-        versions_read: 0,
-        versions_deleted: 0,
-        versions_destroyed: 0,
-        audit_records_checked: 0,
-        rotations_listed: 0,
-    };
-    sentia_backup_restore::record(drill(), "sentia-backup-good.sbk", &Ok(passed))
+    sentia_backup_restore::record(drill(), "sentia-backup-good.sbk", &Ok(passed()))
         .await
         .unwrap();
     let failure = sentia_backup_ops::BackupError::Drill {
@@ -379,6 +398,58 @@ async fn a_drill_s_outcome_is_recorded_as_the_drill_identity_and_a_failed_one_ra
             .any(|a| a.summary.contains("sentia-backup-good.sbk")),
         "a passed drill raises nothing"
     );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_that_stops_reporting_raises_an_alert_and_only_the_drill_itself_counts() {
+    let sandbox = Sandbox::builder()
+        .audit()
+        .audit_setting("SENTIA_DRILL_OVERDUE_AFTER", "2s")
+        .start()
+        .await
+        .unwrap();
+    // The log begins with vault-service's identity claiming a passed drill: no report.
+    sandbox
+        .audit()
+        .client(keys::SERVICE_TOKEN)
+        .append_events(apb::AppendEventsRequest {
+            events: vec![apb::AuditEvent {
+                time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
+                event_type: "backup".into(),
+                service: "backup-drill".into(),
+                principal: "backup-drill".into(),
+                operation: "backup_drill_passed".into(),
+                emitter_id: unique("emitter"),
+                emitter_sequence: 1,
+                success: true,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let never = alert(&sandbox, "BackupDrillOverdue", "none ever").await;
+    assert!(
+        never.summary.contains("SENTIA_DRILL_OVERDUE_AFTER"),
+        "{}",
+        never.summary
+    );
+    assert_eq!(never.principal, "backup-drill");
+    sandbox
+        .audit()
+        .client(keys::ADMIN_TOKEN)
+        .acknowledge_alert(apb::AcknowledgeAlertRequest { id: never.id })
+        .await
+        .unwrap();
+    // The drill job reports; two seconds later it is owed again, counted from that report.
+    sentia_backup_restore::record(
+        channel(&sandbox.audit().addr, keys::DRILL_TOKEN),
+        "sentia-backup-good.sbk",
+        &Ok(passed()),
+    )
+    .await
+    .unwrap();
+    alert(&sandbox, "BackupDrillOverdue", "its last report").await;
     sandbox.stop().await;
 }
 

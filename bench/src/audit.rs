@@ -164,6 +164,7 @@ async fn alert_rows() {
                 // Never fires: the row measures counting, not alert delivery.
                 high_frequency: Rate::parse("1000000000/1m").unwrap_or_else(|| unreachable!()),
                 sources: Default::default(),
+                drill_overdue_after: None,
             },
             Windows::memory(),
         );

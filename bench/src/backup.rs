@@ -1,7 +1,7 @@
 //! Backups at scale (10^5 secret versions by default): `sentia backup` create, verify,
 //! restore and drill as secret versions per second, each as a ratio to the plain snapshot
 //! dump (or load) of vault-service's database measured in the same run on the same server,
-//! the archive's bytes per version, and the process's peak memory.
+//! the archive's bytes per version, and how much each adds to the process's peak memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,22 @@ use crate::Args;
 /// Peak resident set size of this process, from /proc (0 where there is none).
 fn peak_rss_mb() -> f64 {
     crate::soak::status_mb("VmHWM:")
+}
+
+/// How much a phase adds to the process's memory at its peak: the high-water mark is reset
+/// at the start (`/proc/self/clear_refs`, Linux 4.0+) and compared with the resident size
+/// then, so services running in the same process count only for what they add.
+struct Growth(f64);
+
+impl Growth {
+    fn start() -> Self {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Self(crate::soak::status_mb("VmRSS:"))
+    }
+
+    fn mb(&self) -> f64 {
+        (peak_rss_mb() - self.0).max(0.0)
+    }
 }
 
 async fn targets(args: &Args, dir: &std::path::Path, tag: &str) -> anyhow::Result<Targets> {
@@ -103,12 +119,25 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let dump = t.elapsed().as_secs_f64();
     pool.close().await;
 
+    let grown = Growth::start();
     let t = Instant::now();
     let (archive, _) = sentia_backup_ops::create(&running.sources()?, &dir).await?;
     let create = t.elapsed().as_secs_f64();
+    let create_mb = grown.mb();
     let bytes = std::fs::metadata(&archive)?.len();
     running.stop().await;
 
+    let grown = Growth::start();
+    let t = Instant::now();
+    let (path, open) = (archive.clone(), opener()?);
+    tokio::task::spawn_blocking(move || {
+        sentia_backup_ops::check(&path, &open, &Trust::Embedded, &sentia_backup_ops::Quiet)
+    })
+    .await??;
+    let check = t.elapsed().as_secs_f64();
+    let check_mb = grown.mb();
+
+    let grown = Growth::start();
     let t = Instant::now();
     let (path, open) = (archive.clone(), opener()?);
     let checked = tokio::task::spawn_blocking(move || {
@@ -116,6 +145,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     })
     .await??;
     let verify = t.elapsed().as_secs_f64();
+    let verify_mb = grown.mb();
 
     // Baseline: the same vault snapshot loaded into a fresh database.
     let fresh = crate::vault::database(args, &dir, "bk_load").await?;
@@ -133,13 +163,17 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     pool.close().await;
 
     let target = targets(args, &dir, "bk_restored").await?;
+    let grown = Growth::start();
     let t = Instant::now();
     sentia_backup_restore::restore(&checked, &target, false).await?;
     let restore = t.elapsed().as_secs_f64();
+    let restore_mb = grown.mb();
 
+    let grown = Growth::start();
     let t = Instant::now();
     let report = sentia_backup_restore::drill(&checked, &opener()?, &dir.join("drill")).await?;
     let drill = t.elapsed().as_secs_f64();
+    let drill_mb = grown.mb();
     anyhow::ensure!(
         report.versions_read as u64 == versions,
         "the drill read {} versions of {versions}",
@@ -148,41 +182,58 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
     let n = versions as f64;
     println!(
-        "\n{:<58} {:>8} {:>11} {:>10}",
-        "row", "seconds", "versions/s", "ratio"
+        "\n{:<58} {:>8} {:>11} {:>7} {:>9}",
+        "row", "seconds", "versions/s", "ratio", "+peak MB"
     );
-    let row = |name: &str, secs: f64, base: f64| {
+    let row = |name: &str, secs: f64, base: f64, mb: Option<f64>| {
         println!(
-            "{name:<58} {secs:>8.2} {:>11.0} {:>10.2}",
+            "{name:<58} {secs:>8.2} {:>11.0} {:>7.2} {:>9}",
             n / secs,
-            base / secs
+            base / secs,
+            mb.map_or("-".into(), |m| format!("{m:.0}"))
         );
     };
     row(
         "snapshot dump of vault-service's database (baseline)",
         dump,
         dump,
+        None,
     );
     row(
         "create: 4 snapshots, encrypt, sign, read back",
         create,
         dump,
+        Some(create_mb),
     );
     row(
-        "verify: decrypt, digests, audit chain (÷ dump)",
+        "check: decrypt, digests, audit chain, holding nothing",
+        check,
+        dump,
+        Some(check_mb),
+    );
+    row(
+        "verify: as check, keeping the snapshots to restore",
         verify,
         dump,
+        Some(verify_mb),
     );
-    row("snapshot load into a fresh database (baseline)", load, load);
+    row(
+        "snapshot load into a fresh database (baseline)",
+        load,
+        load,
+        None,
+    );
     row(
         "restore: 4 databases, read back, match digests",
         restore,
         load,
+        Some(restore_mb),
     );
     row(
         "drill: restore + 4 services + read every version",
         drill,
         load,
+        Some(drill_mb),
     );
     println!(
         "\narchive {bytes} bytes: {:.0} bytes per secret version (snapshot {:.0}); peak RSS {:.0} MB",

@@ -262,7 +262,7 @@ pub async fn create_in(
     let dir = match first_dir {
         Some(d) => d.to_path_buf(),
         None => staging.join(format!(
-            "sentia-backup-staging-{}",
+            "{STAGING_PREFIX}{}",
             hex::encode(sentia_crypto::random_bytes(6))
         )),
     };
@@ -300,6 +300,56 @@ pub async fn create_in(
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// How the directories a backup works in are named, under a staging directory: what
+/// [`sweep`] knows to be its own.
+pub const STAGING_PREFIX: &str = "sentia-backup-staging-";
+
+/// Removes what backups stopped without cleaning up (a crash, a kill, a shutdown mid-run)
+/// left in `dir`: archives still being written (`*.sbk.partial`) and staging directories
+/// (named with [`STAGING_PREFIX`]), none of them touched for `older_than`, so work in
+/// progress, here or by another process sharing the directory, is never taken. Returns what
+/// it removed; a missing `dir` holds nothing.
+pub fn sweep(dir: &Path, older_than: std::time::Duration) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now();
+    let stale = |path: &Path| -> std::io::Result<bool> {
+        let mut newest = std::fs::symlink_metadata(path)?.modified()?;
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                newest = newest.max(entry?.metadata()?.modified()?);
+            }
+        }
+        Ok(now
+            .duration_since(newest)
+            .is_ok_and(|age| age >= older_than))
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let kind = entry.file_type()?;
+        let ours = (kind.is_dir() && name.starts_with(STAGING_PREFIX))
+            || (kind.is_file() && name.ends_with(".sbk.partial"));
+        let path = entry.path();
+        if !ours || !stale(&path)? {
+            continue;
+        }
+        if kind.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+        tracing::warn!(path = %path.display(), "removed what an interrupted backup left behind");
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// Streams one service's snapshot into `sink`, piece by piece as it arrives; the first error
@@ -366,4 +416,43 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options.open(path)?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_sweep_removes_only_stale_leftovers_of_backups() {
+        let dir = std::env::temp_dir().join(format!(
+            "sentia_sweep_{}",
+            hex::encode(sentia_crypto::random_bytes(6))
+        ));
+        std::fs::create_dir_all(dir.join(format!("{STAGING_PREFIX}old"))).unwrap();
+        std::fs::write(dir.join(format!("{STAGING_PREFIX}old/x.sbk.partial")), b"x").unwrap();
+        std::fs::write(dir.join("a.sbk.partial"), b"x").unwrap();
+        std::fs::write(dir.join("kept.sbk"), b"x").unwrap();
+        std::fs::create_dir_all(dir.join("unrelated")).unwrap();
+        // Touched just now: nothing is old enough.
+        assert!(sweep(&dir, Duration::from_secs(3600)).unwrap().is_empty());
+        let mut removed = sweep(&dir, Duration::ZERO).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                dir.join("a.sbk.partial"),
+                dir.join(format!("{STAGING_PREFIX}old"))
+            ]
+        );
+        assert!(dir.join("kept.sbk").exists() && dir.join("unrelated").exists());
+        assert!(
+            sweep(&dir.join("missing"), Duration::ZERO)
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -20,7 +20,9 @@ pub mod manifest;
 mod progress;
 mod verify;
 
-pub use create::{Made, Source, Sources, create, create_in, create_with, trusted_keys};
+pub use create::{
+    Made, STAGING_PREFIX, Source, Sources, create, create_in, create_with, sweep, trusted_keys,
+};
 pub use destination::{Destination, Stored, create_private_dir, created_ms, expired};
 pub use error::BackupError;
 pub use manifest::{AuditHead, Manifest, ServiceSnapshot, VersionDigest};

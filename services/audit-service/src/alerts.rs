@@ -88,6 +88,10 @@ pub struct Rules {
     /// `SENTIA_ALERT_SOURCES`: `principal=cidr|cidr;...` — where each listed principal may
     /// call from. Principals not listed are not checked.
     pub sources: HashMap<String, Vec<Cidr>>,
+    /// `SENTIA_DRILL_OVERDUE_AFTER` (unset: off; the shipped deployments that run the drill
+    /// job set 35d): BackupDrillOverdue when no restore drill has reported for this long, so
+    /// a drill job that was never scheduled, or stopped running, is noticed.
+    pub drill_overdue_after: Option<Duration>,
 }
 
 impl Rules {
@@ -125,11 +129,100 @@ impl Rules {
                 }
             }
         }
+        let drill_overdue_after = r.optional("SENTIA_DRILL_OVERDUE_AFTER").and_then(|raw| {
+            let after = sentia_runtime::config::parse_duration(&raw).filter(|d| !d.is_zero());
+            if after.is_none() {
+                r.problem(format!(
+                    "SENTIA_DRILL_OVERDUE_AFTER={raw:?} must be a positive duration such as 35d"
+                ));
+            }
+            after
+        });
         Self {
             failed_access,
             high_frequency,
             sources,
+            drill_overdue_after,
         }
+    }
+}
+
+/// The identity the restore drill job reports as (its outcome events are appended by it).
+pub const DRILL_IDENTITY: &str = "backup-drill";
+
+/// Since when a drill is owed, if it is overdue at `now_ms`: the newest drill report, or —
+/// none ever made — the oldest record of the log (how long this deployment has been
+/// keeping one); `None` when it is not overdue or the log is empty.
+fn drill_overdue_since(
+    now_ms: i64,
+    last_drill_ms: Option<i64>,
+    oldest_record_ms: Option<i64>,
+    after: Duration,
+) -> Option<i64> {
+    let since = last_drill_ms.or(oldest_record_ms)?;
+    let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+    (now_ms.saturating_sub(since) > after_ms).then_some(since)
+}
+
+/// Raises BackupDrillOverdue when no restore drill has reported within `after` — once: not
+/// again while that alert is open (unacknowledged). Looks every tenth of `after`, at most
+/// hourly.
+pub async fn watch_drills(
+    store: Store,
+    webhook: Option<crate::webhook::Webhook>,
+    after: Duration,
+    shutdown: Shutdown,
+) {
+    let every = (after / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+        let now = sentia_proto::wkt::now_ms();
+        let looked = async {
+            let last = store.last_report_of(DRILL_IDENTITY, "backup").await?;
+            let oldest = store.oldest_record_time().await?;
+            let open = store.open_alerts_of("BackupDrillOverdue").await?;
+            Ok::<_, crate::error::AuditError>((last, oldest, open))
+        };
+        let (last, oldest, open) = match looked.await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up the last restore drill; retrying");
+                continue;
+            }
+        };
+        let Some(since) = drill_overdue_since(now, last, oldest, after) else {
+            continue;
+        };
+        if open > 0 {
+            continue;
+        }
+        let summary = format!(
+            "no restore drill has reported since {} ({}, more than SENTIA_DRILL_OVERDUE_AFTER): \
+             backups are not being proven restorable; check that the drill job is scheduled \
+             and can reach audit-service",
+            sentia_proto::wkt::utc(since.div_euclid(1000)),
+            if last.is_some() {
+                "its last report"
+            } else {
+                "none ever; the oldest record of the log"
+            }
+        );
+        let alert = Alert {
+            id: uuid::Uuid::now_v7().to_string(),
+            rule: "BackupDrillOverdue".into(),
+            severity: Severity::Critical as i32,
+            summary,
+            principal: DRILL_IDENTITY.into(),
+            secret_name: String::new(),
+            time: Some(sentia_proto::wkt::timestamp(now)),
+            sequences: Vec::new(),
+            acknowledged: false,
+            acknowledged_by: String::new(),
+        };
+        raise(&store, webhook.as_ref(), alert).await;
     }
 }
 
@@ -314,7 +407,7 @@ fn rotation_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
 /// destination for a copy or a prune, the archive for a drill, empty for a backup itself.
 fn backup_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
     let at = &e.secret_name;
-    if e.service == "backup-drill" {
+    if e.service == DRILL_IDENTITY {
         return (e.operation == "backup_drill_failed").then(|| {
             (
                 "BackupDrillFailed",
@@ -547,7 +640,31 @@ mod tests {
                 "app:billing".to_string(),
                 vec![Cidr::parse("10.0.0.0/8").unwrap()],
             )]),
+            drill_overdue_after: None,
         }
+    }
+
+    #[test]
+    fn a_drill_is_overdue_a_window_after_the_last_report_or_after_the_log_began() {
+        let day = 86_400_000;
+        let after = Duration::from_secs(35 * 86_400);
+        let now = 100 * day;
+        // Reported 10 days ago: fine, however old the log.
+        assert_eq!(
+            drill_overdue_since(now, Some(90 * day), Some(0), after),
+            None
+        );
+        // Reported 40 days ago: owed since then.
+        assert_eq!(
+            drill_overdue_since(now, Some(60 * day), Some(0), after),
+            Some(60 * day)
+        );
+        // Never reported: a log 20 days old is still in its first window, a 100-day-old one
+        // is overdue since it began.
+        assert_eq!(drill_overdue_since(now, None, Some(80 * day), after), None);
+        assert_eq!(drill_overdue_since(now, None, Some(0), after), Some(0));
+        // An empty log owes nothing.
+        assert_eq!(drill_overdue_since(now, None, None, after), None);
     }
 
     fn denied(ms: i64) -> AuditEvent {

@@ -81,6 +81,14 @@ pub async fn run(
         }
         None => alerts::Windows::memory(),
     };
+    if let Some(after) = config.rules.drill_overdue_after {
+        tokio::spawn(alerts::watch_drills(
+            store.clone(),
+            config.webhook.clone(),
+            after,
+            shutdown.clone(),
+        ));
+    }
     let alert_queue = alerts::spawn(
         alerts::Engine::new(config.rules.clone(), windows),
         store.clone(),

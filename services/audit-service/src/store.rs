@@ -562,6 +562,43 @@ impl Store {
         row.as_ref().map(alert_from).transpose()
     }
 
+    /// When `identity` last appended an event of `event_type` about itself (its principal
+    /// and the authenticated appender both `identity`, so no other caller can stand in for
+    /// it), in ms; `None` if never.
+    pub async fn last_report_of(
+        &self,
+        identity: &str,
+        event_type: &str,
+    ) -> Result<Option<i64>, AuditError> {
+        let row = sqlx::query(
+            "SELECT MAX(time) AS t FROM audit_records WHERE principal = $1 AND appender = $1 \
+             AND event_type = $2",
+        )
+        .bind(identity)
+        .bind(event_type)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    /// The time of the oldest retained record, in ms; `None` when the log is empty.
+    pub async fn oldest_record_time(&self) -> Result<Option<i64>, AuditError> {
+        let row = sqlx::query("SELECT MIN(time) AS t FROM audit_records")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    /// How many alerts of `rule` are still unacknowledged.
+    pub async fn open_alerts_of(&self, rule: &str) -> Result<i64, AuditError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM alerts WHERE acknowledged = 0 AND rule = $1")
+                .bind(rule)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// The oldest retained sequence (head + 1 when empty).
     pub async fn oldest(&self) -> Result<u64, AuditError> {
         let row = sqlx::query("SELECT MIN(sequence) AS m FROM audit_records")

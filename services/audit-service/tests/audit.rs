@@ -967,6 +967,7 @@ async fn replicas_share_alert_windows_through_redis() {
                 failed_access: Rate::parse("5/5m").unwrap(),
                 high_frequency: Rate::parse("1000/1m").unwrap(),
                 sources: Default::default(),
+                drill_overdue_after: None,
             },
             Windows::Redis {
                 conn,

@@ -229,6 +229,7 @@ impl Backups {
         tokio::spawn(async move {
             let span = tracing::info_span!("scheduled_backup", %id, kind);
             let work = async {
+                this.sweep();
                 let outcome = if kind == "backup" {
                     let made = this.run(&id).await;
                     this.metrics.backup(&made);
@@ -248,6 +249,17 @@ impl Backups {
             }
             this.running.store(false, Ordering::Release);
         });
+    }
+
+    /// Removes what runs stopped by a crash or a shutdown left in the staging directory and
+    /// the first directory destination (nothing touched within [`LEFTOVER_AGE`]).
+    fn sweep(&self) {
+        let first_dir = self.destinations.first().and_then(Destination::dir);
+        for dir in std::iter::once(self.config.staging.as_path()).chain(first_dir) {
+            if let Err(e) = sentia_backup_ops::sweep(dir, LEFTOVER_AGE) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove what interrupted backups left");
+            }
+        }
     }
 
     /// One backup: make, copy, prune; says how it went.
@@ -289,7 +301,7 @@ impl Backups {
         let scratch = self
             .config
             .staging
-            .join(format!("sentia-backup-check-{id}"));
+            .join(format!("{}check-{id}", sentia_backup_ops::STAGING_PREFIX));
         for dest in self.destinations.iter() {
             let stored = match dest.list().await {
                 Ok(stored) => stored,
@@ -329,13 +341,20 @@ impl Backups {
             failed = failures.len(),
             "stored backups checked"
         );
-        BackupOutcome {
+        let outcome = BackupOutcome {
             finished_ms: self.clock.now_ms(),
             outcome: "checked",
             archive: None,
             copies: verified,
             detail: (!failures.is_empty()).then(|| failures.join("; ")),
-        }
+        };
+        self.metrics.check(
+            verified.into(),
+            skipped.into(),
+            failures.len() as u64,
+            &outcome,
+        );
+        outcome
     }
 
     /// Verifies one stored archive: in place in a directory, downloaded from a bucket.
@@ -456,6 +475,10 @@ impl Backups {
         crate::engine::record(&self.emitter, "backup", op, subject, id, code).await;
     }
 }
+
+/// How long what a backup run writes must lie untouched before a later run takes it for
+/// the leftover of an interrupted one: far longer than any run pauses between writes.
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// The status code a failed backup is audited with: the failing service's own, else
 /// UNAVAILABLE for storage and INTERNAL for an archive that did not check out.

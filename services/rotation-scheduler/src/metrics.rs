@@ -1,6 +1,7 @@
 //! OpenTelemetry metrics of the leader: rotations by result, how many secrets are overdue,
 //! and how long since each secret last rotated; scheduled backups by outcome, when the last
-//! good one ended and its size. Exported over OTLP when the runtime's
+//! good one ended and its size; stored archives checked, by result, and when every stored
+//! copy last checked good. Exported over OTLP when the runtime's
 //! telemetry sets a meter provider (`OTEL_EXPORTER_OTLP_ENDPOINT`); no-ops otherwise.
 
 use opentelemetry::KeyValue;
@@ -15,6 +16,8 @@ pub struct Metrics {
     backups: Counter<u64>,
     last_backup: Gauge<f64>,
     backup_bytes: Gauge<u64>,
+    archives_checked: Counter<u64>,
+    last_good_check: Gauge<f64>,
 }
 
 impl Metrics {
@@ -53,6 +56,44 @@ impl Metrics {
                 .with_description("Size of the newest scheduled backup's archive")
                 .with_unit("By")
                 .build(),
+            archives_checked: meter
+                .u64_counter("sentia.backup.archives_checked")
+                .with_description(
+                    "Stored archives read back by the scheduled check: verified, failed (or a \
+                     destination that could not be listed), skipped (keyed to an earlier master \
+                     version)",
+                )
+                .build(),
+            last_good_check: meter
+                .f64_gauge("sentia.backup.last_good_check")
+                .with_description(
+                    "When the newest scheduled check that found every stored archive good ended",
+                )
+                .with_unit("s")
+                .build(),
+        }
+    }
+
+    /// A scheduled check of the stored archives: how many were verified, skipped and failed;
+    /// one that reached every destination and found nothing wrong moves `last_good_check`.
+    pub fn check(
+        &self,
+        verified: u64,
+        skipped: u64,
+        failed: u64,
+        run: &crate::store::BackupOutcome,
+    ) {
+        for (result, n) in [
+            ("verified", verified),
+            ("skipped", skipped),
+            ("failed", failed),
+        ] {
+            self.archives_checked
+                .add(n, &[KeyValue::new("result", result)]);
+        }
+        if run.detail.is_none() {
+            self.last_good_check
+                .record(run.finished_ms.max(0) as f64 / 1000.0, &[]);
         }
     }
 

@@ -2,6 +2,7 @@
 //! log in (`sentia login`, `sentia token`), operate key-service (`sentia key`) and rotation
 //! (`sentia rotation`).
 
+mod agent;
 mod audit;
 mod backup;
 mod conn;
@@ -44,6 +45,8 @@ enum Command {
     Rotation(rotation::RotationArgs),
     /// Back up, check and restore the whole deployment.
     Backup(backup::BackupArgs),
+    /// Run a program with secrets in its environment, restarting or signalling it on change.
+    Agent(agent::AgentArgs),
     /// Check a server's gRPC health (for container health checks).
     Health(ops::HealthArgs),
     /// Make a CA and service certificates for a first deployment.
@@ -86,6 +89,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Secret(args) => secret::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Login(args) => token::login(args).await,
         Command::Token(args) => token::run(args).await,
         Command::Audit(args) => audit::run(args).await,

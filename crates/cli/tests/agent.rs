@@ -1,0 +1,161 @@
+//! `sentia agent run` against real key-service and vault-service: a program gets its secrets in
+//! its environment and is restarted or signalled when one changes.
+#![allow(clippy::unwrap_used)]
+
+mod shell;
+use sentia_testkit as support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{Backend, Stack};
+use tokio::process::{Child, Command};
+
+async fn sentia(s: &Stack, args: &[&str], stdin: &[u8]) -> String {
+    let (ok, out, err) = shell::sentia(
+        &[("SENTIA_ADDR", &s.addr), ("SENTIA_TOKEN", &s.root_token)],
+        args,
+        stdin,
+    )
+    .await;
+    assert!(ok, "sentia {args:?}: {err}");
+    out
+}
+
+/// `sentia agent run ARGS -- sh -c SCRIPT` with `env`, its output discarded.
+fn agent(env: &[(&str, &str)], args: &[&str], script: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .arg("agent")
+        .arg("run")
+        .args(args)
+        .args(["--", "sh", "-c", script])
+        .env_remove("SENTIA_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to a minute) until `file` holds exactly `lines`.
+async fn lines(file: &std::path::Path, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = std::fs::read_to_string(file).unwrap_or_default();
+        if got.lines().collect::<Vec<_>>() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} holds {got:?}, not {want:?}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM to the agent: it stops the program and exits.
+async fn stop(mut agent: Child) {
+    let pid = agent.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await;
+    assert!(killed.unwrap().success());
+    let exited = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await;
+    assert!(exited.is_ok(), "the agent exits on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_in_hands_a_secret_to_its_program_and_restarts_it_when_the_secret_changes() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    sentia(&s, &["secret", "put", "dev/app/db"], b"first-value").await;
+    let out = sentia(
+        &s,
+        &[
+            "token",
+            "create-credential",
+            "app",
+            "--policy",
+            "developer",
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    let cred: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dir = support::scratch_path(&support::unique("agent"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (role, secret, log) = (dir.join("role-id"), dir.join("secret-id"), dir.join("log"));
+    std::fs::write(&role, cred["role_id"].as_str().unwrap()).unwrap();
+    std::fs::write(&secret, cred["secret_id"].as_str().unwrap()).unwrap();
+    let (role, secret) = (role.to_str().unwrap(), secret.to_str().unwrap());
+    let script = format!("echo \"start $DB\" >> {}; exec sleep 600", log.display());
+    let running = agent(
+        &[("SENTIA_ADDR", &s.addr)],
+        &[
+            "--secret",
+            "DB=dev/app/db",
+            "--role-id-file",
+            role,
+            "--secret-id-file",
+            secret,
+        ],
+        &script,
+    );
+    lines(&log, &["start first-value"]).await;
+    sentia(&s, &["secret", "put", "dev/app/db"], b"second-value").await;
+    lines(&log, &["start first-value", "start second-value"]).await;
+    stop(running).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_signals_its_program_on_a_change_instead_of_restarting_it_when_asked() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    sentia(&s, &["secret", "put", "dev/app/key"], b"one").await;
+    let dir = support::scratch_path(&support::unique("agent_hup"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let script = format!(
+        "trap 'echo \"hup $KEY\" >> {0}' HUP; echo \"start $KEY\" >> {0}; \
+         while true; do sleep 0.1; done",
+        log.display()
+    );
+    let running = agent(
+        &[("SENTIA_ADDR", &s.addr), ("SENTIA_TOKEN", &s.root_token)],
+        &["--secret", "KEY=dev/app/key", "--on-change", "signal:HUP"],
+        &script,
+    );
+    lines(&log, &["start one"]).await;
+    sentia(&s, &["secret", "put", "dev/app/key"], b"two").await;
+    // The same process, told to reread: its environment still holds the value it started with.
+    lines(&log, &["start one", "hup one"]).await;
+    stop(running).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_a_malformed_binding_or_change_action_naming_it() {
+    for (args, wanted) in [
+        (
+            vec!["--secret", "1DB=dev/app/db"],
+            "NAME must be letters, digits and _",
+        ),
+        (
+            vec!["--secret", "DB=dev/app/db", "--on-change", "reload"],
+            "give restart, signal:NAME",
+        ),
+    ] {
+        let mut all = vec!["agent", "run"];
+        all.extend(args);
+        all.extend(["--", "true"]);
+        let (ok, _, err) = shell::sentia(&[("SENTIA_ADDR", "127.0.0.1:1")], &all, b"").await;
+        assert!(!ok && err.contains(wanted), "{all:?}: {err}");
+    }
+}

@@ -3,6 +3,7 @@
 //! baseline (grpc.health.v1 Check on the same server). Prints req/s, p50/p99 latency, and each
 //! RPC's throughput as a ratio to the baseline measured in the same run.
 
+mod agent;
 mod audit;
 mod backup;
 mod harness;
@@ -28,6 +29,9 @@ enum Suite {
     /// Backup create, verify, restore and drill of `--versions` secret versions (not part of
     /// `all`).
     Backup,
+    /// `sentia agent run` change-to-restart latency over `--changes` changes (not part of
+    /// `all`; needs the `sentia` binary built beside the bench).
+    Agent,
 }
 
 #[derive(Parser, Clone)]
@@ -58,6 +62,9 @@ struct Args {
     /// Secret versions the backup suite writes before it backs them up.
     #[arg(long, default_value_t = 100_000)]
     versions: u64,
+    /// Changes of one secret the agent suite times.
+    #[arg(long, default_value_t = 100)]
+    changes: u64,
     /// Redis for an extra GetSecret row through the sealed-record cache.
     #[arg(long, env = "SENTIA_BENCH_REDIS_URL")]
     redis: Option<String>,
@@ -82,6 +89,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite == Suite::Backup {
         backup::run(&args).await?;
+    }
+    if args.suite == Suite::Agent {
+        agent::run(&args).await?;
     }
     Ok(())
 }

@@ -66,7 +66,8 @@ async fn stop(mut agent: Child) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_logs_in_hands_a_secret_to_its_program_and_restarts_it_when_the_secret_changes() {
+async fn the_agent_logs_in_hands_a_secret_to_its_program_restarts_it_on_change_and_rides_out_an_outage()
+ {
     let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
         return;
     };
@@ -107,6 +108,20 @@ async fn the_agent_logs_in_hands_a_secret_to_its_program_and_restarts_it_when_th
     lines(&log, &["start first-value"]).await;
     sentia(&s, &["secret", "put", "dev/app/db"], b"second-value").await;
     lines(&log, &["start first-value", "start second-value"]).await;
+    // vault-service goes away and comes back: the program is left alone meanwhile, and the
+    // agent's watch resumes, so the next change still restarts it.
+    let mut s = s;
+    s.restart_vault().await;
+    sentia(&s, &["secret", "put", "dev/app/db"], b"third-value").await;
+    lines(
+        &log,
+        &[
+            "start first-value",
+            "start second-value",
+            "start third-value",
+        ],
+    )
+    .await;
     stop(running).await;
     std::fs::remove_dir_all(&dir).unwrap();
     s.stop().await;

@@ -59,20 +59,31 @@ impl Stack {
             shutdown,
             handle,
         };
-        // Ready once Login (public) answers; the root token file is written before serving.
+        stack.ready().await;
+        stack.root_token = std::fs::read_to_string(&root_file).unwrap_or_default();
+        stack
+    }
+
+    /// Waits until Login (public) answers; the root token file is written before serving.
+    async fn ready(&self) {
         for _ in 0..500 {
-            let r = stack
-                .auth("")
-                .await
-                .login(pb::LoginRequest::default())
-                .await;
+            let r = self.auth("").await.login(pb::LoginRequest::default()).await;
             if matches!(r, Err(e) if e.code() == tonic::Code::Unauthenticated) {
-                break;
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        stack.root_token = std::fs::read_to_string(&root_file).unwrap_or_default();
-        stack
+    }
+
+    /// Stops vault-service and starts it again at the same address on the same database
+    /// (the root token stays valid): an outage its clients must ride out.
+    pub async fn restart_vault(&mut self) {
+        self.shutdown.trigger();
+        (&mut self.handle).await.unwrap();
+        let (_, shutdown, handle) =
+            serve_at(&self.database_url, &self.keys.addr, &[], &self.addr).await;
+        (self.shutdown, self.handle) = (shutdown, handle);
+        self.ready().await;
     }
 
     async fn channel(&self, token: &str) -> AuthedChannel {
@@ -169,6 +180,15 @@ async fn serve(
     keys_addr: &str,
     extra: &[(&str, &str)],
 ) -> (String, Shutdown, tokio::task::JoinHandle<()>) {
+    serve_at(database_url, keys_addr, extra, "127.0.0.1:0").await
+}
+
+async fn serve_at(
+    database_url: &str,
+    keys_addr: &str,
+    extra: &[(&str, &str)],
+    at: &str,
+) -> (String, Shutdown, tokio::task::JoinHandle<()>) {
     let mut pairs = vec![
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
         ("SENTIA_DATABASE_URL", database_url),
@@ -178,7 +198,7 @@ async fn serve(
     ];
     pairs.extend_from_slice(extra);
     let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = Shutdown::new();
     let stop = shutdown.clone();

@@ -219,11 +219,25 @@ enum Event {
     Changed(Result<sentia_client::Secret, sentia_client::ClientError>),
 }
 
-/// Starts `command` with each secret's current value in its environment.
+/// The agent's own credentials, which its environment may hold: the program gets the secrets
+/// it was given, never the means to fetch others.
+const CREDENTIALS: [&str; 5] = [
+    "SENTIA_TOKEN",
+    "SENTIA_ROLE_ID",
+    "SENTIA_SECRET_ID",
+    "SENTIA_ROLE_ID_FILE",
+    "SENTIA_SECRET_ID_FILE",
+];
+
+/// Starts `command` with each secret's current value in its environment, and without the
+/// agent's credentials.
 fn spawn(command: &[String], fresh: &[(String, Fresh)]) -> anyhow::Result<Child> {
     let (program, rest) = command.split_first().context("no program to run")?;
     let mut cmd = Command::new(program);
     cmd.args(rest).kill_on_drop(true);
+    for name in CREDENTIALS {
+        cmd.env_remove(name);
+    }
     for (name, kept) in fresh {
         let secret = kept.current();
         cmd.env(name, OsStr::from_bytes(secret.expose()));

@@ -137,7 +137,7 @@ async fn the_agent_signals_its_program_on_a_change_instead_of_restarting_it_when
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("log");
     let script = format!(
-        "trap 'echo \"hup $KEY\" >> {0}' HUP; echo \"start $KEY\" >> {0}; \
+        "trap 'echo \"hup $KEY\" >> {0}' HUP; echo \"start $KEY ${{SENTIA_TOKEN:-no-token}}\" >> {0}; \
          while true; do sleep 0.1; done",
         log.display()
     );
@@ -146,10 +146,11 @@ async fn the_agent_signals_its_program_on_a_change_instead_of_restarting_it_when
         &["--secret", "KEY=dev/app/key", "--on-change", "signal:HUP"],
         &script,
     );
-    lines(&log, &["start one"]).await;
+    // The program gets its secret and not the agent's token.
+    lines(&log, &["start one no-token"]).await;
     sentia(&s, &["secret", "put", "dev/app/key"], b"two").await;
     // The same process, told to reread: its environment still holds the value it started with.
-    lines(&log, &["start one", "hup one"]).await;
+    lines(&log, &["start one no-token", "hup one"]).await;
     stop(running).await;
     std::fs::remove_dir_all(&dir).unwrap();
     s.stop().await;

@@ -173,6 +173,12 @@ pub fn read(snapshot: &[u8]) -> Result<Read, SnapshotError> {
 pub struct Reading {
     feed: Feed,
     hash: Sha256,
+    picked: Picked,
+}
+
+/// What [`Reading`] keeps of the rows, and the table they are in.
+#[derive(Default)]
+struct Picked {
     table: Option<(String, Vec<String>)>,
     versions: Vec<VersionDigest>,
     master_version: Option<i64>,
@@ -183,17 +189,8 @@ impl Reading {
     /// Reads the next piece of the snapshot.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         self.hash.update(bytes);
-        let Self {
-            feed,
-            table,
-            versions,
-            master_version,
-            chain,
-            ..
-        } = self;
-        feed.push(bytes, |item| {
-            pick(item, table, versions, master_version, chain)
-        })
+        let picked = &mut self.picked;
+        self.feed.push(bytes, |item| picked.item(item))
     }
 
     /// Ends the snapshot and returns what was read of it, once it is whole and well formed.
@@ -201,20 +198,15 @@ impl Reading {
         let Self {
             feed,
             hash,
-            mut table,
-            mut versions,
-            mut master_version,
-            mut chain,
+            mut picked,
         } = self;
-        let (dialect, counts) = feed.finish(|item| {
-            pick(
-                item,
-                &mut table,
-                &mut versions,
-                &mut master_version,
-                &mut chain,
-            )
-        })?;
+        let (dialect, counts) = feed.finish(|item| picked.item(item))?;
+        let Picked {
+            mut versions,
+            master_version,
+            mut chain,
+            ..
+        } = picked;
         versions.sort();
         chain.records.sort_by_key(|r| r.sequence);
         chain.checkpoints.sort_by_key(|c| c.sequence);
@@ -229,36 +221,35 @@ impl Reading {
     }
 }
 
-/// Keeps what the manifest needs of one table header or row.
-fn pick(
-    item: Item,
-    table: &mut Option<(String, Vec<String>)>,
-    versions: &mut Vec<VersionDigest>,
-    master_version: &mut Option<i64>,
-    chain: &mut Chain,
-) -> Result<(), SnapshotError> {
-    let values = match item {
-        Item::Table { name, columns, .. } => {
-            *table = Some((name, columns));
+impl Picked {
+    /// Keeps what the manifest needs of one table header or row.
+    fn item(&mut self, item: Item) -> Result<(), SnapshotError> {
+        let values = match item {
+            Item::Table { name, columns, .. } => {
+                self.table = Some((name, columns));
+                return Ok(());
+            }
+            Item::Row(values) => values,
+        };
+        let Some((name, columns)) = self.table.as_ref() else {
             return Ok(());
+        };
+        let row = values.as_slice();
+        let chain = &mut self.chain;
+        match name.as_str() {
+            "secret_versions" => version_digest(columns, row).map(|d| self.versions.push(d)),
+            "keyring_meta" => {
+                int(columns, row, "master_version").map(|v| self.master_version = Some(v))
+            }
+            "audit_records" => audit_record(columns, row).map(|r| chain.records.push(r)),
+            "checkpoints" => checkpoint(columns, row).map(|c| chain.checkpoints.push(c)),
+            "chain_head" => sequence(columns, row)
+                .and_then(|s| Ok((s, bytes(columns, row, "hash")?)))
+                .map(|h| chain.head = Some(h)),
+            _ => Ok(()),
         }
-        Item::Row(values) => values,
-    };
-    let Some((name, columns)) = table.as_ref() else {
-        return Ok(());
-    };
-    let row = values.as_slice();
-    match name.as_str() {
-        "secret_versions" => version_digest(columns, row).map(|d| versions.push(d)),
-        "keyring_meta" => int(columns, row, "master_version").map(|v| *master_version = Some(v)),
-        "audit_records" => audit_record(columns, row).map(|r| chain.records.push(r)),
-        "checkpoints" => checkpoint(columns, row).map(|c| chain.checkpoints.push(c)),
-        "chain_head" => sequence(columns, row)
-            .and_then(|s| Ok((s, bytes(columns, row, "hash")?)))
-            .map(|h| chain.head = Some(h)),
-        _ => Ok(()),
+        .map_err(|m| SnapshotError::Mismatch(format!("table {name}: {m}")))
     }
-    .map_err(|m| SnapshotError::Mismatch(format!("table {name}: {m}")))
 }
 
 /// A secret version's digest over its sealed fields.

@@ -211,16 +211,8 @@ pub async fn watch_drills(
             }
         );
         let alert = Alert {
-            id: uuid::Uuid::now_v7().to_string(),
-            rule: "BackupDrillOverdue".into(),
-            severity: Severity::Critical as i32,
-            summary,
             principal: DRILL_IDENTITY.into(),
-            secret_name: String::new(),
-            time: Some(sentia_proto::wkt::timestamp(now)),
-            sequences: Vec::new(),
-            acknowledged: false,
-            acknowledged_by: String::new(),
+            ..new_alert("BackupDrillOverdue", Severity::Critical, summary)
         };
         raise(&store, webhook.as_ref(), alert).await;
     }
@@ -497,16 +489,10 @@ impl Engine {
         };
         let mut out = Vec::new();
         let alert = |rule: &str, severity: Severity, summary: String| Alert {
-            id: uuid::Uuid::now_v7().to_string(),
-            rule: rule.into(),
-            severity: severity as i32,
-            summary,
             principal: who.clone(),
             secret_name: e.secret_name.clone(),
-            time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
             sequences: vec![sequence],
-            acknowledged: false,
-            acknowledged_by: String::new(),
+            ..new_alert(rule, severity, summary)
         };
         let at = at_ms(e);
         if e.event_type == "failed_decryption" {
@@ -584,6 +570,19 @@ impl Engine {
             ));
         }
         out
+    }
+}
+
+/// A new, unacknowledged alert of `rule` raised now, about no principal, secret or record
+/// until the caller says which.
+fn new_alert(rule: &str, severity: Severity, summary: String) -> Alert {
+    Alert {
+        id: uuid::Uuid::now_v7().to_string(),
+        rule: rule.into(),
+        severity: severity as i32,
+        summary,
+        time: Some(sentia_proto::wkt::timestamp(sentia_proto::wkt::now_ms())),
+        ..Alert::default()
     }
 }
 

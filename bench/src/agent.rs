@@ -5,7 +5,7 @@
 //! stopping the program and starting it again.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use sentia_backup_ops::Opener;
@@ -18,14 +18,11 @@ use crate::Args;
 
 const PATH: &str = "bench/agent/value";
 
-/// Median and 99th percentile of `samples`, in ms.
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    (at(0.5), at(0.99))
+/// Median and 99th percentile of `samples` (µs), in ms.
+fn percentiles(mut samples: Vec<u64>) -> (f64, f64) {
+    samples.sort_unstable();
+    let ms = |q| crate::harness::percentile(&samples, q) as f64 / 1000.0;
+    (ms(0.5), ms(0.99))
 }
 
 /// Runs the agent suite.
@@ -59,7 +56,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let t = Instant::now();
         client.put(PATH, value.as_bytes(), None).await?;
         while fresh.changed().await?.expose() != value.as_bytes() {}
-        baseline.push(t.elapsed());
+        baseline.push(t.elapsed().as_micros() as u64);
     }
     drop(fresh);
 
@@ -91,7 +88,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let t = Instant::now();
         client.put(PATH, value.as_bytes(), None).await?;
         wait_for(&value).await?;
-        restarts.push(t.elapsed());
+        restarts.push(t.elapsed().as_micros() as u64);
     }
     let _ = agent.start_kill();
     let _ = agent.wait().await;

@@ -82,14 +82,17 @@ where
     let mut lat = run(Duration::from_secs(seconds), true).await?;
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(Figures {
         rps: lat.len() as f64 / elapsed,
-        p50_us: pick(0.50),
-        p99_us: pick(0.99),
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
     })
+}
+
+/// The `q` quantile (0.5 = median) of `sorted` latencies; 0 when there are none.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }

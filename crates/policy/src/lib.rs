@@ -13,6 +13,9 @@ use sentia_config::Reader;
 use sentia_identity::text::{ECHO_MAX, clip};
 use sentia_identity::{AuthMethod, Principal, Role};
 
+pub mod kubernetes;
+pub use kubernetes::{KeySource, KubernetesLogin, KubernetesRole};
+
 /// The default policy file: the seed's four roles.
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.toml");
 
@@ -224,15 +227,18 @@ struct RuleFile {
     capabilities: Vec<String>,
 }
 
-/// All policies by name.
+/// All policies by name, and the Kubernetes login bound to them.
 #[derive(Debug, Clone, Default)]
-pub struct PolicySet(HashMap<String, Policy>);
+pub struct PolicySet(HashMap<String, Policy>, Option<Arc<KubernetesLogin>>);
 
 impl PolicySet {
     /// Parses a policy file; errors name the policy and rule.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: HashMap<String, PolicyFile> =
+        let mut table: toml::Table =
             toml::from_str(text).map_err(|e| format!("policy file: {e}"))?;
+        let kubernetes = table.remove(kubernetes::TABLE);
+        let raw: HashMap<String, PolicyFile> =
+            table.try_into().map_err(|e| format!("policy file: {e}"))?;
         let mut out = HashMap::new();
         for (name, p) in raw {
             if name == ROOT_POLICY {
@@ -268,7 +274,16 @@ impl PolicySet {
                 },
             );
         }
-        Ok(Self(out))
+        let kubernetes = kubernetes
+            .map(|t| kubernetes::parse(t, |p| out.contains_key(p)))
+            .transpose()?
+            .map(Arc::new);
+        Ok(Self(out, kubernetes))
+    }
+
+    /// Kubernetes login, when the file configures it.
+    pub fn kubernetes(&self) -> Option<Arc<KubernetesLogin>> {
+        self.1.clone()
     }
 
     /// The default set (the seed's roles).

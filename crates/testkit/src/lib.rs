@@ -7,12 +7,14 @@
 //! Layout: [`keys`] (key-service, the test identities and their tokens), the vault stack at the
 //! root ([`Stack`]: key-service + vault-service, replicas, request builders and
 //! [`on_both_backends!`]), [`audit`] (audit-service), [`rotation`] (rotation-scheduler), and
-//! [`Sandbox`]: any set of the four, wired to each other, stopped by joining every task.
+//! [`Sandbox`]: any set of the four, wired to each other, stopped by joining every task;
+//! [`kubernetes`], a cluster's service-account issuer for Kubernetes login.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 pub mod audit;
 pub mod keys;
+pub mod kubernetes;
 pub mod rotation;
 mod sandbox;
 mod vault;

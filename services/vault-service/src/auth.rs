@@ -311,6 +311,7 @@ pub struct AuthApi {
     tokens: Arc<Tokens>,
     policies: Policies,
     audit: Arc<Emitter>,
+    kubernetes: Arc<crate::kubernetes::Verifier>,
 }
 
 impl AuthApi {
@@ -320,6 +321,7 @@ impl AuthApi {
             tokens,
             policies,
             audit,
+            kubernetes: Arc::new(crate::kubernetes::Verifier::new()),
         }
     }
 
@@ -448,6 +450,74 @@ impl AuthService for AuthApi {
                 .await
                 .map_err(Status::from)?;
             tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
+            Ok(Response::new(pb::LoginResponse {
+                token,
+                expire_time: Some(timestamp(exp * 1000)),
+                token_id,
+            }))
+        }
+        .await;
+        call.finish(result).await
+    }
+
+    async fn login_kubernetes(
+        &self,
+        req: Request<pb::LoginKubernetesRequest>,
+    ) -> Res<pb::LoginResponse> {
+        let role = sentia_runtime::text::clip(&req.get_ref().role, 64).to_string();
+        // Not yet authenticated: the role it claims is all there is.
+        let info = CallInfo {
+            principal: format!("k8s-role:{role}"),
+            ..CallInfo::of(&req)
+        };
+        let call = Call::with_info(&self.audit, info, "login", "login_kubernetes", &role);
+        let result: Res<pb::LoginResponse> = async move {
+            let r = req.into_inner();
+            let Some(config) = self.policies.get().kubernetes() else {
+                return Err(Status::failed_precondition(
+                    "Kubernetes login is not configured: add a [kubernetes] table (issuer, \
+                     audiences, keys, roles) to the policy file",
+                ));
+            };
+            let Some(bound) = config.roles.get(&r.role) else {
+                return Err(Status::unauthenticated(format!(
+                    "no Kubernetes login role {role:?}; the policy file defines: {}",
+                    config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            let jwt = Zeroizing::new(r.jwt);
+            let now = sentia_proto::wkt::now_secs();
+            let workload = self
+                .kubernetes
+                .verify(&config, &jwt, now)
+                .await
+                .inspect_err(|e| tracing::info!(role = %role, error = %e, "Kubernetes login refused"))?;
+            if !bound.binds(&workload.namespace, &workload.service_account) {
+                tracing::info!(role = %role, namespace = %workload.namespace, service_account = %workload.service_account, "Kubernetes login refused: not bound");
+                return Err(Status::unauthenticated(format!(
+                    "service account {}/{} is not bound to Kubernetes login role {role:?}",
+                    workload.namespace, workload.service_account
+                )));
+            }
+            // A token never outlives the Kubernetes token it was exchanged for.
+            let ttl = i64::try_from(bound.token_ttl.as_secs()).unwrap_or(i64::MAX);
+            let exp = now.saturating_add(ttl).min(workload.expires_at);
+            if exp <= now {
+                return Err(Status::unauthenticated(
+                    "the service-account token expires now; read the file again",
+                ));
+            }
+            let token_id = uuid::Uuid::now_v7().to_string();
+            let sub = format!(
+                "k8s:{}/{}",
+                workload.namespace, workload.service_account
+            );
+            let token = self
+                .tokens
+                .issue(&token_id, &sub, bound.policies.clone(), now, exp)
+                .await
+                .map_err(Status::from)?;
+            tracing::info!(role = %role, principal = %sub, token_id = %token_id, "Kubernetes login");
             Ok(Response::new(pb::LoginResponse {
                 token,
                 expire_time: Some(timestamp(exp * 1000)),

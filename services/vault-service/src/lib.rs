@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod kubernetes;
 pub mod model;
 pub mod sequencer;
 pub mod store;
@@ -118,6 +119,7 @@ pub async fn run(
     Server::new(config.server)
         .audit_refusals(emitter)
         .public_method("/sentia.vault.v1.AuthService/Login")
+        .public_method("/sentia.vault.v1.AuthService/LoginKubernetes")
         .bearer_verifier(Arc::new(auth::TokenVerifier(tokens, policies)))
         .serve(routes, listener, shutdown.clone())
         .await?;

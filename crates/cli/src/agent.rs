@@ -4,13 +4,14 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use sentia_client::{Client, Fresh};
+use sentia_client::{Client, Credential, Fresh, Renewal};
 use tokio::process::{Child, Command};
 use zeroize::Zeroizing;
 
@@ -45,18 +46,80 @@ struct RunArgs {
     /// after SIGTERM before it is killed.
     #[arg(long, default_value = "10s", value_parser = duration)]
     grace: Duration,
-    /// File holding the app credential's role id (with `--secret-id-file`): the agent logs in
-    /// and renews its token by itself. Without them, `--token` / `SENTIA_TOKEN` is used.
-    #[arg(long, env = "SENTIA_ROLE_ID_FILE", requires = "secret_id_file")]
-    role_id_file: Option<std::path::PathBuf>,
-    /// File holding the app credential's secret id.
-    #[arg(long, env = "SENTIA_SECRET_ID_FILE", requires = "role_id_file")]
-    secret_id_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    login: AgentLogin,
     #[command(flatten)]
     conn: VaultConn,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// How the agent logs in. It renews its token by itself before expiry; with neither an app
+/// credential nor a Kubernetes role it uses `--token` / `SENTIA_TOKEN` as given.
+#[derive(Args)]
+struct AgentLogin {
+    /// File holding the app credential's role id (with `--secret-id-file`).
+    #[arg(
+        long,
+        env = "SENTIA_ROLE_ID_FILE",
+        requires = "secret_id_file",
+        conflicts_with = "k8s_role"
+    )]
+    role_id_file: Option<PathBuf>,
+    /// File holding the app credential's secret id.
+    #[arg(long, env = "SENTIA_SECRET_ID_FILE", requires = "role_id_file")]
+    secret_id_file: Option<PathBuf>,
+    /// Kubernetes login role (a key of the policy file's `[kubernetes.roles]`): the agent
+    /// logs in with the pod's projected service-account token.
+    #[arg(long, env = "SENTIA_K8S_ROLE")]
+    k8s_role: Option<String>,
+    /// The projected service-account token (audience as the policy file's `[kubernetes]`
+    /// audiences), read again at each renewal since the kubelet replaces it.
+    #[arg(
+        long,
+        env = "SENTIA_K8S_TOKEN_FILE",
+        default_value = "/var/run/secrets/sentia/token"
+    )]
+    k8s_token_file: PathBuf,
+}
+
+impl AgentLogin {
+    /// The credential to log in with, if one is configured.
+    fn credential(&self) -> anyhow::Result<Option<Credential>> {
+        if let Some(role) = &self.k8s_role {
+            return Ok(Some(Credential::Kubernetes {
+                role: role.clone(),
+                token_file: self.k8s_token_file.clone(),
+            }));
+        }
+        let (Some(role), Some(secret)) = (&self.role_id_file, &self.secret_id_file) else {
+            return Ok(None);
+        };
+        let read = |p: &Path| -> anyhow::Result<Zeroizing<String>> {
+            let raw = Zeroizing::new(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            );
+            Ok(Zeroizing::new(raw.trim().to_string()))
+        };
+        Ok(Some(Credential::App {
+            role_id: read(role)?.to_string(),
+            secret_id: read(secret)?,
+        }))
+    }
+
+    /// The client: logged in (and renewed by the SDK), or carrying the token `conn` has.
+    async fn client(&self, conn: &VaultConn) -> anyhow::Result<Client> {
+        let Some(credential) = self.credential()? else {
+            return conn.client().await;
+        };
+        let tls = conn.common.tls()?;
+        let (client, _) =
+            Client::login_with(&conn.addr, credential, tls.as_ref(), Renewal::default())
+                .await
+                .with_context(|| format!("logging in at vault-service {}", conn.addr))?;
+        Ok(client)
+    }
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {
@@ -122,25 +185,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The client: logged in with the app credential (renewed by the SDK), or carrying the token.
-async fn client(args: &RunArgs) -> anyhow::Result<Client> {
-    let (Some(role), Some(secret)) = (&args.role_id_file, &args.secret_id_file) else {
-        return args.conn.client().await;
-    };
-    let read = |p: &std::path::Path| -> anyhow::Result<Zeroizing<String>> {
-        let raw = Zeroizing::new(
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        );
-        Ok(Zeroizing::new(raw.trim().to_string()))
-    };
-    let (role_id, secret_id) = (read(role)?, read(secret)?);
-    let tls = args.conn.common.tls()?;
-    let (client, _) = Client::login(&args.conn.addr, &role_id, &secret_id, tls.as_ref())
-        .await
-        .with_context(|| format!("logging in at vault-service {}", args.conn.addr))?;
-    Ok(client)
-}
-
 /// Starts the program and keeps it running with current values; returns its exit code.
 async fn run_program(args: RunArgs) -> anyhow::Result<i32> {
     let on_change: OnChange = args.on_change.parse()?;
@@ -149,7 +193,7 @@ async fn run_program(args: RunArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|s| binding(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let client = client(&args).await?;
+    let client = args.login.client(&args.conn).await?;
     let mut fresh = Vec::new();
     for (name, path) in &bindings {
         let kept = client

@@ -175,3 +175,82 @@ async fn the_agent_refuses_a_malformed_binding_or_change_action_naming_it() {
         assert!(!ok && err.contains(wanted), "{all:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_logs_in_with_a_kubernetes_service_account_token() {
+    use support::kubernetes::{self as k8s, Alg, Cluster};
+    let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
+    let dir = support::scratch_path(&support::unique("agent-k8s"));
+    let policies = cluster.policy_file(&dir, None);
+    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+        return;
+    };
+    sentia(
+        &s,
+        &["secret", "put", "prod/monitoring/grafana"],
+        b"grafana-pw",
+    )
+    .await;
+    let (token, log) = (dir.join("token"), dir.join("log"));
+    std::fs::write(
+        &token,
+        cluster.token(
+            Alg::Es256,
+            k8s::NAMESPACE,
+            k8s::SERVICE_ACCOUNT,
+            k8s::AUDIENCE,
+        ),
+    )
+    .unwrap();
+    let script = format!("echo \"start $PW\" >> {}; exec sleep 600", log.display());
+    let running = agent(
+        &[
+            ("SENTIA_ADDR", &s.addr),
+            ("SENTIA_K8S_ROLE", k8s::ROLE),
+            ("SENTIA_K8S_TOKEN_FILE", token.to_str().unwrap()),
+        ],
+        &["--secret", "PW=prod/monitoring/grafana"],
+        &script,
+    );
+    lines(&log, &["start grafana-pw"]).await;
+    sentia(
+        &s,
+        &["secret", "put", "prod/monitoring/grafana"],
+        b"rotated-pw",
+    )
+    .await;
+    lines(&log, &["start grafana-pw", "start rotated-pw"]).await;
+    stop(running).await;
+
+    // A service account the role does not bind: the agent says why and never starts the
+    // program.
+    std::fs::write(
+        &token,
+        cluster.token(Alg::Es256, k8s::NAMESPACE, "intruder", k8s::AUDIENCE),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .args(["agent", "run", "--secret", "PW=prod/monitoring/grafana"])
+        .args([
+            "--k8s-role",
+            k8s::ROLE,
+            "--k8s-token-file",
+            token.to_str().unwrap(),
+        ])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            &format!("echo started >> {}", log.display()),
+        ])
+        .env_remove("SENTIA_TOKEN")
+        .env("SENTIA_ADDR", &s.addr)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apps/intruder is not bound"), "{err}");
+    lines(&log, &["start grafana-pw", "start rotated-pw"]).await;
+    s.stop().await;
+}

@@ -19,7 +19,7 @@ use tonic::{Code, Status, Streaming};
 use zeroize::Zeroizing;
 
 pub use sentia_proto::vault::v1::EventKind;
-pub use session::{Renewal, SessionState};
+pub use session::{Credential, Renewal, SessionState};
 
 use session::Session;
 
@@ -253,19 +253,23 @@ impl Client {
         secret_id: &str,
         tls: Option<&TlsClientConfig>,
     ) -> Result<(Self, Login), ClientError> {
-        Self::login_with(addr, role_id, secret_id, tls, Renewal::default()).await
+        let credential = Credential::App {
+            role_id: role_id.to_string(),
+            secret_id: Zeroizing::new(secret_id.to_string()),
+        };
+        Self::login_with(addr, credential, tls, Renewal::default()).await
     }
 
-    /// [`Client::login`] with a chosen renewal point.
+    /// Logs in with `credential` (an app credential or a Kubernetes service account) and
+    /// renews the token at the chosen point, as [`Client::login`] does.
     pub async fn login_with(
         addr: &str,
-        role_id: &str,
-        secret_id: &str,
+        credential: Credential,
         tls: Option<&TlsClientConfig>,
         renewal: Renewal,
     ) -> Result<(Self, Login), ClientError> {
         let anonymous = Self::new(addr, None, tls)?;
-        let login = session::login(&anonymous.auth, &anonymous.retry, role_id, secret_id).await?;
+        let login = session::login(&anonymous.auth, &anonymous.retry, &credential).await?;
         // Every channel of the client shares this context, so a renewal reaches them all.
         let context = CallContext::with_token(Some(&login.token)).map_err(setup)?;
         let mut client = Self::over(connect_lazy(addr, tls).map_err(setup)?, context.clone())?;
@@ -273,8 +277,7 @@ impl Client {
             anonymous.auth,
             anonymous.retry,
             context,
-            role_id,
-            secret_id,
+            credential,
             &login,
             renewal,
         )));

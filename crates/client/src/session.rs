@@ -1,7 +1,9 @@
-//! An app-credential session: the token a [`Client`](crate::Client) logged in with, renewed
-//! before it expires by logging in again, so a long-running service never has to handle an
-//! expired token itself.
+//! A logged-in session: the token a [`Client`](crate::Client) logged in with (by app credential
+//! or Kubernetes service account), renewed before it expires by logging in again, so a
+//! long-running service never has to handle an expired token itself.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sentia_channel::AuthedChannel;
@@ -46,27 +48,92 @@ impl Drop for Session {
     }
 }
 
-/// The credential a session logs in with, kept only for renewals.
-struct Credential {
-    role_id: Zeroizing<String>,
-    secret_id: Zeroizing<String>,
+/// What a client logs in with; kept by the session for its renewals.
+#[derive(Clone)]
+pub enum Credential {
+    /// An app credential: role id and secret id.
+    App {
+        /// The public role id.
+        role_id: String,
+        /// The secret id.
+        secret_id: Zeroizing<String>,
+    },
+    /// A Kubernetes login role and the file holding the pod's projected service-account
+    /// token, read again at every login because the kubelet replaces it before it expires.
+    Kubernetes {
+        /// The role (a key of the policy file's `[kubernetes.roles]`).
+        role: String,
+        /// The token file, e.g. `/var/run/secrets/tokens/sentia`.
+        token_file: PathBuf,
+    },
 }
 
-/// Exchanges an app credential for a token, retrying UNAVAILABLE.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::App { role_id, .. } => f
+                .debug_struct("App")
+                .field("role_id", role_id)
+                .finish_non_exhaustive(),
+            Self::Kubernetes { role, token_file } => f
+                .debug_struct("Kubernetes")
+                .field("role", role)
+                .field("token_file", token_file)
+                .finish(),
+        }
+    }
+}
+
+impl Credential {
+    /// The login request this credential makes now; a Kubernetes token is read from its file.
+    async fn request(&self) -> Result<Request, ClientError> {
+        Ok(match self {
+            Self::App { role_id, secret_id } => Request::App(pb::LoginRequest {
+                role_id: role_id.clone(),
+                secret_id: secret_id.to_string(),
+            }),
+            Self::Kubernetes { role, token_file } => {
+                let jwt =
+                    Zeroizing::new(tokio::fs::read_to_string(token_file).await.map_err(|e| {
+                        ClientError::Setup(format!(
+                            "cannot read the service-account token {}: {e}",
+                            token_file.display()
+                        ))
+                    })?);
+                Request::Kubernetes(pb::LoginKubernetesRequest {
+                    role: role.clone(),
+                    jwt: jwt.trim().to_string(),
+                })
+            }
+        })
+    }
+}
+
+enum Request {
+    App(pb::LoginRequest),
+    Kubernetes(pb::LoginKubernetesRequest),
+}
+
+/// Logs in with `credential`, retrying UNAVAILABLE.
 pub(crate) async fn login(
     auth: &AuthServiceClient<AuthedChannel>,
     retry: &Retry,
-    role_id: &str,
-    secret_id: &str,
+    credential: &Credential,
 ) -> Result<Login, ClientError> {
+    let request = credential.request().await?;
     let r = retry
         .run(|| {
             let mut auth = auth.clone();
-            let req = pb::LoginRequest {
-                role_id: role_id.to_string(),
-                secret_id: secret_id.to_string(),
+            let request = match &request {
+                Request::App(r) => Request::App(r.clone()),
+                Request::Kubernetes(r) => Request::Kubernetes(r.clone()),
             };
-            async move { auth.login(req).await }
+            async move {
+                match request {
+                    Request::App(r) => auth.login(r).await,
+                    Request::Kubernetes(r) => auth.login_kubernetes(r).await,
+                }
+            }
         })
         .await?
         .into_inner();
@@ -78,14 +145,13 @@ pub(crate) async fn login(
 }
 
 impl Session {
-    /// Starts renewing `first` (obtained with `role_id`/`secret_id` through `auth`) into
-    /// `context`, which every channel of the client shares.
+    /// Starts renewing `first` (obtained with `credential` through `auth`) into `context`,
+    /// which every channel of the client shares.
     pub(crate) fn start(
         auth: AuthServiceClient<AuthedChannel>,
         retry: Retry,
         context: CallContext,
-        role_id: &str,
-        secret_id: &str,
+        credential: Credential,
         first: &Login,
         renewal: Renewal,
     ) -> Self {
@@ -94,10 +160,6 @@ impl Session {
             expires_at: first.expires_at,
             renewals: 0,
         });
-        let credential = Credential {
-            role_id: Zeroizing::new(role_id.to_string()),
-            secret_id: Zeroizing::new(secret_id.to_string()),
-        };
         let task = tokio::spawn(renew(auth, retry, context, credential, renewal, tx));
         Self { state, task }
     }
@@ -139,7 +201,7 @@ async fn renew(
             retry.delay(failures.min(16))
         };
         tokio::time::sleep(wait).await;
-        match login(&auth, &retry, &credential.role_id, &credential.secret_id).await {
+        match login(&auth, &retry, &credential).await {
             Ok(next) => {
                 if let Err(e) = context.set_token(Some(&next.token)) {
                     tracing::error!(error = %e, "renewed token cannot be sent; keeping the old one");
@@ -153,12 +215,14 @@ async fn renew(
                 });
                 tracing::debug!("token renewed");
             }
-            // The credential was revoked, rotated or used up: no retry can succeed.
+            // The app credential was revoked, rotated or used up: no retry can succeed. (A
+            // Kubernetes token file is replaced by the kubelet, so a refusal may pass.)
             Err(e)
-                if matches!(
-                    e.code(),
-                    Some(Code::Unauthenticated | Code::PermissionDenied)
-                ) =>
+                if matches!(credential, Credential::App { .. })
+                    && matches!(
+                        e.code(),
+                        Some(Code::Unauthenticated | Code::PermissionDenied)
+                    ) =>
             {
                 tracing::error!(error = %e, "token renewal refused; the session ends when its token expires");
                 return;

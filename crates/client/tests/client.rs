@@ -175,7 +175,11 @@ async fn a_logged_in_client_renews_its_token_before_expiry_and_its_calls_carry_t
     let renewal = sentia_client::Renewal {
         before_expiry: Some(Duration::from_secs(58)),
     };
-    let (c, first) = Client::login_with(&s.addr, &cred.role_id, &cred.secret_id, None, renewal)
+    let credential = sentia_client::Credential::App {
+        role_id: cred.role_id.clone(),
+        secret_id: cred.secret_id.clone().into(),
+    };
+    let (c, first) = Client::login_with(&s.addr, credential, None, renewal)
         .await
         .unwrap();
     let clone = c.clone();
@@ -211,5 +215,56 @@ async fn a_logged_in_client_renews_its_token_before_expiry_and_its_calls_carry_t
     // The token is never in the session's state or the client's Debug output.
     let shown = format!("{c:?} {:?} {:?}", session.borrow(), first);
     assert!(!shown.contains(first.token.as_str()), "{shown}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_session_reads_the_token_file_again_at_each_renewal() {
+    use support::kubernetes::{self as k8s, Alg, Cluster};
+    let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
+    let dir = support::scratch_path(&support::unique("k8s-session"));
+    let policies = cluster.policy_file(&dir, None);
+    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+        return;
+    };
+    s.put("prod/monitoring/grafana", b"pw").await;
+    // A 61-second projected token: the Sentia token ends with it, and is renewed 58 s before.
+    let token_file = dir.join("token");
+    let token = |exp_in| {
+        cluster.sign(
+            Alg::Rs256,
+            &cluster.claims(k8s::NAMESPACE, k8s::SERVICE_ACCOUNT, k8s::AUDIENCE, exp_in),
+        )
+    };
+    std::fs::write(&token_file, token(61)).unwrap();
+    let credential = sentia_client::Credential::Kubernetes {
+        role: k8s::ROLE.into(),
+        token_file: token_file.clone(),
+    };
+    let renewal = sentia_client::Renewal {
+        before_expiry: Some(Duration::from_secs(58)),
+    };
+    let (c, first) = Client::login_with(&s.addr, credential, None, renewal)
+        .await
+        .unwrap();
+    assert!(first.expires_at <= sentia_proto::wkt::now_secs() + 61);
+    // The kubelet replaces the file with a fresh token: the renewal logs in with that one,
+    // so the renewed Sentia token lives past the first Kubernetes token.
+    std::fs::write(&token_file, token(3600)).unwrap();
+    let mut session = c.session().unwrap();
+    let renewed = session
+        .wait_for(|state| state.renewals >= 1)
+        .await
+        .unwrap()
+        .clone();
+    assert_ne!(renewed.token_id, first.token_id);
+    assert!(
+        renewed.expires_at > first.expires_at + 600,
+        "renewed with the new file: {renewed:?} vs {first:?}"
+    );
+    assert_eq!(
+        c.get("prod/monitoring/grafana").await.unwrap().expose(),
+        b"pw"
+    );
     s.stop().await;
 }

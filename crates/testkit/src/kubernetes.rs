@@ -14,6 +14,15 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The Kubernetes login role of [`Cluster::policy_file`].
+pub const ROLE: &str = "sentia-mcp-server";
+/// The namespace that role binds.
+pub const NAMESPACE: &str = "apps";
+/// The service account that role binds.
+pub const SERVICE_ACCOUNT: &str = "mcp-server";
+/// The audience the policy file trusts.
+pub const AUDIENCE: &str = "sentia";
+
 /// How a test token is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
@@ -147,6 +156,43 @@ impl Cluster {
             alg,
             &self.claims(namespace, service_account, audience, 3600),
         )
+    }
+
+    /// Writes `dir/policies.toml` (returning its path): policy `monitoring_system` (read on
+    /// `*/monitoring/**`) and Kubernetes login trusting this cluster for [`AUDIENCE`], with
+    /// role [`ROLE`] binding [`NAMESPACE`]/[`SERVICE_ACCOUNT`] to it. Keys come from
+    /// `discovery_url` when given, else from `dir/jwks.json`, written here.
+    pub fn policy_file(&self, dir: &std::path::Path, discovery_url: Option<&str>) -> String {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        let keys = match discovery_url {
+            Some(url) => format!("discovery_url = {url:?}"),
+            None => {
+                let jwks = dir.join("jwks.json");
+                std::fs::write(&jwks, self.jwks()).expect("jwks file");
+                format!("jwks_file = {:?}", jwks.display().to_string())
+            }
+        };
+        let text = format!(
+            r#"
+[monitoring_system]
+rules = [{{ paths = ["*/monitoring/**"], capabilities = ["read"] }}]
+
+[kubernetes]
+issuer = {issuer:?}
+audiences = [{AUDIENCE:?}]
+{keys}
+
+[kubernetes.roles.{ROLE}]
+namespaces = [{NAMESPACE:?}]
+service_accounts = [{SERVICE_ACCOUNT:?}]
+policies = ["monitoring_system"]
+token_ttl = "1h"
+"#,
+            issuer = self.issuer
+        );
+        let file = dir.join("policies.toml");
+        std::fs::write(&file, text).expect("policy file");
+        file.display().to_string()
     }
 
     /// Serves `/.well-known/openid-configuration` and `/openid/v1/jwks` on 127.0.0.1 until

@@ -14,42 +14,11 @@ use tonic::Code;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// A scratch directory holding a policy file that grants `apps/mcp-server` read on
-/// `*/monitoring/**` through the role `sentia-mcp-server`, trusting `keys` (a `jwks_file = ...`
-/// or `discovery_url = ...` line); the file's path comes second.
-fn policy_file(keys: impl FnOnce(&std::path::Path) -> String) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(support::unique("k8s-login"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys = keys(&dir);
-    let file = dir.join("policies.toml");
-    let text = format!(
-        r#"
-[monitoring_system]
-rules = [{{ paths = ["*/monitoring/**"], capabilities = ["read"] }}]
-
-[kubernetes]
-issuer = "{ISSUER}"
-audiences = ["sentia"]
-{keys}
-
-[kubernetes.roles.sentia-mcp-server]
-namespaces = ["apps"]
-service_accounts = ["mcp-server"]
-policies = ["monitoring_system"]
-token_ttl = "1h"
-"#
-    );
-    std::fs::write(&file, text).unwrap();
-    (dir, file.display().to_string())
-}
-
-/// A stack whose policy file trusts `cluster`'s JWKS, saved as a file.
+/// A stack whose policy file trusts `cluster`'s JWKS, saved as a file; and the file's
+/// directory.
 async fn stack_trusting(cluster: &Cluster) -> Option<(Stack, PathBuf)> {
-    let (dir, f) = policy_file(|dir| {
-        let jwks = dir.join("jwks.json");
-        std::fs::write(&jwks, cluster.jwks()).unwrap();
-        format!("jwks_file = {:?}", jwks.display().to_string())
-    });
+    let dir = support::scratch_path(&support::unique("k8s-login"));
+    let f = cluster.policy_file(&dir, None);
     let s = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &f)]).await?;
     Some((s, dir))
 }
@@ -229,7 +198,8 @@ async fn kubernetes_login_refuses_a_wrong_issuer_audience_expiry_signature_or_bi
 async fn kubernetes_login_finds_the_issuers_keys_by_oidc_discovery_and_fetches_them_once() {
     let cluster = Cluster::new(ISSUER);
     let issuer = cluster.serve().await;
-    let (dir, f) = policy_file(|_| format!("discovery_url = {:?}", issuer.base));
+    let dir = support::scratch_path(&support::unique("k8s-discovery"));
+    let f = cluster.policy_file(&dir, Some(&issuer.base));
     let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &f)]).await else {
         return;
     };

@@ -269,7 +269,7 @@ async fn events_a_dead_writer_left_unnumbered_still_reach_watchers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_only_sees_paths_its_policies_may_list() {
+async fn a_watcher_only_sees_paths_its_policies_may_list_or_read() {
     let Some(s) = Stack::start(support::Backend::Sqlite, &[]).await else {
         return;
     };
@@ -281,9 +281,22 @@ async fn a_watcher_only_sees_paths_its_policies_may_list() {
         .await
         .unwrap()
         .into_inner();
+    // monitoring_system may read prod/monitoring/** but list nothing: it still learns of
+    // changes to what it reads, so an agent holding it can follow a rotation.
+    let (monitoring, _) = s.login_as(&["monitoring_system"]).await;
+    let mut reader = s
+        .secrets(&monitoring)
+        .await
+        .watch_secrets(pb::WatchSecretsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     s.put("prod/app/secret", b"x").await;
     s.put("dev/app/visible", b"y").await;
+    s.put("prod/monitoring/grafana", b"z").await;
     let e = next(&mut stream).await;
     assert_eq!(e.path, "dev/app/visible");
+    let e = next(&mut reader).await;
+    assert_eq!(e.path, "prod/monitoring/grafana");
     s.stop().await;
 }

@@ -103,8 +103,11 @@ impl SecretApi {
                 let full = batch.len() as i64 == WATCH_BATCH;
                 for e in batch {
                     last = e.sequence;
+                    // A reader of a path may learn that it changed (it could poll the value);
+                    // so may a lister.
                     if !prefix.matches(&e.path)
-                        || this.policies.check(&p, Capability::List, &e.path).is_err()
+                        || (this.policies.check(&p, Capability::List, &e.path).is_err()
+                            && this.policies.check(&p, Capability::Read, &e.path).is_err())
                     {
                         continue;
                     }

@@ -1,6 +1,11 @@
-//! `sentia agent run`: hands secrets to a program through its environment only (never its
-//! arguments, never a file), and restarts or signals it when one of them changes — how a
-//! workload in any language gets its secrets without an SDK.
+//! `sentia agent`: how a workload in any language gets its secrets without an SDK. `run` hands
+//! them to a program through its environment only (never its arguments, never a file) and
+//! restarts or signals it when one changes; `render` writes them into files from templates
+//! ([`render`]). Both log in by app credential or Kubernetes service account and renew their
+//! token by themselves.
+
+mod render;
+mod template;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +33,8 @@ pub struct AgentArgs {
 enum AgentCommand {
     /// Start CMD with secrets in its environment; restart or signal it when one changes.
     Run(RunArgs),
+    /// Write secrets into files from templates; re-render when one changes.
+    Render(render::RenderArgs),
 }
 
 /// `sentia agent run`.
@@ -182,6 +189,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let code = run_program(args).await?;
             std::process::exit(code)
         }
+        AgentCommand::Render(args) => {
+            let code = render::run(args).await?;
+            std::process::exit(code)
+        }
     }
 }
 
@@ -213,16 +224,13 @@ async fn run_program(args: RunArgs) -> anyhow::Result<i32> {
                 if !watching {
                     return std::future::pending().await;
                 }
-                futures_util::future::select_all(
-                    fresh.iter_mut().map(|(_, f)| Box::pin(f.changed())),
-                )
-                .await
+                next_change(&mut fresh).await
             };
             tokio::select! {
                 status = child.wait() => Event::Exited(status?.code().unwrap_or(1)),
                 _ = terminate.recv() => Event::Stop,
                 _ = interrupt.recv() => Event::Stop,
-                (change, ..) = changed => Event::Changed(change),
+                change = changed => Event::Changed(change),
             }
         };
         match event {
@@ -261,6 +269,15 @@ enum Event {
     Stop,
     /// A secret changed, or watching failed for good.
     Changed(Result<sentia_client::Secret, sentia_client::ClientError>),
+}
+
+/// The next change of any of the secrets kept fresh (each named by a key of the caller's).
+async fn next_change<K>(
+    fresh: &mut [(K, Fresh)],
+) -> Result<sentia_client::Secret, sentia_client::ClientError> {
+    futures_util::future::select_all(fresh.iter_mut().map(|(_, f)| Box::pin(f.changed())))
+        .await
+        .0
 }
 
 /// The agent's own credentials, which its environment may hold: the program gets the secrets

@@ -254,3 +254,144 @@ async fn the_agent_logs_in_with_a_kubernetes_service_account_token() {
     lines(&log, &["start grafana-pw", "start rotated-pw"]).await;
     s.stop().await;
 }
+
+/// GET `addr` once; the status line's code.
+async fn health(addr: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_renders_templates_into_0600_files_atomically_and_again_on_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    sentia(&s, &["secret", "put", "dev/app/db-user"], b"app").await;
+    sentia(&s, &["secret", "put", "dev/app/db-password"], b"first\"pw").await;
+    let dir = support::scratch_path(&support::unique("render"));
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        dir.join("db.json.tmpl"),
+        "{\"user\": {{ secret \"dev/app/db-user\" | json }}, \"password\": {{ secret \"dev/app/db-password\" | json }}}\n",
+    )
+    .unwrap();
+    let (env_file, json_file, log) = (out.join("db.env"), out.join("db.json"), dir.join("log"));
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[template]]
+contents = "DB_USER={{{{ secret \"dev/app/db-user\" }}}}\n"
+destination = {env:?}
+
+[[template]]
+source = "db.json.tmpl"
+destination = {json:?}
+command = ["sh", "-c", "echo rendered >> {log}"]
+"#,
+            env = env_file.display().to_string(),
+            json = json_file.display().to_string(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let health_addr = format!("127.0.0.1:{port}");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .args(["agent", "render", "--config", config.to_str().unwrap()])
+        .args(["--health-addr", &health_addr])
+        .env("SENTIA_ADDR", &s.addr)
+        .env("SENTIA_TOKEN", &s.root_token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    lines(&log, &["rendered"]).await;
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "DB_USER=app\n");
+    let first = "{\"user\": \"app\", \"password\": \"first\\\"pw\"}\n";
+    assert_eq!(std::fs::read_to_string(&json_file).unwrap(), first);
+    for f in [&env_file, &json_file] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let mut healthy = None;
+    for _ in 0..100 {
+        healthy = health(&health_addr).await;
+        if healthy.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(healthy, Some(200));
+
+    // While the password rotates, a reader sees the old file or the new one, never a part.
+    let second = "{\"user\": \"app\", \"password\": \"second-pw\"}\n";
+    let reader = {
+        let json_file = json_file.clone();
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            loop {
+                let got = std::fs::read_to_string(&json_file).unwrap();
+                reads += 1;
+                assert!(got == first || got == second, "a torn read: {got:?}");
+                if got == second {
+                    return reads;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    sentia(&s, &["secret", "put", "dev/app/db-password"], b"second-pw").await;
+    let reads = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the file was re-rendered")
+        .unwrap();
+    assert!(reads > 1, "the reader saw the file before and after");
+    lines(&log, &["rendered", "rendered"]).await;
+    // Only the rendered files are there: no temporary file is left behind.
+    let mut names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db.env", "db.json"]);
+    stop(agent).await;
+
+    // --once renders and exits (an init container).
+    std::fs::remove_file(&env_file).unwrap();
+    let once = Command::new(env!("CARGO_BIN_EXE_sentia"))
+        .args([
+            "agent",
+            "render",
+            "--once",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("SENTIA_ADDR", &s.addr)
+        .env("SENTIA_TOKEN", &s.root_token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "DB_USER=app\n");
+    s.stop().await;
+}

@@ -198,14 +198,14 @@ pub fn segment_matches(pattern: &str, s: &str) -> bool {
     true
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     glob: Glob,
     capabilities: u8,
 }
 
 /// One named policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// What it is for.
     pub description: String,
@@ -296,6 +296,11 @@ impl PolicySet {
     /// True if a policy of this name exists (or is the built-in root).
     pub fn contains(&self, name: &str) -> bool {
         name == ROOT_POLICY || self.0.contains_key(name)
+    }
+
+    /// The policy called `name`.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.0.get(name)
     }
 
     /// Policy names, sorted.

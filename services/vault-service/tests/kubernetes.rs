@@ -251,3 +251,50 @@ fn header(kid: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::json!({"alg": "ES256", "kid": kid}).to_string())
 }
+
+/// The lines of the YAML block scalar after `marker` (`key: |`), de-indented.
+fn block(yaml: &str, marker: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != marker);
+    let indent = lines.next().map(|l| l.len() - l.trim_start().len()).unwrap() + 2;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_deployed_policy_file_keeps_the_seed_roles_and_binds_the_example_workload_to_what_it_reads()
+{
+    use sentia_policy::{Capability, PolicySet};
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    let config = std::fs::read_to_string(deploy.join("20-config.yaml")).unwrap();
+    let set = PolicySet::parse(&block(&config, "policies.toml: |")).unwrap();
+    let defaults = PolicySet::default_set();
+    for name in defaults.names() {
+        assert_eq!(set.policy(&name), defaults.policy(&name), "{name}");
+    }
+    let k8s = set.kubernetes().unwrap();
+    let role = &k8s.roles["sentia-mcp-server"];
+    let workload = std::fs::read_to_string(deploy.join("60-example-workload.yaml")).unwrap();
+    assert!(workload.contains("serviceAccountName: mcp-server"));
+    assert!(workload.contains("namespace: sentia-manufacturing"));
+    assert!(role.binds("sentia-manufacturing", "mcp-server"));
+    assert!(workload.contains("{name: SENTIA_K8S_ROLE, value: sentia-mcp-server}"));
+    assert!(workload.contains("audience: sentia,"));
+    assert!(k8s.audiences.iter().any(|a| a == "sentia"));
+    // Every secret the agent's template reads is readable by the role's policies, and
+    // nothing else of the seed's paths is.
+    let template = block(&workload, "app.env.tmpl: |");
+    let paths: Vec<&str> = template
+        .split("secret \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(paths.len(), 2, "{template}");
+    for p in paths {
+        assert!(set.allows(&role.policies, Capability::Read, p), "{p}");
+    }
+    assert!(!set.allows(&role.policies, Capability::Read, "prod/app/db"));
+    assert!(!set.allows(&role.policies, Capability::List, "prod/app/mcp-server/x"));
+}

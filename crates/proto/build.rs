@@ -13,11 +13,15 @@ const FILES: &[&str] = &[
     "sentia/backup/v1/backup.proto",
 ];
 
+/// Contracts Sentia serves for others, outside its reflection descriptor: the Kubernetes KMS
+/// v2 plugin API.
+const FOREIGN: &[&str] = &["k8s/kms/v2/api.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     // Neither protox nor tonic-prost-build tells cargo about protos outside the crate.
     println!("cargo:rerun-if-changed={}", root.display());
-    for file in FILES {
+    for file in FILES.iter().chain(FOREIGN) {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     let fds = protox::compile(FILES, [&root])?;
@@ -27,5 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(protox::compile(FOREIGN, [&root])?)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod conn;
 mod dev;
 mod export;
 mod key;
+mod kms_plugin;
 mod ops;
 mod rotation;
 mod secret;
@@ -45,8 +46,11 @@ enum Command {
     Rotation(rotation::RotationArgs),
     /// Back up, check and restore the whole deployment.
     Backup(backup::BackupArgs),
-    /// Run a program with secrets in its environment, restarting or signalling it on change.
+    /// Hand secrets to a program: in its environment (`run`) or in files from templates
+    /// (`render`), following changes.
     Agent(agent::AgentArgs),
+    /// Serve the Kubernetes KMS v2 plugin API on a unix socket, encrypting with key-service.
+    KmsPlugin(kms_plugin::KmsPluginArgs),
     /// Check a server's gRPC health (for container health checks).
     Health(ops::HealthArgs),
     /// Make a CA and service certificates for a first deployment.
@@ -90,6 +94,7 @@ async fn main() -> std::process::ExitCode {
         Command::Dev(args) => dev::run(args).await,
         Command::Secret(args) => secret::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::KmsPlugin(args) => kms_plugin::run(args).await,
         Command::Login(args) => token::login(args).await,
         Command::Token(args) => token::run(args).await,
         Command::Audit(args) => audit::run(args).await,
@@ -105,5 +110,15 @@ async fn main() -> std::process::ExitCode {
             eprintln!("sentia: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subcommand_declares_its_arguments_consistently() {
+        // clap checks names, conflicts and requirements only when a command is built; this
+        // builds them all, so a clash fails here rather than in a user's shell.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

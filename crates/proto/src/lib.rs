@@ -55,3 +55,11 @@ pub mod backup {
         tonic::include_proto!("sentia.backup.v1");
     }
 }
+
+/// The Kubernetes KMS v2 plugin API (package `v2`, as kube-apiserver calls it), served by
+/// `sentia kms-plugin`.
+pub mod kms {
+    pub mod v2 {
+        tonic::include_proto!("v2");
+    }
+}

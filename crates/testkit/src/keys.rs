@@ -24,6 +24,9 @@ pub const KEY_TOKEN: &str = "key-service-token-for-tests";
 pub const CRYPTO_TOKEN: &str = "crypto-token-for-tests";
 /// An operator (admin role).
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// The Kubernetes KMS plugin's identity (`kms-plugin`): encrypts and decrypts under
+/// `kubernetes-kms` only.
+pub const KMS_TOKEN: &str = "kms-plugin-token-for-tests";
 /// The restore drill job's identity (`backup-drill`): records drill outcomes at audit-service,
 /// holds no key grant.
 pub const DRILL_TOKEN: &str = "backup-drill-token-for-tests";
@@ -64,6 +67,7 @@ pub fn tokens() -> String {
         ("crypto-tester", Role::Service, CRYPTO_TOKEN),
         ("operator", Role::Admin, ADMIN_TOKEN),
         ("backup-drill", Role::Service, DRILL_TOKEN),
+        ("kms-plugin", Role::Service, KMS_TOKEN),
     ])
     .to_config()
 }

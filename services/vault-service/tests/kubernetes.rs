@@ -255,7 +255,11 @@ fn header(kid: &str) -> String {
 /// The lines of the YAML block scalar after `marker` (`key: |`), de-indented.
 fn block(yaml: &str, marker: &str) -> String {
     let mut lines = yaml.lines().skip_while(|l| l.trim() != marker);
-    let indent = lines.next().map(|l| l.len() - l.trim_start().len()).unwrap() + 2;
+    let indent = lines
+        .next()
+        .map(|l| l.len() - l.trim_start().len())
+        .unwrap()
+        + 2;
     lines
         .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
         .map(|l| l.get(indent..).unwrap_or(""))
@@ -264,8 +268,7 @@ fn block(yaml: &str, marker: &str) -> String {
 }
 
 #[test]
-fn the_deployed_policy_file_keeps_the_seed_roles_and_binds_the_example_workload_to_what_it_reads()
-{
+fn the_deployed_policy_file_keeps_the_seed_roles_and_binds_the_example_workload_to_what_it_reads() {
     use sentia_policy::{Capability, PolicySet};
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
     let config = std::fs::read_to_string(deploy.join("20-config.yaml")).unwrap();

@@ -43,7 +43,11 @@ pub struct KmsPluginArgs {
     #[arg(long, env = "SENTIA_KMS_SOCKET")]
     socket: PathBuf,
     /// key-service key (purpose encryption) that encrypts the cluster's key seeds.
-    #[arg(long = "key-name", env = "SENTIA_KMS_KEY", default_value = "kubernetes-kms")]
+    #[arg(
+        long = "key-name",
+        env = "SENTIA_KMS_KEY",
+        default_value = "kubernetes-kms"
+    )]
     key_name: String,
     /// key-service address.
     #[arg(long, env = "SENTIA_KEY_ADDR", default_value = "127.0.0.1:8201")]

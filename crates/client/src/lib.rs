@@ -306,10 +306,33 @@ impl Client {
         self.auth.clone()
     }
 
+    /// Runs `call` with the retry policy. When a logged-in client's token is refused
+    /// (UNAUTHENTICATED: it expired while renewals failed, was revoked, or its signing key was
+    /// retired), the session logs in again at once and the call is tried once more.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        match self.retry.run(&mut call).await {
+            Err(e) if e.code() == Some(Code::Unauthenticated) && self.renew_now().await => {
+                self.retry.run(call).await
+            }
+            r => r,
+        }
+    }
+
+    /// For a logged-in client: logs in again now; true once a new token is in use.
+    async fn renew_now(&self) -> bool {
+        match &self.session {
+            Some(s) => s.renew_now().await,
+            None => false,
+        }
+    }
+
     async fn read(&self, req: pb::GetSecretRequest) -> Result<Secret, ClientError> {
         let r = self
-            .retry
-            .run(|| {
+            .call(|| {
                 let mut c = self.secrets.clone();
                 let req = req.clone();
                 async move { c.get_secret(req).await }
@@ -362,8 +385,7 @@ impl Client {
             ..Default::default()
         };
         let r = self
-            .retry
-            .run(|| {
+            .call(|| {
                 let mut c = self.secrets.clone();
                 let req = req.clone();
                 async move { c.put_secret(req).await }
@@ -389,8 +411,7 @@ impl Client {
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         let r = self
-            .retry
-            .run(|| {
+            .call(|| {
                 let mut c = self.secrets.clone();
                 let req = req.clone();
                 async move { c.restore_secret_version(req).await }
@@ -488,7 +509,8 @@ impl Watch {
     }
 
     /// The next change. Disconnects and UNAVAILABLE are retried with backoff, resuming from
-    /// the last sequence; other errors (e.g. OUT_OF_RANGE after a very long outage,
+    /// the last sequence; a logged-in client whose token is refused renews it and resumes;
+    /// other errors (e.g. OUT_OF_RANGE after a very long outage,
     /// PERMISSION_DENIED) are returned.
     pub async fn next(&mut self) -> Result<pb::SecretEvent, ClientError> {
         loop {
@@ -497,6 +519,11 @@ impl Watch {
                     Ok(()) => {}
                     Err(ClientError::Status(s)) if transient(&s) => {
                         self.backoff().await;
+                        continue;
+                    }
+                    Err(ClientError::Status(s))
+                        if s.code() == Code::Unauthenticated && self.client.renew_now().await =>
+                    {
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -526,6 +553,10 @@ impl Watch {
                     tracing::debug!(code = ?s.code(), "watch interrupted; resuming");
                     self.stream = None;
                     self.backoff().await;
+                }
+                // The token the stream was opened with expired: resume with a renewed one.
+                Err(s) if s.code() == Code::Unauthenticated && self.client.renew_now().await => {
+                    self.stream = None;
                 }
                 Err(s) => return Err(s.into()),
             }

@@ -4,13 +4,14 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sentia_channel::AuthedChannel;
 use sentia_channel::CallContext;
 use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tonic::Code;
 use zeroize::Zeroizing;
 
@@ -39,6 +40,8 @@ pub struct SessionState {
 #[derive(Debug)]
 pub(crate) struct Session {
     state: watch::Receiver<SessionState>,
+    /// Wakes the renewal task before its time (a call was refused).
+    nudge: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -160,8 +163,30 @@ impl Session {
             expires_at: first.expires_at,
             renewals: 0,
         });
-        let task = tokio::spawn(renew(auth, retry, context, credential, renewal, tx));
-        Self { state, task }
+        let nudge = Arc::new(Notify::new());
+        let task = tokio::spawn(renew(
+            auth,
+            retry,
+            context,
+            credential,
+            renewal,
+            tx,
+            nudge.clone(),
+        ));
+        Self { state, nudge, task }
+    }
+
+    /// Logs in again now, for a call whose token was refused; true once a new token is in
+    /// use, false if renewal has ended (the credential was refused) or takes over
+    /// [`RENEW_NOW_WAIT`].
+    pub(crate) async fn renew_now(&self) -> bool {
+        let mut state = self.state.clone();
+        let before = state.borrow().renewals;
+        self.nudge.notify_one();
+        matches!(
+            tokio::time::timeout(RENEW_NOW_WAIT, state.wait_for(|s| s.renewals > before)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The current token's id and expiry, updated at each renewal.
@@ -177,6 +202,9 @@ fn renew_in(left: i64, renewal: Renewal) -> Duration {
     left.saturating_sub(before).max(Duration::from_secs(1))
 }
 
+/// How long a refused call waits for an immediate renewal.
+const RENEW_NOW_WAIT: Duration = Duration::from_secs(30);
+
 async fn renew(
     auth: AuthServiceClient<AuthedChannel>,
     retry: Retry,
@@ -184,6 +212,7 @@ async fn renew(
     credential: Credential,
     renewal: Renewal,
     tx: watch::Sender<SessionState>,
+    nudge: Arc<Notify>,
 ) {
     let mut failures = 0u32;
     loop {
@@ -200,7 +229,10 @@ async fn renew(
         } else {
             retry.delay(failures.min(16))
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = nudge.notified() => {}
+        }
         match login(&auth, &retry, &credential).await {
             Ok(next) => {
                 if let Err(e) = context.set_token(Some(&next.token)) {

@@ -268,3 +268,119 @@ async fn a_kubernetes_session_reads_the_token_file_again_at_each_renewal() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_client_whose_token_is_refused_logs_in_again_and_carries_on() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    s.put("dev/app/refused", b"v1").await;
+    let cred = s
+        .auth(&s.root_token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: "refused".into(),
+            policies: vec!["developer".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (c, first) = Client::login(&s.addr, &cred.role_id, &cred.secret_id, None)
+        .await
+        .unwrap();
+    // Revoke the token in use (an hour from expiry, so no scheduled renewal is near).
+    s.auth(&s.root_token)
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: first.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    let old = s.auth(&first.token).await;
+    while old.clone().who_am_i(pb::WhoAmIRequest {}).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refused read renews the session at once and is tried again.
+    assert_eq!(c.get("dev/app/refused").await.unwrap().expose(), b"v1");
+    let session = c.session().unwrap().borrow().clone();
+    assert_eq!(session.renewals, 1);
+    assert_ne!(session.token_id, first.token_id);
+    // A watch opened after the refusal works too, and follows a change.
+    let mut fresh = c.keep_fresh("dev/app/refused").await.unwrap();
+    s.put("dev/app/refused", b"v2").await;
+    let changed = tokio::time::timeout(Duration::from_secs(30), fresh.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.expose(), b"v2");
+
+    // An app credential revoked for good: the renewal is refused, and the call fails with
+    // UNAUTHENTICATED instead of waiting.
+    s.auth(&s.root_token)
+        .await
+        .revoke_app_credential(pb::RevokeAppCredentialRequest {
+            role_id: cred.role_id.clone(),
+        })
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        match c.get("dev/app/refused").await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(refused.unwrap().code(), Some(tonic::Code::Unauthenticated));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_the_token_it_was_opened_with() {
+    use support::kubernetes::{self as k8s, Alg, Cluster};
+    let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
+    let dir = support::scratch_path(&support::unique("k8s-watch"));
+    let policies = cluster.policy_file(&dir, None);
+    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+        return;
+    };
+    s.put("prod/monitoring/grafana", b"v1").await;
+    // The first Sentia token ends with a 4-second Kubernetes token, and is renewed only as it
+    // expires: vault-service ends the open watch stream with UNAUTHENTICATED ("token expired").
+    let token_file = dir.join("token");
+    let token = |exp_in| {
+        cluster.sign(
+            Alg::Es256,
+            &cluster.claims(k8s::NAMESPACE, k8s::SERVICE_ACCOUNT, k8s::AUDIENCE, exp_in),
+        )
+    };
+    std::fs::write(&token_file, token(4)).unwrap();
+    let credential = sentia_client::Credential::Kubernetes {
+        role: k8s::ROLE.into(),
+        token_file: token_file.clone(),
+    };
+    let renewal = sentia_client::Renewal {
+        before_expiry: Some(Duration::ZERO),
+    };
+    let (c, first) = Client::login_with(&s.addr, credential, None, renewal)
+        .await
+        .unwrap();
+    std::fs::write(&token_file, token(3600)).unwrap();
+    let mut fresh = c.keep_fresh("prod/monitoring/grafana").await.unwrap();
+    let mut session = c.session().unwrap();
+    session.wait_for(|state| state.renewals >= 1).await.unwrap();
+    // Past the first token's expiry, a change still arrives through the watch.
+    while sentia_proto::wkt::now_secs() <= first.expires_at + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.put("prod/monitoring/grafana", b"v2").await;
+    let changed = tokio::time::timeout(Duration::from_secs(30), fresh.changed())
+        .await
+        .expect("the watch resumed with the renewed token")
+        .unwrap();
+    assert_eq!(changed.expose(), b"v2");
+    s.stop().await;
+}

@@ -38,6 +38,10 @@ pub struct DevArgs {
     /// Serve mutual TLS with a throwaway CA written to the data directory.
     #[arg(long)]
     tls: bool,
+    /// Policies (and Kubernetes login) from this file instead of the built-in seed roles;
+    /// reloaded when it changes, as in production.
+    #[arg(long, env = "SENTIA_POLICY_FILE")]
+    policy_file: Option<PathBuf>,
     /// No daily backups (by default rotation-scheduler makes one a day into `backups/` in the
     /// data directory and keeps 90 days of them).
     #[arg(long)]
@@ -281,6 +285,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         vec!["system_admin".to_string()],
     )]
     .into();
+    vault.policies.file.clone_from(&args.policy_file);
     vault.database_url = sqlite("vault.db")?;
     vault.root_token_file = Some(root_file.clone());
     vault.key_service = upstream(addr, "vault-service")?;
@@ -296,6 +301,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         audited("rotation-scheduler", "rotation-audit.spool")?,
     )?;
     rotation.database_url = sqlite("rotation.db")?;
+    rotation.policies.file.clone_from(&args.policy_file);
     // Quick feedback locally: look for due secrets every second.
     rotation.tick = std::time::Duration::from_secs(1);
     rotation.lease = std::time::Duration::from_secs(5);

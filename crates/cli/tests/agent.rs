@@ -310,7 +310,7 @@ command = ["sh", "-c", "echo rendered >> {log}"]
         .unwrap()
         .port();
     let health_addr = format!("127.0.0.1:{port}");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_sentia"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_sentia"))
         .args(["agent", "render", "--config", config.to_str().unwrap()])
         .args(["--health-addr", &health_addr])
         .env("SENTIA_ADDR", &s.addr)

@@ -357,7 +357,8 @@ impl Verifier {
                 _ => c.fetched.elapsed() > KEYS_MAX_AGE,
             };
             let may_force = c.forced.is_none_or(|f| f.elapsed() >= FORCED_REFRESH_GAP);
-            if !stale && !(force && may_force) {
+            let refetch = stale || (force && may_force);
+            if !refetch {
                 return Ok(c.keys.clone());
             }
             if force {

@@ -15,6 +15,8 @@ from sentia.vault.v1 import vault_pb2, vault_pb2_grpc
 #: Status codes a call is retried on (with backoff): the server restarting or unreachable, or
 #: a write that lost a race and did not happen.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+#: What ends a watch stream that resumes: those, and a connection broken mid-stream.
+INTERRUPTED = RETRIED + (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 
 
 class Retry:
@@ -204,25 +206,28 @@ class Client:
         token = self._session.token() if self._session else self._token
         return (("authorization", f"Bearer {token}"),) if token else ()
 
+    def _recover(self, e, attempt, renewed, retried=RETRIED, bounded=True):
+        """After a failed call: backs off and returns `(attempt + 1, renewed)` on a `retried`
+        code (while attempts are left, when `bounded`); renews a refused token once and returns
+        `(attempt, True)`; otherwise raises the typed error."""
+        code = e.code()
+        if code in retried and (not bounded or attempt + 1 < self._retry.attempts):
+            time.sleep(self._retry.delay(min(attempt, 16)))
+            return attempt + 1, renewed
+        if code == grpc.StatusCode.UNAUTHENTICATED and self._session and not renewed:
+            self._session.renew()
+            return attempt, True
+        raise errors.from_rpc_error(e) from None
+
     def _call(self, method, request):
         """`method(request)` with retries on RETRIED codes; a logged-in client renews once on
         UNAUTHENTICATED and tries again."""
-        renewed = False
-        attempt = 0
+        attempt, renewed = 0, False
         while True:
             try:
                 return method(request, metadata=self._metadata(), timeout=self._timeout)
             except grpc.RpcError as e:
-                code = e.code()
-                if code in RETRIED and attempt + 1 < self._retry.attempts:
-                    time.sleep(self._retry.delay(attempt))
-                    attempt += 1
-                    continue
-                if code == grpc.StatusCode.UNAUTHENTICATED and self._session and not renewed:
-                    self._session.renew()
-                    renewed = True
-                    continue
-                raise errors.from_rpc_error(e) from None
+                attempt, renewed = self._recover(e, attempt, renewed)
 
     def get(self, path, *, version=None, label=None):
         """The CURRENT value of `path`, or a given version or label."""
@@ -276,15 +281,6 @@ class Client:
                 time.sleep(self._retry.delay(min(failures, 5)))
                 failures += 1
             except grpc.RpcError as e:
-                code = e.code()
-                if code in RETRIED + (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-                    time.sleep(self._retry.delay(min(failures, 5)))
-                    failures += 1
-                    continue
-                if code == grpc.StatusCode.UNAUTHENTICATED and self._session and not renewed:
-                    self._session.renew()
-                    renewed = True
-                    continue
-                raise errors.from_rpc_error(e) from None
+                failures, renewed = self._recover(e, min(failures, 5), renewed, INTERRUPTED, bounded=False)
             finally:
                 call.cancel()

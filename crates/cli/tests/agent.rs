@@ -180,9 +180,7 @@ async fn the_agent_refuses_a_malformed_binding_or_change_action_naming_it() {
 async fn the_agent_logs_in_with_a_kubernetes_service_account_token() {
     use support::kubernetes::{self as k8s, Alg, Cluster};
     let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
-    let dir = support::scratch_path(&support::unique("agent-k8s"));
-    let policies = cluster.policy_file(&dir, None);
-    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+    let Some((s, dir)) = cluster.stack("agent-k8s").await else {
         return;
     };
     sentia(
@@ -192,16 +190,7 @@ async fn the_agent_logs_in_with_a_kubernetes_service_account_token() {
     )
     .await;
     let (token, log) = (dir.join("token"), dir.join("log"));
-    std::fs::write(
-        &token,
-        cluster.token(
-            Alg::Es256,
-            k8s::NAMESPACE,
-            k8s::SERVICE_ACCOUNT,
-            k8s::AUDIENCE,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&token, cluster.bound_token(Alg::Es256, 3600)).unwrap();
     let script = format!("echo \"start $PW\" >> {}; exec sleep 600", log.display());
     let running = agent(
         &[

@@ -8,7 +8,27 @@ use std::time::Duration;
 
 use sentia_client::{Client, ClientError, EventKind};
 use sentia_proto::vault::v1 as pb;
+use support::kubernetes::{self as k8s, Alg, Cluster};
 use support::{Backend, Proxy, Stack};
+
+/// Logs in at `s` with the Kubernetes login role and the token in `token_file`, renewing
+/// `before_expiry` ahead.
+async fn kubernetes_login(
+    s: &Stack,
+    token_file: &std::path::Path,
+    before_expiry: Duration,
+) -> (Client, sentia_client::Login) {
+    let credential = sentia_client::Credential::Kubernetes {
+        role: k8s::ROLE.into(),
+        token_file: token_file.to_path_buf(),
+    };
+    let renewal = sentia_client::Renewal {
+        before_expiry: Some(before_expiry),
+    };
+    Client::login_with(&s.addr, credential, None, renewal)
+        .await
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_ride_out_a_short_outage_with_retries() {
@@ -220,37 +240,19 @@ async fn a_logged_in_client_renews_its_token_before_expiry_and_its_calls_carry_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubernetes_session_reads_the_token_file_again_at_each_renewal() {
-    use support::kubernetes::{self as k8s, Alg, Cluster};
     let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
-    let dir = support::scratch_path(&support::unique("k8s-session"));
-    let policies = cluster.policy_file(&dir, None);
-    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+    let Some((s, dir)) = cluster.stack("k8s-session").await else {
         return;
     };
     s.put("prod/monitoring/grafana", b"pw").await;
     // A 61-second projected token: the Sentia token ends with it, and is renewed 58 s before.
     let token_file = dir.join("token");
-    let token = |exp_in| {
-        cluster.sign(
-            Alg::Rs256,
-            &cluster.claims(k8s::NAMESPACE, k8s::SERVICE_ACCOUNT, k8s::AUDIENCE, exp_in),
-        )
-    };
-    std::fs::write(&token_file, token(61)).unwrap();
-    let credential = sentia_client::Credential::Kubernetes {
-        role: k8s::ROLE.into(),
-        token_file: token_file.clone(),
-    };
-    let renewal = sentia_client::Renewal {
-        before_expiry: Some(Duration::from_secs(58)),
-    };
-    let (c, first) = Client::login_with(&s.addr, credential, None, renewal)
-        .await
-        .unwrap();
+    std::fs::write(&token_file, cluster.bound_token(Alg::Rs256, 61)).unwrap();
+    let (c, first) = kubernetes_login(&s, &token_file, Duration::from_secs(58)).await;
     assert!(first.expires_at <= sentia_proto::wkt::now_secs() + 61);
     // The kubelet replaces the file with a fresh token: the renewal logs in with that one,
     // so the renewed Sentia token lives past the first Kubernetes token.
-    std::fs::write(&token_file, token(3600)).unwrap();
+    std::fs::write(&token_file, cluster.bound_token(Alg::Rs256, 3600)).unwrap();
     let mut session = c.session().unwrap();
     let renewed = session
         .wait_for(|state| state.renewals >= 1)
@@ -340,35 +342,17 @@ async fn a_logged_in_client_whose_token_is_refused_logs_in_again_and_carries_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_outlives_the_token_it_was_opened_with() {
-    use support::kubernetes::{self as k8s, Alg, Cluster};
     let cluster = Cluster::new("https://kubernetes.default.svc.cluster.local");
-    let dir = support::scratch_path(&support::unique("k8s-watch"));
-    let policies = cluster.policy_file(&dir, None);
-    let Some(s) = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)]).await else {
+    let Some((s, dir)) = cluster.stack("k8s-watch").await else {
         return;
     };
     s.put("prod/monitoring/grafana", b"v1").await;
     // The first Sentia token ends with a 4-second Kubernetes token, and is renewed only as it
     // expires: vault-service ends the open watch stream with UNAUTHENTICATED ("token expired").
     let token_file = dir.join("token");
-    let token = |exp_in| {
-        cluster.sign(
-            Alg::Es256,
-            &cluster.claims(k8s::NAMESPACE, k8s::SERVICE_ACCOUNT, k8s::AUDIENCE, exp_in),
-        )
-    };
-    std::fs::write(&token_file, token(4)).unwrap();
-    let credential = sentia_client::Credential::Kubernetes {
-        role: k8s::ROLE.into(),
-        token_file: token_file.clone(),
-    };
-    let renewal = sentia_client::Renewal {
-        before_expiry: Some(Duration::ZERO),
-    };
-    let (c, first) = Client::login_with(&s.addr, credential, None, renewal)
-        .await
-        .unwrap();
-    std::fs::write(&token_file, token(3600)).unwrap();
+    std::fs::write(&token_file, cluster.bound_token(Alg::Es256, 4)).unwrap();
+    let (c, first) = kubernetes_login(&s, &token_file, Duration::ZERO).await;
+    std::fs::write(&token_file, cluster.bound_token(Alg::Es256, 3600)).unwrap();
     let mut fresh = c.keep_fresh("prod/monitoring/grafana").await.unwrap();
     let mut session = c.session().unwrap();
     session.wait_for(|state| state.renewals >= 1).await.unwrap();

@@ -195,6 +195,25 @@ token_ttl = "1h"
         file.display().to_string()
     }
 
+    /// A vault stack (SQLite) whose policy file trusts this cluster's JWKS, saved as a file
+    /// ([`Cluster::policy_file`]), and the scratch directory holding both (for token files).
+    pub async fn stack(&self, tag: &str) -> Option<(crate::Stack, std::path::PathBuf)> {
+        let dir = crate::scratch_path(&crate::unique(tag));
+        let policies = self.policy_file(&dir, None);
+        let stack =
+            crate::Stack::start(crate::Backend::Sqlite, &[("SENTIA_POLICY_FILE", &policies)])
+                .await?;
+        Some((stack, dir))
+    }
+
+    /// A token for the service account [`ROLE`] binds, expiring in `exp_in` seconds.
+    pub fn bound_token(&self, alg: Alg, exp_in: i64) -> String {
+        self.sign(
+            alg,
+            &self.claims(NAMESPACE, SERVICE_ACCOUNT, AUDIENCE, exp_in),
+        )
+    }
+
     /// Serves `/.well-known/openid-configuration` and `/openid/v1/jwks` on 127.0.0.1 until
     /// the returned server is dropped; its `base` is the discovery URL.
     pub async fn serve(self: &Arc<Self>) -> Issuer {

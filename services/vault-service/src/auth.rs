@@ -175,6 +175,27 @@ impl Tokens {
         )))
     }
 
+    /// What a successful login answers: token `token_id` for `sub` with `policies`, issued
+    /// `now` and expiring at `exp` (Unix seconds).
+    async fn login_response(
+        &self,
+        token_id: String,
+        sub: &str,
+        policies: Vec<String>,
+        now: i64,
+        exp: i64,
+    ) -> Res<pb::LoginResponse> {
+        let token = self
+            .issue(&token_id, sub, policies, now, exp)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::LoginResponse {
+            token,
+            expire_time: Some(timestamp(exp * 1000)),
+            token_id,
+        }))
+    }
+
     /// Revokes a token id; `expire_time` (ms) bounds how long the record is kept.
     pub async fn revoke(&self, token_id: &str, expire_time: i64) -> Result<bool, VaultError> {
         let was_root = {
@@ -444,17 +465,10 @@ impl AuthService for AuthApi {
                 tracing::info!(role_id = %cred.role_id, "login refused: the credential is not live");
                 return Err(refuse());
             }
-            let token = self
-                .tokens
-                .issue(&token_id, &format!("app:{}", cred.name), cred.policies, now, exp)
-                .await
-                .map_err(Status::from)?;
             tracing::info!(role_id = %cred.role_id, token_id = %token_id, "login");
-            Ok(Response::new(pb::LoginResponse {
-                token,
-                expire_time: Some(timestamp(exp * 1000)),
-                token_id,
-            }))
+            self.tokens
+                .login_response(token_id, &format!("app:{}", cred.name), cred.policies, now, exp)
+                .await
         }
         .await;
         call.finish(result).await
@@ -512,17 +526,10 @@ impl AuthService for AuthApi {
                 "k8s:{}/{}",
                 workload.namespace, workload.service_account
             );
-            let token = self
-                .tokens
-                .issue(&token_id, &sub, bound.policies.clone(), now, exp)
-                .await
-                .map_err(Status::from)?;
             tracing::info!(role = %role, principal = %sub, token_id = %token_id, "Kubernetes login");
-            Ok(Response::new(pb::LoginResponse {
-                token,
-                expire_time: Some(timestamp(exp * 1000)),
-                token_id,
-            }))
+            self.tokens
+                .login_response(token_id, &sub, bound.policies.clone(), now, exp)
+                .await
         }
         .await;
         call.finish(result).await

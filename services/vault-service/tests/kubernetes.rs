@@ -5,23 +5,12 @@
 
 use sentia_testkit as support;
 
-use std::path::PathBuf;
-
 use sentia_proto::vault::v1 as pb;
 use support::kubernetes::{Alg, Cluster};
 use support::{Backend, Stack, get};
 use tonic::Code;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-/// A stack whose policy file trusts `cluster`'s JWKS, saved as a file; and the file's
-/// directory.
-async fn stack_trusting(cluster: &Cluster) -> Option<(Stack, PathBuf)> {
-    let dir = support::scratch_path(&support::unique("k8s-login"));
-    let f = cluster.policy_file(&dir, None);
-    let s = Stack::start(Backend::Sqlite, &[("SENTIA_POLICY_FILE", &f)]).await?;
-    Some((s, dir))
-}
 
 async fn login(s: &Stack, role: &str, jwt: &str) -> Result<pb::LoginResponse, tonic::Status> {
     s.auth("none")
@@ -38,7 +27,7 @@ async fn login(s: &Stack, role: &str, jwt: &str) -> Result<pb::LoginResponse, to
 async fn a_bound_service_account_logs_in_with_an_rs256_or_es256_token_and_gets_its_roles_policies()
 {
     let cluster = Cluster::new(ISSUER);
-    let Some((s, dir)) = stack_trusting(&cluster).await else {
+    let Some((s, dir)) = cluster.stack("k8s-login").await else {
         return;
     };
     s.put("prod/monitoring/grafana", b"grafana-pw").await;
@@ -79,7 +68,7 @@ async fn a_bound_service_account_logs_in_with_an_rs256_or_es256_token_and_gets_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_login_refuses_a_wrong_issuer_audience_expiry_signature_or_binding() {
     let cluster = Cluster::new(ISSUER);
-    let Some((s, dir)) = stack_trusting(&cluster).await else {
+    let Some((s, dir)) = cluster.stack("k8s-login").await else {
         return;
     };
     let other_issuer = Cluster::new("https://other-cluster.example");

@@ -5,7 +5,6 @@
 mod shell;
 use sentia_testkit as support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::{Backend, Stack};
@@ -24,19 +23,10 @@ async fn sentia(s: &Stack, args: &[&str], stdin: &[u8]) -> String {
 
 /// `sentia agent run ARGS -- sh -c SCRIPT` with `env`, its output discarded.
 fn agent(env: &[(&str, &str)], args: &[&str], script: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .arg("agent")
-        .arg("run")
-        .args(args)
-        .args(["--", "sh", "-c", script])
-        .env_remove("SENTIA_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let mut all = vec!["agent", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", "sh", "-c", script]);
+    shell::spawn(env, &all)
 }
 
 /// Waits (up to a minute) until `file` holds exactly `lines`.
@@ -218,27 +208,27 @@ async fn the_agent_logs_in_with_a_kubernetes_service_account_token() {
         cluster.token(Alg::Es256, k8s::NAMESPACE, "intruder", k8s::AUDIENCE),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args(["agent", "run", "--secret", "PW=prod/monitoring/grafana"])
-        .args([
+    let started = format!("echo started >> {}", log.display());
+    let (ok, _, err) = shell::sentia(
+        &[("SENTIA_ADDR", &s.addr)],
+        &[
+            "agent",
+            "run",
+            "--secret",
+            "PW=prod/monitoring/grafana",
             "--k8s-role",
             k8s::ROLE,
             "--k8s-token-file",
             token.to_str().unwrap(),
-        ])
-        .args([
             "--",
             "sh",
             "-c",
-            &format!("echo started >> {}", log.display()),
-        ])
-        .env_remove("SENTIA_TOKEN")
-        .env("SENTIA_ADDR", &s.addr)
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+            &started,
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok);
     assert!(err.contains("apps/intruder is not bound"), "{err}");
     lines(&log, &["start grafana-pw", "start rotated-pw"]).await;
     s.stop().await;
@@ -299,17 +289,17 @@ command = ["sh", "-c", "echo rendered >> {log}"]
         .unwrap()
         .port();
     let health_addr = format!("127.0.0.1:{port}");
-    let agent = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args(["agent", "render", "--config", config.to_str().unwrap()])
-        .args(["--health-addr", &health_addr])
-        .env("SENTIA_ADDR", &s.addr)
-        .env("SENTIA_TOKEN", &s.root_token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let agent = shell::spawn(
+        &[("SENTIA_ADDR", &s.addr), ("SENTIA_TOKEN", &s.root_token)],
+        &[
+            "agent",
+            "render",
+            "--config",
+            config.to_str().unwrap(),
+            "--health-addr",
+            &health_addr,
+        ],
+    );
     lines(&log, &["rendered"]).await;
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "DB_USER=app\n");
     let first = "{\"user\": \"app\", \"password\": \"first\\\"pw\"}\n";
@@ -363,24 +353,19 @@ command = ["sh", "-c", "echo rendered >> {log}"]
 
     // --once renders and exits (an init container).
     std::fs::remove_file(&env_file).unwrap();
-    let once = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args([
+    let (ok, _, err) = shell::sentia(
+        &[("SENTIA_ADDR", &s.addr), ("SENTIA_TOKEN", &s.root_token)],
+        &[
             "agent",
             "render",
             "--once",
             "--config",
             config.to_str().unwrap(),
-        ])
-        .env("SENTIA_ADDR", &s.addr)
-        .env("SENTIA_TOKEN", &s.root_token)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        once.status.success(),
-        "{}",
-        String::from_utf8_lossy(&once.stderr)
-    );
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "DB_USER=app\n");
     s.stop().await;
 }

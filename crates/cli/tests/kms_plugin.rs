@@ -2,10 +2,10 @@
 //! kube-apiserver calls it, through the Kubernetes KMS v2 contract.
 #![allow(clippy::unwrap_used)]
 
+mod shell;
 use sentia_testkit as support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use sentia_proto::keys::v1 as kpb;
@@ -56,16 +56,10 @@ async fn the_kms_plugin_round_trips_through_key_service_and_reports_a_new_key_id
     let socket = dir.join("kms.sock");
     // A stale socket from an earlier run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let mut plugin = Command::new(env!("CARGO_BIN_EXE_sentia"))
-        .args(["kms-plugin", "--socket", socket.to_str().unwrap()])
-        .env("SENTIA_KEY_ADDR", &keys.addr)
-        .env("SENTIA_TOKEN", KMS_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut plugin = shell::spawn(
+        &[("SENTIA_KEY_ADDR", &keys.addr), ("SENTIA_TOKEN", KMS_TOKEN)],
+        &["kms-plugin", "--socket", socket.to_str().unwrap()],
+    );
     let mut kms = connect(&socket).await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

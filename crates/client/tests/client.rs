@@ -11,6 +11,25 @@ use sentia_proto::vault::v1 as pb;
 use support::kubernetes::{self as k8s, Alg, Cluster};
 use support::{Backend, Proxy, Stack};
 
+/// A fresh app credential holding `developer`, its tokens living `ttl_secs` (default 1 h).
+async fn developer_credential(
+    s: &Stack,
+    name: &str,
+    ttl_secs: Option<i64>,
+) -> pb::CreateAppCredentialResponse {
+    s.auth(&s.root_token)
+        .await
+        .create_app_credential(pb::CreateAppCredentialRequest {
+            name: name.into(),
+            policies: vec!["developer".into()],
+            token_ttl: ttl_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Logs in at `s` with the Kubernetes login role and the token in `token_file`, renewing
 /// `before_expiry` ahead.
 async fn kubernetes_login(
@@ -65,18 +84,7 @@ async fn login_gives_a_client_limited_to_its_policies() {
     };
     s.put("dev/app/key", b"dev").await;
     s.put("prod/app/key", b"prod").await;
-    let cred = s
-        .auth(&s.root_token)
-        .await
-        .create_app_credential(pb::CreateAppCredentialRequest {
-            name: "billing".into(),
-            policies: vec!["developer".into()],
-            token_ttl: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cred = developer_credential(&s, "billing", None).await;
     let (c, login) = Client::login(&s.addr, &cred.role_id, &cred.secret_id, None)
         .await
         .unwrap();
@@ -176,21 +184,7 @@ async fn a_logged_in_client_renews_its_token_before_expiry_and_its_calls_carry_t
         return;
     };
     s.put("dev/app/renewed", b"v1").await;
-    let cred = s
-        .auth(&s.root_token)
-        .await
-        .create_app_credential(pb::CreateAppCredentialRequest {
-            name: "long-running".into(),
-            policies: vec!["developer".into()],
-            token_ttl: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cred = developer_credential(&s, "long-running", Some(60)).await;
     // Renew with 58 s of the 60 s left: the first renewal comes about 2 s after login.
     let renewal = sentia_client::Renewal {
         before_expiry: Some(Duration::from_secs(58)),
@@ -277,17 +271,7 @@ async fn a_logged_in_client_whose_token_is_refused_logs_in_again_and_carries_on(
         return;
     };
     s.put("dev/app/refused", b"v1").await;
-    let cred = s
-        .auth(&s.root_token)
-        .await
-        .create_app_credential(pb::CreateAppCredentialRequest {
-            name: "refused".into(),
-            policies: vec!["developer".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cred = developer_credential(&s, "refused", None).await;
     let (c, first) = Client::login(&s.addr, &cred.role_id, &cred.secret_id, None)
         .await
         .unwrap();

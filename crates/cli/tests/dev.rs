@@ -37,6 +37,11 @@ struct Dev {
 /// Starts `sentia dev` on free ports in `dir` and reads its banner up to the root token
 /// (a first start) or the end of the banner (later starts).
 async fn start_dev(dir: &std::path::Path) -> Dev {
+    start_dev_with(dir, &[]).await
+}
+
+/// [`start_dev`] with more arguments (e.g. `--tls`: addresses are then `https://` ones).
+async fn start_dev_with(dir: &std::path::Path, extra: &[&str]) -> Dev {
     let d = dir.display().to_string();
     let minted_before = dir.join("root-token").exists();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sentia"))
@@ -50,6 +55,7 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
             "0",
         ])
         .args(["--audit-port", "0", "--rotation-port", "0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -57,7 +63,7 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr_of = |line: &str| {
-        line.split("http://")
+        line.split("://")
             .nth(1)
             .unwrap()
             .split_whitespace()
@@ -80,9 +86,9 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
     {
         banner.push_str(&line);
         banner.push('\n');
-        if line.contains("vault-service: http://") {
+        if line.contains("vault-service: http") {
             vault = addr_of(&line);
-        } else if line.contains("key-service:") && line.contains("http://") {
+        } else if line.contains("key-service:") && line.contains("://") {
             keys = addr_of(&line);
             admin = line
                 .split("admin token ")
@@ -90,9 +96,9 @@ async fn start_dev(dir: &std::path::Path) -> Dev {
                 .unwrap()
                 .trim_end_matches(')')
                 .to_string();
-        } else if line.contains("audit-service:") && line.contains("http://") {
+        } else if line.contains("audit-service:") && line.contains("://") {
             audit = addr_of(&line);
-        } else if line.contains("rotation:") && line.contains("http://") {
+        } else if line.contains("rotation:") && line.contains("://") {
             rotation = addr_of(&line);
         } else if let Some(t) = line.trim().strip_prefix("vault root token: ") {
             root = Some(t.to_string());
@@ -646,4 +652,61 @@ async fn secrets_move_between_stores_in_an_export_sealed_to_a_recipient() {
     let _ = to.child.kill().await;
     let _ = std::fs::remove_dir_all(&from_dir);
     let _ = std::fs::remove_dir_all(&to_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_authenticates_with_a_client_certificate_alone() {
+    let dir = data_dir();
+    let mut dev = start_dev_with(&dir, &["--tls"]).await;
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("cli.pem"), file("cli-key.pem"));
+    let port = dev.vault.rsplit(':').next().unwrap();
+    let addr = format!("https://localhost:{port}");
+    // No token anywhere: the certificate is the identity (the dev CLI's, an administrator).
+    let env = [
+        ("SENTIA_ADDR", addr.as_str()),
+        ("SENTIA_CLIENT_CA", ca.as_str()),
+        ("SENTIA_CLIENT_CERT", cert.as_str()),
+        ("SENTIA_CLIENT_KEY", key.as_str()),
+    ];
+    let (ok, _, err) = sentia(&env, &["secret", "put", "dev/app/by-cert"], b"from-cert").await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = sentia(
+        &env,
+        &[
+            "agent",
+            "run",
+            "--secret",
+            "V=dev/app/by-cert",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$V\"",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "from-cert");
+    // Without the certificate (CA only), vault-service does not know the caller.
+    let (ok, _, err) = sentia(
+        &env[..2],
+        &[
+            "agent",
+            "run",
+            "--secret",
+            "V=dev/app/by-cert",
+            "--",
+            "true",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok, "no certificate, no token: refused");
+    assert!(
+        err.contains("Unauthenticated") || err.contains("certificate"),
+        "{err}"
+    );
+    dev.child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

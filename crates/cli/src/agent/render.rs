@@ -35,6 +35,10 @@ pub(super) struct RenderArgs {
     /// Render every file once and exit (an init container, a cron job).
     #[arg(long)]
     once: bool,
+    /// Check the configuration and its templates, print what they read, and exit without
+    /// logging in (for CI and reviews of agent configurations).
+    #[arg(long, conflicts_with = "once")]
+    check: bool,
     /// Serve health on this address (`GET` any path): 200 while every file is rendered and
     /// the secrets are being followed, 503 otherwise.
     #[arg(long, env = "SENTIA_AGENT_HEALTH_ADDR")]
@@ -280,6 +284,21 @@ async fn serve_health(addr: SocketAddr, healthy: Arc<AtomicBool>) -> anyhow::Res
 pub(super) async fn run(args: RenderArgs) -> anyhow::Result<i32> {
     let mut targets = load(&args.config)?;
     let paths: BTreeSet<String> = targets.iter().flat_map(|t| t.template.paths()).collect();
+    if args.check {
+        for t in &targets {
+            println!(
+                "{} (mode {:04o}) reads {}",
+                t.destination.display(),
+                t.mode,
+                t.template
+                    .paths()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(0);
+    }
     let client = args.login.client(&args.conn).await?;
     let mut fresh = Vec::new();
     for path in paths {

@@ -121,4 +121,20 @@ mod tests {
         // builds them all, so a clash fails here rather than in a user's shell.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
+
+    #[test]
+    fn rotation_set_help_names_every_rotator() {
+        let mut cli = <super::Cli as clap::CommandFactory>::command();
+        let set = cli
+            .find_subcommand_mut("rotation")
+            .and_then(|r| r.find_subcommand_mut("set"))
+            .map(|s| s.render_long_help().to_string())
+            .unwrap_or_default();
+        for name in rotation_scheduler::rotator::NAMES {
+            assert!(
+                set.contains(name),
+                "`rotation set --help` omits {name}:\n{set}"
+            );
+        }
+    }
 }

@@ -47,7 +47,8 @@ enum RotationCommand {
         /// How long the previous value keeps working after a rotation.
         #[arg(long, value_parser = duration, default_value = "1d")]
         grace: Duration,
-        /// random, api_key, postgres_password or redis_acl (none for manual).
+        /// random, api_key, postgres_password, redis_acl, webhook or jwt_signing_key (none
+        /// for manual).
         #[arg(long, default_value = "")]
         rotator: String,
         /// Rotator parameter `key=value`; the value is read as JSON when it parses

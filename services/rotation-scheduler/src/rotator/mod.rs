@@ -321,11 +321,18 @@ impl Params<'_> {
 }
 
 /// The refusal of a rotator name that is not one of ours, listing those that are.
+/// Every rotator a policy can name.
+pub const NAMES: [&str; 6] = [
+    "random",
+    "api_key",
+    "postgres_password",
+    "redis_acl",
+    "webhook",
+    "jwt_signing_key",
+];
+
 fn unknown_rotator(name: &str) -> String {
-    format!(
-        "unknown rotator {name:?} (available: random, api_key, postgres_password, redis_acl, \
-         webhook, jwt_signing_key)"
-    )
+    format!("unknown rotator {name:?} (available: {})", NAMES.join(", "))
 }
 
 fn ident_ok(s: &str) -> bool {

@@ -116,6 +116,11 @@ async fn an_api_key_rotates_on_demand_and_the_old_version_is_destroyed_when_grac
         Some(&1),
         "old value still readable in grace"
     );
+    assert_eq!(
+        labels.get("PENDING"),
+        None,
+        "the promoted version is not PENDING"
+    );
 
     clock.advance(DAY + 1);
     wait_for(&client, "prod/app/stripe", Step::Completed).await;

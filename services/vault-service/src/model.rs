@@ -44,6 +44,9 @@ pub const MAX_BATCH: usize = 100;
 pub const CURRENT: &str = "CURRENT";
 /// The label the previous CURRENT version gets when CURRENT moves.
 pub const PREVIOUS: &str = "PREVIOUS";
+/// The label of a staged version (a rotation's new value); it leaves a version that becomes
+/// CURRENT.
+pub const PENDING: &str = "PENDING";
 
 fn invalid(msg: impl Into<String>) -> VaultError {
     VaultError::Invalid(msg.into())

@@ -64,6 +64,11 @@ async fn versions_labels_and_describe_follow_each_write(s: &Stack) {
         .into_inner();
     assert_eq!(meta.labels["CURRENT"], 3);
     assert_eq!(meta.labels["PREVIOUS"], 2);
+    assert!(
+        !meta.labels.contains_key("PENDING"),
+        "a promoted version is no longer staged: {:?}",
+        meta.labels
+    );
     assert_eq!(
         c.get_secret(get(path)).await.unwrap().into_inner().value,
         b"three"

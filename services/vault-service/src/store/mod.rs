@@ -20,7 +20,7 @@ use stream::Pending;
 pub use stream::{Event, EventKind};
 
 use crate::VaultError;
-use crate::model::{CURRENT, Metadata, PREVIOUS, SecretPath, Selector};
+use crate::model::{CURRENT, Metadata, PENDING, PREVIOUS, SecretPath, Selector};
 use crate::sequencer::Sequencer;
 
 /// This service's migrations for each dialect (the schema-parity test compares what they make).
@@ -878,6 +878,22 @@ async fn move_label_tx(
     }
     set_label(tx, path, label, version).await?;
     events.push(EventKind::LabelMoved, path, &[version], label);
+    if label == CURRENT {
+        // A version that becomes CURRENT is no longer staged: PENDING leaves it (an event
+        // with no versions says the label was removed).
+        let removed = sqlx::query(
+            "DELETE FROM secret_labels WHERE path = $1 AND label = $2 AND version = $3",
+        )
+        .bind(path)
+        .bind(PENDING)
+        .bind(i64_of(version)?)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if removed > 0 {
+            events.push(EventKind::LabelMoved, path, &[], PENDING);
+        }
+    }
     Ok(())
 }
 

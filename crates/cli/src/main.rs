@@ -3,6 +3,7 @@
 //! (`sentia rotation`).
 
 mod agent;
+mod alert;
 mod audit;
 mod backup;
 mod conn;
@@ -49,6 +50,8 @@ enum Command {
     /// Hand secrets to a program: in its environment (`run`) or in files from templates
     /// (`render`), following changes.
     Agent(agent::AgentArgs),
+    /// List and acknowledge the alerts audit-service raised.
+    Alert(alert::AlertArgs),
     /// Serve the Kubernetes KMS v2 plugin API on a unix socket, encrypting with key-service.
     KmsPlugin(kms_plugin::KmsPluginArgs),
     /// Check a server's gRPC health (for container health checks).
@@ -95,6 +98,7 @@ async fn main() -> std::process::ExitCode {
         Command::Secret(args) => secret::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::KmsPlugin(args) => kms_plugin::run(args).await,
+        Command::Alert(args) => alert::run(args).await,
         Command::Login(args) => token::login(args).await,
         Command::Token(args) => token::run(args).await,
         Command::Audit(args) => audit::run(args).await,

@@ -710,3 +710,102 @@ async fn the_agent_authenticates_with_a_client_certificate_alone() {
     dev.child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_and_acknowledges_the_alert_a_prober_raises() {
+    let dir = data_dir();
+    let mut dev = start_dev(&dir).await;
+    let root = dev.root.clone().unwrap();
+    let as_root = [
+        ("SENTIA_ADDR", dev.vault.as_str()),
+        ("SENTIA_AUDIT_ADDR", dev.audit.as_str()),
+        ("SENTIA_TOKEN", root.as_str()),
+    ];
+    let (ok, out, err) = sentia(
+        &as_root,
+        &[
+            "token",
+            "create-credential",
+            "prober",
+            "--policy",
+            "developer",
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let cred: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (ok, jwt, err) = sentia(
+        &[("SENTIA_ADDR", dev.vault.as_str())],
+        &["login", "--role-id", cred["role_id"].as_str().unwrap()],
+        cred["secret_id"].as_str().unwrap().as_bytes(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    // A developer probing production: six refusals in five minutes raise
+    // UnauthorizedSecretAccess.
+    let as_prober = [
+        ("SENTIA_ADDR", dev.vault.as_str()),
+        ("SENTIA_TOKEN", jwt.trim()),
+    ];
+    for i in 0..6 {
+        let path = format!("prod/app/probe-{i}");
+        let (ok, _, err) = sentia(&as_prober, &["secret", "get", &path], b"").await;
+        assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    }
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (ok, out, err) = sentia(&as_root, &["alert", "list", "--json"], b"").await;
+        assert!(ok, "{err}");
+        listed = serde_json::from_str(&out).unwrap();
+        if listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "UnauthorizedSecretAccess")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alert = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule"] == "UnauthorizedSecretAccess")
+        .unwrap_or_else(|| panic!("no alert raised: {listed}"))
+        .clone();
+    assert_eq!(alert["severity"], "critical");
+    assert!(
+        alert["principal"]
+            .as_str()
+            .unwrap()
+            .starts_with("app:prober"),
+        "{alert}"
+    );
+    let id = alert["id"].as_str().unwrap();
+
+    let (ok, out, err) = sentia(&as_root, &["alert", "ack", id], b"").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("acknowledged by root"), "{out}");
+    let (ok, out, _) = sentia(&as_root, &["alert", "list"], b"").await;
+    assert!(
+        ok && !out.contains(id),
+        "an acknowledged alert is no longer open: {out}"
+    );
+    let (ok, out, _) = sentia(&as_root, &["alert", "list", "--all"], b"").await;
+    assert!(ok && out.contains(id), "{out}");
+    // An unknown id says so.
+    let (ok, _, err) = sentia(&as_root, &["alert", "ack", "no-such-alert"], b"").await;
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    // A developer may not read alerts.
+    let prober_audit = [
+        ("SENTIA_AUDIT_ADDR", dev.audit.as_str()),
+        ("SENTIA_TOKEN", jwt.trim()),
+    ];
+    let (ok, _, err) = sentia(&prober_audit, &["alert", "list"], b"").await;
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    dev.child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

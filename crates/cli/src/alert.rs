@@ -3,24 +3,16 @@
 //! acknowledgement names who made it).
 
 use clap::{Args, Subcommand};
-use sentia_proto::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
+use sentia_proto::audit::v1 as pb;
 use serde_json::json;
 
-use crate::conn::{Common, status_err, utc};
+use crate::conn::{AuditConn, status_err, utc};
 
 /// `sentia alert …`.
 #[derive(Args)]
 pub struct AlertArgs {
-    /// audit-service address (host:port or URI).
-    #[arg(
-        long,
-        env = "SENTIA_AUDIT_ADDR",
-        default_value = "127.0.0.1:8202",
-        global = true
-    )]
-    addr: String,
     #[command(flatten)]
-    common: Common,
+    conn: AuditConn,
     #[command(subcommand)]
     command: AlertCommand,
 }
@@ -85,7 +77,8 @@ fn alert_line(a: &pb::Alert) -> String {
 
 /// Runs `sentia alert`.
 pub async fn run(args: AlertArgs) -> anyhow::Result<()> {
-    let mut c = AuditServiceClient::new(args.common.channel(&args.addr, "audit-service").await?);
+    let mut c = args.conn.client().await?;
+    let as_json = args.conn.common.json;
     match args.command {
         AlertCommand::List { all, limit } => {
             let mut alerts = Vec::new();
@@ -107,7 +100,7 @@ pub async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 page_token = r.next_page_token;
             }
             alerts.truncate(limit);
-            if args.common.json {
+            if as_json {
                 let out: Vec<_> = alerts.iter().map(alert_json).collect();
                 println!("{}", serde_json::Value::Array(out));
             } else if alerts.is_empty() {
@@ -124,7 +117,7 @@ pub async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if args.common.json {
+            if as_json {
                 println!("{}", alert_json(&a));
             } else {
                 println!("{}", alert_line(&a));

@@ -6,27 +6,17 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sentia_proto::audit::v1::{
-    self as pb, audit_service_client::AuditServiceClient, export_item::Item,
-};
+use sentia_proto::audit::v1::{self as pb, export_item::Item};
 use sentia_proto::keys::v1::{GetPublicKeysRequest, key_service_client::KeyServiceClient};
 use serde_json::json;
 
-use crate::conn::{Common, status_err, utc};
+use crate::conn::{AuditConn, Common, status_err, utc};
 
 /// Connection options and the audit subcommand.
 #[derive(Args)]
 pub struct AuditArgs {
-    /// audit-service address (host:port or URI).
-    #[arg(
-        long,
-        env = "SENTIA_AUDIT_ADDR",
-        default_value = "127.0.0.1:8202",
-        global = true
-    )]
-    addr: String,
     #[command(flatten)]
-    common: Common,
+    conn: AuditConn,
     #[command(subcommand)]
     command: AuditCommand,
 }
@@ -128,7 +118,7 @@ fn record_json(r: &pb::AuditRecord) -> String {
 
 /// Runs an audit subcommand.
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let as_json = args.common.json;
+    let as_json = args.conn.common.json;
     if let AuditCommand::Verify {
         file: Some(file),
         key_addr,
@@ -137,9 +127,16 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
         ..
     } = &args.command
     {
-        return verify_file(&args.common, file, key_addr, key_token.as_deref(), key_name).await;
+        return verify_file(
+            &args.conn.common,
+            file,
+            key_addr,
+            key_token.as_deref(),
+            key_name,
+        )
+        .await;
     }
-    let mut c = AuditServiceClient::new(args.common.channel(&args.addr, "audit-service").await?);
+    let mut c = args.conn.client().await?;
     match args.command {
         AuditCommand::Query {
             principal,

@@ -82,6 +82,37 @@ impl VaultConn {
     }
 }
 
+/// Where audit-service is, plus the common options: what `sentia audit` and `sentia alert`
+/// share.
+#[derive(Args, Clone)]
+pub struct AuditConn {
+    /// audit-service address (host:port or URI).
+    #[arg(
+        long,
+        env = "SENTIA_AUDIT_ADDR",
+        default_value = "127.0.0.1:8202",
+        global = true
+    )]
+    pub addr: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl AuditConn {
+    /// An AuditService client for audit-service, connected, carrying the token.
+    pub async fn client(
+        &self,
+    ) -> anyhow::Result<
+        sentia_proto::audit::v1::audit_service_client::AuditServiceClient<AuthedChannel>,
+    > {
+        Ok(
+            sentia_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+                self.common.channel(&self.addr, "audit-service").await?,
+            ),
+        )
+    }
+}
+
 /// A gRPC status as a CLI error: code and the server's message.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())

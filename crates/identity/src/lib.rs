@@ -12,6 +12,15 @@ pub mod text;
 /// admin identities, never granted through a JWT.
 pub const ROOT_POLICY: &str = "root";
 
+/// Shortest lifetime (seconds) of a token vault-service issues, by any login.
+pub const MIN_TOKEN_TTL_SECS: u64 = 60;
+/// Longest lifetime (seconds) of a token vault-service issues: verifiers refuse any longer.
+pub const MAX_TOKEN_TTL_SECS: u64 = 86_400;
+/// Token lifetime (seconds) when a credential or login role sets none.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+/// Most policies one token carries (so one credential or login role grants).
+pub const MAX_TOKEN_POLICIES: usize = 16;
+
 /// What an authenticated caller may do at the runtime level. Finer rules (path policies)
 /// belong to each service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

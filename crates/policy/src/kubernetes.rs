@@ -13,13 +13,14 @@ use sentia_identity::text::{ECHO_MAX, clip};
 pub const TABLE: &str = "kubernetes";
 
 /// Shortest token lifetime a role may set (as for app credentials).
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(sentia_identity::MIN_TOKEN_TTL_SECS);
 /// Longest token lifetime a role may set: what vault-service issues at most.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(sentia_identity::MAX_TOKEN_TTL_SECS);
 /// Token lifetime when a role does not set one.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TOKEN_TTL: Duration =
+    Duration::from_secs(sentia_identity::DEFAULT_TOKEN_TTL_SECS);
 /// Most policies one role grants (as on an app credential).
-pub const MAX_ROLE_POLICIES: usize = 16;
+pub const MAX_ROLE_POLICIES: usize = sentia_identity::MAX_TOKEN_POLICIES;
 
 /// Where the issuer's public keys (a JWKS) come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,12 +28,12 @@ pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// Longest lifetime (`exp - iat`) a token may have: what vault-service issues at most. A
 /// longer one was not issued by vault-service, whoever signed it.
-pub const MAX_TOKEN_LIFETIME_SECS: i64 = 86_400;
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = sentia_identity::MAX_TOKEN_TTL_SECS as i64;
 
 /// Most policies a token may carry (as on an app credential).
-pub const MAX_TOKEN_POLICIES: usize = 16;
+pub const MAX_TOKEN_POLICIES: usize = sentia_identity::MAX_TOKEN_POLICIES;
 
-pub use sentia_identity::ROOT_POLICY;
+pub use sentia_identity::{DEFAULT_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, ROOT_POLICY};
 
 /// The claims Sentia puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,12 +97,12 @@ impl Cluster {
             "iat": now,
             "nbf": now,
             "iss": self.issuer,
-            "jti": uuid_like(),
+            "jti": uuid::Uuid::new_v4().to_string(),
             "kubernetes.io": {
                 "namespace": namespace,
-                "node": {"name": "node-1", "uid": uuid_like()},
-                "pod": {"name": format!("{service_account}-7d9f"), "uid": uuid_like()},
-                "serviceaccount": {"name": service_account, "uid": uuid_like()},
+                "node": {"name": "node-1", "uid": uuid::Uuid::new_v4().to_string()},
+                "pod": {"name": format!("{service_account}-7d9f"), "uid": uuid::Uuid::new_v4().to_string()},
+                "serviceaccount": {"name": service_account, "uid": uuid::Uuid::new_v4().to_string()},
             },
             "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
         })
@@ -290,20 +290,4 @@ impl Drop for Issuer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn uuid_like() -> String {
-    let b = sentia_crypto::random_bytes(16);
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex(&b[0..4]),
-        hex(&b[4..6]),
-        hex(&b[6..8]),
-        hex(&b[8..10]),
-        hex(&b[10..16])
-    )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -29,13 +29,13 @@ use sentia_runtime::audit::{Call, CallInfo, Emitter};
 /// Prefix of root tokens (so they are recognisable in a leaked-credential scan).
 pub const ROOT_TOKEN_PREFIX: &str = "sentia-root.";
 /// Shortest token lifetime a credential may set.
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(jwt::MIN_TOKEN_TTL_SECS);
 /// Longest token lifetime a credential may set: the runtime refuses any token living longer.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(jwt::MAX_TOKEN_LIFETIME_SECS as u64);
 /// Token lifetime when a credential does not set one.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(jwt::DEFAULT_TOKEN_TTL_SECS);
 /// Most policies on one credential.
-pub const MAX_CREDENTIAL_POLICIES: usize = 16;
+pub const MAX_CREDENTIAL_POLICIES: usize = jwt::MAX_TOKEN_POLICIES;
 
 struct RootToken {
     id: String,

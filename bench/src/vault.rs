@@ -164,6 +164,7 @@ impl Vault {
                 c.get_secret(pb::GetSecretRequest {
                     path,
                     selector: None,
+                    allow_expired: false,
                 })
                 .await
                 .map(|_| ())

@@ -112,6 +112,9 @@ pub struct Detail {
     pub key_version: Option<u32>,
     /// The secret's tier (0 = none).
     pub tier: u32,
+    /// The operation to record instead of the call's, once the handler knows more (a read
+    /// of an expired secret is `read_expired`).
+    pub operation: Option<&'static str>,
 }
 
 /// Trailer naming why a call failed, set where a service's typed error becomes a `Status`
@@ -188,6 +191,7 @@ fn outcome_event(
         Some(FailureKind::FailedDecryption) => "failed_decryption",
         _ => event_type,
     };
+    let operation = detail.operation.unwrap_or(operation);
     let mut event = info.event(event_type, operation, name, status.map(tonic::Status::code));
     event.encryption_key_version = detail
         .key_version

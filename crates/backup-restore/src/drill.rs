@@ -516,6 +516,7 @@ async fn read_every_version(
                 .get_secret(pb::GetSecretRequest {
                     path: path.to_string(),
                     selector: Some(pb::get_secret_request::Selector::Version(version)),
+                    allow_expired: true,
                 })
                 .await;
             let enabled = state == vault_service::store::State::Enabled as i64;

@@ -53,6 +53,7 @@ pub async fn export(
             .get_secret(pb::GetSecretRequest {
                 path: path.clone(),
                 selector: None,
+                allow_expired: true,
             })
             .await
             .map_err(status_err)
@@ -156,6 +157,7 @@ pub async fn import(
             .get_secret(pb::GetSecretRequest {
                 path: path.clone(),
                 selector: None,
+                allow_expired: true,
             })
             .await;
         let (current, action) = match here {

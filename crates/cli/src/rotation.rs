@@ -58,13 +58,17 @@ enum RotationCommand {
         /// Failures before a rotation is parked.
         #[arg(long, default_value_t = 5)]
         max_attempts: u32,
+        /// Lead time of the notice before a covered secret's expiry.
+        #[arg(long, value_parser = duration, default_value = "7d")]
+        expiry_notify: Duration,
     },
     /// Show the policy that applies to a secret.
     Policy {
         /// Secret path.
         path: String,
     },
-    /// Rotation status: next due time, overdue, last result.
+    /// Rotation status of every secret: the rule that chose its policy, next due time,
+    /// whether its notice went out, overdue, last result.
     Status {
         /// Only paths under this prefix.
         #[arg(long, default_value = "")]
@@ -165,7 +169,20 @@ fn policy_json(p: &pb::RotationPolicy) -> Value {
         "rotator": p.rotator,
         "rotator_params": params,
         "max_attempts": p.max_attempts,
+        "expiry_notify_before_seconds": p.expiry_notify_before.as_ref().map(|d| d.seconds),
+        "source": source_name(p),
     })
+}
+
+/// Which rule chose a policy: `exact`, `glob`, `class:api_key`, `tier:critical`.
+fn source_name(p: &pb::RotationPolicy) -> String {
+    match pb::PolicySource::try_from(p.source) {
+        Ok(pb::PolicySource::Exact) => "exact".into(),
+        Ok(pb::PolicySource::Glob) => format!("glob:{}", p.path_pattern),
+        Ok(pb::PolicySource::ClassDefault) => format!("class:{}", p.source_default),
+        Ok(pb::PolicySource::TierDefault) => format!("tier:{}", p.source_default),
+        _ => "stored".into(),
+    }
 }
 
 fn print_policy(p: &pb::RotationPolicy, as_json: bool) {
@@ -175,8 +192,9 @@ fn print_policy(p: &pb::RotationPolicy, as_json: bool) {
     }
     let params = policy_json(p)["rotator_params"].to_string();
     println!(
-        "{}  {} every {}, notify {} before, grace {}, rotator {} {params}, max attempts {}",
+        "{} ({})  {} every {}, notify {} before, grace {}, rotator {} {params}, max attempts {}",
         p.path_pattern,
+        source_name(p),
         method_name(p.method),
         days(&p.frequency),
         days(&p.notify_before),
@@ -242,6 +260,7 @@ pub async fn run(args: RotationArgs) -> anyhow::Result<()> {
             rotator,
             params,
             max_attempts,
+            expiry_notify,
         } => {
             let method = match method {
                 MethodArg::Automated => pb::RotationMethod::Automated,
@@ -259,6 +278,8 @@ pub async fn run(args: RotationArgs) -> anyhow::Result<()> {
                         rotator,
                         rotator_params: Some(json_to_struct(&params.into_iter().collect())),
                         max_attempts,
+                        expiry_notify_before: Some(proto_duration(expiry_notify)),
+                        ..Default::default()
                     }),
                 })
                 .await
@@ -301,9 +322,13 @@ pub async fn run(args: RotationArgs) -> anyhow::Result<()> {
                         json!({
                             "path": s.path,
                             "policy": s.policy_pattern,
+                            "rule": s.policy.as_ref().map(source_name),
                             "method": method_name(s.method),
                             "last_rotation_time": utc(&s.last_rotation_time),
                             "next_due_time": utc(&s.next_due_time),
+                            "notice_time": utc(&s.notice_time),
+                            "notice_sent_time": s.notice_sent_time.as_ref().map(|_| utc(&s.notice_sent_time)),
+                            "expire_time": s.expire_time.as_ref().map(|_| utc(&s.expire_time)),
                             "overdue": s.overdue,
                             "last_rotation": s.last_rotation.as_ref().map(rotation_json),
                         })
@@ -311,14 +336,27 @@ pub async fn run(args: RotationArgs) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", Value::Array(rows));
             } else {
-                println!("PATH\tMETHOD\tLAST\tNEXT DUE\tOVERDUE\tLAST RESULT");
+                println!(
+                    "PATH\tRULE\tMETHOD\tLAST\tNEXT DUE\tNOTICE\tEXPIRES\tOVERDUE\tLAST RESULT"
+                );
                 for s in &all {
+                    let notice = match &s.notice_sent_time {
+                        Some(_) => format!("sent {}", utc(&s.notice_sent_time)),
+                        None => format!("from {}", utc(&s.notice_time)),
+                    };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         s.path,
+                        s.policy.as_ref().map(source_name).unwrap_or_default(),
                         method_name(s.method),
                         utc(&s.last_rotation_time),
                         utc(&s.next_due_time),
+                        notice,
+                        if s.expire_time.is_some() {
+                            utc(&s.expire_time)
+                        } else {
+                            "-".into()
+                        },
                         if s.overdue { "OVERDUE" } else { "-" },
                         s.last_rotation
                             .as_ref()

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use sentia_proto::vault::v1 as pb;
 use serde_json::json;
@@ -91,6 +91,42 @@ enum SecretCommand {
         /// A stage label (CURRENT, PENDING, PREVIOUS, custom).
         #[arg(long)]
         label: Option<String>,
+        /// Read even if the secret has expired (audited as read_expired).
+        #[arg(long)]
+        allow_expired: bool,
+    },
+    /// Change a secret's metadata; only the options given change.
+    Update {
+        /// Secret path.
+        path: String,
+        /// Expiry: a time (2027-01-31 or 2027-01-31T12:00:00Z, UTC), a span from now (90d),
+        /// or `never`. Reads are refused once it passes.
+        #[arg(long, value_parser = when)]
+        expires: Option<When>,
+        /// Latest time the secret must rotate by, same forms as --expires.
+        #[arg(long, value_parser = when)]
+        rotate_by: Option<When>,
+        /// Tier: 1 critical, 2 sensitive, 3 internal (picks the default rotation schedule).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=3))]
+        tier: Option<i32>,
+        /// Owning team or principal.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Content type of the value.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Versions kept (1-100).
+        #[arg(long)]
+        max_versions: Option<u32>,
+        /// Set a tag, key=value; repeat for several (other tags stay).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Remove a tag by key; repeat for several.
+        #[arg(long = "untag")]
+        untags: Vec<String>,
     },
     /// List secrets (metadata only) under a prefix.
     List {
@@ -183,6 +219,43 @@ enum SecretCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+}
+
+/// A time given on the command line: a point, or no time at all (`never`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum When {
+    At(i64),
+    Never,
+}
+
+fn when(s: &str) -> Result<When, String> {
+    if s == "never" {
+        return Ok(When::Never);
+    }
+    if let Some(secs) = sentia_proto::wkt::parse_utc(s) {
+        return Ok(When::At(secs));
+    }
+    match sentia_runtime::config::parse_duration(s) {
+        Some(d) => Ok(When::At(
+            sentia_proto::wkt::now_secs().saturating_add(d.as_secs() as i64),
+        )),
+        None => Err(format!(
+            "{s:?} is not a time: give 2027-01-31, 2027-01-31T12:00:00Z (UTC), a span from now \
+             like 90d, or never"
+        )),
+    }
+}
+
+impl When {
+    fn timestamp(&self) -> Option<prost_types::Timestamp> {
+        match self {
+            Self::At(secs) => Some(prost_types::Timestamp {
+                seconds: *secs,
+                nanos: 0,
+            }),
+            Self::Never => None,
+        }
+    }
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -299,6 +372,7 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             path,
             version,
             label,
+            allow_expired,
         } => {
             let selector = match (version, label) {
                 (Some(v), _) => Some(pb::get_secret_request::Selector::Version(v)),
@@ -306,7 +380,11 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             let r = c
-                .get_secret(pb::GetSecretRequest { path, selector })
+                .get_secret(pb::GetSecretRequest {
+                    path,
+                    selector,
+                    allow_expired,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
@@ -328,6 +406,96 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                 if std::io::IsTerminal::is_terminal(&out) {
                     writeln!(out)?;
                 }
+            }
+        }
+        SecretCommand::Update {
+            path,
+            expires,
+            rotate_by,
+            tier,
+            owner,
+            description,
+            content_type,
+            max_versions,
+            tags,
+            untags,
+        } => {
+            let mut m = pb::SecretMetadata {
+                path: path.clone(),
+                ..Default::default()
+            };
+            let mut mask = Vec::new();
+            let mut field = |name: &str| mask.push(name.to_string());
+            if let Some(w) = expires {
+                m.expire_time = w.timestamp();
+                field("expire_time");
+            }
+            if let Some(w) = rotate_by {
+                m.rotate_by_time = w.timestamp();
+                field("rotate_by_time");
+            }
+            if let Some(t) = tier {
+                m.tier = t;
+                field("tier");
+            }
+            if let Some(o) = owner {
+                m.owner = o;
+                field("owner");
+            }
+            if let Some(d) = description {
+                m.description = d;
+                field("description");
+            }
+            if let Some(ct) = content_type {
+                m.content_type = ct;
+                field("content_type");
+            }
+            if let Some(n) = max_versions {
+                m.max_versions = n;
+                field("max_versions");
+            }
+            if !tags.is_empty() || !untags.is_empty() {
+                // Tags are replaced as a whole: start from the stored ones.
+                let current = c
+                    .describe_secret(pb::DescribeSecretRequest { path: path.clone() })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                m.tags = current.metadata.map(|m| m.tags).unwrap_or_default();
+                for t in &tags {
+                    let (k, v) = t.split_once('=').context("tags are key=value")?;
+                    m.tags.insert(k.to_string(), v.to_string());
+                }
+                for k in &untags {
+                    m.tags.remove(k);
+                }
+                field("tags");
+            }
+            if mask.is_empty() {
+                bail!(
+                    "nothing to change: give --expires, --rotate-by, --tier, --owner, \
+                     --description, --content-type, --max-versions, --tag or --untag"
+                );
+            }
+            let updated = c
+                .update_secret_metadata(pb::UpdateSecretMetadataRequest {
+                    metadata: Some(m),
+                    update_mask: Some(prost_types::FieldMask { paths: mask }),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if as_json {
+                println!("{}", meta_json(&updated));
+            } else {
+                println!(
+                    "{}: tier {}, owner {:?}, expires {}, rotate by {}",
+                    updated.path,
+                    updated.tier,
+                    updated.owner,
+                    utc(&updated.expire_time),
+                    utc(&updated.rotate_by_time)
+                );
             }
         }
         SecretCommand::List { prefix } => {

@@ -212,8 +212,74 @@ async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
 
     let (ok, out, err) = sentia(&env, &["rotation", "status", "--prefix", "dev"], b"").await;
     assert!(ok, "{err}");
-    assert!(out.contains("dev/app/stripe\tautomated"), "{out}");
+    assert!(
+        out.contains("dev/app/stripe\tglob:dev/app/*\tautomated"),
+        "the rule that chose the policy shows: {out}"
+    );
     assert!(out.contains("cleanup"), "{out}");
+
+    // Metadata from the shell: tier, owner, description, tags and expiry.
+    let (ok, _, err) = sentia(&env, &["secret", "put", "dev/db/legacy"], b"x").await;
+    assert!(ok, "{err}");
+    let update = |args: &'static [&'static str]| async move {
+        let mut all = vec!["secret", "update", "dev/db/legacy"];
+        all.extend_from_slice(args);
+        sentia(&env, &all, b"").await
+    };
+    let (ok, out, err) = update(&[
+        "--tier",
+        "1",
+        "--owner",
+        "payments",
+        "--description",
+        "the old ledger",
+        "--tag",
+        "team=pay",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("tier 1") && out.contains("payments"), "{out}");
+    let (ok, out, err) = sentia(
+        &env,
+        &["secret", "describe", "dev/db/legacy", "--json"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["metadata"]["description"], "the old ledger");
+    assert_eq!(d["metadata"]["tags"]["team"], "pay");
+    // No policy or class: the tier default, shown as the rule.
+    let (ok, out, err) = sentia(
+        &env,
+        &["rotation", "status", "--prefix", "dev/db", "--json"],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"rule\":\"tier:critical\""), "{out}");
+    let (ok, _, err) = update(&["--expires", "2000-01-01"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = sentia(&env, &["secret", "get", "dev/db/legacy"], b"").await;
+    assert!(
+        !ok && err.contains("expired at 2000-01-01T00:00:00Z"),
+        "{err}"
+    );
+    let (ok, value, err) = sentia(
+        &env,
+        &["secret", "get", "dev/db/legacy", "--allow-expired"],
+        b"",
+    )
+    .await;
+    assert!(ok && value.trim() == "x", "{value}{err}");
+    let (ok, _, err) = update(&["--expires", "never"]).await;
+    assert!(ok, "{err}");
+    let (ok, value, err) = sentia(&env, &["secret", "get", "dev/db/legacy"], b"").await;
+    assert!(ok && value.trim() == "x", "{value}{err}");
+    let (ok, _, err) = update(&[]).await;
+    assert!(!ok && err.contains("nothing to change"), "{err}");
+    let (ok, _, err) = update(&["--expires", "soon"]).await;
+    assert!(!ok && err.contains("not a time"), "{err}");
     let _ = dev.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

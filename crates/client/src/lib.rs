@@ -346,6 +346,7 @@ impl Client {
         self.read(pb::GetSecretRequest {
             path: path.into(),
             selector: None,
+            allow_expired: false,
         })
         .await
     }
@@ -355,6 +356,7 @@ impl Client {
         self.read(pb::GetSecretRequest {
             path: path.into(),
             selector: Some(pb::get_secret_request::Selector::Version(version)),
+            allow_expired: false,
         })
         .await
     }
@@ -364,6 +366,7 @@ impl Client {
         self.read(pb::GetSecretRequest {
             path: path.into(),
             selector: Some(pb::get_secret_request::Selector::Label(label.into())),
+            allow_expired: false,
         })
         .await
     }

@@ -51,6 +51,50 @@ pub fn utc(unix_seconds: i64) -> String {
     )
 }
 
+/// Reads what [`utc`] writes (`YYYY-MM-DDTHH:MM:SSZ`), or a bare date (`YYYY-MM-DD`, midnight
+/// UTC): how people give a time on the command line. None for anything else.
+pub fn parse_utc(text: &str) -> Option<i64> {
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let num = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    let mut d = date.split('-');
+    let (year, month, day) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    if d.next().is_some() || !(1..=12).contains(&month) {
+        return None;
+    }
+    let (h, m, sec) = match time {
+        None => (0, 0, 0),
+        Some(t) => {
+            let mut t = t.split(':');
+            let hms = (num(t.next()?, 2)?, num(t.next()?, 2)?, num(t.next()?, 2)?);
+            if t.next().is_some() {
+                return None;
+            }
+            hms
+        }
+    };
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + h * 3600 + m * 60 + sec;
+    // A day the month does not have (2026-02-30) does not survive the round trip.
+    (utc(seconds).get(..10) == Some(date)).then_some(seconds)
+}
+
 /// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
 pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
@@ -123,6 +167,26 @@ pub fn duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_utc_reads_what_utc_writes_and_refuses_the_rest() {
+        for secs in [0, 951_782_400, 1_780_000_000, MAX_TIMESTAMP_SECONDS] {
+            assert_eq!(parse_utc(&utc(secs)), Some(secs), "{}", utc(secs));
+        }
+        assert_eq!(parse_utc("2000-02-29"), Some(951_782_400));
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "2026-1-01",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T10:00:00",
+            "2026-01-01 10:00:00Z",
+            "tomorrow",
+            "",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
 
     fn ts(seconds: i64, nanos: i32) -> prost_types::Timestamp {
         prost_types::Timestamp { seconds, nanos }

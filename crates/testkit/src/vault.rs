@@ -243,6 +243,7 @@ pub fn get(path: &str) -> pb::GetSecretRequest {
     pb::GetSecretRequest {
         path: path.into(),
         selector: None,
+        allow_expired: false,
     }
 }
 
@@ -251,6 +252,7 @@ pub fn get_version(path: &str, version: u64) -> pb::GetSecretRequest {
     pb::GetSecretRequest {
         path: path.into(),
         selector: Some(pb::get_secret_request::Selector::Version(version)),
+        allow_expired: false,
     }
 }
 
@@ -259,5 +261,6 @@ pub fn get_label(path: &str, label: &str) -> pb::GetSecretRequest {
     pb::GetSecretRequest {
         path: path.into(),
         selector: Some(pb::get_secret_request::Selector::Label(label.into())),
+        allow_expired: false,
     }
 }

@@ -2,9 +2,10 @@
 //! too many failed accesses by one principal in a window (UnauthorizedSecretAccess), too many
 //! reads by one principal (HighFrequencySecretRequests), access from outside a principal's
 //! allowed networks (UnexpectedSource), any failed decryption (FailedDecryption), and denied
-//! administrative operations (PrivilegeEscalationAttempt); and rotation-scheduler's reminders
-//! and outcomes (RotationDue, RotationOverdue, RotationFailed, RotationParked,
-//! RotationCompleted), its scheduled backups' failures (BackupFailed, BackupCheckFailed, BackupPruneFailed), and
+//! administrative operations (PrivilegeEscalationAttempt), reads of expired secrets
+//! (ExpiredSecretRead); and rotation-scheduler's reminders, notices and outcomes (RotationDue,
+//! RotationOverdue, RotationScheduled, RotationFailed, RotationParked, RotationCompleted), its
+//! expiry notices (UpcomingSecretExpiration, SecretExpired), its scheduled backups' failures (BackupFailed, BackupCheckFailed, BackupPruneFailed), and
 //! failed restore drills (BackupDrillFailed). An appended event reaches the rules with the
 //! appending identity as its `service`, so those reports count only from their maker. Sliding
 //! windows live in Redis when it is configured (replicas share counts), in process otherwise;
@@ -357,10 +358,34 @@ impl Windows {
 }
 
 /// The notice a rotation-scheduler event carries to the alert sinks: reminders for manual
-/// secrets, and every rotation's outcome.
+/// secrets, notices before automatic rotations, expiry notices, and every rotation's outcome.
 fn rotation_notice(e: &AuditEvent) -> Option<(&'static str, Severity, String)> {
     let path = &e.secret_name;
     Some(match e.operation.as_str() {
+        "rotation_notice" => (
+            "RotationScheduled",
+            Severity::Info,
+            format!(
+                "{path} rotates automatically when it falls due (sentia rotation status shows \
+                 when); its consumers must pick up the new value"
+            ),
+        ),
+        "secret_expiring" => (
+            "UpcomingSecretExpiration",
+            Severity::Warning,
+            format!(
+                "{path} expires soon; extend it (sentia secret update {path} --expires ...) or \
+                 replace it before reads are refused"
+            ),
+        ),
+        "secret_expired" => (
+            "SecretExpired",
+            Severity::Critical,
+            format!(
+                "{path} has expired: reads are refused until its expiry is extended \
+                 (sentia secret update {path} --expires ...)"
+            ),
+        ),
         "reminder_upcoming" => (
             "RotationDue",
             Severity::Warning,
@@ -544,6 +569,16 @@ impl Engine {
                     ),
                 ));
             }
+        }
+        if e.success && e.event_type == "secret_access" && e.operation == "read_expired" {
+            out.push(alert(
+                "ExpiredSecretRead",
+                Severity::Warning,
+                format!(
+                    "{who} read {:?} after it expired (allow_expired)",
+                    e.secret_name
+                ),
+            ));
         }
         if e.event_type == "rotation"
             && e.service == "rotation-scheduler"
@@ -766,6 +801,17 @@ mod tests {
             ..Default::default()
         };
         assert!(fired(&e, &admin, "PrivilegeEscalationAttempt").await);
+
+        let read = |op: &str, success: bool| AuditEvent {
+            event_type: "secret_access".into(),
+            operation: op.into(),
+            secret_name: "prod/old".into(),
+            success,
+            ..Default::default()
+        };
+        assert!(fired(&e, &read("read_expired", true), "ExpiredSecretRead").await);
+        assert!(!fired(&e, &read("read_expired", false), "ExpiredSecretRead").await);
+        assert!(!fired(&e, &read("read", true), "ExpiredSecretRead").await);
     }
 
     #[tokio::test]
@@ -784,6 +830,13 @@ mod tests {
             ("rotation_test_failed", "RotationFailed", Severity::Warning),
             ("rotation_parked", "RotationParked", Severity::Critical),
             ("rotation_completed", "RotationCompleted", Severity::Info),
+            ("rotation_notice", "RotationScheduled", Severity::Info),
+            (
+                "secret_expiring",
+                "UpcomingSecretExpiration",
+                Severity::Warning,
+            ),
+            ("secret_expired", "SecretExpired", Severity::Critical),
         ];
         for (op, rule, severity) in cases {
             let alerts = e.evaluate(1, &ev("rotation-scheduler", op)).await;

@@ -13,8 +13,8 @@ use sentia_runtime::audit::{Call, Emitter};
 use tonic::{Request, Response, Status};
 
 use crate::RotationError;
-use crate::engine::{Engine, SecretStatus};
-use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
+use crate::engine::{Engine, SecretStatus, ts_ms};
+use crate::policy::{Applied, RotationPolicy, applicable};
 use crate::schedule::State;
 use crate::store::RotationRecord;
 
@@ -66,9 +66,9 @@ impl RotationApi {
             .map_err(RotationError::from)
     }
 
-    async fn policy_for(&self, path: &str) -> Result<RotationPolicy, RotationError> {
+    async fn policy_for(&self, path: &str) -> Result<Applied, RotationError> {
         let stored = self.engine.store.policies().await?;
-        let class = if stored.iter().any(|p| p.covers(path)) {
+        let secret = if stored.iter().any(|p| p.covers(path)) {
             None
         } else {
             self.engine
@@ -76,13 +76,11 @@ impl RotationApi {
                 .describe(path)
                 .await?
                 .and_then(|d| d.metadata)
-                .and_then(|m| m.tags.get(CLASS_TAG).cloned())
         };
-        applicable(&stored, path, class.as_deref()).ok_or_else(|| {
+        applicable(&stored, path, secret.as_ref()).ok_or_else(|| {
             RotationError::NotFound(format!(
-                "no rotation policy applies to {path}: set one with SetPolicy (exact path or \
-                 glob), or tag the secret class=<jwt_signing_key|database_password|\
-                 encryption_master_key|api_key|certificate> for the default schedule"
+                "no secret {path} exists and no stored policy covers it: write the secret \
+                 first (it then gets its class or tier default), or set a policy with SetPolicy"
             ))
         })
     }
@@ -129,14 +127,12 @@ impl RotationApi {
             if self.may_read(p, &meta.path).is_err() {
                 continue;
             }
-            let Some(SecretStatus {
+            let SecretStatus {
                 policy,
+                source,
                 last_ms: last,
                 standing,
-            }) = self.engine.status(&snap, &meta, now).await?
-            else {
-                continue;
-            };
+            } = self.engine.status(&snap, &meta, now).await?;
             let overdue = standing.state == State::Overdue;
             if req.overdue_only && !overdue {
                 continue;
@@ -158,6 +154,13 @@ impl RotationApi {
                 next_due_time: Some(timestamp(standing.due_ms)),
                 overdue,
                 last_rotation: snap.latest.get(&meta.path).map(to_proto),
+                notice_time: Some(timestamp(standing.notify_from_ms)),
+                notice_sent_time: snap
+                    .notices
+                    .get(&(meta.path.clone(), standing.due_ms))
+                    .map(|ms| timestamp(*ms)),
+                expire_time: meta.expire_time,
+                policy: Some(Applied { policy, source }.to_proto()),
             });
         }
         Ok(pb::ListRotationsResponse {
@@ -180,13 +183,29 @@ impl RotationApi {
                     .into(),
             ));
         }
-        if self.engine.vault.describe(&req.path).await?.is_none() {
+        let Some(meta) = self
+            .engine
+            .vault
+            .describe(&req.path)
+            .await?
+            .and_then(|d| d.metadata)
+        else {
             return Err(RotationError::NotFound(format!(
                 "secret {} does not exist",
                 req.path
             )));
+        };
+        let now = self.engine.hooks.clock.now_ms();
+        if let Some(expire) = meta.expire_time.filter(|t| ts_ms(t) <= now) {
+            return Err(RotationError::Precondition(format!(
+                "{} expired at {}: its value cannot be read to rotate it; extend it first \
+                 (sentia secret update {} --expires ...)",
+                req.path,
+                sentia_proto::wkt::utc(expire.seconds),
+                req.path
+            )));
         }
-        let policy = self.policy_for(&req.path).await?;
+        let policy = self.policy_for(&req.path).await?.policy;
         if policy.rotator.is_none() {
             return Err(RotationError::Precondition(format!(
                 "the policy for {} ({}) has no rotator; write a new version yourself, or set \
@@ -194,7 +213,6 @@ impl RotationApi {
                 req.path, policy.pattern
             )));
         }
-        let now = self.engine.hooks.clock.now_ms();
         call.admit()
             .await
             .map_err(RotationError::AuditUnavailable)?;

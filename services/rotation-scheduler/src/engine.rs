@@ -14,7 +14,7 @@ use sentia_runtime::client::AuthedChannel;
 
 use crate::config::Hooks;
 use crate::metrics::Metrics;
-use crate::policy::{CLASS_TAG, RotationPolicy, applicable};
+use crate::policy::{Applied, RotationPolicy, Source, for_secret};
 use crate::rotator::{Ctx, Progress, Rotator, Secret, StepError, is_transient_code};
 use crate::schedule::{Method, State};
 use crate::steps::{Outcome, Rotation, Step};
@@ -174,33 +174,29 @@ impl Engine {
                 .into_iter()
                 .map(|r| (r.path.clone(), r))
                 .collect(),
+            notices: self.store.notices().await?,
         })
     }
 
-    /// Where a listed secret stands at `now`: its policy, when it last rotated and its
-    /// standing; None when no policy applies.
+    /// Where a listed secret stands at `now`: its policy (every secret has one, at worst its
+    /// tier's default), when it last rotated and its standing.
     pub async fn status(
         &self,
         snap: &Snapshot,
         meta: &pb::SecretMetadata,
         now: i64,
-    ) -> Result<Option<SecretStatus>, RotationError> {
-        let Some(policy) = applicable(
-            &snap.policies,
-            &meta.path,
-            meta.tags.get(CLASS_TAG).map(String::as_str),
-        ) else {
-            return Ok(None);
-        };
+    ) -> Result<SecretStatus, RotationError> {
+        let Applied { policy, source } = for_secret(&snap.policies, meta);
         let last = self
             .last_rotation(meta, snap.finished.get(&meta.path).copied(), &policy, now)
             .await?;
         let standing = policy.timing.standing(last, now);
-        Ok(Some(SecretStatus {
+        Ok(SecretStatus {
             policy,
+            source,
             last_ms: last,
             standing,
-        }))
+        })
     }
 
     /// Starts rotations that are due and sends reminders for manual ones.
@@ -208,15 +204,14 @@ impl Engine {
         let snap = self.snapshot().await?;
         let mut overdue = 0;
         for meta in self.vault.list("").await? {
-            let Some(SecretStatus {
+            let SecretStatus {
                 policy,
                 last_ms: last,
                 standing,
-            }) = self.status(&snap, &meta, now).await?
-            else {
-                continue;
-            };
+                ..
+            } = self.status(&snap, &meta, now).await?;
             self.metrics.since_last(&meta.path, now - last);
+            let expired = self.expiry_notice(&meta, &policy, now).await?;
             if standing.state == State::Overdue {
                 overdue += 1;
             }
@@ -227,8 +222,12 @@ impl Engine {
             // A parked rotation waits for a person (RotateNow, or writing a new value);
             // meanwhile the secret is reminded about like a manual one.
             let parked = latest.is_some_and(|r| r.state.step == Step::Parked && r.start_ms >= last);
-            let automatic =
-                policy.timing.method != Method::Manual && policy.rotator.is_some() && !parked;
+            // An expired secret is not rotated (its SecretExpired alert asks for a person):
+            // its value cannot be read, and a new version would be expired too.
+            let automatic = policy.timing.method != Method::Manual
+                && policy.rotator.is_some()
+                && !parked
+                && !expired;
             match (standing.state, automatic) {
                 (State::Scheduled, _) => {}
                 (State::Overdue, true) => {
@@ -243,7 +242,16 @@ impl Engine {
                         Err(e) => return Err(e),
                     }
                 }
-                (State::NotifyWindow, true) => {}
+                (State::NotifyWindow, true) => {
+                    if self
+                        .store
+                        .remind_once(&meta.path, standing.due_ms, "notice", now)
+                        .await?
+                    {
+                        tracing::info!(path = %meta.path, due_ms = standing.due_ms, "rotation notice");
+                        self.event("rotation_notice", &meta.path, "", None).await;
+                    }
+                }
                 (state, false) => {
                     let kind = if state == State::Overdue {
                         "overdue"
@@ -264,6 +272,32 @@ impl Engine {
         }
         self.metrics.overdue(overdue);
         Ok(())
+    }
+
+    /// Sends the notice before `meta`'s expiry (at the policy's `expiry_notify_before`) and
+    /// the one at it, each once per expiry time. True when the secret has expired.
+    async fn expiry_notice(
+        &self,
+        meta: &pb::SecretMetadata,
+        policy: &RotationPolicy,
+        now: i64,
+    ) -> Result<bool, RotationError> {
+        let Some(expire) = meta.expire_time.as_ref().map(ts_ms) else {
+            return Ok(false);
+        };
+        let expired = now >= expire;
+        let op = if expired {
+            "secret_expired"
+        } else if now >= expire.saturating_sub(ms(policy.timing.expiry_notify_before)) {
+            "secret_expiring"
+        } else {
+            return Ok(false);
+        };
+        if self.store.remind_once(&meta.path, expire, op, now).await? {
+            tracing::warn!(path = %meta.path, expire_ms = expire, op, "expiry notice");
+            self.event(op, &meta.path, "", None).await;
+        }
+        Ok(expired)
     }
 
     /// When `meta`'s secret last rotated: the scheduler's last finish, else its creation —
@@ -629,12 +663,16 @@ pub struct Snapshot {
     pub finished: HashMap<String, i64>,
     /// Each secret's newest rotation.
     pub latest: HashMap<String, RotationRecord>,
+    /// When the first notice or reminder went out, by (path, due date).
+    pub notices: HashMap<(String, i64), i64>,
 }
 
 /// Where one secret stands.
 pub struct SecretStatus {
     /// The policy that applies.
     pub policy: RotationPolicy,
+    /// The rule that chose it.
+    pub source: Source,
     /// When it last rotated (Unix ms).
     pub last_ms: i64,
     /// Due date and state.
@@ -645,7 +683,8 @@ pub struct SecretStatus {
 #[derive(Debug)]
 pub struct Crash;
 
-fn ts_ms(t: &prost_types::Timestamp) -> i64 {
+/// Unix milliseconds of a timestamp.
+pub fn ts_ms(t: &prost_types::Timestamp) -> i64 {
     t.seconds
         .saturating_mul(1000)
         .saturating_add(i64::from(t.nanos / 1_000_000))

@@ -6,11 +6,12 @@ use std::time::Duration;
 use sentia_policy::Glob;
 use sentia_proto::json::{json_to_struct, struct_to_json};
 use sentia_proto::rotation::v1 as pb;
+use sentia_proto::vault::v1::SecretMetadata;
 use serde_json::{Map, Value, json};
 
 use crate::RotationError;
 use crate::rotator::Rotator;
-use crate::schedule::{Method, Policy, SecretClass};
+use crate::schedule::{DEFAULT_EXPIRY_NOTICE, Method, Policy, SecretClass, Tier};
 
 /// The tag that names a secret's class; its value picks the seed's default schedule.
 pub const CLASS_TAG: &str = "class";
@@ -49,6 +50,15 @@ fn method_from(n: i64) -> Option<Method> {
 }
 
 impl RotationPolicy {
+    /// The default for a tier: a manual schedule, no rotator.
+    pub fn default_for_tier(tier: Tier, path: &str) -> Self {
+        Self {
+            pattern: path.to_string(),
+            timing: Policy::default_for_tier(tier),
+            rotator: None,
+        }
+    }
+
     /// The seed's default for a secret class, with the rotator that class uses.
     pub fn default_for(class: SecretClass, path: &str) -> Self {
         let rotator_name = match class {
@@ -152,6 +162,14 @@ impl RotationPolicy {
                 } else {
                     p.max_attempts
                 },
+                expiry_notify_before: match dur(
+                    p.expiry_notify_before,
+                    "expiry_notify_before",
+                    false,
+                )? {
+                    d if d.is_zero() => DEFAULT_EXPIRY_NOTICE,
+                    d => d,
+                },
             },
             rotator: rotator(&p.rotator, &params).map_err(RotationError::Invalid)?,
         };
@@ -184,6 +202,9 @@ impl RotationPolicy {
                     .unwrap_or(&Map::new()),
             )),
             max_attempts: self.timing.max_attempts,
+            expiry_notify_before: Some(dur(self.timing.expiry_notify_before)),
+            source: pb::PolicySource::Unspecified as i32,
+            source_default: String::new(),
         }
     }
 
@@ -196,6 +217,7 @@ impl RotationPolicy {
             "notify_before_ms": ms(self.timing.notify_before),
             "grace_ms": ms(self.timing.grace_period),
             "max_attempts": self.timing.max_attempts,
+            "expiry_notify_ms": ms(self.timing.expiry_notify_before),
             "rotator": self.rotator_name(),
             "params": self.rotator.as_ref().map(Rotator::params),
         })
@@ -220,6 +242,11 @@ impl RotationPolicy {
                 notify_before: dur("notify_before_ms")?,
                 grace_period: dur("grace_ms")?,
                 max_attempts: u32::try_from(int("max_attempts")?).map_err(|_| bad())?,
+                // Snapshots taken before expiry notices existed have none: the default.
+                expiry_notify_before: match v.get("expiry_notify_ms") {
+                    None => DEFAULT_EXPIRY_NOTICE,
+                    Some(_) => dur("expiry_notify_ms")?,
+                },
             },
             rotator: rotator(
                 v.get("rotator").and_then(Value::as_str).ok_or_else(bad)?,
@@ -232,23 +259,102 @@ impl RotationPolicy {
     }
 }
 
+/// Which rule chose the policy that applies to a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A stored policy for exactly this path.
+    Exact,
+    /// The most specific stored glob.
+    Glob,
+    /// The seed's default for the `class` tag.
+    Class(SecretClass),
+    /// The default for the secret's tier.
+    Tier(Tier),
+}
+
+impl Source {
+    /// The contract's enum and the class or tier name.
+    pub fn to_proto(self) -> (pb::PolicySource, &'static str) {
+        match self {
+            Self::Exact => (pb::PolicySource::Exact, ""),
+            Self::Glob => (pb::PolicySource::Glob, ""),
+            Self::Class(c) => (pb::PolicySource::ClassDefault, c.name()),
+            Self::Tier(t) => (pb::PolicySource::TierDefault, t.name()),
+        }
+    }
+}
+
+/// The policy that applies to a secret and the rule that chose it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The policy (for a default, its pattern is the secret's path).
+    pub policy: RotationPolicy,
+    /// Which rule chose it.
+    pub source: Source,
+}
+
+impl Applied {
+    /// To the contract, saying which rule chose it.
+    pub fn to_proto(&self) -> pb::RotationPolicy {
+        let (source, default) = self.source.to_proto();
+        pb::RotationPolicy {
+            source: source as i32,
+            source_default: default.into(),
+            ..self.policy.to_proto()
+        }
+    }
+}
+
 /// Picks the policy for `path`: an exact match, else the most specific glob, else the seed's
-/// default for the secret's `class` tag.
+/// default for the secret's `class` tag, else its tier's default. Without the secret's
+/// metadata (no secret there) only stored policies apply.
 pub fn applicable(
     policies: &[RotationPolicy],
     path: &str,
-    class_tag: Option<&str>,
-) -> Option<RotationPolicy> {
-    policies
+    secret: Option<&SecretMetadata>,
+) -> Option<Applied> {
+    stored(policies, path).or_else(|| secret.map(|s| default_for_secret(s, path)))
+}
+
+/// [`applicable`] for an existing secret, which always has a policy.
+pub fn for_secret(policies: &[RotationPolicy], secret: &SecretMetadata) -> Applied {
+    stored(policies, &secret.path).unwrap_or_else(|| default_for_secret(secret, &secret.path))
+}
+
+fn stored(policies: &[RotationPolicy], path: &str) -> Option<Applied> {
+    let policy = policies
         .iter()
         .filter(|p| p.covers(path))
-        .max_by_key(|p| p.specificity())
-        .cloned()
-        .or_else(|| {
-            class_tag
-                .and_then(SecretClass::parse)
-                .map(|c| RotationPolicy::default_for(c, path))
-        })
+        .max_by_key(|p| p.specificity())?;
+    let source = if policy.is_glob() {
+        Source::Glob
+    } else {
+        Source::Exact
+    };
+    Some(Applied {
+        policy: policy.clone(),
+        source,
+    })
+}
+
+fn default_for_secret(secret: &SecretMetadata, path: &str) -> Applied {
+    match secret
+        .tags
+        .get(CLASS_TAG)
+        .and_then(|c| SecretClass::parse(c))
+    {
+        Some(class) => Applied {
+            policy: RotationPolicy::default_for(class, path),
+            source: Source::Class(class),
+        },
+        None => {
+            let tier = Tier::from_proto(secret.tier);
+            Applied {
+                policy: RotationPolicy::default_for_tier(tier, path),
+                source: Source::Tier(tier),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,16 +377,45 @@ mod tests {
             policy("prod/app/*"),
             policy("prod/app/stripe"),
         ];
-        let pick = |path, class| applicable(&all, path, class).map(|p| p.pattern);
-        assert_eq!(pick("prod/app/stripe", None).unwrap(), "prod/app/stripe");
-        assert_eq!(pick("prod/app/github", None).unwrap(), "prod/app/*");
-        assert_eq!(pick("prod/db/main", None).unwrap(), "prod/**");
-        assert_eq!(pick("dev/x", None).unwrap(), "**");
+        let secret = |class: Option<&str>, tier: i32| SecretMetadata {
+            tags: class
+                .map(|c| [(CLASS_TAG.to_string(), c.to_string())].into())
+                .unwrap_or_default(),
+            tier,
+            ..Default::default()
+        };
+        let meta = secret(Some("api_key"), 1);
+        let pick = |path| applicable(&all, path, Some(&meta)).unwrap();
+        let stripe = pick("prod/app/stripe");
+        assert_eq!(
+            (stripe.policy.pattern.as_str(), stripe.source),
+            ("prod/app/stripe", Source::Exact)
+        );
+        let github = pick("prod/app/github");
+        assert_eq!(
+            (github.policy.pattern.as_str(), github.source),
+            ("prod/app/*", Source::Glob)
+        );
+        assert_eq!(pick("prod/db/main").policy.pattern, "prod/**");
+        assert_eq!(pick("dev/x").policy.pattern, "**");
         let none: [RotationPolicy; 0] = [];
-        let d = applicable(&none, "dev/db", Some("database_password")).unwrap();
-        assert_eq!(d.timing.method, Method::Manual);
-        assert_eq!(d.pattern, "dev/db");
-        assert!(applicable(&none, "dev/db", Some("nonsense")).is_none());
+        let d = applicable(&none, "dev/db", Some(&secret(Some("database_password"), 1))).unwrap();
+        assert_eq!(d.policy.timing.method, Method::Manual);
+        assert_eq!(d.policy.pattern, "dev/db");
+        assert_eq!(d.source, Source::Class(SecretClass::DatabasePassword));
+        // A class tag nobody knows falls through to the tier; no tier is tier 3.
+        let t = applicable(&none, "dev/db", Some(&secret(Some("nonsense"), 1))).unwrap();
+        assert_eq!(t.source, Source::Tier(Tier::Critical));
+        assert_eq!(t.policy.timing, Policy::default_for_tier(Tier::Critical));
+        assert!(t.policy.rotator.is_none());
+        let t = applicable(&none, "dev/db", Some(&secret(None, 0))).unwrap();
+        assert_eq!(t.source, Source::Tier(Tier::Internal));
+        assert_eq!(
+            t.to_proto().source,
+            pb::PolicySource::TierDefault as i32,
+            "the contract says which rule applied"
+        );
+        assert_eq!(t.to_proto().source_default, "internal");
         assert!(applicable(&none, "dev/db", None).is_none());
     }
 
@@ -296,8 +431,14 @@ mod tests {
         let mut p = policy("prod/app/**");
         let params = json!({"length": 48, "charset": "hex"});
         p.rotator = Some(Rotator::parse("random", params.as_object().unwrap()).unwrap());
+        p.timing.expiry_notify_before = Duration::from_secs(3 * 86_400);
         assert_eq!(RotationPolicy::from_json(&p.to_json()).unwrap(), p);
         assert_eq!(RotationPolicy::from_proto(p.to_proto()).unwrap(), p);
+        // A snapshot from before expiry notices existed reads with the default.
+        let mut old: Value = serde_json::from_str(&p.to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("expiry_notify_ms");
+        let read = RotationPolicy::from_json(&old.to_string()).unwrap();
+        assert_eq!(read.timing.expiry_notify_before, DEFAULT_EXPIRY_NOTICE);
     }
 
     #[test]

@@ -33,18 +33,67 @@ pub enum SecretClass {
 }
 
 impl SecretClass {
-    /// Parses the names used in policy files and the CLI.
+    /// Every class, in the seed's order.
+    pub const ALL: [Self; 5] = [
+        Self::JwtSigningKey,
+        Self::DatabasePassword,
+        Self::EncryptionMasterKey,
+        Self::ApiKey,
+        Self::Certificate,
+    ];
+
+    /// The name used in `class` tags, policy files and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::JwtSigningKey => "jwt_signing_key",
+            Self::DatabasePassword => "database_password",
+            Self::EncryptionMasterKey => "encryption_master_key",
+            Self::ApiKey => "api_key",
+            Self::Certificate => "certificate",
+        }
+    }
+
+    /// Parses [`Self::name`].
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "jwt_signing_key" => Self::JwtSigningKey,
-            "database_password" => Self::DatabasePassword,
-            "encryption_master_key" => Self::EncryptionMasterKey,
-            "api_key" => Self::ApiKey,
-            "certificate" => Self::Certificate,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|c| c.name() == s)
     }
 }
+
+/// A secret's sensitivity tier (values match `Tier` in common.proto); it picks the default
+/// schedule of a secret no stored policy or class tag covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Tier 1: credentials whose leak is an incident.
+    Critical = 1,
+    /// Tier 2: integration tokens, webhook secrets.
+    Sensitive = 2,
+    /// Tier 3, and every secret whose tier is not set (common.proto).
+    Internal = 3,
+}
+
+impl Tier {
+    /// From the contract's number; unset and unknown values count as internal.
+    pub fn from_proto(n: i32) -> Self {
+        match n {
+            1 => Self::Critical,
+            2 => Self::Sensitive,
+            _ => Self::Internal,
+        }
+    }
+
+    /// The name shown as the rule that applied.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::Sensitive => "sensitive",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Expiry notices go out this long before a secret's `expire_time` unless its policy says
+/// otherwise (the seed's UpcomingSecretExpiration: under 7 days).
+pub const DEFAULT_EXPIRY_NOTICE: Duration = Duration::from_secs(7 * 86_400);
 
 /// When and how a secret rotates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +108,8 @@ pub struct Policy {
     pub grace_period: Duration,
     /// Failures before a rotation is parked.
     pub max_attempts: u32,
+    /// Lead time of the notice before the secret's `expire_time`.
+    pub expiry_notify_before: Duration,
 }
 
 /// Why a policy is refused.
@@ -101,12 +152,31 @@ impl Policy {
             SecretClass::ApiKey => (90, Method::Automated, 7, 1),
             SecretClass::Certificate => (365, Method::Automated, 30, 1),
         };
+        Self::days(days, method, notify, grace)
+    }
+
+    /// The default for a secret no stored policy or class tag covers, by tier. Every tier is
+    /// manual (a reminder, never an automatic change): without a rotator nothing knows how to
+    /// make a new value that the secret's consumers accept. Tier 1 matches the seed's shortest
+    /// critical schedule (90 d, 14 d notice); tier 2 its database passwords (180 d, 14 d);
+    /// tier 3 its master key (365 d, 30 d), so nothing goes unreviewed for over a year.
+    pub fn default_for_tier(tier: Tier) -> Self {
+        let (days, notify) = match tier {
+            Tier::Critical => (90, 14),
+            Tier::Sensitive => (180, 14),
+            Tier::Internal => (365, 30),
+        };
+        Self::days(days, Method::Manual, notify, 1)
+    }
+
+    fn days(days: u32, method: Method, notify: u32, grace: u32) -> Self {
         Self {
             frequency: DAY * days,
             method,
             notify_before: DAY * notify,
             grace_period: DAY * grace,
             max_attempts: 5,
+            expiry_notify_before: DEFAULT_EXPIRY_NOTICE,
         }
     }
 
@@ -199,6 +269,25 @@ mod tests {
             assert!(p.validate().is_ok(), "{class:?}");
         }
         assert_eq!(SecretClass::parse("api_key"), Some(SecretClass::ApiKey));
+        let tiers = [
+            (Tier::Critical, 90, 14),
+            (Tier::Sensitive, 180, 14),
+            (Tier::Internal, 365, 30),
+        ];
+        for (tier, days, notify) in tiers {
+            let p = Policy::default_for_tier(tier);
+            assert_eq!(p.frequency, DAY * days, "{tier:?}");
+            assert_eq!(p.method, Method::Manual, "{tier:?}");
+            assert_eq!(p.notify_before, DAY * notify, "{tier:?}");
+            assert_eq!(p.expiry_notify_before, DEFAULT_EXPIRY_NOTICE);
+            assert!(p.validate().is_ok(), "{tier:?}");
+        }
+        assert_eq!(
+            Tier::from_proto(0),
+            Tier::Internal,
+            "unset counts as internal"
+        );
+        assert_eq!(Tier::from_proto(1), Tier::Critical);
         assert_eq!(SecretClass::parse("password"), None);
     }
 

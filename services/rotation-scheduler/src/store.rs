@@ -2,6 +2,8 @@
 //! or SQLite for the embedded default). Every write of a rotation's step is conditional on
 //! the writer's lease fence, so a deposed leader cannot move a rotation.
 
+use std::collections::HashMap;
+
 use sentia_db::{MigrationSource, Migrations};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -28,6 +30,11 @@ const PG: &[MigrationSource] = &[
         "backups",
         include_str!("../migrations/postgres/0002_backups.sql"),
     ),
+    (
+        3,
+        "expiry_notice",
+        include_str!("../migrations/postgres/0003_expiry_notice.sql"),
+    ),
 ];
 const SQLITE: &[MigrationSource] = &[
     (
@@ -39,6 +46,11 @@ const SQLITE: &[MigrationSource] = &[
         2,
         "backups",
         include_str!("../migrations/sqlite/0002_backups.sql"),
+    ),
+    (
+        3,
+        "expiry_notice",
+        include_str!("../migrations/sqlite/0003_expiry_notice.sql"),
     ),
 ];
 
@@ -165,13 +177,13 @@ impl Store {
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         sqlx::query(
             "INSERT INTO rotation_policies (pattern, frequency_ms, method, notify_before_ms, \
-             grace_ms, rotator, params, max_attempts, updated_by, update_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             grace_ms, rotator, params, max_attempts, updated_by, update_ms, expiry_notify_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (pattern) DO UPDATE SET frequency_ms = excluded.frequency_ms, \
              method = excluded.method, notify_before_ms = excluded.notify_before_ms, \
              grace_ms = excluded.grace_ms, rotator = excluded.rotator, params = excluded.params, \
              max_attempts = excluded.max_attempts, updated_by = excluded.updated_by, \
-             update_ms = excluded.update_ms",
+             update_ms = excluded.update_ms, expiry_notify_ms = excluded.expiry_notify_ms",
         )
         .bind(&p.pattern)
         .bind(ms(p.timing.frequency))
@@ -191,6 +203,7 @@ impl Store {
         .bind(p.timing.max_attempts as i32)
         .bind(by)
         .bind(now_ms)
+        .bind(ms(p.timing.expiry_notify_before))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -200,8 +213,8 @@ impl Store {
     pub async fn policies(&self) -> Result<Vec<RotationPolicy>, RotationError> {
         let rows = sqlx::query(
             "SELECT pattern, frequency_ms, CAST(method AS BIGINT) AS method, notify_before_ms, \
-             grace_ms, rotator, params, CAST(max_attempts AS BIGINT) AS max_attempts \
-             FROM rotation_policies ORDER BY pattern",
+             grace_ms, rotator, params, CAST(max_attempts AS BIGINT) AS max_attempts, \
+             expiry_notify_ms FROM rotation_policies ORDER BY pattern",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -214,6 +227,7 @@ impl Store {
                     "notify_before_ms": r.try_get::<i64, _>("notify_before_ms")?,
                     "grace_ms": r.try_get::<i64, _>("grace_ms")?,
                     "max_attempts": r.try_get::<i64, _>("max_attempts")?,
+                    "expiry_notify_ms": r.try_get::<i64, _>("expiry_notify_ms")?,
                     "rotator": r.try_get::<String, _>("rotator")?,
                     "params": serde_json::from_str::<serde_json::Value>(
                         &r.try_get::<String, _>("params")?
@@ -485,6 +499,24 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("attempt")?, row.try_get("made")?))
+    }
+
+    /// When the first notice or reminder for each (secret, due date) went out.
+    pub async fn notices(&self) -> Result<HashMap<(String, i64), i64>, RotationError> {
+        let rows = sqlx::query(
+            "SELECT path, due_ms, MIN(sent_ms) AS sent_ms FROM rotation_reminders \
+             WHERE kind IN ('notice', 'upcoming', 'overdue') GROUP BY path, due_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    (r.try_get("path")?, r.try_get("due_ms")?),
+                    r.try_get("sent_ms")?,
+                ))
+            })
+            .collect()
     }
 
     /// Records a reminder; false if it was already sent.

@@ -49,6 +49,7 @@ impl Vault {
             .get_secret(pb::GetSecretRequest {
                 path: path.into(),
                 selector: Some(selector),
+                allow_expired: false,
             })
             .await
         {

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use sentia_proto::rotation::v1 as pb;
+use sentia_proto::rotation::v1::rotation_service_client::RotationServiceClient;
 use sentia_proto::vault::v1 as vpb;
 use sentia_testkit::Sandbox;
 use serde_json::json;
@@ -110,14 +111,25 @@ async fn bad_policies_are_refused_by_name_and_nothing_is_stored() {
     let (got, _) = code(c.set_policy(pb::SetPolicyRequest { policy: None }).await);
     assert_eq!(got, Code::InvalidArgument);
     s.put("dev/app/a", b"x").await;
+    // Nothing was stored: the secret's tier default (unset = internal) is what applies.
+    let p = c
+        .get_policy(pb::GetPolicyRequest {
+            path: "dev/app/a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.source, pb::PolicySource::TierDefault as i32);
+    assert_eq!(p.source_default, "internal");
+    assert_eq!(p.method, pb::RotationMethod::Manual as i32);
     let (got, msg) = code(
         c.get_policy(pb::GetPolicyRequest {
-            path: "dev/app/a".into(),
+            path: "dev/app/none".into(),
         })
         .await,
     );
-    assert_eq!(got, Code::NotFound, "nothing was stored: {msg}");
-    assert!(msg.contains("class="), "says how to get a default: {msg}");
+    assert_eq!(got, Code::NotFound, "{msg}");
+    assert!(msg.contains("no secret dev/app/none"), "{msg}");
     sched.stop().await;
     s.stop().await;
 }
@@ -349,8 +361,24 @@ async fn status_shows_next_due_and_overdue_on_the_injected_clock_and_pages() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.rotations.len(), 3, "untracked secrets are not listed");
+    assert_eq!(all.rotations.len(), 4, "every secret has a policy");
+    let untagged = &all.rotations[3];
+    assert_eq!(untagged.path, "prod/other/untracked");
+    let rule = untagged.policy.as_ref().unwrap();
+    assert_eq!(
+        (rule.source, rule.source_default.as_str()),
+        (pb::PolicySource::TierDefault as i32, "internal")
+    );
+    assert_eq!(
+        untagged.next_due_time.unwrap().seconds - untagged.last_rotation_time.unwrap().seconds,
+        365 * 86_400
+    );
     let first = &all.rotations[0];
+    let rule = first.policy.as_ref().unwrap();
+    assert_eq!(
+        (rule.source, rule.source_default.as_str()),
+        (pb::PolicySource::ClassDefault as i32, "database_password")
+    );
     assert!(!first.overdue);
     assert_eq!(first.method, pb::RotationMethod::Manual as i32);
     let created = first.last_rotation_time.unwrap().seconds;
@@ -372,7 +400,11 @@ async fn status_shows_next_due_and_overdue_on_the_injected_clock_and_pages() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(page1.rotations.len(), 2);
+    assert_eq!(
+        page1.rotations.len(),
+        2,
+        "the 365-day tier default is not overdue"
+    );
     assert!(page1.rotations.iter().all(|r| r.overdue));
     assert!(!page1.next_page_token.is_empty());
     let page2 = c
@@ -492,4 +524,249 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
     assert_eq!(st.last_rotation_time.unwrap().seconds, written);
     assert_eq!(st.next_due_time.unwrap().seconds, written + 180 * 86_400);
     sandbox.stop().await;
+}
+
+/// The operations rotation-scheduler did on its own about `path` (not calls it served),
+/// oldest first.
+async fn operations_on(audit: &str, path: &str) -> Vec<String> {
+    rotation_events(audit)
+        .await
+        .into_iter()
+        .filter(|e| e.secret_name == path && e.principal == "rotation-scheduler")
+        .map(|e| e.operation)
+        .collect()
+}
+
+/// Waits (30 s at most) until rotation-scheduler recorded `ops` about `path`, exactly.
+async fn wait_for_operations(audit: &str, path: &str, ops: &[&str]) {
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        seen = operations_on(audit, path).await;
+        if seen.len() >= ops.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ops, "{path}");
+}
+
+/// `path`'s rotation status.
+async fn status_of(
+    c: &RotationServiceClient<sentia_runtime::client::AuthedChannel>,
+    path: &str,
+) -> pb::RotationStatus {
+    c.clone()
+        .list_rotations(pb::ListRotationsRequest {
+            prefix: path.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rotations
+        .into_iter()
+        .find(|r| r.path == path)
+        .unwrap()
+}
+
+/// Sets `path`'s expiry to `ms` (Unix ms).
+async fn expire_at(s: &sentia_testkit::Stack, path: &str, ms: i64) {
+    s.secrets(&s.root_token)
+        .await
+        .update_secret_metadata(vpb::UpdateSecretMetadataRequest {
+            metadata: Some(vpb::SecretMetadata {
+                path: path.into(),
+                expire_time: Some(sentia_proto::wkt::timestamp(ms)),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["expire_time".into()],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_defaults_notices_and_expiry_go_out_once_each_at_their_window_on_the_injected_clock() {
+    let clock = clock();
+    let t0 = clock.now_ms();
+    let Some(sandbox) = Sandbox::builder()
+        .audit()
+        .scheduler(hooks(&clock))
+        .start()
+        .await
+    else {
+        return;
+    };
+    let (s, audit) = (sandbox.vault(), sandbox.audit().addr.clone());
+    // Tier 1 without a class: the tier default, 90 d manual with 14 d notice.
+    s.secrets(&s.root_token)
+        .await
+        .put_secret(vpb::PutSecretRequest {
+            path: "prod/critical/token".into(),
+            value: b"v1".to_vec(),
+            metadata: Some(vpb::SecretMetadata {
+                tier: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An API key: the class default, 90 d automated with 7 d notice.
+    put_tagged(s, "prod/api/stripe", "api_key", b"v1").await;
+    // Expires in 30 days: notice from day 23 (7 d), expired at day 30.
+    s.put("prod/leaving", b"v1").await;
+    expire_at(s, "prod/leaving", t0 + 30 * DAY).await;
+    // The canary sorts after every other path: once a scan at the new time reached it, that
+    // scan saw every other secret at that time too.
+    s.put("zz/canary", b"v1").await;
+    let scanned_at = |day: i64, seen: usize| {
+        let (s, audit, clock) = (s, audit.clone(), clock.clone());
+        async move {
+            expire_at(s, "zz/canary", t0 + day * DAY - 60_000).await;
+            clock.advance(t0 + day * DAY - clock.now_ms());
+            let mut n = 0;
+            for _ in 0..600 {
+                n = operations_on(&audit, "zz/canary").await.len();
+                if n == seen {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no scan reached the canary at day {day} ({n} canary events)");
+        }
+    };
+
+    scanned_at(22, 1).await;
+    for path in ["prod/critical/token", "prod/api/stripe", "prod/leaving"] {
+        assert!(
+            operations_on(&audit, path).await.is_empty(),
+            "nothing is due for {path} at day 22"
+        );
+    }
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let c = sandbox.scheduler().client(&admin);
+    let stripe = status_of(&c, "prod/api/stripe").await;
+    assert!(stripe.notice_sent_time.is_none());
+    assert_eq!(
+        stripe.notice_time.unwrap().seconds,
+        stripe.next_due_time.unwrap().seconds - 7 * 86_400
+    );
+
+    clock.advance(DAY + 60_000);
+    wait_for_operations(&audit, "prod/leaving", &["secret_expiring"]).await;
+    clock.advance(7 * DAY);
+    wait_for_operations(
+        &audit,
+        "prod/leaving",
+        &["secret_expiring", "secret_expired"],
+    )
+    .await;
+    let leaving = status_of(&c, "prod/leaving").await;
+    assert_eq!(leaving.expire_time.unwrap().seconds, (t0 + 30 * DAY) / 1000);
+
+    scanned_at(75, 2).await;
+    assert!(
+        operations_on(&audit, "prod/critical/token")
+            .await
+            .is_empty()
+    );
+    clock.advance(DAY + 60_000);
+    wait_for_operations(&audit, "prod/critical/token", &["reminder_upcoming"]).await;
+    scanned_at(82, 3).await;
+    assert!(operations_on(&audit, "prod/api/stripe").await.is_empty());
+    clock.advance(DAY + 60_000);
+    wait_for_operations(&audit, "prod/api/stripe", &["rotation_notice"]).await;
+
+    // Once each: later scans inside the same windows send nothing more.
+    scanned_at(88, 4).await;
+    assert_eq!(
+        operations_on(&audit, "prod/api/stripe").await,
+        ["rotation_notice"]
+    );
+    assert_eq!(
+        operations_on(&audit, "prod/critical/token").await,
+        ["reminder_upcoming"]
+    );
+    assert_eq!(
+        operations_on(&audit, "prod/leaving").await,
+        ["secret_expiring", "secret_expired"]
+    );
+
+    // Status says which rule applied and that the notice went out.
+    let stripe = status_of(&c, "prod/api/stripe").await;
+    assert!(stripe.notice_sent_time.is_some());
+    let rule = stripe.policy.unwrap();
+    assert_eq!(
+        (rule.source, rule.source_default.as_str()),
+        (pb::PolicySource::ClassDefault as i32, "api_key")
+    );
+    let token = status_of(&c, "prod/critical/token").await;
+    assert!(token.notice_sent_time.is_some());
+    assert_eq!(
+        token.next_due_time.unwrap().seconds - token.last_rotation_time.unwrap().seconds,
+        90 * 86_400
+    );
+    let rule = token.policy.unwrap();
+    assert_eq!(
+        (rule.source, rule.source_default.as_str()),
+        (pb::PolicySource::TierDefault as i32, "critical")
+    );
+
+    // Every notice reached the alert sinks.
+    let want = [
+        ("prod/api/stripe", "RotationScheduled"),
+        ("prod/critical/token", "RotationDue"),
+        ("prod/leaving", "SecretExpired"),
+        ("prod/leaving", "UpcomingSecretExpiration"),
+    ];
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = alerts(&audit)
+            .await
+            .into_iter()
+            .filter(|a| a.secret_name.starts_with("prod/"))
+            .map(|a| (a.secret_name, a.rule))
+            .collect::<Vec<_>>();
+        got.sort();
+        if got.len() >= want.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_secret_is_not_rotated_and_rotate_now_says_how_to_extend_it() {
+    let Some(s) = stack(Backend::Sqlite).await else {
+        return;
+    };
+    let sched = Scheduler::start(&s, &sqlite_url(), hooks(&clock())).await;
+    let (admin, _) = s.login_as(&["system_admin"]).await;
+    let mut c = sched.client(&admin);
+    put_tagged(&s, "prod/api/old", "api_key", b"v1").await;
+    expire_at(&s, "prod/api/old", sentia_proto::wkt::now_ms() - 1000).await;
+    let (got, msg) = code(
+        c.rotate_now(pb::RotateNowRequest {
+            path: "prod/api/old".into(),
+            reason: "leak".into(),
+            emergency: true,
+        })
+        .await,
+    );
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    assert!(
+        msg.contains("expired at") && msg.contains("--expires"),
+        "{msg}"
+    );
+    sched.stop().await;
+    s.stop().await;
 }

@@ -98,6 +98,7 @@ async fn no_password_or_verifier_reaches_logs_audit_or_the_scheduler_database() 
             .get_secret(vpb::GetSecretRequest {
                 path: "prod/db/app".into(),
                 selector: Some(vpb::get_secret_request::Selector::Version(version)),
+                allow_expired: false,
             })
             .await;
         if let Ok(r) = r {

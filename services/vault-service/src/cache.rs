@@ -26,6 +26,9 @@ pub struct ReadView {
     /// The secret's tier (for audit events).
     #[serde(default)]
     pub tier: i32,
+    /// When the secret expires (Unix ms): reads refuse it from then on.
+    #[serde(default)]
+    pub expire_time: Option<i64>,
 }
 
 /// A version's sealed record.
@@ -427,6 +430,7 @@ mod tests {
             content_type: "text/plain".into(),
             labels: BTreeMap::from([("CURRENT".to_string(), 1)]),
             tier: 3,
+            expire_time: None,
         }
     }
 

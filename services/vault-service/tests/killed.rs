@@ -148,6 +148,7 @@ async fn answered_operations_survive_a_kill(durability: &str) {
         .get_secret(pb::GetSecretRequest {
             path: path.into(),
             selector: None,
+            allow_expired: false,
         })
         .await
         .unwrap()

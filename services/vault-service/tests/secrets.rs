@@ -21,7 +21,159 @@ on_both_backends!(
     old_versions_beyond_max_versions_are_destroyed,
     list_pages_by_prefix_and_batch_get_reports_per_item,
     metadata_updates_apply_only_masked_fields,
+    an_expired_secret_is_refused_unless_the_reader_allows_expired,
 );
+
+/// Sets (or with None, clears) `path`'s expiry.
+async fn set_expiry(
+    c: &mut pb::secret_service_client::SecretServiceClient<sentia_runtime::client::AuthedChannel>,
+    path: &str,
+    ms: Option<i64>,
+) {
+    c.update_secret_metadata(pb::UpdateSecretMetadataRequest {
+        metadata: Some(pb::SecretMetadata {
+            path: path.into(),
+            expire_time: ms.map(sentia_proto::wkt::timestamp),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["expire_time".into()],
+        }),
+    })
+    .await
+    .unwrap();
+}
+
+async fn an_expired_secret_is_refused_unless_the_reader_allows_expired(s: &Stack) {
+    let mut c = s.secrets(&s.root_token).await;
+    let path = "prod/legacy/key";
+    s.put(path, b"old").await;
+    let now = sentia_proto::wkt::now_ms();
+    set_expiry(&mut c, path, Some(now + 86_400_000)).await;
+    assert_eq!(
+        c.get_secret(get(path)).await.unwrap().into_inner().value,
+        b"old",
+        "not expired yet"
+    );
+    // Expired an hour ago: every selector is refused, with when and what to do.
+    let at = now - 3_600_000;
+    set_expiry(&mut c, path, Some(at)).await;
+    for req in [get(path), get_version(path, 1), get_label(path, "CURRENT")] {
+        let e = c.get_secret(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        let when = sentia_proto::wkt::utc(at / 1000);
+        assert!(e.message().contains(&format!("expired at {when}")), "{e:?}");
+        assert!(e.message().contains("allow_expired"), "{e:?}");
+    }
+    let batch = c
+        .batch_get_secrets(pb::BatchGetSecretsRequest {
+            requests: vec![get(path)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use pb::batch_get_result::Result as R;
+    assert!(
+        matches!(&batch.results[0].result, Some(R::Error(e)) if e.code == Code::FailedPrecondition as i32)
+    );
+    // Asked for: served.
+    let r = c
+        .get_secret(pb::GetSecretRequest {
+            allow_expired: true,
+            ..get(path)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.value, b"old");
+    // Metadata stays readable; extending (or clearing) the expiry serves it again.
+    c.describe_secret(pb::DescribeSecretRequest { path: path.into() })
+        .await
+        .unwrap();
+    set_expiry(&mut c, path, None).await;
+    assert_eq!(
+        c.get_secret(get(path)).await.unwrap().into_inner().value,
+        b"old"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_read_through_the_caches_is_refused_and_an_allowed_one_is_audited_and_alerted() {
+    let Some(sandbox) = sentia_testkit::Sandbox::builder()
+        .vault()
+        .redis()
+        .audit()
+        .start()
+        .await
+    else {
+        return;
+    };
+    let s = sandbox.vault();
+    let mut c = s.secrets(&s.root_token).await;
+    let path = "prod/cached/key";
+    s.put(path, b"v").await;
+    // Warm the in-process and Redis caches, then expire it: the caches do not serve it.
+    for _ in 0..2 {
+        c.get_secret(get(path)).await.unwrap();
+    }
+    set_expiry(&mut c, path, Some(sentia_proto::wkt::now_ms() - 1000)).await;
+    let e = c.get_secret(get(path)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    c.get_secret(pb::GetSecretRequest {
+        allow_expired: true,
+        ..get(path)
+    })
+    .await
+    .unwrap();
+    let audit = sandbox.audit();
+    let mut ops = Vec::new();
+    for _ in 0..200 {
+        ops = audit
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.secret_name == path && e.event_type == "secret_access")
+            .map(|e| (e.operation, e.status_code))
+            .collect();
+        if ops.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let want: Vec<(String, String)> = [
+        ("read", "OK"),
+        ("read", "OK"),
+        ("read", "FAILED_PRECONDITION"),
+        ("read_expired", "OK"),
+    ]
+    .iter()
+    .map(|(o, c)| (o.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(ops, want);
+    let mut rules = Vec::new();
+    for _ in 0..200 {
+        rules = audit
+            .client(sentia_testkit::keys::ADMIN_TOKEN)
+            .list_alerts(sentia_proto::audit::v1::ListAlertsRequest {
+                include_acknowledged: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+            .into_iter()
+            .filter(|a| a.secret_name == path)
+            .map(|a| a.rule)
+            .collect::<Vec<_>>();
+        if !rules.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rules, ["ExpiredSecretRead"]);
+    sandbox.stop().await;
+}
 
 async fn versions_labels_and_describe_follow_each_write(s: &Stack) {
     let mut c = s.secrets(&s.root_token).await;

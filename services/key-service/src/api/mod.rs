@@ -91,6 +91,7 @@ async fn crypto_audited<T: KeyVersioned>(call: &Call<'_>, result: Res<T>) -> Res
     let detail = Detail {
         key_version: result.as_ref().ok().map(|r| r.get_ref().key_version()),
         tier: 0,
+        operation: None,
     };
     count_operation(call.operation(), call.name(), detail.key_version);
     call.set_detail(detail);

@@ -162,6 +162,7 @@ pub fn policy(pattern: &str, rotator: &str, params: serde_json::Value) -> pb::Ro
         rotator: rotator.into(),
         rotator_params: Some(prost_types::Struct { fields }),
         max_attempts: 3,
+        ..Default::default()
     }
 }
 

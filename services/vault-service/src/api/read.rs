@@ -31,6 +31,7 @@ impl SecretApi {
             content_type: s.meta.content_type,
             labels: s.labels,
             tier: s.meta.tier,
+            expire_time: s.meta.expire_time,
         };
         if let Some(cache) = &self.cache {
             cache.put_view(path.as_str(), &view).await;
@@ -70,13 +71,13 @@ impl SecretApi {
         Ok(rec)
     }
 
-    /// The sealed record a read selects, with the content type and the version's labels:
-    /// from the in-process cache, else Redis when configured, else one database round trip.
+    /// The version a read selects, its sealed record and the secret's read view: from the
+    /// in-process cache, else Redis when configured, else one database round trip.
     pub(super) async fn locate(
         &self,
         path: &SecretPath,
         selector: &Selector,
-    ) -> Result<(u64, SealedRecord, String, Vec<String>, i32), VaultError> {
+    ) -> Result<(u64, SealedRecord, ReadView), VaultError> {
         let pick = |view: &ReadView| match selector {
             Selector::Version(v) => Some(*v),
             Selector::Label(l) => view.labels.get(l).copied(),
@@ -96,13 +97,7 @@ impl SecretApi {
             crate::cache::count_lookup("local", matches!(local_hit, Some((_, Some(_)))));
         }
         if let Some((view, Some((v, rec)))) = local_hit {
-            return Ok((
-                v,
-                rec,
-                view.content_type.clone(),
-                labels_of(&view.labels, v),
-                view.tier,
-            ));
+            return Ok((v, rec, view));
         }
         let (view, version, rec) = if self.cache.is_some() {
             let view = self.view(path).await?;
@@ -117,6 +112,7 @@ impl SecretApi {
                         content_type: r.content_type,
                         labels: r.labels,
                         tier: r.tier,
+                        expire_time: r.expire_time,
                     },
                     r.version.version,
                     SealedRecord {
@@ -133,8 +129,7 @@ impl SecretApi {
         if let (Some(local), Some(g)) = (&self.local, generation) {
             local.fill(path.as_str(), g, &view, Some((version, &rec)));
         }
-        let labels = labels_of(&view.labels, version);
-        Ok((version, rec, view.content_type, labels, view.tier))
+        Ok((version, rec, view))
     }
 
     /// One read, shared by GetSecret and BatchGetSecrets.
@@ -147,9 +142,22 @@ impl SecretApi {
         let path = SecretPath::parse(&req.path)?;
         self.policies.check(p, Capability::Read, path.as_str())?;
         let selector = Selector::from_pb(req.selector.as_ref())?;
-        let (version, rec, content_type, labels, tier) = self.locate(&path, &selector).await?;
+        let (version, rec, view) = self.locate(&path, &selector).await?;
         detail.key_version = Some(rec.key_version);
-        detail.tier = tier.clamp(0, 3) as u32;
+        detail.tier = view.tier.clamp(0, 3) as u32;
+        if let Some(expire) = view
+            .expire_time
+            .filter(|e| *e <= sentia_proto::wkt::now_ms())
+        {
+            if !req.allow_expired {
+                return Err(VaultError::Precondition(format!(
+                    "{path} expired at {}; extend it (UpdateSecretMetadata expire_time, or \
+                     sentia secret update {path} --expires ...) or read it with allow_expired",
+                    sentia_proto::wkt::utc(expire.div_euclid(1000))
+                )));
+            }
+            detail.operation = Some("read_expired");
+        }
         match rec.state {
             State::Enabled => {}
             State::Deleted => {
@@ -177,8 +185,8 @@ impl SecretApi {
             path: path.to_string(),
             version,
             value: value.to_vec(),
-            content_type,
-            labels,
+            labels: labels_of(&view.labels, version),
+            content_type: view.content_type,
         })
     }
 }

@@ -154,6 +154,7 @@ impl SecretApi {
             call.set_detail(Detail {
                 key_version: Some(sealed.key_version),
                 tier,
+                operation: None,
             });
             let nv = NewVersion {
                 path: path.clone(),
@@ -212,6 +213,7 @@ impl SecretApi {
         let source = pb::GetSecretRequest {
             path: r.path.clone(),
             selector: Some(pb::get_secret_request::Selector::Version(r.version)),
+            allow_expired: false,
         };
         let old = self.read(p, &source, &mut Detail::default()).await?;
         let written = self

@@ -138,6 +138,8 @@ pub struct ReadRow {
     pub labels: BTreeMap<String, u64>,
     /// The secret's tier.
     pub tier: i32,
+    /// When the secret expires (Unix ms).
+    pub expire_time: Option<i64>,
 }
 
 /// A version to write, sealed by the caller.
@@ -308,7 +310,8 @@ impl Store {
         selector: &Selector,
     ) -> Result<Option<ReadRow>, VaultError> {
         const COLUMNS: &str = "v.version, v.state, v.ciphertext, v.wrapped_key, v.key_version, \
-             v.created_by, v.create_time, s.content_type, s.revision, s.tier, o.label AS label, \
+             v.created_by, v.create_time, s.content_type, s.revision, s.tier, s.expire_time, \
+             o.label AS label, \
              o.version AS label_version";
         let rows = match selector {
             Selector::Label(label) => {
@@ -354,6 +357,7 @@ impl Store {
             version: version_from(first)?,
             labels,
             tier: first.try_get::<i64, _>("tier")? as i32,
+            expire_time: first.try_get("expire_time")?,
         }))
     }
 

@@ -12,6 +12,7 @@ mod export;
 mod key;
 mod kms_plugin;
 mod ops;
+mod policy;
 mod rotation;
 mod secret;
 mod token;
@@ -52,6 +53,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// List and acknowledge the alerts audit-service raised.
     Alert(alert::AlertArgs),
+    /// Test access against the loaded policies or a policy file (the policy simulator).
+    Policy(policy::PolicyArgs),
     /// Serve the Kubernetes KMS v2 plugin API on a unix socket, encrypting with key-service.
     KmsPlugin(kms_plugin::KmsPluginArgs),
     /// Check a server's gRPC health (for container health checks).
@@ -99,6 +102,11 @@ async fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent::run(args).await,
         Command::KmsPlugin(args) => kms_plugin::run(args).await,
         Command::Alert(args) => alert::run(args).await,
+        Command::Policy(args) => match policy::run(args).await {
+            // A denial is an answer, not an error: printed, and the exit status says it.
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            other => other.map(|_| ()),
+        },
         Command::Login(args) => token::login(args).await,
         Command::Token(args) => token::run(args).await,
         Command::Audit(args) => audit::run(args).await,

@@ -280,6 +280,50 @@ async fn sentia_dev_runs_the_scheduler_and_the_rotation_commands_drive_it() {
     assert!(!ok && err.contains("nothing to change"), "{err}");
     let (ok, _, err) = update(&["--expires", "soon"]).await;
     assert!(!ok && err.contains("not a time"), "{err}");
+
+    // The policy simulator: allow names the rule, deny exits non-zero, a file is tested
+    // before it is loaded.
+    let check = |args: &[&str]| {
+        let all: Vec<String> = ["policy", "check", "--capability", "read"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            sentia(&env, &all, b"").await
+        }
+    };
+    let (ok, out, err) = check(&["--policy", "developer", "--path", "dev/app/x"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "allow: policy developer rule 1 (dev/**) grants read on dev/app/x"
+    );
+    let (ok, out, _) = check(&["--policy", "developer", "--path", "prod/app/x"]).await;
+    assert!(!ok && out.starts_with("deny:"), "{out}");
+    let file = dir.join("candidate.toml");
+    std::fs::write(
+        &file,
+        "[auditor]\nrules = [{ paths = [\"prod/**\"], capabilities = [\"read\"] }]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check(&[
+        "--policy",
+        "auditor",
+        "--path",
+        "prod/app/x",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["allowed"].as_bool(), v["rule"].as_u64()),
+        (Some(true), Some(1))
+    );
     let _ = dev.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,8 +79,21 @@ impl Capability {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The `Capability` number in common.proto (its values follow [`Self::ALL`] from 1).
+    pub fn to_proto(self) -> i32 {
+        self as i32 + 1
+    }
+
+    /// From the `Capability` number in common.proto; None for unset or unknown.
+    pub fn from_proto(n: i32) -> Option<Self> {
+        Self::ALL
+            .get(usize::try_from(n).ok()?.checked_sub(1)?)
+            .copied()
     }
 
     fn bit(self) -> u8 {
@@ -202,6 +215,21 @@ pub fn segment_matches(pattern: &str, s: &str) -> bool {
 struct Rule {
     glob: Glob,
     capabilities: u8,
+    /// Where it is in its policy's `rules` (from 1), and the path as written: what a
+    /// decision names.
+    number: usize,
+    path: String,
+}
+
+/// Which policy and rule granted a capability: what `sentia policy check` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The policy ("root" for the built-in).
+    pub policy: String,
+    /// The rule's number within the policy, from 1 (0 for the built-in root).
+    pub rule: usize,
+    /// The rule's path glob as written.
+    pub path: String,
 }
 
 /// One named policy.
@@ -263,7 +291,12 @@ impl PolicySet {
                 for path in &r.paths {
                     let glob = Glob::parse(path)
                         .map_err(|e| format!("policy {name}, rule {}: {e}", i + 1))?;
-                    rules.push(Rule { glob, capabilities });
+                    rules.push(Rule {
+                        glob,
+                        capabilities,
+                        number: i + 1,
+                        path: path.clone(),
+                    });
                 }
             }
             out.insert(
@@ -312,13 +345,31 @@ impl PolicySet {
 
     /// True if one of `policies` grants `cap` on `path`.
     pub fn allows(&self, policies: &[String], cap: Capability, path: &str) -> bool {
-        policies.iter().any(|name| {
-            name == ROOT_POLICY
-                || self.0.get(name).is_some_and(|p| {
-                    p.rules
-                        .iter()
-                        .any(|r| r.capabilities & cap.bit() != 0 && r.glob.matches(path))
-                })
+        self.grant(policies, cap, path).is_some()
+    }
+
+    /// The first policy of `policies` (in the order given) and its first rule that grants
+    /// `cap` on `path`; None when none does (default deny).
+    pub fn grant(&self, policies: &[String], cap: Capability, path: &str) -> Option<Grant> {
+        policies.iter().find_map(|name| {
+            if name == ROOT_POLICY {
+                return Some(Grant {
+                    policy: ROOT_POLICY.into(),
+                    rule: 0,
+                    path: "**".into(),
+                });
+            }
+            let rule = self
+                .0
+                .get(name)?
+                .rules
+                .iter()
+                .find(|r| r.capabilities & cap.bit() != 0 && r.glob.matches(path))?;
+            Some(Grant {
+                policy: name.clone(),
+                rule: rule.number,
+                path: rule.path.clone(),
+            })
         })
     }
 
@@ -460,6 +511,11 @@ impl Policies {
         }
     }
 
+    /// The policies `SENTIA_IDENTITY_POLICIES` maps a static identity to, if it names it.
+    pub fn of_identity(&self, id: &str) -> Option<Vec<String>> {
+        self.identities.get(id).cloned()
+    }
+
     /// PERMISSION_DENIED unless `p` holds `cap` on `path`.
     pub fn check(&self, p: &Principal, cap: Capability, path: &str) -> Result<(), Denied> {
         if self.get().allows(&self.of(p), cap, path) {
@@ -546,6 +602,62 @@ fn read(path: &PathBuf) -> Result<PolicySet, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn capabilities_round_trip_through_the_contract_numbers() {
+        use sentia_proto::common::v1::Capability as Pb;
+        for c in Capability::ALL {
+            assert_eq!(Capability::from_proto(c.to_proto()), Some(c));
+            let name = Pb::try_from(c.to_proto()).unwrap().as_str_name();
+            assert_eq!(
+                name,
+                format!("CAPABILITY_{}", c.as_str().replace('-', "_").to_uppercase())
+            );
+        }
+        assert_eq!(Capability::from_proto(0), None);
+        assert_eq!(Capability::from_proto(8), None);
+        assert_eq!(Capability::from_proto(-1), None);
+    }
+
+    #[test]
+    fn a_grant_names_the_first_policy_and_rule_that_allows() {
+        let set = PolicySet::parse(
+            r#"
+            [ops]
+            rules = [
+              { paths = ["dev/**"], capabilities = ["list"] },
+              { paths = ["prod/db/*", "prod/app/**"], capabilities = ["read", "list"] },
+            ]
+            [audit]
+            rules = [{ paths = ["**"], capabilities = ["audit-read", "read"] }]
+            "#,
+        )
+        .unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let g = set
+            .grant(&names(&["ops", "audit"]), Capability::Read, "prod/app/x/y")
+            .unwrap();
+        assert_eq!(
+            (g.policy.as_str(), g.rule, g.path.as_str()),
+            ("ops", 2, "prod/app/**")
+        );
+        let g = set
+            .grant(&names(&["ops", "audit"]), Capability::Read, "dev/x")
+            .unwrap();
+        assert_eq!((g.policy.as_str(), g.rule), ("audit", 1));
+        assert!(
+            set.grant(&names(&["ops"]), Capability::Write, "prod/db/main")
+                .is_none()
+        );
+        assert!(
+            set.grant(&names(&["nope"]), Capability::Read, "x")
+                .is_none()
+        );
+        let g = set
+            .grant(&names(&[ROOT_POLICY]), Capability::Admin, "x")
+            .unwrap();
+        assert_eq!((g.policy.as_str(), g.rule), (ROOT_POLICY, 0));
+    }
 
     #[test]
     fn globs_match_segments_and_wildcards() {

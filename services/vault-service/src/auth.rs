@@ -361,6 +361,133 @@ impl AuthApi {
             .ok_or_else(|| no_credential(role_id))
     }
 
+    /// The policy simulator behind CheckPolicy; `caller` may check itself, anything else
+    /// needs admin everywhere.
+    async fn check_policy(
+        &self,
+        caller: &Principal,
+        r: pb::CheckPolicyRequest,
+    ) -> Result<pb::CheckPolicyResponse, VaultError> {
+        /// The largest policy file accepted: a real one is a few KiB.
+        const MAX_POLICY_FILE: usize = 1 << 20;
+        let cap = Capability::from_proto(r.capability).ok_or_else(|| {
+            VaultError::Invalid(
+                "capability must be READ, WRITE, LIST, DELETE, ROTATE, AUDIT_READ or ADMIN".into(),
+            )
+        })?;
+        let path = crate::model::SecretPath::parse(&r.path)?;
+        let for_someone_else = !r.policies.is_empty() || !r.principal.is_empty();
+        if for_someone_else || !r.policy_file.is_empty() {
+            self.policies
+                .check_everywhere(
+                    caller,
+                    Capability::Admin,
+                    "checking another principal's access or a policy file",
+                )
+                .map_err(|d| VaultError::Denied(d.0))?;
+        }
+        let set = if r.policy_file.is_empty() {
+            self.policies.get()
+        } else if r.policy_file.len() > MAX_POLICY_FILE {
+            return Err(VaultError::Invalid(format!(
+                "policy_file is {} bytes; at most {MAX_POLICY_FILE}",
+                r.policy_file.len()
+            )));
+        } else {
+            Arc::new(sentia_policy::PolicySet::parse(&r.policy_file).map_err(VaultError::Invalid)?)
+        };
+        let (held, who) = if !r.policies.is_empty() {
+            if r.policies.len() > MAX_CREDENTIAL_POLICIES {
+                return Err(VaultError::Invalid(format!(
+                    "give at most {} policies",
+                    MAX_CREDENTIAL_POLICIES
+                )));
+            }
+            if let Some(unknown) = r.policies.iter().find(|p| !set.contains(p)) {
+                return Err(VaultError::NotFound(format!(
+                    "no policy {unknown:?} (known: {})",
+                    set.names().join(", ")
+                )));
+            }
+            (
+                r.policies.clone(),
+                format!("policies {}", r.policies.join(", ")),
+            )
+        } else if r.principal.is_empty() {
+            (self.policies.of(caller), format!("'{}'", caller.id))
+        } else {
+            (
+                self.policies_of(&set, &r.principal).await?,
+                format!("'{}'", r.principal),
+            )
+        };
+        let grant = set.grant(&held, cap, path.as_str());
+        let explanation = match &grant {
+            Some(g) if g.policy == ROOT_POLICY => {
+                format!("allow: {who} holds the built-in root policy")
+            }
+            Some(g) => format!(
+                "allow: policy {} rule {} ({}) grants {} on {path}",
+                g.policy,
+                g.rule,
+                g.path,
+                cap.as_str()
+            ),
+            None if held.is_empty() => {
+                format!("deny: {who} holds no policies (default deny)")
+            }
+            None => format!(
+                "deny: no rule of {} grants {} on {path} (default deny)",
+                held.join(", "),
+                cap.as_str()
+            ),
+        };
+        Ok(pb::CheckPolicyResponse {
+            allowed: grant.is_some(),
+            policies: held,
+            policy: grant.as_ref().map(|g| g.policy.clone()).unwrap_or_default(),
+            rule: grant
+                .as_ref()
+                .map_or(0, |g| u32::try_from(g.rule).unwrap_or(u32::MAX)),
+            rule_path: grant.map(|g| g.path).unwrap_or_default(),
+            explanation,
+        })
+    }
+
+    /// The policies `principal` holds: root, a static identity, an app credential (by role
+    /// id) or a Kubernetes role of `set`.
+    async fn policies_of(
+        &self,
+        set: &sentia_policy::PolicySet,
+        principal: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        if principal == "root" {
+            return Ok(vec![ROOT_POLICY.into()]);
+        }
+        if let Some(role) = principal.strip_prefix("kubernetes:") {
+            return set
+                .kubernetes()
+                .and_then(|k| k.roles.get(role).map(|r| r.policies.clone()))
+                .ok_or_else(|| {
+                    VaultError::NotFound(format!(
+                        "no Kubernetes role {role:?} in the [kubernetes] table of the policies"
+                    ))
+                });
+        }
+        if let Some(held) = self.policies.of_identity(principal) {
+            return Ok(held);
+        }
+        if principal.len() <= 64
+            && let Some(c) = self.tokens.store.credential(principal).await?
+        {
+            return Ok(c.policies);
+        }
+        Err(VaultError::NotFound(format!(
+            "no principal {principal:?}: give \"root\", a static identity named in \
+             SENTIA_IDENTITY_POLICIES, an app credential's role id, or kubernetes:ROLE"
+        )))
+    }
+
     /// The caller, if it holds the admin capability everywhere (`what` names the call).
     fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<Principal, Status> {
         let p = Principal::of(req)?;
@@ -780,6 +907,27 @@ impl AuthService for AuthApi {
                 .map_err(Status::from)?;
             tracing::info!(token_id = %id, root, by = %p.id, "token revoked");
             Ok(Response::new(pb::RevokeTokenResponse {}))
+        }
+        .await;
+        call.finish(result).await
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<pb::CheckPolicyRequest>,
+    ) -> Res<pb::CheckPolicyResponse> {
+        let call = Call::new(
+            &self.audit,
+            &req,
+            "auth",
+            "check_policy",
+            &req.get_ref().path,
+        );
+        let result: Res<pb::CheckPolicyResponse> = async {
+            let p = Principal::of(&req)?;
+            Ok(Response::new(
+                self.check_policy(&p, req.into_inner()).await?,
+            ))
         }
         .await;
         call.finish(result).await

@@ -771,3 +771,149 @@ async fn the_policy_file_reloads_without_a_restart_and_a_broken_edit_is_ignored(
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn check(
+    principal: &str,
+    policies: &[&str],
+    capability: sentia_policy::Capability,
+    path: &str,
+) -> pb::CheckPolicyRequest {
+    pb::CheckPolicyRequest {
+        principal: principal.into(),
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        capability: capability.to_proto(),
+        path: path.into(),
+        policy_file: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_simulator_names_the_deciding_rule_and_checks_others_only_for_admins() {
+    use sentia_policy::Capability::{Admin, Read, Write};
+    let Some(s) = Stack::start(
+        Backend::Sqlite,
+        &[(
+            "SENTIA_IDENTITY_POLICIES",
+            "metrics-agent=monitoring_system",
+        )],
+    )
+    .await
+    else {
+        return;
+    };
+    let (dev_token, _) = s.login_as(&["developer"]).await;
+    // Anyone checks themselves: allowed with the rule, denied by default.
+    let mut mine = s.auth(&dev_token).await;
+    let r = mine
+        .check_policy(check("", &[], Write, "test/app/key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed);
+    assert_eq!(
+        (r.policy.as_str(), r.rule, r.rule_path.as_str()),
+        ("developer", 2, "test/**")
+    );
+    assert_eq!(
+        r.explanation,
+        "allow: policy developer rule 2 (test/**) grants write on test/app/key"
+    );
+    let r = mine
+        .check_policy(check("", &[], Read, "prod/app/key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed && r.policy.is_empty() && r.rule == 0);
+    assert!(r.explanation.starts_with("deny:"), "{}", r.explanation);
+    assert_eq!(r.policies, ["developer"]);
+    // ... but not anyone else, nor a file.
+    for req in [
+        check("root", &[], Read, "prod/app/key"),
+        check("", &["system_admin"], Read, "prod/app/key"),
+        pb::CheckPolicyRequest {
+            policy_file: "[x]\nrules = []\n".into(),
+            ..check("", &[], Read, "prod/app/key")
+        },
+    ] {
+        let e = mine.check_policy(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+
+    // An admin checks principals of every kind.
+    let admin = s.auth(&s.root_token).await;
+    let ask = |req: pb::CheckPolicyRequest| {
+        let mut admin = admin.clone();
+        async move { admin.check_policy(req).await.map(|r| r.into_inner()) }
+    };
+    let r = ask(check("metrics-agent", &[], Read, "prod/monitoring/grafana"))
+        .await
+        .unwrap();
+    assert!(r.allowed && r.policy == "monitoring_system", "{r:?}");
+    let billing = s.credential("billing", &["developer"]).await;
+    let r = ask(check(&billing.role_id, &[], Read, "dev/app/key"))
+        .await
+        .unwrap();
+    assert!(r.allowed && r.policy == "developer", "{r:?}");
+    let r = ask(check("root", &[], Admin, "prod/anything"))
+        .await
+        .unwrap();
+    assert!(r.allowed && r.policy == "root" && r.rule == 0, "{r:?}");
+    let e = ask(check("nobody", &[], Read, "dev/x")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("SENTIA_IDENTITY_POLICIES"), "{e:?}");
+    let e = ask(check("", &["no_such_policy"], Read, "dev/x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // A policy file not yet loaded: decisions come from it alone.
+    let file = r#"
+[auditor]
+rules = [
+  { paths = ["prod/**"], capabilities = ["list"] },
+  { paths = ["prod/audit/**"], capabilities = ["read", "audit-read"] },
+]
+"#;
+    let with_file = |req: pb::CheckPolicyRequest| pb::CheckPolicyRequest {
+        policy_file: file.into(),
+        ..req
+    };
+    let r = ask(with_file(check("", &["auditor"], Read, "prod/audit/log")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.allowed, r.rule, r.rule_path.as_str()),
+        (true, 2, "prod/audit/**")
+    );
+    let e = ask(with_file(check("", &["developer"], Read, "dev/x")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "the file replaces the loaded policies"
+    );
+
+    // Bad input is named.
+    let mut bad_cap = check("", &[], Read, "dev/x");
+    bad_cap.capability = 0;
+    let broken = pb::CheckPolicyRequest {
+        policy_file: "[auditor]\nrules = [{ paths = [\"x\"], capabilities = [\"fly\"] }]\n".into(),
+        ..check("", &["auditor"], Read, "dev/x")
+    };
+    let huge = pb::CheckPolicyRequest {
+        policy_file: "#".repeat((1 << 20) + 1),
+        ..check("", &[], Read, "dev/x")
+    };
+    for (req, want) in [
+        (bad_cap, "capability"),
+        (check("", &[], Read, "bad//path"), "path"),
+        (broken, "fly"),
+        (huge, "at most"),
+    ] {
+        let e = ask(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(want), "{want}: {e:?}");
+    }
+    s.stop().await;
+}

@@ -78,8 +78,34 @@ enum KeyCommand {
         /// Key name.
         name: String,
     },
+    /// Change a key's policy: the oldest version that still decrypts, and how often it
+    /// rotates by itself.
+    SetPolicy {
+        /// Key name.
+        name: String,
+        /// Versions below this stop decrypting (retire them only once nothing is wrapped
+        /// under them: `sentia key rewrap` tells).
+        #[arg(long)]
+        min_decryption_version: Option<u32>,
+        /// Rotate when the primary version is this old (e.g. 90d, at least 1h), or `off`.
+        #[arg(long, value_parser = rotate_period)]
+        auto_rotate: Option<std::time::Duration>,
+    },
     /// Seal state and keyring summary.
     Status,
+    /// Drop the master key and keyring from memory; every call but Status, Unseal and Init
+    /// answers UNAVAILABLE until it is unsealed again.
+    Seal,
+    /// First start in Shamir mode: make the master key, split it into shares and print them
+    /// once (one per custodian).
+    Init {
+        /// Number of shares, 2-255.
+        #[arg(long)]
+        shares: u32,
+        /// Shares needed to unseal, 2..=shares.
+        #[arg(long)]
+        threshold: u32,
+    },
     /// Submit an unseal share (or, with --master-key, the whole master key; with
     /// --recovery-key-file, the recovery key after the master key was lost).
     Unseal {
@@ -130,6 +156,14 @@ async fn channel(
         KeyServiceClient::new(channel.clone()),
         SystemServiceClient::new(channel),
     ))
+}
+
+/// A rotation period, or `off` (zero: no automatic rotation).
+fn rotate_period(s: &str) -> Result<std::time::Duration, String> {
+    if s == "off" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    crate::rotation::duration(s)
 }
 
 fn purpose_name(p: i32) -> &'static str {
@@ -264,6 +298,74 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                         format!("recovery key {}", s.recovery_fingerprint)
                     }
                 );
+            }
+        }
+        KeyCommand::SetPolicy {
+            name,
+            min_decryption_version,
+            auto_rotate,
+        } => {
+            let mut mask = Vec::new();
+            if min_decryption_version.is_some() {
+                mask.push("min_decryption_version".to_string());
+            }
+            if auto_rotate.is_some() {
+                mask.push("auto_rotate_period".to_string());
+            }
+            if mask.is_empty() {
+                anyhow::bail!("nothing to change: give --min-decryption-version or --auto-rotate");
+            }
+            let k = keys
+                .set_key_policy(pb::SetKeyPolicyRequest {
+                    name: name.clone(),
+                    min_decryption_version: min_decryption_version.unwrap_or(0),
+                    auto_rotate_period: auto_rotate.map(|d| prost_types::Duration {
+                        seconds: d.as_secs() as i64,
+                        nanos: 0,
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths: mask }),
+                })
+                .await
+                .map_err(status_err)?;
+            print_keys(&[k.into_inner()], args.common.json);
+        }
+        KeyCommand::Seal => {
+            let r = system
+                .seal(pb::SealRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if args.common.json {
+                println!("{}", json!({"sealed": r.sealed}));
+            } else {
+                println!("sealed: unseal with `sentia key unseal` (shares or the master key)");
+            }
+        }
+        KeyCommand::Init { shares, threshold } => {
+            let r = system
+                .init(pb::InitRequest {
+                    secret_shares: *shares,
+                    secret_threshold: *threshold,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let shares: Vec<Zeroizing<String>> = r.shares.into_iter().map(Zeroizing::new).collect();
+            if args.common.json {
+                let shown: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
+                println!(
+                    "{}",
+                    *Zeroizing::new(json!({"shares": shown, "threshold": threshold}).to_string())
+                );
+            } else {
+                println!(
+                    "initialized: {} shares, {threshold} unseal; give each to a different \
+                     custodian (shown once)",
+                    shares.len()
+                );
+                for (i, share) in shares.iter().enumerate() {
+                    println!("share {}: {}", i + 1, share.as_str());
+                }
             }
         }
         KeyCommand::RecoveryKeygen { .. } => {}

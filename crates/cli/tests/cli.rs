@@ -459,3 +459,69 @@ async fn the_lost_master_key_runbook_works_from_the_shell() {
     ks.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_initializes_seals_unseals_and_sets_key_policy_from_the_shell() {
+    let db = support::sqlite_url();
+    let ks = support::keys::Running::start(&db, &[("SENTIA_SEAL_TYPE", "shamir")]).await;
+    let env = [
+        ("SENTIA_KEY_ADDR", ks.addr.as_str()),
+        ("SENTIA_TOKEN", support::keys::ADMIN_TOKEN),
+    ];
+    let key = |args: &[&str]| {
+        let all: Vec<String> = std::iter::once("key")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            shell::sentia(&env, &all, b"").await
+        }
+    };
+    let (ok, _, err) = key(&["init", "--shares", "3", "--threshold", "1"]).await;
+    assert!(!ok && err.contains("threshold"), "{err}");
+    let (ok, out, err) = key(&["init", "--shares", "3", "--threshold", "2", "--json"]).await;
+    assert!(ok, "{err}");
+    let init: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let shares: Vec<String> = init["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    let (ok, _, err) = key(&["init", "--shares", "3", "--threshold", "2"]).await;
+    assert!(
+        !ok && err.contains("FailedPrecondition"),
+        "once only: {err}"
+    );
+
+    let (ok, out, err) = key(&["seal"]).await;
+    assert!(ok && out.starts_with("sealed"), "{out}{err}");
+    let (ok, _, err) = key(&["get", "vault"]).await;
+    assert!(!ok && err.contains("sealed"), "{err}");
+    let (ok, out, err) = key(&["unseal", &shares[2]]).await;
+    assert!(
+        ok && out.starts_with("sealed true (progress 1/2)"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = key(&["unseal", &shares[0]]).await;
+    assert!(ok && out.starts_with("sealed false"), "{out}{err}");
+
+    let (ok, out, err) = key(&["set-policy", "vault", "--auto-rotate", "30d", "--json"]).await;
+    assert!(ok, "{err}");
+    let k: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(k[0]["auto_rotate_seconds"], 30 * 86_400);
+    let (ok, out, err) = key(&["set-policy", "vault", "--auto-rotate", "off", "--json"]).await;
+    assert!(ok, "{err}");
+    let k: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(k[0]["auto_rotate_seconds"].is_null(), "{k}");
+    let (ok, _, err) = key(&["set-policy", "vault", "--min-decryption-version", "2"]).await;
+    assert!(
+        !ok && err.contains("InvalidArgument"),
+        "above the primary: {err}"
+    );
+    let (ok, _, err) = key(&["set-policy", "vault"]).await;
+    assert!(!ok && err.contains("nothing to change"), "{err}");
+    ks.stop().await;
+}

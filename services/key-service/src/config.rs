@@ -65,8 +65,9 @@ pub struct Config {
     /// `SENTIA_RECOVERY_PUBLIC_KEY`: the offline recovery key's public half (base64); the
     /// master key is kept escrowed to it for the lost-master-key procedure.
     pub recovery_public_key: Option<RecoveryPublicKey>,
-    /// `SENTIA_DEFAULT_KEYS`: keys created on first unseal when missing (`name:purpose,...`).
-    pub default_keys: Vec<(String, Purpose)>,
+    /// `SENTIA_DEFAULT_KEYS`: keys created on first unseal when missing
+    /// (`name:purpose[:auto-rotate period],...`).
+    pub default_keys: Vec<DefaultKey>,
     /// `SENTIA_MAX_ENCRYPTIONS_PER_VERSION`: hard stop for random-nonce encryptions under one
     /// key version (default 2^32). Rotation happens automatically at half of it.
     pub max_encryptions_per_version: u64,
@@ -85,10 +86,23 @@ pub struct Config {
     pub master_key_file: Option<std::path::PathBuf>,
 }
 
-/// Default keys: the vault data-key wrapping key, the token signing key, the audit checkpoint
-/// signing key.
-pub const DEFAULT_KEYS: &str =
-    "vault:encryption,sentia-jwt:signing,audit-checkpoint:signing,backup-manifest:signing";
+/// Default keys: the vault data-key wrapping key (rotated every 90 days: the seed's schedule
+/// for API keys, so a stolen version wraps at most a quarter's writes), the token signing key,
+/// the audit checkpoint signing key, the backup manifest signing key. Signing keys are not
+/// rotated here: their rotation is staged (`jwt_signing_key` rotator), not automatic.
+pub const DEFAULT_KEYS: &str = "vault:encryption:90d,sentia-jwt:signing,audit-checkpoint:signing,\
+                                backup-manifest:signing";
+
+/// A key created at first unseal when it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultKey {
+    /// Key name.
+    pub name: String,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// Its auto-rotation period in seconds, if any.
+    pub auto_rotate_secs: Option<i64>,
+}
 
 /// Who calls key-service in every shipped deployment: the certificate names that hold the
 /// service role when `SENTIA_SERVICE_IDENTITIES` is unset (what each may do is in the grants;
@@ -251,22 +265,44 @@ fn master_from(r: &mut Reader<'_>) -> MasterSource {
     }
 }
 
-fn parse_default_keys(r: &mut Reader<'_>) -> Vec<(String, Purpose)> {
+fn parse_default_keys(r: &mut Reader<'_>) -> Vec<DefaultKey> {
     let raw = r.string_or("SENTIA_DEFAULT_KEYS", DEFAULT_KEYS);
     let mut keys = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match item.split_once(':') {
-            Some((name, purpose)) => match (
-                crate::keyring::validate_key_name(name),
-                Purpose::parse(purpose),
-            ) {
-                (Ok(()), Some(p)) => keys.push((name.to_string(), p)),
-                (Err(e), _) => r.problem(format!("SENTIA_DEFAULT_KEYS: {e}")),
-                (_, None) => r.problem(format!(
-                    "SENTIA_DEFAULT_KEYS: purpose {purpose:?} must be encryption, signing or hmac"
-                )),
-            },
-            None => r.problem(format!("SENTIA_DEFAULT_KEYS: {item:?} is not name:purpose")),
+        let mut parts = item.split(':');
+        let (Some(name), Some(purpose), period, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            r.problem(format!(
+                "SENTIA_DEFAULT_KEYS: {item:?} is not name:purpose or name:purpose:period"
+            ));
+            continue;
+        };
+        let auto_rotate_secs = match period.map(|p| (p, sentia_runtime::config::parse_duration(p)))
+        {
+            None => None,
+            Some((_, Some(d))) if d.as_secs() >= 3600 => Some(d.as_secs() as i64),
+            Some((p, _)) => {
+                r.problem(format!(
+                    "SENTIA_DEFAULT_KEYS: {name}'s rotation period {p:?} must be a duration of \
+                     at least 1h, like 90d"
+                ));
+                continue;
+            }
+        };
+        match (
+            crate::keyring::validate_key_name(name),
+            Purpose::parse(purpose),
+        ) {
+            (Ok(()), Some(purpose)) => keys.push(DefaultKey {
+                name: name.to_string(),
+                purpose,
+                auto_rotate_secs,
+            }),
+            (Err(e), _) => r.problem(format!("SENTIA_DEFAULT_KEYS: {e}")),
+            (_, None) => r.problem(format!(
+                "SENTIA_DEFAULT_KEYS: purpose {purpose:?} must be encryption, signing or hmac"
+            )),
         }
     }
     keys
@@ -319,5 +355,35 @@ mod tests {
         ]);
         let err = Config::from_source(&src).unwrap_err().to_string();
         assert!(err.contains("Bad") && err.contains("teleport"), "{err}");
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_SEAL_TYPE", "shamir"),
+            ("SENTIA_DEFAULT_KEYS", "vault:encryption:10m,k:hmac:1:2"),
+        ]);
+        let err = Config::from_source(&src).unwrap_err().to_string();
+        assert!(
+            err.contains("at least 1h") && err.contains("k:hmac:1:2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_vault_key_rotates_every_90_days_by_default_and_signing_keys_do_not() {
+        let src = MapSource::from_pairs([
+            ("SENTIA_ALLOW_PLAINTEXT", "true"),
+            ("SENTIA_AUDIT_DISABLED", "true"),
+            ("SENTIA_SEAL_TYPE", "shamir"),
+        ]);
+        let cfg = Config::from_source(&src).unwrap();
+        let period = |name: &str| {
+            cfg.default_keys
+                .iter()
+                .find(|k| k.name == name)
+                .unwrap()
+                .auto_rotate_secs
+        };
+        assert_eq!(period("vault"), Some(90 * 86_400));
+        assert_eq!(period("sentia-jwt"), None);
+        assert_eq!(cfg.default_keys.len(), 4);
     }
 }

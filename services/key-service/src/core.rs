@@ -97,7 +97,7 @@ pub struct Core {
     seal_type: &'static str,
     state: RwLock<Option<Arc<Unsealed>>>,
     max_encryptions: u64,
-    default_keys: Vec<(String, Purpose)>,
+    default_keys: Vec<crate::config::DefaultKey>,
     recovery: RwLock<Option<RecoveryPublicKey>>,
 }
 
@@ -133,7 +133,7 @@ impl Core {
         store: Store,
         seal_type: &'static str,
         max_encryptions: u64,
-        default_keys: Vec<(String, Purpose)>,
+        default_keys: Vec<crate::config::DefaultKey>,
         recovery: Option<RecoveryPublicKey>,
     ) -> Self {
         Self {
@@ -285,8 +285,11 @@ impl Core {
             .state
             .write()
             .map_err(|_| KeyError::Startup("state lock poisoned".into()))? = Some(unsealed);
-        for (name, purpose) in self.default_keys.clone() {
-            match self.create_key(&name, purpose, None).await {
+        for key in self.default_keys.clone() {
+            match self
+                .create_key(&key.name, key.purpose, key.auto_rotate_secs)
+                .await
+            {
                 Ok(_) | Err(KeyError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e),
             }

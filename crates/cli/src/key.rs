@@ -91,6 +91,17 @@ enum KeyCommand {
         #[arg(long, value_parser = rotate_period)]
         auto_rotate: Option<std::time::Duration>,
     },
+    /// Progress of moving stored data keys to the newest version of the key that wraps
+    /// them, and of retiring older versions (asks vault-service).
+    Rewrap {
+        /// vault-service address.
+        #[arg(long, env = "SENTIA_ADDR", default_value = "127.0.0.1:8200")]
+        vault_addr: String,
+        /// Follow it with a progress bar until every data key moved and older versions are
+        /// retired.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Seal state and keyring summary.
     Status,
     /// Drop the master key and keyring from memory; every call but Status, Unseal and Init
@@ -210,6 +221,78 @@ fn print_keys(keys: &[pb::Key], as_json: bool) {
     }
 }
 
+/// A line of progress: `vault v2: 8/10 data keys moved (80%) [########  ]`.
+fn rewrap_line(s: &sentia_proto::vault::v1::RewrapStatus) -> String {
+    let done = s.total - s.remaining;
+    let pct = if s.total == 0 {
+        100
+    } else {
+        done * 100 / s.total
+    };
+    let width = 30;
+    let filled = (pct as usize * width) / 100;
+    let retired = if s.min_decryption_version >= s.primary_version {
+        "older versions retired".to_string()
+    } else if s.retire_time.is_some() {
+        format!(
+            "older versions retire at {}",
+            crate::conn::utc(&s.retire_time)
+        )
+    } else {
+        format!("versions from {} still decrypt", s.min_decryption_version)
+    };
+    format!(
+        "{} v{}: {done}/{} data keys moved ({pct}%) [{}{}] {retired}",
+        s.key_name,
+        s.primary_version,
+        s.total,
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+    )
+}
+
+/// `sentia key rewrap`: vault-service's report, once or followed.
+async fn rewrap(args: &KeyArgs, vault_addr: &str, follow: bool) -> anyhow::Result<()> {
+    let channel = args.common.channel(vault_addr, "vault-service").await?;
+    let mut c = sentia_proto::vault::v1::secret_service_client::SecretServiceClient::new(channel);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last = String::new();
+    loop {
+        let s = c
+            .get_rewrap_status(sentia_proto::vault::v1::GetRewrapStatusRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let finished = s.remaining == 0
+            && (s.min_decryption_version >= s.primary_version || s.retire_time.is_none());
+        if args.common.json {
+            println!(
+                "{}",
+                json!({"key_name": s.key_name, "primary_version": s.primary_version,
+                    "min_decryption_version": s.min_decryption_version, "total": s.total,
+                    "remaining": s.remaining, "by_key_version": s.by_key_version,
+                    "retire_time": s.retire_time.as_ref().map(|_| crate::conn::utc(&s.retire_time))})
+            );
+        } else {
+            let line = rewrap_line(&s);
+            if tty && follow {
+                print!("\r{line}");
+                std::io::Write::flush(&mut std::io::stdout())?;
+            } else if line != last {
+                println!("{line}");
+            }
+            last = line;
+        }
+        if !follow || finished {
+            if tty && follow && !args.common.json {
+                println!();
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs a key subcommand.
 pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
     if let KeyCommand::RecoveryKeygen { out } = &args.command {
@@ -300,6 +383,10 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        KeyCommand::Rewrap {
+            vault_addr,
+            progress,
+        } => rewrap(&args, vault_addr, *progress).await?,
         KeyCommand::SetPolicy {
             name,
             min_decryption_version,

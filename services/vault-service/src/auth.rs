@@ -384,7 +384,7 @@ impl AuthApi {
                     Capability::Admin,
                     "checking another principal's access or a policy file",
                 )
-                .map_err(|d| VaultError::Denied(d.0))?;
+                .map_err(VaultError::from)?;
         }
         let set = if r.policy_file.is_empty() {
             self.policies.get()

@@ -49,6 +49,14 @@ pub struct Config {
     pub event_retention: Duration,
     /// Where audit events go (`SENTIA_AUDIT_*`).
     pub audit: AuditConfig,
+    /// `SENTIA_REWRAP_INTERVAL`: how often a batch of stored data keys is moved to the
+    /// wrapping key's primary version (0 = never).
+    pub rewrap_interval: Duration,
+    /// `SENTIA_REWRAP_BATCH`: data keys per batch (1-10000): with the interval, the rate limit.
+    pub rewrap_batch: usize,
+    /// `SENTIA_REWRAP_RETIRE_DELAY`: how long every data key must have been on the primary
+    /// version before older versions are retired; None (`off`) = never automatically.
+    pub rewrap_retire_delay: Option<Duration>,
 }
 
 /// The service that calls vault-service in every shipped deployment (with the policies
@@ -113,6 +121,29 @@ impl Config {
         if event_retention < Duration::from_secs(3600) {
             r.problem("SENTIA_EVENT_RETENTION must be at least 1h (watchers resume from it)");
         }
+        let rewrap_interval = r.duration_or("SENTIA_REWRAP_INTERVAL", Duration::from_secs(10));
+        let rewrap_batch = r.parse_or("SENTIA_REWRAP_BATCH", 200usize, "a number from 1 to 10000");
+        if !(1..=10_000).contains(&rewrap_batch) {
+            r.problem("SENTIA_REWRAP_BATCH must be from 1 to 10000");
+        }
+        let rewrap_retire_delay = match r.optional("SENTIA_REWRAP_RETIRE_DELAY").as_deref() {
+            Some("off") => None,
+            _ => Some(r.duration_or("SENTIA_REWRAP_RETIRE_DELAY", Duration::from_secs(600))),
+        };
+        // A cache may hold a record wrapped under an old version for its lifetime: retiring
+        // sooner would make such a read fail.
+        let longest_cache = local_cache_ttl.max(if redis_url.is_some() {
+            cache_ttl
+        } else {
+            Duration::ZERO
+        });
+        if rewrap_retire_delay.is_some_and(|d| d < longest_cache) {
+            r.problem(format!(
+                "SENTIA_REWRAP_RETIRE_DELAY must be at least the longest cache lifetime \
+                 ({}s): a cached record wrapped under a retired version would fail to open",
+                longest_cache.as_secs()
+            ));
+        }
         Self {
             server,
             database_url,
@@ -132,6 +163,9 @@ impl Config {
             token_refresh,
             event_retention,
             audit,
+            rewrap_interval,
+            rewrap_batch,
+            rewrap_retire_delay,
         }
     }
 }

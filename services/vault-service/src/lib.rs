@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod kubernetes;
 pub mod model;
+pub mod rewrap;
 pub mod sequencer;
 pub mod store;
 pub mod stream;
@@ -97,7 +98,22 @@ pub async fn run(
         );
     }
 
+    let rewrapper = Arc::new(rewrap::Rewrapper::new(
+        store.clone(),
+        keys.client(),
+        config.data_key_name.clone(),
+        config.rewrap_batch,
+        config.rewrap_retire_delay,
+    ));
+    if !config.rewrap_interval.is_zero() {
+        tokio::spawn(
+            rewrapper
+                .clone()
+                .run(config.rewrap_interval, shutdown.clone()),
+        );
+    }
     let secrets = api::SecretApi {
+        rewrapper,
         store,
         keys,
         cache,

@@ -39,6 +39,7 @@ pub struct SecretApi {
     pub(crate) audit: Arc<Emitter>,
     pub(crate) shutdown: Shutdown,
     pub(crate) writers: Arc<PathLocks>,
+    pub(crate) rewrapper: Arc<crate::rewrap::Rewrapper>,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -448,6 +449,36 @@ impl SecretService for SecretApi {
             let p = Principal::of(&req)?;
             let stream: EventStream = Box::pin(self.watch(p, req.into_inner())?);
             Ok(Response::new(stream))
+        }
+        .await;
+        call.finish(result).await
+    }
+
+    async fn get_rewrap_status(
+        &self,
+        req: Request<pb::GetRewrapStatusRequest>,
+    ) -> Res<pb::RewrapStatus> {
+        let call = Call::new(&self.audit, &req, "admin", "rewrap_status", "");
+        let result: Res<pb::RewrapStatus> = async {
+            let p = Principal::of(&req)?;
+            self.policies
+                .check_everywhere(&p, Capability::Admin, "reading the rewrap progress")
+                .map_err(VaultError::from)?;
+            let progress = self.rewrapper.progress().await?;
+            Ok(Response::new(pb::RewrapStatus {
+                key_name: progress.key_name.clone(),
+                primary_version: progress.primary_version,
+                min_decryption_version: progress.min_decryption_version,
+                total: progress.total(),
+                remaining: progress.remaining(),
+                by_key_version: progress.by_version.clone().into_iter().collect(),
+                retire_time: progress.retire_at.map(|t| {
+                    let ms = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    timestamp(ms)
+                }),
+            }))
         }
         .await;
         call.finish(result).await

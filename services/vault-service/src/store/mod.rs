@@ -51,6 +51,11 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
         "events sequenced after commit",
         include_str!("../../migrations/postgres/0004_unsequenced_events.sql"),
     ),
+    (
+        5,
+        "rewrap index",
+        include_str!("../../migrations/postgres/0005_rewrap_index.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
     (
@@ -62,6 +67,11 @@ const SQLITE_MIGRATIONS: &[MigrationSource] = &[
         2,
         "credential lifecycle",
         include_str!("../../migrations/sqlite/0002_credential_lifecycle.sql"),
+    ),
+    (
+        3,
+        "rewrap index",
+        include_str!("../../migrations/sqlite/0003_rewrap_index.sql"),
     ),
 ];
 
@@ -123,6 +133,19 @@ pub struct VersionRow {
     pub created_by: String,
     /// When written (ms).
     pub create_time: i64,
+}
+
+/// A stored data key as the rewrap reads it.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    /// Secret path.
+    pub path: String,
+    /// Secret version.
+    pub version: u64,
+    /// key-service key version wrapping it.
+    pub key_version: u32,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
 }
 
 /// The result of [`Store::read`].
@@ -359,6 +382,73 @@ impl Store {
             tier: first.try_get::<i64, _>("tier")? as i32,
             expire_time: first.try_get("expire_time")?,
         }))
+    }
+
+    /// Up to `limit` versions whose data key is wrapped under a key version below `primary`,
+    /// in path order: the rewrap's next batch.
+    pub async fn wrapped_below(
+        &self,
+        primary: u32,
+        limit: usize,
+    ) -> Result<Vec<WrappedKey>, VaultError> {
+        let rows = sqlx::query(
+            "SELECT path, version, key_version, wrapped_key FROM secret_versions \
+             WHERE key_version < $1 AND wrapped_key IS NOT NULL ORDER BY path, version LIMIT $2",
+        )
+        .bind(i64::from(primary))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WrappedKey {
+                    path: r.try_get("path")?,
+                    version: u64_of(r, "version")?,
+                    key_version: u32::try_from(u64_of(r, "key_version")?)
+                        .map_err(|_| VaultError::DataLoss("column key_version".into()))?,
+                    wrapped_key: r.try_get("wrapped_key")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores `old`'s data key re-wrapped under `key_version`, unless the row changed since
+    /// it was read (destroyed, or re-wrapped by another replica): false then.
+    pub async fn rewrapped(
+        &self,
+        old: &WrappedKey,
+        wrapped_key: &[u8],
+        key_version: u32,
+    ) -> Result<bool, VaultError> {
+        let done = sqlx::query(
+            "UPDATE secret_versions SET wrapped_key = $1, key_version = $2 \
+             WHERE path = $3 AND version = $4 AND key_version = $5 AND wrapped_key IS NOT NULL",
+        )
+        .bind(wrapped_key)
+        .bind(i64::from(key_version))
+        .bind(&old.path)
+        .bind(i64_of(old.version)?)
+        .bind(i64::from(old.key_version))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// How many stored data keys each key version wraps (destroyed versions hold none).
+    pub async fn wrap_counts(&self) -> Result<BTreeMap<u32, u64>, VaultError> {
+        let rows = sqlx::query(
+            "SELECT key_version, COUNT(*) AS n FROM secret_versions \
+             WHERE wrapped_key IS NOT NULL GROUP BY key_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let v = u32::try_from(u64_of(r, "key_version")?)
+                    .map_err(|_| VaultError::DataLoss("column key_version".into()))?;
+                Ok((v, u64_of(r, "n")?))
+            })
+            .collect()
     }
 
     /// True if a secret exists at `path`.

@@ -224,11 +224,7 @@ fn print_keys(keys: &[pb::Key], as_json: bool) {
 /// A line of progress: `vault v2: 8/10 data keys moved (80%) [########  ]`.
 fn rewrap_line(s: &sentia_proto::vault::v1::RewrapStatus) -> String {
     let done = s.total - s.remaining;
-    let pct = if s.total == 0 {
-        100
-    } else {
-        done * 100 / s.total
-    };
+    let pct = (done * 100).checked_div(s.total).unwrap_or(100);
     let width = 30;
     let filled = (pct as usize * width) / 100;
     let retired = if s.min_decryption_version >= s.primary_version {
@@ -297,6 +293,14 @@ async fn rewrap(args: &KeyArgs, vault_addr: &str, follow: bool) -> anyhow::Resul
 pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
     if let KeyCommand::RecoveryKeygen { out } = &args.command {
         return recovery_keygen(out, args.common.json);
+    }
+    // The rewrap is vault-service's: key-service is not needed.
+    if let KeyCommand::Rewrap {
+        vault_addr,
+        progress,
+    } = &args.command
+    {
+        return rewrap(&args, vault_addr, *progress).await;
     }
     let (mut keys, mut system) = channel(&args).await?;
     match &args.command {
@@ -383,10 +387,7 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        KeyCommand::Rewrap {
-            vault_addr,
-            progress,
-        } => rewrap(&args, vault_addr, *progress).await?,
+        KeyCommand::Rewrap { .. } => {}
         KeyCommand::SetPolicy {
             name,
             min_decryption_version,

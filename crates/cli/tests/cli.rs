@@ -525,3 +525,52 @@ async fn an_operator_initializes_seals_unseals_and_sets_key_policy_from_the_shel
     assert!(!ok && err.contains("nothing to change"), "{err}");
     ks.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rewrap_follows_the_move_to_a_rotated_vault_key_until_older_versions_retire() {
+    let Some(s) = Stack::start(
+        Backend::Sqlite,
+        &[
+            ("SENTIA_REWRAP_INTERVAL", "100ms"),
+            ("SENTIA_REWRAP_BATCH", "1"),
+            ("SENTIA_REWRAP_RETIRE_DELAY", "200ms"),
+            ("SENTIA_LOCAL_CACHE_TTL", "100ms"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    for i in 0..3 {
+        s.put(&format!("dev/app/k{i}"), b"v").await;
+    }
+    let as_key_admin = [
+        ("SENTIA_KEY_ADDR", s.keys.addr.as_str()),
+        ("SENTIA_TOKEN", support::keys::ADMIN_TOKEN),
+    ];
+    let (ok, _, err) = shell::sentia(&as_key_admin, &["key", "rotate", "vault"], b"").await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = sentia(&s, &s.root_token, &["key", "rewrap", "--progress"], b"").await;
+    assert!(ok, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("vault v2: 3/3 data keys moved (100%) [")
+            && last.ends_with("older versions retired"),
+        "{out}"
+    );
+    let (ok, out, err) = sentia(&s, &s.root_token, &["key", "rewrap", "--json"], b"").await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["remaining"].as_u64(),
+            v["min_decryption_version"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
+    // Only an admin may read it.
+    let (dev, _) = s.login_as(&["developer"]).await;
+    let (ok, _, err) = sentia(&s, &dev, &["key", "rewrap"], b"").await;
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    s.stop().await;
+}

@@ -126,8 +126,9 @@ impl Rewrapper {
 
     /// One batch: re-wraps up to `batch` data keys that are behind the primary version, then
     /// retires the older versions if every data key has been on the primary long enough.
-    /// Returns how many it moved.
-    pub async fn pass(&self) -> Result<usize, VaultError> {
+    /// Returns how many it moved, and whether nothing is left to do (every data key on the
+    /// primary, older versions retired or retirement off).
+    pub async fn pass(&self) -> Result<(usize, bool), VaultError> {
         let key = self.key().await?;
         let primary = key.primary_version;
         let mut moved = 0;
@@ -154,22 +155,24 @@ impl Rewrapper {
         }
         let by_version = self.store.wrap_counts().await?;
         let behind = by_version.keys().any(|v| *v < primary);
-        self.retire_when_ready(&key, behind).await?;
+        let retired = self.retire_when_ready(&key, behind).await?;
         if moved > 0 {
             tracing::info!(moved, key = %self.key_name, primary, "data keys re-wrapped");
         }
-        Ok(moved)
+        Ok((moved, !behind && retired))
     }
 
-    async fn retire_when_ready(&self, key: &kpb::Key, behind: bool) -> Result<(), VaultError> {
+    /// Raises `min_decryption_version` to the primary once every data key has been on it for
+    /// the retire delay. True when nothing is left to retire (done, or retirement off).
+    async fn retire_when_ready(&self, key: &kpb::Key, behind: bool) -> Result<bool, VaultError> {
         let primary = key.primary_version;
         let since = {
             let Ok(mut c) = self.complete_since.lock() else {
-                return Ok(());
+                return Ok(false);
             };
             if behind || key.min_decryption_version >= primary {
                 *c = None;
-                return Ok(());
+                return Ok(!behind);
             }
             match *c {
                 Some((p, since)) if p == primary => since,
@@ -181,10 +184,10 @@ impl Rewrapper {
             }
         };
         let Some(delay) = self.retire_delay else {
-            return Ok(());
+            return Ok(true);
         };
         if since.elapsed() < delay {
-            return Ok(());
+            return Ok(false);
         }
         self.keys
             .clone()
@@ -199,19 +202,26 @@ impl Rewrapper {
             .await
             .map_err(|s| key_error("retiring the older wrapping key versions failed", s))?;
         tracing::info!(key = %self.key_name, min_decryption_version = primary, "every data key is on the primary version: older versions retired");
-        Ok(())
+        Ok(true)
     }
 
     /// Runs a pass every `interval` until shutdown (at most `batch` RewrapDataKey calls per
-    /// interval: the rate limit); a failed pass is logged and retried at the next.
+    /// interval: the rate limit); a failed pass is logged and retried at the next. With
+    /// nothing to do it looks 60 times less often (a key rotation is rare, and each look is
+    /// a GetKey in key-service's audit log).
     pub async fn run(self: std::sync::Arc<Self>, interval: Duration, shutdown: Shutdown) {
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "rewrap pass failed; retrying");
-            }
+            let idle = match self.pass().await {
+                Ok((_, idle)) => idle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rewrap pass failed; retrying");
+                    false
+                }
+            };
+            let pause = if idle { interval * 60 } else { interval };
             tokio::select! {
                 _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

@@ -366,17 +366,18 @@ pub async fn run(args: KeyArgs) -> anyhow::Result<()> {
             if args.common.json {
                 println!(
                     "{}",
-                    json!({"sealed": s.sealed, "initialized": s.initialized, "seal_type": s.seal_type, "threshold": s.threshold, "progress": s.progress, "master_version": s.master_version, "key_count": s.key_count, "server_version": s.server_version, "recovery_fingerprint": s.recovery_fingerprint})
+                    json!({"sealed": s.sealed, "initialized": s.initialized, "seal_type": s.seal_type, "threshold": s.threshold, "progress": s.progress, "master_version": s.master_version, "master_create_time": s.master_create_time.as_ref().map(|_| crate::conn::utc(&s.master_create_time)), "key_count": s.key_count, "server_version": s.server_version, "recovery_fingerprint": s.recovery_fingerprint})
                 );
             } else {
                 println!(
-                    "sealed          {}\ninitialized     {}\nseal type       {}\nunseal progress {}/{}\nmaster version  {}\nkeys            {}\nserver version  {}\nrecovery escrow {}",
+                    "sealed          {}\ninitialized     {}\nseal type       {}\nunseal progress {}/{}\nmaster version  {} (made {}; rotate yearly: sentia key rotate-master)\nkeys            {}\nserver version  {}\nrecovery escrow {}",
                     s.sealed,
                     s.initialized,
                     s.seal_type,
                     s.progress,
                     s.threshold,
                     s.master_version,
+                    crate::conn::utc(&s.master_create_time),
                     s.key_count,
                     s.server_version,
                     if s.recovery_fingerprint.is_empty() {

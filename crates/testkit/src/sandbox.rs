@@ -182,11 +182,10 @@ impl SandboxBuilder {
             (Some(keys), None)
         };
         let mut scheduler_settings = scheduler_emitting;
-        if self.backups.is_some() {
-            let at = vault
-                .as_ref()
-                .map_or(String::new(), |v| v.keys.addr.clone());
-            scheduler_settings.push(("SENTIA_KEY_SERVICE_ADDR".into(), at));
+        // As deployed, the scheduler reaches key-service (signing-key rotations, the master
+        // key's reminders, backups).
+        if let Some(v) = &vault {
+            scheduler_settings.push(("SENTIA_KEY_SERVICE_ADDR".into(), v.keys.addr.clone()));
             scheduler_settings.push((
                 "SENTIA_KEY_SERVICE_TOKEN".into(),
                 keys::SCHEDULER_KEY_TOKEN.into(),

@@ -219,6 +219,11 @@ impl Core {
         self.store.meta().await
     }
 
+    /// When the current master version was made (Unix ms), if initialized.
+    pub async fn master_created_at(&self) -> Result<Option<i64>, KeyError> {
+        self.store.master_created_at().await
+    }
+
     /// Opens the keyring with `master`, initializing it on first use, then creates missing
     /// default keys. A master that does not open an existing keyring is PERMISSION_DENIED.
     pub async fn unseal(

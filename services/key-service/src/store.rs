@@ -25,6 +25,11 @@ const PG_MIGRATIONS: &[MigrationSource] = &[
         "recovery_escrow",
         include_str!("../migrations/postgres/0002_recovery_escrow.sql"),
     ),
+    (
+        3,
+        "master_created_at",
+        include_str!("../migrations/postgres/0003_master_created_at.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[MigrationSource] = &[
     (
@@ -36,6 +41,11 @@ const SQLITE_MIGRATIONS: &[MigrationSource] = &[
         2,
         "recovery_escrow",
         include_str!("../migrations/sqlite/0002_recovery_escrow.sql"),
+    ),
+    (
+        3,
+        "master_created_at",
+        include_str!("../migrations/sqlite/0003_master_created_at.sql"),
     ),
 ];
 
@@ -150,12 +160,22 @@ impl Store {
         .transpose()
     }
 
+    /// When the current master version was made (Unix ms), if the keyring was initialized.
+    pub async fn master_created_at(&self) -> Result<Option<i64>, KeyError> {
+        let row = sqlx::query("SELECT master_created_at FROM keyring_meta WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("master_created_at"))
+            .transpose()?)
+    }
+
     /// Creates the master metadata row; fails if one exists (another replica won the race).
     pub async fn init_meta(&self, meta: &MetaRow) -> Result<(), KeyError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO keyring_meta (id, master_version, check_blob, seal_type, shamir_shares, shamir_threshold, created_at, updated_at, recovery_escrow, recovery_fingerprint) \
-             VALUES (1, $1, $2, $3, $4, $5, $6, $6, $7, $8)",
+            "INSERT INTO keyring_meta (id, master_version, check_blob, seal_type, shamir_shares, shamir_threshold, created_at, updated_at, recovery_escrow, recovery_fingerprint, master_created_at) \
+             VALUES (1, $1, $2, $3, $4, $5, $6, $6, $7, $8, $6)",
         )
         .bind(meta.master_version as i64)
         .bind(meta.check_blob.clone())
@@ -426,7 +446,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE keyring_meta SET master_version = $1, check_blob = $2, shamir_shares = $3, shamir_threshold = $4, updated_at = $5, \
-             recovery_escrow = $7, recovery_fingerprint = $8 WHERE id = 1 AND master_version = $6",
+             master_created_at = $5, recovery_escrow = $7, recovery_fingerprint = $8 WHERE id = 1 AND master_version = $6",
         )
         .bind(meta.master_version as i64)
         .bind(meta.check_blob.clone())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sentia_proto::keys::v1::key_service_client::KeyServiceClient;
+use sentia_proto::keys::v1::system_service_client::SystemServiceClient;
 use sentia_proto::vault::v1 as pb;
 use sentia_runtime::Shutdown;
 use sentia_runtime::audit::{CallInfo, Emitter};
@@ -16,11 +17,14 @@ use crate::config::Hooks;
 use crate::metrics::Metrics;
 use crate::policy::{Applied, RotationPolicy, Source, for_secret};
 use crate::rotator::{Ctx, Progress, Rotator, Secret, StepError, is_transient_code};
-use crate::schedule::{Method, State};
+use crate::schedule::{Method, SecretClass, State};
 use crate::steps::{Outcome, Rotation, Step};
 use crate::store::{RotationRecord, Store};
 use crate::vault::Vault;
 use crate::{Clock, RotationError};
+
+/// The name the master key's reminders carry (it is not a secret path).
+pub const MASTER_KEY: &str = "key-service/master-key";
 
 /// The identity recorded as starting scheduled rotations.
 pub const SCHEDULER: &str = "rotation-scheduler";
@@ -43,6 +47,8 @@ pub struct Engine {
     pub vault: Vault,
     /// key-service, when configured (signing-key rotations).
     pub keys: Option<KeyServiceClient<AuthedChannel>>,
+    /// key-service's status, when configured: the master key's age, for its reminders.
+    pub key_system: Option<SystemServiceClient<AuthedChannel>>,
     /// Audit events.
     pub emitter: Arc<Emitter>,
     /// This replica's lease name.
@@ -270,8 +276,56 @@ impl Engine {
                 }
             }
         }
+        if self.master_key_reminder(now).await? {
+            overdue += 1;
+        }
         self.metrics.overdue(overdue);
         Ok(())
+    }
+
+    /// Reminds about the master key like a manual secret of its class (365 d, 30 d notice):
+    /// a person rotates it (`sentia key rotate-master`). True when it is overdue. Skipped
+    /// when key-service is not configured or cannot say.
+    async fn master_key_reminder(&self, now: i64) -> Result<bool, RotationError> {
+        let Some(system) = &self.key_system else {
+            return Ok(false);
+        };
+        let status = match system
+            .clone()
+            .status(sentia_proto::keys::v1::StatusRequest {})
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "key-service status unavailable; master key reminder skipped");
+                return Ok(false);
+            }
+        };
+        let Some(created) = status.master_create_time.as_ref().map(ts_ms) else {
+            return Ok(false);
+        };
+        let policy = crate::schedule::Policy::default_for(SecretClass::EncryptionMasterKey);
+        let standing = policy.standing(created, now);
+        let kind = match standing.state {
+            State::Scheduled => return Ok(false),
+            State::NotifyWindow => "upcoming",
+            State::Overdue => "overdue",
+        };
+        if self
+            .store
+            .remind_once(MASTER_KEY, standing.due_ms, kind, now)
+            .await?
+        {
+            tracing::warn!(
+                kind,
+                due_ms = standing.due_ms,
+                master_version = status.master_version,
+                "master key rotation reminder"
+            );
+            self.event(&format!("reminder_{kind}"), MASTER_KEY, "", None)
+                .await;
+        }
+        Ok(standing.state == State::Overdue)
     }
 
     /// Sends the notice before `meta`'s expiry (at the policy's `expiry_notify_before`) and

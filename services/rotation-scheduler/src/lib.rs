@@ -56,14 +56,15 @@ pub async fn run(
         )
         .map_err(|e| RotationError::Startup(format!("vault-service client: {e}")))?,
     );
-    let keys = match &config.key_service {
-        Some(k) => Some(
-            sentia_proto::keys::v1::key_service_client::KeyServiceClient::new(
-                k.channel().map_err(sentia_runtime::RuntimeError::from)?,
-            ),
-        ),
+    let key_channel = match &config.key_service {
+        Some(k) => Some(k.channel().map_err(sentia_runtime::RuntimeError::from)?),
         None => None,
     };
+    let keys = key_channel
+        .clone()
+        .map(sentia_proto::keys::v1::key_service_client::KeyServiceClient::new);
+    let key_system =
+        key_channel.map(sentia_proto::keys::v1::system_service_client::SystemServiceClient::new);
     let metrics = metrics::Metrics::new();
     let backups = match config.backups.clone() {
         Some(settings) => Some(scheduled_backups(
@@ -90,6 +91,7 @@ pub async fn run(
         store,
         vault,
         keys,
+        key_system,
         emitter: emitter.clone(),
         replica: config.replica_id.clone(),
         tick: config.tick,

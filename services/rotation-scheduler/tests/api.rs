@@ -770,3 +770,31 @@ async fn an_expired_secret_is_not_rotated_and_rotate_now_says_how_to_extend_it()
     sched.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_is_reminded_like_a_manual_secret_30_days_before_a_year_and_at_it() {
+    let clock = clock();
+    let Some(sandbox) = Sandbox::builder()
+        .audit()
+        .scheduler(hooks(&clock))
+        .start()
+        .await
+    else {
+        return;
+    };
+    let (s, audit) = (sandbox.vault(), sandbox.audit().addr.clone());
+    let master = rotation_scheduler::engine::MASTER_KEY;
+    let t0 = clock.now_ms();
+    s.put("zz/canary", b"v1").await;
+    // The canary's expiry shows a scan at day 334 happened (the master key is checked after
+    // every secret): no reminder yet.
+    expire_at(s, "zz/canary", t0 + 334 * DAY - 60_000).await;
+    clock.advance(334 * DAY);
+    wait_for_operations(&audit, "zz/canary", &["secret_expired"]).await;
+    assert!(operations_on(&audit, master).await.is_empty());
+    clock.advance(2 * DAY);
+    wait_for_operations(&audit, master, &["reminder_upcoming"]).await;
+    clock.advance(30 * DAY);
+    wait_for_operations(&audit, master, &["reminder_upcoming", "reminder_overdue"]).await;
+    sandbox.stop().await;
+}

@@ -32,7 +32,14 @@ impl SystemService for Api {
             .map(|(v, n)| (v, n as u32))
             .unwrap_or((meta.as_ref().map_or(0, |m| m.master_version), 0));
         let threshold = meta.as_ref().map_or(1, |m| m.shamir_threshold.max(1));
+        let master_create_time = self
+            .core
+            .master_created_at()
+            .await?
+            .filter(|ms| *ms > 0)
+            .map(sentia_proto::wkt::timestamp);
         Ok(Response::new(pb::StatusResponse {
+            master_create_time,
             sealed: self.core.is_sealed(),
             initialized: meta.is_some(),
             seal_type: self.core.seal_type().into(),

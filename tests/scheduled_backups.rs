@@ -53,18 +53,7 @@ async fn backup_event<T>(
 }
 
 async fn alerts(sandbox: &Sandbox) -> Vec<apb::Alert> {
-    sandbox
-        .audit()
-        .client(keys::ADMIN_TOKEN)
-        .list_alerts(apb::ListAlertsRequest {
-            include_acknowledged: true,
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .alerts
+    sandbox.audit().alerts().await
 }
 
 /// Waits (up to a minute) for an alert of `rule` whose summary mentions `about`: alerts are

@@ -1,6 +1,5 @@
 //! `sentia secret ...`: read and manage secrets in a running vault-service.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
@@ -62,24 +61,8 @@ enum SecretCommand {
         /// Labels for the new version (default CURRENT); repeat for several.
         #[arg(long = "label")]
         labels: Vec<String>,
-        /// Tier for a new secret: 1 critical, 2 sensitive, 3 internal.
-        #[arg(long)]
-        tier: Option<i32>,
-        /// Owner for a new secret.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Description for a new secret.
-        #[arg(long)]
-        description: Option<String>,
-        /// Content type for a new secret.
-        #[arg(long)]
-        content_type: Option<String>,
-        /// Versions kept, for a new secret (1-100).
-        #[arg(long)]
-        max_versions: Option<u32>,
-        /// Tags for a new secret, key=value; repeat for several.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
+        #[command(flatten)]
+        meta: MetadataArgs,
     },
     /// Print a value (CURRENT unless --version or --label).
     Get {
@@ -106,24 +89,8 @@ enum SecretCommand {
         /// Latest time the secret must rotate by, same forms as --expires.
         #[arg(long, value_parser = when)]
         rotate_by: Option<When>,
-        /// Tier: 1 critical, 2 sensitive, 3 internal (picks the default rotation schedule).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=3))]
-        tier: Option<i32>,
-        /// Owning team or principal.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Content type of the value.
-        #[arg(long)]
-        content_type: Option<String>,
-        /// Versions kept (1-100).
-        #[arg(long)]
-        max_versions: Option<u32>,
-        /// Set a tag, key=value; repeat for several (other tags stay).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
+        #[command(flatten)]
+        meta: MetadataArgs,
         /// Remove a tag by key; repeat for several.
         #[arg(long = "untag")]
         untags: Vec<String>,
@@ -219,6 +186,67 @@ enum SecretCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+}
+
+/// Metadata options shared by `put` (for a new secret; an existing one keeps its metadata)
+/// and `update` (changes only those given).
+#[derive(Args)]
+struct MetadataArgs {
+    /// Tier: 1 critical, 2 sensitive, 3 internal (picks the default rotation schedule).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=3))]
+    tier: Option<i32>,
+    /// Owning team or principal.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Content type of the value.
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Versions kept (1-100).
+    #[arg(long)]
+    max_versions: Option<u32>,
+    /// A tag, key=value; repeat for several (on update, other tags stay).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+impl MetadataArgs {
+    /// Sets the fields given on `m` (tags added to its own) and returns their field-mask
+    /// names.
+    fn apply(self, m: &mut pb::SecretMetadata) -> anyhow::Result<Vec<String>> {
+        let mut mask = Vec::new();
+        let mut set = |name: &str| mask.push(name.to_string());
+        if let Some(t) = self.tier {
+            m.tier = t;
+            set("tier");
+        }
+        if let Some(o) = self.owner {
+            m.owner = o;
+            set("owner");
+        }
+        if let Some(d) = self.description {
+            m.description = d;
+            set("description");
+        }
+        if let Some(ct) = self.content_type {
+            m.content_type = ct;
+            set("content_type");
+        }
+        if let Some(n) = self.max_versions {
+            m.max_versions = n;
+            set("max_versions");
+        }
+        for t in &self.tags {
+            let (k, v) = t.split_once('=').context("tags are key=value")?;
+            m.tags.insert(k.to_string(), v.to_string());
+        }
+        if !self.tags.is_empty() {
+            set("tags");
+        }
+        Ok(mask)
+    }
 }
 
 /// A time given on the command line: a point, or no time at all (`never`).
@@ -319,28 +347,11 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             file,
             cas,
             labels,
-            tier,
-            owner,
-            description,
-            content_type,
-            max_versions,
-            tags,
+            meta,
         } => {
             let value = zeroize::Zeroizing::new(read_value(&file)?);
-            let mut tag_map = HashMap::new();
-            for t in tags {
-                let (k, v) = t.split_once('=').context("tags are key=value")?;
-                tag_map.insert(k.to_string(), v.to_string());
-            }
-            let metadata = pb::SecretMetadata {
-                tier: tier.unwrap_or(0),
-                owner: owner.unwrap_or_default(),
-                description: description.unwrap_or_default(),
-                content_type: content_type.unwrap_or_default(),
-                max_versions: max_versions.unwrap_or(0),
-                tags: tag_map,
-                ..Default::default()
-            };
+            let mut metadata = pb::SecretMetadata::default();
+            meta.apply(&mut metadata)?;
             // One request id for every attempt: a retried write is applied once.
             let put = pb::PutSecretRequest {
                 path: path.clone(),
@@ -412,49 +423,14 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             path,
             expires,
             rotate_by,
-            tier,
-            owner,
-            description,
-            content_type,
-            max_versions,
-            tags,
+            meta,
             untags,
         } => {
             let mut m = pb::SecretMetadata {
                 path: path.clone(),
                 ..Default::default()
             };
-            let mut mask = Vec::new();
-            let mut field = |name: &str| mask.push(name.to_string());
-            if let Some(w) = expires {
-                m.expire_time = w.timestamp();
-                field("expire_time");
-            }
-            if let Some(w) = rotate_by {
-                m.rotate_by_time = w.timestamp();
-                field("rotate_by_time");
-            }
-            if let Some(t) = tier {
-                m.tier = t;
-                field("tier");
-            }
-            if let Some(o) = owner {
-                m.owner = o;
-                field("owner");
-            }
-            if let Some(d) = description {
-                m.description = d;
-                field("description");
-            }
-            if let Some(ct) = content_type {
-                m.content_type = ct;
-                field("content_type");
-            }
-            if let Some(n) = max_versions {
-                m.max_versions = n;
-                field("max_versions");
-            }
-            if !tags.is_empty() || !untags.is_empty() {
+            if !meta.tags.is_empty() || !untags.is_empty() {
                 // Tags are replaced as a whole: start from the stored ones.
                 let current = c
                     .describe_secret(pb::DescribeSecretRequest { path: path.clone() })
@@ -462,14 +438,23 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
                     .map_err(status_err)?
                     .into_inner();
                 m.tags = current.metadata.map(|m| m.tags).unwrap_or_default();
-                for t in &tags {
-                    let (k, v) = t.split_once('=').context("tags are key=value")?;
-                    m.tags.insert(k.to_string(), v.to_string());
-                }
+            }
+            let mut mask = meta.apply(&mut m)?;
+            if !untags.is_empty() {
                 for k in &untags {
                     m.tags.remove(k);
                 }
-                field("tags");
+                if !mask.iter().any(|f| f == "tags") {
+                    mask.push("tags".into());
+                }
+            }
+            if let Some(w) = expires {
+                m.expire_time = w.timestamp();
+                mask.push("expire_time".into());
+            }
+            if let Some(w) = rotate_by {
+                m.rotate_by_time = w.timestamp();
+                mask.push("rotate_by_time".into());
             }
             if mask.is_empty() {
                 bail!(

@@ -70,9 +70,34 @@ impl AuditService {
             .collect()
     }
 
+    /// Every alert raised, acknowledged ones included, newest first.
+    pub async fn alerts(&self) -> Vec<pb::Alert> {
+        alerts_at(&self.addr).await
+    }
+
     /// Shuts down and waits for the server to stop.
     pub async fn stop(self) {
         self.stop.trigger();
         self.handle.await.unwrap();
     }
+}
+
+/// Every alert the audit-service at `addr` raised, acknowledged ones included, newest first
+/// (read as the operator).
+pub async fn alerts_at(addr: &str) -> Vec<pb::Alert> {
+    let ch = connect_lazy(addr, None).unwrap();
+    AuditServiceClient::new(
+        CallContext::with_token(Some(keys::ADMIN_TOKEN))
+            .unwrap()
+            .wrap(ch),
+    )
+    .list_alerts(pb::ListAlertsRequest {
+        include_acknowledged: true,
+        page_size: 1000,
+        page_token: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .alerts
 }

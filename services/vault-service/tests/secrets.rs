@@ -153,15 +153,8 @@ async fn an_expired_read_through_the_caches_is_refused_and_an_allowed_one_is_aud
     let mut rules = Vec::new();
     for _ in 0..200 {
         rules = audit
-            .client(sentia_testkit::keys::ADMIN_TOKEN)
-            .list_alerts(sentia_proto::audit::v1::ListAlertsRequest {
-                include_acknowledged: true,
-                ..Default::default()
-            })
+            .alerts()
             .await
-            .unwrap()
-            .into_inner()
-            .alerts
             .into_iter()
             .filter(|a| a.secret_name == path)
             .map(|a| a.rule)

@@ -52,22 +52,7 @@ pub async fn rotation_events(addr: &str) -> Vec<sentia_proto::audit::v1::AuditEv
 
 /// Alerts raised in the audit-service at `addr`, newest first.
 pub async fn alerts(addr: &str) -> Vec<sentia_proto::audit::v1::Alert> {
-    use sentia_proto::audit::v1 as apb;
-    let ch = sentia_runtime::client::connect_lazy(addr, None).unwrap();
-    let mut client = apb::audit_service_client::AuditServiceClient::new(
-        CallContext::with_token(Some(vault::keys::ADMIN_TOKEN))
-            .unwrap()
-            .wrap(ch),
-    );
-    client
-        .list_alerts(apb::ListAlertsRequest {
-            include_acknowledged: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .alerts
+    sentia_testkit::audit::alerts_at(addr).await
 }
 
 /// A manual clock at the real time (vault-service stamps versions with the real clock).

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod binary;
+pub mod clock;
 pub mod config;
 mod error;
 pub mod identity;
@@ -22,6 +23,7 @@ pub use sentia_identity::text;
 
 pub use auth::{AuthMethod, Authenticator, BearerVerifier, Principal, Role};
 pub use client::UpstreamConfig;
+pub use clock::Clock;
 pub use config::{ConfigError, MapSource, ProcessEnv, Reader, ServerConfig, Source};
 pub use error::RuntimeError;
 pub use server::{RequestId, Server};

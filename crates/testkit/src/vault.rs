@@ -5,7 +5,7 @@ use sentia_proto::vault::v1 as pb;
 use sentia_proto::vault::v1::auth_service_client::AuthServiceClient;
 use sentia_proto::vault::v1::secret_service_client::SecretServiceClient;
 use sentia_runtime::client::{AuthedChannel, CallContext};
-use sentia_runtime::{MapSource, Shutdown};
+use sentia_runtime::{Clock, MapSource, Shutdown};
 use tokio::net::TcpListener;
 use vault_service::Config;
 
@@ -23,6 +23,8 @@ pub struct Stack {
     pub root_token: String,
     /// A private directory of its files (root token file).
     pub dir: std::path::PathBuf,
+    /// vault-service's clock (the system's unless started with one).
+    pub clock: Clock,
     shutdown: Shutdown,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -31,10 +33,19 @@ impl Stack {
     /// Starts both services on `backend` (None when that backend is unavailable here), with
     /// `extra` vault-service settings.
     pub async fn start(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
+        Self::start_with_clock(backend, extra, Clock::default()).await
+    }
+
+    /// [`Stack::start`] with vault-service on `clock` (secret expiry without waiting).
+    pub async fn start_with_clock(
+        backend: Backend,
+        extra: &[(&str, &str)],
+        clock: Clock,
+    ) -> Option<Self> {
         let keys_db = database(backend).await?;
         let vault_db = database(backend).await?;
         let keys = keys::Running::start(&keys_db, &[]).await;
-        Some(Self::start_vault(keys, vault_db, extra).await)
+        Some(Self::start_vault_with_clock(keys, vault_db, extra, clock).await)
     }
 
     /// Starts vault-service against a running key-service and an existing database.
@@ -43,19 +54,29 @@ impl Stack {
         database_url: String,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::start_vault_with_clock(keys, database_url, extra, Clock::default()).await
+    }
+
+    async fn start_vault_with_clock(
+        keys: keys::Running,
+        database_url: String,
+        extra: &[(&str, &str)],
+        clock: Clock,
+    ) -> Self {
         let dir = crate::scratch_path(&unique("sentia_vault"));
         std::fs::create_dir_all(&dir).unwrap();
         let root_file = dir.join("root-token");
         let root_file_s = root_file.display().to_string();
         let mut pairs = vec![("SENTIA_ROOT_TOKEN_FILE", root_file_s.as_str())];
         pairs.extend_from_slice(extra);
-        let (addr, shutdown, handle) = serve(&database_url, &keys.addr, &pairs).await;
+        let (addr, shutdown, handle) = serve(&database_url, &keys.addr, &pairs, &clock).await;
         let mut stack = Self {
             keys,
             addr,
             database_url,
             root_token: String::new(),
             dir,
+            clock,
             shutdown,
             handle,
         };
@@ -80,8 +101,14 @@ impl Stack {
     pub async fn restart_vault(&mut self) {
         self.shutdown.trigger();
         (&mut self.handle).await.unwrap();
-        let (_, shutdown, handle) =
-            serve_at(&self.database_url, &self.keys.addr, &[], &self.addr).await;
+        let (_, shutdown, handle) = serve_at(
+            &self.database_url,
+            &self.keys.addr,
+            &[],
+            &self.addr,
+            &self.clock,
+        )
+        .await;
         (self.shutdown, self.handle) = (shutdown, handle);
         self.ready().await;
     }
@@ -150,7 +177,8 @@ impl Stack {
 
     /// Another vault-service replica on the same database and key-service.
     pub async fn replica(&self, extra: &[(&str, &str)]) -> Replica {
-        let (addr, shutdown, handle) = serve(&self.database_url, &self.keys.addr, extra).await;
+        let (addr, shutdown, handle) =
+            serve(&self.database_url, &self.keys.addr, extra, &self.clock).await;
         Replica {
             addr,
             shutdown,
@@ -179,8 +207,9 @@ async fn serve(
     database_url: &str,
     keys_addr: &str,
     extra: &[(&str, &str)],
+    clock: &Clock,
 ) -> (String, Shutdown, tokio::task::JoinHandle<()>) {
-    serve_at(database_url, keys_addr, extra, "127.0.0.1:0").await
+    serve_at(database_url, keys_addr, extra, "127.0.0.1:0", clock).await
 }
 
 async fn serve_at(
@@ -188,6 +217,7 @@ async fn serve_at(
     keys_addr: &str,
     extra: &[(&str, &str)],
     at: &str,
+    clock: &Clock,
 ) -> (String, Shutdown, tokio::task::JoinHandle<()>) {
     let mut pairs = vec![
         ("SENTIA_ALLOW_PLAINTEXT", "true"),
@@ -197,7 +227,8 @@ async fn serve_at(
         ("SENTIA_AUDIT_DISABLED", "true"),
     ];
     pairs.extend_from_slice(extra);
-    let config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+    let mut config = Config::from_source(&MapSource::from_pairs(pairs)).unwrap();
+    config.clock = clock.clone();
     let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = Shutdown::new();

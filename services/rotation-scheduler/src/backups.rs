@@ -19,9 +19,9 @@ use sentia_backup_ops::{BackupError, Destination, Made, Opener, Quiet, Source, S
 use sentia_runtime::audit::Emitter;
 use sentia_runtime::{Reader, Shutdown};
 
-use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{BackupOutcome, Store};
+use sentia_runtime::Clock;
 
 /// The `SENTIA_BACKUP_*` settings.
 #[derive(Debug, Clone)]

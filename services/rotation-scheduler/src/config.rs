@@ -7,9 +7,9 @@ use sentia_runtime::audit::AuditConfig;
 use sentia_runtime::{ConfigError, Reader, ServerConfig, Source, UpstreamConfig};
 
 use crate::backups::BackupConfig;
-use crate::clock::Clock;
 #[cfg(feature = "test-hooks")]
 use crate::steps::Step;
+use sentia_runtime::Clock;
 
 /// Everything rotation-scheduler needs to run.
 #[derive(Debug, Clone)]

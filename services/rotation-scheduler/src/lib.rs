@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod backups;
-pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -26,10 +25,10 @@ use sentia_snapshot::Snapshots;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-pub use clock::Clock;
 pub use config::{Config, Hooks};
 pub use engine::Stopped;
 pub use error::RotationError;
+pub use sentia_runtime::Clock;
 
 /// Runs rotation-scheduler on `listener` until `shutdown`. Returns how the rotation loop
 /// ended (a test hook can end it as a crash would, lease held and step unrecorded).

@@ -57,6 +57,8 @@ pub struct Config {
     /// `SENTIA_REWRAP_RETIRE_DELAY`: how long every data key must have been on the primary
     /// version before older versions are retired; None (`off`) = never automatically.
     pub rewrap_retire_delay: Option<Duration>,
+    /// What "now" is for secret expiry: the system clock; tests set a manual one.
+    pub clock: sentia_runtime::Clock,
 }
 
 /// The service that calls vault-service in every shipped deployment (with the policies
@@ -166,6 +168,7 @@ impl Config {
             rewrap_interval,
             rewrap_batch,
             rewrap_retire_delay,
+            clock: sentia_runtime::Clock::default(),
         }
     }
 }

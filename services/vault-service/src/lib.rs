@@ -114,6 +114,7 @@ pub async fn run(
     }
     let secrets = api::SecretApi {
         rewrapper,
+        clock: config.clock.clone(),
         store,
         keys,
         cache,

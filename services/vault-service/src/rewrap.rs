@@ -206,19 +206,20 @@ impl Rewrapper {
     }
 
     /// Runs a pass every `interval` until shutdown (at most `batch` RewrapDataKey calls per
-    /// interval: the rate limit); a failed pass is logged and retried at the next. With
-    /// nothing to do it looks 60 times less often (a key rotation is rare, and each look is
-    /// a GetKey in key-service's audit log).
+    /// interval: the rate limit). With nothing to do it looks 60 times less often (a key
+    /// rotation is rare, and each look is a GetKey in key-service's audit log); a failed pass
+    /// is logged and retried 6 intervals later (key-service down, or a grants file without
+    /// this service's `get_key` on the wrapping key: the message says which).
     pub async fn run(self: std::sync::Arc<Self>, interval: Duration, shutdown: Shutdown) {
         loop {
-            let idle = match self.pass().await {
-                Ok((_, idle)) => idle,
+            let pause = match self.pass().await {
+                Ok((_, true)) => interval * 60,
+                Ok((_, false)) => interval,
                 Err(e) => {
                     tracing::warn!(error = %e, "rewrap pass failed; retrying");
-                    false
+                    interval * 6
                 }
             };
-            let pause = if idle { interval * 60 } else { interval };
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(pause) => {}

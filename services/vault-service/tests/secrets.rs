@@ -803,3 +803,27 @@ async fn prefix_listing_is_exact_under_a_locale_collation() {
     assert_eq!(listed, vec!["prod/a", "prod/a/y"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_refused_from_the_exact_millisecond_it_expires_on_an_injected_clock() {
+    let clock = sentia_runtime::Clock::manual(sentia_proto::wkt::now_ms());
+    let Some(s) = Stack::start_with_clock(support::Backend::Sqlite, &[], clock.clone()).await
+    else {
+        return;
+    };
+    let mut c = s.secrets(&s.root_token).await;
+    let path = "prod/soon/key";
+    s.put(path, b"v").await;
+    let expires = clock.now_ms() + 3_600_000;
+    set_expiry(&mut c, path, Some(expires)).await;
+    clock.advance(3_600_000 - 1);
+    assert_eq!(
+        c.get_secret(get(path)).await.unwrap().into_inner().value,
+        b"v",
+        "one millisecond before"
+    );
+    clock.advance(1);
+    let e = c.get_secret(get(path)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "at the expiry: {e:?}");
+    s.stop().await;
+}

@@ -40,6 +40,7 @@ pub struct SecretApi {
     pub(crate) shutdown: Shutdown,
     pub(crate) writers: Arc<PathLocks>,
     pub(crate) rewrapper: Arc<crate::rewrap::Rewrapper>,
+    pub(crate) clock: sentia_runtime::Clock,
 }
 
 type Res<T> = Result<Response<T>, Status>;

@@ -145,10 +145,7 @@ impl SecretApi {
         let (version, rec, view) = self.locate(&path, &selector).await?;
         detail.key_version = Some(rec.key_version);
         detail.tier = view.tier.clamp(0, 3) as u32;
-        if let Some(expire) = view
-            .expire_time
-            .filter(|e| *e <= sentia_proto::wkt::now_ms())
-        {
+        if let Some(expire) = view.expire_time.filter(|e| *e <= self.clock.now_ms()) {
             if !req.allow_expired {
                 return Err(VaultError::Precondition(format!(
                     "{path} expired at {}; extend it (UpdateSecretMetadata expire_time, or \

@@ -1,5 +1,5 @@
-//! The scheduler's time source: the system clock, or one a test sets and moves, so schedules,
-//! reminders, grace periods and lease expiry are tested without waiting.
+//! A service's time source: the system clock, or one a test sets and moves, so schedules,
+//! reminders, grace periods, lease expiry and secret expiry are tested without waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -434,7 +434,9 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         return;
     };
     let (s, audit) = (sandbox.vault(), &sandbox.audit().addr);
+    let t0 = clock.now_ms();
     put_tagged(s, "prod/db/main", "database_password", b"v1").await;
+    s.put("zz/canary", b"v1").await;
     let reminders = || async {
         rotation_events(audit)
             .await
@@ -444,8 +446,7 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
             .collect::<Vec<_>>()
     };
     // 180 d manual, notify 14 d before: nothing at day 165, one reminder from day 166 on.
-    clock.advance(165 * DAY);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    scan_at(s, audit, &clock, t0 + 165 * DAY, 1).await;
     assert!(reminders().await.is_empty());
     clock.advance(DAY + 1000);
     let mut seen = Vec::new();
@@ -457,8 +458,7 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen, ["reminder_upcoming"]);
-    clock.advance(DAY);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    scan_at(s, audit, &clock, t0 + 167 * DAY + 1000, 2).await;
     assert_eq!(
         reminders().await,
         ["reminder_upcoming"],
@@ -550,6 +550,30 @@ async fn wait_for_operations(audit: &str, path: &str, ops: &[&str]) {
     assert_eq!(seen, ops, "{path}");
 }
 
+/// Moves `clock` to `at` and waits until a scan at that time reached the canary secret
+/// `zz/canary` (its expiry is set just before `at`, so that scan records `secret_expired`, its
+/// `seen`th event): scans take paths in order, so that scan saw every other secret at `at`
+/// too. How "nothing happened" is checked without a sleep.
+async fn scan_at(
+    s: &sentia_testkit::Stack,
+    audit: &str,
+    clock: &rotation_scheduler::Clock,
+    at: i64,
+    seen: usize,
+) {
+    expire_at(s, "zz/canary", at - 60_000).await;
+    clock.advance(at - clock.now_ms());
+    let mut n = 0;
+    for _ in 0..600 {
+        n = operations_on(audit, "zz/canary").await.len();
+        if n == seen {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no scan at {at} reached the canary ({n} canary events, {seen} expected)");
+}
+
 /// `path`'s rotation status.
 async fn status_of(
     c: &RotationServiceClient<sentia_runtime::client::AuthedChannel>,
@@ -622,24 +646,7 @@ async fn tier_defaults_notices_and_expiry_go_out_once_each_at_their_window_on_th
     // The canary sorts after every other path: once a scan at the new time reached it, that
     // scan saw every other secret at that time too.
     s.put("zz/canary", b"v1").await;
-    let scanned_at = |day: i64, seen: usize| {
-        let (s, audit, clock) = (s, audit.clone(), clock.clone());
-        async move {
-            expire_at(s, "zz/canary", t0 + day * DAY - 60_000).await;
-            clock.advance(t0 + day * DAY - clock.now_ms());
-            let mut n = 0;
-            for _ in 0..600 {
-                n = operations_on(&audit, "zz/canary").await.len();
-                if n == seen {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("no scan reached the canary at day {day} ({n} canary events)");
-        }
-    };
-
-    scanned_at(22, 1).await;
+    scan_at(s, &audit, &clock, t0 + 22 * DAY, 1).await;
     for path in ["prod/critical/token", "prod/api/stripe", "prod/leaving"] {
         assert!(
             operations_on(&audit, path).await.is_empty(),
@@ -667,7 +674,7 @@ async fn tier_defaults_notices_and_expiry_go_out_once_each_at_their_window_on_th
     let leaving = status_of(&c, "prod/leaving").await;
     assert_eq!(leaving.expire_time.unwrap().seconds, (t0 + 30 * DAY) / 1000);
 
-    scanned_at(75, 2).await;
+    scan_at(s, &audit, &clock, t0 + 75 * DAY, 2).await;
     assert!(
         operations_on(&audit, "prod/critical/token")
             .await
@@ -675,13 +682,13 @@ async fn tier_defaults_notices_and_expiry_go_out_once_each_at_their_window_on_th
     );
     clock.advance(DAY + 60_000);
     wait_for_operations(&audit, "prod/critical/token", &["reminder_upcoming"]).await;
-    scanned_at(82, 3).await;
+    scan_at(s, &audit, &clock, t0 + 82 * DAY, 3).await;
     assert!(operations_on(&audit, "prod/api/stripe").await.is_empty());
     clock.advance(DAY + 60_000);
     wait_for_operations(&audit, "prod/api/stripe", &["rotation_notice"]).await;
 
     // Once each: later scans inside the same windows send nothing more.
-    scanned_at(88, 4).await;
+    scan_at(s, &audit, &clock, t0 + 88 * DAY, 4).await;
     assert_eq!(
         operations_on(&audit, "prod/api/stripe").await,
         ["rotation_notice"]
@@ -786,11 +793,9 @@ async fn the_master_key_is_reminded_like_a_manual_secret_30_days_before_a_year_a
     let master = rotation_scheduler::engine::MASTER_KEY;
     let t0 = clock.now_ms();
     s.put("zz/canary", b"v1").await;
-    // The canary's expiry shows a scan at day 334 happened (the master key is checked after
-    // every secret): no reminder yet.
-    expire_at(s, "zz/canary", t0 + 334 * DAY - 60_000).await;
-    clock.advance(334 * DAY);
-    wait_for_operations(&audit, "zz/canary", &["secret_expired"]).await;
+    // The master key is checked after every secret: a scan that reached the canary at day 334
+    // checked it too. No reminder yet.
+    scan_at(s, &audit, &clock, t0 + 334 * DAY, 1).await;
     assert!(operations_on(&audit, master).await.is_empty());
     clock.advance(2 * DAY);
     wait_for_operations(&audit, master, &["reminder_upcoming"]).await;

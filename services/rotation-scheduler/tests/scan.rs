@@ -1,6 +1,7 @@
 //! What a scan costs vault-service: a secret that looks due is described once per CURRENT
 //! version, not on every pass — counted through `rpc.client.duration`, the scheduler's own
-//! client metric, read from the SDK's in-memory exporter.
+//! client metric, read from the SDK's in-memory exporter (which also counts the scans: each
+//! lists the secrets once).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -10,8 +11,8 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use support::vault::keys::sqlite_url;
 use support::*;
 
-/// DescribeSecret calls made so far in this process.
-fn describes(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> u64 {
+/// `method` calls to vault-service made so far in this process.
+fn calls(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter, method: &str) -> u64 {
     provider.force_flush().unwrap();
     let all = exporter.get_finished_metrics().unwrap();
     let Some(rm) = all.last() else {
@@ -26,9 +27,8 @@ fn describes(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> 
             n += h
                 .data_points()
                 .filter(|p| {
-                    p.attributes().any(|kv| {
-                        kv.key.as_str() == "rpc.method" && kv.value.as_str() == "DescribeSecret"
-                    })
+                    p.attributes()
+                        .any(|kv| kv.key.as_str() == "rpc.method" && kv.value.as_str() == method)
                 })
                 .map(|p| p.count())
                 .sum::<u64>();
@@ -37,21 +37,28 @@ fn describes(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> 
     n
 }
 
-/// Waits until `at_least` DescribeSecret calls were made, then lets ten more scans (at 50 ms)
-/// pass and returns the count.
+/// Waits until `at_least` DescribeSecret calls were made, then until ten more scans (each
+/// one ListSecrets) have passed, and returns the count.
 async fn describes_after_more_scans(
     provider: &SdkMeterProvider,
     exporter: &InMemoryMetricExporter,
     at_least: u64,
 ) -> u64 {
+    let describes = || calls(provider, exporter, "DescribeSecret");
     for _ in 0..200 {
-        if describes(provider, exporter) >= at_least {
+        if describes() >= at_least {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    describes(provider, exporter)
+    let scans = calls(provider, exporter, "ListSecrets");
+    for _ in 0..400 {
+        if calls(provider, exporter, "ListSecrets") >= scans + 10 {
+            return describes();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("ten more scans did not happen in 20 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

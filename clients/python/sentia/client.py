@@ -229,11 +229,13 @@ class Client:
             except grpc.RpcError as e:
                 attempt, renewed = self._recover(e, attempt, renewed)
 
-    def get(self, path, *, version=None, label=None):
-        """The CURRENT value of `path`, or a given version or label."""
+    def get(self, path, *, version=None, label=None, allow_expired=False):
+        """The CURRENT value of `path`, or a given version or label. A secret past its expiry
+        raises `FailedPrecondition` unless `allow_expired` (such a read is audited as
+        `read_expired`: for migrations and forensics, not for serving)."""
         if version is not None and label is not None:
             raise ValueError("give a version or a label, not both")
-        req = vault_pb2.GetSecretRequest(path=path)
+        req = vault_pb2.GetSecretRequest(path=path, allow_expired=allow_expired)
         if version is not None:
             req.version = version
         elif label is not None:

@@ -78,6 +78,25 @@ def test_failures_are_typed_and_carry_the_servers_message():
         sentia.Client("127.0.0.1:1", token="x", retry=sentia.Retry(attempts=2), timeout=2).get("test/x")
 
 
+def test_an_expired_secret_is_refused_unless_the_reader_allows_it():
+    cred = credential(["developer"])
+    path = f"test/app/{unique('old')}"
+    with sentia.Client.login(VAULT, cred.role_id, cred.secret_id) as c:
+        c.put(path, b"v1")
+        import grpc
+
+        stub = vault_pb2_grpc.SecretServiceStub(grpc.insecure_channel(VAULT))
+        req = vault_pb2.UpdateSecretMetadataRequest()
+        req.metadata.path = path
+        req.metadata.expire_time.seconds = int(time.time()) - 60
+        req.update_mask.paths.append("expire_time")
+        stub.UpdateSecretMetadata(req, metadata=(("authorization", f"Bearer {ROOT}"),))
+        with pytest.raises(sentia.FailedPrecondition) as refused:
+            c.get(path)
+        assert "expired at" in refused.value.message
+        assert c.get(path, allow_expired=True).value == b"v1"
+
+
 def test_a_refused_token_is_renewed_at_once_and_the_call_goes_on():
     cred = credential(["developer"])
     with sentia.Client.login(VAULT, cred.role_id, cred.secret_id) as c:

@@ -351,6 +351,18 @@ impl Client {
         .await
     }
 
+    /// Reads the CURRENT version even if the secret has expired (a plain [`Client::get`] is
+    /// FAILED_PRECONDITION then). Audited as `read_expired`, and it raises an alert: for
+    /// migrations and forensics, not for serving.
+    pub async fn get_expired(&self, path: &str) -> Result<Secret, ClientError> {
+        self.read(pb::GetSecretRequest {
+            path: path.into(),
+            selector: None,
+            allow_expired: true,
+        })
+        .await
+    }
+
     /// Reads a version number.
     pub async fn get_version(&self, path: &str, version: u64) -> Result<Secret, ClientError> {
         self.read(pb::GetSecretRequest {

@@ -78,6 +78,35 @@ async fn reads_and_writes_ride_out_a_short_outage_with_retries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_secret_is_read_only_when_the_caller_says_so() {
+    let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let c = Client::new(&s.addr, Some(&s.root_token), None).unwrap();
+    c.put("prod/app/old", b"v", None).await.unwrap();
+    s.secrets(&s.root_token)
+        .await
+        .update_secret_metadata(pb::UpdateSecretMetadataRequest {
+            metadata: Some(pb::SecretMetadata {
+                path: "prod/app/old".into(),
+                expire_time: Some(sentia_proto::wkt::timestamp(
+                    sentia_proto::wkt::now_ms() - 1000,
+                )),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["expire_time".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let err = c.get("prod/app/old").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    assert_eq!(c.get_expired("prod/app/old").await.unwrap().expose(), b"v");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_gives_a_client_limited_to_its_policies() {
     let Some(s) = Stack::start(Backend::Sqlite, &[]).await else {
         return;

@@ -51,6 +51,19 @@ pub fn utc(unix_seconds: i64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date (month 1-12; Howard Hinnant's algorithm, the
+/// inverse of what [`utc`] does). Days past a month's end roll over, so callers that must
+/// refuse them check the round trip.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Reads what [`utc`] writes (`YYYY-MM-DDTHH:MM:SSZ`), or a bare date (`YYYY-MM-DD`, midnight
 /// UTC): how people give a time on the command line. None for anything else.
 pub fn parse_utc(text: &str) -> Option<i64> {
@@ -82,15 +95,7 @@ pub fn parse_utc(text: &str) -> Option<i64> {
     if h > 23 || m > 59 || sec > 59 {
         return None;
     }
-    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = days * 86_400 + h * 3600 + m * 60 + sec;
+    let seconds = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec;
     // A day the month does not have (2026-02-30) does not survive the round trip.
     (utc(seconds).get(..10) == Some(date)).then_some(seconds)
 }

@@ -437,42 +437,20 @@ async fn a_manual_secret_is_reminded_once_before_it_is_due_and_once_when_overdue
     let t0 = clock.now_ms();
     put_tagged(s, "prod/db/main", "database_password", b"v1").await;
     s.put("zz/canary", b"v1").await;
-    let reminders = || async {
-        rotation_events(audit)
-            .await
-            .into_iter()
-            .filter(|e| e.secret_name == "prod/db/main")
-            .map(|e| e.operation)
-            .collect::<Vec<_>>()
-    };
+    let path = "prod/db/main";
     // 180 d manual, notify 14 d before: nothing at day 165, one reminder from day 166 on.
     scan_at(s, audit, &clock, t0 + 165 * DAY, 1).await;
-    assert!(reminders().await.is_empty());
+    assert!(operations_on(audit, path).await.is_empty());
     clock.advance(DAY + 1000);
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = reminders().await;
-        if !seen.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, ["reminder_upcoming"]);
+    wait_for_operations(audit, path, &["reminder_upcoming"]).await;
     scan_at(s, audit, &clock, t0 + 167 * DAY + 1000, 2).await;
     assert_eq!(
-        reminders().await,
+        operations_on(audit, path).await,
         ["reminder_upcoming"],
         "once per due date"
     );
     clock.advance(14 * DAY);
-    for _ in 0..100 {
-        seen = reminders().await;
-        if seen.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, ["reminder_upcoming", "reminder_overdue"]);
+    wait_for_operations(audit, path, &["reminder_upcoming", "reminder_overdue"]).await;
     // ... and through the alert sinks (stored alerts; the webhook gets the same).
     let mut rules = Vec::new();
     for _ in 0..100 {

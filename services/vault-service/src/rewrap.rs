@@ -62,9 +62,13 @@ pub struct Rewrapper {
     complete_since: Mutex<Option<(u32, Instant)>>,
 }
 
+/// key-service's answer, saying which step of the rewrap it refused (logged once, by the
+/// caller).
 fn key_error(what: &str, s: tonic::Status) -> VaultError {
-    tracing::warn!(error = %s.message(), "{what}");
-    VaultError::KeyService(s)
+    VaultError::KeyService(tonic::Status::new(
+        s.code(),
+        format!("{what}: {}", s.message()),
+    ))
 }
 
 impl Rewrapper {
@@ -95,7 +99,7 @@ impl Rewrapper {
             })
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| key_error("reading the wrapping key for the rewrap failed", s))
+            .map_err(|s| key_error("reading the wrapping key", s))
     }
 
     /// Where the rewrap stands now.
@@ -143,7 +147,7 @@ impl Rewrapper {
                     encryption_context: context(&path, old.version),
                 })
                 .await
-                .map_err(|s| key_error("re-wrapping a data key failed", s))?
+                .map_err(|s| key_error("re-wrapping a data key", s))?
                 .into_inner();
             if self
                 .store
@@ -200,7 +204,7 @@ impl Rewrapper {
                 }),
             })
             .await
-            .map_err(|s| key_error("retiring the older wrapping key versions failed", s))?;
+            .map_err(|s| key_error("retiring the older wrapping key versions", s))?;
         tracing::info!(key = %self.key_name, min_decryption_version = primary, "every data key is on the primary version: older versions retired");
         Ok(true)
     }
